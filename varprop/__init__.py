@@ -1,0 +1,1 @@
+"""varprop: derive (sympy) and check (Monte Carlo) how moments propagate through random networks."""

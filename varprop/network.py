@@ -1,0 +1,228 @@
+r"""The one network description that both engines read.
+
+A :class:`Network` is an ordered tuple of frozen layer descriptions plus an input description. It
+holds data only: ``varprop.derive`` turns it into sympy, ``varprop.montecarlo`` into samples, and
+neither engine imports the other.
+
+Notation follows He et al. (2015): dense layer :math:`l` (counted from 1) maps its input
+:math:`x_l \in \mathbb R^{n_l}` to the pre-activation :math:`y_l = W_l x_l + b_l`, and the next
+layer's input is :math:`x_{l+1} = \phi(y_l)`. :math:`n_l` is the fan-in of layer :math:`l` and
+:math:`\hat n_l` its fan-out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from ._validate import Width, check_nonnegative, check_width
+from .activations import Activation, activation
+from .errors import SpecError
+from .weights import InitScheme, Normal, WeightLaw, he
+
+__all__ = [
+    "Dense",
+    "Nonlinearity",
+    "Layer",
+    "GaussianInput",
+    "FixedInput",
+    "InputSpec",
+    "Network",
+    "mlp",
+]
+
+
+def _check_law(law: object, what: str) -> WeightLaw:
+    if not isinstance(law, WeightLaw):
+        raise SpecError(f"{what} must be a weight law (Normal, Uniform, TruncatedNormal), got {law!r}")
+    return law
+
+
+@dataclass(frozen=True)
+class Dense:
+    r"""A fully connected layer :math:`y = W x + b` with iid weights and biases.
+
+    Parameters
+    ----------
+    fan_in, fan_out
+        Widths: positive integers, or sympy symbols for derivations.
+    weights
+        Law of every entry of :math:`W` (shape ``fan_out x fan_in``).
+    bias
+        Law of every entry of :math:`b`, or ``None`` for no bias.
+    """
+
+    fan_in: Width
+    fan_out: Width
+    weights: WeightLaw
+    bias: WeightLaw | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fan_in", check_width(self.fan_in, "fan_in"))
+        object.__setattr__(self, "fan_out", check_width(self.fan_out, "fan_out"))
+        _check_law(self.weights, "weights")
+        if self.bias is not None:
+            _check_law(self.bias, "bias")
+
+
+@dataclass(frozen=True)
+class Nonlinearity:
+    """An elementwise activation :math:`x_{l+1} = \\phi(y_l)`."""
+
+    activation: Activation
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activation, Activation):
+            raise SpecError(f"Nonlinearity needs an Activation, got {self.activation!r}")
+
+
+Layer = Dense | Nonlinearity
+
+
+@dataclass(frozen=True)
+class GaussianInput:
+    r"""Fresh iid inputs :math:`x_{1,j} \sim \mathcal N(0, v)` for every sampled network."""
+
+    variance: sp.Expr = sp.Integer(1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variance", check_nonnegative(self.variance, "input variance"))
+
+    @property
+    def second_moment(self) -> sp.Expr:
+        r""":math:`E[x_{1,j}^2]`."""
+        return self.variance
+
+
+@dataclass(frozen=True)
+class FixedInput:
+    """One fixed input vector, fed to every sampled network."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            array = np.asarray(self.values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise SpecError(f"fixed input must be a sequence of real numbers, got {self.values!r}") from None
+        if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+            raise SpecError(f"fixed input must be a non-empty 1-d sequence of finite numbers, got {self.values!r}")
+        object.__setattr__(self, "values", tuple(float(v) for v in array))
+
+    @property
+    def second_moment(self) -> sp.Expr:
+        r"""The mean square :math:`\frac1n \sum_j x_{1,j}^2` of the input, as an exact rational."""
+        return sp.nsimplify(sum(v * v for v in self.values) / len(self.values), rational=True)
+
+
+InputSpec = GaussianInput | FixedInput
+
+
+@dataclass(frozen=True)
+class Network:
+    """An ordered tuple of layers and a description of the inputs.
+
+    Consecutive dense layers must agree on widths (``fan_out`` of one equals ``fan_in`` of the next),
+    and a fixed input must have the first layer's fan-in.
+    """
+
+    layers: tuple[Layer, ...]
+    inputs: InputSpec = GaussianInput()
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        object.__setattr__(self, "layers", layers)
+        if not any(isinstance(layer, Dense) for layer in layers):
+            raise SpecError("a network needs at least one Dense layer")
+        previous = None
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Dense | Nonlinearity):
+                raise SpecError(f"layer {index} is {layer!r}; accepted layers: Dense, Nonlinearity")
+            if isinstance(layer, Dense):
+                if previous is not None and sp.simplify(previous.fan_out - layer.fan_in) != 0:
+                    raise SpecError(
+                        f"layer {index} has fan_in {layer.fan_in} but the previous dense layer has fan_out "
+                        f"{previous.fan_out}"
+                    )
+                previous = layer
+        if not isinstance(self.inputs, GaussianInput | FixedInput):
+            raise SpecError(f"inputs must be GaussianInput or FixedInput, got {self.inputs!r}")
+        first = self.dense_layers[0]
+        if isinstance(self.inputs, FixedInput) and len(self.inputs.values) != first.fan_in:
+            raise SpecError(
+                f"fixed input has {len(self.inputs.values)} entries but the first layer has fan_in {first.fan_in}"
+            )
+
+    @property
+    def dense_layers(self) -> tuple[Dense, ...]:
+        """The dense layers, in order (layer l of He's notation is ``dense_layers[l - 1]``)."""
+        return tuple(layer for layer in self.layers if isinstance(layer, Dense))
+
+    @property
+    def depth(self) -> int:
+        """The number of dense layers L."""
+        return len(self.dense_layers)
+
+    @property
+    def widths(self) -> tuple[Width, ...]:
+        """``(n_1, ..., n_L, n_out)``: every dense layer's fan-in, then the last fan-out."""
+        dense = self.dense_layers
+        return tuple(layer.fan_in for layer in dense) + (dense[-1].fan_out,)
+
+    @property
+    def is_numeric(self) -> bool:
+        """True when every width is an integer (needed to sample)."""
+        return all(isinstance(width, int) for width in self.widths)
+
+
+def mlp(
+    widths: Sequence[Width],
+    activation_: Activation | str = "relu",
+    init: InitScheme | WeightLaw | None = None,
+    *,
+    bias_variance: object | None = None,
+    inputs: InputSpec | None = None,
+    output_activation: bool = False,
+) -> Network:
+    r"""A multilayer perceptron ``Dense, Nonlinearity, ..., Dense``.
+
+    Parameters
+    ----------
+    widths
+        ``(n_1, ..., n_L, n_out)``: the input width, the hidden widths, and the output width; L dense
+        layers. Integers or sympy symbols.
+    activation_
+        An :class:`~varprop.activations.Activation` or the name of a built-in.
+    init
+        An :class:`~varprop.weights.InitScheme` (default: He fan-in, normal) applied to every layer, or
+        one weight law used as it is for every layer.
+    bias_variance
+        Variance of a Gaussian bias in every layer; ``None`` keeps the scheme's bias (usually none).
+    inputs
+        :class:`GaussianInput` (default, unit variance) or :class:`FixedInput`.
+    output_activation
+        Apply the activation after the last dense layer too.
+    """
+    widths = [check_width(w, f"widths[{i}]") for i, w in enumerate(widths)]
+    if len(widths) < 2:
+        raise SpecError(f"an MLP needs at least two widths (input and output), got {len(widths)}")
+    act = activation(activation_) if isinstance(activation_, str) else activation_
+    scheme = he() if init is None else init
+    if not isinstance(scheme, InitScheme):
+        _check_law(scheme, "init")
+    bias_law = None if bias_variance is None else Normal(check_nonnegative(bias_variance, "bias variance"))
+    layers: list[Layer] = []
+    for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if index > 0:
+            layers.append(Nonlinearity(act))
+        if isinstance(scheme, InitScheme):
+            law, bias = scheme.law(fan_in, fan_out), scheme.bias_law(fan_in, fan_out)
+        else:
+            law, bias = scheme, None
+        layers.append(Dense(fan_in, fan_out, law, bias_law if bias_law is not None else bias))
+    if output_activation:
+        layers.append(Nonlinearity(act))
+    return Network(tuple(layers), inputs if inputs is not None else GaussianInput())
