@@ -1,0 +1,587 @@
+r"""The He and Glorot recursions, derived step by step with sympy.
+
+Notation (He et al. 2015, Sec. 2.2): dense layer :math:`l` maps :math:`x_l \in \mathbb R^{n_l}` to
+:math:`y_l = W_l x_l + b_l`; :math:`x_{l+1} = \phi(y_l)`; :math:`\hat n_l` is the fan-out of layer
+:math:`l`; :math:`\Delta x_l = \partial L/\partial x_l` and :math:`\Delta y_l = \partial L/\partial y_l`.
+
+Every derivation here is activation-generic. When sympy proves the *symmetry lemma*
+:math:`\phi(y)^2 + \phi(-y)^2 = c\,y^2` (relu: c = 1, leaky relu: :math:`1 + a^2`, abs: 2), the
+second moment :math:`E[\phi(y)^2] = \tfrac{c}{2}\operatorname{Var}[y]` holds for *any* symmetric
+zero-mean :math:`y`, so the recursion is exact at finite width; otherwise the Gaussian moment from
+:mod:`varprop.derive.gaussian` is used under the wide-layer assumption that :math:`y` is Gaussian, and
+the derivation says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..activations import X, Activation
+from ..errors import DerivationError
+from ..weights import DISTRIBUTIONS, N_IN, N_OUT, Normal, TruncatedNormal, Uniform, WeightLaw
+from .derivation import DPhi, Derivation, Expect, Phi, Rule, Variance, _Builder
+from .gaussian import Q, moments
+
+__all__ = [
+    "LAYER",
+    "DEPTH",
+    "SymmetryLemma",
+    "symmetry_lemma",
+    "derivative_symmetry_lemma",
+    "forward",
+    "backward",
+    "weight_gradient",
+    "condition",
+    "ratio",
+    "glorot",
+    "DERIVATIONS",
+]
+
+#: Layer index l and depth L.
+LAYER = sp.Symbol("l", integer=True, positive=True)
+DEPTH = sp.Symbol("L", integer=True, positive=True)
+#: Unknown fixed-point variance of a non-homogeneous recursion.
+Q_STAR = sp.Symbol("q_star", positive=True)
+
+_n = sp.IndexedBase("n")  # fan-in n_l
+_nhat = sp.IndexedBase("nhat")  # fan-out \hat n_l
+_w = sp.IndexedBase("w")
+_x = sp.IndexedBase("x")
+_y = sp.IndexedBase("y")
+_b = sp.IndexedBase("b")
+_dx = sp.IndexedBase("Delta_x")
+_dy = sp.IndexedBase("Delta_y")
+_dW = sp.IndexedBase("Delta_W")
+
+_l = LAYER
+HE = "He et al. 2015"
+GLOROT = "Glorot & Bengio 2010"
+
+_A_IID = "the entries of W_l are iid, and independent of x_l"
+_A_X_ID = "the entries of x_l are identically distributed"
+_A_X_INDEP = "the entries of x_l are mutually independent (He et al.'s simplification)"
+_A_ZERO_MEAN = "E[w_l] = 0 (zero-mean weights)"
+_A_SYMMETRIC = "the weight law is symmetric about 0, so y_{l-1} is symmetric about 0 with no atom at 0"
+_A_GAUSSIAN_Y = "y_{l-1} is Gaussian (wide layers: central limit theorem)"
+_A_GRAD_INDEP = "Delta_y_l is independent of W_l (the gradient-independence assumption)"
+_A_DERIV_INDEP = "phi'(y_l) is independent of Delta_x_{l+1}"
+_A_DY_X_INDEP = "Delta_y_l is independent of x_l"
+_A_NO_BIAS = "biases are zero"
+_A_LINEAR_REGIME = "phi is linear near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
+
+
+# --- the symmetry lemma ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SymmetryLemma:
+    r""":math:`g(y) + g(-y) = c \cdot y^{p}` for all :math:`y \ne 0`, proved by sympy."""
+
+    holds: bool
+    constant: sp.Expr | None
+    expression: sp.Expr
+
+
+_Y = sp.Symbol("y", positive=True)
+
+
+def _lemma(g: sp.Expr, power: int) -> SymmetryLemma:
+    both = g.subs(X, _Y) + g.subs(X, -_Y)
+    if both.has(sp.Piecewise):
+        both = sp.piecewise_fold(both)
+    constant = sp.simplify(both / _Y**power)
+    holds = not constant.has(_Y) and not constant.has(sp.Piecewise)
+    return SymmetryLemma(holds, constant if holds else None, both)
+
+
+def symmetry_lemma(act: Activation) -> SymmetryLemma:
+    r"""Test :math:`\phi(y)^2 + \phi(-y)^2 = c\,y^2`; then :math:`E[\phi(y)^2] = \tfrac c2 E[y^2]` for symmetric y.
+
+    For relu this is the identity behind He et al. (2015), eq. (8): :math:`c = 1`.
+    """
+    return _lemma(act.expr**2, 2)
+
+
+def derivative_symmetry_lemma(act: Activation) -> SymmetryLemma:
+    r"""Test :math:`\phi'(y)^2 + \phi'(-y)^2 = c'`; then :math:`E[\phi'(y)^2] = c'/2` for symmetric y."""
+    return _lemma(act.derivative**2, 0)
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+def _title(kind: str, act: Activation) -> str:
+    return f"{kind} for {act}"
+
+
+def _definition_step(b: _Builder, act: Activation, arg: sp.Expr) -> None:
+    b.state(Phi(arg), act.expr.subs(X, arg), Rule.DEFINITION, f"the activation {act}", check="definition")
+
+
+def _second_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr, str, tuple[str, ...], str]:
+    r""":math:`E[\phi(arg)^2]` in terms of :math:`\operatorname{Var}[arg]`: (value, c or None, check, assumptions, why)."""
+    lemma = symmetry_lemma(act)
+    if lemma.holds:
+        value = lemma.constant / 2 * Variance(arg)
+        why = (
+            f"symmetry lemma phi(y)^2 + phi(-y)^2 = {lemma.constant} y^2 (checked by sympy), "
+            "so a symmetric zero-mean y keeps the fraction c/2 of its second moment"
+        )
+        return value, lemma.constant, "lemma", (_A_SYMMETRIC,), why
+    m = moments(act).second_moment
+    value = m.expr.subs(Q, Variance(arg))
+    why = f"Gaussian integral E[phi(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
+    return value, None, "integral", (_A_SYMMETRIC, _A_GAUSSIAN_Y), why
+
+
+def _derivative_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr | None, str, tuple[str, ...], str]:
+    lemma = derivative_symmetry_lemma(act)
+    if lemma.holds:
+        why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {lemma.constant} (checked by sympy) for y != 0"
+        return lemma.constant / 2, lemma.constant, "lemma", (_A_SYMMETRIC,), why
+    m = moments(act).derivative_second_moment
+    value = m.expr.subs(Q, Variance(arg))
+    why = f"Gaussian integral E[phi'(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
+    return value, None, "integral", (_A_SYMMETRIC, _A_GAUSSIAN_Y), why
+
+
+def _check_unrolled(closed_form: sp.Expr, unrolled: Callable[[int], sp.Expr]) -> None:
+    """Check a closed form in the depth L (a sympy Product) against the recursion unrolled for L = 2..7."""
+    for depth in range(2, 8):
+        closed = closed_form.subs(DEPTH, depth).doit()
+        unrolled_value = unrolled(depth)
+        if sp.simplify(sp.expand(unrolled_value - closed)) != 0:
+            raise DerivationError(f"product formula fails at depth {depth}: {unrolled_value} != {closed}")
+
+
+# --- forward -----------------------------------------------------------------------------------
+
+
+def forward(act: Activation, *, weight_mean: bool = False) -> Derivation:
+    r"""The forward recursion for :math:`\operatorname{Var}[y_l]` (He et al. 2015, eqs. 6-9).
+
+    .. math::
+        \operatorname{Var}[y_l] = n_l \operatorname{Var}[w_l]\, E[x_l^2], \qquad
+        E[x_l^2] = \tfrac12 \operatorname{Var}[y_{l-1}] \text{ (relu)}, \qquad
+        \operatorname{Var}[y_L] = \operatorname{Var}[y_1] \prod_{l=2}^{L} \tfrac12 n_l \operatorname{Var}[w_l].
+
+    With ``weight_mean=True`` the weights keep a mean :math:`E[w_l]`, and the derivation shows the
+    extra term :math:`n_l E[w_l]^2 \operatorname{Var}[x_l]`: :math:`\operatorname{Var}[w x] =
+    \operatorname{Var}[w] E[x^2]` only when :math:`E[w] = 0`.
+    """
+    l = _l
+    b = _Builder(_title("Forward recursion" + (" with non-zero-mean weights" if weight_mean else ""), act))
+    var_y, wx = Variance(_y[l]), Variance(_w[l] * _x[l])
+    assumptions = (_A_IID, _A_X_ID, _A_NO_BIAS) + ((_A_X_INDEP,) if weight_mean else ())
+    b.state(
+        var_y,
+        _n[l] * wx,
+        Rule.INDEPENDENCE,
+        "y_l is a sum of n_l terms w x that are uncorrelated (zero-mean weights) or independent",
+        assumptions=assumptions,
+        source=f"{HE}, eq. (6)",
+    )
+    Ew, Ew2, Ex, Ex2, Vw, Vx = (
+        Expect(_w[l]),
+        Expect(_w[l] ** 2),
+        Expect(_x[l]),
+        Expect(_x[l] ** 2),
+        Variance(_w[l]),
+        Variance(_x[l]),
+    )
+    product_variance = Ew2 * Ex2 - Ew**2 * Ex**2
+    b.then(_n[l] * product_variance, Rule.INDEPENDENCE, "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2 for independent w, x",
+           facts={wx: product_variance})
+    b.then(_n[l] * ((Vw + Ew**2) * Ex2 - Ew**2 * Ex**2), Rule.VARIANCE_DEFINITION, "E[w^2] = Var[w] + E[w]^2",
+           facts={Ew2: Vw + Ew**2})
+    general = _n[l] * (Vw * Ex2 + Ew**2 * Vx)
+    b.then(general, Rule.VARIANCE_DEFINITION, "E[x^2] - E[x]^2 = Var[x]: the extra term is E[w]^2 Var[x]",
+           facts={Vx: Ex2 - Ex**2})
+
+    x_second, c, check, fact_assumptions, why = _second_moment_fact(act, _y[l - 1])
+    if weight_mean:
+        return _forward_with_mean(b, act, general, x_second)
+
+    b.then(_n[l] * Vw * Ex2, Rule.ZERO_MEAN, "the extra term vanishes only because E[w_l] = 0",
+           facts={Ew: 0}, assumptions=(_A_ZERO_MEAN,), source=f"{HE}, eq. (7)")
+    _definition_step(b, act, _y[l - 1])
+    b.state(Ex2, Expect(Phi(_y[l - 1]) ** 2), Rule.DEFINITION, "x_l = phi(y_{l-1})", check="definition")
+    b.state(Expect(Phi(_y[l - 1]) ** 2), x_second, Rule.SYMMETRY if c is not None else Rule.GAUSSIAN_INTEGRAL, why,
+            check=check, assumptions=fact_assumptions + (_A_ZERO_MEAN,))
+    recursion = _n[l] * Vw * x_second
+    b.identity(var_y, recursion, Rule.SUBSTITUTION, "substitute E[x_l^2]",
+               facts={var_y: _n[l] * Vw * Ex2, Ex2: x_second},
+               source=f"{HE}, eq. (8)" if c is not None else "")
+    if c is None:
+        return b.build(recursion, summary=_forward_summary(act, None), recursion=recursion)
+    factor = c / 2 * _n[l] * Vw
+    product = sp.Product(factor, (l, 2, DEPTH))
+    _check_unrolled(
+        Variance(_y[1]) * product,
+        lambda depth: sp.Mul(Variance(_y[1]), *(factor.subs(l, k) for k in range(2, depth + 1))),
+    )
+    b.state(Variance(_y[DEPTH]), Variance(_y[1]) * product, Rule.UNROLLING,
+            "apply the recursion from layer L down to layer 2 (checked for L = 2..7)", check="unrolled",
+            source=f"{HE}, eq. (9)")
+    return b.build(Variance(_y[1]) * product, summary=_forward_summary(act, c), recursion=recursion, factor=factor)
+
+
+def _forward_summary(act: Activation, c: sp.Expr | None) -> str:
+    if c is None:
+        return (
+            f"For {act} the second moment E[phi(y)^2] is not a fixed fraction of Var[y], so the recursion is a "
+            "non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
+        )
+    return (
+        f"For {act}, phi(y)^2 + phi(-y)^2 = {c} y^2, so each layer multiplies the pre-activation variance by "
+        f"{c / 2} n_l Var[w_l]; this is exact at every width for any symmetric zero-mean weight law."
+    )
+
+
+def _forward_with_mean(b: _Builder, act: Activation, general: sp.Expr, x_second: sp.Expr) -> Derivation:
+    l = _l
+    m = moments(act)
+    x_mean = m.mean.expr.subs(Q, Variance(_y[l - 1]))
+    _definition_step(b, act, _y[l - 1])
+    b.state(Expect(_x[l]), x_mean, Rule.GAUSSIAN_INTEGRAL if m.mean.route != "symmetry" else Rule.SYMMETRY,
+            f"E[phi(z)], z ~ N(0, Var[y_{{l-1}}]) ({m.mean.route})", check="integral",
+            assumptions=(_A_GAUSSIAN_Y, "y_{l-1} is centred (the weights of layer l-1 have zero mean)"))
+    b.state(Expect(_x[l] ** 2), x_second, Rule.SYMMETRY, "second moment of x_l as in the zero-mean case",
+            check="lemma" if symmetry_lemma(act).holds else "integral")
+    Vw, Ew = Variance(_w[l]), Expect(_w[l])
+    value = _n[l] * (Vw * x_second + Ew**2 * (x_second - x_mean**2))
+    b.identity(Variance(_y[l]), value, Rule.SUBSTITUTION,
+               "substitute E[x_l] and E[x_l^2] (Var[x_l] = E[x_l^2] - E[x_l]^2)",
+               facts={Variance(_y[l]): general, Expect(_x[l] ** 2): x_second, Variance(_x[l]): x_second - x_mean**2})
+    b.identity(Expect(_y[l]), _n[l] * Ew * x_mean, Rule.INDEPENDENCE,
+               "E[y_l] = n_l E[w_l] E[x_l]: non-zero, so y_l is no longer centred",
+               facts={Expect(_y[l]): _n[l] * Ew * x_mean})
+    return b.build(
+        value,
+        summary=(
+            "With E[w_l] != 0 the variance gains n_l E[w_l]^2 Var[x_l], and y_l acquires the mean n_l E[w_l] E[x_l]; "
+            "He et al.'s Var[y_l] = n_l Var[w_l] E[x_l^2] is exactly the zero-mean case."
+        ),
+        extra_term=_n[l] * Ew**2 * (x_second - x_mean**2),
+    )
+
+
+# --- backward ----------------------------------------------------------------------------------
+
+
+def backward(act: Activation) -> Derivation:
+    r"""The backward recursion for :math:`\operatorname{Var}[\Delta x_l]` (He et al. 2015, eqs. 11-14).
+
+    .. math::
+        \operatorname{Var}[\Delta x_l] = \hat n_l \operatorname{Var}[w_l]\, E[\phi'(y_l)^2]\,
+        \operatorname{Var}[\Delta x_{l+1}], \qquad
+        \operatorname{Var}[\Delta x_2] = \operatorname{Var}[\Delta x_{L+1}]
+        \prod_{l=2}^{L} \tfrac12 \hat n_l \operatorname{Var}[w_l] \text{ (relu)}.
+    """
+    l = _l
+    b = _Builder(_title("Backward recursion", act))
+    var_dx, wdy = Variance(_dx[l]), Variance(_w[l] * _dy[l])
+    Vw, Edy2 = Variance(_w[l]), Expect(_dy[l] ** 2)
+    b.state(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE,
+            "Delta_x_l = W_l^T Delta_y_l is a sum of nhat_l terms (fan-out)",
+            assumptions=(_A_IID, _A_GRAD_INDEP), source=f"{HE}, eq. (11)")
+    b.then(_nhat[l] * Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
+           facts={wdy: Vw * Edy2}, assumptions=(_A_ZERO_MEAN,))
+    b.state(_dy[l], DPhi(_y[l]) * _dx[l + 1], Rule.CHAIN_RULE, "x_{l+1} = phi(y_l)", check="definition")
+    dphi2 = Expect(DPhi(_y[l]) ** 2)
+    b.state(Edy2, dphi2 * Expect(_dx[l + 1] ** 2), Rule.INDEPENDENCE, "", assumptions=(_A_DERIV_INDEP,))
+    slope, c, check, fact_assumptions, why = _derivative_moment_fact(act, _y[l])
+    b.state(dphi2, slope, Rule.SYMMETRY if c is not None else Rule.GAUSSIAN_INTEGRAL, why, check=check,
+            assumptions=fact_assumptions)
+    b.state(Expect(_dx[l + 1] ** 2), Variance(_dx[l + 1]), Rule.ZERO_MEAN,
+            "E[Delta_x_{l+1}] = 0 because the weights of layer l+1 have zero mean", check="modelling")
+    recursion = _nhat[l] * Vw * slope * Variance(_dx[l + 1])
+    b.identity(var_dx, recursion, Rule.SUBSTITUTION, "substitute E[Delta_y_l^2]",
+               facts={var_dx: _nhat[l] * Vw * Edy2, Edy2: slope * Variance(_dx[l + 1])},
+               source=f"{HE}, eq. (12)" if c is not None else "")
+    if c is None:
+        return b.build(recursion, summary=(
+            f"For {act} E[phi'(y_l)^2] depends on Var[y_l], so the backward factor changes with the forward "
+            "variance and there is no depth-independent product."), recursion=recursion)
+    factor = slope * _nhat[l] * Vw
+    product = sp.Product(factor, (l, 2, DEPTH))
+    _check_unrolled(
+        Variance(_dx[DEPTH + 1]) * product,
+        lambda depth: sp.Mul(Variance(_dx[depth + 1]), *(factor.subs(l, k) for k in range(2, depth + 1))),
+    )
+    b.state(Variance(_dx[2]), Variance(_dx[DEPTH + 1]) * product, Rule.UNROLLING,
+            "apply the recursion from layer 2 up to layer L (checked for L = 2..7)", check="unrolled",
+            source=f"{HE}, eq. (13)")
+    return b.build(Variance(_dx[DEPTH + 1]) * product, summary=(
+        f"Each layer multiplies the gradient's second moment by {c / 2} nhat_l Var[w_l], with nhat_l the fan-out."),
+        recursion=recursion, factor=factor)
+
+
+# --- weight gradient ---------------------------------------------------------------------------
+
+
+def weight_gradient(act: Activation) -> Derivation:
+    r"""The second moment of :math:`\partial L / \partial W_l`.
+
+    .. math::
+        E\big[(\partial L/\partial W_{l,ij})^2\big] = E[\Delta y_{l,i}^2]\, E[x_{l,j}^2]
+        = E[\phi'(y_l)^2] \operatorname{Var}[\Delta x_{l+1}] \cdot E[\phi(y_{l-1})^2],
+
+    so it is controlled by the pre-activation variance (forward) and the activation-gradient
+    variance (backward) together.
+    """
+    l = _l
+    b = _Builder(_title("Weight-gradient second moment", act))
+    dW2 = Expect(_dW[l] ** 2)
+    b.state(_dW[l], _dy[l] * _x[l], Rule.CHAIN_RULE, "y_l = W_l x_l: dL/dW_{l,ij} = Delta_y_{l,i} x_{l,j}",
+            check="definition")
+    Edy2, Ex2 = Expect(_dy[l] ** 2), Expect(_x[l] ** 2)
+    b.state(dW2, Edy2 * Ex2, Rule.INDEPENDENCE, "", assumptions=(_A_DY_X_INDEP,))
+    slope, c_back, *_ = _derivative_moment_fact(act, _y[l])
+    x_second, c_fwd, *_ = _second_moment_fact(act, _y[l - 1])
+    b.then(slope * Variance(_dx[l + 1]) * Ex2, Rule.SUBSTITUTION,
+           "backward recursion: E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]",
+           facts={Edy2: slope * Variance(_dx[l + 1])}, assumptions=(_A_DERIV_INDEP,))
+    value = slope * Variance(_dx[l + 1]) * x_second
+    b.then(value, Rule.SUBSTITUTION, "forward recursion: E[x_l^2] = E[phi(y_{l-1})^2]",
+           facts={Ex2: x_second}, assumptions=(_A_SYMMETRIC,))
+    summary = (
+        "The weight gradient's second moment is the product of the backward quantity Var[Delta_x_{l+1}] and the "
+        "forward quantity Var[y_{l-1}]: keeping both stable (one exactly, the other up to the width ratio of "
+        "the `ratio` derivation) keeps the weight gradients stable, whether or not x_l is zero-mean."
+    )
+    if c_back is None or c_fwd is None:
+        return b.build(value, summary=summary)
+    # Under the fan-in condition every forward factor is 1 and every backward factor nhat_k / n_k.
+    k = sp.Symbol("k", integer=True, positive=True)
+    under_fan_in = c_back / 2 * c_fwd / 2 * Variance(_y[1]) * Variance(_dx[DEPTH + 1]) * sp.Product(
+        _nhat[k] / _n[k], (k, l + 1, DEPTH))
+    b.state(dW2, under_fan_in, Rule.CONDITION,
+            "with the fan-in condition (c/2) n_k Var[w_k] = 1 for every k: Var[y_{l-1}] = Var[y_1] and "
+            "Var[Delta_x_{l+1}] = Var[Delta_x_{L+1}] prod_{k=l+1}^{L} nhat_k / n_k",
+            check="modelling", source=f"{HE}, eqs. (9), (10), (13)")
+    return b.build(value, summary=summary, under_fan_in=under_fan_in)
+
+
+# --- conditions --------------------------------------------------------------------------------
+
+
+def _law_parameter(weights: str, variance: sp.Expr) -> tuple[str, sp.Expr, WeightLaw]:
+    if weights == "normal":
+        return "std", sp.sqrt(variance), Normal(variance)
+    if weights == "uniform":
+        law = Uniform(sp.sqrt(3 * variance))
+        return "bound", law.bound, law
+    if weights == "truncated_normal":
+        law = TruncatedNormal(1).with_variance(variance)
+        return "std", law.std, law
+    raise DerivationError(f"unknown weight distribution {weights!r}; known: {', '.join(DISTRIBUTIONS)}")
+
+
+_CONDITION_SOURCES = {
+    ("relu", "fan_in"): f"{HE}, eq. (10)",
+    ("relu", "fan_out"): f"{HE}, eq. (14)",
+    ("leaky_relu", "fan_in"): f"{HE}, eq. (15)",
+}
+
+
+def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal") -> Derivation:
+    r"""The initialisation condition and the weight variance it prescribes.
+
+    For a homogeneous activation (symmetry lemma with constant c):
+    :math:`\tfrac c2 n_l \operatorname{Var}[w_l] = 1` (He et al. 2015, eq. 10; leaky relu / PReLU:
+    :math:`\tfrac12 (1 + a^2) n_l \operatorname{Var}[w_l] = 1`, eq. 15) with :math:`n_l` the fan-in,
+    or :math:`\tfrac{c'}2 \hat n_l \operatorname{Var}[w_l] = 1` (eq. 14) with the fan-out. The result
+    ``weight_variance`` is written in :data:`~varprop.weights.N_IN` / :data:`~varprop.weights.N_OUT`.
+
+    Otherwise (tanh, shifted relu, ...) no scale-free condition exists: the variance is preserved only
+    at a fixed point :math:`q^* = n \operatorname{Var}[w] E[\phi(z)^2]`, :math:`z \sim \mathcal N(0, q^*)`,
+    and ``weight_variance`` depends on :math:`q^*`.
+    """
+    if mode not in ("fan_in", "fan_out"):
+        raise DerivationError(f"unknown mode {mode!r}; known: fan_in, fan_out")
+    l = _l
+    var_w = Variance(_w[l])
+    fan, fan_symbol = (_n[l], N_IN) if mode == "fan_in" else (_nhat[l], N_OUT)
+    b = _Builder(_title(f"Initialisation condition ({mode})", act))
+    if mode == "fan_in":
+        moment, c, check, assumptions, why = _second_moment_fact(act, _y[l - 1])
+        scale = moment / Variance(_y[l - 1]) if c is not None else None
+        what = "forward: Var[y_l] = Var[y_{l-1}]"
+    else:
+        moment, c, check, assumptions, why = _derivative_moment_fact(act, _y[l])
+        scale = moment if c is not None else None
+        what = "backward: Var[Delta_x_l] = Var[Delta_x_{l+1}]"
+    if scale is None:
+        return _fixed_point_condition(b, act, mode, weights)
+    factor = scale * fan * var_w
+    b.state(factor, sp.Integer(1), Rule.CONDITION, f"keep every layer's factor at 1 ({what}); {why}",
+            check="modelling", assumptions=assumptions, source=_CONDITION_SOURCES.get((act.name, mode), ""))
+    solutions = sp.solve(sp.Eq(factor, 1), var_w)
+    if len(solutions) != 1:
+        raise DerivationError(f"the condition {factor} = 1 has no unique solution for Var[w_l]: {solutions}")
+    variance = solutions[0]
+    b.state(var_w, variance, Rule.SOLVE, "solve the condition for Var[w_l] (sympy.solve)", check="solve")
+    weight_variance = variance.subs(fan, fan_symbol)
+    name, parameter, law = _law_parameter(weights, weight_variance)
+    b.identity(sp.Symbol(name), parameter, Rule.SOLVE,
+               f"{weights} law with variance Var[w_l] ({law.__class__.__name__})",
+               facts={sp.Symbol(name): parameter})
+    return b.build(
+        weight_variance,
+        summary=f"Var[w_l] = {weight_variance} keeps the {what.split(':')[0]} signal's scale at every depth.",
+        weight_variance=weight_variance,
+        law_parameter=parameter,
+    )
+
+
+def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str) -> Derivation:
+    l = _l
+    m2 = moments(act).second_moment
+    var_w = Variance(_w[l])
+    second = m2.expr.subs(Q, Q_STAR)
+    equation_lhs = _n[l] * var_w * second
+    b.state(Variance(_y[l]), _n[l] * var_w * m2.expr.subs(Q, Variance(_y[l - 1])), Rule.GAUSSIAN_INTEGRAL,
+            f"forward recursion with E[phi(z)^2], z ~ N(0, Var[y_{{l-1}}]) ({m2.route})",
+            check="integral", assumptions=(_A_GAUSSIAN_Y, _A_ZERO_MEAN), source=f"{HE}, eq. (7)")
+    if m2.exact and not sp.simplify(second / Q_STAR).has(Q_STAR):
+        raise DerivationError(f"{act} is homogeneous; use the scale-free condition")
+    b.state(Q_STAR, equation_lhs, Rule.FIXED_POINT,
+            "Var[y_l] = Var[y_{l-1}] = q*: the variance is preserved only at a fixed point, since "
+            "E[phi(z)^2] / q depends on q (no scale-free condition)", check="modelling")
+    variance = Q_STAR / (_n[l] * second)
+    b.identity(var_w, variance, Rule.SOLVE, "solve the fixed-point equation for Var[w_l]",
+               facts={var_w: variance})
+    weight_variance = variance.subs(_n[l], N_IN)
+    note = "" if mode == "fan_in" else " (the fan-out mode has no separate fixed point: it follows the forward one)"
+    return b.build(
+        weight_variance,
+        summary=(
+            f"For {act} there is no scale-free condition: preserving a pre-activation variance q* needs "
+            f"Var[w] = q* / (n_in E[phi(z)^2]) with z ~ N(0, q*), a different variance for every q*{note}."
+        ),
+        weight_variance=weight_variance,
+        fixed_point_equation=sp.Eq(Q_STAR, equation_lhs.subs(_n[l], N_IN)),
+    )
+
+
+# --- ratio between the two conditions -----------------------------------------------------------
+
+
+def ratio(act: Activation) -> Derivation:
+    r"""What the unused direction does under each condition (He et al. 2015, after eq. 14).
+
+    For a dense network :math:`\hat n_l = n_{l+1}`, so with the fan-in condition the backward product
+    telescopes to :math:`\prod_{l=2}^{L} \hat n_l / n_l = n_{L+1}/n_2`, and with the fan-out condition
+    the forward product to :math:`n_2/n_{L+1}` (He's :math:`c_2/d_L`): a ratio of two widths, not
+    exponential in depth.
+    """
+    lemma_f, lemma_b = symmetry_lemma(act), derivative_symmetry_lemma(act)
+    if not (lemma_f.holds and lemma_b.holds):
+        raise DerivationError(
+            f"the ratio of the two conditions needs a homogeneous activation (relu family); {act} has no "
+            "scale-free condition"
+        )
+    c = lemma_f.constant
+    if sp.simplify(lemma_b.constant - c) != 0:
+        raise DerivationError(f"{act}: the forward and backward lemma constants differ ({c}, {lemma_b.constant})")
+    l = _l
+    b = _Builder(_title("Ratio between the fan-in and fan-out conditions", act))
+    backward_factor = c / 2 * _nhat[l] * Variance(_w[l])
+    fan_in_variance = 2 / (c * _n[l])
+    b.state(Variance(_w[l]), fan_in_variance, Rule.CONDITION, "fan-in condition", check="solve",
+            source=f"{HE}, eq. (10)")
+    per_layer = _nhat[l] / _n[l]
+    b.identity(backward_factor, per_layer, Rule.SUBSTITUTION, "backward factor under the fan-in condition",
+               facts={Variance(_w[l]): fan_in_variance})
+    b.state(_nhat[l], _n[l + 1], Rule.DEFINITION, "dense layers: the fan-out of layer l is the fan-in of layer l+1",
+            check="definition")
+    telescoped = _n[DEPTH + 1] / _n[2]
+    product = sp.Product(_n[l + 1] / _n[l], (l, 2, DEPTH))
+    _check_unrolled(product - telescoped, lambda depth: sp.Integer(0))
+    b.state(product, telescoped, Rule.TELESCOPING, "consecutive widths cancel (checked for L = 2..7)",
+            check="unrolled", source=f"{HE}, after eq. (14)")
+    forward_product = sp.Product(_n[l] / _n[l + 1], (l, 2, DEPTH))
+    forward_telescoped = _n[2] / _n[DEPTH + 1]
+    _check_unrolled(forward_product - forward_telescoped, lambda depth: sp.Integer(0))
+    b.state(forward_product, forward_telescoped, Rule.TELESCOPING,
+            "with the fan-out condition the forward product is the inverse ratio (He's c_2/d_L)",
+            check="unrolled", source=f"{HE}, after eq. (14)")
+    return b.build(
+        telescoped,
+        summary=(
+            "Whichever condition is used, the other direction's product is a ratio of two widths (n_{L+1}/n_2 or "
+            "its inverse), not exponential in depth: either condition alone suffices."
+        ),
+        fan_in_backward_product=telescoped,
+        fan_out_forward_product=forward_telescoped,
+    )
+
+
+# --- Glorot --------------------------------------------------------------------------------------
+
+
+def glorot(act: Activation, *, weights: str = "uniform") -> Derivation:
+    r"""Glorot & Bengio (2010) for a linear (or linear-regime) network.
+
+    Forward :math:`n_l \operatorname{Var}[w_l] = 1` (eq. 10), backward
+    :math:`\hat n_l \operatorname{Var}[w_l] = 1` (eq. 11), and the compromise
+    :math:`\operatorname{Var}[w_l] = 2/(n_l + \hat n_l)` (eq. 12); uniform weights with bound
+    :math:`\sqrt{6/(n_l + \hat n_l)}` (eq. 16). For any activation other than linear this rests on the
+    linear-regime approximation :math:`\phi(z) \approx z` near 0, which varprop checks (phi(0) = 0,
+    phi'(0) = 1) and labels as an approximation.
+    """
+    l = _l
+    b = _Builder(_title("Glorot / Xavier initialisation", act))
+    at_zero, slope_at_zero = sp.simplify(act.expr.subs(X, 0)), sp.simplify(act.derivative.subs(X, 0))
+    exact_linear = sp.simplify(act.expr - X) == 0
+    if not exact_linear and (at_zero != 0 or slope_at_zero != 1):
+        raise DerivationError(
+            f"Glorot's linear regime needs phi(0) = 0 and phi'(0) = 1; {act} has phi(0) = {at_zero}, "
+            f"phi'(0) = {slope_at_zero}"
+        )
+    regime = () if exact_linear else (_A_LINEAR_REGIME,)
+    Vw = Variance(_w[l])
+    b.state(Variance(_y[l]), _n[l] * Vw * Variance(_y[l - 1]), Rule.LINEAR_REGIME,
+            "forward recursion with phi(z) = z" + ("" if exact_linear else f" (phi(0) = 0, phi'(0) = 1 checked)"),
+            check="identity" if exact_linear else "modelling", assumptions=(_A_IID, _A_ZERO_MEAN) + regime,
+            source=f"{GLOROT}, eq. (5)")
+    b.state(Variance(_dx[l]), _nhat[l] * Vw * Variance(_dx[l + 1]), Rule.LINEAR_REGIME,
+            "backward recursion with phi'(z) = 1", check="identity" if exact_linear else "modelling",
+            assumptions=(_A_GRAD_INDEP,) + regime, source=f"{GLOROT}, eq. (6)")
+    b.state(_n[l] * Vw, sp.Integer(1), Rule.CONDITION, "forward condition", check="modelling",
+            source=f"{GLOROT}, eq. (10)")
+    b.state(_nhat[l] * Vw, sp.Integer(1), Rule.CONDITION, "backward condition", check="modelling",
+            source=f"{GLOROT}, eq. (11)")
+    compromise = sp.solve(sp.Eq((_n[l] + _nhat[l]) / 2 * Vw, 1), Vw)[0]
+    b.state(Vw, compromise, Rule.SOLVE,
+            "both hold only when n_l = nhat_l; the compromise sets the average of the two factors to 1",
+            check="solve", source=f"{GLOROT}, eq. (12)")
+    weight_variance = compromise.subs({_n[l]: N_IN, _nhat[l]: N_OUT})
+    name, parameter, _law = _law_parameter(weights, weight_variance)
+    b.identity(sp.Symbol(name), parameter, Rule.SOLVE, f"{weights} law with this variance",
+               facts={sp.Symbol(name): parameter}, source=f"{GLOROT}, eq. (16)" if weights == "uniform" else "")
+    return b.build(
+        weight_variance,
+        summary=(
+            "For a linear network the forward and backward conditions differ unless fan-in equals fan-out; "
+            "Glorot and Bengio take the compromise 2/(n_in + n_out)."
+            + ("" if exact_linear else f" For {act} this is an approximation (linear regime), not an identity.")
+        ),
+        weight_variance=weight_variance,
+        law_parameter=parameter,
+    )
+
+
+#: The derivations by CLI name.
+DERIVATIONS = {
+    "forward": forward,
+    "backward": backward,
+    "weight-gradient": weight_gradient,
+    "condition": condition,
+    "ratio": ratio,
+    "glorot": glorot,
+}
