@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -304,7 +305,23 @@ def expression(text: str, **params: object) -> Activation:
             else as_sympy_number(value, f"parameter {key}", error=ExpressionError)
         )
     expr = parse_expression(text, values)
+    if X not in expr.free_symbols:
+        raise ExpressionError(f"expression {text!r} does not depend on x; write the activation in x, e.g. 'max(x, 0) - 0.5'")
+    _check_real(expr, text)
     return Activation(_EXPRESSION, expr, tuple(values.items()), source=text.strip())
+
+
+def _check_real(expr: sp.Expr, text: str) -> None:
+    """Refuse expressions that are not real-valued on the real line (``sqrt(x)``, ``log(x)``)."""
+    if expr.free_symbols - {X}:
+        return  # symbolic parameters: checked when they get values
+    for point in (sp.Rational(-5, 2), sp.Rational(-1, 3), sp.Rational(1, 3), sp.Rational(5, 2)):
+        value = sp.N(expr.subs(X, point), 15)
+        if not value.is_real or not value.is_finite:
+            raise ExpressionError(
+                f"expression {text!r} is not a finite real number at x = {point} (got {value}); "
+                "an activation must be real-valued on the whole real line"
+            )
 
 
 def builtin_summary() -> dict[str, str]:
@@ -363,7 +380,9 @@ def parse_expression(text: str, params: Mapping[str, sp.Expr] | None = None) -> 
     if not text.strip():
         raise ExpressionError("expression is empty; write it in x, e.g. 'max(x, 0) - 0.5'")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"malformed expression {text!r}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError):

@@ -173,27 +173,35 @@ class Derivation:
         return tuple(seen)
 
     def latex(self, *, standalone: bool = False) -> str:
-        r"""The steps as an ``align`` environment, one ``\tag`` per step (``standalone`` adds a preamble)."""
+        r"""The steps as an ``align`` environment, one ``\tag`` per step, then each step's justification.
+
+        Each line carries its rule and the paper's equation number; the list below the environment
+        gives the full justification and how the step was checked. ``standalone`` wraps it all in a
+        document that ``pdflatex`` compiles.
+        """
         lines = []
         previous_lhs = None
         for number, step in enumerate(self.steps, 1):
             lhs = "" if previous_lhs is not None and step.lhs == previous_lhs else to_latex(step.lhs)
-            reason = _latex_text(step.reason())
-            lines.append(f"{lhs} &= {to_latex(step.rhs)} && \\text{{{reason}}} \\tag{{{number}}}")
+            label = step.rule.value + (f"; {step.source}" if step.source else "")
+            lines.append(f"{lhs} &= {to_latex(step.rhs)} && \\text{{{_latex_text(label)}}} \\tag{{{number}}}")
             previous_lhs = step.lhs
-        body = "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}"
+        body = "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}\n"
+        details = "".join(
+            f"\\item[({number})] {_latex_text(step.justification or step.rule.value)} (checked: {step.check})\n"
+            for number, step in enumerate(self.steps, 1)
+        )
+        body += "\\begin{description}\\small\n" + details + "\\end{description}\n"
         header = f"% {self.title}\n"
-        if self.assumptions:
-            header += "% assumptions: " + "; ".join(self.assumptions) + "\n"
         if not standalone:
-            return header + body
+            return header + body + _latex_assumptions(self.assumptions)
         return (
             "\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n"
             "\\usepackage{amsmath,amssymb}\n\\allowdisplaybreaks\n\\begin{document}\n"
             f"\\section*{{{_latex_text(self.title)}}}\n{_latex_text(self.summary)}\n\n"
             + header
             + body
-            + "\n\\paragraph{Result.} $"
+            + "\\paragraph{Result.} $"
             + to_latex(self.result)
             + "$\n"
             + _latex_assumptions(self.assumptions)
@@ -279,7 +287,13 @@ class _TextPrinter(StrPrinter):
 
 class _LatexPrinter(LatexPrinter):
     def _print_Indexed(self, expr: sp.Indexed) -> str:
-        base = self._print(expr.base.label)
+        name = str(expr.base.label)
+        if name.startswith("Delta_"):  # gradient bases: Delta_x -> \Delta x (He et al.'s notation)
+            base = r"\Delta " + name.removeprefix("Delta_")
+        else:
+            base = self._print(expr.base.label)
+        if "_" in base or "^" in base:
+            base = f"{{{base}}}"
         return f"{base}_{{{','.join(self._print(i) for i in expr.indices)}}}"
 
 

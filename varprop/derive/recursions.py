@@ -28,6 +28,7 @@ from .gaussian import Q, moments
 __all__ = [
     "LAYER",
     "DEPTH",
+    "Q_STAR",
     "SymmetryLemma",
     "symmetry_lemma",
     "derivative_symmetry_lemma",

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from varprop.activations import BUILTIN_ACTIVATIONS, X, activation, expression, parse_expression
+from varprop.errors import ActivationError, ExpressionError, VarpropError
+
+GRID = np.linspace(-4.0, 4.0, 81) + 1e-3  # avoid the kink at exactly 0
+
+
+@pytest.mark.parametrize("name", BUILTIN_ACTIVATIONS)
+def test_numpy_matches_sympy_expression(name):
+    act = activation(name)
+    reference = sp.lambdify(X, act.expr, modules=["mpmath"])
+    expected = np.array([float(reference(z)) for z in GRID])
+    assert np.allclose(act.numpy(GRID), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", BUILTIN_ACTIVATIONS)
+def test_numpy_derivative_matches_central_difference(name):
+    act = activation(name)
+    h = 1e-6
+    finite = (act.numpy(GRID + h) - act.numpy(GRID - h)) / (2 * h)
+    assert np.allclose(act.numpy_derivative(GRID), finite, rtol=1e-6, atol=1e-6)
+    reference = sp.lambdify(X, act.derivative, modules=["mpmath"])
+    assert np.allclose(act.numpy_derivative(GRID), [float(reference(z)) for z in GRID], rtol=1e-12, atol=1e-14)
+
+
+def test_numpy_is_stable_in_the_tails():
+    z = np.array([-800.0, 800.0])
+    for name in BUILTIN_ACTIVATIONS:
+        act = activation(name)
+        with np.errstate(over="raise", invalid="raise"):
+            try:
+                out = act.numpy(z)
+            except FloatingPointError:
+                pytest.fail(f"{name} overflows at |z| = 800")
+        assert np.all(np.isfinite(out)) or name in ("linear", "abs", "relu", "leaky_relu", "shifted_relu")
+
+
+def test_parameters_default_value_and_symbolic():
+    assert activation("leaky_relu").params == (("a", sp.Rational(1, 100)),)
+    a = activation("leaky_relu", a=None)
+    assert a.params[0][1] == sp.Symbol("a", real=True) and not a.is_numeric
+    with pytest.raises(ActivationError, match="symbolic parameters"):
+        a.numpy(GRID)
+    assert activation("leaky_relu", a=0.2).numpy(np.array([-1.0]))[0] == pytest.approx(-0.2)
+
+
+def test_unknown_activation_and_parameter_messages():
+    with pytest.raises(ActivationError, match=r"unknown activation 'rleu'; known: abs, elu"):
+        activation("rleu")
+    with pytest.raises(ActivationError, match=r"no parameter 'a'; its parameters: none"):
+        activation("relu", a=1)
+    with pytest.raises(ActivationError, match="non-negative"):
+        activation("elu", alpha=-1)
+    with pytest.raises(VarpropError):
+        activation("leaky_relu", a="0.2")  # text is never parsed here
+
+
+def test_user_expression_max_shift():
+    act = expression("max(x, 0) - 0.5")
+    z = np.array([-1.0, 0.25, 3.0])
+    assert np.allclose(act.numpy(z), np.maximum(z, 0) - 0.5)
+    assert np.allclose(act.numpy_derivative(z), [0.0, 1.0, 1.0])
+    assert expression("x ^ 2").expr == X**2
+    assert expression("max(x, c)", c=None).expr.has(sp.Symbol("c", real=True))
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("__import__('os').system('id')", "not accepted"),
+        ("x.real", "Attribute"),
+        ("(lambda: 1)()", "not accepted"),
+        ("'x'", "constant"),
+        ("y + 1", "name 'y'"),
+        ("exp(x, 2)", "takes 1 argument"),
+        ("max(x)", "takes 2 argument"),
+        ("exp(x=1)", "keyword"),
+        ("x[0]", "Subscript"),
+        ("x if x > 0 else 0", "IfExp"),
+        ("x > 0", "Compare"),
+        ("x ** 100", "exponent"),
+        ("9 ** 9 ** 9", "exponent"),
+        ("", "empty"),
+        ("x +", "malformed"),
+        ("(" * 300 + "x" + ")" * 300, "at most"),
+        ("sqrt(x)", "not a finite real number"),
+        ("1/0", "division by zero"),
+        ("2", "does not depend on x"),
+    ],
+)
+def test_rejected_expressions(text, fragment):
+    with pytest.raises(ExpressionError, match=fragment):
+        expression(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("x()+-*/^.,_ 0123456789eaxpmlogsqrtinhbcd'\"[]:=<>")), max_size=40))
+def test_any_text_parses_or_raises_one_error(text):
+    try:
+        expr = parse_expression(text)
+    except ExpressionError:
+        return
+    assert isinstance(expr, sp.Expr)
+    assert expr.free_symbols <= {X}

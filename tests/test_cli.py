@@ -1,0 +1,99 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from varprop.activations import BUILTIN_ACTIVATIONS
+from varprop.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_moments_json_keys_and_values(capsys):
+    code, out, _ = run(capsys, "moments", "relu", "--json")
+    data = json.loads(out)
+    assert code == 0
+    for key in ("activation", "mean", "second_moment", "variance", "derivative_second_moment",
+                "mean_expr", "second_moment_expr", "variance_expr", "derivative_second_moment_expr", "exact", "error_bound"):
+        assert key in data
+    assert data["second_moment"] == 0.5 and data["second_moment_expr"] == "q/2" and data["exact"] is True
+    assert data["error_bound"] == 0
+
+
+def test_moments_numeric_activation_and_params(capsys):
+    _, out, _ = run(capsys, "moments", "tanh", "--q", "2", "--json")
+    data = json.loads(out)
+    assert data["exact"] is False and 0 < data["error_bound"] < 1e-9
+    _, out, _ = run(capsys, "moments", "leaky_relu", "--param", "a=0.2", "--json")
+    assert json.loads(out)["second_moment"] == pytest.approx(0.52, rel=1e-15)
+    _, out, _ = run(capsys, "moments", "leaky_relu", "--param", "a", "--json")
+    data = json.loads(out)
+    assert data["second_moment"] is None and "a**2" in data["second_moment_expr"]
+    code, out, _ = run(capsys, "moments", "max(x, 0) - 0.5")
+    assert code == 0 and "E[phi(z)^2]" in out
+
+
+@pytest.mark.parametrize("name", BUILTIN_ACTIVATIONS)
+def test_moments_text_for_every_builtin(capsys, name):
+    code, out, _ = run(capsys, "moments", name)
+    assert code == 0 and out.startswith(name)
+
+
+def test_derive_formats(capsys):
+    for fmt in ("text", "markdown", "latex", "json"):
+        code, out, _ = run(capsys, "derive", "forward", "--activation", "relu", "--format", fmt)
+        assert code == 0 and out
+    _, out, _ = run(capsys, "derive", "condition", "--activation", "leaky_relu", "--param", "a", "--format", "json")
+    data = json.loads(out)
+    assert data["weight_variance"] == "2/(n_in*(a**2 + 1))"
+    assert data["steps"] and data["result"]
+    _, out, _ = run(capsys, "derive", "condition", "--mode", "fan_out", "--format", "json")
+    assert json.loads(out)["weight_variance"] == "2/n_out"
+    _, out, _ = run(capsys, "derive", "glorot", "--activation", "linear", "--format", "json")
+    assert json.loads(out)["weight_variance"] == "2/(n_in + n_out)"
+    code, out, _ = run(capsys, "derive", "forward", "--weight-mean")
+    assert code == 0 and "E[w_l]**2" in out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["moments", "rleu"], "unknown activation 'rleu'"),
+        (["moments", "max(x, 0"], "malformed expression"),
+        (["moments", "relu", "--param", "a=1"], "no parameter 'a'"),
+        (["moments", "relu", "--q", "-1"], "non-negative"),
+        (["moments", "relu", "--q", "x"], "must be a number"),
+        (["moments", "exp(x**2)"], "not square-integrable"),
+        (["moments", "__import__('os').system('id')"], "not accepted"),
+        (["derive", "ratio", "--activation", "tanh"], "homogeneous"),
+        (["moments", "leaky_relu", "--param", "1a=2"], "NAME or NAME=VALUE"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and fragment in err and err.startswith("varprop: ") and err.count("\n") == 1
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["derive", "sideways"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["derive", "condition", "--weights", "gauss"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("command", [[], ["moments"], ["derive"], ["activations"]])
+def test_help_everywhere(command):
+    result = subprocess.run([sys.executable, "-m", "varprop.cli", *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: varprop" in result.stdout
+
+
+def test_console_script_runs_and_rejects_without_traceback():
+    result = subprocess.run(["varprop", "moments", "rleu"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr

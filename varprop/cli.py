@@ -1,0 +1,235 @@
+"""The ``varprop`` command line: a thin layer over the Python API.
+
+Every command parses its arguments, calls one public function and prints the result. Bad input
+(a :class:`~varprop.errors.VarpropError`) is reported on one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+
+import sympy as sp
+
+from . import __version__
+from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
+from .derive import DERIVATIONS, Q, moments
+from .derive.derivation import to_text
+from .errors import VarpropError
+from .weights import DISTRIBUTIONS
+
+__all__ = ["main", "build_parser"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FORMATS = ("text", "markdown", "latex", "json")
+
+
+class _UsageError(VarpropError):
+    """A command-line value that cannot be used."""
+
+
+def _parse_number(text: str, what: str) -> sp.Expr:
+    """A number written as text (``0.2``, ``1/3``, ``sqrt(5)``) through the whitelist parser."""
+    value = parse_expression(text)
+    if value.free_symbols:
+        raise _UsageError(f"{what} must be a number (such as 0.2, 1/3 or sqrt(5)), got {text!r}")
+    return value
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, sp.Expr | None]:
+    params: dict[str, sp.Expr | None] = {}
+    for item in items:
+        name, has_value, value = item.partition("=")
+        name = name.strip()
+        if not _NAME.match(name):
+            raise _UsageError(f"--param expects NAME or NAME=VALUE, got {item!r}")
+        params[name] = _parse_number(value, f"parameter {name}") if has_value else None
+    return params
+
+
+def _activation(spec: str, params: dict[str, sp.Expr | None]) -> Activation:
+    """A built-in by name, or a user expression in x."""
+    if spec in BUILTIN_ACTIVATIONS:
+        return activation(spec, **params)
+    if _NAME.match(spec) and spec != "x":
+        return activation(spec, **params)  # raises: unknown activation, with the list of known ones
+    return expression(spec, **params)
+
+
+# --- moments -------------------------------------------------------------------------------------
+
+
+_MOMENT_LABELS = {
+    "mean": "E[phi(z)]",
+    "second_moment": "E[phi(z)^2]",
+    "variance": "Var[phi(z)]",
+    "derivative_second_moment": "E[phi'(z)^2]",
+}
+
+
+def moments_report(act: Activation, q: sp.Expr) -> dict[str, object]:
+    """The moments of ``act`` under N(0, q) as a JSON-ready dictionary (see ``varprop moments --help``)."""
+    result = moments(act)
+    report: dict[str, object] = {"activation": str(act), "q": float(q)}
+    bounds = []
+    symbolic = act.expr.free_symbols - {sp.Symbol("x", real=True)}
+    for key, value in result.as_dict().items():
+        report[f"{key}_expr"] = str(value.expr)
+        report[f"{key}_route"] = value.route
+        if symbolic:
+            report[key] = None
+            continue
+        number = value.evaluate({Q: q})
+        report[key] = number.value
+        bounds.append(number.error_bound)
+    report["exact"] = result.exact and result.variance.exact
+    report["error_bound"] = max(bounds) if bounds else (0.0 if report["exact"] else None)
+    if symbolic:
+        report["note"] = "numbers need values for " + ", ".join(sorted(map(str, symbolic)))
+    return report
+
+
+def _print_moments(report: dict[str, object]) -> None:
+    q = f"{report['q']:g}"
+    print(f"{report['activation']}: moments under z ~ N(0, q), numbers at q = {q}")
+    rows = [("quantity", "value", "route", "closed form in q" if report["exact"] else "expression in q")]
+    for key, label in _MOMENT_LABELS.items():
+        value = report[key]
+        shown = "-" if value is None else f"{value:.12g}"
+        expr = report[f"{key}_expr"]
+        if "Integral" in expr:
+            expr = "(no closed form known; numeric quadrature)"
+        rows.append((label, shown, report[f"{key}_route"], expr))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    if report["exact"]:
+        print("  exact: every value is a closed form (error bound 0)")
+    elif report["error_bound"] is not None:
+        print(f"  exact: no; numeric error bound {report['error_bound']:.2e} (QUADPACK estimate)")
+    if "note" in report:
+        print(f"  {report['note']}")
+
+
+def _cmd_moments(args: argparse.Namespace) -> int:
+    act = _activation(args.activation, _parse_params(args.param))
+    q = _parse_number(args.q, "--q")
+    if q.is_negative:
+        raise _UsageError(f"--q is a variance and must be non-negative, got {args.q!r}")
+    report = moments_report(act, q)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_moments(report)
+    return 0
+
+
+# --- derive --------------------------------------------------------------------------------------
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    act = _activation(args.activation, _parse_params(args.param))
+    function = DERIVATIONS[args.kind]
+    options: dict[str, object] = {}
+    if args.kind == "condition":
+        options = {"mode": args.mode, "weights": args.weights}
+    elif args.kind == "glorot":
+        options = {"weights": args.weights}
+    elif args.kind == "forward":
+        options = {"weight_mean": args.weight_mean}
+    derivation = function(act, **options)
+    if args.format == "json":
+        print(derivation.json())
+    elif args.format == "latex":
+        print(derivation.latex(standalone=args.standalone))
+    elif args.format == "markdown":
+        print(derivation.markdown())
+    else:
+        print(derivation.text(), end="")
+    return 0
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    for name, summary in builtin_summary().items():
+        print(f"  {name:<13} {summary}")
+    print("\nOr an expression in x, e.g. 'max(x, 0) - 0.5' (functions: abs, atan, cos, cosh, erf, erfc, exp, log, "
+          "max, min, relu, sigmoid, sin, sinh, softplus, sqrt, step, tanh).")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="varprop",
+        description="Derive (sympy) and check (Monte Carlo) how signal and gradient moments propagate "
+        "through randomly initialised neural networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"varprop {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    activation_help = (
+        "a built-in activation (" + ", ".join(BUILTIN_ACTIVATIONS) + ") or an expression in x such as 'max(x, 0) - 0.5'"
+    )
+    param_help = "activation parameter, e.g. a=0.2 (leaky_relu), c=0.5 (shifted_relu), alpha=1 (elu); NAME alone stays symbolic"
+
+    moments_parser = commands.add_parser(
+        "moments",
+        help="Gaussian moments of an activation",
+        description="E[phi(z)], E[phi(z)^2], Var[phi(z)] and E[phi'(z)^2] for z ~ N(0, q): closed forms in q where "
+        "they exist (rectifier family, erf, gelu, elu, selu, polynomials), numeric quadrature with an error bound "
+        "otherwise (tanh, sigmoid, silu, softplus).",
+    )
+    moments_parser.add_argument("activation", metavar="ACTIVATION", help=activation_help)
+    moments_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
+    moments_parser.add_argument("--q", default="1", metavar="Q", help="variance of z at which numbers are given (default 1)")
+    moments_parser.add_argument("--json", action="store_true", help="print JSON: numbers, *_expr sympy text, exact, error_bound")
+    moments_parser.set_defaults(handler=_cmd_moments)
+
+    derive_parser = commands.add_parser(
+        "derive",
+        help="derive a recursion or condition step by step",
+        description="Derive, as checked sympy steps: forward (He et al. 2015 eqs. 6-9), backward (eqs. 11-13), "
+        "weight-gradient, condition (eq. 10 fan_in / eq. 14 fan_out, or the fixed point for non-homogeneous "
+        "activations), ratio (the two conditions' products) and glorot (Glorot & Bengio 2010, eqs. 5-16).",
+    )
+    derive_parser.add_argument("kind", choices=tuple(DERIVATIONS), metavar="KIND", help="one of: " + ", ".join(DERIVATIONS))
+    derive_parser.add_argument("--activation", default="relu", help=activation_help + " (default relu)")
+    derive_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
+    derive_parser.add_argument("--weights", choices=DISTRIBUTIONS, default=None,
+                               help="weight law for the condition's parameter (default normal; glorot: uniform)")
+    derive_parser.add_argument("--mode", choices=("fan_in", "fan_out"), default="fan_in", help="condition: which fan (default fan_in)")
+    derive_parser.add_argument("--weight-mean", action="store_true", help="forward: keep a non-zero weight mean E[w]")
+    derive_parser.add_argument("--format", choices=_FORMATS, default="text", help="output format (default text)")
+    derive_parser.add_argument("--standalone", action="store_true", help="latex: a whole document that pdflatex compiles")
+    derive_parser.set_defaults(handler=_cmd_derive)
+
+    list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")
+    list_parser.set_defaults(handler=_cmd_activations)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "weights", "unset") is None:
+        args.weights = "uniform" if args.kind == "glorot" else "normal"
+    try:
+        return args.handler(args)
+    except VarpropError as exc:
+        print(f"varprop: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `varprop derive ... | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
