@@ -114,6 +114,10 @@ def derivative_symmetry_lemma(act: Activation) -> SymmetryLemma:
 # --- shared pieces -----------------------------------------------------------------------------
 
 
+def _factor_text(value: sp.Expr) -> str:
+    return f"({value})" if isinstance(value, sp.Add) else str(value)
+
+
 def _title(kind: str, act: Activation) -> str:
     return f"{kind} for {act}"
 
@@ -128,7 +132,7 @@ def _second_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr
     if lemma.holds:
         value = lemma.constant / 2 * Variance(arg)
         why = (
-            f"symmetry lemma phi(y)^2 + phi(-y)^2 = {lemma.constant} y^2 (checked by sympy), "
+            f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
             "so a symmetric zero-mean y keeps the fraction c/2 of its second moment"
         )
         return value, lemma.constant, "lemma", (_A_SYMMETRIC,), why
@@ -141,7 +145,7 @@ def _second_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr
 def _derivative_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr | None, str, tuple[str, ...], str]:
     lemma = derivative_symmetry_lemma(act)
     if lemma.holds:
-        why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {lemma.constant} (checked by sympy) for y != 0"
+        why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {_factor_text(lemma.constant)} (checked by sympy) for y != 0"
         return lemma.constant / 2, lemma.constant, "lemma", (_A_SYMMETRIC,), why
     m = moments(act).derivative_second_moment
     value = m.expr.subs(Q, Variance(arg))
