@@ -66,6 +66,16 @@ class WeightLaw(Protocol):
     @property
     def variance(self) -> sp.Expr: ...
 
+    @property
+    def symmetric(self) -> bool:
+        """True when the law is symmetric about 0 (what the exact rectifier lemmas need)."""
+        ...
+
+    @property
+    def gaussian(self) -> bool:
+        """True for a (non-truncated) normal law."""
+        ...
+
     def moment(self, k: int) -> sp.Expr: ...
 
     def with_variance(self, variance: sp.Expr) -> WeightLaw: ...
@@ -99,6 +109,14 @@ class Normal:
     @property
     def mean(self) -> sp.Expr:
         return self.loc
+
+    @property
+    def symmetric(self) -> bool:
+        return self.loc == 0
+
+    @property
+    def gaussian(self) -> bool:
+        return True
 
     @property
     def variance(self) -> sp.Expr:
@@ -142,6 +160,9 @@ class Uniform:
     @property
     def mean(self) -> sp.Expr:
         return sp.Integer(0)
+
+    symmetric = True
+    gaussian = False
 
     @property
     def variance(self) -> sp.Expr:
@@ -209,6 +230,12 @@ class TruncatedNormal:
     @property
     def mean(self) -> sp.Expr:
         return sp.simplify(self.std * self._standard_moment(1))
+
+    @property
+    def symmetric(self) -> bool:
+        return sp.simplify(self.lo + self.hi) == 0
+
+    gaussian = False
 
     @property
     def variance(self) -> sp.Expr:
