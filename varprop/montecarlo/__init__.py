@@ -1,0 +1,38 @@
+"""The Monte Carlo engine: sample random networks with numpy, estimate observables with standard
+errors across networks, and judge predictions against the estimates.
+
+It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.derive`.
+
+>>> from varprop.network import mlp
+>>> from varprop.montecarlo import sample, estimate, judge
+>>> samples = sample(mlp([64, 64, 64]), 2000, seed=0)
+>>> est = estimate(samples, "x_second_moment", 2)   # E[x_2^2] = Var[y_1] / 2 = 1 for He + relu
+>>> judge(1.0, est.value, est.se, est.n, rtol=0.05).outcome
+'PASS'
+"""
+
+from .errors import MonteCarloError
+from .estimators import OBSERVABLES, Estimate, estimate
+from .sampler import PER_NETWORK, LayerStep, Samples, default_sizes, layer_step, sample
+from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
+
+__all__ = [
+    "MonteCarloError",
+    "sample",
+    "Samples",
+    "PER_NETWORK",
+    "default_sizes",
+    "layer_step",
+    "LayerStep",
+    "estimate",
+    "Estimate",
+    "OBSERVABLES",
+    "judge",
+    "judge_all",
+    "holm",
+    "holm_critical_values",
+    "Verdict",
+    "PASS",
+    "FAIL",
+    "INCONCLUSIVE",
+]
