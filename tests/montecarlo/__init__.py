@@ -1,0 +1,1 @@
+"""Tests of the Monte Carlo engine (varprop.montecarlo)."""
