@@ -271,7 +271,7 @@ class _Plan:
 def default_sizes(network: Network) -> tuple[int, int]:
     """The default ``(block_size, chunk_size)`` for ``network``, in networks.
 
-    A block draws about :math:`2^{18}` parameters (a power-of-two number of networks, at least
+    A block draws about :math:`2^{20}` parameters (a power-of-two number of networks, at least
     one); a chunk holds about :math:`2^{20}` floats of parameters and activations (a whole number of
     blocks, at least one). Both figures come from ``benchmarks/bench_sampler.py`` (see
     ``benchmarks/RESULTS-sampler.md``).
