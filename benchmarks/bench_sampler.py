@@ -51,25 +51,23 @@ def plain_loop(network: Network, count: int, seed: int) -> np.ndarray:
     depth = len(dense)
     act = network.layers[1].activation
     stds = [float(layer.weights.variance) ** 0.5 for layer in dense]
-    out = np.empty((count, depth, 8))
+    out = np.empty((count, depth, 6))
     for t in range(count):
-        x = rng.standard_normal((2, dense[0].fan_in))
+        x = rng.standard_normal(dense[0].fan_in)
         weights = [rng.standard_normal((layer.fan_out, layer.fan_in)) * std for layer, std in zip(dense, stds)]
-        inputs, pre = [], []
+        pre = []
         h = x
         for index, w in enumerate(weights):
-            inputs.append(h)
-            y = h @ w.T
+            y = w @ h
             pre.append(y)
-            out[t, index, 0:4] = y[0].mean(), (y[0] ** 2).mean(), (y[0] * y[1]).mean(), (y[1] ** 2).mean()
-            out[t, index, 4:6] = h[0].mean(), (h[0] ** 2).mean()
+            out[t, index, 0:4] = y.mean(), (y**2).mean(), h.mean(), (h**2).mean()
             h = act.numpy(y) if index < depth - 1 else y
         grad = rng.standard_normal(dense[-1].fan_out)
         for index in range(depth - 1, -1, -1):
             dx = weights[index].T @ grad
-            out[t, index, 6:8] = (grad**2).mean(), (dx**2).mean()
+            out[t, index, 4:6] = (grad**2).mean(), (dx**2).mean()
             if index:
-                grad = dx * act.numpy_derivative(pre[index - 1][0])
+                grad = dx * act.numpy_derivative(pre[index - 1])
     return out
 
 

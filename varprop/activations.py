@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.special as sps
@@ -209,12 +209,13 @@ class Activation:
 
     def numpy(self, z: np.ndarray) -> np.ndarray:
         r"""Vectorised :math:`\phi(z)` in float64."""
-        return self._numpy_pair()[0](np.asarray(z, dtype=np.float64))
+        return self._numpy_pair[0](np.asarray(z, dtype=np.float64))
 
     def numpy_derivative(self, z: np.ndarray) -> np.ndarray:
         r"""Vectorised :math:`\phi'(z)` in float64."""
-        return self._numpy_pair()[1](np.asarray(z, dtype=np.float64))
+        return self._numpy_pair[1](np.asarray(z, dtype=np.float64))
 
+    @cached_property
     def _numpy_pair(self) -> tuple[_NumpyFn, _NumpyFn]:
         if not self.is_numeric:
             free = ", ".join(sorted(str(s) for s in self.expr.free_symbols - {X}))

@@ -20,7 +20,9 @@ torch nn.Linear default     :math:`1 / (3 n_{in})` (kaiming_uniform, a = sqrt 5)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -80,7 +82,11 @@ class WeightLaw(Protocol):
 
     def with_variance(self, variance: sp.Expr) -> WeightLaw: ...
 
-    def sample(self, shape: tuple[int, ...], *, rng: np.random.Generator) -> np.ndarray: ...
+    def sample(
+        self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Draw iid entries; ``out`` (float64, of ``shape``) is filled in place when given."""
+        ...
 
 
 def _numeric(expr: sp.Expr, what: str) -> float:
@@ -135,10 +141,15 @@ class Normal:
     def with_variance(self, variance: sp.Expr) -> Normal:
         return Normal(variance, self.loc)
 
-    def sample(self, shape: tuple[int, ...], *, rng: np.random.Generator) -> np.ndarray:
-        std = np.sqrt(_numeric(self.var, "variance of the Normal law"))
-        loc = _numeric(self.loc, "mean of the Normal law")
-        out = rng.standard_normal(shape)
+    @cached_property
+    def _floats(self) -> tuple[float, float]:
+        return math.sqrt(_numeric(self.var, "variance of the Normal law")), _numeric(self.loc, "mean of the Normal law")
+
+    def sample(
+        self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        std, loc = self._floats
+        out = rng.standard_normal(shape) if out is None else rng.standard_normal(out=out)
         out *= std
         if loc:
             out += loc
@@ -176,9 +187,15 @@ class Uniform:
     def with_variance(self, variance: sp.Expr) -> Uniform:
         return Uniform(sp.sqrt(3 * check_positive(variance, "variance of a Uniform law")))
 
-    def sample(self, shape: tuple[int, ...], *, rng: np.random.Generator) -> np.ndarray:
-        bound = _numeric(self.bound, "bound of the Uniform law")
-        out = rng.random(shape)
+    @cached_property
+    def _bound(self) -> float:
+        return _numeric(self.bound, "bound of the Uniform law")
+
+    def sample(
+        self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        bound = self._bound
+        out = rng.random(shape) if out is None else rng.random(out=out)
         out *= 2.0 * bound
         out -= bound
         return out
@@ -254,12 +271,21 @@ class TruncatedNormal:
         variance = check_positive(variance, "variance of a TruncatedNormal law")
         return TruncatedNormal(sp.sqrt(variance / self.standard_variance()), self.lo, self.hi)
 
-    def sample(self, shape: tuple[int, ...], *, rng: np.random.Generator) -> np.ndarray:
+    @cached_property
+    def _frozen_law(self) -> object:
         std = _numeric(self.std, "std of the TruncatedNormal law")
         lo = _numeric(self.lo, "lower truncation point")
         hi = _numeric(self.hi, "upper truncation point")
-        law = scipy.stats.truncnorm(lo, hi, loc=0.0, scale=std)
-        return law.rvs(size=shape, random_state=rng)
+        return scipy.stats.truncnorm(lo, hi, loc=0.0, scale=std)
+
+    def sample(
+        self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        draws = self._frozen_law.rvs(size=shape, random_state=rng)
+        if out is None:
+            return draws
+        out[...] = draws
+        return out
 
     def __str__(self) -> str:
         return f"TruncatedNormal(std={self.std}, [{self.lo}, {self.hi}] std)"

@@ -33,9 +33,15 @@ X = (0.5, -1.0, 2.0)  # ||x||^2 = 5.25
 NORM2 = 5.25
 
 
+#: Per-assertion level: with a few dozen statistical assertions in the suite, alpha = 1e-3 each keeps
+#: the chance of any false alarm in a run below a few percent, while every wrong formula below is off
+#: by many standard errors (its FAIL does not depend on the level).
+ALPHA = 1e-3
+
+
 def check(prediction: float, samples, observable: str, layer: int, rtol: float = 0.03) -> str:
     est = estimate(samples, observable, layer)
-    return judge(prediction, est.value, est.se, est.n, rtol=rtol).outcome
+    return judge(prediction, est.value, est.se, est.n, rtol=rtol, alpha=ALPHA).outcome
 
 
 # --- exact moments ------------------------------------------------------------------------------
@@ -45,7 +51,7 @@ def test_single_linear_layer_second_moment_is_v_norm_squared():
     # y = W x with W_ij ~ N(0, v), x fixed: E[y_i^2] = v ||x||^2 exactly, at any width.
     v = 0.3
     net = Network((Dense(3, 5, Normal(v)),), FixedInput(X))
-    samples = sample(net, 4000, seed=11)
+    samples = sample(net, 12000, seed=11)
     assert check(v * NORM2, samples, "y_second_moment", 1) == PASS
     assert check(v * NORM2 / 2, samples, "y_second_moment", 1) == FAIL  # a spurious 1/2
     assert check(0.0, samples, "y_mean", 1, rtol=0.05) == PASS
@@ -62,7 +68,7 @@ def test_relu_halves_the_second_moment_for_a_symmetric_law():
     bound = 0.9
     v = bound**2 / 3
     net = mlp([3, 6, 2], "relu", Uniform(bound), inputs=FixedInput(X))
-    samples = sample(net, 4000, seed=12)
+    samples = sample(net, 12000, seed=12)
     assert check(v * NORM2 / 2, samples, "x_second_moment", 2) == PASS
     assert check(v * NORM2, samples, "x_second_moment", 2) == FAIL  # missing 1/2
     assert check(v * NORM2, samples, "y_variance", 1) == PASS
@@ -75,7 +81,7 @@ def test_two_layer_linear_net():
         (Dense(3, 4, Normal(v1)), Nonlinearity(activation("linear")), Dense(4, 2, Normal(v2))),
         FixedInput(X),
     )
-    samples = sample(net, 20000, seed=13)
+    samples = sample(net, 60000, seed=13)
     prediction = v2 * 4 * v1 * NORM2
     assert check(prediction, samples, "y_second_moment", 2) == PASS
     assert check(v2 * 2 * v1 * NORM2, samples, "y_second_moment", 2) == FAIL  # fan_out for fan_in
@@ -86,7 +92,7 @@ def test_gaussian_input_and_backward_moments():
     # E[(dL/dy_2)^2] = 1, E[(dL/dx_2)^2] = n_out v_2, E[(dL/dW_2)^2] = E[(dL/dy_2)^2] E[x_2^2].
     v0, v1, v2 = 2.0, 0.5, 0.25
     net = Network((Dense(3, 4, Normal(v1)), Dense(4, 5, Normal(v2))), GaussianInput(v0))
-    samples = sample(net, 20000, seed=14)
+    samples = sample(net, 60000, seed=14)
     assert check(v0, samples, "x_second_moment", 1) == PASS
     assert check(1.0, samples, "dy_second_moment", 2) == PASS
     assert check(5 * v2, samples, "dx_second_moment", 2) == PASS
@@ -99,7 +105,7 @@ def test_correlation_of_a_given_pair_at_layer_one():
     # correlation is <a, b> / (|a| |b|) (the ratio estimator is consistent).
     a, b = np.array(X), np.array([1.0, -1.0, 1.0])
     net = Network((Dense(3, 4, Normal(1)),), FixedInput(tuple(a)))
-    samples = sample(net, 4000, seed=15, partner=tuple(b))
+    samples = sample(net, 12000, seed=15, partner=tuple(b))
     rho = float(a @ b / np.sqrt((a @ a) * (b @ b)))  # 3.5 / sqrt(5.25 * 3) = 0.882
     assert check(rho, samples, "y_correlation", 1) == PASS
     assert check(float(a @ b / (a @ a)), samples, "y_correlation", 1) == FAIL  # |a|^2 for |a||b|
@@ -109,7 +115,7 @@ def test_norm_ratio_of_a_linear_layer():
     # x_2 = y_1 = W x with fixed x: E[||x_2||^2 / ||x_1||^2] = n_2 v, and layer 1's ratio is 1.
     v = 0.5
     net = mlp([3, 4, 2], "linear", Normal(v), inputs=FixedInput(X))
-    samples = sample(net, 4000, seed=16)
+    samples = sample(net, 12000, seed=16)
     assert check(4 * v, samples, "x_norm_ratio", 2) == PASS
     one = estimate(samples, "x_norm_ratio", 1)
     assert (one.value, one.se) == (1.0, 0.0)
@@ -136,7 +142,7 @@ def test_gradients_match_finite_differences():
     # the documented order (input, partner, each layer's weights then bias, g).
     net = mlp([3, 4, 2], "tanh", Normal(0.7), bias_variance=0.1)
     seed = 21
-    samples = sample(net, 1, seed=seed, block_size=1)
+    samples = sample(net, 1, seed=seed, block_size=1, correlation=True)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(0,))))
     x = rng.standard_normal((1, 3))[0]
     rng.standard_normal((1, 3))  # partner
@@ -186,7 +192,8 @@ NETWORKS = {
 @pytest.mark.parametrize("name", NETWORKS)
 def test_bit_identical_whatever_the_chunk_size(name):
     net = NETWORKS[name]
-    runs = [sample(net, 150, seed=5, block_size=1, chunk_size=c) for c in (1, 7, 1000)]
+    runs = [sample(net, 150, seed=5, block_size=1, chunk_size=c, correlation=True) for c in (1, 7, 1000)]
+    runs += [sample(net, 150, seed=5, block_size=4, chunk_size=c, correlation=True) for c in (4, 28, 1000)]
     runs += [sample(net, 150, seed=5, block_size=4, chunk_size=c) for c in (4, 28, 1000)]
     for first, other in ((runs[0], runs[1]), (runs[0], runs[2]), (runs[3], runs[4]), (runs[3], runs[5])):
         for key, values in first.per_network.items():
@@ -197,18 +204,18 @@ def test_bit_identical_whatever_the_chunk_size(name):
 
 def test_default_sizes_and_prefix_property():
     net = NETWORKS["narrow relu, gaussian input"]
-    whole = sample(net, 300, seed=9)
-    assert sample(net, 300, seed=9, chunk_size=whole.block_size).per_network["y_cross"].tobytes() == (
+    whole = sample(net, 300, seed=9, correlation=True)
+    assert sample(net, 300, seed=9, chunk_size=whole.block_size, correlation=True).per_network["y_cross"].tobytes() == (
         whole.per_network["y_cross"].tobytes()
     )
     # the first 100 networks of a larger sample are the networks of a smaller one
-    prefix = sample(net, 100, seed=9)
+    prefix = sample(net, 100, seed=9, correlation=True)
     assert np.array_equal(prefix.per_network["dx_second_moment"], whole.per_network["dx_second_moment"][:100])
-    assert sample(net, 100, seed=10).per_network["dx_second_moment"].tobytes() != (
+    assert sample(net, 100, seed=10, correlation=True).per_network["dx_second_moment"].tobytes() != (
         prefix.per_network["dx_second_moment"].tobytes()
     )
     seq = np.random.SeedSequence(9)
-    assert np.array_equal(sample(net, 50, seed=seq).per_network["y_mean"], prefix.per_network["y_mean"][:50])
+    assert np.array_equal(sample(net, 50, seed=seq, correlation=True).per_network["y_mean"], prefix.per_network["y_mean"][:50])
     assert seq.n_children_spawned == 0  # the caller's SeedSequence is not consumed
 
 

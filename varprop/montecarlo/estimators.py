@@ -160,6 +160,10 @@ def estimate(samples: Samples, observable: str, layer: int) -> Estimate:
         influence = second - 2.0 * mean1 * first
         se = float(np.std(influence, ddof=1) / np.sqrt(n))
     elif name == "y_correlation":
+        if "y_cross" not in samples.per_network:
+            raise MonteCarloError(
+                "y_correlation needs paired inputs: sample the networks with correlation=True (or a partner)"
+            )
         cross, own, partner = get("y_cross"), get("y_second_moment"), get("y_partner_second_moment")
         c, p, q = float(np.mean(cross)), float(np.mean(own)), float(np.mean(partner))
         if not (p > 0 and q > 0):

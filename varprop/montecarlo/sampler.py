@@ -8,10 +8,11 @@ layers stand between them). Each sampled network gets
 * its own weights and biases, drawn with each layer's ``law.sample(shape, rng=...)``;
 * its input: the :class:`~varprop.network.FixedInput` vector, or a fresh iid
   :math:`\mathcal N(0, v)` vector for :class:`~varprop.network.GaussianInput`;
-* a *partner* input :math:`x_1'` (fed through the same weights, used only for the correlation of
-  two inputs): the ``partner`` vector if given, else fresh iid :math:`\mathcal N(0, s)` entries with
-  :math:`s` the input's mean square (``network.inputs.second_moment``), so that for
-  ``GaussianInput`` the pair is two independent draws of the input law;
+* with ``correlation=True`` (or a ``partner``), a *partner* input :math:`x_1'` fed through the
+  same weights, used only for the correlation of two inputs: the ``partner`` vector if given, else
+  fresh iid :math:`\mathcal N(0, s)` entries with :math:`s` the input's mean square
+  (``network.inputs.second_moment``), so that for ``GaussianInput`` the pair is two independent
+  draws of the input law. Without it the forward pass carries one input, which is cheaper;
 * a loss :math:`\mathcal L = \langle g, \text{out} \rangle` with :math:`g \sim \mathcal N(0, I)`,
   where out is the last layer's output (:math:`y_L`, or :math:`\phi(y_L)` when the network ends with
   a nonlinearity), so that :math:`\partial\mathcal L/\partial y_L = g` (times :math:`\phi'(y_L)`).
@@ -24,8 +25,8 @@ name                           per-network value for layer :math:`l`
 =============================  ================================================================
 ``y_mean``                     :math:`\frac{1}{\hat n_l}\sum_i y_{l,i}`
 ``y_second_moment``            :math:`\frac{1}{\hat n_l}\sum_i y_{l,i}^2 = \|y_l\|^2/\hat n_l`
-``y_cross``                    :math:`\frac{1}{\hat n_l}\sum_i y_{l,i}\, y'_{l,i}` (partner input)
-``y_partner_second_moment``    :math:`\frac{1}{\hat n_l}\sum_i {y'_{l,i}}^2`
+``y_cross``                    :math:`\frac{1}{\hat n_l}\sum_i y_{l,i}\, y'_{l,i}` (paired samples only)
+``y_partner_second_moment``    :math:`\frac{1}{\hat n_l}\sum_i {y'_{l,i}}^2` (paired samples only)
 ``x_mean``                     :math:`\frac{1}{n_l}\sum_j x_{l,j}`
 ``x_second_moment``            :math:`\frac{1}{n_l}\sum_j x_{l,j}^2`
 ``x_norm_ratio``               :math:`\|x_l\|^2 / \|x_1\|^2`
@@ -40,7 +41,7 @@ Randomness and chunking
 -----------------------
 All randomness flows from one ``seed`` through :class:`numpy.random.SeedSequence`. Networks are
 grouped into *blocks* of ``block_size`` consecutive networks; block :math:`k` draws everything
-(inputs, partner, each layer's weights and biases in order, then :math:`g`) from its own generator
+(inputs, partner if paired, each layer's weights and biases in order, then :math:`g`) from its own generator
 ``PCG64(SeedSequence(entropy, spawn_key=(..., k)))``. A *chunk* (the unit of vectorised work,
 bounding memory) is a whole number of blocks, and every per-network statistic is computed row by
 row with a summation order that does not depend on how many rows a chunk holds. Hence the result
@@ -93,6 +94,8 @@ PER_NETWORK: tuple[str, ...] = (
 _Y_SUM, _Y_PARTNER_SUM, _Y_SQ, _Y_PSQ, _Y_CROSS, _X_SUM, _X_SQ, _DY_SQ, _DX_SQ = range(9)
 _N_FORWARD = 7
 _N_SUMS = 9
+#: Arrays present only when the networks were sampled with a partner input.
+_PAIRED_ONLY = ("y_cross", "y_partner_second_moment")
 
 # Parameter floats drawn per block (amortises generator creation and each law.sample call), and
 # working-memory floats per chunk; both chosen from benchmarks/bench_sampler.py.
@@ -113,8 +116,14 @@ class LayerStep(Protocol):
     #: True for the layers whose inputs and outputs are the x_l, y_l of the observables.
     observed: bool
 
-    def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """Parameters of ``count`` networks, each array with a leading axis of length ``count``."""
+    def draw(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Parameters of ``count`` networks, each array with a leading axis of length ``count``.
+
+        ``reuse``, when given, is this layer's previous return value: its arrays may be refilled in
+        place (the draws are the same; only the allocation, and its page faults, is saved).
+        """
         ...
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -144,12 +153,16 @@ class _DenseStep:
     layer: Dense
     observed: bool = True
 
-    def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
         layer = self.layer
-        weights = _as_draw(layer.weights.sample((count, layer.fan_out, layer.fan_in), rng=rng))
+        buffers = reuse if reuse is not None and reuse[0].shape[0] == count else (None, None)
+        weights = _as_draw(layer.weights.sample((count, layer.fan_out, layer.fan_in), rng=rng, out=buffers[0]))
         if layer.bias is None:
             return (weights,)
-        return weights, _as_draw(layer.bias.sample((count, layer.fan_out), rng=rng))
+        bias_buffer = buffers[1] if len(buffers) > 1 else None
+        return weights, _as_draw(layer.bias.sample((count, layer.fan_out), rng=rng, out=bias_buffer))
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, None]:
         out = np.matmul(h, params[0].transpose(0, 2, 1))
@@ -168,7 +181,9 @@ class _NonlinearityStep:
     layer: Nonlinearity
     observed: bool = False
 
-    def draw(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
         return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -264,6 +279,7 @@ class _Plan:
     fixed_input: np.ndarray | None
     partner_law: Normal | None
     partner: np.ndarray | None
+    paired: bool
     widths_in: np.ndarray
     widths_out: np.ndarray
 
@@ -323,7 +339,7 @@ def _check_network(network: object) -> Network:
     return network
 
 
-def _plan(network: Network, partner: Sequence[float] | None) -> _Plan:
+def _plan(network: Network, partner: Sequence[float] | None, correlation: bool = False) -> _Plan:
     network = _check_network(network)
     probe = np.random.default_rng(0)
     steps = []
@@ -353,7 +369,7 @@ def _plan(network: Network, partner: Sequence[float] | None) -> _Plan:
     partner_array = None
     partner_law = None
     if partner is None:
-        partner_law = Normal(mean_square)
+        partner_law = Normal(mean_square) if correlation else None
     else:
         try:
             partner_array = np.asarray(partner, dtype=np.float64)
@@ -371,6 +387,7 @@ def _plan(network: Network, partner: Sequence[float] | None) -> _Plan:
         fixed_input=fixed,
         partner_law=partner_law,
         partner=partner_array,
+        paired=correlation or partner is not None,
         widths_in=np.array([layer.fan_in for layer in dense], dtype=np.float64),
         widths_out=np.array([layer.fan_out for layer in dense], dtype=np.float64),
     )
@@ -384,6 +401,7 @@ def sample(
     chunk_size: int | None = None,
     block_size: int | None = None,
     partner: Sequence[float] | None = None,
+    correlation: bool = False,
 ) -> Samples:
     r"""Draw ``samples`` independent networks and record per-network averages of the observables.
 
@@ -402,8 +420,11 @@ def sample(
         Networks drawn from one generator. The draws depend on it (with the seed); the default,
         from :func:`default_sizes`, depends only on the network's shape.
     partner
-        A fixed second input for the correlation observable; default: fresh iid
-        :math:`\mathcal N(0, s)` entries, :math:`s` the input's mean square.
+        A fixed second input for the correlation observable (implies ``correlation``).
+    correlation
+        Also feed a partner input through every network, for ``y_correlation``: the ``partner``
+        vector, or fresh iid :math:`\mathcal N(0, s)` entries, :math:`s` the input's mean square.
+        Off by default: the forward pass then carries one input and is cheaper.
 
     Returns
     -------
@@ -416,7 +437,7 @@ def sample(
         For symbolic widths or parameters, a non-positive ``samples``, ``chunk_size`` or
         ``block_size``, a bad seed or partner.
     """
-    plan = _plan(network, partner)
+    plan = _plan(network, partner, bool(correlation))
     count = _positive_int(samples, "samples (the number of networks)")
     seed_seq = _seed_sequence(seed)
     default_block, default_chunk = default_sizes(network)
@@ -429,6 +450,7 @@ def sample(
     sums = np.empty((_N_SUMS, count, depth), dtype=np.float64)
     blocks = -(-count // block)
     blocks_per_chunk = chunk // block
+    workspace: dict[int, tuple[np.ndarray, ...]] = {}
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for first in range(0, blocks, blocks_per_chunk):
             indices = range(first, min(blocks, first + blocks_per_chunk))
@@ -438,7 +460,7 @@ def sample(
                 np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, k), pool_size=seed_seq.pool_size)
                 for k in indices
             ]
-            _run_chunk(plan, children, block, stop - start, sums[:, start:stop])
+            _run_chunk(plan, children, block, stop - start, sums[:, start:stop], workspace)
         per_network = _per_network(plan, sums)
         finite, overflow, nan, zero_x, zero_y = _health(per_network)
     return Samples(
@@ -462,7 +484,12 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def _run_chunk(
-    plan: _Plan, children: list[np.random.SeedSequence], block: int, used: int, out: np.ndarray
+    plan: _Plan,
+    children: list[np.random.SeedSequence],
+    block: int,
+    used: int,
+    out: np.ndarray,
+    workspace: dict[int, tuple[np.ndarray, ...]],
 ) -> None:
     """Draw, run forward and backward, and write the raw per-network sums of one chunk into ``out``.
 
@@ -482,11 +509,18 @@ def _run_chunk(
         if plan.partner_law is not None:
             columns[1].append(_as_draw(plan.partner_law.sample((block, n_in), rng=rng))[:take])
         for index, step in enumerate(plan.steps):
-            drawn[index].append(tuple(array[:take] for array in step.draw(block, rng)))
+            # A chunk of one block refills the previous chunk's parameter arrays in place.
+            arrays = step.draw(block, rng, workspace.get(index) if len(children) == 1 else None)
+            if len(children) == 1:
+                workspace[index] = arrays
+            drawn[index].append(tuple(array[:take] for array in arrays))
         losses.append(rng.standard_normal((block, n_out))[:take])
     first = _join(columns[0]) if plan.input_law is not None else np.broadcast_to(plan.fixed_input, (used, n_in))
-    second = _join(columns[1]) if plan.partner_law is not None else np.broadcast_to(plan.partner, (used, n_in))
-    h = np.stack((first, second), axis=1)
+    if plan.paired:
+        second = _join(columns[1]) if plan.partner_law is not None else np.broadcast_to(plan.partner, (used, n_in))
+        h = np.stack((first, second), axis=1)
+    else:
+        h = np.array(first)[:, None, :]
     params = [tuple(_join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
     g = _join(losses)
 
@@ -522,8 +556,17 @@ def _forward_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     :math:`\sum y, \sum y', \sum y^2, \sum y'^2, \sum y y'`; for the layer input ``x``:
     :math:`\sum x, \sum x^2` (the network's own input only).
     """
-    sums = np.empty((_N_FORWARD, y.shape[0]))
-    if y.shape[2] <= _NARROW:
+    sums = np.zeros((_N_FORWARD, y.shape[0]))
+    if y.shape[1] == 1:  # unpaired: the network's own input only
+        y0 = y[:, 0]
+        if y0.shape[1] <= _NARROW:
+            units = np.ascontiguousarray(y0.T)
+            sums[_Y_SUM] = _sum_units_first(units)
+            sums[_Y_SQ] = _sum_units_first(units * units)
+        else:
+            sums[_Y_SUM] = np.add.reduce(y0, axis=-1)
+            sums[_Y_SQ] = np.add.reduce(y0 * y0, axis=-1)
+    elif y.shape[2] <= _NARROW:
         units = np.ascontiguousarray(y.transpose(2, 1, 0))
         sums[_Y_SUM : _Y_PARTNER_SUM + 1] = _sum_units_first(units)
         sums[_Y_SQ : _Y_PSQ + 1] = _sum_units_first(units * units)
@@ -585,7 +628,8 @@ def _per_network(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
         "dx_second_moment": sums[_DX_SQ],
         "x_norm_ratio": ratio,
     }
-    return {name: _read_only(values[name]) for name in PER_NETWORK}
+    names = PER_NETWORK if plan.paired else tuple(n for n in PER_NETWORK if n not in _PAIRED_ONLY)
+    return {name: _read_only(values[name]) for name in names}
 
 
 def _health(
@@ -594,7 +638,7 @@ def _health(
     depth = per_network["y_mean"].shape[1]
     is_nan = np.zeros(per_network["y_mean"].shape, dtype=bool)
     is_inf = np.zeros_like(is_nan)
-    for name in PER_NETWORK:
+    for name in per_network:
         is_nan |= np.isnan(per_network[name])
         is_inf |= np.isinf(per_network[name])
     is_inf &= ~is_nan
