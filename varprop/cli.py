@@ -153,6 +153,55 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .catalogue import CATALOGUE, family
+    from .claimfile import load_claims
+    from .montecarlo import check_all, format_results
+
+    if args.list:
+        for name, entry in CATALOGUE.items():
+            print(f"  {name:<40} {entry.description}")
+        return 0
+    notes: dict[str, str] = {}
+    if args.all:
+        if args.target is not None:
+            raise _UsageError(f"give either --all or a claim name / FILE.toml, not both (got {args.target!r})")
+        targets = list(CATALOGUE.values())
+    elif args.target is None:
+        raise _UsageError("give a claim name, a FILE.toml or --all (varprop check --list shows the names)")
+    elif args.target.endswith(".toml"):
+        file_claims = load_claims(args.target)
+        targets = [fc.claim for fc in file_claims]
+        notes = {fc.claim.name: fc.agreement for fc in file_claims}
+    else:
+        targets = [family(args.target)]
+    for option in ("width", "samples"):
+        value = getattr(args, option)
+        if value is not None and value < (1 if option == "width" else 2):
+            raise _UsageError(f"--{option} must be at least {1 if option == 'width' else 2}, got {value}")
+
+    def progress(name: str, done: int, total: int) -> None:
+        if not args.quiet:
+            end = "\r" if sys.stderr.isatty() and done < total else "\n"
+            print(f"varprop check: sampled {done}/{total} ({name})", file=sys.stderr, end=end, flush=True)
+
+    results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
+                        width=args.width, progress=progress)
+    if args.json:
+        payload = [dict(r.to_dict(), derivation=notes.get(r.name)) if r.name in notes else r.to_dict() for r in results]
+        print(json.dumps({"rtol": args.rtol, "alpha": args.alpha, "seed": args.seed, "results": payload}, indent=2))
+    else:
+        print(format_results(results))
+        for name, note in notes.items():
+            print(f"{name}: the prediction {note}")
+    outcomes = {r.outcome for r in results}
+    if "FAIL" in outcomes:
+        return 1
+    if "INCONCLUSIVE" in outcomes:
+        return 3
+    return 0
+
+
 def _cmd_activations(args: argparse.Namespace) -> int:
     for name, summary in builtin_summary().items():
         print(f"  {name:<13} {summary}")
@@ -208,6 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     derive_parser.add_argument("--format", choices=_FORMATS, default="text", help="output format (default text)")
     derive_parser.add_argument("--standalone", action="store_true", help="latex: a whole document that pdflatex compiles")
     derive_parser.set_defaults(handler=_cmd_derive)
+
+    check_parser = commands.add_parser(
+        "check",
+        help="check claims against sampled networks (Monte Carlo)",
+        description="Check a catalogue claim (NAME), every catalogue claim (--all) or your own claims (FILE.toml, "
+        "format in the README) against independently sampled random networks. Each claim gets PASS, FAIL, "
+        "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
+        "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
+        "3 when one is inconclusive, 2 for bad input.",
+    )
+    check_parser.add_argument("target", nargs="?", metavar="NAME|FILE.toml", help="a catalogue claim or a claim file")
+    check_parser.add_argument("--all", action="store_true", help="check the whole catalogue")
+    check_parser.add_argument("--list", action="store_true", help="list the catalogue's claims")
+    check_parser.add_argument("--width", type=int, default=None, metavar="N",
+                              help="check at this hidden width only (default: the claim's widths and sweep)")
+    check_parser.add_argument("--samples", type=int, default=None, metavar="T",
+                              help="networks per width (default: sized from a pilot to resolve --rtol)")
+    check_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    check_parser.add_argument("--rtol", type=float, default=0.01, metavar="R", help="relative tolerance to resolve (default 0.01)")
+    check_parser.add_argument("--alpha", type=float, default=0.05, metavar="A", help="family-wise false-alarm rate (default 0.05)")
+    check_parser.add_argument("--json", action="store_true", help="print JSON")
+    check_parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    check_parser.set_defaults(handler=_cmd_check)
 
     list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")
     list_parser.set_defaults(handler=_cmd_activations)

@@ -30,29 +30,13 @@ from functools import singledispatch
 import sympy as sp
 
 from ..activations import X, Activation
+from ..claims import EXACTNESS, OBSERVABLES
 from ..errors import DerivationError
 from ..network import Dense, FixedInput, Network, Nonlinearity
 from .gaussian import Q, moments
 from .recursions import _lemma, derivative_symmetry_lemma, symmetry_lemma
 
 __all__ = ["EXACTNESS", "OBSERVABLES", "Prediction", "LayerPrediction", "predict", "weakest"]
-
-#: Exactness classes, strongest first (``approximation`` is a modelling assumption, see claims).
-EXACTNESS: tuple[str, ...] = ("exact", "gaussian-exact", "asymptotic", "approximation")
-
-#: Observables predicted per dense layer.
-OBSERVABLES: tuple[str, ...] = (
-    "y_mean",
-    "y_second_moment",
-    "y_variance",
-    "x_mean",
-    "x_second_moment",
-    "x_variance",
-    "dx_second_moment",
-    "dy_second_moment",
-    "dw_second_moment",
-)
-
 
 def weakest(*classes: str) -> str:
     """The weakest of several exactness classes (``exact`` < ... < ``approximation``)."""

@@ -11,6 +11,7 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
+from .check import MEASURED, CheckResult, Measurement, check, check_all, format_results
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate
 from .sampler import PER_NETWORK, LayerStep, Samples, default_sizes, layer_step, sample
@@ -35,4 +36,10 @@ __all__ = [
     "PASS",
     "FAIL",
     "INCONCLUSIVE",
+    "MEASURED",
+    "check",
+    "check_all",
+    "CheckResult",
+    "Measurement",
+    "format_results",
 ]

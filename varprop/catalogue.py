@@ -1,0 +1,208 @@
+r"""The catalogue of named claims, each built from :mod:`varprop.derive` (never retyped).
+
+Every entry is a :class:`~varprop.claims.ClaimFamily`: a network family indexed by its hidden width
+n, one observable at one layer, and the prediction, exactness class and assumptions that
+:func:`varprop.derive.network_moments.predict` derives for that network. The mutation suite in the
+tests feeds deliberately wrong formulas through the same checker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import sympy as sp
+
+from .activations import activation
+from .claims import Claim, ClaimError, ClaimFamily
+from .derive.gaussian import evaluate
+from .derive.network_moments import predict
+from .network import FixedInput, Network, mlp
+from .weights import glorot, he, torch_linear_default
+
+__all__ = ["CATALOGUE", "claim_from_derivation", "family", "names"]
+
+HE = "He et al. 2015"
+GLOROT = "Glorot & Bengio 2010"
+_DEPTH = 3
+_SMALL = (2, 4)  # an exact claim must hold at narrow widths too
+_SWEEP = (4, 8, 32)  # widths an asymptotic claim's deviation is followed over
+
+
+def claim_from_derivation(
+    name: str,
+    network: Network,
+    observable: str,
+    layer: int,
+    *,
+    source: str = "",
+    description: str = "",
+    finite_width: bool = False,
+    exactness: str | None = None,
+    assumptions: Sequence[str] = (),
+) -> Claim:
+    """A claim whose prediction and exactness class come from :func:`~varprop.derive.network_moments.predict`."""
+    layers = predict(network, finite_width=finite_width)
+    if not 1 <= layer <= len(layers):
+        raise ClaimError(f"claim {name!r}: layer must be from 1 to {len(layers)}, got {layer}")
+    prediction = layers[layer - 1][observable]
+    number = evaluate(prediction.value)
+    return Claim(
+        name,
+        network,
+        observable,
+        layer,
+        prediction.value,
+        exactness or prediction.exactness,
+        number.value,
+        number.error_bound,
+        tuple(assumptions) + ((prediction.reason,) if prediction.reason else ()),
+        source,
+        description,
+    )
+
+
+def _widths(n: int, depth: int = _DEPTH, pattern: Sequence[int] = (1,)) -> list[int]:
+    """Input width n, then hidden widths n * pattern (cycled), output width n."""
+    hidden = [n * pattern[i % len(pattern)] for i in range(depth - 1)]
+    return [n, *hidden, n]
+
+
+def _entry(
+    name: str,
+    description: str,
+    network_at: Callable[[int], Network],
+    observable: str,
+    layer: int | Callable[[Network], int],
+    *,
+    source: str,
+    width: int = 8,
+    sweep: Sequence[int] | None = None,
+    finite_width: bool = False,
+    exactness: str | None = None,
+) -> ClaimFamily:
+    def build(n: int) -> Claim:
+        network = network_at(n)
+        at = layer(network) if callable(layer) else layer
+        return claim_from_derivation(name, network, observable, at, source=source, description=description,
+                                     finite_width=finite_width, exactness=exactness)
+
+    probe = build(width)
+    default_sweep = _SWEEP if probe.exactness == "asymptotic" or probe.exactness == "approximation" else _SMALL
+    return ClaimFamily(name, description, build, width, tuple(sweep or default_sweep))
+
+
+def _last(network: Network) -> int:
+    return network.depth
+
+
+def _catalogue() -> dict[str, ClaimFamily]:
+    relu = activation("relu")
+    leaky = activation("leaky_relu", a=sp.Rational(1, 5))
+    entries = [
+        _entry("he-forward-relu-normal",
+               "E[y_L^2] stays at 2 Var[x] through a relu net with He (fan-in) normal weights",
+               lambda n: mlp(_widths(n), relu, he()), "y_second_moment", _last,
+               source=f"{HE}, eqs. (8)-(10)"),
+        _entry("he-forward-relu-uniform",
+               "the same with He uniform weights: the 1/2 needs only symmetric weights",
+               lambda n: mlp(_widths(n), relu, he(distribution="uniform")), "y_second_moment", _last,
+               source=f"{HE}, eqs. (8)-(10)"),
+        _entry("he-forward-leaky-relu-normal",
+               "leaky relu (a = 0.2) with Var[w] = 2/((1 + a^2) n): E[y_L^2] stays at 2 Var[x]",
+               lambda n: mlp(_widths(n), leaky, he(a=sp.Rational(1, 5))), "y_second_moment", _last,
+               source=f"{HE}, eq. (15)"),
+        _entry("he-forward-leaky-relu-uniform",
+               "leaky relu (a = 0.2), uniform weights",
+               lambda n: mlp(_widths(n), leaky, he(a=sp.Rational(1, 5), distribution="uniform")),
+               "y_second_moment", _last, source=f"{HE}, eq. (15)"),
+        _entry("he-backward-fan-in-equal",
+               "E[(dL/dx_{L-1})^2] with He fan-in init and equal widths: He's backward recursion; at narrow "
+               "widths a relu layer that is all zero (probability 2^-n) passes no gradient",
+               lambda n: mlp(_widths(n), relu, he()), "dx_second_moment", lambda net: net.depth - 1,
+               source=f"{HE}, eqs. (11)-(13)", width=32),
+        _entry("he-backward-fan-out-unequal",
+               "E[(dL/dx_1)^2] with He fan-out init and unequal widths: constant across layers",
+               lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), relu, he("fan_out")), "dx_second_moment", 1,
+               source=f"{HE}, eq. (14)", width=32),
+        _entry("he-backward-fan-in-unequal",
+               "E[(dL/dx_1)^2] with He fan-in init and unequal widths: the width ratio c_2/d_L appears",
+               lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), relu, he()), "dx_second_moment", 1,
+               source=f"{HE}, after eq. (14)", width=32),
+        _entry("he-backward-last-layers-finite-width",
+               "E[(dL/dy_{L-1})^2] at narrow width: He's 1/2 times P(no relu layer below is all zero)",
+               lambda n: mlp(_widths(n), relu, he()), "dy_second_moment", lambda net: net.depth - 1,
+               source=f"{HE}, eq. (12), with the exact finite-width factor prod(1 - 2^-n_k)",
+               width=4, finite_width=True),
+        _entry("weight-gradient-last-layer",
+               "E[(dL/dW_L)^2] = E[(dL/dy_L)^2] E[x_L^2] (exact: g is independent of x_L)",
+               lambda n: mlp(_widths(n), relu, he()), "dw_second_moment", _last,
+               source=f"{HE}, Sec. 2.2"),
+        _entry("weight-gradient-relu",
+               "E[(dL/dW_2)^2] = E[(dL/dy_2)^2] E[x_2^2]: both controlled by the He conditions",
+               lambda n: mlp(_widths(n), relu, he()), "dw_second_moment", 2,
+               source=f"{HE}, Sec. 2.2", width=32),
+        _entry("glorot-linear-forward",
+               "linear net, Glorot init, unequal widths: E[y_L^2] from the product of n_l Var[w_l]",
+               lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), "linear", glorot()), "y_second_moment", _last,
+               source=f"{GLOROT}, eq. (5)"),
+        _entry("glorot-linear-backward",
+               "linear net, Glorot init, unequal widths: E[(dL/dx_1)^2] from the product of nhat_l Var[w_l]",
+               lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), "linear", glorot()), "dx_second_moment", 1,
+               source=f"{GLOROT}, eq. (6)"),
+        _entry("relu-mean-fixed-input",
+               "E[x_2] = sqrt(Var[y_1]/(2 pi)): relu outputs are not zero-mean (y_1 exactly Gaussian)",
+               lambda n: mlp(_widths(n), relu, he(), inputs=_fixed(n)), "x_mean", 2,
+               source=f"{HE}, Sec. 2.2 (remark after eq. 7)"),
+        _entry("relu-mean-uniform",
+               "E[x_2] = sqrt(Var[y_1]/(2 pi)) with uniform weights: only as the width grows",
+               lambda n: mlp(_widths(n), relu, he(distribution="uniform"), inputs=_fixed(n)), "x_mean", 2,
+               source=f"{HE}, Sec. 2.2", width=32),
+        _entry("shifted-relu-second-moment",
+               "relu(y) - 1/2: E[x_2^2] = q/2 - sqrt(q/(2 pi)) + 1/4, no scale-free condition",
+               lambda n: mlp(_widths(n), activation("shifted_relu"), he(), inputs=_fixed(n)),
+               "x_second_moment", 2, source="varprop (shifted relu fixed point)"),
+        _entry("pytorch-default-relu",
+               "PyTorch nn.Linear default (kaiming_uniform a=sqrt 5, Var = 1/(3n)), relu, no bias: "
+               "E[y_l^2] shrinks by 1/6 per layer",
+               lambda n: mlp(_widths(n, depth=4), relu, torch_linear_default(bias=False)), "y_second_moment",
+               _last, source="PyTorch nn.Linear.reset_parameters", width=32, sweep=(8,)),
+        _glorot_tanh(),
+    ]
+    return {entry.name: entry for entry in entries}
+
+
+def _fixed(n: int) -> FixedInput:
+    """A fixed unit-mean-square input, so y_1 is exactly Gaussian under Gaussian weights."""
+    return FixedInput(tuple(1.0 if j % 2 == 0 else -1.0 for j in range(n)))
+
+
+def _glorot_tanh() -> ClaimFamily:
+    """Glorot's linear regime for tanh: the linear network's prediction applied to the tanh network."""
+    name = "glorot-tanh-linear-regime"
+    description = ("tanh net with Glorot init judged by the linear-regime prediction E[y_L^2] = Var[x] prod n_l Var[w_l]: "
+                   "expected to be off, the check measures by how much")
+
+    def build(n: int) -> Claim:
+        widths = _widths(n, pattern=(1, 2, 3, 4))
+        linear = claim_from_derivation(name, mlp(widths, "linear", glorot()), "y_second_moment", _DEPTH)
+        network = mlp(widths, "tanh", glorot())
+        return Claim(name, network, "y_second_moment", _DEPTH, linear.prediction, "approximation", linear.value,
+                     0.0, ("tanh(z) ~ z (Glorot's linear regime)",), f"{GLOROT}, eqs. (5), (12)", description)
+
+    return ClaimFamily(name, description, build, 32, _SWEEP)
+
+
+CATALOGUE: dict[str, ClaimFamily] = _catalogue()
+
+
+def names() -> tuple[str, ...]:
+    """The catalogue's claim names, in order."""
+    return tuple(CATALOGUE)
+
+
+def family(name: str) -> ClaimFamily:
+    """The catalogue entry ``name``; a :class:`~varprop.claims.ClaimError` names the known ones."""
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise ClaimError(f"unknown claim {name!r}; known: {', '.join(CATALOGUE)}") from None

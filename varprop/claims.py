@@ -1,0 +1,158 @@
+r"""Claims: a closed-form prediction for one observable of one network, as data.
+
+A :class:`Claim` says *what* is predicted (network, observable, dense layer), *the value* (a sympy
+expression and its float), *how exactly* it should hold, and *why* (assumptions, source):
+
+``exact``
+    at every finite width under the stated weight law: a Monte Carlo FAIL refutes it.
+``gaussian-exact``
+    exact for Gaussian weights (a Gaussian pre-activation).
+``asymptotic``
+    as the width grows, with an error that shrinks like :math:`O(1/n)`: checked over a sweep of
+    widths.
+``approximation``
+    a modelling assumption (Glorot's linear regime for tanh) not expected to hold: the check reports
+    the measured deviation instead of a verdict.
+
+A :class:`ClaimFamily` rebuilds a claim at any width, which the checker needs for sweeps. This module
+holds data only; it imports neither :mod:`varprop.derive` nor :mod:`varprop.montecarlo` (the catalogue
+of named claims, built from derivations, is :mod:`varprop.catalogue`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .errors import VarpropError
+from .network import Network
+
+__all__ = ["EXACTNESS", "OBSERVABLES", "ClaimError", "Claim", "ClaimFamily"]
+
+#: Exactness classes, strongest first.
+EXACTNESS: tuple[str, ...] = ("exact", "gaussian-exact", "asymptotic", "approximation")
+
+#: Observables a claim may name (per dense layer l; x_l is its input, y_l its pre-activation).
+OBSERVABLES: tuple[str, ...] = (
+    "y_mean",
+    "y_second_moment",
+    "y_variance",
+    "x_mean",
+    "x_second_moment",
+    "x_variance",
+    "dx_second_moment",
+    "dy_second_moment",
+    "dw_second_moment",
+)
+
+
+class ClaimError(VarpropError):
+    """A claim that cannot be built: unknown observable, layer out of range, non-numeric value."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A prediction for one observable of one network, with its exactness class and provenance.
+
+    Parameters
+    ----------
+    name
+        A short identifier, e.g. ``he-forward-relu-normal``.
+    network
+        The network the prediction is about (integer widths, numeric parameters).
+    observable
+        One of :data:`OBSERVABLES`.
+    layer
+        The dense layer, 1-based.
+    prediction
+        The predicted value as a sympy expression.
+    exactness
+        One of :data:`EXACTNESS`.
+    value
+        The prediction as a float (computed from ``prediction`` when omitted).
+    value_error
+        A bound on the numerical error of ``value`` (quadrature), 0 for a closed form.
+    assumptions, source, description
+        Why the prediction should hold, where it comes from, and what it says in words.
+    """
+
+    name: str
+    network: Network
+    observable: str
+    layer: int
+    prediction: sp.Expr
+    exactness: str
+    value: float | None = None
+    value_error: float = 0.0
+    assumptions: tuple[str, ...] = ()
+    source: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.network, Network):
+            raise ClaimError(f"claim {self.name!r}: network must be a varprop Network, got {self.network!r}")
+        if self.observable not in OBSERVABLES:
+            raise ClaimError(
+                f"claim {self.name!r}: unknown observable {self.observable!r}; known: {', '.join(OBSERVABLES)}"
+            )
+        if self.exactness not in EXACTNESS:
+            raise ClaimError(
+                f"claim {self.name!r}: unknown exactness {self.exactness!r}; known: {', '.join(EXACTNESS)}"
+            )
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or not 1 <= self.layer <= self.network.depth:
+            raise ClaimError(
+                f"claim {self.name!r}: layer must be an integer from 1 to {self.network.depth}, got {self.layer!r}"
+            )
+        if not isinstance(self.prediction, sp.Basic):
+            raise ClaimError(f"claim {self.name!r}: prediction must be a sympy expression, got {self.prediction!r}")
+        value = self.value
+        if value is None:
+            if self.prediction.free_symbols or self.prediction.has(sp.Integral):
+                raise ClaimError(
+                    f"claim {self.name!r}: the prediction {self.prediction} is not a number; give its value"
+                )
+            value = float(sp.N(self.prediction, 17))
+        if not math.isfinite(value):
+            raise ClaimError(f"claim {self.name!r}: the predicted value {value} is not finite")
+        object.__setattr__(self, "value", float(value))
+        object.__setattr__(self, "assumptions", tuple(self.assumptions))
+
+    @property
+    def width(self) -> int:
+        """The smallest hidden width of the network (the width that asymptotic claims grow)."""
+        widths = self.network.widths[1:-1] or self.network.widths
+        return int(min(widths))
+
+    def with_prediction(self, prediction: sp.Expr, value: float | None = None, *, name: str | None = None,
+                        exactness: str | None = None) -> Claim:
+        """The same claim with another prediction (the mutation tests feed wrong formulas this way)."""
+        return Claim(
+            name or self.name, self.network, self.observable, self.layer, prediction,
+            exactness or self.exactness, value, 0.0 if value is None else self.value_error,
+            self.assumptions, self.source, self.description,
+        )
+
+
+@dataclass(frozen=True)
+class ClaimFamily:
+    """A claim at every width: ``build(n)`` returns the claim for hidden width n.
+
+    ``width`` is the default width; ``sweep`` the widths an asymptotic claim is checked over (or the
+    small widths an exact claim must also hold at).
+    """
+
+    name: str
+    description: str
+    build: Callable[[int], Claim] = field(compare=False, repr=False)
+    width: int = 16
+    sweep: tuple[int, ...] = ()
+
+    def at(self, width: int | None = None) -> Claim:
+        """The claim at ``width`` (default: the family's width)."""
+        n = self.width if width is None else width
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ClaimError(f"claim {self.name!r}: width must be a positive integer, got {width!r}")
+        return self.build(n)

@@ -1,0 +1,441 @@
+r"""Check claims against sampled networks: one verdict per claim, with a known error rate.
+
+A claim (:class:`~varprop.claims.Claim`) or a claim family (:class:`~varprop.claims.ClaimFamily`) is
+checked according to its exactness class:
+
+``exact`` and ``gaussian-exact``
+    a z-test of the prediction at the family's width *and* at the small widths of its sweep
+    (n = 2..8): an exact claim must hold at every width, so any test that fails fails the claim.
+    The claim passes when it is resolved (resolution :math:`\le` ``rtol``) at its own width; at the
+    narrow widths, where per-network values are heavy-tailed and millions of networks would be needed
+    to resolve 1 %, it must not be contradicted, and the resolution reached is reported.
+``asymptotic``
+    the relative deviation :math:`d(n) = (\hat\mu_n - \mu_0)/|\mu_0|` is measured at every width of
+    the sweep; the claim fails when the deviation does not shrink at least like :math:`1/n`: with
+    :math:`n_1` the smallest and :math:`n_k` the largest width, the one-sided test of
+    :math:`|d(n_k)| \le (n_1/n_k)\,|d(n_1)|` rejects. It passes when that holds and the deviation is
+    resolved at :math:`n_k` (resolution :math:`\le` ``rtol``).
+``approximation``
+    no verdict: the deviation at each width is reported (outcome ``MEASURED``).
+
+All tests of the claims checked together form one family: Holm's step-down procedure holds the
+family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value, so a PASS
+always means a prediction off by more than ``rtol`` would have been caught.
+
+When ``samples`` is not given, a pilot of 2,000 networks (from its own seed stream, then discarded)
+estimates the per-network spread and the main sample is sized to resolve ``rtol`` (twice ``rtol``
+at an exact claim's narrow widths), up to ``max_samples`` networks and ``max_floats`` drawn weights
+per claim and width; if the main sample shows a larger spread than the pilot, it is enlarged once.
+The sample size depends only on spreads, never on how far the estimate is from the prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.special import ndtr
+
+from ..claims import Claim, ClaimFamily
+from .errors import MonteCarloError
+from .estimators import Estimate, estimate
+from .sampler import sample
+from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge
+
+__all__ = ["MEASURED", "Measurement", "ShrinkTest", "CheckResult", "check", "check_all", "format_results", "DEFAULT_RTOL"]
+
+MEASURED = "MEASURED"
+DEFAULT_RTOL = 0.01
+_PILOT = 2_000
+_SAFETY = 1.15
+_HEAVY_TAIL_SHARE = 0.01  # one network carrying over 1 % of the sum: the CLT-based SE is not to be trusted
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One claim at one width: the estimate, the relative deviation and (if tested) the verdict."""
+
+    width: int
+    claim: Claim
+    estimate: Estimate
+    deviation: float
+    deviation_se: float
+    verdict: Verdict | None
+    health: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "width": self.width,
+            "prediction": self.claim.value,
+            "estimate": self.estimate.value,
+            "se": self.estimate.se,
+            "n": self.estimate.n,
+            "deviation": self.deviation,
+            "deviation_se": self.deviation_se,
+            **dict(self.health),
+        }
+        if self.verdict is not None:
+            v = self.verdict
+            out.update(z=v.z, p_value=v.p_value, z_crit=v.z_crit, resolution=v.resolution, outcome=v.outcome,
+                       samples_needed=v.samples_needed)
+        return out
+
+
+@dataclass(frozen=True)
+class ShrinkTest:
+    r"""Does the deviation shrink at least like :math:`1/n` between the smallest and largest width?"""
+
+    small_width: int
+    large_width: int
+    statistic: float  # |d(n_k)| - (n_1/n_k) |d(n_1)|
+    se: float
+    p_value: float  # one-sided
+    rejected: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "small_width": self.small_width,
+            "large_width": self.large_width,
+            "statistic": self.statistic,
+            "se": self.se,
+            "p_value": self.p_value,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of checking one claim (over one or several widths)."""
+
+    name: str
+    exactness: str
+    outcome: str
+    measurements: tuple[Measurement, ...]
+    message: str
+    shrink: ShrinkTest | None = None
+    claim: Claim = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def primary(self) -> Measurement:
+        """The measurement at the claim's own width (the largest width for a sweep)."""
+        return self.measurements[0]
+
+    def to_dict(self) -> dict[str, object]:
+        claim = self.claim
+        return {
+            "name": self.name,
+            "description": claim.description,
+            "observable": claim.observable,
+            "layer": claim.layer,
+            "prediction_expr": str(claim.prediction),
+            "prediction": claim.value,
+            "exactness": self.exactness,
+            "source": claim.source,
+            "assumptions": list(claim.assumptions),
+            "outcome": self.outcome,
+            "message": self.message,
+            "measurements": [m.to_dict() for m in self.measurements],
+            "shrink": None if self.shrink is None else self.shrink.to_dict(),
+        }
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int  # which target
+    family: ClaimFamily | None
+    claim: Claim
+    widths: tuple[int, ...]  # widths[0] is the primary width
+
+
+def _plan(target: Claim | ClaimFamily, index: int, width: int | None) -> _Job:
+    if isinstance(target, ClaimFamily):
+        if width is not None:
+            return _Job(index, target, target.at(width), (width,))
+        claim = target.at()
+        if claim.exactness in ("asymptotic", "approximation"):
+            widths = tuple(sorted(set(target.sweep) | {target.width}, reverse=True))
+        else:
+            widths = (target.width, *[n for n in target.sweep if n != target.width])
+        return _Job(index, target, claim, widths)
+    if isinstance(target, Claim):
+        return _Job(index, None, target, (target.width,))
+    raise MonteCarloError(f"check needs a Claim or a ClaimFamily, got {target!r}")
+
+
+def _claim_at(job: _Job, width: int) -> Claim:
+    return job.claim if job.family is None else job.family.at(width)
+
+
+def _seed(seed: int, name: str, width: int, phase: int) -> np.random.SeedSequence:
+    """One independent stream per (claim, width, pilot/main), whatever else is checked alongside."""
+    return np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(name.encode()), width, phase))
+
+
+def _weights_per_network(claim: Claim) -> int:
+    return sum(int(layer.fan_in) * int(layer.fan_out) for layer in claim.network.dense_layers)
+
+
+def _measure(
+    claim: Claim,
+    width: int,
+    *,
+    samples: int | None,
+    seed: int,
+    z_plan: float,
+    rtol: float,
+    max_samples: int,
+    max_floats: float,
+) -> tuple[Estimate, Mapping[str, int]]:
+    if not claim.network.is_numeric:
+        raise MonteCarloError(f"claim {claim.name!r}: its network has symbolic widths; give integers to check it")
+    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(claim)))))
+    scale = abs(claim.value) if claim.value != 0 else 1.0
+
+    def needed(est: Estimate) -> int:
+        spread = est.se * math.sqrt(est.n)
+        return math.ceil(_SAFETY * (z_plan * spread / (rtol * scale)) ** 2) if spread > 0 else _PILOT
+
+    main_seed = _seed(seed, claim.name, width, 1)
+    if samples is None:
+        pilot = estimate(sample(claim.network, _PILOT, seed=_seed(seed, claim.name, width, 0)),
+                         claim.observable, claim.layer)
+        count = int(min(cap, max(_PILOT, needed(pilot))))
+    else:
+        count = samples
+    drawn = sample(claim.network, count, seed=main_seed)
+    result = estimate(drawn, claim.observable, claim.layer)
+    if samples is None and count < cap and needed(result) > count:
+        # The pilot underestimated a heavy-tailed spread: enlarge the sample once. The first networks
+        # of a larger sample are the same networks, and the size depends on the spread, not the mean.
+        count = int(min(cap, needed(result)))
+        drawn = sample(claim.network, count, seed=main_seed)
+        result = estimate(drawn, claim.observable, claim.layer)
+    column = claim.layer - 1
+    health = {
+        "excluded": int(drawn.excluded),
+        "overflow": int(drawn.overflow[column]),
+        "nan": int(drawn.nan[column]),
+        "zero_input_networks": int(drawn.zero_x[column]),
+        "largest_share": _largest_share(drawn, claim.observable, column),
+    }
+    return result, health
+
+
+_BASE = {"y_variance": "y_second_moment", "x_variance": "x_second_moment"}
+
+
+def _largest_share(drawn, observable: str, column: int) -> float:
+    """The largest share one network has in the sum of |per-network values|: a heavy-tail alarm.
+
+    The SE is a central-limit statement; when one network carries a visible share of the total the
+    sample is too small for it, whatever the SE says.
+    """
+    finite = drawn.finite
+    if observable == "dw_second_moment":
+        values = drawn.per_network["dy_second_moment"][finite, column] * drawn.per_network["x_second_moment"][finite, column]
+    else:
+        values = drawn.per_network[_BASE.get(observable, observable)][finite, column]
+    total = float(np.sum(np.abs(values)))
+    return float(np.max(np.abs(values)) / total) if total > 0 else 0.0
+
+
+def _deviation(claim: Claim, est: Estimate) -> tuple[float, float]:
+    scale = abs(claim.value) if claim.value != 0 else 1.0
+    return (est.value - claim.value) / scale, est.se / scale
+
+
+# --- the checker -------------------------------------------------------------------------------
+
+
+def check(
+    target: Claim | ClaimFamily,
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    rtol: float = DEFAULT_RTOL,
+    alpha: float = 0.05,
+    width: int | None = None,
+    max_samples: int = 2_000_000,
+    max_floats: float = 4e8,
+) -> CheckResult:
+    """Check one claim or claim family (see the module docstring); equivalent to ``check_all([target])[0]``."""
+    return check_all([target], samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width,
+                     max_samples=max_samples, max_floats=max_floats)[0]
+
+
+def check_all(
+    targets: Sequence[Claim | ClaimFamily],
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    rtol: float = DEFAULT_RTOL,
+    alpha: float = 0.05,
+    width: int | None = None,
+    max_samples: int = 2_000_000,
+    max_floats: float = 4e8,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[CheckResult]:
+    """Check several claims together: Holm's procedure over all their tests holds the false-alarm rate at ``alpha``.
+
+    ``progress(name, done, total)`` is called after each (claim, width) is sampled.
+    """
+    if not (isinstance(rtol, float | int) and rtol > 0 and math.isfinite(rtol)):
+        raise MonteCarloError(f"rtol must be a positive number, got {rtol!r}")
+    if not (isinstance(alpha, float | int) and 0 < alpha < 1):
+        raise MonteCarloError(f"alpha must be in (0, 1), got {alpha!r}")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
+        raise MonteCarloError(f"samples must be an integer of at least 2, got {samples!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise MonteCarloError(f"seed must be a non-negative integer, got {seed!r}")
+    jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
+    if not jobs:
+        raise MonteCarloError("nothing to check: give at least one claim")
+    tests = sum(_test_count(job) for job in jobs)
+    z_plan = holm_critical_values(alpha, max(tests, 1))[0]
+    total = sum(len(job.widths) for job in jobs)
+    done = 0
+    raw: list[list[tuple[int, Claim, Estimate, Mapping[str, int]]]] = []
+    for job in jobs:
+        rows = []
+        for position, n in enumerate(job.widths):
+            claim = _claim_at(job, n)
+            # An exact claim is resolved at its own width; at the narrow widths it must not be
+            # contradicted, and the sample there is sized to resolve twice rtol (heavy tails make
+            # 1 % cost millions of networks).
+            narrow = position > 0 and job.claim.exactness in ("exact", "gaussian-exact")
+            est, health = _measure(claim, n, samples=samples, seed=seed, z_plan=z_plan,
+                                   rtol=2 * rtol if narrow else rtol, max_samples=max_samples, max_floats=max_floats)
+            rows.append((n, claim, est, health))
+            done += 1
+            if progress is not None:
+                progress(job.claim.name, done, total)
+        raw.append(rows)
+    return _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
+
+
+def _test_count(job: _Job) -> int:
+    if job.claim.exactness == "approximation":
+        return 0
+    if job.claim.exactness == "asymptotic" and len(job.widths) > 1:
+        return 1
+    return len(job.widths)
+
+
+def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, tests: int) -> list[CheckResult]:
+    # Gather every test's p-value; Holm decides which are rejected.
+    p_values: list[float] = []
+    owners: list[tuple[int, int | None]] = []  # (job index, width row or None for the shrink test)
+    shrinks: dict[int, ShrinkTest] = {}
+    for j, (job, rows) in enumerate(zip(jobs, raw)):
+        kind = job.claim.exactness
+        if kind == "approximation":
+            continue
+        if kind == "asymptotic" and len(rows) > 1:
+            shrink = _shrink_test(rows)
+            shrinks[j] = shrink
+            p_values.append(shrink.p_value)
+            owners.append((j, None))
+            continue
+        for r, (_, claim, est, _) in enumerate(rows):
+            z = (est.value - claim.value) / est.se if est.se > 0 else (0.0 if est.value == claim.value else math.inf)
+            p_values.append(float(2 * ndtr(-abs(z))))
+            owners.append((j, r))
+    rejected = holm(p_values, alpha) if p_values else []
+    rejected_rows = {owner for owner, flag in zip(owners, rejected) if flag}
+    m = max(tests, 1)
+
+    results = []
+    for j, (job, rows) in enumerate(zip(jobs, raw)):
+        measurements = []
+        for r, (n, claim, est, health) in enumerate(rows):
+            deviation, deviation_se = _deviation(claim, est)
+            verdict = None
+            if job.claim.exactness != "approximation":
+                verdict = judge(claim.value, est.value, est.se, est.n, rtol=rtol, alpha=alpha, m=m)
+                if (j, r) in rejected_rows and verdict.outcome != FAIL:
+                    verdict = replace(verdict, outcome=FAIL,
+                                      message=f"rejected by Holm's procedure over {m} tests (z = {verdict.z:.2f})")
+            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, health))
+        shrink = shrinks.get(j)
+        if shrink is not None:
+            shrink = replace(shrink, rejected=(j, None) in rejected_rows)
+        outcome, message = _outcome(job.claim, measurements, shrink)
+        results.append(CheckResult(job.claim.name, job.claim.exactness, outcome, tuple(measurements), message,
+                                   shrink, job.claim))
+    return results
+
+
+def _shrink_test(rows: list[tuple]) -> ShrinkTest:
+    by_width = sorted(rows, key=lambda row: row[0])
+    (small, claim_s, est_s, _), (large, claim_l, est_l, _) = by_width[0], by_width[-1]
+    d_s, se_s = _deviation(claim_s, est_s)
+    d_l, se_l = _deviation(claim_l, est_l)
+    ratio = small / large
+    statistic = abs(d_l) - ratio * abs(d_s)
+    se = math.hypot(se_l, ratio * se_s)
+    p = float(ndtr(-statistic / se)) if se > 0 else (0.0 if statistic > 0 else 1.0)
+    return ShrinkTest(small, large, statistic, se, p)
+
+
+def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest | None) -> tuple[str, str]:
+    primary = measurements[0]
+    if claim.exactness == "approximation":
+        parts = ", ".join(f"n={m.width}: {100 * m.deviation:+.2f}% (SE {100 * m.deviation_se:.2f}%)" for m in measurements)
+        return MEASURED, f"approximation, not expected to hold; measured deviation {parts}"
+    if shrink is not None:
+        deviations = ", ".join(f"n={m.width}: {100 * m.deviation:+.2f}%" for m in sorted(measurements, key=lambda m: m.width))
+        if shrink.rejected:
+            return FAIL, (f"the deviation does not shrink like O(1/n) ({deviations}; one-sided p = {shrink.p_value:.2g})")
+        if primary.verdict is not None and primary.verdict.resolution > primary.verdict.rtol:
+            return INCONCLUSIVE, (f"deviation {deviations}; not resolved at n={primary.width}: about "
+                                  f"{primary.verdict.samples_needed} networks would resolve rtol")
+        settled = "" if primary.verdict is None or abs(primary.verdict.z) <= primary.verdict.z_crit else (
+            f"; a finite-width deviation remains measurable at n={primary.width}")
+        return PASS, f"deviation shrinks at least like O(1/n) ({deviations}){settled}"
+    failed = [m for m in measurements if m.verdict is not None and m.verdict.outcome == FAIL]
+    if failed:
+        worst = max(failed, key=lambda m: abs(m.verdict.z))
+        return FAIL, (f"contradicted at n={worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
+                      f"prediction {claim.value:.6g}, z = {worst.verdict.z:+.2f}")
+    heavy = [m for m in measurements if m.health.get("largest_share", 0.0) > _HEAVY_TAIL_SHARE]
+    if heavy:
+        worst = max(heavy, key=lambda m: m.health["largest_share"])
+        return INCONCLUSIVE, (f"heavy-tailed at n={worst.width}: one network carries "
+                              f"{100 * worst.health['largest_share']:.1f}% of the sum, so the standard error is "
+                              "not reliable; more networks are needed")
+    if primary.verdict is not None and primary.verdict.outcome == INCONCLUSIVE:
+        return INCONCLUSIVE, (f"agrees but too noisy at n={primary.width} to resolve rtol: about "
+                              f"{primary.verdict.samples_needed} networks would")
+    others = [m for m in measurements[1:] if m.verdict is not None]
+    text = (f"agrees at n={primary.width} (z = {primary.verdict.z:+.2f}, resolution "
+            f"{100 * primary.verdict.resolution:.2f}%)")
+    if others:
+        text += "; not contradicted at n = " + ", ".join(
+            f"{m.width} (z = {m.verdict.z:+.2f}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
+        )
+    return PASS, text
+
+
+def format_results(results: Sequence[CheckResult]) -> str:
+    """A plain-text table of results (one line per claim, then its message), readable in a terminal."""
+    header = f"{'claim':<38} {'exactness':<14} {'n':>4} {'prediction':>12} {'estimate +- SE':>24} {'z':>7}  outcome"
+    lines = [header, "-" * len(header)]
+    for result in results:
+        m = result.primary
+        z = "" if m.verdict is None else f"{m.verdict.z:+7.2f}"
+        estimate_text = f"{m.estimate.value:.6g} +- {m.estimate.se:.2g}"
+        lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>4} {m.claim.value:>12.6g} "
+                     f"{estimate_text:>24} {z:>7}  {result.outcome}")
+        lines.append(f"    {result.message}")
+    counts = {}
+    for result in results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items())))
+    return "\n".join(lines)
