@@ -25,7 +25,7 @@ HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
 _DEPTH = 3
 _SMALL = (2, 4)  # an exact claim must hold at narrow widths too
-_SWEEP = (4, 8, 32)  # widths an asymptotic claim's deviation is followed over
+_SWEEP = (4, 8, 16)  # widths an asymptotic claim's deviation is followed over
 
 
 def claim_from_derivation(
@@ -119,15 +119,15 @@ def _catalogue() -> dict[str, ClaimFamily]:
                "E[(dL/dx_{L-1})^2] with He fan-in init and equal widths: He's backward recursion; at narrow "
                "widths a relu layer that is all zero (probability 2^-n) passes no gradient",
                lambda n: mlp(_widths(n), relu, he()), "dx_second_moment", lambda net: net.depth - 1,
-               source=f"{HE}, eqs. (11)-(13)", width=32),
+               source=f"{HE}, eqs. (11)-(13)", width=16),
         _entry("he-backward-fan-out-unequal",
                "E[(dL/dx_1)^2] with He fan-out init and unequal widths: constant across layers",
                lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), relu, he("fan_out")), "dx_second_moment", 1,
-               source=f"{HE}, eq. (14)", width=32),
+               source=f"{HE}, eq. (14)", width=16),
         _entry("he-backward-fan-in-unequal",
                "E[(dL/dx_1)^2] with He fan-in init and unequal widths: the width ratio c_2/d_L appears",
                lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), relu, he()), "dx_second_moment", 1,
-               source=f"{HE}, after eq. (14)", width=32),
+               source=f"{HE}, after eq. (14)", width=16),
         _entry("he-backward-last-layers-finite-width",
                "E[(dL/dy_{L-1})^2] at narrow width: He's 1/2 times P(no relu layer below is all zero)",
                lambda n: mlp(_widths(n), relu, he()), "dy_second_moment", lambda net: net.depth - 1,
@@ -140,7 +140,7 @@ def _catalogue() -> dict[str, ClaimFamily]:
         _entry("weight-gradient-relu",
                "E[(dL/dW_2)^2] = E[(dL/dy_2)^2] E[x_2^2]: both controlled by the He conditions",
                lambda n: mlp(_widths(n), relu, he()), "dw_second_moment", 2,
-               source=f"{HE}, Sec. 2.2", width=32),
+               source=f"{HE}, Sec. 2.2", width=16),
         _entry("glorot-linear-forward",
                "linear net, Glorot init, unequal widths: E[y_L^2] from the product of n_l Var[w_l]",
                lambda n: mlp(_widths(n, pattern=(1, 2, 3, 4)), "linear", glorot()), "y_second_moment", _last,
@@ -156,7 +156,7 @@ def _catalogue() -> dict[str, ClaimFamily]:
         _entry("relu-mean-uniform",
                "E[x_2] = sqrt(Var[y_1]/(2 pi)) with uniform weights: only as the width grows",
                lambda n: mlp(_widths(n), relu, he(distribution="uniform"), inputs=_fixed(n)), "x_mean", 2,
-               source=f"{HE}, Sec. 2.2", width=32),
+               source=f"{HE}, Sec. 2.2", width=16),
         _entry("shifted-relu-second-moment",
                "relu(y) - 1/2: E[x_2^2] = q/2 - sqrt(q/(2 pi)) + 1/4, no scale-free condition",
                lambda n: mlp(_widths(n), activation("shifted_relu"), he(), inputs=_fixed(n)),
@@ -189,7 +189,7 @@ def _glorot_tanh() -> ClaimFamily:
         return Claim(name, network, "y_second_moment", _DEPTH, linear.prediction, "approximation", linear.value,
                      0.0, ("tanh(z) ~ z (Glorot's linear regime)",), f"{GLOROT}, eqs. (5), (12)", description)
 
-    return ClaimFamily(name, description, build, 32, _SWEEP)
+    return ClaimFamily(name, description, build, 16, _SWEEP)
 
 
 CATALOGUE: dict[str, ClaimFamily] = _catalogue()
