@@ -166,7 +166,7 @@ class _Gradient:
 
 
 def predict(network: Network, *, finite_width: bool = False) -> tuple[LayerPrediction, ...]:
-    """Predicted observables for every dense layer of ``network`` (see the module docstring).
+    r"""Predicted observables for every dense layer of ``network`` (see the module docstring).
 
     ``finite_width=False`` gives the textbook (He et al.) values; ``finite_width=True`` keeps the
     exact finite-width factors varprop can derive (the probability :math:`\prod_k (1 - 2^{-n_k})`
