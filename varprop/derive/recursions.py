@@ -21,8 +21,8 @@ import sympy as sp
 
 from ..activations import X, Activation
 from ..errors import DerivationError
-from ..weights import DISTRIBUTIONS, N_IN, N_OUT, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import DPhi, Derivation, Expect, Phi, Rule, Variance, _Builder
+from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
+from .derivation import DPhi, Derivation, Expect, Phi, Rule, Variance, _Builder, to_text
 from .gaussian import Q, moments
 
 __all__ = [
@@ -165,7 +165,7 @@ def _check_unrolled(closed_form: sp.Expr, unrolled: Callable[[int], sp.Expr]) ->
 # --- forward -----------------------------------------------------------------------------------
 
 
-def forward(act: Activation, *, weight_mean: bool = False) -> Derivation:
+def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | None = None) -> Derivation:
     r"""The forward recursion for :math:`\operatorname{Var}[y_l]` (He et al. 2015, eqs. 6-9).
 
     .. math::
@@ -173,7 +173,9 @@ def forward(act: Activation, *, weight_mean: bool = False) -> Derivation:
         E[x_l^2] = \tfrac12 \operatorname{Var}[y_{l-1}] \text{ (relu)}, \qquad
         \operatorname{Var}[y_L] = \operatorname{Var}[y_1] \prod_{l=2}^{L} \tfrac12 n_l \operatorname{Var}[w_l].
 
-    With ``weight_mean=True`` the weights keep a mean :math:`E[w_l]`, and the derivation shows the
+    With ``scheme`` (an :class:`~varprop.weights.InitScheme`), its variance is substituted into the
+    product, giving the per-layer factor that scheme produces (PyTorch's ``nn.Linear`` default with
+    relu: 1/6). With ``weight_mean=True`` the weights keep a mean :math:`E[w_l]`, and the derivation shows the
     extra term :math:`n_l E[w_l]^2 \operatorname{Var}[x_l]`: :math:`\operatorname{Var}[w x] =
     \operatorname{Var}[w] E[x^2]` only when :math:`E[w] = 0`.
     """
@@ -231,7 +233,17 @@ def forward(act: Activation, *, weight_mean: bool = False) -> Derivation:
     b.state(Variance(_y[DEPTH]), Variance(_y[1]) * product, Rule.UNROLLING,
             "apply the recursion from layer L down to layer 2 (checked for L = 2..7)", check="unrolled",
             source=f"{HE}, eq. (9)")
-    return b.build(Variance(_y[1]) * product, summary=_forward_summary(act, c), recursion=recursion, factor=factor)
+    if scheme is None:
+        return b.build(Variance(_y[1]) * product, summary=_forward_summary(act, c), recursion=recursion, factor=factor)
+    variance = scheme.variance(_n[l], _nhat[l])
+    applied = sp.simplify(factor.subs(Vw, variance))
+    result = Variance(_y[1]) * sp.Product(applied, (l, 2, DEPTH)).doit()
+    b.identity(Variance(_y[DEPTH]), result, Rule.SUBSTITUTION,
+               f"{scheme}: Var[w_l] = {to_text(variance)}, so each layer multiplies Var[y] by {to_text(applied)}",
+               facts={Variance(_y[DEPTH]): Variance(_y[1]) * sp.Product(factor.subs(Vw, variance), (l, 2, DEPTH)).doit()},
+               source=scheme.source)
+    return b.build(result, summary=_forward_summary(act, c) + f" Under {scheme} the factor is {applied}.",
+                   recursion=recursion, factor=applied)
 
 
 def _forward_summary(act: Activation, c: sp.Expr | None) -> str:

@@ -40,6 +40,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..claims import Claim, ClaimFamily
+from ..network import Network
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate
 from .sampler import sample
@@ -171,62 +172,81 @@ def _claim_at(job: _Job, width: int) -> Claim:
     return job.claim if job.family is None else job.family.at(width)
 
 
-def _seed(seed: int, name: str, width: int, phase: int) -> np.random.SeedSequence:
-    """One independent stream per (claim, width, pilot/main), whatever else is checked alongside."""
-    return np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(name.encode()), width, phase))
+def _seed(seed: int, network: Network, phase: int) -> np.random.SeedSequence:
+    """One stream per (network, pilot/main): claims about the same network share its sampled networks."""
+    return np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(repr(network).encode()), phase))
 
 
-def _weights_per_network(claim: Claim) -> int:
-    return sum(int(layer.fan_in) * int(layer.fan_out) for layer in claim.network.dense_layers)
+def _weights_per_network(network: Network) -> int:
+    return sum(int(layer.fan_in) * int(layer.fan_out) for layer in network.dense_layers)
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One (claim, width) to estimate, with the tolerance its sample is sized for."""
+
+    job: int
+    position: int
+    width: int
+    claim: Claim
+    rtol: float
 
 
 def _measure(
-    claim: Claim,
-    width: int,
+    network: Network,
+    items: Sequence[_Item],
     *,
     samples: int | None,
     seed: int,
     z_plan: float,
-    rtol: float,
     max_samples: int,
     max_floats: float,
-) -> tuple[Estimate, Mapping[str, int]]:
-    if not claim.network.is_numeric:
-        raise MonteCarloError(f"claim {claim.name!r}: its network has symbolic widths; give integers to check it")
-    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(claim)))))
-    scale = abs(claim.value) if claim.value != 0 else 1.0
+) -> list[tuple[Estimate, Mapping[str, int]]]:
+    """Sample ``network`` once (pilot, main, at most one enlargement) and estimate every item's claim."""
+    if not network.is_numeric:
+        raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
+    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(network)))))
 
-    def needed(est: Estimate) -> int:
+    def needed(item: _Item, est: Estimate) -> int:
+        scale = abs(item.claim.value) if item.claim.value != 0 else 1.0
         spread = est.se * math.sqrt(est.n)
-        return math.ceil(_SAFETY * (z_plan * spread / (rtol * scale)) ** 2) if spread > 0 else _PILOT
+        return math.ceil(_SAFETY * (z_plan * spread / (item.rtol * scale)) ** 2) if spread > 0 else _PILOT
 
-    main_seed = _seed(seed, claim.name, width, 1)
+    def measure_all(drawn) -> list[tuple[Estimate, int]]:
+        out = []
+        for item in items:
+            est = estimate(drawn, item.claim.observable, item.claim.layer)
+            values = _per_network_values(drawn, item.claim.observable, item.claim.layer - 1)
+            out.append((est, _skew_minimum(values, z_plan)))
+        return out
+
+    main_seed = _seed(seed, network, 1)
     if samples is None:
-        pilot = estimate(sample(claim.network, _PILOT, seed=_seed(seed, claim.name, width, 0)),
-                         claim.observable, claim.layer)
-        count = int(min(cap, max(_PILOT, needed(pilot))))
+        pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
+        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, item.claim.observable, item.claim.layer))
+                                           for item in items))))
     else:
         count = samples
-    column = claim.layer - 1
-    drawn = sample(claim.network, count, seed=main_seed)
-    result = estimate(drawn, claim.observable, claim.layer)
-    minimum = _skew_minimum(_per_network_values(drawn, claim.observable, column), z_plan)
-    if samples is None and count < cap and max(needed(result), minimum) > count:
+    drawn = sample(network, count, seed=main_seed)
+    results = measure_all(drawn)
+    wanted = max(max(needed(item, est), minimum) for item, (est, minimum) in zip(items, results))
+    if samples is None and count < cap and wanted > count:
         # The pilot underestimated a heavy-tailed spread or skew: enlarge the sample once. The first
-        # networks of a larger sample are the same networks, and the size depends on the spread and
-        # skewness, never on the mean.
-        count = int(min(cap, max(needed(result), minimum)))
-        drawn = sample(claim.network, count, seed=main_seed)
-        result = estimate(drawn, claim.observable, claim.layer)
-        minimum = _skew_minimum(_per_network_values(drawn, claim.observable, column), z_plan)
-    health = {
-        "excluded": int(drawn.excluded),
-        "overflow": int(drawn.overflow[column]),
-        "nan": int(drawn.nan[column]),
-        "zero_input_networks": int(drawn.zero_x[column]),
-        "skew_minimum": minimum,
-    }
-    return result, health
+        # networks of a larger sample are the same networks, and the size depends on spreads and
+        # skewness, never on the means.
+        drawn = sample(network, int(min(cap, wanted)), seed=main_seed)
+        results = measure_all(drawn)
+    out = []
+    for item, (est, minimum) in zip(items, results):
+        column = item.claim.layer - 1
+        out.append((est, {
+            "excluded": int(drawn.excluded),
+            "overflow": int(drawn.overflow[column]),
+            "nan": int(drawn.nan[column]),
+            "zero_input_networks": int(drawn.zero_x[column]),
+            "skew_minimum": minimum,
+        }))
+    return out
 
 
 _BASE = {"y_variance": "y_second_moment", "x_variance": "x_second_moment"}
@@ -300,7 +320,8 @@ def check_all(
 ) -> list[CheckResult]:
     """Check several claims together: Holm's procedure over all their tests holds the false-alarm rate at ``alpha``.
 
-    ``progress(name, done, total)`` is called after each (claim, width) is sampled.
+    Claims about the same network (at the same width) are estimated from the same sampled networks.
+    ``progress(name, done, total)`` is called after each network is sampled.
     """
     if not (isinstance(rtol, float | int) and rtol > 0 and math.isfinite(rtol)):
         raise MonteCarloError(f"rtol must be a positive number, got {rtol!r}")
@@ -315,24 +336,30 @@ def check_all(
         raise MonteCarloError("nothing to check: give at least one claim")
     tests = sum(_test_count(job) for job in jobs)
     z_plan = holm_critical_values(alpha, max(tests, 1))[0]
-    total = sum(len(job.widths) for job in jobs)
-    done = 0
-    raw: list[list[tuple[int, Claim, Estimate, Mapping[str, int]]]] = []
-    for job in jobs:
-        rows = []
-        for position, n in enumerate(job.widths):
-            claim = _claim_at(job, n)
-            # An exact claim is resolved at its own width; at the narrow widths it must not be
-            # contradicted, and the sample there is sized to resolve twice rtol (heavy tails make
-            # 1 % cost millions of networks).
-            narrow = position > 0 and job.claim.exactness in ("exact", "gaussian-exact")
-            est, health = _measure(claim, n, samples=samples, seed=seed, z_plan=z_plan,
-                                   rtol=2 * rtol if narrow else rtol, max_samples=max_samples, max_floats=max_floats)
-            rows.append((n, claim, est, health))
-            done += 1
-            if progress is not None:
-                progress(job.claim.name, done, total)
-        raw.append(rows)
+    # Every (claim, width) to estimate; an exact claim is resolved at its own width, while at its narrow
+    # widths it must not be contradicted and the sample is sized for twice rtol (heavy tails there make
+    # 1 % cost millions of networks).
+    items = [
+        _Item(j, position, n, _claim_at(job, n),
+              2 * rtol if position > 0 and job.claim.exactness in ("exact", "gaussian-exact") else rtol)
+        for j, job in enumerate(jobs)
+        for position, n in enumerate(job.widths)
+    ]
+    groups: dict[Network, list[_Item]] = {}
+    for item in items:
+        groups.setdefault(item.claim.network, []).append(item)
+    measured: dict[tuple[int, int], tuple[Estimate, Mapping[str, int]]] = {}
+    for done, (network, members) in enumerate(groups.items(), 1):
+        for item, result in zip(members, _measure(network, members, samples=samples, seed=seed, z_plan=z_plan,
+                                                   max_samples=max_samples, max_floats=max_floats)):
+            measured[item.job, item.position] = result
+        if progress is not None:
+            progress(members[0].claim.name, done, len(groups))
+    claims = {(item.job, item.position): item.claim for item in items}
+    raw = [
+        [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
+        for j, job in enumerate(jobs)
+    ]
     return _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
 
 
