@@ -1,0 +1,416 @@
+r"""Signal-propagation plots: the derived per-layer moments against Monte Carlo estimates.
+
+A figure has one panel per observable (forward :math:`E[y_l^2]`, backward
+:math:`E[(\partial\mathcal L/\partial x_l)^2]`, weight gradient
+:math:`E[(\partial\mathcal L/\partial W_l)^2]`, ... side by side). Each network is one *series*,
+drawn in one colour in every panel: the theory of :func:`varprop.derive.network_moments.predict` as
+a marker-less line, and the Monte Carlo estimate of :mod:`varprop.montecarlo` as points with error
+bars of :math:`\pm 2` standard errors (the SE across independent networks).
+
+The numbers behind a figure are kept apart from the drawing, in :class:`PropagationData`, so tests
+and reports can use them and check that the picture shows what the numbers say.
+
+Figures are built on :class:`matplotlib.figure.Figure` with the non-interactive Agg canvas, never
+through :mod:`matplotlib.pyplot`: nothing needs a display and no global state is touched.
+
+>>> from varprop.network import mlp
+>>> from varprop.plot import propagation_data, propagation_figure
+>>> net = mlp([32] * 5, "relu")                      # He init: E[y_l^2] = 2 at every layer
+>>> data = propagation_data(net, "y_second_moment", samples=200, label="He")
+>>> data.predicted
+(2.0, 2.0, 2.0, 2.0)
+>>> figure = propagation_figure([data])
+>>> figure.axes[0].get_yscale()
+'linear'
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import textwrap
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import ScaledTranslation
+
+from . import montecarlo
+from .claims import OBSERVABLES
+from .derive import evaluate
+from .derive.network_moments import predict
+from .errors import VarpropError
+from .network import Network, Nonlinearity
+
+__all__ = ["PANELS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
+
+
+class PlotError(VarpropError):
+    """A plot that cannot be made: unknown observable, empty series, inconsistent or non-finite data."""
+
+
+#: The three standard panels: name -> (observable, axis label). Panels appear in this order.
+PANELS: dict[str, tuple[str, str]] = {
+    "forward": ("y_second_moment", r"$E[y_l^2]$"),
+    "backward": ("dx_second_moment", r"$E[(\partial L/\partial x_l)^2]$"),
+    "weight": ("dw_second_moment", r"$E[(\partial L/\partial W_l)^2]$"),
+}
+
+# Axis labels of every plottable observable (both engines know it: varprop.claims.OBSERVABLES).
+_LABELS: dict[str, str] = {
+    "y_mean": r"$E[y_l]$",
+    "y_second_moment": PANELS["forward"][1],
+    "y_variance": r"$\mathrm{Var}[y_l]$",
+    "x_mean": r"$E[x_l]$",
+    "x_second_moment": r"$E[x_l^2]$",
+    "x_variance": r"$\mathrm{Var}[x_l]$",
+    "dx_second_moment": PANELS["backward"][1],
+    "dy_second_moment": r"$E[(\partial L/\partial y_l)^2]$",
+    "dw_second_moment": PANELS["weight"][1],
+}
+
+_PANEL_OF = {observable: name for name, (observable, _) in PANELS.items()}
+_ORDER = tuple(observable for observable, _ in PANELS.values()) + tuple(
+    o for o in OBSERVABLES if o not in _PANEL_OF
+)
+_COLOURS = tuple(matplotlib.colormaps["tab10"].colors)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+_LOG_SPAN = 10.0  # a panel goes to log scale when max/min of its plotted values exceeds this
+
+
+def _check_observable(observable: object) -> str:
+    """An observable name, or a :data:`PANELS` key standing for its observable."""
+    if isinstance(observable, str) and observable in PANELS:
+        return PANELS[observable][0]
+    if observable not in _LABELS:
+        accepted = ", ".join(OBSERVABLES)
+        panels = ", ".join(f"{name} ({obs})" for name, (obs, _) in PANELS.items())
+        raise PlotError(f"unknown observable {observable!r}; accepted: {accepted}; or a panel name: {panels}")
+    return str(observable)
+
+
+def _floats(values: object, what: str) -> tuple[float, ...]:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PlotError(f"{what} must be a sequence of real numbers, got {values!r}") from None
+    if array.ndim != 1:
+        raise PlotError(f"{what} must be one-dimensional, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise PlotError(f"{what} must be finite, got {tuple(array.tolist())}")
+    return tuple(float(v) for v in array)
+
+
+@dataclass(frozen=True)
+class PropagationData:
+    """The numbers behind one series of a propagation figure.
+
+    Attributes
+    ----------
+    network_label
+        The legend entry of the series.
+    observable
+        One of :data:`varprop.claims.OBSERVABLES`, e.g. ``"y_second_moment"``.
+    layers
+        The dense layers :math:`l = 1, \\dots, L`.
+    predicted
+        The theory, per layer.
+    estimated
+        The Monte Carlo estimate, per layer.
+    se
+        Its standard error (across networks), per layer.
+    samples
+        The number T of independent networks sampled.
+
+    Raises
+    ------
+    PlotError
+        For an unknown observable, sequences of different lengths or none, non-finite numbers, a
+        negative SE or a non-positive sample count.
+    """
+
+    network_label: str
+    observable: str
+    layers: tuple[int, ...]
+    predicted: tuple[float, ...]
+    estimated: tuple[float, ...]
+    se: tuple[float, ...]
+    samples: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network_label", str(self.network_label))
+        object.__setattr__(self, "observable", _check_observable(self.observable))
+        layers = tuple(self.layers)
+        if not layers or not all(isinstance(l, int | np.integer) and not isinstance(l, bool) for l in layers):
+            raise PlotError(f"layers must be a non-empty sequence of integers, got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(int(l) for l in layers))
+        for name in ("predicted", "estimated", "se"):
+            values = _floats(getattr(self, name), name)
+            if len(values) != len(layers):
+                raise PlotError(f"{name} has {len(values)} values but there are {len(layers)} layers")
+            object.__setattr__(self, name, values)
+        if any(s < 0 for s in self.se):
+            raise PlotError(f"standard errors must be non-negative, got {self.se}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int | np.integer) or self.samples < 1:
+            raise PlotError(f"samples must be a positive integer, got {self.samples!r}")
+        object.__setattr__(self, "samples", int(self.samples))
+
+
+def _default_label(network: Network) -> str:
+    """``relu MLP 64-64-64, W ~ Normal(var=1/32)``: activation, widths and weight law."""
+    acts = {layer.activation.name for layer in network.layers if isinstance(layer, Nonlinearity)}
+    laws = {str(layer.weights) for layer in network.dense_layers}
+    act = "linear" if not acts else ", ".join(sorted(acts))
+    law = laws.pop() if len(laws) == 1 else "per-layer laws"
+    widths = "-".join(str(w) for w in network.widths)
+    return f"{act} MLP {widths}, W ~ {law}"
+
+
+def propagation_data(
+    network: Network, observable: str, *, samples: int = 2000, seed: int = 0, label: str = ""
+) -> PropagationData:
+    r"""Theory and Monte Carlo estimate of ``observable`` at every dense layer of ``network``.
+
+    The theory is :func:`varprop.derive.network_moments.predict` (textbook, infinite-width values
+    where no exact finite-width form is known) evaluated to floats; the estimate is
+    :func:`varprop.montecarlo.estimate` on ``samples`` independent networks drawn from ``seed``.
+
+    Parameters
+    ----------
+    network
+        A network with integer widths.
+    observable
+        One of :data:`varprop.claims.OBSERVABLES`, or a :data:`PANELS` key (``"forward"``,
+        ``"backward"``, ``"weight"``) standing for its observable.
+    samples
+        The number T of independent networks.
+    seed
+        The seed of all randomness.
+    label
+        The legend entry; by default the activation, widths and weight law.
+
+    Returns
+    -------
+    PropagationData
+
+    Raises
+    ------
+    PlotError
+        For an unknown observable, a network that cannot be derived or sampled (the cause is in the
+        message), or an estimate that is not finite (every sampled network overflowed).
+    """
+    observable = _check_observable(observable)
+    if not isinstance(network, Network):
+        raise PlotError(f"propagation_data needs a Network, got {network!r}")
+    if not network.is_numeric:
+        raise PlotError(f"propagation_data needs integer widths to sample, got widths {network.widths}")
+    label = str(label) or _default_label(network)
+    try:
+        predictions = predict(network)
+        predicted = tuple(evaluate(layer[observable].value).value for layer in predictions)
+        drawn = montecarlo.sample(network, samples, seed=seed)
+        estimates = tuple(montecarlo.estimate(drawn, observable, l) for l in range(1, network.depth + 1))
+    except VarpropError as error:
+        raise PlotError(f"cannot compute {observable} for {label!r}: {error}") from None
+    for layer, est in enumerate(estimates, start=1):
+        if not (math.isfinite(est.value) and math.isfinite(est.se)):
+            raise PlotError(
+                f"the Monte Carlo estimate of {observable} at layer {layer} of {label!r} is not finite "
+                f"({est.value} +- {est.se}, {est.excluded} of {samples} networks excluded)"
+            )
+    return PropagationData(
+        network_label=label,
+        observable=observable,
+        layers=tuple(range(1, network.depth + 1)),
+        predicted=predicted,
+        estimated=tuple(e.value for e in estimates),
+        se=tuple(e.se for e in estimates),
+        samples=int(samples),
+    )
+
+
+def _use_log(values: np.ndarray, log: bool | None, observable: str) -> bool:
+    """Whether a panel is drawn on a log scale (see :func:`propagation_figure`)."""
+    if log is False:
+        return False
+    positive = bool(np.all(values > 0))
+    if log is True:
+        if not positive:
+            warnings.warn(
+                f"log scale requested but {observable} has non-positive values "
+                f"(min {values.min():.3g}); drawing that panel on a linear scale",
+                stacklevel=3,
+            )
+        return positive
+    return positive and values.max() / values.min() > _LOG_SPAN
+
+
+def _caption(series: Sequence[PropagationData], title: str, width_inches: float) -> str:
+    """The title, then how to read the marks, each wrapped to the figure's width (11 pt text)."""
+    counts = sorted({s.samples for s in series})
+    networks = f"T = {counts[0]}" if len(counts) == 1 else f"T = {counts[0]}-{counts[-1]}"
+    key = f"lines: theory; points: Monte Carlo mean \u00b1 2 SE over {networks} random networks"
+    columns = max(30, int(width_inches * 12))
+    lines = [title or "Signal propagation by layer", key]
+    return "\n".join(textwrap.fill(line, columns) for line in lines)
+
+
+def propagation_figure(
+    series: Sequence[PropagationData], *, title: str = "", log: bool | None = None
+) -> Figure:
+    r"""Draw theory against Monte Carlo for each series, one panel per observable.
+
+    Panels follow the order of :data:`PANELS` (forward, backward, weight gradient), then any other
+    observable. In each panel every series is a marker-less theory line and Monte Carlo points with
+    :math:`\pm 2\,\mathrm{SE}` error bars in the same colour; a series keeps its colour and marker in
+    every panel. When several series share a panel their points are shifted sideways by a few
+    points on screen (a display offset: the plotted data stay at the integer layers).
+
+    Parameters
+    ----------
+    series
+        One :class:`PropagationData` per (network, observable).
+    title
+        First line of the caption-like title; the second line says how to read the marks.
+    log
+        ``None`` (default): a panel uses a log y scale when max/min of its plotted values
+        (predictions and estimates) exceeds 10, linear otherwise. ``True``: log scale for every
+        panel; ``False``: linear everywhere. A panel with a value :math:`\le 0` is always drawn on
+        a linear scale (a log axis cannot show it); when ``log=True`` asked otherwise, a
+        :class:`UserWarning` says so. Linear panels whose values share one sign include zero, so a
+        flat line is not magnified into noise.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With an Agg canvas attached, ready for :func:`save_figure` or ``savefig``. Each panel's
+        ``get_gid()`` is its observable; each theory line's gid is ``"theory:<label>"`` and each
+        Monte Carlo :class:`~matplotlib.container.ErrorbarContainer` is labelled ``<label>``.
+
+    Raises
+    ------
+    PlotError
+        For no series, an item that is not :class:`PropagationData`, or two series with the same
+        label and observable (they could not be told apart).
+    """
+    series = list(series) if not isinstance(series, PropagationData) else [series]
+    if not series:
+        raise PlotError("propagation_figure needs at least one PropagationData series, got none")
+    for item in series:
+        if not isinstance(item, PropagationData):
+            raise PlotError(f"series must hold PropagationData, got {item!r}")
+    if log is not None and not isinstance(log, bool):
+        raise PlotError(f"log must be None, True or False, got {log!r}")
+    seen = set()
+    for item in series:
+        key = (item.network_label, item.observable)
+        if key in seen:
+            raise PlotError(f"two series have label {item.network_label!r} for {item.observable}; labels must differ")
+        seen.add(key)
+
+    observables = sorted({s.observable for s in series}, key=_ORDER.index)
+    labels = list(dict.fromkeys(s.network_label for s in series))
+    style = {label: (_COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]) for i, label in enumerate(labels)}
+
+    figure = Figure(figsize=(4.6 * len(observables) + 0.4, 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(observables), squeeze=False)[0]
+    for ax, observable in zip(axes, observables):
+        group = [s for s in series if s.observable == observable]
+        _draw_panel(ax, observable, group, style, log)
+    figure.suptitle(_caption(series, title, figure.get_figwidth()), fontsize=11)
+    return figure
+
+
+def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, log: bool | None) -> None:
+    ax.set_gid(observable)
+    values = np.concatenate([np.r_[s.predicted, s.estimated] for s in group])
+    use_log = _use_log(values, log, observable)
+    handles = []
+    for index, data in enumerate(group):
+        colour, marker = style[data.network_label]
+        layers = np.asarray(data.layers, dtype=np.float64)
+        (theory,) = ax.plot(
+            layers, data.predicted, color=colour, linewidth=1.8, alpha=0.9, gid=f"theory:{data.network_label}"
+        )
+        shift = (index - (len(group) - 1) / 2) * 4 / 72  # inches: 4 points between neighbours
+        offset = ax.transData + ScaledTranslation(shift, 0, ax.figure.dpi_scale_trans)
+        points = ax.errorbar(
+            layers,
+            data.estimated,
+            yerr=2 * np.asarray(data.se),
+            fmt=marker,
+            color=colour,
+            markersize=5.5,
+            markerfacecolor="white",
+            markeredgewidth=1.4,
+            elinewidth=1.4,
+            capsize=3.5,
+            label=data.network_label,
+            transform=offset,
+        )
+        handles.append(((theory, points), data.network_label))
+    if use_log:
+        ax.set_yscale("log")
+    elif np.all(values >= 0):
+        ax.set_ylim(bottom=0)
+    elif np.all(values <= 0):
+        ax.set_ylim(top=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    first = min(min(s.layers) for s in group)
+    last = max(max(s.layers) for s in group)
+    ax.set_xlim(first - 0.5, last + 0.5)
+    ax.set_xlabel("layer $l$")
+    ax.set_ylabel(_LABELS[observable])
+    panel = _PANEL_OF.get(observable, observable.replace("_", " "))
+    ax.set_title(f"{panel}: {_LABELS[observable]}", fontsize=11)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(
+        [h for h, _ in handles],
+        [label for _, label in handles],
+        handler_map={tuple: HandlerTuple(ndivide=None)},
+        fontsize=9,
+        handlelength=3.0,
+        loc="best",
+    )
+
+
+def save_figure(figure: Figure, stem: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``figure`` to ``<stem>.png`` (150 dpi) and ``<stem>.svg``.
+
+    The suffixes are appended to ``stem`` (``out/fig`` gives ``out/fig.png``); missing parent
+    directories are created. The SVG carries no date and fixed element ids, so the same figure
+    gives the same file.
+
+    Returns
+    -------
+    tuple of pathlib.Path
+        The PNG and SVG paths.
+
+    Raises
+    ------
+    PlotError
+        For something that is not a :class:`~matplotlib.figure.Figure`, or a file that cannot be
+        written (the cause is in the message).
+    """
+    if not isinstance(figure, Figure):
+        raise PlotError(f"save_figure needs a matplotlib Figure, got {figure!r}")
+    stem = pathlib.Path(stem)
+    png = stem.with_name(stem.name + ".png")
+    svg = stem.with_name(stem.name + ".svg")
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context({"svg.hashsalt": "varprop"}):
+            figure.savefig(png, dpi=150, format="png")
+            figure.savefig(svg, format="svg", metadata={"Date": None})
+    except OSError as error:
+        raise PlotError(f"cannot write {png} and {svg}: {error}") from None
+    return png, svg
