@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pathlib
 import re
 import sys
 from collections.abc import Sequence
@@ -202,6 +203,62 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import TOPICS, answer
+    from .plot import save_figure
+
+    if args.list or args.topic is None:
+        if args.topic is None and not args.list:
+            raise _UsageError("give a topic (varprop explain --list shows them)")
+        for name, topic in TOPICS.items():
+            print(f"  {name:<24} {topic.question}")
+        return 0
+    result = answer(args.topic, seed=args.seed)
+    data = result.figure_data(seed=args.seed)
+    figure_name = None
+    if args.plot is not None:
+        out = pathlib.Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        png, svg = save_figure(result.figure(data), out / args.topic)
+        figure_name = png.name
+        print(f"varprop explain: wrote {png} and {svg}", file=sys.stderr)
+    if args.format == "markdown":
+        print(result.markdown(figure=figure_name))
+    elif args.format == "latex":
+        print(result.latex(figure=figure_name))
+    else:
+        print(result.text(data=data), end="")
+    return 0
+
+
+def _progress_bar(label: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
+    if sys.stderr.isatty():
+        print(f"\r{line[:110]:<110}", file=sys.stderr, end="" if done < total else "\n", flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    summary = build_report(args.out, seed=args.seed, progress=None if args.quiet else _progress_bar)
+    print(summary.table())
+    print()
+    for answer_ in summary.answers:
+        outcomes = ", ".join(f"{r.outcome}" for r in answer_.checks)
+        print(f"{answer_.topic.name:<24} {outcomes}")
+    print()
+    print(f"wrote {len(summary.files)} files to {summary.directory}/ (report.md, report.tex, results.json, figures/)")
+    print(summary.pdf_note)
+    if summary.failures:
+        print("claims that should hold and FAILED: " + ", ".join(summary.failures))
+        return 1
+    return 0
+
+
 def _cmd_activations(args: argparse.Namespace) -> int:
     for name, summary in builtin_summary().items():
         print(f"  {name:<13} {summary}")
@@ -280,6 +337,33 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--json", action="store_true", help="print JSON")
     check_parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     check_parser.set_defaults(handler=_cmd_check)
+
+    explain_parser = commands.add_parser(
+        "explain",
+        help="answer a question about initialisation: derivation, Monte Carlo evidence, plot",
+        description="Answer a question about initialisation in plain words, with the derivation behind it, a "
+        "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
+        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default.",
+    )
+    explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
+    explain_parser.add_argument("--list", action="store_true", help="list the topics")
+    explain_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
+                                help="output format (default text)")
+    explain_parser.add_argument("--plot", metavar="DIR", default=None, help="also write the figure as DIR/TOPIC.png and .svg")
+    explain_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    explain_parser.set_defaults(handler=_cmd_explain)
+
+    report_parser = commands.add_parser(
+        "report",
+        help="the main job: derive and check the whole catalogue, answer every topic, write the report",
+        description="Derive the catalogue, check every claim by Monte Carlo, answer every explain topic, and write "
+        "report.md, report.tex (report.pdf when pdflatex is on PATH), figures/*.png and *.svg and results.json "
+        "into --out. Exits 1 when a claim that should hold fails.",
+    )
+    report_parser.add_argument("--out", default="varprop-report", metavar="DIR", help="output directory (default varprop-report)")
+    report_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    report_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    report_parser.set_defaults(handler=_cmd_report)
 
     list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")
     list_parser.set_defaults(handler=_cmd_activations)

@@ -480,7 +480,10 @@ def _quad(integral: sp.Integral) -> tuple[float, float]:
     integrand at :math:`\pm T` is below :math:`10^{-250}`.
     """
     (variable, _, _), = integral.limits
-    function = sp.lambdify(variable, integral.function, modules=[{"erf": scipy.special.erf}, "numpy"])
+    try:
+        function = sp.lambdify(variable, integral.function, modules=[{"erf": scipy.special.erf}, "numpy"])
+    except Exception as exc:  # sympy's printers raise their own types for what they cannot translate
+        raise DerivationError(f"cannot evaluate the integral of {integral.function} numerically: {exc}") from None
 
     def integrand(t: float) -> float:
         with np.errstate(all="ignore"):

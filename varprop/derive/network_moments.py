@@ -33,7 +33,7 @@ from ..activations import X, Activation
 from ..claims import EXACTNESS, OBSERVABLES
 from ..errors import DerivationError
 from ..network import Dense, FixedInput, Network, Nonlinearity
-from .gaussian import Q, moments
+from .gaussian import Q, evaluate, moments
 from .recursions import _lemma, derivative_symmetry_lemma, symmetry_lemma
 
 __all__ = ["EXACTNESS", "OBSERVABLES", "Prediction", "LayerPrediction", "predict", "weakest"]
@@ -110,6 +110,13 @@ def _(layer: Dense, signal: _Signal, first: bool) -> _Signal:
 
 
 def _gaussian_moment(value: sp.Expr, variance: sp.Expr) -> sp.Expr:
+    """A Gaussian moment at ``variance``; a numeric variance that is itself a quadrature is evaluated first.
+
+    Otherwise the integrals would nest, one level per layer (tanh, silu, ...), and each level would
+    multiply the cost of evaluating the prediction.
+    """
+    if variance.has(sp.Integral) and not variance.free_symbols:
+        variance = sp.Float(evaluate(variance).value, 17)
     return value.subs(Q, variance)
 
 
