@@ -373,7 +373,7 @@ def _glorot_vs_he(seed: int, rtol: float) -> Answer:
 def _pytorch_default(seed: int, rtol: float) -> Answer:
     depth = 20
     scheme = torch_linear_default(bias=False)
-    net = mlp([16] * (depth + 1), _RELU, scheme)
+    net = mlp([32] * (depth + 1), _RELU, scheme)
     claims = [_claim(f"PyTorch default: E[y_{layer}^2]", net, "y_second_moment", layer) for layer in (1, 5, 10, 15)]
     checks = _check(claims, seed, rtol)
     derivation = forward(_RELU, scheme=scheme)
@@ -386,13 +386,13 @@ def _pytorch_default(seed: int, rtol: float) -> Answer:
         "LeCun's and a sixth of He's. In a relu network each layer then multiplies the second moment by "
         f"n Var[w] / 2 = {sp.sstr(factor)}.",
         f"Over {depth} layers that is 6^-19 = {_fmt(6.0 ** -19)} of the first layer's second moment. Measured "
-        f"on a width-16 network (no bias): E[y_1^2] = {_measured(checks[0])}, E[y_15^2] = {_measured(checks[3])}; "
+        f"on a width-32 network (no bias): E[y_1^2] = {_measured(checks[0])}, E[y_15^2] = {_measured(checks[3])}; "
         f"the measured factor per layer from layer 1 to 15 is {_fmt(per_layer)} (the figure follows all {depth} layers). (The default bias adds a floor of 1/(3 n_in) to "
         "each layer's variance, which hides the decay in the biases rather than curing it.)",
     )
     numbers = {"factor": float(factor), "measured_factor": per_layer, "y15": measured[15]}
     return Answer(TOPICS["pytorch-default"], paragraphs, (derivation,), checks,
-                  (Series("relu, PyTorch nn.Linear default", net), Series("relu, He", mlp([16] * (depth + 1), _RELU, he()))),
+                  (Series("relu, PyTorch nn.Linear default", net), Series("relu, He", mlp([32] * (depth + 1), _RELU, he()))),
                   numbers)
 
 
