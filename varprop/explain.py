@@ -23,7 +23,7 @@ from .activations import activation
 from .catalogue import claim_from_derivation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Q, backward, condition, forward, glorot, moments, ratio, weight_gradient
-from .derive.derivation import to_latex
+from .derive.derivation import latex_text
 from .derive.gaussian import evaluate
 from .montecarlo import CheckResult, check_all, format_results
 from .network import FixedInput, Network, mlp
@@ -103,10 +103,10 @@ class Answer:
 
     def latex(self, figure: str | None = None) -> str:
         """A LaTeX section (amsmath, graphicx) for the report."""
-        out = [f"\\section{{{_tex(self.topic.title)}}}", f"\\emph{{{_tex(self.topic.question)}}}", ""]
-        out += [_tex(p) + "\n" for p in self.paragraphs]
+        out = [f"\\section{{{latex_text(self.topic.title)}}}", f"\\emph{{{latex_text(self.topic.question)}}}", ""]
+        out += [latex_text(p) + "\n" for p in self.paragraphs]
         for derivation in self.derivations:
-            out += [f"\\subsection*{{{_tex(derivation.title)}}}", derivation.latex()]
+            out += [f"\\subsection*{{{latex_text(derivation.title)}}}", derivation.latex()]
         out += ["\\subsection*{Monte Carlo checks}", _latex_table(self.checks)]
         if figure:
             out += ["\\begin{center}", f"\\includegraphics[width=\\linewidth]{{{figure}}}", "\\end{center}"]
@@ -137,21 +137,13 @@ def _markdown_table(results: Sequence[CheckResult]) -> str:
     return "\n".join(rows)
 
 
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
-
-
 def _latex_table(results: Sequence[CheckResult]) -> str:
     rows = ["\\begin{tabular}{llrrrrl}", "claim & exactness & $n$ & prediction & estimate $\\pm$ SE & $z$ & verdict \\\\",
             "\\hline"]
     for r in results:
         m = r.primary
         z = "" if m.verdict is None else f"{m.verdict.z:+.2f}"
-        rows.append(f"{_tex(r.name)} & {r.exactness} & {m.width} & {m.claim.value:.6g} & "
+        rows.append(f"{latex_text(r.name)} & {r.exactness} & {m.width} & {m.claim.value:.6g} & "
                     f"{m.estimate.value:.6g} $\\pm$ {m.estimate.se:.2g} & {z} & {r.outcome} \\\\")
     rows.append("\\end{tabular}")
     return "{\\small\n" + "\n".join(rows) + "\n}\n"

@@ -356,12 +356,23 @@ def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, 
             transform=offset,
         )
         handles.append(((theory, points), data.network_label))
+    # The points are drawn through an offset transform, which matplotlib's autoscaling ignores: set
+    # the limits from the data, error bars included, so no point or bar is cut off.
+    low = np.concatenate([np.r_[s.predicted, np.asarray(s.estimated) - 2 * np.asarray(s.se)] for s in group])
+    high = np.concatenate([np.r_[s.predicted, np.asarray(s.estimated) + 2 * np.asarray(s.se)] for s in group])
     if use_log:
         ax.set_yscale("log")
-    elif np.all(values >= 0):
-        ax.set_ylim(bottom=0)
-    elif np.all(values <= 0):
-        ax.set_ylim(top=0)
+        positive = low[low > 0]
+        bottom = positive.min() if positive.size else values[values > 0].min()
+        ax.set_ylim(bottom / 2.0, high.max() * 2.0)
+    else:
+        span = max(high.max() - low.min(), 1e-300)
+        bottom, top = low.min() - 0.05 * span, high.max() + 0.05 * span
+        if np.all(values >= 0):
+            bottom = 0.0
+        elif np.all(values <= 0):
+            top = 0.0
+        ax.set_ylim(bottom, top)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     first = min(min(s.layers) for s in group)
     last = max(max(s.layers) for s in group)

@@ -27,6 +27,7 @@ from . import __version__
 from .activations import activation
 from .catalogue import CATALOGUE
 from .derive import DERIVATIONS, Derivation
+from .derive.derivation import latex_text
 from .errors import VarpropError
 from .explain import TOPICS, Answer, answer
 from .montecarlo import CheckResult, check_all, format_results
@@ -169,17 +170,11 @@ def _write_latex(out: Path, catalogue, answers, appendix) -> Path:
         body.append(a.latex(figure=f"figures/{a.topic.name}.png"))
     body += ["\\clearpage", "\\section*{Appendix: derivations}"]
     for d in appendix:
-        body += [f"\\subsection*{{{_escape(d.title)}}}", "{\\small", d.latex(), "}"]
+        body += [f"\\subsection*{{{latex_text(d.title)}}}", "{\\small", d.latex(), "}"]
     body.append("\\end{document}")
     path = out / "report.tex"
     path.write_text("\n".join(body) + "\n", encoding="utf-8")
     return path
-
-
-def _escape(text: str) -> str:
-    from .explain import _tex
-
-    return _tex(text)
 
 
 def _compile(tex: Path) -> str:

@@ -51,56 +51,58 @@ __all__ = [
 ]
 
 
-class Expect(sp.Function):
+class _Bracket(sp.Function):
+    """An unevaluated operator printed as ``NAME[arg]`` (text) and ``TEX\\left[arg\\right]`` (LaTeX)."""
+
+    nargs = 1
+    _text = ""
+    _tex = ""
+
+    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
+        tex = r"%s\left[%s\right]" % (self._tex, printer._print(self.args[0]))
+        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+
+    def _sympystr(self, printer: StrPrinter) -> str:
+        return "%s[%s]" % (self._text, printer._print(self.args[0]))
+
+
+class Expect(_Bracket):
     r"""The expectation :math:`E[\,\cdot\,]` of a random quantity, kept unevaluated."""
 
-    nargs = 1
-
-    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
-        tex = r"\mathbb{E}\left[%s\right]" % printer._print(self.args[0])
-        return tex if exp is None else r"%s^{%s}" % (tex, exp)
-
-    def _sympystr(self, printer: StrPrinter) -> str:
-        return "E[%s]" % printer._print(self.args[0])
+    _text, _tex = "E", r"\mathbb{E}"
 
 
-class Variance(sp.Function):
+class Variance(_Bracket):
     r"""The variance :math:`\operatorname{Var}[\,\cdot\,]` of a random quantity, kept unevaluated."""
 
+    _text, _tex = "Var", r"\operatorname{Var}"
+
+
+class _Applied(sp.Function):
+    """A named function of a random quantity, printed ``name(arg)`` (text) and ``TEX\\left(arg\\right)``."""
+
     nargs = 1
+    _text = ""
+    _tex = ""
 
     def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
-        tex = r"\operatorname{Var}\left[%s\right]" % printer._print(self.args[0])
-        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+        base = self._tex if exp is None else r"%s^{%s}" % (self._tex, exp)
+        return r"%s\left(%s\right)" % (base, printer._print(self.args[0]))
 
     def _sympystr(self, printer: StrPrinter) -> str:
-        return "Var[%s]" % printer._print(self.args[0])
+        return "%s(%s)" % (self._text, printer._print(self.args[0]))
 
 
-class Phi(sp.Function):
+class Phi(_Applied):
     r"""The activation :math:`\phi` applied to a random quantity (defined in the derivation)."""
 
-    nargs = 1
-
-    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
-        base = r"\phi" if exp is None else r"\phi^{%s}" % exp
-        return r"%s\left(%s\right)" % (base, printer._print(self.args[0]))
-
-    def _sympystr(self, printer: StrPrinter) -> str:
-        return "phi(%s)" % printer._print(self.args[0])
+    _text, _tex = "phi", r"\phi"
 
 
-class DPhi(sp.Function):
+class DPhi(_Applied):
     r"""The derivative :math:`\phi'` applied to a random quantity."""
 
-    nargs = 1
-
-    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
-        base = r"\phi'" if exp is None else r"\phi'^{%s}" % exp
-        return r"%s\left(%s\right)" % (base, printer._print(self.args[0]))
-
-    def _sympystr(self, printer: StrPrinter) -> str:
-        return "phi'(%s)" % printer._print(self.args[0])
+    _text, _tex = "phi'", r"\phi'"
 
 
 class Rule(str, enum.Enum):
@@ -184,11 +186,11 @@ class Derivation:
         for number, step in enumerate(self.steps, 1):
             lhs = "" if previous_lhs is not None and step.lhs == previous_lhs else to_latex(step.lhs)
             label = step.rule.value + (f"; {step.source}" if step.source else "")
-            lines.append(f"{lhs} &= {to_latex(step.rhs)} && \\text{{{_latex_text(label)}}} \\tag{{{number}}}")
+            lines.append(f"{lhs} &= {to_latex(step.rhs)} && \\text{{{latex_text(label)}}} \\tag{{{number}}}")
             previous_lhs = step.lhs
         body = "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}\n"
         details = "".join(
-            f"\\item[({number})] {_latex_text(step.justification or step.rule.value)} (checked: {step.check})\n"
+            f"\\item[({number})] {latex_text(step.justification or step.rule.value)} (checked: {step.check})\n"
             for number, step in enumerate(self.steps, 1)
         )
         body += "\\begin{description}\\small\n" + details + "\\end{description}\n"
@@ -198,7 +200,7 @@ class Derivation:
         return (
             "\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n"
             "\\usepackage{amsmath,amssymb}\n\\allowdisplaybreaks\n\\begin{document}\n"
-            f"\\section*{{{_latex_text(self.title)}}}\n{_latex_text(self.summary)}\n\n"
+            f"\\section*{{{latex_text(self.title)}}}\n{latex_text(self.summary)}\n\n"
             + header
             + body
             + "\\paragraph{Result.} $"
@@ -308,10 +310,11 @@ def to_latex(expr: sp.Basic) -> str:
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
 
 
-def _latex_text(text: str) -> str:
+def latex_text(text: str) -> str:
+    """Plain words escaped for LaTeX text mode."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
@@ -320,7 +323,7 @@ def _latex_assumptions(assumptions: Iterable[str]) -> str:
     if not items:
         return ""
     return "\\paragraph{Assumptions.}\n\\begin{itemize}\n" + "".join(
-        f"\\item {_latex_text(a)}\n" for a in items
+        f"\\item {latex_text(a)}\n" for a in items
     ) + "\\end{itemize}\n"
 
 

@@ -265,7 +265,7 @@ def _skew_minimum(values: np.ndarray, z: float) -> int:
 
     The one-term Edgeworth expansion of the studentized mean (Hall 1992, *The Bootstrap and
     Edgeworth Expansion*, Sec. 2.6) shifts the tail probability beyond :math:`z` by about
-    :math:`arphi(z)\,\gamma\,(2z^2 + 1)/(6\sqrt T)`, :math:`\gamma` the skewness of the
+    :math:`\varphi(z)\,\gamma\,(2z^2 + 1)/(6\sqrt T)`, :math:`\gamma` the skewness of the
     per-network values; relative to the tail itself that is about :math:`z\gamma(2z^2+1)/(6\sqrt T)`.
     Keeping it under one half (so a nominal level alpha is at most 1.5 alpha) needs
     :math:`T \ge (z \gamma (2z^2+1)/3)^2`. At :math:`z = 1.96` this is about :math:`32\gamma^2`,

@@ -50,22 +50,14 @@ from numbers import Integral
 
 import numpy as np
 
+from ..claims import OBSERVABLES as CLAIM_OBSERVABLES
 from .errors import MonteCarloError
 from .sampler import Samples
 
 __all__ = ["OBSERVABLES", "Estimate", "estimate"]
 
 #: Observable names accepted by :func:`estimate` (see the module docstring).
-OBSERVABLES: tuple[str, ...] = (
-    "y_mean",
-    "y_second_moment",
-    "y_variance",
-    "x_mean",
-    "x_second_moment",
-    "x_variance",
-    "dx_second_moment",
-    "dy_second_moment",
-    "dw_second_moment",
+OBSERVABLES: tuple[str, ...] = CLAIM_OBSERVABLES + (
     "x_norm_ratio",
     "x_norm_ratio_second_moment",
     "y_mean_square_second_moment",
