@@ -26,7 +26,6 @@ from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import scipy.stats
 import sympy as sp
 
 from ._validate import as_sympy_number, check_nonnegative, check_positive, is_numeric
@@ -273,6 +272,8 @@ class TruncatedNormal:
 
     @cached_property
     def _frozen_law(self) -> object:
+        import scipy.stats  # imported here: it costs 0.4 s, and only truncated-normal sampling needs it
+
         std = _numeric(self.std, "std of the TruncatedNormal law")
         lo = _numeric(self.lo, "lower truncation point")
         hi = _numeric(self.hi, "upper truncation point")

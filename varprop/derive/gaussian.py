@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.integrate
 import scipy.special
 import sympy as sp
 
@@ -495,6 +494,8 @@ def _quad(integral: sp.Integral) -> tuple[float, float]:
             "the expression may not be square-integrable under a Gaussian"
         )
 
+    from scipy import integrate  # imported here: only the quadrature route needs it
+
     limit = 40.0
     while True:
         edges = (integrand(-limit), integrand(limit))
@@ -507,11 +508,11 @@ def _quad(integral: sp.Integral) -> tuple[float, float]:
         limit *= 2.0
     value, error = 0.0, 0.0
     with warnings.catch_warnings():
-        warnings.simplefilter("error", scipy.integrate.IntegrationWarning)
+        warnings.simplefilter("error", integrate.IntegrationWarning)
         for a, b in ((-limit, 0.0), (0.0, limit)):
             try:
-                part, part_error = scipy.integrate.quad(integrand, a, b, epsabs=1e-13, epsrel=1e-12, limit=400)
-            except (scipy.integrate.IntegrationWarning, OverflowError, ZeroDivisionError):
+                part, part_error = integrate.quad(integrand, a, b, epsabs=1e-13, epsrel=1e-12, limit=400)
+            except (integrate.IntegrationWarning, OverflowError, ZeroDivisionError):
                 raise fail("does not converge numerically") from None
             value += part
             error += part_error

@@ -253,8 +253,8 @@ def _forward_summary(act: Activation, c: sp.Expr | None) -> str:
             "non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
         )
     return (
-        f"For {act}, phi(y)^2 + phi(-y)^2 = {c} y^2, so each layer multiplies the pre-activation variance by "
-        f"{c / 2} n_l Var[w_l]; this is exact at every width for any symmetric zero-mean weight law."
+        f"For {act}, phi(y)^2 + phi(-y)^2 = {_factor_text(c)} y^2, so each layer multiplies the pre-activation "
+        f"variance by ({c / 2}) n_l Var[w_l]; this is exact at every width for any symmetric zero-mean weight law."
     )
 
 
