@@ -132,3 +132,10 @@ def test_rectifier_moments_are_fast_rules_not_integrate(monkeypatch):
     for name in sorted(RECTIFIERS | {"elu", "selu", "erf", "gelu"}):
         assert moments(activation(name)).exact
     assert math.isfinite(moments(activation("elu")).second_moment.evaluate({Q: 40}).value)
+
+
+def test_text_is_never_sympified():
+    for call in (lambda: gaussian_expectation("exp(x)"), lambda: evaluate("1 + 1"),
+                 lambda: gaussian_expectation(X, variance="q")):
+        with pytest.raises(DerivationError, match="parse text with varprop.activations.parse_expression"):
+            call()

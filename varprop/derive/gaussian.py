@@ -43,6 +43,7 @@ import scipy.special
 import sympy as sp
 
 from ..activations import X, Activation
+from .._validate import as_sympy_number
 from ..errors import DerivationError, IntegrabilityError
 
 __all__ = [
@@ -111,10 +112,19 @@ def gaussian_expectation(g: sp.Expr, variance: sp.Expr = Q, mean: sp.Expr = sp.I
         When ``g`` grows like :math:`e^{c z^2}` (c > 0) or faster, so the expectation does not exist
         for every variance.
     """
-    g = sp.sympify(g) if not isinstance(g, sp.Basic) else g  # numbers only: never user text
-    variance = sp.sympify(variance) if not isinstance(variance, sp.Basic) else variance
-    mean = sp.sympify(mean) if not isinstance(mean, sp.Basic) else mean
-    return _expectation(g, variance, mean)
+    return _expectation(_as_expr(g, "integrand"), _as_expr(variance, "variance"), _as_expr(mean, "mean"))
+
+
+def _as_expr(value: object, what: str) -> sp.Expr:
+    """A sympy expression or a Python number; text is refused (it would go through sympify)."""
+    if isinstance(value, sp.Basic):
+        return value
+    if isinstance(value, str):
+        raise DerivationError(
+            f"the {what} must be a sympy expression or a number, got the text {value!r}; "
+            "parse text with varprop.activations.parse_expression"
+        )
+    return as_sympy_number(value, f"the {what}", error=DerivationError)
 
 
 @dataclass(frozen=True)
@@ -439,24 +449,24 @@ def evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, object] | None = None) ->
     The error bound adds, for each integral, the QUADPACK error estimate times the sensitivity
     :math:`|\\partial expr / \\partial I|` of the whole expression to that integral.
     """
-    subs = {sym: sp.sympify(val) if not isinstance(val, sp.Basic) else val for sym, val in (values or {}).items()}
-    expr = sp.sympify(expr).subs(subs)
+    subs = {sym: _as_expr(val, f"value of {sym}") for sym, val in (values or {}).items()}
+    expr = _as_expr(expr, "expression").subs(subs)
     integrals = sorted(expr.atoms(sp.Integral), key=sp.default_sort_key)
-    placeholders = sp.symbols(f"_I0:{len(integrals)}")
+    stand_ins = sp.symbols(f"_I0:{len(integrals)}")
     numbers, errors = {}, []
-    for integral, placeholder in zip(integrals, placeholders):
+    for integral, stand_in in zip(integrals, stand_ins):
         value, error = _quad(integral)
-        numbers[placeholder] = value
-        errors.append((placeholder, error))
-    reduced = expr.xreplace(dict(zip(integrals, placeholders)))
-    free = reduced.free_symbols - set(placeholders)
+        numbers[stand_in] = value
+        errors.append((stand_in, error))
+    reduced = expr.xreplace(dict(zip(integrals, stand_ins)))
+    free = reduced.free_symbols - set(stand_ins)
     if free:
         names = ", ".join(sorted(str(s) for s in free))
         raise DerivationError(f"cannot evaluate {expr} numerically: give values for {names}")
     value = _to_float(reduced.subs(numbers), expr)
     bound = 0.0
-    for placeholder, error in errors:
-        sensitivity = abs(_to_float(sp.diff(reduced, placeholder).subs(numbers), expr))
+    for stand_in, error in errors:
+        sensitivity = abs(_to_float(sp.diff(reduced, stand_in).subs(numbers), expr))
         bound += sensitivity * error
     return NumericValue(value, bound)
 
