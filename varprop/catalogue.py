@@ -19,7 +19,7 @@ from .derive.network_moments import predict
 from .network import FixedInput, Network, mlp
 from .weights import glorot, he, torch_linear_default
 
-__all__ = ["CATALOGUE", "claim_from_derivation", "family", "names"]
+__all__ = ["CATALOGUE", "claim_from_derivation", "family"]
 
 HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
@@ -193,11 +193,6 @@ def _glorot_tanh() -> ClaimFamily:
 
 
 CATALOGUE: dict[str, ClaimFamily] = _catalogue()
-
-
-def names() -> tuple[str, ...]:
-    """The catalogue's claim names, in order."""
-    return tuple(CATALOGUE)
 
 
 def family(name: str) -> ClaimFamily:

@@ -31,7 +31,7 @@ from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, torch_linear_default
 
-__all__ = ["Topic", "Answer", "Series", "TOPICS", "answer", "topic_names"]
+__all__ = ["Topic", "Answer", "Series", "TOPICS", "answer"]
 
 
 @dataclass(frozen=True)
@@ -408,11 +408,6 @@ TOPICS: dict[str, Topic] = {
               _pytorch_default),
     )
 }
-
-
-def topic_names() -> tuple[str, ...]:
-    """The topics, in the order they are documented."""
-    return tuple(TOPICS)
 
 
 def answer(name: str, *, seed: int = 0, rtol: float = 0.05) -> Answer:

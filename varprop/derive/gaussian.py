@@ -60,7 +60,6 @@ __all__ = [
 Q = sp.Symbol("q", positive=True)
 
 _T = sp.Symbol("t", real=True)  # standardised integration variable of the quadrature route
-_ROUTES = ("polynomial", "tilted-gaussian", "truncated-gaussian", "stein-erf", "symmetry", "quadrature")
 
 
 @dataclass(frozen=True)
