@@ -86,9 +86,9 @@ def _entry(
         return claim_from_derivation(name, network, observable, at, source=source, description=description,
                                      finite_width=finite_width, exactness=exactness)
 
-    probe = build(width)
-    default_sweep = _SWEEP if probe.exactness == "asymptotic" or probe.exactness == "approximation" else _SMALL
-    return ClaimFamily(name, description, build, width, tuple(sweep or default_sweep))
+    if sweep is None:
+        sweep = _SWEEP if build(width).exactness in ("asymptotic", "approximation") else _SMALL
+    return ClaimFamily(name, description, build, width, tuple(sweep))
 
 
 def _last(network: Network) -> int:

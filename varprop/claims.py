@@ -149,10 +149,14 @@ class ClaimFamily:
     build: Callable[[int], Claim] = field(compare=False, repr=False)
     width: int = 16
     sweep: tuple[int, ...] = ()
+    _built: dict[int, Claim] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def at(self, width: int | None = None) -> Claim:
         """The claim at ``width`` (default: the family's width)."""
         n = self.width if width is None else width
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ClaimError(f"claim {self.name!r}: width must be a positive integer, got {width!r}")
-        return self.build(n)
+        # A claim is a function of the width only: derive it once per width.
+        if n not in self._built:
+            self._built[n] = self.build(n)
+        return self._built[n]

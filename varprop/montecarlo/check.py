@@ -208,7 +208,7 @@ def _measure(
     cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(network)))))
 
     def needed(item: _Item, est: Estimate) -> int:
-        scale = abs(item.claim.value) if item.claim.value != 0 else 1.0
+        scale = _scale(item.claim)
         spread = est.se * math.sqrt(est.n)
         return math.ceil(_SAFETY * (z_plan * spread / (item.rtol * scale)) ** 2) if spread > 0 else _PILOT
 
@@ -282,8 +282,13 @@ def _skew_minimum(values: np.ndarray, z: float) -> int:
     return math.ceil((z * abs(skewness) * (2 * z * z + 1) / 3) ** 2)
 
 
+def _scale(claim: Claim) -> float:
+    """What deviations are relative to: |prediction|, or 1 (absolute) for a zero prediction."""
+    return abs(claim.value) if claim.value != 0 else 1.0
+
+
 def _deviation(claim: Claim, est: Estimate) -> tuple[float, float]:
-    scale = abs(claim.value) if claim.value != 0 else 1.0
+    scale = _scale(claim)
     return (est.value - claim.value) / scale, est.se / scale
 
 
