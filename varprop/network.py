@@ -120,6 +120,8 @@ class FixedInput:
 
 InputSpec = GaussianInput | FixedInput
 
+_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act"}
+
 
 @dataclass(frozen=True)
 class Network:
@@ -176,6 +178,46 @@ class Network:
     def is_numeric(self) -> bool:
         """True when every width is an integer (needed to sample)."""
         return all(isinstance(width, int) for width in self.widths)
+
+    @property
+    def dense_positions(self) -> tuple[int, ...]:
+        """Positions (indices into :attr:`layers`) of the dense layers, in order."""
+        return tuple(index for index, layer in enumerate(self.layers) if isinstance(layer, Dense))
+
+    def place_name(self, position: int) -> str:
+        """The name of position ``position``: ``input`` (-1), ``dense3`` (the third dense layer), ``act2``, ..."""
+        if position == -1:
+            return "input"
+        if not 0 <= position < len(self.layers):
+            raise SpecError(
+                f"position {position!r} is not in the network: positions run from -1 (the input) to "
+                f"{len(self.layers) - 1}"
+            )
+        kind = type(self.layers[position])
+        ordinal = sum(1 for layer in self.layers[: position + 1] if type(layer) is kind)
+        return f"{_PLACE_PREFIX.get(kind, kind.__name__.lower())}{ordinal}"
+
+    def position(self, place: int | str) -> int:
+        """The position of ``place``: an integer position (-1 to len(layers) - 1) or a name from :meth:`place_name`."""
+        if isinstance(place, str):
+            for position in range(-1, len(self.layers)):
+                if self.place_name(position) == place:
+                    return position
+            names = ", ".join(self.place_name(p) for p in range(-1, len(self.layers)))
+            raise SpecError(f"no place named {place!r} in the network; its places: {names}")
+        if isinstance(place, bool) or not isinstance(place, int) or not -1 <= place < len(self.layers):
+            raise SpecError(
+                f"position must be an integer from -1 (the input) to {len(self.layers) - 1}, got {place!r}"
+            )
+        return place
+
+    def width(self, position: int) -> int | sp.Symbol:
+        """The width of the signal at ``position`` (-1: the input)."""
+        width = self.dense_layers[0].fan_in
+        for layer in self.layers[: position + 1]:
+            if isinstance(layer, Dense):
+                width = layer.fan_out
+        return width
 
 
 def mlp(
