@@ -222,8 +222,8 @@ def test_bad_observable_names_the_value_and_the_accepted_ones():
     with pytest.raises(PlotError, match=r"'y_squared'.*accepted: .*y_second_moment.*dw_second_moment") as info:
         propagation_data(mlp([8, 8]), "y_squared", samples=10)
     assert isinstance(info.value, VarpropError)
-    with pytest.raises(PlotError, match="'x_norm_ratio'"):  # Monte Carlo only: no theory to draw
-        _signed((1.0, 2.0), observable="x_norm_ratio")
+    with pytest.raises(PlotError, match="'y_correlation'"):  # Monte Carlo only: no theory to draw (yet)
+        _signed((1.0, 2.0), observable="y_correlation")
 
 
 def test_panel_names_stand_for_their_observables():

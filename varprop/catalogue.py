@@ -1,22 +1,25 @@
-r"""The catalogue of named claims, each built from :mod:`varprop.derive` (never retyped).
+r"""The catalogue of named claims, each built from :func:`varprop.derive.derive` (never retyped).
 
 Every entry is a :class:`~varprop.claims.ClaimFamily`: a network family indexed by its hidden width
-n, one observable at one layer, and the prediction, exactness class and assumptions that
-:func:`varprop.derive.network_moments.predict` derives for that network. The mutation suite in the
-tests feeds deliberately wrong formulas through the same checker.
+n, one observable at one layer, and the derivation :func:`varprop.derive.derive` returns for that
+network; the claim's prediction is the derivation's result and its exactness the derivation's. The
+mutation suite in the tests feeds deliberately wrong formulas through the same checker.
+
+:data:`CATALOGUE` is built on first use, not at import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import sympy as sp
 
 from .activations import activation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
-from .derive.network_moments import predict
+from .derive.propagate import derive
 from .network import FixedInput, Network, mlp
+from .observables import Observable, ObservableError, from_name
 from .weights import glorot, he, torch_linear_default
 
 __all__ = ["CATALOGUE", "claim_from_derivation", "family"]
@@ -31,34 +34,30 @@ _SWEEP = (4, 8, 16)  # widths an asymptotic claim's deviation is followed over
 def claim_from_derivation(
     name: str,
     network: Network,
-    observable: str,
-    layer: int,
+    observable: str | Observable,
+    layer: int | None = None,
     *,
     source: str = "",
     description: str = "",
     finite_width: bool = False,
-    exactness: str | None = None,
-    assumptions: Sequence[str] = (),
+    linear_regime: bool = False,
 ) -> Claim:
-    """A claim whose prediction and exactness class come from :func:`~varprop.derive.network_moments.predict`."""
-    layers = predict(network, finite_width=finite_width)
-    if not 1 <= layer <= len(layers):
-        raise ClaimError(f"claim {name!r}: layer must be from 1 to {len(layers)}, got {layer}")
-    prediction = layers[layer - 1][observable]
-    number = evaluate(prediction.value)
-    return Claim(
-        name,
-        network,
-        observable,
-        layer,
-        prediction.value,
-        exactness or prediction.exactness,
-        number.value,
-        number.error_bound,
-        tuple(assumptions) + ((prediction.reason,) if prediction.reason else ()),
-        source,
-        description,
-    )
+    """A claim whose prediction and exactness class come from :func:`varprop.derive.derive`.
+
+    ``observable`` is an :class:`~varprop.observables.Observable` or a claim-file name with its
+    dense ``layer``.
+    """
+    if isinstance(observable, str):
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= network.depth:
+            raise ClaimError(f"claim {name!r}: layer must be from 1 to {network.depth}, got {layer!r}")
+        try:
+            observable = from_name(observable, layer, network)
+        except ObservableError as exc:
+            raise ClaimError(f"claim {name!r}: {exc}") from None
+    derivation = derive(network, observable, finite_width=finite_width, linear_regime=linear_regime)
+    number = evaluate(derivation.result)
+    return Claim(name, network, observable, None, None, None, number.value, number.error_bound, (), source,
+                 description, derivation)
 
 
 def _widths(n: int, depth: int = _DEPTH, pattern: Sequence[int] = (1,)) -> list[int]:
@@ -78,13 +77,12 @@ def _entry(
     width: int = 8,
     sweep: Sequence[int] | None = None,
     finite_width: bool = False,
-    exactness: str | None = None,
 ) -> ClaimFamily:
     def build(n: int) -> Claim:
         network = network_at(n)
         at = layer(network) if callable(layer) else layer
         return claim_from_derivation(name, network, observable, at, source=source, description=description,
-                                     finite_width=finite_width, exactness=exactness)
+                                     finite_width=finite_width)
 
     if sweep is None:
         sweep = _SWEEP if build(width).exactness in ("asymptotic", "approximation") else _SMALL
@@ -177,22 +175,43 @@ def _fixed(n: int) -> FixedInput:
 
 
 def _glorot_tanh() -> ClaimFamily:
-    """Glorot's linear regime for tanh: the linear network's prediction applied to the tanh network."""
+    """Glorot's linear regime for tanh: the derivation with phi(z) ~ z (an approximation) for the tanh network."""
     name = "glorot-tanh-linear-regime"
     description = ("tanh net with Glorot init judged by the linear-regime prediction E[y_L^2] = Var[x] prod n_l Var[w_l]: "
                    "expected to be off, the check measures by how much")
 
     def build(n: int) -> Claim:
-        widths = _widths(n, pattern=(1, 2, 3, 4))
-        linear = claim_from_derivation(name, mlp(widths, "linear", glorot()), "y_second_moment", _DEPTH)
-        network = mlp(widths, "tanh", glorot())
-        return Claim(name, network, "y_second_moment", _DEPTH, linear.prediction, "approximation", linear.value,
-                     0.0, ("tanh(z) ~ z (Glorot's linear regime)",), f"{GLOROT}, eqs. (5), (12)", description)
+        network = mlp(_widths(n, pattern=(1, 2, 3, 4)), "tanh", glorot())
+        return claim_from_derivation(name, network, "y_second_moment", _DEPTH, source=f"{GLOROT}, eqs. (5), (12)",
+                                     description=description, linear_regime=True)
 
     return ClaimFamily(name, description, build, 16, _SWEEP)
 
 
-CATALOGUE: dict[str, ClaimFamily] = _catalogue()
+class _Catalogue(Mapping[str, ClaimFamily]):
+    """The named claims, built (each derived) on first use rather than at import."""
+
+    def __init__(self, build: Callable[[], dict[str, ClaimFamily]]) -> None:
+        self._build = build
+        self._entries: dict[str, ClaimFamily] | None = None
+
+    def _loaded(self) -> dict[str, ClaimFamily]:
+        if self._entries is None:
+            self._entries = self._build()
+        return self._entries
+
+    def __getitem__(self, name: str) -> ClaimFamily:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+
+#: The named claim families, by name (built on first use).
+CATALOGUE: Mapping[str, ClaimFamily] = _Catalogue(_catalogue)
 
 
 def family(name: str) -> ClaimFamily:
@@ -200,4 +219,9 @@ def family(name: str) -> ClaimFamily:
     try:
         return CATALOGUE[name]
     except KeyError:
-        raise ClaimError(f"unknown claim {name!r}; known: {', '.join(CATALOGUE)}") from None
+        raise ClaimError(f"unknown claim {_short(name)}; known: {', '.join(CATALOGUE)}") from None
+
+
+def _short(name: object) -> str:
+    text = repr(name)
+    return text if len(text) <= 60 else text[:57] + "..."

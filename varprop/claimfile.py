@@ -36,8 +36,9 @@ import sympy as sp
 
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, expression, parse_expression
 from .claims import EXACTNESS, OBSERVABLES, Claim, ClaimError
+from .derive.derivation import Derivation
 from .derive.gaussian import evaluate
-from .derive.network_moments import predict
+from .derive.propagate import derive
 from .errors import VarpropError
 from .network import FixedInput, GaussianInput, Network, mlp
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
@@ -57,6 +58,7 @@ class FileClaim:
     derived: sp.Expr | None
     derived_exactness: str | None
     agreement: str  # "matches the derivation", "differs from the derivation", or why none was derived
+    derivation: Derivation | None = None  # varprop's own derivation of the same observable
 
 
 def load_claims(path: str | Path) -> list[FileClaim]:
@@ -173,14 +175,15 @@ def _network(table: Mapping[str, object], where: str) -> Network:
 def _compare(claim: Claim) -> FileClaim:
     """Compare the user's prediction with varprop's derived one for the same observable, if any."""
     try:
-        derived = predict(claim.network)[claim.layer - 1][claim.observable]
+        derivation = derive(claim.network, claim.observable)
     except VarpropError as exc:
         return FileClaim(claim, None, None, f"varprop derives no prediction here ({exc})")
-    if not derived.value.has(sp.Integral):
-        same = sp.simplify(derived.value - claim.prediction) == 0
+    value = derivation.result
+    if not value.has(sp.Integral):
+        same = sp.simplify(value - claim.prediction) == 0
     else:
-        number = evaluate(derived.value)
+        number = evaluate(value)
         same = abs(number.value - claim.value) <= max(number.error_bound, 1e-12 * abs(number.value))
     word = "matches" if same else "differs from"
-    return FileClaim(claim, derived.value, derived.exactness,
-                     f"{word} the derivation ({derived.value}, {derived.exactness})")
+    return FileClaim(claim, value, derivation.exactness,
+                     f"{word} the derivation ({value}, {derivation.exactness})", derivation)

@@ -14,9 +14,12 @@ expression and its float), *how exactly* it should hold, and *why* (assumptions,
     a modelling assumption (Glorot's linear regime for tanh) not expected to hold: the check reports
     the measured deviation instead of a verdict.
 
-A :class:`ClaimFamily` rebuilds a claim at any width, which the checker needs for sweeps. This module
-holds data only; it imports neither :mod:`varprop.derive` nor :mod:`varprop.montecarlo` (the catalogue
-of named claims, built from derivations, is :mod:`varprop.catalogue`).
+A claim built from a :class:`~varprop.derive.Derivation` takes its prediction and its exactness from
+it (the derivation's result and weakest step), never typed separately; a user's claim (a claim file)
+states its own. A :class:`ClaimFamily` rebuilds a claim at any width, which the checker needs for
+sweeps. This module holds data only; it imports neither :mod:`varprop.derive` nor
+:mod:`varprop.montecarlo` (the catalogue of named claims, built from derivations, is
+:mod:`varprop.catalogue`).
 """
 
 from __future__ import annotations
@@ -27,26 +30,22 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from typing import TYPE_CHECKING
+
 from .errors import VarpropError
 from .network import Network
+from .observables import LEGACY_NAMES, Observable, ObservableError, from_name, legacy_name, resolve
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .derive.derivation import Derivation
 
 __all__ = ["EXACTNESS", "OBSERVABLES", "ClaimError", "Claim", "ClaimFamily"]
 
-#: Exactness classes, strongest first.
+#: Exactness classes, strongest first (the same tuple as :data:`varprop.derive.EXACTNESS`).
 EXACTNESS: tuple[str, ...] = ("exact", "gaussian-exact", "asymptotic", "approximation")
 
-#: Observables a claim may name (per dense layer l; x_l is its input, y_l its pre-activation).
-OBSERVABLES: tuple[str, ...] = (
-    "y_mean",
-    "y_second_moment",
-    "y_variance",
-    "x_mean",
-    "x_second_moment",
-    "x_variance",
-    "dx_second_moment",
-    "dy_second_moment",
-    "dw_second_moment",
-)
+#: Observable names a claim file may use (per dense layer l; x_l is its input, y_l its pre-activation).
+OBSERVABLES: tuple[str, ...] = LEGACY_NAMES
 
 
 class ClaimError(VarpropError):
@@ -64,47 +63,73 @@ class Claim:
     network
         The network the prediction is about (integer widths, numeric parameters).
     observable
-        One of :data:`OBSERVABLES`.
+        A :class:`~varprop.observables.Observable`, or a claim-file name from :data:`OBSERVABLES`
+        together with ``layer``.
     layer
-        The dense layer, 1-based.
+        The dense layer, 1-based, for a named observable (filled in for an observable that has a name).
     prediction
-        The predicted value as a sympy expression.
+        The predicted value as a sympy expression (default: the derivation's result).
     exactness
-        One of :data:`EXACTNESS`.
+        One of :data:`EXACTNESS` (default: the derivation's).
     value
         The prediction as a float (computed from ``prediction`` when omitted).
     value_error
-        A bound on the numerical error of ``value`` (quadrature), 0 for a closed form.
+        An estimate of the numerical error of ``value`` (quadrature), 0 for a closed form.
     assumptions, source, description
         Why the prediction should hold, where it comes from, and what it says in words.
+    derivation
+        The :class:`~varprop.derive.Derivation` the prediction comes from, if any.
     """
 
     name: str
     network: Network
-    observable: str
-    layer: int
-    prediction: sp.Expr
-    exactness: str
+    observable: Observable | str
+    layer: int | None = None
+    prediction: sp.Expr | None = None
+    exactness: str | None = None
     value: float | None = None
     value_error: float = 0.0
     assumptions: tuple[str, ...] = ()
     source: str = ""
     description: str = ""
+    derivation: Derivation | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.network, Network):
             raise ClaimError(f"claim {self.name!r}: network must be a varprop Network, got {self.network!r}")
-        if self.observable not in OBSERVABLES:
-            raise ClaimError(
-                f"claim {self.name!r}: unknown observable {self.observable!r}; known: {', '.join(OBSERVABLES)}"
-            )
+        observable = self.observable
+        try:
+            if isinstance(observable, str):
+                if observable not in OBSERVABLES:
+                    raise ClaimError(
+                        f"claim {self.name!r}: unknown observable {observable!r}; known: {', '.join(OBSERVABLES)}"
+                    )
+                depth = self.network.depth
+                if isinstance(self.layer, bool) or not isinstance(self.layer, int) or not 1 <= self.layer <= depth:
+                    raise ClaimError(
+                        f"claim {self.name!r}: layer must be an integer from 1 to {depth}, got {self.layer!r}"
+                    )
+                observable = from_name(observable, self.layer, self.network)
+            else:
+                observable = resolve(observable, self.network)
+        except ObservableError as exc:
+            raise ClaimError(f"claim {self.name!r}: {exc}") from None
+        object.__setattr__(self, "observable", observable)
+        named = legacy_name(observable, self.network)
+        if named is not None:
+            object.__setattr__(self, "layer", named[1])
+        if self.derivation is not None:
+            if self.prediction is None:
+                object.__setattr__(self, "prediction", self.derivation.result)
+            if self.exactness is None:
+                object.__setattr__(self, "exactness", self.derivation.exactness)
+            if not self.assumptions:
+                object.__setattr__(self, "assumptions", self.derivation.assumptions)
+        if self.exactness is None:
+            object.__setattr__(self, "exactness", "exact")
         if self.exactness not in EXACTNESS:
             raise ClaimError(
                 f"claim {self.name!r}: unknown exactness {self.exactness!r}; known: {', '.join(EXACTNESS)}"
-            )
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or not 1 <= self.layer <= self.network.depth:
-            raise ClaimError(
-                f"claim {self.name!r}: layer must be an integer from 1 to {self.network.depth}, got {self.layer!r}"
             )
         if not isinstance(self.prediction, sp.Basic):
             raise ClaimError(f"claim {self.name!r}: prediction must be a sympy expression, got {self.prediction!r}")
@@ -114,11 +139,21 @@ class Claim:
                 raise ClaimError(
                     f"claim {self.name!r}: the prediction {self.prediction} is not a number; give its value"
                 )
-            value = float(sp.N(self.prediction, 17))
+            try:
+                value = float(sp.N(self.prediction, 17))
+            except (TypeError, ValueError, OverflowError):
+                raise ClaimError(f"claim {self.name!r}: the prediction {_abbreviated(self.prediction)} is not a "
+                                 "finite real number") from None
         if not math.isfinite(value):
             raise ClaimError(f"claim {self.name!r}: the predicted value {value} is not finite")
         object.__setattr__(self, "value", float(value))
         object.__setattr__(self, "assumptions", tuple(self.assumptions))
+
+    @property
+    def observable_name(self) -> str | None:
+        """The claim-file name of the observable (``y_second_moment``), or ``None`` if it has none."""
+        named = legacy_name(self.observable, self.network)
+        return None if named is None else named[0]
 
     @property
     def width(self) -> int:
@@ -128,12 +163,20 @@ class Claim:
 
     def with_prediction(self, prediction: sp.Expr, value: float | None = None, *, name: str | None = None,
                         exactness: str | None = None) -> Claim:
-        """The same claim with another prediction (the mutation tests feed wrong formulas this way)."""
+        """The same claim with another prediction (the mutation tests feed wrong formulas this way).
+
+        The result carries no derivation: it is a hypothesis, not something varprop derived.
+        """
         return Claim(
             name or self.name, self.network, self.observable, self.layer, prediction,
             exactness or self.exactness, value, 0.0 if value is None else self.value_error,
             self.assumptions, self.source, self.description,
         )
+
+
+def _abbreviated(expr: object, limit: int = 60) -> str:
+    text = str(expr)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,7 @@ def _pre_vs_post(seed: int, rtol: float) -> Answer:
         claims.append(_claim(f"activation grad E[(dL/dx_{layer})^2]", net, "dx_second_moment", layer))
         claims.append(_claim(f"weight grad E[(dL/dW_{layer})^2]", net, "dw_second_moment", layer))
     checks = _check(claims, seed, rtol)
-    weight_grads = [r for r in checks if r.claim.observable == "dw_second_moment"]
+    weight_grads = [r for r in checks if r.claim.observable_name == "dw_second_moment"]
     spread = max(r.primary.estimate.value for r in weight_grads) / min(r.primary.estimate.value for r in weight_grads)
     paragraphs = (
         "Controlling the pre-activation variance Var[y_l] controls everything downstream of it. The "

@@ -3,7 +3,7 @@ r"""Signal-propagation plots: the derived per-layer moments against Monte Carlo 
 A figure has one panel per observable (forward :math:`E[y_l^2]`, backward
 :math:`E[(\partial\mathcal L/\partial x_l)^2]`, weight gradient
 :math:`E[(\partial\mathcal L/\partial W_l)^2]`, ... side by side). Each network is one *series*,
-drawn in one colour in every panel: the theory of :func:`varprop.derive.network_moments.predict` as
+drawn in one colour in every panel: the theory of :func:`varprop.derive.predict` (a per-layer view of :func:`varprop.derive.derive`) as
 a marker-less line, and the Monte Carlo estimate of :mod:`varprop.montecarlo` as points with error
 bars of :math:`\pm 2` standard errors (the SE across independent networks).
 
@@ -42,9 +42,9 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import ScaledTranslation
 
 from . import montecarlo
-from .claims import OBSERVABLES
+from .observables import LEGACY_NAMES as OBSERVABLES
 from .derive import evaluate
-from .derive.network_moments import predict
+from .derive.propagate import predict
 from .errors import VarpropError
 from .network import Network, Nonlinearity
 
@@ -73,6 +73,7 @@ _LABELS: dict[str, str] = {
     "dx_second_moment": PANELS["backward"][1],
     "dy_second_moment": r"$E[(\partial L/\partial y_l)^2]$",
     "dw_second_moment": PANELS["weight"][1],
+    "x_norm_ratio": r"$E[\|x_l\|^2 / \|x_1\|^2]$",
 }
 
 _PANEL_OF = {observable: name for name, (observable, _) in PANELS.items()}
@@ -177,7 +178,7 @@ def propagation_data(
 ) -> PropagationData:
     r"""Theory and Monte Carlo estimate of ``observable`` at every dense layer of ``network``.
 
-    The theory is :func:`varprop.derive.network_moments.predict` (textbook, infinite-width values
+    The theory is :func:`varprop.derive.predict` (a per-layer view of :func:`varprop.derive.derive`) (textbook, infinite-width values
     where no exact finite-width form is known) evaluated to floats; the estimate is
     :func:`varprop.montecarlo.estimate` on ``samples`` independent networks drawn from ``seed``.
 

@@ -1,31 +1,54 @@
-"""The symbolic engine: Gaussian expectations and the He/Glorot derivations (sympy only).
+"""The symbolic engine (sympy only): Gaussian expectations, the propagation engine, the textbook recursions.
 
-Nothing here imports :mod:`varprop.montecarlo`; both engines read :mod:`varprop.network`.
+:func:`derive` (from :mod:`varprop.derive.propagate`) is the one place a prediction comes from: it
+walks a network and returns, for an observable, the :class:`Derivation` whose ``result`` is the
+prediction. :mod:`varprop.derive.textbook` states the same per-layer facts for a generic layer l and
+unrolls them (He et al. 2015; Glorot & Bengio 2010). Nothing here imports :mod:`varprop.montecarlo`;
+both engines read :mod:`varprop.network`.
 """
 
-from .derivation import Derivation, DPhi, Expect, Phi, Rule, Step, Variance, to_latex, to_text
-from .gaussian import Q, Expectation, Moments, NumericValue, evaluate, gaussian_expectation, moments
-from .recursions import (
-    DEPTH,
-    DERIVATIONS,
-    LAYER,
-    Q_STAR,
-    SymmetryLemma,
-    backward,
-    condition,
-    derivative_symmetry_lemma,
-    forward,
-    glorot,
-    ratio,
-    symmetry_lemma,
-    weight_gradient,
+from .derivation import (
+    CHECKS,
+    EXACTNESS,
+    CheckReport,
+    Derivation,
+    DPhi,
+    Expect,
+    Phi,
+    Rule,
+    Step,
+    Variance,
+    to_latex,
+    to_text,
+    weakest,
 )
+from .gaussian import Q, Expectation, Moments, NumericValue, evaluate, gaussian_expectation, moments
+from .propagate import (
+    DEPTH,
+    LAYER,
+    LayerPrediction,
+    Prediction,
+    Propagation,
+    SymmetryLemma,
+    backward_rule,
+    derivative_symmetry_lemma,
+    derive,
+    forward_rule,
+    observable_rules,
+    predict,
+    propagate,
+    symmetry_lemma,
+)
+from .textbook import DERIVATIONS, Q_STAR, backward, condition, forward, glorot, ratio, weight_gradient
 
 __all__ = [
     "Q",
     "Q_STAR",
     "LAYER",
     "DEPTH",
+    "EXACTNESS",
+    "CHECKS",
+    "weakest",
     "Expectation",
     "NumericValue",
     "Moments",
@@ -34,6 +57,7 @@ __all__ = [
     "evaluate",
     "Derivation",
     "Step",
+    "CheckReport",
     "Rule",
     "Expect",
     "Variance",
@@ -41,6 +65,15 @@ __all__ = [
     "DPhi",
     "to_latex",
     "to_text",
+    "derive",
+    "propagate",
+    "Propagation",
+    "predict",
+    "Prediction",
+    "LayerPrediction",
+    "forward_rule",
+    "backward_rule",
+    "observable_rules",
     "SymmetryLemma",
     "symmetry_lemma",
     "derivative_symmetry_lemma",

@@ -4,22 +4,29 @@ A :class:`Step` is an equation ``lhs = rhs`` (sympy), the :class:`Rule` that jus
 assumptions it uses, the paper and equation it comes from, and how it was checked:
 
 ``definition``
-    the left side is defined as the right side (the activation, the chain rule).
+    the left side is defined as the right side (a value read from the network description, the
+    activation, the chain rule).
 ``identity``
-    sympy simplified ``lhs - rhs`` to zero once the facts the step cites were substituted; the
-    :class:`_Builder` refuses a step that fails this check.
+    sympy simplified ``lhs - rhs`` to zero once the equations of the earlier steps it cites
+    (``Step.uses``) were substituted; the builder refuses a step that fails this check, and one whose
+    cited fact is the step itself.
 ``lemma``
     a pointwise identity of the activation (e.g. :math:`\mathrm{relu}(y)^2 + \mathrm{relu}(-y)^2 = y^2`)
     proved by sympy for :math:`y > 0` and :math:`y < 0`.
 ``integral``
-    computed by the Gaussian expectation engine (its route is named in the justification).
+    computed by the Gaussian expectation engine (its route is named in the justification), or a
+    number standing for a quadrature, re-evaluated within its error estimate.
 ``unrolled``
     a product formula checked against the recursion unrolled for several depths.
 ``solve``
-    the solution of an equation found by ``sympy.solve``.
+    the unique solution of a stored equation, found again by ``sympy.solve``.
 ``modelling``
     a statement that follows from the stated assumptions (independence, identical distribution), not
     from algebra; it is shown as such, never passed off as checked.
+
+Every step also carries an exactness class (``exact`` > ``gaussian-exact`` > ``asymptotic`` >
+``approximation``); a derivation's is its weakest step's. :meth:`Derivation.verify` re-runs every
+check from the stored data.
 
 A :class:`Derivation` renders through sympy's own printers to LaTeX (an ``align`` environment with
 one tagged line per step), Markdown and plain text.
@@ -29,8 +36,9 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
@@ -44,8 +52,22 @@ __all__ = [
     "Phi",
     "DPhi",
     "Rule",
+    "EXACTNESS",
+    "weakest",
+    "Check",
+    "CheckReport",
+    "Definition",
+    "Modelling",
+    "Identity",
+    "Lemma",
+    "Integral",
+    "Numeric",
+    "Unrolled",
+    "Solve",
+    "CHECKS",
     "Step",
     "Derivation",
+    "closure",
     "to_text",
     "to_latex",
 ]
@@ -126,20 +148,207 @@ class Rule(str, enum.Enum):
     FIXED_POINT = "fixed point"
 
 
-_CHECKS = ("identity", "definition", "lemma", "integral", "unrolled", "solve", "modelling")
+#: Exactness classes, strongest first (DESIGN.md, "Exactness").
+EXACTNESS: tuple[str, ...] = ("exact", "gaussian-exact", "asymptotic", "approximation")
+
+
+def weakest(*classes: str) -> str:
+    """The weakest of several exactness classes (``exact`` > ``gaussian-exact`` > ``asymptotic`` > ``approximation``)."""
+    for value in classes:
+        if value not in EXACTNESS:
+            raise DerivationError(f"unknown exactness class {value!r}; known: {', '.join(EXACTNESS)}")
+    return max(classes, key=EXACTNESS.index) if classes else "exact"
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The outcome of re-running one step's check: ``ok`` is ``None`` when there is nothing to check."""
+
+    step: int
+    kind: str
+    ok: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"step": self.step, "check": self.kind, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Check:
+    """How a step is established. Subclasses store what their check needs, so it can be re-run."""
+
+    kind: ClassVar[str] = ""
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Definition(Check):
+    """The left side is defined as the right side (a value read from the network description, a name)."""
+
+    kind: ClassVar[str] = "definition"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        return None, "a definition: nothing to check"
+
+
+@dataclass(frozen=True)
+class Modelling(Check):
+    """A statement that holds by its stated assumptions (independence, a Gaussian law), not by algebra."""
+
+    kind: ClassVar[str] = "modelling"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        because = "; ".join(step.assumptions) or step.justification or step.rule.value
+        return None, f"holds by assumption, not checked: {because}"
+
+
+@dataclass(frozen=True)
+class Identity(Check):
+    r"""``simplify(lhs - rhs) == 0`` once the equations of the earlier steps in ``step.uses`` are substituted."""
+
+    kind: ClassVar[str] = "identity"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        facts = {steps[i].lhs: steps[i].rhs for i in step.uses}
+        difference = _apply(step.lhs - step.rhs, facts)
+        if difference.has(sp.Product):  # a product over the depth, stated once unevaluated and once evaluated
+            difference = difference.replace(lambda e: isinstance(e, sp.Product), lambda e: e.doit())
+        used = ", ".join(f"({i + 1})" for i in step.uses) or "no earlier step"
+        if _is_zero(difference):
+            return True, f"lhs - rhs simplifies to 0 using {used}"
+        return False, f"lhs - rhs = {difference} using {used}"
+
+
+@dataclass(frozen=True)
+class Lemma(Check):
+    r"""A pointwise identity of the activation, ``statement == 0`` for the positive variable in it, proved by sympy."""
+
+    statement: sp.Expr
+    kind: ClassVar[str] = "lemma"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        expr = self.statement
+        if expr.has(sp.Piecewise):
+            expr = sp.piecewise_fold(expr)
+        ok = sp.simplify(expr) == 0
+        return ok, f"{to_text(self.statement)} = 0 for y > 0" + ("" if ok else ": does not simplify to 0")
+
+
+@dataclass(frozen=True)
+class Integral(Check):
+    r"""A Gaussian expectation: ``rhs`` is :math:`E[g(z)]`, :math:`z \sim \mathcal N(0, v)`, re-computed by the engine."""
+
+    integrand: sp.Expr
+    variance: sp.Expr
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        from .gaussian import Q, gaussian_expectation
+
+        result = gaussian_expectation(self.integrand, Q)
+        value = result.expr.subs(Q, self.variance)
+        ok = _is_zero(value - step.rhs)
+        return ok, f"E[{to_text(self.integrand)}] re-computed by the expectation engine ({result.route})" + (
+            "" if ok else f": got {value}")
+
+
+@dataclass(frozen=True)
+class Numeric(Check):
+    """A number that stands for an expression holding quadratures, re-evaluated within its error estimate."""
+
+    expression: sp.Expr
+    error_estimate: float
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        from .gaussian import evaluate
+
+        value = evaluate(self.expression).value
+        stated = float(step.rhs)
+        tolerance = max(10 * self.error_estimate, 1e-12 * abs(value))
+        ok = abs(value - stated) <= tolerance
+        return ok, f"quadrature gives {value:.15g} (error estimate {self.error_estimate:.1e})"
+
+
+@dataclass(frozen=True)
+class Unrolled(Check):
+    r"""A product formula in the depth, checked against the recursion unrolled for several depths.
+
+    The recursion is :math:`v_L = v_{L-1} \cdot f(L)`; ``rhs`` (a formula in ``depth``) must equal
+    ``initial`` times :math:`\prod_{k=\text{lower}}^{L} f(k)` for L = 2..7.
+    """
+
+    initial: sp.Expr
+    factor: sp.Expr
+    index: sp.Symbol
+    lower: int
+    depth: sp.Symbol
+    kind: ClassVar[str] = "unrolled"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        for depth in range(2, 8):
+            closed = step.rhs.subs(self.depth, depth).doit()
+            unrolled = sp.Mul(self.initial, *(self.factor.subs(self.index, k) for k in range(self.lower, depth + 1)))
+            if not _is_zero(sp.expand(unrolled.subs(self.depth, depth) - closed)):
+                return False, f"fails at depth {depth}: {unrolled} != {closed}"
+        return True, "equals the recursion unrolled for L = 2..7"
+
+
+@dataclass(frozen=True)
+class Solve(Check):
+    """``rhs`` is the unique solution of ``equation`` for ``unknown``, found again by ``sympy.solve``."""
+
+    equation: sp.Eq
+    unknown: sp.Expr
+    kind: ClassVar[str] = "solve"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        # Unevaluated quadratures are constants here; sympy.solve cannot handle them as they are.
+        integrals = sorted(self.equation.atoms(sp.Integral), key=sp.default_sort_key)
+        stand_ins = {integral: sp.Dummy(f"I{i}") for i, integral in enumerate(integrals)}
+        equation = self.equation.xreplace(stand_ins)
+        back = {v: k for k, v in stand_ins.items()}
+        solutions = [solution.xreplace(back) for solution in sp.solve(equation, self.unknown, rational=False)]
+        if len(solutions) != 1:
+            return False, f"sympy.solve finds {len(solutions)} solutions: {solutions}"
+        ok = _is_zero(solutions[0] - step.rhs)
+        return ok, f"sympy.solve({to_text(self.equation.lhs)} = {to_text(self.equation.rhs)}) gives {to_text(solutions[0])}"
+
+
+#: The check kinds, by name.
+CHECKS: dict[str, type[Check]] = {
+    cls.kind: cls for cls in (Identity, Definition, Lemma, Integral, Unrolled, Solve, Modelling)
+}
+_CHECKS = tuple(CHECKS)
 
 
 @dataclass(frozen=True)
 class Step:
-    """One line of a derivation: ``lhs = rhs`` with its justification."""
+    """One line of a derivation: ``lhs = rhs``, why it holds, how that was checked, and how exactly it holds.
+
+    ``uses`` are the (0-based) indices of the earlier steps it depends on; an ``identity`` check
+    substitutes exactly those steps' equations, so it can be re-run from the stored data.
+    """
 
     lhs: sp.Expr
     rhs: sp.Expr
     rule: Rule
     justification: str
-    check: str
+    proof: Check
     assumptions: tuple[str, ...] = ()
     source: str = ""
+    exactness: str = "exact"
+    uses: tuple[int, ...] = ()
+
+    @property
+    def check(self) -> str:
+        """The check kind: ``identity``, ``definition``, ``lemma``, ``integral``, ``unrolled``, ``solve``, ``modelling``."""
+        return self.proof.kind
 
     @property
     def equation(self) -> sp.Eq:
@@ -147,23 +356,37 @@ class Step:
 
     @property
     def checked(self) -> bool:
-        """True when sympy (or the expectation engine) established the step, not an assumption."""
-        return self.check != "modelling"
+        """True when sympy (or the expectation engine) establishes the step, not a definition or an assumption."""
+        return self.check not in ("modelling", "definition")
 
     def reason(self) -> str:
         text = f"{self.rule.value}: {self.justification}" if self.justification else self.rule.value
         return f"{text} [{self.source}]" if self.source else text
 
+    def check_text(self) -> str:
+        """``identity from (2), (5); exact``: how the step was checked and how exactly it holds."""
+        uses = "" if not self.uses else " from " + ", ".join(f"({i + 1})" for i in self.uses)
+        return f"{self.check}{uses}; {self.exactness}"
+
 
 @dataclass(frozen=True)
 class Derivation:
-    """An ordered list of checked steps and the result they establish."""
+    """An ordered list of checked steps and the result they establish.
+
+    The derivation's exactness is its weakest step's (:func:`weakest`); :meth:`verify` re-runs every
+    step's check from the stored data.
+    """
 
     title: str
     steps: tuple[Step, ...]
     result: sp.Expr
     summary: str = ""
     extras: Mapping[str, sp.Expr] = field(default_factory=dict)
+
+    @property
+    def exactness(self) -> str:
+        """The weakest exactness class of the steps."""
+        return weakest(*(step.exactness for step in self.steps))
 
     @property
     def assumptions(self) -> tuple[str, ...]:
@@ -174,12 +397,28 @@ class Derivation:
                 seen.setdefault(assumption, None)
         return tuple(seen)
 
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source cited by some step, in order of first citation."""
+        return tuple(dict.fromkeys(step.source for step in self.steps if step.source))
+
+    def verify(self) -> tuple[CheckReport, ...]:
+        """Re-run every step's check from the stored data (definitions and modelling steps report ``None``)."""
+        reports = []
+        for number, step in enumerate(self.steps, 1):
+            try:
+                ok, detail = step.proof.run(step, self.steps)
+            except (DerivationError, TypeError, ValueError, ZeroDivisionError) as exc:
+                ok, detail = False, f"the check raised {type(exc).__name__}: {exc}"
+            reports.append(CheckReport(number, step.check, ok, detail))
+        return tuple(reports)
+
     def latex(self, *, standalone: bool = False) -> str:
         r"""The steps as an ``align`` environment, one ``\tag`` per step, then each step's justification.
 
         Each line carries its rule and the paper's equation number; the list below the environment
-        gives the full justification and how the step was checked. ``standalone`` wraps it all in a
-        document that ``pdflatex`` compiles.
+        gives the full justification, how the step was checked and its exactness. ``standalone``
+        wraps it all in a document that ``pdflatex`` compiles.
         """
         lines = []
         previous_lhs = None
@@ -190,7 +429,8 @@ class Derivation:
             previous_lhs = step.lhs
         body = "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}\n"
         details = "".join(
-            f"\\item[({number})] {latex_text(step.justification or step.rule.value)} (checked: {step.check})\n"
+            f"\\item[({number})] {latex_text(step.justification or step.rule.value)} "
+            f"(checked: {latex_text(step.check_text())})\n"
             for number, step in enumerate(self.steps, 1)
         )
         body += "\\begin{description}\\small\n" + details + "\\end{description}\n"
@@ -205,7 +445,7 @@ class Derivation:
             + body
             + "\\paragraph{Result.} $"
             + to_latex(self.result)
-            + "$\n"
+            + f"$ ({latex_text(self.exactness)})\n"
             + _latex_assumptions(self.assumptions)
             + "\\end{document}\n"
         )
@@ -217,8 +457,8 @@ class Derivation:
             out += [self.summary, ""]
         for number, step in enumerate(self.steps, 1):
             out.append(f"{number}. $${to_latex(step.lhs)} = {to_latex(step.rhs)}$$  ")
-            out.append(f"   *{step.reason()}*; checked: {step.check}")
-        out += ["", f"**Result:** ${to_latex(self.result)}$", ""]
+            out.append(f"   *{step.reason()}*; checked: {step.check_text()}")
+        out += ["", f"**Result:** ${to_latex(self.result)}$ ({self.exactness})", ""]
         if self.assumptions:
             out.append("**Assumptions:** " + "; ".join(self.assumptions) + ".")
             out.append("")
@@ -232,8 +472,8 @@ class Derivation:
         width = len(str(len(self.steps)))
         for number, step in enumerate(self.steps, 1):
             out.append(f"({number:>{width}}) {to_text(step.lhs)} = {to_text(step.rhs)}")
-            out.append(f"{'':>{width + 3}}  {step.reason()}  [checked: {step.check}]")
-        out += ["", f"Result: {to_text(self.result)}"]
+            out.append(f"{'':>{width + 3}}  {step.reason()}  [checked: {step.check_text()}]")
+        out += ["", f"Result: {to_text(self.result)}  ({self.exactness})"]
         if self.assumptions:
             out.append("Assumptions:")
             out += [f"  - {a}" for a in self.assumptions]
@@ -244,6 +484,7 @@ class Derivation:
         return {
             "title": self.title,
             "summary": self.summary,
+            "exactness": self.exactness,
             "steps": [
                 {
                     "lhs": str(step.lhs),
@@ -254,6 +495,8 @@ class Derivation:
                     "source": step.source,
                     "assumptions": list(step.assumptions),
                     "check": step.check,
+                    "uses": [i + 1 for i in step.uses],
+                    "exactness": step.exactness,
                 }
                 for step in self.steps
             ],
@@ -265,6 +508,21 @@ class Derivation:
 
     def json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def closure(steps: Sequence[Step], wanted: Iterable[int]) -> tuple[Step, ...]:
+    """The steps ``wanted`` and every step they use, transitively, in order and renumbered."""
+    needed: set[int] = set()
+    stack = list(wanted)
+    while stack:
+        index = stack.pop()
+        if index in needed:
+            continue
+        needed.add(index)
+        stack.extend(steps[index].uses)
+    order = sorted(needed)
+    renumber = {old: new for new, old in enumerate(order)}
+    return tuple(replace(steps[old], uses=tuple(renumber[i] for i in steps[old].uses)) for old in order)
 
 
 # --- printing -------------------------------------------------------------------------------
@@ -351,69 +609,81 @@ def _apply(expr: sp.Expr, facts: Mapping[sp.Expr, sp.Expr] | None) -> sp.Expr:
 
 
 class _Builder:
-    """Accumulates steps and refuses any algebraic step sympy cannot confirm."""
+    """Accumulates steps, running each step's check as it is added and refusing any that fails.
+
+    Every method returns the new step's index, to be passed in ``uses`` of later steps.
+    """
 
     def __init__(self, title: str) -> None:
         self.title = title
         self.steps: list[Step] = []
+        self.chain: int | None = None  # the step `then` continues: the latest statement of the chain's left side
 
     @property
-    def current(self) -> Step:
-        return self.steps[-1]
+    def current(self) -> int:
+        return len(self.steps) - 1
 
-    def state(
+    def add(
         self,
         lhs: sp.Expr,
         rhs: sp.Expr,
         rule: Rule,
         justification: str = "",
         *,
-        check: str = "modelling",
+        proof: Check,
+        uses: Iterable[int] = (),
         assumptions: Iterable[str] = (),
         source: str = "",
-    ) -> Step:
-        """Record a step that holds by the named check (``modelling``, ``integral``, ``lemma``, ...)."""
-        if check not in _CHECKS:
-            raise DerivationError(f"unknown check {check!r}; known: {', '.join(_CHECKS)}")
-        step = Step(lhs, rhs, rule, justification, check, tuple(assumptions), source)
+        exactness: str = "exact",
+    ) -> int:
+        """Record ``lhs = rhs`` after running its check; a failed check or a self-referential fact is refused."""
+        weakest(exactness)
+        uses = tuple(dict.fromkeys(uses))
+        for index in uses:
+            if not 0 <= index < len(self.steps):
+                raise DerivationError(f"step '{justification or rule.value}' uses step {index + 1}, which is not an earlier step")
+            earlier = self.steps[index]
+            if isinstance(proof, Identity) and {earlier.lhs, earlier.rhs} == {lhs, rhs}:
+                raise DerivationError(
+                    f"step '{justification or rule.value}' would be checked by step {index + 1}, which states the "
+                    "same equation: a fact that is the step itself checks nothing (make it a definition or a "
+                    "modelling step)"
+                )
+        step = Step(lhs, rhs, rule, justification, proof, tuple(assumptions), source, exactness, uses)
+        ok, detail = proof.run(step, self.steps)
+        if ok is False:
+            verb = "does not follow" if isinstance(proof, Identity) and uses else "does not hold"
+            raise DerivationError(f"step '{justification or rule.value}' {verb}: {detail}")
         self.steps.append(step)
-        return step
+        index = len(self.steps) - 1
+        if isinstance(proof, Identity | Modelling) and (self.chain is None or self.steps[self.chain].lhs == lhs):
+            self.chain = index
+        return index
 
-    def identity(
-        self,
-        lhs: sp.Expr,
-        rhs: sp.Expr,
-        rule: Rule,
-        justification: str = "",
-        *,
-        facts: Mapping[sp.Expr, sp.Expr] | None = None,
-        assumptions: Iterable[str] = (),
-        source: str = "",
-    ) -> Step:
-        """Record ``lhs = rhs`` after checking that ``lhs - rhs`` vanishes once ``facts`` are substituted."""
-        difference = _apply(lhs - rhs, facts)
-        if not _is_zero(difference):
-            raise DerivationError(f"step '{justification or rule.value}' does not hold: {lhs} - ({rhs}) = {difference}")
-        return self.state(lhs, rhs, rule, justification, check="identity", assumptions=assumptions, source=source)
+    def define(self, lhs: sp.Expr, rhs: sp.Expr, justification: str, *, rule: Rule = Rule.DEFINITION,
+               source: str = "", uses: Iterable[int] = ()) -> int:
+        """A definition (a value read from the network description, a chain rule, a name)."""
+        return self.add(lhs, rhs, rule, justification, proof=Definition(), uses=uses, source=source)
 
-    def then(
-        self,
-        rhs: sp.Expr,
-        rule: Rule,
-        justification: str = "",
-        *,
-        facts: Mapping[sp.Expr, sp.Expr] | None = None,
-        assumptions: Iterable[str] = (),
-        source: str = "",
-    ) -> Step:
-        """Continue the current chain: ``lhs = rhs`` where ``rhs`` equals the previous right side given ``facts``."""
-        previous = self.current
-        difference = _apply(previous.rhs - rhs, facts)
-        if not _is_zero(difference):
-            raise DerivationError(
-                f"step '{justification or rule.value}' does not follow: {previous.rhs} with {facts} is not {rhs}"
-            )
-        return self.state(previous.lhs, rhs, rule, justification, check="identity", assumptions=assumptions, source=source)
+    def model(self, lhs: sp.Expr, rhs: sp.Expr, rule: Rule, justification: str = "", *,
+              assumptions: Iterable[str] = (), exactness: str = "exact", uses: Iterable[int] = (),
+              source: str = "") -> int:
+        """A statement that holds by its assumptions, with the exactness those assumptions give it."""
+        return self.add(lhs, rhs, rule, justification, proof=Modelling(), uses=uses, assumptions=assumptions,
+                        source=source, exactness=exactness)
+
+    def identity(self, lhs: sp.Expr, rhs: sp.Expr, rule: Rule, justification: str = "", *,
+                 uses: Iterable[int] = (), assumptions: Iterable[str] = (), source: str = "") -> int:
+        """``lhs = rhs``, checked by substituting the equations of the steps in ``uses``."""
+        return self.add(lhs, rhs, rule, justification, proof=Identity(), uses=uses, assumptions=assumptions,
+                        source=source)
+
+    def then(self, rhs: sp.Expr, rule: Rule, justification: str = "", *, uses: Iterable[int] = (),
+             assumptions: Iterable[str] = (), source: str = "") -> int:
+        """Continue the current chain: same left side, a right side that follows from the previous step and ``uses``."""
+        previous = self.current if self.chain is None else self.chain
+        return self.identity(self.steps[previous].lhs, rhs, rule, justification, uses=(previous, *uses),
+                             assumptions=assumptions, source=source)
 
     def build(self, result: sp.Expr, summary: str = "", **extras: sp.Expr) -> Derivation:
         return Derivation(self.title, tuple(self.steps), result, summary, dict(extras))

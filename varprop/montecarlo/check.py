@@ -128,8 +128,11 @@ class CheckResult:
         return {
             "name": self.name,
             "description": claim.description,
-            "observable": claim.observable,
+            "observable": claim.observable_name or type(claim.observable).__name__,
             "layer": claim.layer,
+            "place": claim.network.place_name(claim.observable.tensor.position),
+            "tensor": claim.observable.tensor.kind,
+            "statistic": claim.observable.statistic,
             "prediction_expr": str(claim.prediction),
             "prediction": claim.value,
             "exactness": self.exactness,
@@ -139,6 +142,7 @@ class CheckResult:
             "message": self.message,
             "measurements": [m.to_dict() for m in self.measurements],
             "shrink": None if self.shrink is None else self.shrink.to_dict(),
+            **({"derivation": claim.derivation.to_dict()} if claim.derivation is not None else {}),
         }
 
 
@@ -215,15 +219,15 @@ def _measure(
     def measure_all(drawn) -> list[tuple[Estimate, int]]:
         out = []
         for item in items:
-            est = estimate(drawn, item.claim.observable, item.claim.layer)
-            values = _per_network_values(drawn, item.claim.observable, item.claim.layer - 1)
+            est = estimate(drawn, item.claim.observable_name, item.claim.layer)
+            values = _per_network_values(drawn, item.claim.observable_name, item.claim.layer - 1)
             out.append((est, _skew_minimum(values, z_plan)))
         return out
 
     main_seed = _seed(seed, network, 1)
     if samples is None:
         pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
-        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, item.claim.observable, item.claim.layer))
+        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, item.claim.observable_name, item.claim.layer))
                                            for item in items))))
     else:
         count = samples

@@ -5,7 +5,7 @@ import sympy as sp
 
 from varprop.activations import activation
 from varprop.derive import Q, moments
-from varprop.derive.network_moments import predict, weakest
+from varprop.derive import predict, weakest
 from varprop.errors import DerivationError
 from varprop.network import FixedInput, mlp
 from varprop.weights import Normal, Uniform, glorot, he, torch_linear_default

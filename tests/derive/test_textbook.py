@@ -146,9 +146,14 @@ def test_every_derivation_renders_and_its_checks_hold(name, kind):
 
 def test_builder_refuses_a_wrong_step():
     b = _Builder("test")
-    b.state(Variance(y[l]), n[l] * Variance(w[l] * sp.IndexedBase("x")[l]), Rule.INDEPENDENCE)
+    x = sp.IndexedBase("x")
+    first = b.model(Variance(y[l]), n[l] * Variance(w[l] * x[l]), Rule.INDEPENDENCE)
+    wrong_fact = b.model(Variance(w[l] * x[l]), Variance(w[l]) * Expect(x[l] ** 2), Rule.ZERO_MEAN)
     with pytest.raises(DerivationError, match="does not follow"):
-        b.then(n[l] * Variance(w[l]) * Variance(sp.IndexedBase("x")[l]), Rule.ZERO_MEAN,
-               facts={Variance(w[l] * sp.IndexedBase("x")[l]): Variance(w[l]) * Expect(sp.IndexedBase("x")[l] ** 2)})
+        b.then(n[l] * Variance(w[l]) * Variance(x[l]), Rule.ZERO_MEAN, uses=(wrong_fact,))
     with pytest.raises(DerivationError, match="does not hold"):
         b.identity(Variance(y[l]), 2 * Variance(y[l]), Rule.ALGEBRA)
+    # A fact that is the step itself checks nothing: it is refused, not recorded as an identity.
+    with pytest.raises(DerivationError, match="the step itself"):
+        b.identity(Variance(y[l]), n[l] * Variance(w[l] * x[l]), Rule.ALGEBRA, uses=(first,))
+    assert len(b.steps) == 2

@@ -1,4 +1,4 @@
-r"""The He and Glorot recursions, derived step by step with sympy.
+r"""The textbook recursions of He et al. (2015) and Glorot & Bengio (2010), for a generic layer l.
 
 Notation (He et al. 2015, Sec. 2.2): dense layer :math:`l` maps :math:`x_l \in \mathbb R^{n_l}` to
 :math:`y_l = W_l x_l + b_l`; :math:`x_{l+1} = \phi(y_l)`; :math:`\hat n_l` is the fan-out of layer
@@ -10,20 +10,39 @@ second moment :math:`E[\phi(y)^2] = \tfrac{c}{2}\operatorname{Var}[y]` holds for
 zero-mean :math:`y`, so the recursion is exact at finite width; otherwise the Gaussian moment from
 :mod:`varprop.derive.gaussian` is used under the wide-layer assumption that :math:`y` is Gaussian, and
 the derivation says so.
+
+The per-layer facts (the symmetry lemmas, the Gaussian integrals, the dense layer's second moment)
+are the ones :mod:`varprop.derive.propagate` uses for concrete networks; here they are stated for a
+generic layer :math:`l` with symbolic widths and weight variance, then unrolled over the depth
+(``unrolled`` checks) and solved for the weight variance (``solve`` checks).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import sympy as sp
 
 from ..activations import X, Activation
 from ..errors import DerivationError
 from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import DPhi, Derivation, Expect, Phi, Rule, Variance, _Builder, to_text
+from .derivation import DPhi, Derivation, Expect, Integral, Lemma, Phi, Rule, Solve, Unrolled, Variance, _Builder, to_text
 from .gaussian import Q, moments
+from .propagate import (
+    DEPTH,
+    LAYER,
+    SymmetryLemma,
+    _check_linear_regime,
+    derivative_symmetry_lemma,
+    symmetry_lemma,
+)
+from .propagate import b as _b
+from .propagate import dW as _dW
+from .propagate import dx as _dx
+from .propagate import dy as _dy
+from .propagate import n as _n
+from .propagate import nhat as _nhat
+from .propagate import w as _w
+from .propagate import x as _x
+from .propagate import y as _y
 
 __all__ = [
     "LAYER",
@@ -41,21 +60,8 @@ __all__ = [
     "DERIVATIONS",
 ]
 
-#: Layer index l and depth L.
-LAYER = sp.Symbol("l", integer=True, positive=True)
-DEPTH = sp.Symbol("L", integer=True, positive=True)
 #: Unknown fixed-point variance of a non-homogeneous recursion.
 Q_STAR = sp.Symbol("q_star", positive=True)
-
-_n = sp.IndexedBase("n")  # fan-in n_l
-_nhat = sp.IndexedBase("nhat")  # fan-out \hat n_l
-_w = sp.IndexedBase("w")
-_x = sp.IndexedBase("x")
-_y = sp.IndexedBase("y")
-_b = sp.IndexedBase("b")
-_dx = sp.IndexedBase("Delta_x")
-_dy = sp.IndexedBase("Delta_y")
-_dW = sp.IndexedBase("Delta_W")
 
 _l = LAYER
 HE = "He et al. 2015"
@@ -74,43 +80,6 @@ _A_NO_BIAS = "biases are zero"
 _A_LINEAR_REGIME = "phi is linear near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
 
 
-# --- the symmetry lemma ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SymmetryLemma:
-    r""":math:`g(y) + g(-y) = c \cdot y^{p}` for all :math:`y \ne 0`, proved by sympy."""
-
-    holds: bool
-    constant: sp.Expr | None
-    expression: sp.Expr
-
-
-_Y = sp.Symbol("y", positive=True)
-
-
-def _lemma(g: sp.Expr, power: int) -> SymmetryLemma:
-    both = g.subs(X, _Y) + g.subs(X, -_Y)
-    if both.has(sp.Piecewise):
-        both = sp.piecewise_fold(both)
-    constant = sp.simplify(both / _Y**power)
-    holds = not constant.has(_Y) and not constant.has(sp.Piecewise)
-    return SymmetryLemma(holds, constant if holds else None, both)
-
-
-def symmetry_lemma(act: Activation) -> SymmetryLemma:
-    r"""Test :math:`\phi(y)^2 + \phi(-y)^2 = c\,y^2`; then :math:`E[\phi(y)^2] = \tfrac c2 E[y^2]` for symmetric y.
-
-    For relu this is the identity behind He et al. (2015), eq. (8): :math:`c = 1`.
-    """
-    return _lemma(act.expr**2, 2)
-
-
-def derivative_symmetry_lemma(act: Activation) -> SymmetryLemma:
-    r"""Test :math:`\phi'(y)^2 + \phi'(-y)^2 = c'`; then :math:`E[\phi'(y)^2] = c'/2` for symmetric y."""
-    return _lemma(act.derivative**2, 0)
-
-
 # --- shared pieces -----------------------------------------------------------------------------
 
 
@@ -122,44 +91,54 @@ def _title(kind: str, act: Activation) -> str:
     return f"{kind} for {act}"
 
 
-def _definition_step(b: _Builder, act: Activation, arg: sp.Expr) -> None:
-    b.state(Phi(arg), act.expr.subs(X, arg), Rule.DEFINITION, f"the activation {act}", check="definition")
+def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int, sp.Expr, sp.Expr | None, tuple[str, ...]]:
+    r"""Add the step :math:`E[\phi(arg)^2] = \dots` in terms of :math:`\operatorname{Var}[arg]`.
 
-
-def _second_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr, str, tuple[str, ...], str]:
-    r""":math:`E[\phi(arg)^2]` in terms of :math:`\operatorname{Var}[arg]`: (value, c or None, check, assumptions, why)."""
+    Returns (step index, value, c or None, assumptions).
+    """
     lemma = symmetry_lemma(act)
     if lemma.holds:
         value = lemma.constant / 2 * Variance(arg)
-        why = (
-            f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
-            "so a symmetric zero-mean y keeps the fraction c/2 of its second moment"
-        )
-        return value, lemma.constant, "lemma", (_A_SYMMETRIC,), why
+        why = (f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
+               "so a symmetric zero-mean y keeps the fraction c/2 of its second moment")
+        index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+                      assumptions=(_A_SYMMETRIC, _A_ZERO_MEAN), source=f"{HE}, eq. (8)")
+        return index, value, lemma.constant, (_A_SYMMETRIC,)
     m = moments(act).second_moment
     value = m.expr.subs(Q, Variance(arg))
     why = f"Gaussian integral E[phi(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
-    return value, None, "integral", (_A_SYMMETRIC, _A_GAUSSIAN_Y), why
+    index = b.add(Expect(Phi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why, proof=Integral(act.expr**2, Variance(arg)),
+                  assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y, _A_ZERO_MEAN), exactness="asymptotic")
+    return index, value, None, (_A_SYMMETRIC, _A_GAUSSIAN_Y)
 
 
-def _derivative_moment_fact(act: Activation, arg: sp.Expr) -> tuple[sp.Expr, sp.Expr | None, str, tuple[str, ...], str]:
+def _derivative_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int, sp.Expr, sp.Expr | None]:
+    r"""Add the step :math:`E[\phi'(arg)^2] = \dots`; returns (step index, value, c' or None)."""
     lemma = derivative_symmetry_lemma(act)
     if lemma.holds:
         why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {_factor_text(lemma.constant)} (checked by sympy) for y != 0"
-        return lemma.constant / 2, lemma.constant, "lemma", (_A_SYMMETRIC,), why
+        index = b.add(Expect(DPhi(arg) ** 2), lemma.constant / 2, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+                      assumptions=(_A_SYMMETRIC,))
+        return index, lemma.constant / 2, lemma.constant
     m = moments(act).derivative_second_moment
     value = m.expr.subs(Q, Variance(arg))
     why = f"Gaussian integral E[phi'(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
-    return value, None, "integral", (_A_SYMMETRIC, _A_GAUSSIAN_Y), why
+    index = b.add(Expect(DPhi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why,
+                  proof=Integral(act.derivative**2, Variance(arg)), assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y),
+                  exactness="asymptotic")
+    return index, value, None
 
 
-def _check_unrolled(closed_form: sp.Expr, unrolled: Callable[[int], sp.Expr]) -> None:
-    """Check a closed form in the depth L (a sympy Product) against the recursion unrolled for L = 2..7."""
-    for depth in range(2, 8):
-        closed = closed_form.subs(DEPTH, depth).doit()
-        unrolled_value = unrolled(depth)
-        if sp.simplify(sp.expand(unrolled_value - closed)) != 0:
-            raise DerivationError(f"product formula fails at depth {depth}: {unrolled_value} != {closed}")
+def _definition_step(b: _Builder, act: Activation, arg: sp.Expr) -> int:
+    return b.define(Phi(arg), act.expr.subs(X, arg), f"the activation {act}")
+
+
+def _unrolled(b: _Builder, lhs: sp.Expr, initial: sp.Expr, factor: sp.Expr, why: str, source: str, *,
+              uses: tuple[int, ...] = ()) -> int:
+    """``lhs = initial * prod_{l=2}^{L} factor``, checked against the recursion unrolled for L = 2..7."""
+    rhs = initial * sp.Product(factor, (_l, 2, DEPTH))
+    return b.add(lhs, rhs, Rule.UNROLLING, why + " (checked for L = 2..7)",
+                 proof=Unrolled(initial, factor, _l, 2, DEPTH), uses=uses, source=source)
 
 
 # --- forward -----------------------------------------------------------------------------------
@@ -183,65 +162,50 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     b = _Builder(_title("Forward recursion" + (" with non-zero-mean weights" if weight_mean else ""), act))
     var_y, wx = Variance(_y[l]), Variance(_w[l] * _x[l])
     assumptions = (_A_IID, _A_X_ID, _A_NO_BIAS) + ((_A_X_INDEP,) if weight_mean else ())
-    b.state(
-        var_y,
-        _n[l] * wx,
-        Rule.INDEPENDENCE,
-        "y_l is a sum of n_l terms w x that are uncorrelated (zero-mean weights) or independent",
-        assumptions=assumptions,
-        source=f"{HE}, eq. (6)",
-    )
-    Ew, Ew2, Ex, Ex2, Vw, Vx = (
-        Expect(_w[l]),
-        Expect(_w[l] ** 2),
-        Expect(_x[l]),
-        Expect(_x[l] ** 2),
-        Variance(_w[l]),
-        Variance(_x[l]),
-    )
+    b.model(var_y, _n[l] * wx, Rule.INDEPENDENCE,
+            "y_l is a sum of n_l terms w x that are uncorrelated (zero-mean weights) or independent",
+            assumptions=assumptions, source=f"{HE}, eq. (6)")
+    Ew, Ew2, Ex, Ex2, Vw, Vx = (Expect(_w[l]), Expect(_w[l] ** 2), Expect(_x[l]), Expect(_x[l] ** 2),
+                                Variance(_w[l]), Variance(_x[l]))
     product_variance = Ew2 * Ex2 - Ew**2 * Ex**2
-    b.then(_n[l] * product_variance, Rule.INDEPENDENCE, "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2 for independent w, x",
-           facts={wx: product_variance})
+    product = b.model(wx, product_variance, Rule.INDEPENDENCE, "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2",
+                      assumptions=(_A_IID,))
+    b.identity(var_y, _n[l] * product_variance, Rule.INDEPENDENCE,
+               "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2 for independent w, x", uses=(b.current - 1, product))
+    w2 = b.define(Ew2, Vw + Ew**2, "E[w^2] = Var[w] + E[w]^2", rule=Rule.VARIANCE_DEFINITION)
     b.then(_n[l] * ((Vw + Ew**2) * Ex2 - Ew**2 * Ex**2), Rule.VARIANCE_DEFINITION, "E[w^2] = Var[w] + E[w]^2",
-           facts={Ew2: Vw + Ew**2})
+           uses=(w2,))
+    vx = b.define(Vx, Ex2 - Ex**2, "definition of Var[x]", rule=Rule.VARIANCE_DEFINITION)
     general = _n[l] * (Vw * Ex2 + Ew**2 * Vx)
-    b.then(general, Rule.VARIANCE_DEFINITION, "E[x^2] - E[x]^2 = Var[x]: the extra term is E[w]^2 Var[x]",
-           facts={Vx: Ex2 - Ex**2})
-
-    x_second, c, check, fact_assumptions, why = _second_moment_fact(act, _y[l - 1])
+    general_step = b.then(general, Rule.VARIANCE_DEFINITION, "E[x^2] - E[x]^2 = Var[x]: the extra term is E[w]^2 Var[x]",
+                          uses=(vx,))
     if weight_mean:
-        return _forward_with_mean(b, act, general, x_second)
+        return _forward_with_mean(b, act, general_step, vx)
 
-    b.then(_n[l] * Vw * Ex2, Rule.ZERO_MEAN, "the extra term vanishes only because E[w_l] = 0",
-           facts={Ew: 0}, assumptions=(_A_ZERO_MEAN,), source=f"{HE}, eq. (7)")
+    zero = b.model(Ew, sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights", assumptions=(_A_ZERO_MEAN,))
+    chain = b.then(_n[l] * Vw * Ex2, Rule.ZERO_MEAN, "the extra term vanishes only because E[w_l] = 0",
+                   uses=(zero,), source=f"{HE}, eq. (7)")
     _definition_step(b, act, _y[l - 1])
-    b.state(Ex2, Expect(Phi(_y[l - 1]) ** 2), Rule.DEFINITION, "x_l = phi(y_{l-1})", check="definition")
-    b.state(Expect(Phi(_y[l - 1]) ** 2), x_second, Rule.SYMMETRY if c is not None else Rule.GAUSSIAN_INTEGRAL, why,
-            check=check, assumptions=fact_assumptions + (_A_ZERO_MEAN,))
+    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    fact, x_second, c, _ = _second_moment_fact(b, act, _y[l - 1])
     recursion = _n[l] * Vw * x_second
-    b.identity(var_y, recursion, Rule.SUBSTITUTION, "substitute E[x_l^2]",
-               facts={var_y: _n[l] * Vw * Ex2, Ex2: x_second},
+    b.identity(var_y, recursion, Rule.SUBSTITUTION, "substitute E[x_l^2]", uses=(chain, ex2, fact),
                source=f"{HE}, eq. (8)" if c is not None else "")
     if c is None:
         return b.build(recursion, summary=_forward_summary(act, None), recursion=recursion)
     factor = c / 2 * _n[l] * Vw
-    product = sp.Product(factor, (l, 2, DEPTH))
-    _check_unrolled(
-        Variance(_y[1]) * product,
-        lambda depth: sp.Mul(Variance(_y[1]), *(factor.subs(l, k) for k in range(2, depth + 1))),
-    )
-    b.state(Variance(_y[DEPTH]), Variance(_y[1]) * product, Rule.UNROLLING,
-            "apply the recursion from layer L down to layer 2 (checked for L = 2..7)", check="unrolled",
-            source=f"{HE}, eq. (9)")
+    unrolled = _unrolled(b, Variance(_y[DEPTH]), Variance(_y[1]), factor,
+                         "apply the recursion from layer L down to layer 2", f"{HE}, eq. (9)", uses=(b.current,))
     if scheme is None:
-        return b.build(Variance(_y[1]) * product, summary=_forward_summary(act, c), recursion=recursion, factor=factor)
+        return b.build(Variance(_y[1]) * sp.Product(factor, (l, 2, DEPTH)), summary=_forward_summary(act, c),
+                       recursion=recursion, factor=factor)
     variance = scheme.variance(_n[l], _nhat[l])
     applied = sp.simplify(factor.subs(Vw, variance))
     result = Variance(_y[1]) * sp.Product(applied, (l, 2, DEPTH)).doit()
+    scheme_step = b.define(Vw, variance, f"{scheme}: Var[w_l] = {to_text(variance)}", source=scheme.source)
     b.identity(Variance(_y[DEPTH]), result, Rule.SUBSTITUTION,
                f"{scheme}: Var[w_l] = {to_text(variance)}, so each layer multiplies Var[y] by {to_text(applied)}",
-               facts={Variance(_y[DEPTH]): Variance(_y[1]) * sp.Product(factor.subs(Vw, variance), (l, 2, DEPTH)).doit()},
-               source=scheme.source)
+               uses=(unrolled, scheme_step), source=scheme.source)
     return b.build(result, summary=_forward_summary(act, c) + f" Under {scheme} the factor is {applied}.",
                    recursion=recursion, factor=applied)
 
@@ -258,24 +222,25 @@ def _forward_summary(act: Activation, c: sp.Expr | None) -> str:
     )
 
 
-def _forward_with_mean(b: _Builder, act: Activation, general: sp.Expr, x_second: sp.Expr) -> Derivation:
+def _forward_with_mean(b: _Builder, act: Activation, general_step: int, vx: int) -> Derivation:
     l = _l
     m = moments(act)
     x_mean = m.mean.expr.subs(Q, Variance(_y[l - 1]))
     _definition_step(b, act, _y[l - 1])
-    b.state(Expect(_x[l]), x_mean, Rule.GAUSSIAN_INTEGRAL if m.mean.route != "symmetry" else Rule.SYMMETRY,
-            f"E[phi(z)], z ~ N(0, Var[y_{{l-1}}]) ({m.mean.route})", check="integral",
-            assumptions=(_A_GAUSSIAN_Y, "y_{l-1} is centred (the weights of layer l-1 have zero mean)"))
-    b.state(Expect(_x[l] ** 2), x_second, Rule.SYMMETRY, "second moment of x_l as in the zero-mean case",
-            check="lemma" if symmetry_lemma(act).holds else "integral")
+    mean = b.add(Expect(_x[l]), x_mean, Rule.GAUSSIAN_INTEGRAL if m.mean.route != "symmetry" else Rule.SYMMETRY,
+                 f"E[phi(z)], z ~ N(0, Var[y_{{l-1}}]) ({m.mean.route})", proof=Integral(act.expr, Variance(_y[l - 1])),
+                 assumptions=(_A_GAUSSIAN_Y, "y_{l-1} is centred (the weights of layer l-1 have zero mean)"),
+                 exactness="asymptotic")
+    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    fact, x_second, _, _ = _second_moment_fact(b, act, _y[l - 1])
     Vw, Ew = Variance(_w[l]), Expect(_w[l])
     value = _n[l] * (Vw * x_second + Ew**2 * (x_second - x_mean**2))
     b.identity(Variance(_y[l]), value, Rule.SUBSTITUTION,
-               "substitute E[x_l] and E[x_l^2] (Var[x_l] = E[x_l^2] - E[x_l]^2)",
-               facts={Variance(_y[l]): general, Expect(_x[l] ** 2): x_second, Variance(_x[l]): x_second - x_mean**2})
+               "substitute E[x_l] and E[x_l^2] (Var[x_l] = E[x_l^2] - E[x_l]^2)", uses=(general_step, vx, ex2, fact, mean))
+    linearity = b.model(Expect(_y[l]), _n[l] * Ew * Expect(_x[l]), Rule.INDEPENDENCE,
+                        "linearity: E[y_l] = n_l E[w_l] E[x_l]", assumptions=(_A_IID,))
     b.identity(Expect(_y[l]), _n[l] * Ew * x_mean, Rule.INDEPENDENCE,
-               "E[y_l] = n_l E[w_l] E[x_l]: non-zero, so y_l is no longer centred",
-               facts={Expect(_y[l]): _n[l] * Ew * x_mean})
+               "E[y_l] = n_l E[w_l] E[x_l]: non-zero, so y_l is no longer centred", uses=(linearity, mean))
     return b.build(
         value,
         summary=(
@@ -287,6 +252,23 @@ def _forward_with_mean(b: _Builder, act: Activation, general: sp.Expr, x_second:
 
 
 # --- backward ----------------------------------------------------------------------------------
+
+
+def _backward_chain(b: _Builder, act: Activation) -> tuple[int, sp.Expr, sp.Expr | None]:
+    r"""Steps for :math:`E[\Delta y_l^2] = E[\phi'(y_l)^2] \operatorname{Var}[\Delta x_{l+1}]`: (step, value, c')."""
+    l = _l
+    Edy2 = Expect(_dy[l] ** 2)
+    dphi2 = Expect(DPhi(_y[l]) ** 2)
+    chain = b.define(_dy[l], DPhi(_y[l]) * _dx[l + 1], "x_{l+1} = phi(y_l)", rule=Rule.CHAIN_RULE)
+    independent = b.model(Edy2, dphi2 * Expect(_dx[l + 1] ** 2), Rule.INDEPENDENCE, "",
+                          assumptions=(_A_DERIV_INDEP,), exactness="asymptotic", uses=(chain,))
+    slope_step, slope, c = _derivative_moment_fact(b, act, _y[l])
+    centred = b.model(Expect(_dx[l + 1] ** 2), Variance(_dx[l + 1]), Rule.ZERO_MEAN,
+                      "E[Delta_x_{l+1}] = 0 because the weights of layer l+1 have zero mean")
+    value = slope * Variance(_dx[l + 1])
+    step = b.identity(Edy2, value, Rule.SUBSTITUTION, "E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]",
+                      uses=(independent, slope_step, centred))
+    return step, slope, c
 
 
 def backward(act: Activation) -> Derivation:
@@ -302,37 +284,24 @@ def backward(act: Activation) -> Derivation:
     b = _Builder(_title("Backward recursion", act))
     var_dx, wdy = Variance(_dx[l]), Variance(_w[l] * _dy[l])
     Vw, Edy2 = Variance(_w[l]), Expect(_dy[l] ** 2)
-    b.state(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE,
-            "Delta_x_l = W_l^T Delta_y_l is a sum of nhat_l terms (fan-out)",
-            assumptions=(_A_IID, _A_GRAD_INDEP), source=f"{HE}, eq. (11)")
-    b.then(_nhat[l] * Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
-           facts={wdy: Vw * Edy2}, assumptions=(_A_ZERO_MEAN,))
-    b.state(_dy[l], DPhi(_y[l]) * _dx[l + 1], Rule.CHAIN_RULE, "x_{l+1} = phi(y_l)", check="definition")
-    dphi2 = Expect(DPhi(_y[l]) ** 2)
-    b.state(Edy2, dphi2 * Expect(_dx[l + 1] ** 2), Rule.INDEPENDENCE, "", assumptions=(_A_DERIV_INDEP,))
-    slope, c, check, fact_assumptions, why = _derivative_moment_fact(act, _y[l])
-    b.state(dphi2, slope, Rule.SYMMETRY if c is not None else Rule.GAUSSIAN_INTEGRAL, why, check=check,
-            assumptions=fact_assumptions)
-    b.state(Expect(_dx[l + 1] ** 2), Variance(_dx[l + 1]), Rule.ZERO_MEAN,
-            "E[Delta_x_{l+1}] = 0 because the weights of layer l+1 have zero mean", check="modelling")
+    first = b.model(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE, "Delta_x_l = W_l^T Delta_y_l is a sum of nhat_l terms (fan-out)",
+                    assumptions=(_A_IID, _A_GRAD_INDEP), exactness="asymptotic", source=f"{HE}, eq. (11)")
+    zero = b.model(wdy, Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
+                   assumptions=(_A_ZERO_MEAN,))
+    chain = b.identity(var_dx, _nhat[l] * Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
+                       uses=(first, zero))
+    dy_step, slope, c = _backward_chain(b, act)
     recursion = _nhat[l] * Vw * slope * Variance(_dx[l + 1])
-    b.identity(var_dx, recursion, Rule.SUBSTITUTION, "substitute E[Delta_y_l^2]",
-               facts={var_dx: _nhat[l] * Vw * Edy2, Edy2: slope * Variance(_dx[l + 1])},
+    b.identity(var_dx, recursion, Rule.SUBSTITUTION, "substitute E[Delta_y_l^2]", uses=(chain, dy_step),
                source=f"{HE}, eq. (12)" if c is not None else "")
     if c is None:
         return b.build(recursion, summary=(
             f"For {act} E[phi'(y_l)^2] depends on Var[y_l], so the backward factor changes with the forward "
             "variance and there is no depth-independent product."), recursion=recursion)
     factor = slope * _nhat[l] * Vw
-    product = sp.Product(factor, (l, 2, DEPTH))
-    _check_unrolled(
-        Variance(_dx[DEPTH + 1]) * product,
-        lambda depth: sp.Mul(Variance(_dx[depth + 1]), *(factor.subs(l, k) for k in range(2, depth + 1))),
-    )
-    b.state(Variance(_dx[2]), Variance(_dx[DEPTH + 1]) * product, Rule.UNROLLING,
-            "apply the recursion from layer 2 up to layer L (checked for L = 2..7)", check="unrolled",
-            source=f"{HE}, eq. (13)")
-    return b.build(Variance(_dx[DEPTH + 1]) * product, summary=(
+    _unrolled(b, Variance(_dx[2]), Variance(_dx[DEPTH + 1]), factor, "apply the recursion from layer 2 up to layer L",
+              f"{HE}, eq. (13)", uses=(b.current,))
+    return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=(
         f"Each layer multiplies the gradient's second moment by {c / 2} nhat_l Var[w_l], with nhat_l the fan-out."),
         recursion=recursion, factor=factor)
 
@@ -353,18 +322,20 @@ def weight_gradient(act: Activation) -> Derivation:
     l = _l
     b = _Builder(_title("Weight-gradient second moment", act))
     dW2 = Expect(_dW[l] ** 2)
-    b.state(_dW[l], _dy[l] * _x[l], Rule.CHAIN_RULE, "y_l = W_l x_l: dL/dW_{l,ij} = Delta_y_{l,i} x_{l,j}",
-            check="definition")
+    chain = b.define(_dW[l], _dy[l] * _x[l], "y_l = W_l x_l: dL/dW_{l,ij} = Delta_y_{l,i} x_{l,j}", rule=Rule.CHAIN_RULE)
     Edy2, Ex2 = Expect(_dy[l] ** 2), Expect(_x[l] ** 2)
-    b.state(dW2, Edy2 * Ex2, Rule.INDEPENDENCE, "", assumptions=(_A_DY_X_INDEP,))
-    slope, c_back, *_ = _derivative_moment_fact(act, _y[l])
-    x_second, c_fwd, *_ = _second_moment_fact(act, _y[l - 1])
+    b.model(dW2, Edy2 * Ex2, Rule.INDEPENDENCE, "", assumptions=(_A_DY_X_INDEP,), exactness="asymptotic", uses=(chain,))
+    dy_step, slope, c_back = _backward_chain(b, act)
     b.then(slope * Variance(_dx[l + 1]) * Ex2, Rule.SUBSTITUTION,
-           "backward recursion: E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]",
-           facts={Edy2: slope * Variance(_dx[l + 1])}, assumptions=(_A_DERIV_INDEP,))
+           "backward recursion: E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]", uses=(dy_step,))
+    _definition_step(b, act, _y[l - 1])
+    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    fact, x_second, c_fwd, _ = _second_moment_fact(b, act, _y[l - 1])
     value = slope * Variance(_dx[l + 1]) * x_second
-    b.then(value, Rule.SUBSTITUTION, "forward recursion: E[x_l^2] = E[phi(y_{l-1})^2]",
-           facts={Ex2: x_second}, assumptions=(_A_SYMMETRIC,))
+    # `then` continues the chain of E[Delta_W_l^2], which is three steps back.
+    chain_step = next(i for i in range(len(b.steps) - 1, -1, -1) if b.steps[i].lhs == dW2)
+    b.identity(dW2, value, Rule.SUBSTITUTION, "forward recursion: E[x_l^2] = E[phi(y_{l-1})^2]",
+               uses=(chain_step, ex2, fact), assumptions=(_A_SYMMETRIC,))
     summary = (
         "The weight gradient's second moment is the product of the backward quantity Var[Delta_x_{l+1}] and the "
         "forward quantity Var[y_{l-1}]: keeping both stable (one exactly, the other up to the width ratio of "
@@ -376,26 +347,38 @@ def weight_gradient(act: Activation) -> Derivation:
     k = sp.Symbol("k", integer=True, positive=True)
     under_fan_in = c_back / 2 * c_fwd / 2 * Variance(_y[1]) * Variance(_dx[DEPTH + 1]) * sp.Product(
         _nhat[k] / _n[k], (k, l + 1, DEPTH))
-    b.state(dW2, under_fan_in, Rule.CONDITION,
+    b.model(dW2, under_fan_in, Rule.CONDITION,
             "with the fan-in condition (c/2) n_k Var[w_k] = 1 for every k: Var[y_{l-1}] = Var[y_1] and "
             "Var[Delta_x_{l+1}] = Var[Delta_x_{L+1}] prod_{k=l+1}^{L} nhat_k / n_k",
-            check="modelling", source=f"{HE}, eqs. (9), (10), (13)")
+            source=f"{HE}, eqs. (9), (10), (13)")
     return b.build(value, summary=summary, under_fan_in=under_fan_in)
 
 
 # --- conditions --------------------------------------------------------------------------------
 
 
-def _law_parameter(weights: str, variance: sp.Expr) -> tuple[str, sp.Expr, WeightLaw]:
+def _law_parameter(weights: str, variance: sp.Expr) -> tuple[str, sp.Expr, WeightLaw, sp.Expr]:
+    """(parameter name, its value, the law, the law's variance in the parameter symbol)."""
+    symbol_name = "bound" if weights == "uniform" else "std"
+    s = sp.Symbol(symbol_name, positive=True)
     if weights == "normal":
-        return "std", sp.sqrt(variance), Normal(variance)
+        return symbol_name, sp.sqrt(variance), Normal(variance), s**2
     if weights == "uniform":
         law = Uniform(sp.sqrt(3 * variance))
-        return "bound", law.bound, law
+        return symbol_name, law.bound, law, s**2 / 3
     if weights == "truncated_normal":
         law = TruncatedNormal(1).with_variance(variance)
-        return "std", law.std, law
+        return symbol_name, law.std, law, s**2 * TruncatedNormal(1).standard_variance()
     raise DerivationError(f"unknown weight distribution {weights!r}; known: {', '.join(DISTRIBUTIONS)}")
+
+
+def _law_step(b: _Builder, weights: str, weight_variance: sp.Expr, why: str, source: str = "",
+              uses: tuple[int, ...] = ()) -> sp.Expr:
+    name, parameter, law, law_variance = _law_parameter(weights, weight_variance)
+    symbol = sp.Symbol(name, positive=True)
+    b.add(symbol, parameter, Rule.SOLVE, f"{why} ({law.__class__.__name__}: variance {to_text(law_variance)})",
+          proof=Solve(sp.Eq(law_variance, weight_variance), symbol), uses=uses, source=source)
+    return parameter
 
 
 _CONDITION_SOURCES = {
@@ -420,33 +403,37 @@ def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal")
     """
     if mode not in ("fan_in", "fan_out"):
         raise DerivationError(f"unknown mode {mode!r}; known: fan_in, fan_out")
+    if weights not in DISTRIBUTIONS:
+        raise DerivationError(f"unknown weight distribution {weights!r}; known: {', '.join(DISTRIBUTIONS)}")
     l = _l
     var_w = Variance(_w[l])
     fan, fan_symbol = (_n[l], N_IN) if mode == "fan_in" else (_nhat[l], N_OUT)
     b = _Builder(_title(f"Initialisation condition ({mode})", act))
     if mode == "fan_in":
-        moment, c, check, assumptions, why = _second_moment_fact(act, _y[l - 1])
-        scale = moment / Variance(_y[l - 1]) if c is not None else None
+        lemma = symmetry_lemma(act)
         what = "forward: Var[y_l] = Var[y_{l-1}]"
+        if not lemma.holds:
+            return _fixed_point_condition(b, act, mode, weights)
+        fact, moment, c, assumptions = _second_moment_fact(b, act, _y[l - 1])
+        scale = moment / Variance(_y[l - 1])
     else:
-        moment, c, check, assumptions, why = _derivative_moment_fact(act, _y[l])
-        scale = moment if c is not None else None
+        lemma = derivative_symmetry_lemma(act)
         what = "backward: Var[Delta_x_l] = Var[Delta_x_{l+1}]"
-    if scale is None:
-        return _fixed_point_condition(b, act, mode, weights)
+        if not lemma.holds:
+            return _fixed_point_condition(b, act, mode, weights)
+        fact, scale, c = _derivative_moment_fact(b, act, _y[l])
+        assumptions = (_A_SYMMETRIC,)
     factor = scale * fan * var_w
-    b.state(factor, sp.Integer(1), Rule.CONDITION, f"keep every layer's factor at 1 ({what}); {why}",
-            check="modelling", assumptions=assumptions, source=_CONDITION_SOURCES.get((act.name, mode), ""))
+    condition_step = b.model(factor, sp.Integer(1), Rule.CONDITION, f"keep every layer's factor at 1 ({what})",
+                             assumptions=assumptions, uses=(fact,), source=_CONDITION_SOURCES.get((act.name, mode), ""))
     solutions = sp.solve(sp.Eq(factor, 1), var_w)
     if len(solutions) != 1:
         raise DerivationError(f"the condition {factor} = 1 has no unique solution for Var[w_l]: {solutions}")
     variance = solutions[0]
-    b.state(var_w, variance, Rule.SOLVE, "solve the condition for Var[w_l] (sympy.solve)", check="solve")
+    solved = b.add(var_w, variance, Rule.SOLVE, "solve the condition for Var[w_l] (sympy.solve)",
+                   proof=Solve(sp.Eq(factor, 1), var_w), uses=(condition_step,))
     weight_variance = variance.subs(fan, fan_symbol)
-    name, parameter, law = _law_parameter(weights, weight_variance)
-    b.identity(sp.Symbol(name), parameter, Rule.SOLVE,
-               f"{weights} law with variance Var[w_l] ({law.__class__.__name__})",
-               facts={sp.Symbol(name): parameter})
+    parameter = _law_step(b, weights, weight_variance, f"{weights} law with variance Var[w_l]", uses=(solved,))
     return b.build(
         weight_variance,
         summary=f"Var[w_l] = {weight_variance} keeps the {what.split(':')[0]} signal's scale at every depth.",
@@ -460,18 +447,22 @@ def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str
     m2 = moments(act).second_moment
     var_w = Variance(_w[l])
     second = m2.expr.subs(Q, Q_STAR)
-    equation_lhs = _n[l] * var_w * second
-    b.state(Variance(_y[l]), _n[l] * var_w * m2.expr.subs(Q, Variance(_y[l - 1])), Rule.GAUSSIAN_INTEGRAL,
-            f"forward recursion with E[phi(z)^2], z ~ N(0, Var[y_{{l-1}}]) ({m2.route})",
-            check="integral", assumptions=(_A_GAUSSIAN_Y, _A_ZERO_MEAN), source=f"{HE}, eq. (7)")
     if m2.exact and not sp.simplify(second / Q_STAR).has(Q_STAR):
         raise DerivationError(f"{act} is homogeneous; use the scale-free condition")
-    b.state(Q_STAR, equation_lhs, Rule.FIXED_POINT,
-            "Var[y_l] = Var[y_{l-1}] = q*: the variance is preserved only at a fixed point, since "
-            "E[phi(z)^2] / q depends on q (no scale-free condition)", check="modelling")
+    equation_lhs = _n[l] * var_w * second
+    fact, moment, _, _ = _second_moment_fact(b, act, _y[l - 1])
+    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    recursion = b.model(Variance(_y[l]), _n[l] * var_w * Expect(_x[l] ** 2), Rule.INDEPENDENCE,
+                        "the forward recursion with zero-mean weights", assumptions=(_A_IID, _A_ZERO_MEAN),
+                        source=f"{HE}, eq. (7)")
+    b.identity(Variance(_y[l]), _n[l] * var_w * moment, Rule.GAUSSIAN_INTEGRAL,
+               f"forward recursion with E[phi(z)^2], z ~ N(0, Var[y_{{l-1}}]) ({m2.route})", uses=(recursion, ex2, fact))
+    fixed = b.model(Q_STAR, equation_lhs, Rule.FIXED_POINT,
+                    "Var[y_l] = Var[y_{l-1}] = q*: the variance is preserved only at a fixed point, since "
+                    "E[phi(z)^2] / q depends on q (no scale-free condition)")
     variance = Q_STAR / (_n[l] * second)
-    b.identity(var_w, variance, Rule.SOLVE, "solve the fixed-point equation for Var[w_l]",
-               facts={var_w: variance})
+    b.add(var_w, variance, Rule.SOLVE, "solve the fixed-point equation for Var[w_l]",
+          proof=Solve(sp.Eq(Q_STAR, equation_lhs), var_w), uses=(fixed,))
     weight_variance = variance.subs(_n[l], N_IN)
     note = "" if mode == "fan_in" else " (the fan-out mode has no separate fixed point: it follows the forward one)"
     return b.build(
@@ -507,26 +498,25 @@ def ratio(act: Activation) -> Derivation:
         raise DerivationError(f"{act}: the forward and backward lemma constants differ ({c}, {lemma_b.constant})")
     l = _l
     b = _Builder(_title("Ratio between the fan-in and fan-out conditions", act))
-    backward_factor = c / 2 * _nhat[l] * Variance(_w[l])
+    Vw = Variance(_w[l])
+    backward_factor = c / 2 * _nhat[l] * Vw
+    condition_step = b.model(c / 2 * _n[l] * Vw, sp.Integer(1), Rule.CONDITION, "fan-in condition",
+                             source=f"{HE}, eq. (10)")
     fan_in_variance = 2 / (c * _n[l])
-    b.state(Variance(_w[l]), fan_in_variance, Rule.CONDITION, "fan-in condition", check="solve",
-            source=f"{HE}, eq. (10)")
+    solved = b.add(Vw, fan_in_variance, Rule.SOLVE, "solve the fan-in condition for Var[w_l]",
+                   proof=Solve(sp.Eq(c / 2 * _n[l] * Vw, 1), Vw), uses=(condition_step,))
     per_layer = _nhat[l] / _n[l]
     b.identity(backward_factor, per_layer, Rule.SUBSTITUTION, "backward factor under the fan-in condition",
-               facts={Variance(_w[l]): fan_in_variance})
-    b.state(_nhat[l], _n[l + 1], Rule.DEFINITION, "dense layers: the fan-out of layer l is the fan-in of layer l+1",
-            check="definition")
+               uses=(solved,))
+    b.define(_nhat[l], _n[l + 1], "dense layers: the fan-out of layer l is the fan-in of layer l+1")
     telescoped = _n[DEPTH + 1] / _n[2]
-    product = sp.Product(_n[l + 1] / _n[l], (l, 2, DEPTH))
-    _check_unrolled(product - telescoped, lambda depth: sp.Integer(0))
-    b.state(product, telescoped, Rule.TELESCOPING, "consecutive widths cancel (checked for L = 2..7)",
-            check="unrolled", source=f"{HE}, after eq. (14)")
-    forward_product = sp.Product(_n[l] / _n[l + 1], (l, 2, DEPTH))
+    b.add(sp.Product(_n[l + 1] / _n[l], (l, 2, DEPTH)), telescoped, Rule.TELESCOPING,
+          "consecutive widths cancel (checked for L = 2..7)", proof=Unrolled(sp.Integer(1), _n[l + 1] / _n[l], l, 2, DEPTH),
+          source=f"{HE}, after eq. (14)")
     forward_telescoped = _n[2] / _n[DEPTH + 1]
-    _check_unrolled(forward_product - forward_telescoped, lambda depth: sp.Integer(0))
-    b.state(forward_product, forward_telescoped, Rule.TELESCOPING,
-            "with the fan-out condition the forward product is the inverse ratio (He's c_2/d_L)",
-            check="unrolled", source=f"{HE}, after eq. (14)")
+    b.add(sp.Product(_n[l] / _n[l + 1], (l, 2, DEPTH)), forward_telescoped, Rule.TELESCOPING,
+          "with the fan-out condition the forward product is the inverse ratio (He's c_2/d_L)",
+          proof=Unrolled(sp.Integer(1), _n[l] / _n[l + 1], l, 2, DEPTH), source=f"{HE}, after eq. (14)")
     return b.build(
         telescoped,
         summary=(
@@ -553,34 +543,43 @@ def glorot(act: Activation, *, weights: str = "uniform") -> Derivation:
     """
     l = _l
     b = _Builder(_title("Glorot / Xavier initialisation", act))
-    at_zero, slope_at_zero = sp.simplify(act.expr.subs(X, 0)), sp.simplify(act.derivative.subs(X, 0))
     exact_linear = sp.simplify(act.expr - X) == 0
-    if not exact_linear and (at_zero != 0 or slope_at_zero != 1):
-        raise DerivationError(
-            f"Glorot's linear regime needs phi(0) = 0 and phi'(0) = 1; {act} has phi(0) = {at_zero}, "
-            f"phi'(0) = {slope_at_zero}"
-        )
-    regime = () if exact_linear else (_A_LINEAR_REGIME,)
+    if not exact_linear:
+        _check_linear_regime(act)
     Vw = Variance(_w[l])
-    b.state(Variance(_y[l]), _n[l] * Vw * Variance(_y[l - 1]), Rule.LINEAR_REGIME,
-            "forward recursion with phi(z) = z" + ("" if exact_linear else f" (phi(0) = 0, phi'(0) = 1 checked)"),
-            check="identity" if exact_linear else "modelling", assumptions=(_A_IID, _A_ZERO_MEAN) + regime,
-            source=f"{GLOROT}, eq. (5)")
-    b.state(Variance(_dx[l]), _nhat[l] * Vw * Variance(_dx[l + 1]), Rule.LINEAR_REGIME,
-            "backward recursion with phi'(z) = 1", check="identity" if exact_linear else "modelling",
-            assumptions=(_A_GRAD_INDEP,) + regime, source=f"{GLOROT}, eq. (6)")
-    b.state(_n[l] * Vw, sp.Integer(1), Rule.CONDITION, "forward condition", check="modelling",
-            source=f"{GLOROT}, eq. (10)")
-    b.state(_nhat[l] * Vw, sp.Integer(1), Rule.CONDITION, "backward condition", check="modelling",
-            source=f"{GLOROT}, eq. (11)")
-    compromise = sp.solve(sp.Eq((_n[l] + _nhat[l]) / 2 * Vw, 1), Vw)[0]
-    b.state(Vw, compromise, Rule.SOLVE,
-            "both hold only when n_l = nhat_l; the compromise sets the average of the two factors to 1",
-            check="solve", source=f"{GLOROT}, eq. (12)")
+    forward_general = b.model(Variance(_y[l]), _n[l] * Vw * Expect(_x[l] ** 2), Rule.INDEPENDENCE,
+                              "forward recursion with zero-mean weights", assumptions=(_A_IID, _A_ZERO_MEAN),
+                              source=f"{GLOROT}, eq. (5)")
+    backward_general = b.model(Variance(_dx[l]), _nhat[l] * Vw * Expect(DPhi(_y[l]) ** 2) * Variance(_dx[l + 1]),
+                               Rule.INDEPENDENCE, "backward recursion", assumptions=(_A_GRAD_INDEP,),
+                               exactness="asymptotic", source=f"{GLOROT}, eq. (6)")
+    if exact_linear:
+        _definition_step(b, act, _y[l - 1])
+        ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+        fact, _, _, _ = _second_moment_fact(b, act, _y[l - 1])
+        slope_step, _, _ = _derivative_moment_fact(b, act, _y[l])
+        forward_uses, backward_uses = (ex2, fact), (slope_step,)
+    else:
+        regime = b.model(Expect(_x[l] ** 2), Variance(_y[l - 1]), Rule.LINEAR_REGIME,
+                         "phi(z) ~ z keeps the whole second moment (phi(0) = 0, phi'(0) = 1 checked)",
+                         assumptions=(_A_LINEAR_REGIME,), exactness="approximation")
+        slope_regime = b.model(Expect(DPhi(_y[l]) ** 2), sp.Integer(1), Rule.LINEAR_REGIME, "phi'(z) ~ 1",
+                               assumptions=(_A_LINEAR_REGIME,), exactness="approximation")
+        forward_uses, backward_uses = (regime,), (slope_regime,)
+    b.identity(Variance(_y[l]), _n[l] * Vw * Variance(_y[l - 1]), Rule.LINEAR_REGIME, "forward recursion with phi(z) = z",
+               uses=(forward_general, *forward_uses), source=f"{GLOROT}, eq. (5)")
+    b.identity(Variance(_dx[l]), _nhat[l] * Vw * Variance(_dx[l + 1]), Rule.LINEAR_REGIME,
+               "backward recursion with phi'(z) = 1", uses=(backward_general, *backward_uses), source=f"{GLOROT}, eq. (6)")
+    b.model(_n[l] * Vw, sp.Integer(1), Rule.CONDITION, "forward condition", source=f"{GLOROT}, eq. (10)")
+    b.model(_nhat[l] * Vw, sp.Integer(1), Rule.CONDITION, "backward condition", source=f"{GLOROT}, eq. (11)")
+    compromise_equation = sp.Eq((_n[l] + _nhat[l]) / 2 * Vw, 1)
+    compromise = sp.solve(compromise_equation, Vw)[0]
+    solved = b.add(Vw, compromise, Rule.SOLVE,
+                   "both hold only when n_l = nhat_l; the compromise sets the average of the two factors to 1",
+                   proof=Solve(compromise_equation, Vw), source=f"{GLOROT}, eq. (12)")
     weight_variance = compromise.subs({_n[l]: N_IN, _nhat[l]: N_OUT})
-    name, parameter, _law = _law_parameter(weights, weight_variance)
-    b.identity(sp.Symbol(name), parameter, Rule.SOLVE, f"{weights} law with this variance",
-               facts={sp.Symbol(name): parameter}, source=f"{GLOROT}, eq. (16)" if weights == "uniform" else "")
+    parameter = _law_step(b, weights, weight_variance, f"{weights} law with this variance", uses=(solved,),
+                          source=f"{GLOROT}, eq. (16)" if weights == "uniform" else "")
     return b.build(
         weight_variance,
         summary=(

@@ -1,0 +1,810 @@
+r"""The propagation engine: one walk through a network, one derivation per observable.
+
+:func:`propagate` walks a :class:`~varprop.network.Network` layer by layer, forward from the input
+and then backward from the loss :math:`\mathcal L = \langle g, h_\text{_t(out)}\rangle`,
+:math:`g \sim \mathcal N(0, I)` independent of the network (as in :mod:`varprop.montecarlo`). Each
+layer class has a forward and a backward rule in a registry keyed on the class
+(:func:`forward_rule`, :func:`backward_rule`, ``functools.singledispatch``). A rule adds checked steps
+(:mod:`varprop.derive.derivation`) to one list: definitions read from the layer's description, the
+modelling statement with the exactness its assumptions give it (He et al. 2015, eqs. 7 and 11 for a
+dense layer; the symmetry lemma or a Gaussian integral for a nonlinearity), and the identity that
+substitutes the values. :meth:`Propagation.derivation` then returns, for any observable
+(:mod:`varprop.observables`) at any place, the steps it rests on, renumbered; the derivation's
+``result`` *is* the prediction the checker tests, and its exactness the weakest of those steps.
+
+Notation (He et al. 2015): dense layer :math:`l` maps :math:`x_l` to :math:`y_l = W_l x_l + b_l`;
+:math:`n_l` is its fan-in, :math:`\hat n_l` its fan-out; :math:`\Delta x_l, \Delta y_l, \Delta W_l`
+are gradients of :math:`\mathcal L`. A signal between two nonlinearities is :math:`h_p` (position p).
+
+Exactness:
+
+``exact``
+    every finite width under the stated weight law: :math:`E[y^2] = n E[w^2] E[x^2] + E[b^2]` for
+    zero-mean weights independent of x; :math:`E[\phi(y)^2] = \tfrac c2 E[y^2]` when sympy proves
+    :math:`\phi(y)^2 + \phi(-y)^2 = c y^2` and y is symmetric; gradients that see only the
+    independent loss direction g.
+``gaussian-exact``
+    a Gaussian integral at a pre-activation that is exactly Gaussian (a fixed input through Gaussian
+    weights and biases).
+``asymptotic``
+    a Gaussian integral at a pre-activation that is Gaussian only as widths grow (central limit
+    theorem), or He et al.'s independence of forward and backward quantities.
+``approximation``
+    Glorot's linear regime :math:`\phi(z) \approx z` for a non-linear :math:`\phi` (``linear_regime=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache, singledispatch
+
+import sympy as sp
+
+from ..activations import X, Activation
+from ..errors import DerivationError
+from ..network import Dense, FixedInput, GaussianInput, Network, Nonlinearity
+from ..observables import (
+    Gradient,
+    Mean,
+    NormRatio,
+    Observable,
+    SecondMoment,
+    Signal,
+    Variance as VarianceObservable,
+    WeightGradient,
+    describe,
+    resolve,
+)
+from .derivation import (
+    DPhi,
+    Derivation,
+    Expect,
+    Integral,
+    Lemma,
+    Numeric,
+    Phi,
+    Rule,
+    Variance,
+    _Builder,
+    closure,
+    weakest,
+)
+from .derivation import to_text as _t
+from .gaussian import Q, evaluate, moments
+
+__all__ = [
+    "LAYER",
+    "DEPTH",
+    "SYMBOLS",
+    "SymmetryLemma",
+    "symmetry_lemma",
+    "derivative_symmetry_lemma",
+    "odd_lemma",
+    "Quantity",
+    "Propagation",
+    "propagate",
+    "derive",
+    "forward_rule",
+    "backward_rule",
+    "observable_rules",
+    "Prediction",
+    "LayerPrediction",
+    "predict",
+    "weakest",
+]
+
+#: Layer index l and depth L of the textbook recursions.
+LAYER = sp.Symbol("l", integer=True, positive=True)
+DEPTH = sp.Symbol("L", integer=True, positive=True)
+
+n = sp.IndexedBase("n")  # fan-in n_l
+nhat = sp.IndexedBase("nhat")  # fan-out \hat n_l
+w = sp.IndexedBase("w")
+b = sp.IndexedBase("b")
+x = sp.IndexedBase("x")
+y = sp.IndexedBase("y")
+h = sp.IndexedBase("h")
+dx = sp.IndexedBase("Delta_x")
+dy = sp.IndexedBase("Delta_y")
+dh = sp.IndexedBase("Delta_h")
+dW = sp.IndexedBase("Delta_W")
+ratio_base = sp.IndexedBase("R")
+#: The indexed symbols of the notation, by name.
+SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_x": dx, "Delta_y": dy,
+           "Delta_h": dh, "Delta_W": dW, "R": ratio_base}
+
+HE = "He et al. 2015"
+
+A_IID = "the entries of W are iid, and independent of the layer input"
+A_ZERO_MEAN = "E[w] = 0 (zero-mean weights and biases)"
+A_SYMMETRIC = "the pre-activation is symmetric about 0 (symmetric weight law)"
+A_GRAD_INDEP = "dL/dy is independent of W (He et al.'s gradient-independence assumption)"
+A_DERIV_INDEP = "phi'(y) is independent of the gradient arriving from above"
+A_DY_X_INDEP = "dL/dy is independent of x"
+A_LINEAR_REGIME = "phi(z) ~ z near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
+
+
+def _gaussian_assumption(gaussian: bool) -> str:
+    if gaussian:
+        return "the pre-activation is exactly Gaussian (a fixed input through Gaussian weights)"
+    return "the pre-activation is Gaussian with mean 0 (wide layers: central limit theorem)"
+
+
+# --- lemmas ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SymmetryLemma:
+    r""":math:`g(y) + g(-y) = c \cdot y^{p}` for all :math:`y \ne 0`, proved by sympy.
+
+    ``statement`` is :math:`g(t) + g(-t) - c t^p` for a positive symbol t (zero when the lemma holds).
+    """
+
+    holds: bool
+    constant: sp.Expr | None
+    expression: sp.Expr
+    statement: sp.Expr | None = None
+
+
+_T = sp.Symbol("y", positive=True)
+
+
+@lru_cache(maxsize=256)
+def _lemma(g: sp.Expr, power: int) -> SymmetryLemma:
+    both = g.subs(X, _T) + g.subs(X, -_T)
+    if both.has(sp.Piecewise):
+        both = sp.piecewise_fold(both)
+    constant = sp.simplify(both / _T**power)
+    holds = not constant.has(_T) and not constant.has(sp.Piecewise)
+    if not holds:
+        return SymmetryLemma(False, None, both)
+    return SymmetryLemma(True, constant, both, both - constant * _T**power)
+
+
+def symmetry_lemma(act: Activation) -> SymmetryLemma:
+    r"""Test :math:`\phi(y)^2 + \phi(-y)^2 = c\,y^2`; then :math:`E[\phi(y)^2] = \tfrac c2 E[y^2]` for symmetric y.
+
+    For relu this is the identity behind He et al. (2015), eq. (8): :math:`c = 1`.
+    """
+    return _lemma(act.expr**2, 2)
+
+
+def derivative_symmetry_lemma(act: Activation) -> SymmetryLemma:
+    r"""Test :math:`\phi'(y)^2 + \phi'(-y)^2 = c'`; then :math:`E[\phi'(y)^2] = c'/2` for symmetric y without an atom at 0."""
+    return _lemma(act.derivative**2, 0)
+
+
+def odd_lemma(act: Activation) -> SymmetryLemma:
+    r"""Test :math:`\phi(y) + \phi(-y) = c`; then :math:`E[\phi(y)] = c/2` for symmetric y (tanh: 0, sigmoid: 1/2)."""
+    return _lemma(act.expr, 0)
+
+
+@lru_cache(maxsize=256)
+def _zero_on_negatives(act: Activation) -> bool:
+    """True when phi vanishes on y < 0 (relu): then a whole layer is zero with probability 2^-n."""
+    probe = sp.Symbol("probe", negative=True)
+    return sp.simplify(act.expr.subs(X, probe)) == 0
+
+
+# --- states ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A moment the walk has derived: ``symbol = value``, stated by step ``step``."""
+
+    symbol: sp.Expr
+    value: sp.Expr
+    step: int
+
+
+@dataclass(frozen=True)
+class _Signal:
+    """What the walk knows of the signal at one position."""
+
+    position: int
+    symbol: sp.Expr
+    width: int | sp.Expr
+    mean: Quantity
+    second: Quantity
+    deterministic: bool = False  # a fixed vector (the fixed input)
+    gaussian: bool = False  # exactly Gaussian entries
+    symmetric: bool = False  # symmetric about zero
+    homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
+    p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
+    p_exact: bool = True  # whether p_nonzero is exact
+
+
+@dataclass(frozen=True)
+class _Gradient:
+    """What the walk knows of the gradient with respect to the signal at one position."""
+
+    position: int
+    symbol: sp.Expr
+    mean: Quantity
+    second: Quantity
+    independent: bool  # independent of every forward quantity below this position
+    flip: bool = False  # row-flip symmetry makes the next dense step exact (see backward rules)
+
+
+@dataclass
+class _Walk:
+    """The step list and what is known at every position; rules append to it."""
+
+    network: Network
+    finite_width: bool
+    linear_regime: bool
+    builder: _Builder
+    signals: dict[int, _Signal]
+    gradients: dict[int, _Gradient]
+    weight_gradients: dict[int, tuple[Quantity, Quantity]]
+    definitions: dict[sp.Expr, int]
+    numeric: dict[int, tuple[int, sp.Expr]]
+    derived: dict[Observable, Quantity]
+
+    # -- naming --
+
+    def dense_index(self, position: int) -> int:
+        """1-based index of the dense layer at or before ``position`` (0 before the first)."""
+        return sum(1 for layer in self.network.layers[: position + 1] if isinstance(layer, Dense))
+
+    def _after(self, position: int) -> bool:
+        layers = self.network.layers
+        return position == -1 or position + 1 == len(layers) or isinstance(layers[position + 1], Dense)
+
+    def signal_symbol(self, position: int) -> sp.Expr:
+        layers = self.network.layers
+        if position >= 0 and isinstance(layers[position], Dense):
+            return y[self.dense_index(position)]
+        if self._after(position):
+            return x[self.dense_index(position) + 1]
+        return h[position]
+
+    def gradient_symbol(self, position: int) -> sp.Expr:
+        layers = self.network.layers
+        if position >= 0 and isinstance(layers[position], Dense):
+            return dy[self.dense_index(position)]
+        if self._after(position):
+            return dx[self.dense_index(position) + 1]
+        return dh[position]
+
+    # -- steps --
+
+    def define(self, lhs: sp.Expr, rhs: sp.Expr, why: str, **kwargs: object) -> int:
+        """A definition, stated once per walk however many rules need it."""
+        if lhs in self.definitions:
+            return self.definitions[lhs]
+        index = self.builder.define(lhs, rhs, why, **kwargs)
+        self.definitions[lhs] = index
+        return index
+
+    def plain(self, quantity: Quantity) -> tuple[sp.Expr, tuple[int, ...]]:
+        """The value of ``quantity`` with any quadrature evaluated to a number, and the step that says so.
+
+        A Gaussian moment at a variance that is itself a quadrature would nest integrals, one level
+        per layer; a numeric step evaluates it once (its check re-runs the quadrature).
+        """
+        if not quantity.value.has(sp.Integral) or quantity.value.free_symbols:
+            return quantity.value, (quantity.step,)
+        if quantity.step not in self.numeric:
+            number = evaluate(quantity.value)
+            value = sp.Float(number.value, 17)
+            index = self.builder.add(
+                quantity.symbol, value, Rule.SUBSTITUTION, "the quadrature evaluated numerically (scipy QUADPACK)",
+                proof=Numeric(quantity.value, number.error_bound), uses=(quantity.step,))
+            self.numeric[quantity.step] = (index, value)
+        index, value = self.numeric[quantity.step]
+        return value, (index,)
+
+
+def _exactness_of(steps: tuple, index: int, memo: dict[int, str]) -> str:
+    if index not in memo:
+        step = steps[index]
+        memo[index] = weakest(step.exactness, *(_exactness_of(steps, i, memo) for i in step.uses))
+    return memo[index]
+
+
+# --- forward rules -----------------------------------------------------------------------------
+
+
+@singledispatch
+def forward_rule(layer: object, walk: _Walk, signal: _Signal, position: int) -> _Signal:
+    """The forward rule of a layer class: steps from the signal below to the signal at ``position``."""
+    known = ", ".join(sorted(cls.__name__ for cls in forward_rule.registry if cls is not object))
+    raise DerivationError(f"varprop.derive has no forward rule for the layer {layer!r}; layers it reads: {known}")
+
+
+@singledispatch
+def backward_rule(layer: object, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
+    """The backward rule of a layer class: from the gradient at ``position`` to the one below it."""
+    known = ", ".join(sorted(cls.__name__ for cls in backward_rule.registry if cls is not object))
+    raise DerivationError(f"varprop.derive has no backward rule for the layer {layer!r}; layers it reads: {known}")
+
+
+def _input_signal(walk: _Walk) -> _Signal:
+    inputs = walk.network.inputs
+    symbol = walk.signal_symbol(-1)
+    width = walk.network.dense_layers[0].fan_in
+    if isinstance(inputs, FixedInput):
+        mean_value = sp.nsimplify(sum(inputs.values) / len(inputs.values), rational=True)
+        why = f"the fixed input ({len(inputs.values)} entries): its mean and mean square"
+    else:
+        mean_value = sp.Integer(0)
+        why = f"the input: iid N(0, {inputs.variance}) entries"
+    second = walk.define(Expect(symbol**2), inputs.second_moment, why)
+    mean = walk.define(Expect(symbol), mean_value, why)
+    fixed = isinstance(inputs, FixedInput)
+    return _Signal(
+        -1, symbol, width,
+        Quantity(Expect(symbol), mean_value, mean),
+        Quantity(Expect(symbol**2), inputs.second_moment, second),
+        deterministic=fixed,
+        symmetric=not fixed,
+        p_nonzero=sp.Integer(0 if fixed and inputs.second_moment == 0 else 1),
+    )
+
+
+@forward_rule.register
+def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
+    k = walk.dense_index(position)
+    law, bias = layer.weights, layer.bias
+    name = walk.network.place_name(position)
+    if law.mean != 0 or (bias is not None and bias.mean != 0):
+        raise DerivationError(
+            f"per-layer predictions need zero-mean weights and biases, got {law}"
+            + (f" and bias {bias}" if bias is not None else "") + f" at {name}"
+        )
+    out = walk.signal_symbol(position)
+    X_in = signal.symbol
+    i_n = walk.define(n[k], layer.fan_in, f"fan-in of {name}")
+    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    i_ew = walk.define(Expect(w[k]), law.mean, f"weights of {name}: {law}")
+    uses_b: tuple[int, ...] = ()
+    bias_mean, bias_second = sp.Integer(0), sp.Integer(0)
+    if bias is not None:
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, f"bias of {name}: {bias}"),
+                  walk.define(Expect(b[k]), bias.mean, f"bias of {name}: {bias}"))
+        bias_mean, bias_second = Expect(b[k]), Expect(b[k] ** 2)
+    builder = walk.builder
+    general_mean = builder.model(Expect(out), n[k] * Expect(w[k]) * Expect(X_in) + bias_mean, Rule.INDEPENDENCE,
+                                 "linearity of expectation; the weights are independent of the layer input",
+                                 assumptions=(A_IID,))
+    mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
+                                 uses=(general_mean, i_ew, *uses_b[1:]))
+    general = builder.model(
+        Expect(out**2), n[k] * Variance(w[k]) * Expect(X_in**2) + bias_second, Rule.INDEPENDENCE,
+        f"{_t(out)} is a sum of n terms w x, uncorrelated because E[w] = 0 and w is independent of x",
+        assumptions=(A_IID, A_ZERO_MEAN), source=f"{HE}, eq. (7)")
+    value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.variance if bias is not None else 0))
+    second_step = builder.identity(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
+                                   uses=(general, i_n, i_vw, *uses_b[:1], signal.second.step))
+    gaussian = signal.deterministic and law.gaussian and (bias is None or bias.gaussian)
+    return _Signal(
+        position, out, layer.fan_out,
+        Quantity(Expect(out), sp.Integer(0), mean_step),
+        Quantity(Expect(out**2), value, second_step),
+        gaussian=gaussian,
+        symmetric=law.symmetric and (bias is None or bias.symmetric),
+        homogeneous=signal.homogeneous and bias is None,
+        p_nonzero=signal.p_nonzero if bias is None else sp.Integer(1),
+        p_exact=signal.p_exact or bias is not None,
+    )
+
+
+def _check_linear_regime(act: Activation) -> None:
+    at_zero, slope = sp.simplify(act.expr.subs(X, 0)), sp.simplify(act.derivative.subs(X, 0))
+    if at_zero != 0 or slope != 1:
+        raise DerivationError(
+            f"Glorot's linear regime needs phi(0) = 0 and phi'(0) = 1; {act} has phi(0) = {at_zero}, phi'(0) = {slope}"
+        )
+
+
+def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
+    """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment."""
+    if signal.mean.value != 0:
+        raise DerivationError(
+            f"the Gaussian route needs a centred pre-activation; {_t(signal.symbol)} has mean {signal.mean.value} "
+            f"(a nonlinearity applied to the output of another nonlinearity is not derivable yet)"
+        )
+    q_symbol = signal.second.symbol
+    rhs = expectation.expr.subs(Q, q_symbol)
+    exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
+    index = walk.builder.add(
+        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, f"{what}, z ~ N(0, {_t(q_symbol)}) ({expectation.route})",
+        proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
+        exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
+    q_value, q_uses = walk.plain(signal.second)
+    return index, expectation.expr.subs(Q, q_value), q_uses
+
+
+@forward_rule.register
+def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Signal:
+    act = layer.activation
+    out = walk.signal_symbol(position)
+    Y = signal.symbol
+    builder = walk.builder
+    walk.define(Phi(Y), act.expr.subs(X, Y), f"the activation {act}")
+    i_x2 = walk.define(Expect(out**2), Expect(Phi(Y) ** 2), f"{_t(out)} = phi({_t(Y)})")
+    i_x1 = walk.define(Expect(out), Expect(Phi(Y)), f"{_t(out)} = phi({_t(Y)})")
+    lemma = symmetry_lemma(act)
+    odd = odd_lemma(act)
+    is_linear = sp.simplify(act.expr - X) == 0
+    if walk.linear_regime and not is_linear:
+        _check_linear_regime(act)
+        s2 = builder.model(Expect(Phi(Y) ** 2), Expect(Y**2), Rule.LINEAR_REGIME, "phi(z) ~ z keeps the whole second moment",
+                           assumptions=(A_LINEAR_REGIME,), exactness="approximation", source="Glorot & Bengio 2010, eq. (5)")
+        s1 = builder.model(Expect(Phi(Y)), Expect(Y), Rule.LINEAR_REGIME, "phi(z) ~ z", assumptions=(A_LINEAR_REGIME,),
+                           exactness="approximation")
+        second_value, second_uses = signal.second.value, (signal.second.step,)
+        mean_value, mean_uses = signal.mean.value, (signal.mean.step,)
+    else:
+        if lemma.holds and signal.symmetric:
+            c = lemma.constant
+            s2 = builder.add(
+                Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
+                f"phi(y)^2 + phi(-y)^2 = {c} y^2 (sympy), so a symmetric y keeps the fraction {c / 2} of its "
+                "second moment", proof=Lemma(lemma.statement), assumptions=(A_SYMMETRIC,),
+                source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
+            second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
+        else:
+            s2, second_value, second_uses = _gaussian_step(walk, Expect(Phi(Y) ** 2), act.expr**2,
+                                                           moments(act).second_moment, signal, "E[phi(z)^2]")
+        if odd.holds and signal.symmetric:
+            c0 = odd.constant
+            s1 = builder.add(Expect(Phi(Y)), c0 / 2, Rule.SYMMETRY, f"phi(y) + phi(-y) = {c0} and y is symmetric",
+                             proof=Lemma(odd.statement), assumptions=(A_SYMMETRIC,))
+            mean_value, mean_uses = c0 / 2, ()
+        else:
+            s1, mean_value, mean_uses = _gaussian_step(walk, Expect(Phi(Y)), act.expr, moments(act).mean, signal,
+                                                       "E[phi(z)]")
+    second_step = builder.identity(Expect(out**2), second_value, Rule.SUBSTITUTION, f"substitute the moments of {_t(Y)}",
+                                   uses=(i_x2, s2, *second_uses))
+    mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, f"substitute the moments of {_t(Y)}",
+                                 uses=(i_x1, s1, *mean_uses))
+    if _zero_on_negatives(act):
+        # Unless y is forced to zero, its entries are independent given the layer input (independent
+        # rows of W), symmetric and continuous, so the whole vector is <= 0 with probability 2^-n.
+        p_nonzero = signal.p_nonzero * (1 - sp.Integer(2) ** (-signal.width))
+        p_exact = signal.p_exact and signal.symmetric
+    else:
+        p_nonzero, p_exact = signal.p_nonzero, signal.p_exact
+    return _Signal(
+        position, out, signal.width,
+        Quantity(Expect(out), mean_value, mean_step),
+        Quantity(Expect(out**2), second_value, second_step),
+        homogeneous=signal.homogeneous and lemma.holds and signal.symmetric and not walk.linear_regime,
+        p_nonzero=p_nonzero,
+        p_exact=p_exact,
+    )
+
+
+# --- backward rules ----------------------------------------------------------------------------
+
+
+def _output_gradient(walk: _Walk) -> _Gradient:
+    last = len(walk.network.layers) - 1
+    symbol = walk.gradient_symbol(last)
+    why = "the loss L = <g, output> with g ~ N(0, I) independent of the network: dL/d(output) = g"
+    second = walk.define(Expect(symbol**2), sp.Integer(1), why)
+    mean = walk.define(Expect(symbol), sp.Integer(0), why)
+    return _Gradient(last, symbol, Quantity(Expect(symbol), sp.Integer(0), mean),
+                     Quantity(Expect(symbol**2), sp.Integer(1), second), independent=True)
+
+
+def _zero_mean_gradient(walk: _Walk, symbol: sp.Expr) -> Quantity:
+    index = walk.builder.model(Expect(symbol), sp.Integer(0), Rule.ZERO_MEAN,
+                               "the gradient is linear in g, and g is symmetric and independent of the network",
+                               assumptions=("g ~ N(0, I) is independent of the network",))
+    return Quantity(Expect(symbol), sp.Integer(0), index)
+
+
+@backward_rule.register
+def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
+    act = layer.activation
+    builder = walk.builder
+    Y, D_out = below.symbol, gradient.symbol
+    D_in = walk.gradient_symbol(position - 1)
+    chain = walk.define(D_in, DPhi(Y) * D_out, f"chain rule through {_t(walk.signal_symbol(position))} = phi({_t(Y)})",
+                        rule=Rule.CHAIN_RULE)
+    factor = builder.model(
+        Expect(D_in**2), Expect(DPhi(Y) ** 2) * Expect(D_out**2), Rule.INDEPENDENCE,
+        f"phi'({_t(Y)}) is independent of {_t(D_out)}" + ("" if gradient.independent else " (He et al.'s assumption)"),
+        assumptions=(A_DERIV_INDEP,), exactness="exact" if gradient.independent else "asymptotic", uses=(chain,),
+        source=f"{HE}, eq. (12)")
+    lemma = derivative_symmetry_lemma(act)
+    is_linear = sp.simplify(act.expr - X) == 0
+    slope_uses: tuple[int, ...] = ()
+    if walk.linear_regime and not is_linear:
+        _check_linear_regime(act)
+        slope_step = builder.model(Expect(DPhi(Y) ** 2), sp.Integer(1), Rule.LINEAR_REGIME, "phi'(z) ~ 1",
+                                   assumptions=(A_LINEAR_REGIME,), exactness="approximation",
+                                   source="Glorot & Bengio 2010, eq. (6)")
+        slope = sp.Integer(1)
+    elif lemma.holds and below.symmetric:
+        c = lemma.constant
+        p = below.p_nonzero
+        at_zero = act.derivative.subs(X, 0) ** 2
+        if p == 1 or walk.finite_width:
+            slope = sp.expand(c / 2 * p + at_zero * (1 - p))
+            exactness = "exact" if below.p_exact else "asymptotic"
+            why = f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy)"
+            if p != 1:
+                why += (f"; {_t(Y)} is identically zero (a relu layer below is all zero) with probability "
+                        f"1 - {p}, where phi'(0)^2 = {at_zero}")
+        else:
+            slope, exactness = c / 2, "asymptotic"
+            why = (f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy); He et al.'s value, which ignores that {_t(Y)} "
+                   "is identically zero when a relu layer below is all zero (probability 2^-n each)")
+        slope_step = builder.add(Expect(DPhi(Y) ** 2), slope, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+                                 assumptions=(A_SYMMETRIC,), exactness=exactness, source=f"{HE}, eq. (12)")
+    else:
+        slope_step, slope, slope_uses = _gaussian_step(walk, Expect(DPhi(Y) ** 2), act.derivative**2,
+                                                       moments(act).derivative_second_moment, below, "E[phi'(z)^2]")
+    value = sp.expand(slope * gradient.second.value)
+    second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute",
+                              uses=(factor, slope_step, *slope_uses, gradient.second.step))
+    return _Gradient(
+        position - 1, D_in, _zero_mean_gradient(walk, D_in), Quantity(Expect(D_in**2), value, second),
+        independent=gradient.independent and X not in act.derivative.free_symbols,
+        flip=gradient.independent and below.symmetric and lemma.holds,
+    )
+
+
+@backward_rule.register
+def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
+    k = walk.dense_index(position)
+    law = layer.weights
+    builder = walk.builder
+    name = walk.network.place_name(position)
+    D_out, D_in = gradient.symbol, walk.gradient_symbol(position - 1)
+    i_nhat = walk.define(nhat[k], layer.fan_out, f"fan-out of {name}")
+    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    exact = gradient.independent or gradient.flip
+    if gradient.independent:
+        why = f"{_t(D_out)} is independent of W_{k}"
+    elif gradient.flip:
+        why = (f"flipping the sign of row i of W_{k} flips y_i but not phi'(y_i)^2: E[w_ij^2 (dL/dy_i)^2] = "
+               "E[w^2] E[(dL/dy)^2] exactly")
+    else:
+        why = f"{_t(D_out)} treated as independent of W_{k} (He et al.'s assumption)"
+    general = builder.model(
+        Expect(D_in**2), nhat[k] * Variance(w[k]) * Expect(D_out**2), Rule.INDEPENDENCE,
+        f"dL/dx = W^T dL/dy is a sum of nhat terms; {why}",
+        assumptions=(A_IID, A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
+        exactness="exact" if exact else "asymptotic", source=f"{HE}, eq. (11)")
+    value = sp.expand(layer.fan_out * law.variance * gradient.second.value)
+    second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
+                              uses=(general, i_nhat, i_vw, gradient.second.step))
+    # dL/dW = (dL/dy) x^T: its mean square is E[(dL/dy)^2] E[x^2] when dL/dy is independent of x.
+    X_in = below.symbol
+    dw_general = builder.model(
+        Expect(dW[k] ** 2), Expect(D_out**2) * Expect(X_in**2), Rule.INDEPENDENCE,
+        f"dL/dW_{k} = ({_t(D_out)}) x^T; " + (f"{_t(D_out)} is independent of {_t(X_in)}" if gradient.independent
+                                           else f"{_t(D_out)} treated as independent of {_t(X_in)}"),
+        assumptions=(A_DY_X_INDEP,), exactness="exact" if gradient.independent else "asymptotic")
+    dw_value = sp.expand(gradient.second.value * below.second.value)
+    dw_second = builder.identity(Expect(dW[k] ** 2), dw_value, Rule.SUBSTITUTION, "substitute",
+                                 uses=(dw_general, gradient.second.step, below.second.step))
+    walk.weight_gradients[position] = (_zero_mean_gradient(walk, dW[k]), Quantity(Expect(dW[k] ** 2), dw_value, dw_second))
+    return _Gradient(position - 1, D_in, _zero_mean_gradient(walk, D_in), Quantity(Expect(D_in**2), value, second),
+                     independent=gradient.independent)
+
+
+# --- observables -------------------------------------------------------------------------------
+
+
+def _tensor_moments(walk: _Walk, observable: Observable) -> tuple[Quantity, Quantity]:
+    tensor = observable.tensor
+    if isinstance(tensor, Signal):
+        state = walk.signals[tensor.position]
+        return state.mean, state.second
+    if isinstance(tensor, Gradient):
+        state = walk.gradients[tensor.position]
+        return state.mean, state.second
+    return walk.weight_gradients[tensor.position]
+
+
+@singledispatch
+def observable_rules(observable: object, walk: _Walk) -> Quantity:
+    """The derive rule of an observable class: the quantity (and its steps) that predicts it."""
+    raise DerivationError(f"varprop.derive has no rule for the observable {observable!r}")
+
+
+@observable_rules.register
+def _(observable: Mean, walk: _Walk) -> Quantity:
+    return _tensor_moments(walk, observable)[0]
+
+
+@observable_rules.register
+def _(observable: SecondMoment, walk: _Walk) -> Quantity:
+    return _tensor_moments(walk, observable)[1]
+
+
+@observable_rules.register
+def _(observable: VarianceObservable, walk: _Walk) -> Quantity:
+    mean, second = _tensor_moments(walk, observable)
+    symbol = mean.symbol.args[0]
+    definition = walk.define(Variance(symbol), Expect(symbol**2) - Expect(symbol) ** 2, "definition of the variance",
+                             rule=Rule.VARIANCE_DEFINITION)
+    value = sp.expand(second.value - mean.value**2)
+    index = walk.builder.identity(Variance(symbol), value, Rule.SUBSTITUTION, "substitute the mean and second moment",
+                                  uses=(definition, second.step, mean.step))
+    return Quantity(Variance(symbol), value, index)
+
+
+@observable_rules.register
+def _(observable: NormRatio, walk: _Walk) -> Quantity:
+    position = observable.tensor.position
+    state, first = walk.signals[position], walk.signals[-1]
+    symbol = Expect(ratio_base[position + 1])
+    if first.second.value == 0:
+        raise DerivationError("the norm ratio is undefined for an input that is identically zero")
+    exact = first.deterministic or state.homogeneous
+    why = ("the input is fixed, so the ratio's mean is E[|h|^2] / |x_1|^2" if first.deterministic else
+           "given the input, E[|h|^2] = |x_1|^2 times a constant (zero-mean symmetric weights, no bias, homogeneous "
+           "activations)" if state.homogeneous else "the ratio of expectations stands for the expectation of the ratio "
+           "(the norms concentrate as widths grow)")
+    general = walk.builder.model(
+        symbol, state.width * state.second.symbol / (first.width * first.second.symbol), Rule.INDEPENDENCE,
+        f"R = |{_t(state.symbol)}|^2 / |{_t(first.symbol)}|^2: {why}", exactness="exact" if exact else "asymptotic")
+    value = sp.simplify(state.width * state.second.value / (first.width * first.second.value))
+    if walk.builder.steps[general].rhs == value:  # the input itself: the ratio is 1 by definition
+        return Quantity(symbol, value, general)
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute",
+                                  uses=(general, state.second.step, first.second.step))
+    return Quantity(symbol, value, index)
+
+
+# --- the walk ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """One walk through a network: every step, and a derivation for any observable.
+
+    Use :func:`propagate` to build it; :meth:`derivation` extracts the steps one observable rests on.
+    """
+
+    network: Network
+    finite_width: bool
+    linear_regime: bool
+    _walk: _Walk
+
+    def derivation(self, observable: Observable) -> Derivation:
+        """The derivation of ``observable``; its ``result`` is the prediction, its exactness the weakest step's."""
+        resolve(observable, self.network)
+        walk = self._walk
+        if observable not in walk.derived:
+            walk.derived[observable] = observable_rules(observable, walk)
+        quantity = walk.derived[observable]
+        steps = closure(tuple(walk.builder.steps), [quantity.step])
+        title = f"{_t(quantity.symbol)} = {_t(quantity.value)}" if len(_t(quantity.value)) < 40 else _t(quantity.symbol)
+        return Derivation(
+            f"{describe(observable, self.network)}: {title}",
+            steps,
+            quantity.value,
+            summary=_network_summary(self.network)
+            + (" Finite-width factors kept where they are exact." if self.finite_width else "")
+            + (" Glorot's linear regime phi(z) ~ z assumed." if self.linear_regime else ""),
+        )
+
+
+def _network_summary(network: Network) -> str:
+    dense = network.dense_layers
+    laws = sorted({str(layer.weights) for layer in dense})
+    acts = sorted({str(layer.activation) for layer in network.layers if isinstance(layer, Nonlinearity)})
+    inputs = network.inputs
+    source = (f"fixed input of {len(inputs.values)} entries" if isinstance(inputs, FixedInput)
+              else f"Gaussian input N(0, {inputs.variance})")
+    return (f"Network: widths {list(network.widths)}, activations {', '.join(acts) or 'none'}, weights "
+            f"{'; '.join(laws) if len(laws) <= 2 else f'{len(laws)} laws'}, {source}.")
+
+
+def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
+    walk = _Walk(network, finite_width, linear_regime, _Builder("propagation"), {}, {}, {}, {}, {}, {})
+    signal = _input_signal(walk)
+    walk.signals[-1] = signal
+    for position, layer in enumerate(network.layers):
+        signal = forward_rule(layer, walk, signal, position)
+        walk.signals[position] = signal
+    gradient = _output_gradient(walk)
+    walk.gradients[gradient.position] = gradient
+    for position in range(len(network.layers) - 1, -1, -1):
+        gradient = backward_rule(network.layers[position], walk, gradient, walk.signals[position - 1], position)
+        walk.gradients[gradient.position] = gradient
+    return walk
+
+
+@lru_cache(maxsize=256)
+def _propagate(network: Network, finite_width: bool, linear_regime: bool) -> Propagation:
+    return Propagation(network, finite_width, linear_regime, _walk(network, finite_width, linear_regime))
+
+
+def propagate(network: Network, *, finite_width: bool = False, linear_regime: bool = False) -> Propagation:
+    """Walk ``network`` forward and backward once (see the module docstring).
+
+    ``finite_width=True`` keeps the exact finite-width factor :math:`\\prod_k (1 - 2^{-n_k})` (the
+    probability that no relu layer below is identically zero, which gates the gradient);
+    ``linear_regime=True`` replaces every non-linear activation by Glorot's approximation
+    :math:`\\phi(z) \\approx z` (steps of class ``approximation``).
+    """
+    if not isinstance(network, Network):
+        raise DerivationError(f"propagate needs a varprop Network, got {_short(network)}")
+    return _propagate(network, bool(finite_width), bool(linear_regime))
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def derive(network: Network, observable: Observable, *, finite_width: bool = False,
+           linear_regime: bool = False) -> Derivation:
+    """The derivation of ``observable`` in ``network``; its ``result`` is the prediction.
+
+    With ``finite_width=True`` the finite-width derivation is used where it is not asymptotic, and
+    the textbook (He et al.) one elsewhere, labelled asymptotic.
+    """
+    textbook = propagate(network, linear_regime=linear_regime).derivation(observable)
+    if not finite_width:
+        return textbook
+    refined = propagate(network, finite_width=True, linear_regime=linear_regime).derivation(observable)
+    return refined if refined.exactness != "asymptotic" else textbook
+
+
+def step_exactness(derivation: Derivation) -> Callable[[int], str]:
+    """The exactness of step ``i`` together with everything it uses."""
+    memo: dict[int, str] = {}
+    return lambda index: _exactness_of(derivation.steps, index, memo)
+
+
+# --- per-layer view --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted value, its exactness class, the reason for that class, and the derivation behind it."""
+
+    value: sp.Expr
+    exactness: str
+    reason: str = ""
+    derivation: Derivation | None = None
+
+
+@dataclass(frozen=True)
+class LayerPrediction:
+    """The predictions for dense layer ``layer`` (1-based), by claim-file observable name."""
+
+    layer: int
+    values: dict[str, Prediction]
+
+    def __getitem__(self, observable: str) -> Prediction:
+        return self.values[observable]
+
+
+def predict(network: Network, *, finite_width: bool = False) -> tuple[LayerPrediction, ...]:
+    """Every claim-file observable at every dense layer of ``network``, read off :func:`derive`.
+
+    A view for tables and plots: each :class:`Prediction` holds the derivation its value comes from.
+    """
+    from ..observables import LEGACY_NAMES, from_name
+
+    if not isinstance(network, Network):
+        raise DerivationError(f"predict needs a Network, got {_short(network)}")
+    out = []
+    for layer in range(1, network.depth + 1):
+        values = {}
+        for name in LEGACY_NAMES:
+            d = derive(network, from_name(name, layer, network), finite_width=finite_width)
+            values[name] = Prediction(d.result, d.exactness, _reason(d), d)
+        out.append(LayerPrediction(layer, values))
+    return tuple(out)
+
+
+def _reason(derivation: Derivation) -> str:
+    """The justification of the last modelling or lemma step: what the prediction rests on."""
+    for step in reversed(derivation.steps):
+        if step.check in ("modelling", "lemma", "integral"):
+            return step.justification
+    return derivation.steps[-1].justification if derivation.steps else ""
