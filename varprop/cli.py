@@ -133,24 +133,46 @@ def _cmd_moments(args: argparse.Namespace) -> int:
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
-    act = _activation(args.activation, _parse_params(args.param))
-    function = DERIVATIONS[args.kind]
-    options: dict[str, object] = {}
-    if args.kind == "condition":
-        options = {"mode": args.mode, "weights": args.weights}
-    elif args.kind == "glorot":
-        options = {"weights": args.weights}
-    elif args.kind == "forward":
-        options = {"weight_mean": args.weight_mean}
-    derivation = function(act, **options)
+    if args.kind == "claim":
+        from .catalogue import family
+
+        if args.claim is None:
+            raise _UsageError("derive claim needs --claim NAME (varprop check --list shows the names)")
+        if args.width is not None and args.width < 1:
+            raise _UsageError(f"--width must be at least 1, got {args.width}")
+        derivation = family(args.claim).at(args.width).derivation
+    else:
+        if args.claim is not None:
+            raise _UsageError(f"--claim goes with the kind 'claim', not {args.kind!r}")
+        act = _activation(args.activation, _parse_params(args.param))
+        function = DERIVATIONS[args.kind]
+        options: dict[str, object] = {}
+        if args.kind == "condition":
+            options = {"mode": args.mode, "weights": args.weights}
+        elif args.kind == "glorot":
+            options = {"weights": args.weights}
+        elif args.kind == "forward":
+            options = {"weight_mean": args.weight_mean}
+        derivation = function(act, **options)
+    reports = derivation.verify() if args.verify else ()
     if args.format == "json":
-        print(derivation.json())
+        payload = derivation.to_dict()
+        if args.verify:
+            payload["verify"] = [report.to_dict() for report in reports]
+        print(json.dumps(payload, indent=2))
     elif args.format == "latex":
         print(derivation.latex(standalone=args.standalone))
     elif args.format == "markdown":
         print(derivation.markdown())
     else:
         print(derivation.text(), end="")
+    if args.verify and args.format != "json":
+        print("\nRe-running every check from the stored steps:")
+        for report in reports:
+            status = {True: "ok", False: "FAILED", None: "not checked"}[report.ok]
+            print(f"  ({report.step}) {report.kind:<10} {status:<11} {report.detail}")
+    if any(report.ok is False for report in reports):
+        return 1
     return 0
 
 
@@ -164,6 +186,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"  {name:<40} {entry.description}")
         return 0
     notes: dict[str, str] = {}
+    derived: dict[str, object] = {}
     if args.all:
         if args.target is not None:
             raise _UsageError(f"give either --all or a claim name / FILE.toml, not both (got {args.target!r})")
@@ -174,6 +197,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         file_claims = load_claims(args.target)
         targets = [fc.claim for fc in file_claims]
         notes = {fc.claim.name: fc.agreement for fc in file_claims}
+        derived = {fc.claim.name: fc.derivation for fc in file_claims}
     else:
         targets = [family(args.target)]
     for option in ("width", "samples"):
@@ -189,7 +213,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
                         width=args.width, progress=progress)
     if args.json:
-        payload = [dict(r.to_dict(), derivation=notes.get(r.name)) if r.name in notes else r.to_dict() for r in results]
+        payload = [dict(r.to_dict(), derivation=notes[r.name], **({"derived": derived[r.name].to_dict()}
+                                                                   if derived.get(r.name) is not None else {}))
+                   if r.name in notes else r.to_dict() for r in results]
         print(json.dumps({"rtol": args.rtol, "alpha": args.alpha, "seed": args.seed, "results": payload}, indent=2))
     else:
         print(format_results(results))
@@ -302,9 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="derive a recursion or condition step by step",
         description="Derive, as checked sympy steps: forward (He et al. 2015 eqs. 6-9), backward (eqs. 11-13), "
         "weight-gradient, condition (eq. 10 fan_in / eq. 14 fan_out, or the fixed point for non-homogeneous "
-        "activations), ratio (the two conditions' products) and glorot (Glorot & Bengio 2010, eqs. 5-16).",
+        "activations), ratio (the two conditions' products) and glorot (Glorot & Bengio 2010, eqs. 5-16); or, with "
+        "'claim --claim NAME', the derivation whose result is a catalogue claim's prediction. Every step says "
+        "which earlier steps it uses, how it was checked and how exactly it holds; --verify re-runs the checks.",
     )
-    derive_parser.add_argument("kind", choices=tuple(DERIVATIONS), metavar="KIND", help="one of: " + ", ".join(DERIVATIONS))
+    derive_parser.add_argument("kind", choices=(*DERIVATIONS, "claim"), metavar="KIND",
+                               help="one of: " + ", ".join(DERIVATIONS) + "; or 'claim' with --claim NAME: the "
+                               "derivation behind a catalogue claim, step by step from the network's input")
+    derive_parser.add_argument("--claim", metavar="NAME", default=None,
+                               help="with KIND claim: a catalogue claim (varprop check --list)")
+    derive_parser.add_argument("--width", type=int, default=None, metavar="N",
+                               help="with KIND claim: the hidden width (default: the claim's own)")
+    derive_parser.add_argument("--verify", action="store_true",
+                               help="re-run every step's check from the stored steps and report each (exit 1 if one fails)")
     derive_parser.add_argument("--activation", default="relu", help=activation_help + " (default relu)")
     derive_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
     derive_parser.add_argument("--weights", choices=DISTRIBUTIONS, default=None,

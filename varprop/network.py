@@ -27,6 +27,7 @@ __all__ = [
     "Dense",
     "Nonlinearity",
     "Layer",
+    "LAYER_CLASSES",
     "GaussianInput",
     "FixedInput",
     "InputSpec",
@@ -80,6 +81,8 @@ class Nonlinearity:
 
 
 Layer = Dense | Nonlinearity
+#: Every layer class; each engine registers a rule for each (a test enforces it).
+LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ __all__ = [
     "Modelling",
     "Identity",
     "Lemma",
+    "LEMMA_CONSTANT",
     "Integral",
     "Numeric",
     "Unrolled",
@@ -224,19 +225,39 @@ class Identity(Check):
         return False, f"lhs - rhs = {difference} using {used}"
 
 
+#: The lemma constant c in a :class:`Lemma`'s conclusion.
+LEMMA_CONSTANT = sp.Symbol("c")
+
+
 @dataclass(frozen=True)
 class Lemma(Check):
-    r"""A pointwise identity of the activation, ``statement == 0`` for the positive variable in it, proved by sympy."""
+    r"""A symmetry lemma of the activation and what it gives the step, both re-proved by sympy.
 
-    statement: sp.Expr
+    ``pair`` is :math:`g(u) + g(-u)` in the real variable ``u``; the check proves
+    :math:`g(u) + g(-u) = c\,u^{p}` for every :math:`u > 0` with c a constant (e.g.
+    :math:`\phi(u)^2 + \phi(-u)^2 = c u^2`, He et al. 2015, eq. 8 for relu), and that the step's right
+    side is ``conclusion`` with :data:`LEMMA_CONSTANT` replaced by that c.
+    """
+
+    pair: sp.Expr
+    power: int
+    conclusion: sp.Expr
     kind: ClassVar[str] = "lemma"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
-        expr = self.statement
+        positive = {symbol: sp.Dummy(symbol.name, positive=True) for symbol in self.pair.free_symbols
+                    if symbol.name == "u"}
+        u = next(iter(positive.values()), sp.Dummy("u", positive=True))
+        expr = self.pair.xreplace(positive)  # without u, sympy already reduced the pair to a constant
         if expr.has(sp.Piecewise):
             expr = sp.piecewise_fold(expr)
-        ok = sp.simplify(expr) == 0
-        return ok, f"{to_text(self.statement)} = 0 for y > 0" + ("" if ok else ": does not simplify to 0")
+        constant = sp.simplify(expr / u**self.power)
+        if constant.has(u) or constant.has(sp.Piecewise):
+            return False, f"{to_text(self.pair)} is not a constant times u^{self.power} for u > 0"
+        implied = self.conclusion.subs(LEMMA_CONSTANT, constant)
+        ok = _is_zero(implied - step.rhs)
+        detail = f"{to_text(self.pair)} = {to_text(constant)} u^{self.power} for every u > 0 (sympy), which gives {to_text(implied)}"
+        return ok, detail + ("" if ok else f", not {to_text(step.rhs)}")
 
 
 @dataclass(frozen=True)
@@ -598,10 +619,14 @@ def _is_zero(expr: sp.Expr) -> bool:
 
 
 def _apply(expr: sp.Expr, facts: Mapping[sp.Expr, sp.Expr] | None) -> sp.Expr:
-    """Substitute ``facts`` until nothing changes (a fact's right side may use another fact's left side)."""
+    """Substitute ``facts`` until nothing changes (a fact's right side may use another fact's left side).
+
+    ``xreplace`` follows ``subs`` so that facts also reach inside products over the depth, where
+    ``subs`` leaves expressions holding the bound index alone.
+    """
     facts = dict(facts or {})
     for _ in range(len(facts) + 1):
-        replaced = expr.subs(facts)
+        replaced = expr.subs(facts).xreplace(facts)
         if replaced == expr:
             break
         expr = replaced

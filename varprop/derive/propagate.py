@@ -60,6 +60,7 @@ from .derivation import (
     DPhi,
     Derivation,
     Expect,
+    LEMMA_CONSTANT,
     Integral,
     Lemma,
     Numeric,
@@ -144,10 +145,17 @@ class SymmetryLemma:
     holds: bool
     constant: sp.Expr | None
     expression: sp.Expr
-    statement: sp.Expr | None = None
+    pair: sp.Expr | None = None
+    power: int = 0
+
+    def proof(self, conclusion: sp.Expr) -> Lemma:
+        """The check of a step whose right side is ``conclusion`` (in :data:`LEMMA_CONSTANT`) with c from this lemma."""
+        return Lemma(self.pair, self.power, conclusion)
 
 
 _T = sp.Symbol("y", positive=True)
+#: The variable of stored lemma statements (real, sign unknown); a lemma holds for every U > 0.
+_U = sp.Symbol("u", real=True)
 
 
 @lru_cache(maxsize=256)
@@ -159,7 +167,8 @@ def _lemma(g: sp.Expr, power: int) -> SymmetryLemma:
     holds = not constant.has(_T) and not constant.has(sp.Piecewise)
     if not holds:
         return SymmetryLemma(False, None, both)
-    return SymmetryLemma(True, constant, both, both - constant * _T**power)
+    # Stored in a real variable without a sign, so that the check (which substitutes a positive one) has work to do.
+    return SymmetryLemma(True, constant, both, g.subs(X, _U) + g.subs(X, -_U), power)
 
 
 def symmetry_lemma(act: Activation) -> SymmetryLemma:
@@ -444,7 +453,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
             s2 = builder.add(
                 Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
                 f"phi(y)^2 + phi(-y)^2 = {c} y^2 (sympy), so a symmetric y keeps the fraction {c / 2} of its "
-                "second moment", proof=Lemma(lemma.statement), assumptions=(A_SYMMETRIC,),
+                "second moment", proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
                 source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
             second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
         else:
@@ -453,7 +462,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
         if odd.holds and signal.symmetric:
             c0 = odd.constant
             s1 = builder.add(Expect(Phi(Y)), c0 / 2, Rule.SYMMETRY, f"phi(y) + phi(-y) = {c0} and y is symmetric",
-                             proof=Lemma(odd.statement), assumptions=(A_SYMMETRIC,))
+                             proof=odd.proof(LEMMA_CONSTANT / 2), assumptions=(A_SYMMETRIC,))
             mean_value, mean_uses = c0 / 2, ()
         else:
             s1, mean_value, mean_uses = _gaussian_step(walk, Expect(Phi(Y)), act.expr, moments(act).mean, signal,
@@ -526,6 +535,7 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
         p = below.p_nonzero
         at_zero = act.derivative.subs(X, 0) ** 2
         if p == 1 or walk.finite_width:
+            conclusion = sp.expand(LEMMA_CONSTANT / 2 * p + at_zero * (1 - p))
             slope = sp.expand(c / 2 * p + at_zero * (1 - p))
             exactness = "exact" if below.p_exact else "asymptotic"
             why = f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy)"
@@ -533,10 +543,10 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
                 why += (f"; {_t(Y)} is identically zero (a relu layer below is all zero) with probability "
                         f"1 - {p}, where phi'(0)^2 = {at_zero}")
         else:
-            slope, exactness = c / 2, "asymptotic"
+            conclusion, slope, exactness = LEMMA_CONSTANT / 2, c / 2, "asymptotic"
             why = (f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy); He et al.'s value, which ignores that {_t(Y)} "
                    "is identically zero when a relu layer below is all zero (probability 2^-n each)")
-        slope_step = builder.add(Expect(DPhi(Y) ** 2), slope, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+        slope_step = builder.add(Expect(DPhi(Y) ** 2), slope, Rule.SYMMETRY, why, proof=lemma.proof(conclusion),
                                  assumptions=(A_SYMMETRIC,), exactness=exactness, source=f"{HE}, eq. (12)")
     else:
         slope_step, slope, slope_uses = _gaussian_step(walk, Expect(DPhi(Y) ** 2), act.derivative**2,

@@ -24,7 +24,7 @@ import sympy as sp
 from ..activations import X, Activation
 from ..errors import DerivationError
 from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import DPhi, Derivation, Expect, Integral, Lemma, Phi, Rule, Solve, Unrolled, Variance, _Builder, to_text
+from .derivation import LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Rule, Solve, Unrolled, Variance, _Builder, to_text
 from .gaussian import Q, moments
 from .propagate import (
     DEPTH,
@@ -101,7 +101,8 @@ def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int
         value = lemma.constant / 2 * Variance(arg)
         why = (f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
                "so a symmetric zero-mean y keeps the fraction c/2 of its second moment")
-        index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+        index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why,
+                      proof=lemma.proof(LEMMA_CONSTANT / 2 * Variance(arg)),
                       assumptions=(_A_SYMMETRIC, _A_ZERO_MEAN), source=f"{HE}, eq. (8)")
         return index, value, lemma.constant, (_A_SYMMETRIC,)
     m = moments(act).second_moment
@@ -117,7 +118,7 @@ def _derivative_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple
     lemma = derivative_symmetry_lemma(act)
     if lemma.holds:
         why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {_factor_text(lemma.constant)} (checked by sympy) for y != 0"
-        index = b.add(Expect(DPhi(arg) ** 2), lemma.constant / 2, Rule.SYMMETRY, why, proof=Lemma(lemma.statement),
+        index = b.add(Expect(DPhi(arg) ** 2), lemma.constant / 2, Rule.SYMMETRY, why, proof=lemma.proof(LEMMA_CONSTANT / 2),
                       assumptions=(_A_SYMMETRIC,))
         return index, lemma.constant / 2, lemma.constant
     m = moments(act).derivative_second_moment
