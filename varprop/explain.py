@@ -25,11 +25,12 @@ from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Q, backward, condition, forward, glorot, moments, ratio, weight_gradient
 from .derive.derivation import latex_text
 from .derive.gaussian import evaluate
+from .errors import DerivationError
 from .montecarlo import CheckResult, check_all, format_results
-from .network import FixedInput, Network, mlp
+from .network import FixedInput, GaussianInput, Network, mlp
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
-from .weights import N_IN, he, torch_linear_default
+from .weights import N_IN, he, lecun, torch_linear_default
 
 __all__ = ["Topic", "Answer", "Series", "TOPICS", "answer"]
 
@@ -236,19 +237,23 @@ def _why_not_zero_mean(seed: int, rtol: float) -> Answer:
     fixed_points = [s for s in sp.solve(sp.Eq(q, 2 * second), q) if s.is_positive]
     fixed_point = fixed_points[0]
     needed = condition(shifted).result.subs({sp.Symbol("q_star", positive=True): 1, N_IN: 1})  # n Var[w]
+    he_scale = condition(_RELU).result * N_IN  # He's n Var[w] (2)
+    he_q = he_scale * GaussianInput().second_moment  # Var[y] under He's init with unit-variance inputs
+    mean_at_he = sp.simplify(mean_formula.subs(Q, he_q))
     paragraphs = (
         "He et al. never ask for zero-mean activations. Their target is Var[y_l], the variance of the "
         "pre-activations, and those are zero-mean because the weights are: E[y_l] = n E[w] E[x] = 0. "
         f"Measured: E[y_1] = {_measured(checks[0])}.",
         "The activations x_l = relu(y_(l-1)) are not zero-mean: E[relu(y)] = "
-        f"{sp.sstr(mean_formula.subs(Q, sp.Symbol('Var[y]')))}, which is sqrt(1/pi) = "
-        f"{_fmt(float(sp.sqrt(1 / sp.pi)))} when Var[y] = 2, as under He's init. Measured: E[x_2] = "
+        f"{sp.sstr(mean_formula.subs(Q, sp.Symbol('Var[y]')))}, which is {sp.sstr(mean_at_he)} = "
+        f"{_fmt(float(mean_at_he))} when Var[y] = {sp.sstr(he_q)}, as under He's init. Measured: E[x_2] = "
         f"{_measured(checks[1])}. That is why the recursion uses E[x^2] and not Var[x]: Var[w x] = Var[w] E[x^2] "
         "needs only E[w] = 0, not E[x] = 0 (He et al. make this remark after eq. 7). With a non-zero weight mean "
         "the variance gains n E[w]^2 Var[x] and y itself stops being centred (second derivation below).",
         "Subtracting 1/2 from relu does not give a cleaner recursion: E[(relu(y) - 1/2)^2] = "
         f"{sp.sstr(second)} is no longer a fixed fraction of Var[y], so no scale-free condition exists. "
-        f"Keeping Var[y] = 1 needs n Var[w] = {_fmt(float(needed))} (instead of 2); with He's 2/n the variance "
+        f"Keeping Var[y] = 1 needs n Var[w] = {_fmt(float(needed))} (instead of He's {sp.sstr(he_scale)}); with "
+        f"He's {sp.sstr(condition(_RELU).result.subs(N_IN, sp.Symbol('n')))} the variance "
         f"is driven towards the fixed point q* = {sp.sstr(fixed_point)} = {_fmt(float(fixed_point))}. This recursion "
         "assumes Gaussian pre-activations, i.e. infinitely wide layers: at layer 5 the measured E[y_5^2] exceeds "
         "it by "
@@ -258,7 +263,7 @@ def _why_not_zero_mean(seed: int, rtol: float) -> Answer:
     numbers = {
         "relu_mean": checks[1].primary.estimate.value,
         "relu_mean_se": checks[1].primary.estimate.se,
-        "relu_mean_prediction": float(sp.sqrt(1 / sp.pi)),
+        "relu_mean_prediction": float(mean_at_he),
         "shifted_fixed_point": float(fixed_point),
         "shifted_weight_scale_for_unit_variance": float(needed),
     }
@@ -334,10 +339,8 @@ def _glorot_vs_he(seed: int, rtol: float) -> Answer:
     he_net = mlp([_N] * (depth + 1), _RELU, he())
     glorot_net = mlp([_N] * (depth + 1), _RELU, glorot_init())
     tanh_net = mlp([_N] * (depth + 1), "tanh", glorot_init())
-    linear_prediction = claim_from_derivation("tanh, Glorot: linear-regime E[y_8^2]",
-                                              mlp([_N] * (depth + 1), "linear", glorot_init()), "y_second_moment", depth)
-    tanh_claim = Claim(linear_prediction.name, tanh_net, "y_second_moment", depth, linear_prediction.prediction,
-                       "approximation", linear_prediction.value, 0.0, ("tanh(z) ~ z",), "Glorot & Bengio 2010, eq. 12")
+    tanh_claim = claim_from_derivation(f"tanh, Glorot: linear-regime E[y_{depth}^2]", tanh_net, "y_second_moment",
+                                       depth, source="Glorot & Bengio 2010, eq. 12", linear_regime=True)
     claims = [
         _claim("relu, He: E[y_8^2]", he_net, "y_second_moment", depth),
         _claim("relu, Glorot: E[y_8^2]", glorot_net, "y_second_moment", depth),
@@ -345,11 +348,17 @@ def _glorot_vs_he(seed: int, rtol: float) -> Answer:
     ]
     checks = _check(claims, seed, rtol)
     halving = forward(_RELU, scheme=glorot_init())
+    l_index = sp.Symbol("l", integer=True, positive=True)
+    equal_widths = {sp.IndexedBase("nhat")[l_index]: sp.IndexedBase("n")[l_index]}
+    glorot_factor = sp.simplify(halving.extras["factor"].subs(equal_widths))
+    he_factor = sp.simplify(forward(_RELU, scheme=he()).extras["factor"].subs(equal_widths))
+    he_variance = sp.sstr(condition(_RELU).result.subs(N_IN, sp.Symbol("n")))
     paragraphs = (
         "Glorot and Bengio derive Var[w] = 2/(n_in + n_out) for a network in its linear regime, where "
         "phi(z) ~ z keeps the whole second moment. Relu keeps half of it, so with equal widths Glorot's "
-        f"variance 1/n makes each layer multiply Var[y] by {sp.sstr(halving.extras['factor'].subs(sp.IndexedBase('nhat')[sp.Symbol('l', integer=True, positive=True)], sp.IndexedBase('n')[sp.Symbol('l', integer=True, positive=True)]))}: "
-        f"after {depth} layers E[y^2] is 2^-{depth - 1} of the first layer's. He's 2/n restores the factor 1.",
+        f"variance {sp.sstr(glorot_init().variance(sp.Symbol('n'), sp.Symbol('n')))} makes each layer multiply Var[y] by "
+        f"{sp.sstr(glorot_factor)}: after {depth} layers E[y^2] is {sp.sstr(glorot_factor ** (depth - 1))} of the first "
+        f"layer's. He's {he_variance} restores the factor {sp.sstr(he_factor)}.",
         f"Measured at layer {depth}: He {_measured(checks[0])}; Glorot {_measured(checks[1])}. For tanh the "
         "linear regime is an approximation, not a theorem: the measured deviation from the linear prediction "
         f"is {100 * checks[2].primary.deviation:+.1f}% (SE {100 * checks[2].primary.deviation_se:.1f}%), "
@@ -371,18 +380,31 @@ def _pytorch_default(seed: int, rtol: float) -> Answer:
     derivation = forward(_RELU, scheme=scheme)
     factor = derivation.extras["factor"]
     measured = {r.claim.layer: r.primary.estimate.value for r in checks}
-    per_layer = (measured[15] / measured[1]) ** (1 / 14)
+    first, last = min(measured), max(measured)
+    per_layer = (measured[last] / measured[first]) ** (1 / (last - first))
+    # kaiming_uniform_(a): gain sqrt(2 / (1 + a^2)), bound gain * sqrt(3 / n_in) (PyTorch torch/nn/init.py).
+    slope = sp.sqrt(5)
+    gain = sp.sqrt(2 / (1 + slope**2))
+    bound = sp.simplify(gain * sp.sqrt(3 / N_IN))
+    variance = scheme.variance_expr
+    if sp.simplify(bound**2 / 3 - variance) != 0:
+        raise DerivationError(f"{scheme}: Var[w] = {variance} is not bound^2/3 = {bound**2 / 3}")
+    total = factor ** (depth - 1)
+    bias_floor = torch_linear_default(bias=True).bias_variance_expr
     paragraphs = (
-        "PyTorch's nn.Linear initialises its weights with kaiming_uniform_(a=sqrt(5)): the gain is "
-        "sqrt(2/(1 + 5)), the bound gain * sqrt(3/n_in) = 1/sqrt(n_in), so Var[w] = 1/(3 n_in), a third of "
-        "LeCun's and a sixth of He's. In a relu network each layer then multiplies the second moment by "
-        f"n Var[w] / 2 = {sp.sstr(factor)}.",
-        f"Over {depth} layers that is 6^-19 = {_fmt(6.0 ** -19)} of the first layer's second moment. Measured "
-        f"on a width-32 network (no bias): E[y_1^2] = {_measured(checks[0])}, E[y_15^2] = {_measured(checks[3])}; "
-        f"the measured factor per layer from layer 1 to 15 is {_fmt(per_layer)} (the figure follows all {depth} layers). (The default bias adds a floor of 1/(3 n_in) to "
-        "each layer's variance, which hides the decay in the biases rather than curing it.)",
+        f"PyTorch's nn.Linear initialises its weights with kaiming_uniform_(a={sp.sstr(slope)}): the gain is "
+        f"sqrt(2/(1 + a^2)) = {sp.sstr(gain)}, the bound gain * sqrt(3/n_in) = {sp.sstr(bound)}, so Var[w] = "
+        f"{sp.sstr(variance)}, {sp.sstr(sp.simplify(variance / lecun().variance_expr))} of LeCun's and "
+        f"{sp.sstr(sp.simplify(variance / he().variance_expr))} of He's. In a relu network each layer then multiplies "
+        f"the second moment by n Var[w] / 2 = {sp.sstr(factor)}.",
+        f"Over {depth} layers that is ({sp.sstr(factor)})^{depth - 1} = {_fmt(float(total))} of the first layer's second "
+        f"moment. Measured on a width-{net.dense_layers[0].fan_in} network (no bias): E[y_{first}^2] = "
+        f"{_measured(checks[0])}, E[y_{last}^2] = {_measured(checks[-1])}; the measured factor per layer from layer "
+        f"{first} to {last} is {_fmt(per_layer)} (the figure follows all {depth} layers). (The default bias adds a "
+        f"floor of {sp.sstr(bias_floor)} to each layer's variance, which hides the decay in the biases rather than "
+        "curing it.)",
     )
-    numbers = {"factor": float(factor), "measured_factor": per_layer, "y15": measured[15]}
+    numbers = {"factor": float(factor), "measured_factor": per_layer, "y15": measured[last]}
     return Answer(TOPICS["pytorch-default"], paragraphs, (derivation,), checks,
                   (Series("relu, PyTorch nn.Linear default", net), Series("relu, He", mlp([32] * (depth + 1), _RELU, he()))),
                   numbers)
