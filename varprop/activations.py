@@ -410,8 +410,12 @@ def _check_builtin(name: str, expr: sp.Expr, params: tuple[tuple[str, sp.Expr], 
         )
 
 
+@lru_cache(maxsize=1024)
 def _kernels(act: Activation) -> tuple[_NumpyFn, _NumpyFn]:
-    """The numpy function and derivative of ``act``, from module-level caches (never the instance)."""
+    """The numpy function and derivative of ``act``, from module-level caches (never the instance).
+
+    Cached on the activation itself, so a call to :meth:`Activation.numpy` costs one hash of it.
+    """
     if not act.is_numeric:
         free = ", ".join(sorted(str(s) for s in act.expr.free_symbols - {X}))
         raise ActivationError(
