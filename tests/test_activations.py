@@ -1,10 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from varprop.activations import BUILTIN_ACTIVATIONS, X, activation, expression, parse_expression
+from varprop import activations
+from varprop.activations import BUILTIN_ACTIVATIONS, X, Activation, activation, expression, parse_expression
 from varprop.errors import ActivationError, ExpressionError, VarpropError
 
 GRID = np.linspace(-4.0, 4.0, 81) + 1e-3  # avoid the kink at exactly 0
@@ -107,3 +110,76 @@ def test_any_text_parses_or_raises_one_error(text):
         return
     assert isinstance(expr, sp.Expr)
     assert expr.free_symbols <= {X}
+
+
+# --- one source of truth: name, expression and numpy kernels agree ----------------------------
+
+
+def test_builtin_name_must_match_its_expression():
+    relu = activation("relu")
+    assert Activation("relu", sp.Piecewise((X, X > 0), (0, True))) == relu  # the template: accepted
+    with pytest.raises(ActivationError, match=r"activation name 'relu' does not match its expression tanh\(x\)"):
+        Activation("relu", sp.tanh(X))
+    leaky = activation("leaky_relu", a=sp.Rational(1, 5))
+    assert Activation("leaky_relu", leaky.expr, (("a", sp.Rational(1, 5)),)) == leaky
+    with pytest.raises(ActivationError, match="does not match"):  # params and expression disagree
+        Activation("leaky_relu", leaky.expr, (("a", sp.Rational(1, 4)),))
+    with pytest.raises(ActivationError, match=r"takes the parameters \(a\)"):
+        Activation("leaky_relu", leaky.expr)
+    with pytest.raises(ActivationError, match="unknown activation name 'my_relu'; accepted: abs, elu"):
+        Activation("my_relu", relu.expr)
+    with pytest.raises(ActivationError, match="sympy expression"):
+        Activation("expression", "tanh(x)")
+    assert Activation("expression", sp.tanh(X)).numpy(np.array([0.5]))[0] == pytest.approx(np.tanh(0.5), rel=1e-15)
+
+
+@pytest.mark.parametrize("name", BUILTIN_ACTIVATIONS)
+def test_derivative_kernel_matches_the_piecewise_at_zero(name):
+    act = activation(name)
+    exact = float(act.derivative.subs(X, 0))
+    assert act.numpy_derivative(np.zeros(1))[0] == pytest.approx(exact, rel=1e-15, abs=0)
+    assert act.numpy(np.zeros(1))[0] == pytest.approx(float(act.expr.subs(X, 0)), rel=1e-15, abs=0)
+
+
+def _with_kernels(monkeypatch, name, **kernels):
+    """Replace a built-in's kernels for one test, with the kernel-check cache emptied around it."""
+    monkeypatch.setitem(activations._BUILTINS, name, dataclasses.replace(activations._BUILTINS[name], **kernels))
+    activations._checked_kernels.cache_clear()
+
+
+@pytest.fixture
+def fresh_kernel_cache():
+    activations._checked_kernels.cache_clear()
+    activations._compiled.cache_clear()
+    yield
+    activations._checked_kernels.cache_clear()
+    activations._compiled.cache_clear()
+
+
+def test_a_wrong_kernel_cannot_be_built(fresh_kernel_cache, monkeypatch):
+    _with_kernels(monkeypatch, "tanh", numpy=np.sin)
+    with pytest.raises(ActivationError, match=r"numpy function of activation 'tanh' disagrees with its expression tanh\(x\)"):
+        activation("tanh")
+    with pytest.raises(ActivationError, match="disagrees"):  # a user expression that is the built-in uses its kernel
+        expression("tanh(x)").numpy(GRID)
+
+
+def test_a_kernel_wrong_only_in_the_tail_is_caught(fresh_kernel_cache, monkeypatch):
+    # 1 - tanh(x)^2 is exact near 0 and 0 instead of 4 exp(-2|x|) once tanh(x) rounds to 1.
+    naive = lambda z: 1.0 - np.tanh(z) ** 2  # noqa: E731
+    assert np.allclose(naive(GRID), activation("tanh").numpy_derivative(GRID), rtol=1e-12)
+    _with_kernels(monkeypatch, "tanh", numpy_derivative=naive)
+    with pytest.raises(ActivationError, match=r"numpy derivative of activation 'tanh' disagrees .* at x = -20\.0"):
+        activation("tanh")
+
+
+def test_user_expressions_are_compiled_from_their_expression():
+    act = expression("tanh(x) + 0.1 * max(x, 0)")
+    z = np.array([-800.0, -1.0, 0.0, 0.5, 800.0])
+    assert np.allclose(act.numpy(z), np.tanh(z) + 0.1 * np.maximum(z, 0), rtol=1e-15)
+    with np.errstate(over="ignore"):
+        assert np.allclose(act.numpy_derivative(z), 1 / np.cosh(z) ** 2 + 0.1 * (z > 0), rtol=1e-15)
+    # A user expression equal to a built-in runs the built-in's checked kernel (stable in the tails).
+    softplus = expression("log(1 + exp(x))")
+    assert softplus.expr == activation("softplus").expr
+    assert np.isfinite(softplus.numpy(np.array([800.0])))[0]

@@ -2,9 +2,18 @@
 
 The public surface is small: the network description (:mod:`varprop.network`, with its activations
 and weight laws), the symbolic engine :mod:`varprop.derive`, and the error family.
+
+``import varprop`` loads the description only (sympy and numpy); :mod:`varprop.derive` is imported on
+first access to ``varprop.derive``, and scipy and matplotlib where they are used, so that starting
+Python with varprop costs little more than starting it with sympy and numpy
+(``benchmarks/bench_import.py``).
 """
 
-from . import derive
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, expression
 from .errors import (
     ActivationError,
@@ -32,6 +41,19 @@ from .weights import (
 )
 
 __version__ = "0.1.0"
+
+#: Submodules in ``__all__`` imported on first attribute access (PEP 562).
+_LAZY_SUBMODULES = ("derive",)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 __all__ = [
     "derive",

@@ -1,10 +1,20 @@
-r"""Activation functions: one sympy expression and one vectorised numpy function per activation.
+r"""Activation functions: one sympy expression per activation, and numpy functions that agree with it.
 
 An :class:`Activation` is plain data: its name, its parameters and its sympy expression in the real
-variable :data:`X`. The rectifier family is written as ``Piecewise`` so that the Gaussian expectation
-engine can integrate it piece by piece with exact truncated-moment rules. The numpy side (used by the
-Monte Carlo engine) is a hand-written function for built-ins and ``sympy.lambdify`` of the parsed tree
-for user expressions.
+variable :data:`X`. The expression is the one source of truth. The rectifier family is written as
+``Piecewise`` so that the Gaussian expectation engine can integrate it piece by piece with exact
+truncated-moment rules.
+
+The numpy side (used by the Monte Carlo engine) comes from the expression:
+
+* a built-in's name must match its template with its parameters (``Activation("relu", tanh(x))`` is
+  refused), and its hand-written vectorised kernel (fast, and stable in the tails) is checked against
+  the expression, evaluated by mpmath at 400 digits, on a grid of negative, zero-adjacent and large
+  :math:`|x|` when the activation is first built in a process;
+* a user expression is compiled with ``sympy.lambdify`` (``Piecewise`` becomes ``numpy.select``).
+
+Compiled functions live in module-level caches keyed on the activation, never in the instance, so
+every activation pickles and equal activations share one compiled function.
 
 User expressions are parsed by :func:`parse_expression`, a whitelist grammar over Python's ``ast``:
 the text is never evaluated, and never handed to ``eval`` or ``sympify``.
@@ -17,10 +27,10 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache, partial
+from types import ModuleType
 
 import numpy as np
-import scipy.special as sps
 import sympy as sp
 
 from ._validate import as_sympy_number
@@ -47,12 +57,173 @@ SELU_SCALE = sp.Float("1.0507009873554804934193349852946", 30)
 _NumpyFn = Callable[..., np.ndarray]
 
 
+def _special() -> ModuleType:
+    """``scipy.special``, imported on first use: it costs 0.2 s, and ``import varprop`` must not pay it."""
+    import scipy.special
+
+    return scipy.special
+
+
 def _relu_expr(x: sp.Expr) -> sp.Expr:
     return sp.Piecewise((x, x > 0), (0, True))
 
 
+# --- built-ins: sympy templates and hand-written numpy kernels --------------------------------
+#
+# Each kernel takes float64 arrays and the parameters as floats. At the kink x = 0 every
+# derivative kernel returns the value of the Piecewise derivative there (the branch with
+# ``True``), so kernel and expression agree everywhere, 0 included.
+
+
+def _linear_expr(x: sp.Expr) -> sp.Expr:
+    return x
+
+
+def _linear(z: np.ndarray) -> np.ndarray:
+    return z * 1.0
+
+
+def _linear_derivative(z: np.ndarray) -> np.ndarray:
+    return np.ones_like(z)
+
+
+def _relu(z: np.ndarray) -> np.ndarray:
+    return np.maximum(z, 0.0)
+
+
+def _step(z: np.ndarray) -> np.ndarray:
+    return (z > 0).astype(np.float64)
+
+
+def _leaky_relu_expr(x: sp.Expr, a: sp.Expr) -> sp.Expr:
+    return sp.Piecewise((x, x > 0), (a * x, True))
+
+
+def _leaky_relu(z: np.ndarray, a: float) -> np.ndarray:
+    return np.where(z > 0, z, a * z)
+
+
+def _leaky_relu_derivative(z: np.ndarray, a: float) -> np.ndarray:
+    return np.where(z > 0, 1.0, a)
+
+
+def _abs_expr(x: sp.Expr) -> sp.Expr:
+    return sp.Piecewise((x, x > 0), (-x, True))
+
+
+def _abs_derivative(z: np.ndarray) -> np.ndarray:
+    return np.where(z > 0, 1.0, -1.0)
+
+
+def _shifted_relu_expr(x: sp.Expr, c: sp.Expr) -> sp.Expr:
+    return _relu_expr(x) - c
+
+
+def _shifted_relu(z: np.ndarray, c: float) -> np.ndarray:
+    out = np.maximum(z, 0.0)
+    out -= c
+    return out
+
+
+def _shifted_relu_derivative(z: np.ndarray, c: float) -> np.ndarray:
+    return _step(z)
+
+
+def _tanh_derivative(z: np.ndarray) -> np.ndarray:
+    return 1.0 / np.cosh(z) ** 2
+
+
+def _erf(z: np.ndarray) -> np.ndarray:
+    return _special().erf(z)
+
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _erf_derivative(z: np.ndarray) -> np.ndarray:
+    return _TWO_OVER_SQRT_PI * np.exp(-z * z)
+
+
+def _sigmoid_expr(x: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-x))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return _special().expit(z)
+
+
+def _sigmoid_derivative(z: np.ndarray) -> np.ndarray:
+    expit = _special().expit
+    return expit(z) * expit(-z)
+
+
+def _gelu_expr(x: sp.Expr) -> sp.Expr:
+    return x / 2 * (1 + sp.erf(x / sp.sqrt(2)))
+
+
+def _gelu(z: np.ndarray) -> np.ndarray:
+    # x Phi(x) with Phi = ndtr: accurate in the left tail, where 1 + erf(x / sqrt 2) cancels.
+    return z * _special().ndtr(z)
+
+
+def _gelu_derivative(z: np.ndarray) -> np.ndarray:
+    return _special().ndtr(z) + z * _INV_SQRT_2PI * np.exp(-0.5 * z * z)
+
+
+def _silu_expr(x: sp.Expr) -> sp.Expr:
+    return x / (1 + sp.exp(-x))
+
+
+def _silu(z: np.ndarray) -> np.ndarray:
+    return z * _special().expit(z)
+
+
+def _silu_derivative(z: np.ndarray) -> np.ndarray:
+    expit = _special().expit
+    return expit(z) * (1.0 + z * expit(-z))
+
+
+def _elu_expr(x: sp.Expr, alpha: sp.Expr) -> sp.Expr:
+    return sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True))
+
+
+def _elu(z: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
+
+
+def _elu_derivative(z: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0)))
+
+
+def _selu_expr(x: sp.Expr) -> sp.Expr:
+    return SELU_SCALE * _elu_expr(x, SELU_ALPHA)
+
+
+_SELU_ALPHA_FLOAT = float(SELU_ALPHA)
+_SELU_SCALE_FLOAT = float(SELU_SCALE)
+
+
+def _selu(z: np.ndarray) -> np.ndarray:
+    return _SELU_SCALE_FLOAT * _elu(z, _SELU_ALPHA_FLOAT)
+
+
+def _selu_derivative(z: np.ndarray) -> np.ndarray:
+    return _SELU_SCALE_FLOAT * _elu_derivative(z, _SELU_ALPHA_FLOAT)
+
+
+def _softplus_expr(x: sp.Expr) -> sp.Expr:
+    return sp.log(1 + sp.exp(x))
+
+
+def _softplus(z: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, z)
+
+
 @dataclass(frozen=True)
 class _Builtin:
+    """A built-in activation: its sympy template, its numpy kernels and a one-line summary."""
+
     name: str
     defaults: tuple[tuple[str, sp.Expr], ...]
     template: Callable[..., sp.Expr]
@@ -61,112 +232,43 @@ class _Builtin:
     summary: str
 
 
-def _np_relu(z: np.ndarray) -> np.ndarray:
-    return np.maximum(z, 0.0)
-
-
-def _np_step(z: np.ndarray) -> np.ndarray:
-    return (z > 0).astype(np.float64)
-
-
-def _np_elu(z: np.ndarray, alpha: float) -> np.ndarray:
-    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0.0)))
-
-
-def _np_elu_derivative(z: np.ndarray, alpha: float) -> np.ndarray:
-    return np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0.0)))
-
-
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
 _BUILTINS: dict[str, _Builtin] = {
     b.name: b
     for b in (
-        _Builtin("linear", (), lambda x: x, lambda z: z * 1.0, lambda z: np.ones_like(z), "identity"),
-        _Builtin("relu", (), _relu_expr, _np_relu, _np_step, "max(x, 0)"),
+        _Builtin("linear", (), _linear_expr, _linear, _linear_derivative, "identity"),
+        _Builtin("relu", (), _relu_expr, _relu, _step, "max(x, 0)"),
         _Builtin(
             "leaky_relu",
             (("a", sp.Rational(1, 100)),),
-            lambda x, a: sp.Piecewise((x, x > 0), (a * x, True)),
-            lambda z, a: np.where(z > 0, z, a * z),
-            lambda z, a: np.where(z > 0, 1.0, a),
+            _leaky_relu_expr,
+            _leaky_relu,
+            _leaky_relu_derivative,
             "x for x > 0, a x otherwise (PReLU when a is learnt)",
         ),
-        _Builtin(
-            "abs",
-            (),
-            lambda x: sp.Piecewise((x, x > 0), (-x, True)),
-            np.abs,
-            np.sign,
-            "|x|",
-        ),
+        _Builtin("abs", (), _abs_expr, np.abs, _abs_derivative, "|x|"),
         _Builtin(
             "shifted_relu",
             (("c", sp.Rational(1, 2)),),
-            lambda x, c: _relu_expr(x) - c,
-            lambda z, c: np.maximum(z, 0.0) - c,
-            lambda z, c: _np_step(z),
+            _shifted_relu_expr,
+            _shifted_relu,
+            _shifted_relu_derivative,
             "max(x, 0) - c",
         ),
-        _Builtin("tanh", (), sp.tanh, np.tanh, lambda z: 1.0 / np.cosh(z) ** 2, "tanh(x)"),
-        _Builtin(
-            "erf",
-            (),
-            sp.erf,
-            sps.erf,
-            lambda z: 2.0 / math.sqrt(math.pi) * np.exp(-z * z),
-            "erf(x)",
-        ),
-        _Builtin(
-            "sigmoid",
-            (),
-            lambda x: 1 / (1 + sp.exp(-x)),
-            sps.expit,
-            lambda z: sps.expit(z) * sps.expit(-z),
-            "1 / (1 + exp(-x))",
-        ),
-        _Builtin(
-            "gelu",
-            (),
-            lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))),
-            lambda z: 0.5 * z * (1.0 + sps.erf(z / _SQRT2)),
-            lambda z: 0.5 * (1.0 + sps.erf(z / _SQRT2)) + z * _INV_SQRT_2PI * np.exp(-0.5 * z * z),
-            "x Phi(x), the exact erf form",
-        ),
-        _Builtin(
-            "silu",
-            (),
-            lambda x: x / (1 + sp.exp(-x)),
-            lambda z: z * sps.expit(z),
-            lambda z: sps.expit(z) * (1.0 + z * sps.expit(-z)),
-            "x sigmoid(x) (swish-1)",
-        ),
-        _Builtin(
-            "selu",
-            (),
-            lambda x: SELU_SCALE * sp.Piecewise((x, x > 0), (SELU_ALPHA * (sp.exp(x) - 1), True)),
-            lambda z: float(SELU_SCALE) * _np_elu(z, float(SELU_ALPHA)),
-            lambda z: float(SELU_SCALE) * _np_elu_derivative(z, float(SELU_ALPHA)),
-            "scale * elu(x, alpha) with Klambauer et al.'s constants",
-        ),
+        _Builtin("tanh", (), sp.tanh, np.tanh, _tanh_derivative, "tanh(x)"),
+        _Builtin("erf", (), sp.erf, _erf, _erf_derivative, "erf(x)"),
+        _Builtin("sigmoid", (), _sigmoid_expr, _sigmoid, _sigmoid_derivative, "1 / (1 + exp(-x))"),
+        _Builtin("gelu", (), _gelu_expr, _gelu, _gelu_derivative, "x Phi(x), the exact erf form"),
+        _Builtin("silu", (), _silu_expr, _silu, _silu_derivative, "x sigmoid(x) (swish-1)"),
+        _Builtin("selu", (), _selu_expr, _selu, _selu_derivative, "scale * elu(x, alpha) with Klambauer et al.'s constants"),
         _Builtin(
             "elu",
             (("alpha", sp.Integer(1)),),
-            lambda x, alpha: sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)),
-            _np_elu,
-            _np_elu_derivative,
+            _elu_expr,
+            _elu,
+            _elu_derivative,
             "x for x > 0, alpha (exp(x) - 1) otherwise",
         ),
-        _Builtin(
-            "softplus",
-            (),
-            lambda x: sp.log(1 + sp.exp(x)),
-            lambda z: np.logaddexp(0.0, z),
-            sps.expit,
-            "log(1 + exp(x))",
-        ),
+        _Builtin("softplus", (), _softplus_expr, _softplus, _sigmoid, "log(1 + exp(x))"),
     )
 }
 
@@ -175,27 +277,84 @@ BUILTIN_ACTIVATIONS: tuple[str, ...] = tuple(_BUILTINS)
 
 _EXPRESSION = "expression"
 
+#: Where a built-in kernel is checked against its expression: negative, zero and zero-adjacent,
+#: moderate, and large |x| (where exp overflows and naive forms cancel).
+_CHECK_POINTS: tuple[float, ...] = tuple(
+    sign * value
+    for value in (1e-300, 1e-8, 1e-3, 0.3, 1.0, 2.5, 7.0, 20.0, 60.0, 700.0)
+    for sign in (-1.0, 1.0)
+) + (0.0,)
+#: A kernel agrees with its expression when |kernel - exact| <= _CHECK_RTOL |exact| + _CHECK_ATOL;
+#: the absolute part only forgives results below the float64 normal range (underflow).
+_CHECK_RTOL = 1e-9
+_CHECK_ATOL = 1e-300
+#: mpmath digits for the reference. A built-in's terms are at most ~1 where its value is tiny (as in
+#: 1 - tanh(x)^2), so 400 digits leave any value above the float64 normal range exact to far better
+#: than _CHECK_RTOL, and any value below it within _CHECK_ATOL.
+_CHECK_DIGITS = 400
+
 
 @dataclass(frozen=True)
 class Activation:
     r"""An activation function :math:`\phi` as plain data.
 
+    The expression is the one source of truth: a built-in's name must match its template with its
+    parameters, and the numpy functions (:meth:`numpy`, :meth:`numpy_derivative`) agree with the
+    expression (see the module docstring).
+
     Parameters
     ----------
     name
-        A built-in name (see :data:`BUILTIN_ACTIVATIONS`) or ``"expression"`` for user text.
+        A built-in name (see :data:`BUILTIN_ACTIVATIONS`) or ``"expression"`` for any other function.
     expr
         The sympy expression of :math:`\phi(x)` in the real symbol :data:`X`.
     params
-        ``(name, value)`` pairs; a value is a number or a sympy symbol left free.
+        ``(name, value)`` pairs; a value is a number or a sympy symbol left free. For a built-in,
+        exactly its parameters (see :func:`activation`).
     source
         The text the user gave, for expressions; empty for built-ins.
+
+    Raises
+    ------
+    ActivationError
+        For an unknown name, a built-in name whose template with ``params`` is not ``expr``, or a
+        built-in kernel that disagrees with the expression.
+
+    Examples
+    --------
+    >>> Activation("relu", sp.Piecewise((X, X > 0), (0, True)))   # what activation("relu") builds
+    >>> Activation("relu", sp.tanh(X))                             # ActivationError: name and expression disagree
     """
 
     name: str
     expr: sp.Expr
     params: tuple[tuple[str, sp.Expr], ...] = ()
     source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or (self.name != _EXPRESSION and self.name not in _BUILTINS):
+            known = ", ".join(sorted(_BUILTINS))
+            raise ActivationError(
+                f"unknown activation name {self.name!r}; accepted: {known}, or {_EXPRESSION!r} for any other function"
+            )
+        if not isinstance(self.expr, sp.Expr):
+            raise ActivationError(f"activation {self.name!r} needs a sympy expression in x, got {self.expr!r}")
+        if not isinstance(self.source, str):
+            raise ActivationError(f"activation source must be text, got {self.source!r}")
+        try:
+            pairs = tuple((key, value) for key, value in self.params)
+        except (TypeError, ValueError):
+            raise ActivationError(f"activation params must be (name, value) pairs, got {self.params!r}") from None
+        params = []
+        for key, value in pairs:
+            if not isinstance(key, str):
+                raise ActivationError(f"activation parameter names must be text, got {key!r}")
+            params.append((key, as_sympy_number(value, f"parameter {key} of {self.name}", error=ActivationError)))
+        object.__setattr__(self, "params", tuple(params))
+        if self.name in _BUILTINS:
+            _check_builtin(self.name, self.expr, self.params)
+            if self.is_numeric:
+                _checked_kernels(self.name, self.expr, self.params)
 
     @property
     def derivative(self) -> sp.Expr:
@@ -209,27 +368,11 @@ class Activation:
 
     def numpy(self, z: np.ndarray) -> np.ndarray:
         r"""Vectorised :math:`\phi(z)` in float64."""
-        return self._numpy_pair[0](np.asarray(z, dtype=np.float64))
+        return _kernels(self)[0](np.asarray(z, dtype=np.float64))
 
     def numpy_derivative(self, z: np.ndarray) -> np.ndarray:
         r"""Vectorised :math:`\phi'(z)` in float64."""
-        return self._numpy_pair[1](np.asarray(z, dtype=np.float64))
-
-    @cached_property
-    def _numpy_pair(self) -> tuple[_NumpyFn, _NumpyFn]:
-        if not self.is_numeric:
-            free = ", ".join(sorted(str(s) for s in self.expr.free_symbols - {X}))
-            raise ActivationError(
-                f"activation {self} has symbolic parameters ({free}); give them numeric values to sample it"
-            )
-        builtin = _BUILTINS.get(self.name)
-        if builtin is not None:
-            values = {k: float(v) for k, v in self.params}
-            return (
-                lambda z: builtin.numpy(z, **values),
-                lambda z: builtin.numpy_derivative(z, **values),
-            )
-        return _lambdify(self.expr), _lambdify(self.derivative)
+        return _kernels(self)[1](np.asarray(z, dtype=np.float64))
 
     def __str__(self) -> str:
         if self.name == _EXPRESSION:
@@ -239,6 +382,7 @@ class Activation:
         return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
 
 
+@lru_cache(maxsize=1024)
 def _derivative(expr: sp.Expr) -> sp.Expr:
     derivative = sp.diff(expr, X)
     if derivative.has(sp.Piecewise):
@@ -246,16 +390,106 @@ def _derivative(expr: sp.Expr) -> sp.Expr:
     return derivative
 
 
-@lru_cache(maxsize=256)
+def _check_builtin(name: str, expr: sp.Expr, params: tuple[tuple[str, sp.Expr], ...]) -> None:
+    """Refuse a built-in name whose parameters or expression are not the built-in's."""
+    builtin = _BUILTINS[name]
+    expected_keys = tuple(key for key, _ in builtin.defaults)
+    given_keys = tuple(key for key, _ in params)
+    if given_keys != expected_keys:
+        accepted = ", ".join(expected_keys) if expected_keys else "none"
+        raise ActivationError(
+            f"activation {name!r} takes the parameters ({accepted}) in that order, got ({', '.join(given_keys)}); "
+            f"build it with activation({name!r}, ...)"
+        )
+    expected = builtin.template(X, **dict(params))
+    if expr != expected:
+        raise ActivationError(
+            f"activation name {name!r} does not match its expression {expr}: the built-in {name!r} "
+            f"with these parameters is {expected}; use activation({name!r}, ...) for the built-in, or "
+            f"expression(...) / Activation({_EXPRESSION!r}, expr) for another function"
+        )
+
+
+@lru_cache(maxsize=1024)
+def _kernels(act: Activation) -> tuple[_NumpyFn, _NumpyFn]:
+    """The numpy function and derivative of ``act``, from module-level caches (never the instance).
+
+    Cached on the activation itself, so a call to :meth:`Activation.numpy` costs one hash of it.
+    """
+    if not act.is_numeric:
+        free = ", ".join(sorted(str(s) for s in act.expr.free_symbols - {X}))
+        raise ActivationError(
+            f"activation {act} has symbolic parameters ({free}); give them numeric values to sample it"
+        )
+    if act.name in _BUILTINS:
+        return _checked_kernels(act.name, act.expr, act.params)
+    return _compiled(act.expr)
+
+
+@lru_cache(maxsize=1024)
+def _checked_kernels(
+    name: str, expr: sp.Expr, params: tuple[tuple[str, sp.Expr], ...]
+) -> tuple[_NumpyFn, _NumpyFn]:
+    """A built-in's kernels with its parameter values bound, once checked against ``expr``.
+
+    Raises :class:`ActivationError` when a kernel differs from the expression (evaluated by mpmath at
+    :data:`_CHECK_DIGITS` digits) at a point of :data:`_CHECK_POINTS` by more than the tolerance.
+    """
+    builtin = _BUILTINS[name]
+    values = {key: float(value) for key, value in params}
+    pair = (partial(builtin.numpy, **values), partial(builtin.numpy_derivative, **values))
+    _check_kernel(name, pair[0], expr, "function")
+    _check_kernel(name, pair[1], _derivative(expr), "derivative")
+    return pair
+
+
+def _check_kernel(name: str, kernel: _NumpyFn, expr: sp.Expr, what: str) -> None:
+    import mpmath
+
+    points = np.array(_CHECK_POINTS)
+    with np.errstate(all="ignore"):
+        got = np.asarray(kernel(points), dtype=np.float64)
+    exact = sp.lambdify(X, expr, modules="mpmath")
+    with mpmath.workdps(_CHECK_DIGITS):
+        for point, value in zip(_CHECK_POINTS, got):
+            reference = float(exact(mpmath.mpf(point)))
+            if not abs(value - reference) <= _CHECK_RTOL * abs(reference) + _CHECK_ATOL:
+                raise ActivationError(
+                    f"the numpy {what} of activation {name!r} disagrees with its expression {expr} at "
+                    f"x = {point!r}: the kernel gives {value!r}, the expression {reference!r}"
+                )
+
+
+#: Built-in expressions with default parameters, so that a user expression equal to one (such as
+#: ``expression("relu(x)")``) runs the built-in's checked kernel.
+@lru_cache(maxsize=1)
+def _default_builtins() -> dict[sp.Expr, str]:
+    out = {}
+    for name, builtin in _BUILTINS.items():
+        defaults = dict(builtin.defaults)
+        out.setdefault(builtin.template(X, **defaults), name)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _compiled(expr: sp.Expr) -> tuple[_NumpyFn, _NumpyFn]:
+    """numpy functions for a user expression: a built-in's kernel if it is one, else ``lambdify``."""
+    name = _default_builtins().get(expr)
+    if name is not None:
+        return _checked_kernels(name, expr, _BUILTINS[name].defaults)
+    return _lambdify(expr), _lambdify(_derivative(expr))
+
+
 def _lambdify(expr: sp.Expr) -> _NumpyFn:
-    function = sp.lambdify(X, expr, modules=[{"erf": sps.erf, "erfc": sps.erfc}, "numpy"])
+    special = _special()
+    function = sp.lambdify(X, expr, modules=[{"erf": special.erf, "erfc": special.erfc}, "numpy"])
+    return partial(_vectorised, function)
 
-    def vectorised(z: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = function(z)
-        return np.broadcast_to(np.asarray(out, dtype=np.float64), np.shape(z)).copy()
 
-    return vectorised
+def _vectorised(function: _NumpyFn, z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = function(z)
+    return np.broadcast_to(np.asarray(out, dtype=np.float64), np.shape(z)).copy()
 
 
 def activation(name: str, **params: object) -> Activation:
@@ -268,7 +502,7 @@ def activation(name: str, **params: object) -> Activation:
     >>> activation("leaky_relu", a=0.2)
     >>> activation("shifted_relu", c=None)   # c stays a free symbol
     """
-    builtin = _BUILTINS.get(name)
+    builtin = _BUILTINS.get(name) if isinstance(name, str) else None
     if builtin is None:
         known = ", ".join(sorted(_BUILTINS))
         raise ActivationError(f"unknown activation {name!r}; known: {known} (or a user expression)")

@@ -15,9 +15,9 @@ import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import sympy as sp
-from matplotlib.figure import Figure
 
 from .activations import activation
 from .catalogue import claim_from_derivation
@@ -31,6 +31,9 @@ from .network import FixedInput, GaussianInput, Network, mlp
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, lecun, torch_linear_default
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Topic", "Answer", "Series", "TOPICS", "answer"]
 

@@ -32,14 +32,9 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.legend_handler import HandlerTuple
-from matplotlib.ticker import MaxNLocator
-from matplotlib.transforms import ScaledTranslation
 
 from . import montecarlo
 from .observables import LEGACY_NAMES as OBSERVABLES
@@ -47,6 +42,9 @@ from .derive import evaluate
 from .derive.propagate import predict
 from .errors import VarpropError
 from .network import Network, Nonlinearity
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing it costs 0.3 s
+    from matplotlib.figure import Figure
 
 __all__ = ["PANELS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
 
@@ -80,7 +78,6 @@ _PANEL_OF = {observable: name for name, (observable, _) in PANELS.items()}
 _ORDER = tuple(observable for observable, _ in PANELS.values()) + tuple(
     o for o in OBSERVABLES if o not in _PANEL_OF
 )
-_COLOURS = tuple(matplotlib.colormaps["tab10"].colors)
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _LOG_SPAN = 10.0  # a panel goes to log scale when max/min of its plotted values exceeds this
 
@@ -317,7 +314,12 @@ def propagation_figure(
 
     observables = sorted({s.observable for s in series}, key=_ORDER.index)
     labels = list(dict.fromkeys(s.network_label for s in series))
-    style = {label: (_COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]) for i, label in enumerate(labels)}
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colours = tuple(matplotlib.colormaps["tab10"].colors)
+    style = {label: (colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i, label in enumerate(labels)}
 
     figure = Figure(figsize=(4.6 * len(observables) + 0.4, 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -330,6 +332,10 @@ def propagation_figure(
 
 
 def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, log: bool | None) -> None:
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import ScaledTranslation
+
     ax.set_gid(observable)
     values = np.concatenate([np.r_[s.predicted, s.estimated] for s in group])
     use_log = _use_log(values, log, observable)
@@ -411,6 +417,10 @@ def save_figure(figure: Figure, stem: str | pathlib.Path) -> tuple[pathlib.Path,
         For something that is not a :class:`~matplotlib.figure.Figure`, or a file that cannot be
         written (the cause is in the message).
     """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if not isinstance(figure, Figure):
         raise PlotError(f"save_figure needs a matplotlib Figure, got {figure!r}")
     stem = pathlib.Path(stem)

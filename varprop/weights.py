@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -94,6 +94,32 @@ def _numeric(expr: sp.Expr, what: str) -> float:
     return float(expr)
 
 
+# Numbers a law needs to sample, computed once per process and kept in module-level caches keyed on
+# the law's (hashable, immutable) parameters, never in the instance: a law stays plain data that
+# pickles, before and after sampling, and equal laws share the cache.
+
+
+@lru_cache(maxsize=1024)
+def _float(expr: sp.Expr, what: str) -> float:
+    return _numeric(expr, what)
+
+
+@lru_cache(maxsize=1024)
+def _normal_floats(var: sp.Expr, loc: sp.Expr) -> tuple[float, float]:
+    return math.sqrt(_numeric(var, "variance of the Normal law")), _numeric(loc, "mean of the Normal law")
+
+
+@lru_cache(maxsize=256)
+def _truncnorm(std: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> object:
+    """The frozen ``scipy.stats.truncnorm`` law of ``TruncatedNormal(std, lo, hi)``."""
+    scale = _numeric(std, "std of the TruncatedNormal law")
+    a = _numeric(lo, "lower truncation point")
+    b = _numeric(hi, "upper truncation point")
+    import scipy.stats  # imported here: it costs 0.4 s, and only truncated-normal sampling needs it
+
+    return scipy.stats.truncnorm(a, b, loc=0.0, scale=scale)
+
+
 def _check_order(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise SpecError(f"moment order must be a non-negative integer, got {k!r}")
@@ -140,14 +166,10 @@ class Normal:
     def with_variance(self, variance: sp.Expr) -> Normal:
         return Normal(variance, self.loc)
 
-    @cached_property
-    def _floats(self) -> tuple[float, float]:
-        return math.sqrt(_numeric(self.var, "variance of the Normal law")), _numeric(self.loc, "mean of the Normal law")
-
     def sample(
         self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
     ) -> np.ndarray:
-        std, loc = self._floats
+        std, loc = _normal_floats(self.var, self.loc)
         out = rng.standard_normal(shape) if out is None else rng.standard_normal(out=out)
         out *= std
         if loc:
@@ -186,14 +208,10 @@ class Uniform:
     def with_variance(self, variance: sp.Expr) -> Uniform:
         return Uniform(sp.sqrt(3 * check_positive(variance, "variance of a Uniform law")))
 
-    @cached_property
-    def _bound(self) -> float:
-        return _numeric(self.bound, "bound of the Uniform law")
-
     def sample(
         self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
     ) -> np.ndarray:
-        bound = self._bound
+        bound = _float(self.bound, "bound of the Uniform law")
         out = rng.random(shape) if out is None else rng.random(out=out)
         out *= 2.0 * bound
         out -= bound
@@ -270,19 +288,10 @@ class TruncatedNormal:
         variance = check_positive(variance, "variance of a TruncatedNormal law")
         return TruncatedNormal(sp.sqrt(variance / self.standard_variance()), self.lo, self.hi)
 
-    @cached_property
-    def _frozen_law(self) -> object:
-        import scipy.stats  # imported here: it costs 0.4 s, and only truncated-normal sampling needs it
-
-        std = _numeric(self.std, "std of the TruncatedNormal law")
-        lo = _numeric(self.lo, "lower truncation point")
-        hi = _numeric(self.hi, "upper truncation point")
-        return scipy.stats.truncnorm(lo, hi, loc=0.0, scale=std)
-
     def sample(
         self, shape: tuple[int, ...], *, rng: np.random.Generator, out: np.ndarray | None = None
     ) -> np.ndarray:
-        draws = self._frozen_law.rvs(size=shape, random_state=rng)
+        draws = _truncnorm(self.std, self.lo, self.hi).rvs(size=shape, random_state=rng)
         if out is None:
             return draws
         out[...] = draws
