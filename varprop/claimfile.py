@@ -17,6 +17,10 @@ value::
     input = "gaussian"             # "gaussian" (iid N(0, 1)) or a list of numbers (a fixed input)
     observable = "y_second_moment" # see varprop.claims.OBSERVABLES
     layer = 3                      # dense layer, 1-based
+    # or, by place (works for any layer kind):
+    # observable = "second_moment" # mean | second_moment | variance | norm_ratio
+    # tensor = "gradient"          # signal (default) | gradient | weight_gradient
+    # place = "act2"               # input, dense1, act1, dense2, ... or an integer position (-1: the input)
     prediction = "2"               # numbers, pi, e, + - * / ** and sqrt, exp, log, ...
     exactness = "exact"            # exact | gaussian-exact | asymptotic | approximation
     source = "He et al. 2015, eq. (10)"
@@ -41,13 +45,14 @@ from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .errors import VarpropError
 from .network import FixedInput, GaussianInput, Network, mlp
+from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
 
 __all__ = ["FileClaim", "load_claims"]
 
-_REQUIRED = ("name", "activation", "widths", "observable", "layer", "prediction")
-_OPTIONAL = ("params", "init", "mode", "slope", "distribution", "weight_variance", "bias_variance", "input",
-             "exactness", "source", "description")
+_REQUIRED = ("name", "activation", "widths", "observable", "prediction")
+_OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
+             "bias_variance", "input", "exactness", "source", "description")
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,22 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
     where = f"{where} ({name})"
     try:
         network = _network(table, where)
-        observable = _choice(table, "observable", OBSERVABLES, where)
         exactness = _choice(table, "exactness", EXACTNESS, where, default="exact")
-        layer = table["layer"]
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise ClaimError(f"{where}: layer must be an integer, got {layer!r}")
+        if "place" in table:
+            if "layer" in table:
+                raise ClaimError(f"{where}: give either layer (with an observable name such as y_second_moment) or "
+                                 "place (with a statistic such as second_moment), not both")
+            observable = _at_place(table, network, where)
+            layer = None
+        else:
+            if "layer" not in table:
+                raise ClaimError(f"{where}: missing key 'layer' (or 'place'); required: {', '.join(_REQUIRED)}")
+            if "tensor" in table:
+                raise ClaimError(f"{where}: tensor goes with place, not with layer")
+            observable = _choice(table, "observable", OBSERVABLES, where)
+            layer = table["layer"]
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise ClaimError(f"{where}: layer must be an integer, got {layer!r}")
         prediction = _number(table["prediction"], "prediction", where)
         claim = Claim(name, network, observable, layer, prediction, exactness,
                       source=str(table.get("source", "")), description=str(table.get("description", "")))
@@ -105,6 +121,19 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
     except VarpropError as exc:
         raise ClaimError(f"{where}: {exc}") from None
     return _compare(claim)
+
+
+def _at_place(table: Mapping[str, object], network: Network, where: str) -> Observable:
+    """``observable = "second_moment"``, ``tensor = "gradient"``, ``place = "act2"`` (or a position)."""
+    statistic = _choice(table, "observable", tuple(STATISTICS), where)
+    tensor = _choice(table, "tensor", tuple(TENSORS), where, default="signal")
+    place = table["place"]
+    if isinstance(place, bool) or not isinstance(place, int | str):
+        raise ClaimError(f"{where}: place must be a place name such as 'act2' or an integer position, got {place!r}")
+    try:
+        return at_place(statistic, tensor, place, network)
+    except ObservableError as exc:
+        raise ClaimError(f"{where}: {exc}") from None
 
 
 def _text(table: Mapping[str, object], key: str, where: str) -> str:

@@ -65,6 +65,9 @@ __all__ = [
     "legacy_name",
     "resolve",
     "describe",
+    "STATISTICS",
+    "TENSORS",
+    "at_place",
 ]
 
 
@@ -241,3 +244,31 @@ def describe(observable: Observable, network: Network) -> str:
     where = network.place_name(tensor.position)
     text = f"{observable.statistic} of the {tensor.kind} at {where}"
     return text + (f" ({legacy[0]}, layer {legacy[1]})" if legacy else "")
+
+
+#: Statistic names for an observable addressed by place (claim files: ``observable = "second_moment"``).
+STATISTICS: dict[str, type[Observable]] = {
+    "mean": Mean,
+    "second_moment": SecondMoment,
+    "variance": Variance,
+    "norm_ratio": NormRatio,
+}
+#: Tensor names for an observable addressed by place (claim files: ``tensor = "gradient"``).
+TENSORS: dict[str, type] = {"signal": Signal, "gradient": Gradient, "weight_gradient": WeightGradient}
+
+
+def at_place(statistic: str, tensor: str, place: int | str, network: Network) -> Observable:
+    """The observable ``statistic`` of ``tensor`` at ``place`` (a position or a name such as ``act2``).
+
+    >>> at_place("second_moment", "gradient", "act1", network)  # doctest: +SKIP
+    SecondMoment(tensor=Gradient(position=1))
+    """
+    if statistic not in STATISTICS:
+        raise ObservableError(f"unknown statistic {statistic!r}; known: {', '.join(STATISTICS)}")
+    if tensor not in TENSORS:
+        raise ObservableError(f"unknown tensor {tensor!r}; known: {', '.join(TENSORS)}")
+    try:
+        position = network.position(place)
+    except SpecError as exc:
+        raise ObservableError(str(exc)) from None
+    return resolve(STATISTICS[statistic](TENSORS[tensor](position)), network)

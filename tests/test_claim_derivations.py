@@ -1,0 +1,120 @@
+"""Claims carry the derivation they come from; claim files address observables by place too."""
+
+import json
+
+import pytest
+import sympy as sp
+
+from varprop.catalogue import CATALOGUE, claim_from_derivation, family
+from varprop.claimfile import load_claims
+from varprop.claims import Claim, ClaimError
+from varprop.cli import main
+from varprop.errors import VarpropError
+from varprop.network import mlp
+from varprop.observables import Gradient, SecondMoment, Signal, at_place
+from varprop.weights import he
+
+PLACE_FILE = """
+[[claim]]
+name = "by-place"
+activation = "relu"
+widths = [16, 16, 16, 16]
+observable = "second_moment"
+tensor = "gradient"
+place = "act1"
+prediction = "2"
+exactness = "asymptotic"
+
+[[claim]]
+name = "by-name"
+activation = "relu"
+widths = [16, 16, 16, 16]
+observable = "dx_second_moment"
+layer = 2
+prediction = "2"
+exactness = "asymptotic"
+
+[[claim]]
+name = "trailing-output"
+activation = "relu"
+widths = [8, 8, 8]
+observable = "second_moment"
+place = 1
+prediction = "1"
+"""
+
+
+def test_a_place_and_a_layer_name_the_same_observable(tmp_path):
+    path = tmp_path / "claims.toml"
+    path.write_text(PLACE_FILE)
+    by_place, by_name, trailing = load_claims(path)
+    assert by_place.claim.observable == by_name.claim.observable == SecondMoment(Gradient(1))
+    assert by_place.claim.layer == 2  # the legacy name is filled in when one exists
+    assert by_place.agreement.startswith("matches the derivation")
+    assert trailing.claim.observable == SecondMoment(Signal(1)) and trailing.agreement.startswith("matches")
+    assert by_place.derivation is not None and by_place.derivation.result == 2
+
+
+@pytest.mark.parametrize("replace, fragment", [
+    ('place = "act1"', 'place = "act9"'),
+    ('tensor = "gradient"', 'tensor = "gradient"\nlayer = 2'),
+    ('observable = "second_moment"', 'observable = "y_second_moment"'),
+    ('tensor = "gradient"', 'tensor = "grad"'),
+])
+def test_bad_places_are_refused(tmp_path, capsys, replace, fragment):
+    text = PLACE_FILE.split("[[claim]]")[1]
+    path = tmp_path / "claims.toml"
+    path.write_text("[[claim]]" + text.replace(replace, fragment, 1))
+    assert main(["check", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varprop: ") and err.count("\n") == 1
+
+
+def test_at_place_names_what_is_accepted():
+    net = mlp([4, 4, 4], "relu", he())
+    assert at_place("mean", "weight_gradient", "dense2", net).tensor.position == 2
+    with pytest.raises(VarpropError, match="known: mean, second_moment"):
+        at_place("median", "signal", 0, net)
+    with pytest.raises(VarpropError, match="its places: input, dense1, act1, dense2"):
+        at_place("mean", "signal", "relu1", net)
+    with pytest.raises(VarpropError, match="needs a dense layer"):
+        at_place("mean", "weight_gradient", "act1", net)
+
+
+def test_claim_prediction_and_exactness_come_from_the_derivation():
+    claim = family("relu-mean-uniform").at(8)
+    assert claim.prediction == claim.derivation.result and claim.exactness == claim.derivation.exactness
+    assert claim.assumptions == claim.derivation.assumptions
+    mutant = claim.with_prediction(claim.prediction * 2)
+    assert mutant.derivation is None  # a hypothesis, not something varprop derived
+    with pytest.raises(ClaimError, match="unknown observable"):
+        claim_from_derivation("c", claim.network, "z_mean", 1)
+
+
+def test_check_json_carries_the_derivation(capsys):
+    assert main(["check", "relu-mean-fixed-input", "--samples", "50", "--quiet", "--json"]) == 3
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    derivation = result["derivation"]
+    assert derivation["exactness"] == result["exactness"]
+    assert sp.sympify(derivation["result"]) == sp.sympify(result["prediction_expr"])  # our own output, not user text
+    step = derivation["steps"][-1]
+    assert {"lhs", "rhs", "rule", "check", "uses", "exactness", "assumptions", "source"} <= set(step)
+    assert result["place"] == "act1" and result["tensor"] == "signal"
+
+
+def test_derive_claim_verify(capsys):
+    assert main(["derive", "claim", "--claim", "he-backward-last-layers-finite-width", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "Result: 15/16  (exact)" in out and "lemma      ok" in out and "FAILED" not in out
+    assert main(["derive", "claim"]) == 2
+    assert main(["derive", "forward", "--claim", "x"]) == 2
+
+
+def test_every_catalogue_entry_is_built_lazily():
+    import subprocess
+    import sys
+
+    code = "import varprop.catalogue as c, sys; print(c.CATALOGUE._entries is None)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+    assert len(CATALOGUE) == len(list(CATALOGUE))
