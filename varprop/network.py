@@ -27,6 +27,7 @@ __all__ = [
     "Dense",
     "Nonlinearity",
     "Layer",
+    "LAYER_CLASSES",
     "GaussianInput",
     "FixedInput",
     "InputSpec",
@@ -80,6 +81,8 @@ class Nonlinearity:
 
 
 Layer = Dense | Nonlinearity
+#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
+LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
 
 
 @dataclass(frozen=True)
