@@ -17,8 +17,32 @@ layers stand between them). Each sampled network gets
   where out is the last layer's output (:math:`y_L`, or :math:`\phi(y_L)` when the network ends with
   a nonlinearity), so that :math:`\partial\mathcal L/\partial y_L = g` (times :math:`\phi'(y_L)`).
 
-For every network and dense layer the sampler stores *per-network averages over units* (the
-``per_network`` arrays of :class:`Samples`, shape ``(T, L)``):
+For every network and every *position* :math:`p` of the network (``-1``, the input, then
+:math:`h_p`, the output of ``network.layers[p]``; see :mod:`varprop.observables`) the sampler stores
+*per-network averages over units* (the ``per_position`` arrays of :class:`Samples`, shape
+``(T, len(layers) + 1)``, column :math:`p + 1` for position :math:`p`), with :math:`n_p` the width at
+:math:`p`, :math:`h'_p` the partner's signal and :math:`\delta_p = \partial\mathcal L/\partial h_p`:
+
+================================  ==============================================================
+name                              per-network value at position :math:`p`
+================================  ==============================================================
+``signal_mean``                   :math:`\frac{1}{n_p}\sum_i h_{p,i}`
+``signal_second_moment``          :math:`\frac{1}{n_p}\sum_i h_{p,i}^2 = \|h_p\|^2/n_p`
+``gradient_mean``                 :math:`\frac{1}{n_p}\sum_i \delta_{p,i}`
+``gradient_second_moment``        :math:`\frac{1}{n_p}\sum_i \delta_{p,i}^2`
+``norm_ratio``                    :math:`\|h_p\|^2 / \|h_{-1}\|^2`
+``signal_partner_second_moment``  :math:`\frac{1}{n_p}\sum_i {h'_{p,i}}^2` (paired samples only)
+``signal_cross``                  :math:`\frac{1}{n_p}\sum_i h_{p,i}\, h'_{p,i}` (paired samples only)
+================================  ==============================================================
+
+Every layer kind is thus observable at its output (a trailing nonlinearity included), whatever its
+kind; the weight gradient of a dense layer at :math:`p` needs nothing more, since per network its
+mean and mean square are products of those of :math:`\delta_p` and :math:`h_{p-1}`
+(:math:`\partial\mathcal L/\partial W = \delta_p h_{p-1}^\top`).
+
+The claim-file vocabulary of dense layer :math:`l` at position :math:`q` (``x_l`` its input
+:math:`h_{q-1}`, ``y_l`` its output :math:`h_q`) is kept in the ``per_network`` arrays of shape
+``(T, L)``, selections of the per-position ones (views for evenly spaced dense layers):
 
 =============================  ================================================================
 name                           per-network value for layer :math:`l`
@@ -50,11 +74,13 @@ truncated, the first :math:`T` networks of a larger sample are the same networks
 
 Non-finite values
 -----------------
-Overflow and NaN are not averaged: for each layer, :class:`Samples` counts the networks whose
-recorded values at that layer contain ``inf`` (``overflow``) or NaN (``nan``), and every network
-with any non-finite value is excluded from estimates (``Samples.finite``). Networks whose layer
-input or pre-activation is identically zero (a dead rectifier layer, or underflow) are finite
-samples and stay in the estimates; they are counted in ``zero_x`` and ``zero_y``.
+Overflow and NaN are not averaged: for each position, :class:`Samples` counts the networks whose
+recorded values there contain ``inf`` (``position_overflow``) or NaN (``position_nan``), and for
+each dense layer those whose values at its input or output position do (``overflow``, ``nan``).
+Every network with any non-finite value is excluded from estimates (``Samples.finite``). Networks
+whose signal is identically zero somewhere (a dead rectifier layer, or underflow) are finite samples
+and stay in the estimates; they are counted per position in ``position_zero`` and per dense layer
+in ``zero_x`` (its input) and ``zero_y`` (its output).
 """
 
 from __future__ import annotations
@@ -477,7 +503,8 @@ def sample(
     Returns
     -------
     Samples
-        Per-network, per-layer averages and the counts of overflow, NaN and all-zero layers.
+        Per-network averages at every position (and per dense layer), and the counts of overflow,
+        NaN and all-zero signals.
 
     Raises
     ------
