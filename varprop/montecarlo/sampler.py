@@ -523,6 +523,7 @@ def sample(
         chunk = -(-_positive_int(chunk_size, "chunk_size") // block) * block
     rows = _N_PAIRED if plan.paired else _N_UNPAIRED
     sums = np.empty((rows, count, len(network.layers) + 1), dtype=np.float64)
+    flags = np.zeros((3, count, len(network.layers) + 1), dtype=bool)  # NaN, inf, zero signal
     blocks = -(-count // block)
     blocks_per_chunk = chunk // block
     workspace: dict[int, tuple[np.ndarray, ...]] = {}
@@ -536,8 +537,9 @@ def sample(
                 for k in indices
             ]
             _run_chunk(plan, children, block, stop - start, sums[:, start:stop], workspace)
+            _finish_chunk(plan, sums[:, start:stop], flags[:, start:stop])
         per_position = _per_position(plan, sums)
-        health = _health(network, per_position)
+        health = _health(network, flags)
     return Samples(
         network=network,
         per_position=MappingProxyType(per_position),
@@ -671,13 +673,30 @@ def _sum_units_first(units: np.ndarray) -> np.ndarray:
     return total
 
 
-def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
-    """Turn the raw sums, shape ``(rows, T, positions + 1)``, into per-network averages, in place."""
+def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
+    """Turn one chunk's raw sums into per-network averages in place, and flag its NaN, inf and zeros.
+
+    ``sums`` has shape ``(rows, networks, positions + 1)``; ``flags`` (all False on entry) gets, per
+    network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
+    the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
+    is elementwise, so the result does not depend on the chunk.
+    """
     squares = sums[_SIG_SQ]
     np.divide(squares, squares[:, :1], out=sums[_NORM])
-    rows = (_SIG_SUM, _SIG_SQ, _GRAD_SUM, _GRAD_SQ) + ((_SIG_PSQ, _SIG_CROSS) if plan.paired else ())
-    for row in rows:
-        sums[row] /= plan.widths
+    sums[_SIG_SUM : _GRAD_SQ + 1] /= plan.widths
+    if plan.paired:
+        sums[_SIG_PSQ:] /= plan.widths
+    np.equal(squares, 0, out=flags[2])
+    if not np.isfinite(sums).all():  # classify only the networks with some non-finite value
+        bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 2)))
+        values = sums[:, bad]
+        nan = np.isnan(values).any(axis=0)
+        flags[0, bad] = nan
+        flags[1, bad] = np.isinf(values).any(axis=0) & ~nan
+
+
+def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-position arrays: the rows of ``sums``, shape ``(rows, T, positions + 1)``, read-only."""
     names = PER_POSITION if plan.paired else tuple(n for n in PER_POSITION if n not in _PAIRED_ONLY)
     return {name: _read_only(sums[row]) for row, name in enumerate(names)}
 
@@ -701,21 +720,9 @@ def _per_network(network: Network, per_position: Mapping[str, np.ndarray]) -> di
     return out
 
 
-def _health(network: Network, per_position: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _health(network: Network, flags: np.ndarray) -> dict[str, np.ndarray]:
     """Finite networks, and overflow, NaN and all-zero counts per position and per dense layer."""
-    signal = per_position["signal_second_moment"]
-    total = np.zeros_like(signal)
-    for array in per_position.values():
-        total += array
-    bad = ~np.isfinite(total)
-    is_nan = np.zeros(bad.shape, dtype=bool)
-    is_inf = np.zeros(bad.shape, dtype=bool)
-    rows = np.flatnonzero(bad.any(axis=1))
-    if rows.size:  # classify only the networks with some non-finite value
-        for array in per_position.values():
-            is_nan[rows] |= np.isnan(array[rows])
-            is_inf[rows] |= np.isinf(array[rows])
-        is_inf &= ~is_nan
+    is_nan, is_inf, zero = flags
     column_finite = ~(is_nan | is_inf)
     finite = column_finite.all(axis=1)
     below, above = _columns(network, -1), _columns(network, 0)
@@ -726,9 +733,9 @@ def _health(network: Network, per_position: Mapping[str, np.ndarray]) -> dict[st
         "finite": finite,
         "overflow": np.count_nonzero(layer_inf, axis=0),
         "nan": np.count_nonzero(layer_nan, axis=0),
-        "zero_x": np.count_nonzero((signal[:, below] == 0) & layer_finite, axis=0),
-        "zero_y": np.count_nonzero((signal[:, above] == 0) & layer_finite, axis=0),
+        "zero_x": np.count_nonzero(zero[:, below] & layer_finite, axis=0),
+        "zero_y": np.count_nonzero(zero[:, above] & layer_finite, axis=0),
         "position_overflow": np.count_nonzero(is_inf, axis=0),
         "position_nan": np.count_nonzero(is_nan, axis=0),
-        "position_zero": np.count_nonzero((signal == 0) & column_finite, axis=0),
+        "position_zero": np.count_nonzero(zero & column_finite, axis=0),
     }
