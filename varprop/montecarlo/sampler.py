@@ -35,9 +35,9 @@ name                              per-network value at position :math:`p`
 ``signal_cross``                  :math:`\frac{1}{n_p}\sum_i h_{p,i}\, h'_{p,i}` (paired samples only)
 ================================  ==============================================================
 
-Every layer kind is thus observable at its output (a trailing nonlinearity included), whatever its
-kind; the weight gradient of a dense layer at :math:`p` needs nothing more, since per network its
-mean and mean square are products of those of :math:`\delta_p` and :math:`h_{p-1}`
+Every layer is thus observable at its output, whatever its kind (a trailing nonlinearity
+included); the weight gradient of the dense layer at :math:`p` needs nothing more, since per network
+its mean and mean square are the products of those of :math:`\delta_p` and :math:`h_{p-1}`
 (:math:`\partial\mathcal L/\partial W = \delta_p h_{p-1}^\top`).
 
 The claim-file vocabulary of dense layer :math:`l` at position :math:`q` (``x_l`` its input
