@@ -81,7 +81,7 @@ class Nonlinearity:
 
 
 Layer = Dense | Nonlinearity
-#: Every layer class; each engine registers a rule for each (a test enforces it).
+#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
 LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
 
 

@@ -198,6 +198,8 @@ def test_bit_identical_whatever_the_chunk_size(name):
     for first, other in ((runs[0], runs[1]), (runs[0], runs[2]), (runs[3], runs[4]), (runs[3], runs[5])):
         for key, values in first.per_network.items():
             assert np.array_equal(values, other.per_network[key], equal_nan=True), key
+        for key, values in first.per_position.items():
+            assert np.array_equal(values, other.per_position[key], equal_nan=True), key
     for observable in OBSERVABLES:
         assert estimate(runs[0], observable, 2) == estimate(runs[2], observable, 2)
 

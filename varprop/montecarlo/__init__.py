@@ -9,12 +9,16 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 >>> est = estimate(samples, "x_second_moment", 2)   # E[x_2^2] = Var[y_1] / 2 = 1 for He + relu
 >>> judge(1.0, est.value, est.se, est.n, rtol=0.05).outcome
 'PASS'
+>>> from varprop.observables import SecondMoment, Signal
+>>> est = estimate(samples, SecondMoment(Signal(1)))   # the same tensor, by position
+>>> judge(1.0, est.value, est.se, est.n, rtol=0.05).outcome
+'PASS'
 """
 
 from .check import MEASURED, CheckResult, Measurement, check, check_all, format_results
 from .errors import MonteCarloError
-from .estimators import OBSERVABLES, Estimate, estimate
-from .sampler import PER_NETWORK, LayerStep, Samples, default_sizes, layer_step, sample
+from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
+from .sampler import PER_NETWORK, PER_POSITION, LayerStep, Samples, default_sizes, layer_step, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
 
 __all__ = [
@@ -22,10 +26,13 @@ __all__ = [
     "sample",
     "Samples",
     "PER_NETWORK",
+    "PER_POSITION",
     "default_sizes",
     "layer_step",
     "LayerStep",
     "estimate",
+    "per_network_values",
+    "network_values",
     "Estimate",
     "OBSERVABLES",
     "judge",

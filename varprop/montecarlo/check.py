@@ -40,9 +40,11 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..claims import Claim, ClaimFamily
+from ..errors import VarpropError
 from ..network import Network
+from ..observables import Observable, from_name
 from .errors import MonteCarloError
-from .estimators import Estimate, estimate
+from .estimators import Estimate, estimate, health, per_network_values
 from .sampler import sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge
 
@@ -216,19 +218,20 @@ def _measure(
         spread = est.se * math.sqrt(est.n)
         return math.ceil(_SAFETY * (z_plan * spread / (item.rtol * scale)) ** 2) if spread > 0 else _PILOT
 
+    observables = [_observable(item.claim, network) for item in items]
+
     def measure_all(drawn) -> list[tuple[Estimate, int]]:
         out = []
-        for item in items:
-            est = estimate(drawn, item.claim.observable_name, item.claim.layer)
-            values = _per_network_values(drawn, item.claim.observable_name, item.claim.layer - 1)
-            out.append((est, _skew_minimum(values, z_plan)))
+        for observable in observables:
+            est = estimate(drawn, observable)
+            out.append((est, _skew_minimum(per_network_values(drawn, observable), z_plan)))
         return out
 
     main_seed = _seed(seed, network, 1)
     if samples is None:
         pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
-        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, item.claim.observable_name, item.claim.layer))
-                                           for item in items))))
+        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, observable))
+                                           for item, observable in zip(items, observables)))))
     else:
         count = samples
     drawn = sample(network, count, seed=main_seed)
@@ -240,28 +243,21 @@ def _measure(
         # skewness, never on the means.
         drawn = sample(network, int(min(cap, wanted)), seed=main_seed)
         results = measure_all(drawn)
-    out = []
-    for item, (est, minimum) in zip(items, results):
-        column = item.claim.layer - 1
-        out.append((est, {
-            "excluded": int(drawn.excluded),
-            "overflow": int(drawn.overflow[column]),
-            "nan": int(drawn.nan[column]),
-            "zero_input_networks": int(drawn.zero_x[column]),
-            "skew_minimum": minimum,
-        }))
-    return out
+    # Health at the observable's own position(s): excluded (any non-finite value), overflow and NaN
+    # there, and the finite networks whose observed tensor is identically zero.
+    return [(est, {**health(drawn, observable), "skew_minimum": minimum})
+            for observable, (est, minimum) in zip(observables, results)]
 
 
-_BASE = {"y_variance": "y_second_moment", "x_variance": "x_second_moment"}
-
-
-def _per_network_values(drawn, observable: str, column: int) -> np.ndarray:
-    """The per-network values whose mean is the estimate (for a variance: its second-moment part)."""
-    finite = drawn.finite
-    if observable == "dw_second_moment":
-        return drawn.per_network["dy_second_moment"][finite, column] * drawn.per_network["x_second_moment"][finite, column]
-    return drawn.per_network[_BASE.get(observable, observable)][finite, column]
+def _observable(claim: Claim, network: Network) -> Observable:
+    """The claim's observable: an :class:`Observable`, or a claim-file name at ``claim.layer`` turned into one."""
+    observable = claim.observable
+    if isinstance(observable, Observable):
+        return observable
+    try:
+        return from_name(observable, claim.layer, network)
+    except VarpropError as exc:
+        raise MonteCarloError(f"claim {claim.name!r}: {exc}") from None
 
 
 def _skew_minimum(values: np.ndarray, z: float) -> int:

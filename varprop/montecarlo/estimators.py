@@ -1,4 +1,4 @@
-r"""Estimates of per-layer observables, with standard errors across networks.
+r"""Estimates of observables at network positions, with standard errors across networks.
 
 The independent unit is the network. Units inside one network are exchangeable but dependent
 (they share the network's weights upstream, hence its activation scale), so an observable is first
@@ -11,7 +11,12 @@ per-network averages :math:`a_t`), and then
 Treating all :math:`T n` units as independent would understate the SE by up to a factor
 :math:`\sqrt{1 + (n-1)\rho}`, :math:`\rho` the correlation of two units of one network.
 
-Observables (``layer`` is the dense layer :math:`l = 1 .. L`):
+An observable is a :class:`~varprop.observables.Observable` (a statistic of a signal, gradient or
+weight gradient at a position; :func:`estimate` ``(samples, observable)``), or, in the claim-file
+vocabulary, a name at dense layer :math:`l = 1 .. L` (:func:`estimate` ``(samples, name, l)``). Each
+statistic class of :data:`varprop.observables.OBSERVABLES` has one rule in the registry
+:func:`network_values` (the per-network values whose mean is the estimate); :class:`Variance` also
+has its own combination (the delta method below). The names, and what they estimate:
 
 ==================================  ===========================================================
 observable                          estimates
@@ -35,7 +40,11 @@ observable                          estimates
 
 Per network, :math:`\frac{1}{\hat n n}\sum_{ij} (\partial\mathcal L/\partial W_{ij})^2 =
 \big(\frac1{\hat n}\sum_i (\partial\mathcal L/\partial y_i)^2\big)\big(\frac1n\sum_j x_j^2\big)`
-exactly, since :math:`\partial\mathcal L/\partial W = (\partial\mathcal L/\partial y)\, x^\top`.
+and :math:`\frac{1}{\hat n n}\sum_{ij} \partial\mathcal L/\partial W_{ij} =
+\big(\frac1{\hat n}\sum_i \partial\mathcal L/\partial y_i\big)\big(\frac1n\sum_j x_j\big)`
+exactly, since :math:`\partial\mathcal L/\partial W = (\partial\mathcal L/\partial y)\, x^\top`: a
+:class:`~varprop.observables.WeightGradient` at position :math:`p` is read off the gradient at
+:math:`p` and the signal at :math:`p - 1`.
 
 The two variances and the correlation are smooth functions of means; their SE comes from the
 delta method on the per-network values (the influence values :math:`d_t` below, SE
@@ -46,23 +55,40 @@ s_{a}^2/T`; the correlation is a ratio estimator, with a bias of order :math:`1/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import singledispatch
 from numbers import Integral
 
 import numpy as np
 
-from ..claims import OBSERVABLES as CLAIM_OBSERVABLES
+from ..errors import VarpropError
+from ..observables import (
+    LEGACY_NAMES,
+    OBSERVABLES as OBSERVABLE_CLASSES,
+    Gradient,
+    Mean,
+    NormRatio,
+    Observable,
+    SecondMoment,
+    Signal,
+    Tensor,
+    Variance,
+    WeightGradient,
+    from_name,
+    resolve,
+)
 from .errors import MonteCarloError
 from .sampler import Samples
 
-__all__ = ["OBSERVABLES", "Estimate", "estimate"]
+__all__ = ["OBSERVABLES", "Estimate", "estimate", "network_values", "per_network_values", "health"]
 
-#: Observable names accepted by :func:`estimate` (see the module docstring).
-OBSERVABLES: tuple[str, ...] = CLAIM_OBSERVABLES + (
-    "x_norm_ratio",
+#: Observable names accepted by :func:`estimate` with a dense layer (see the module docstring).
+OBSERVABLES: tuple[str, ...] = LEGACY_NAMES + (
     "x_norm_ratio_second_moment",
     "y_mean_square_second_moment",
     "y_correlation",
 )
+#: The names that are not observables of :mod:`varprop.observables` (Monte Carlo only).
+_EXTRA = OBSERVABLES[len(LEGACY_NAMES) :]
 
 
 @dataclass(frozen=True)
@@ -87,9 +113,103 @@ class Estimate:
     excluded: int = 0
 
 
+# --- per-network values of each tensor ---------------------------------------------------------
+
+
+def _tensor_values(samples: Samples, tensor: Tensor, statistic: str) -> np.ndarray:
+    r"""Per-network mean (``statistic="mean"``) or mean square (``"second_moment"``) over a tensor's units.
+
+    All ``count`` networks, finite or not. The weight gradient of the dense layer at :math:`p` is
+    the outer product of the gradient at :math:`p` and the signal at :math:`p - 1`, so both its
+    per-network statistics are products.
+    """
+    column = samples.column(tensor.position)
+    if isinstance(tensor, Signal):
+        return samples.per_position[f"signal_{statistic}"][:, column]
+    gradient = samples.per_position[f"gradient_{statistic}"][:, column]
+    if isinstance(tensor, Gradient):
+        return gradient
+    return gradient * samples.per_position[f"signal_{statistic}"][:, column - 1]
+
+
+def _positions(tensor: Tensor) -> tuple[int, ...]:
+    """The positions whose recorded values a tensor is computed from."""
+    if isinstance(tensor, WeightGradient):
+        return (tensor.position - 1, tensor.position)
+    return (tensor.position,)
+
+
+@singledispatch
+def network_values(observable: object, samples: Samples) -> np.ndarray:
+    """The per-network values whose mean estimates ``observable`` (a registry keyed on observable classes).
+
+    Returns shape ``(samples.count,)``, every network (finite or not). For a :class:`Variance`, its
+    second-moment part (the variance itself is not a mean of per-network values; see
+    :func:`estimate`). Register a new statistic class with ``@network_values.register(MyStatistic)``.
+    """
+    known = ", ".join(cls.__name__ for cls in OBSERVABLE_CLASSES)
+    raise MonteCarloError(f"no Monte Carlo estimator for {observable!r}; observables the estimators know: {known}")
+
+
+@network_values.register
+def _(observable: Mean, samples: Samples) -> np.ndarray:
+    return _tensor_values(samples, observable.tensor, "mean")
+
+
+@network_values.register
+def _(observable: SecondMoment, samples: Samples) -> np.ndarray:
+    return _tensor_values(samples, observable.tensor, "second_moment")
+
+
+@network_values.register
+def _(observable: Variance, samples: Samples) -> np.ndarray:
+    return _tensor_values(samples, observable.tensor, "second_moment")
+
+
+@network_values.register
+def _(observable: NormRatio, samples: Samples) -> np.ndarray:
+    return samples.per_position["norm_ratio"][:, samples.column(observable.tensor.position)]
+
+
+@singledispatch
+def _combine(observable: Observable, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    """Value and SE from the finite networks: by default the mean of :func:`network_values` and its SE."""
+    return _mean_and_se(network_values(observable, samples)[finite])
+
+
+@_combine.register
+def _(observable: Variance, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    first = _tensor_values(samples, observable.tensor, "mean")[finite]
+    second = _tensor_values(samples, observable.tensor, "second_moment")[finite]
+    return _variance(first, second)
+
+
+def _variance(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+    r"""Unbiased :math:`\hat\mu_2 - \hat\mu_1^2 + s_1^2/T` and its delta-method SE."""
+    n = first.shape[0]
+    mean1 = float(np.mean(first))
+    var1 = float(np.var(first, ddof=1))
+    value = float(np.mean(second)) - mean1 * mean1 + var1 / n
+    influence = second - 2.0 * mean1 * first
+    return value, float(np.std(influence, ddof=1) / np.sqrt(n))
+
+
+# --- checking the arguments ---------------------------------------------------------------------
+
+
+def _check_samples(samples: object) -> Samples:
+    if not isinstance(samples, Samples):
+        raise MonteCarloError(f"expected Samples from varprop.montecarlo.sample, got {samples!r}")
+    return samples
+
+
 def _check_observable(observable: object) -> str:
     if observable not in OBSERVABLES:
-        raise MonteCarloError(f"unknown observable {observable!r}; accepted: {', '.join(OBSERVABLES)}")
+        raise MonteCarloError(
+            f"unknown observable {observable!r}; accepted: an Observable of varprop.observables "
+            f"({', '.join(cls.__name__ for cls in OBSERVABLE_CLASSES)}) or a name with a dense layer "
+            f"({', '.join(OBSERVABLES)})"
+        )
     return str(observable)
 
 
@@ -102,21 +222,60 @@ def _check_layer(layer: object, depth: int) -> int:
     return int(layer)
 
 
+def _resolve(samples: Samples, observable: object) -> Observable:
+    """``observable`` checked against the sampled network (a :class:`MonteCarloError` if it is not in it)."""
+    try:
+        return resolve(observable, samples.network)
+    except VarpropError as exc:
+        raise MonteCarloError(str(exc)) from None
+
+
+def _as_observable(samples: Samples, observable: object, layer: object) -> Observable | tuple[str, int]:
+    """An :class:`Observable`, or ``(name, layer)`` for the Monte Carlo-only names."""
+    if isinstance(observable, Observable):
+        if layer is not None:
+            raise MonteCarloError(
+                f"an Observable carries its own position; give no layer (got layer={layer!r} with {observable!r})"
+            )
+        return _resolve(samples, observable)
+    name = _check_observable(observable)
+    column = _check_layer(layer, samples.depth)
+    if name in _EXTRA:
+        return name, column
+    return from_name(name, column, samples.network)
+
+
+def _finite(samples: Samples) -> tuple[np.ndarray, int]:
+    finite = samples.finite
+    n = int(np.count_nonzero(finite))
+    if n < 2:
+        raise MonteCarloError(
+            f"an estimate needs at least 2 finite networks, got {n} of {samples.count} "
+            f"(overflow per layer: {samples.overflow.tolist()}, NaN per layer: {samples.nan.tolist()})"
+        )
+    return finite, n
+
+
 def _mean_and_se(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(values.shape[0]))
 
 
-def estimate(samples: Samples, observable: str, layer: int) -> Estimate:
-    r"""Estimate ``observable`` at dense layer ``layer`` (1-based) from ``samples``.
+# --- public -------------------------------------------------------------------------------------
+
+
+def estimate(samples: Samples, observable: Observable | str, layer: int | None = None) -> Estimate:
+    r"""Estimate ``observable`` from ``samples``.
 
     Parameters
     ----------
     samples
         The output of :func:`~varprop.montecarlo.sample`.
     observable
-        One of :data:`OBSERVABLES`.
+        An :class:`~varprop.observables.Observable` (say ``SecondMoment(Signal(3))``, or
+        ``Mean(Gradient(-1))``), or one of the names :data:`OBSERVABLES`.
     layer
-        The dense layer :math:`l`, from 1 to ``samples.depth``.
+        With a name: the dense layer :math:`l`, from 1 to ``samples.depth``. With an
+        :class:`~varprop.observables.Observable`: omitted (the observable holds its position).
 
     Returns
     -------
@@ -126,55 +285,89 @@ def estimate(samples: Samples, observable: str, layer: int) -> Estimate:
     Raises
     ------
     MonteCarloError
-        For an unknown observable, a layer out of range, fewer than two finite networks, or a
-        correlation whose denominator is estimated as zero.
+        For an unknown observable or one not in the sampled network, a layer out of range, fewer
+        than two finite networks, or a correlation whose denominator is estimated as zero.
     """
-    if not isinstance(samples, Samples):
-        raise MonteCarloError(f"expected Samples from varprop.montecarlo.sample, got {samples!r}")
-    name = _check_observable(observable)
-    column = _check_layer(layer, samples.depth) - 1
-    finite = samples.finite
-    n = int(np.count_nonzero(finite))
-    if n < 2:
-        raise MonteCarloError(
-            f"an estimate needs at least 2 finite networks, got {n} of {samples.count} "
-            f"(overflow per layer: {samples.overflow.tolist()}, NaN per layer: {samples.nan.tolist()})"
-        )
-
-    def get(key: str) -> np.ndarray:
-        return samples.per_network[key][finite, column]
-
-    if name in ("y_variance", "x_variance"):
-        first, second = get(name[0] + "_mean"), get(name[0] + "_second_moment")
-        mean1 = float(np.mean(first))
-        var1 = float(np.var(first, ddof=1))
-        value = float(np.mean(second)) - mean1 * mean1 + var1 / n
-        influence = second - 2.0 * mean1 * first
-        se = float(np.std(influence, ddof=1) / np.sqrt(n))
-    elif name == "y_correlation":
-        if "y_cross" not in samples.per_network:
-            raise MonteCarloError(
-                "y_correlation needs paired inputs: sample the networks with correlation=True (or a partner)"
-            )
-        cross, own, partner = get("y_cross"), get("y_second_moment"), get("y_partner_second_moment")
-        c, p, q = float(np.mean(cross)), float(np.mean(own)), float(np.mean(partner))
-        if not (p > 0 and q > 0):
-            raise MonteCarloError(
-                f"the correlation of y at layer {column + 1} is undefined: E[y^2] is estimated as {p} and "
-                f"E[y'^2] as {q}; both must be positive"
-            )
-        scale = np.sqrt(p * q)
-        value = c / scale
-        influence = cross / scale - value * own / (2.0 * p) - value * partner / (2.0 * q)
-        se = float(np.std(influence, ddof=1) / np.sqrt(n))
+    samples = _check_samples(samples)
+    target = _as_observable(samples, observable, layer)
+    finite, n = _finite(samples)
+    if isinstance(target, Observable):
+        value, se = _combine(target, samples, finite)
     else:
-        if name == "dw_second_moment":
-            values = get("dy_second_moment") * get("x_second_moment")
-        elif name == "x_norm_ratio_second_moment":
-            values = get("x_norm_ratio") ** 2
-        elif name == "y_mean_square_second_moment":
-            values = get("y_second_moment") ** 2
-        else:
-            values = get(name)
-        value, se = _mean_and_se(values)
+        value, se = _extra(samples, *target, finite)
     return Estimate(value=float(value), se=se, n=n, excluded=samples.count - n)
+
+
+def _extra(samples: Samples, name: str, layer: int, finite: np.ndarray) -> tuple[float, float]:
+    """The Monte Carlo-only names: spreads of per-network values, and the correlation of two inputs."""
+    position = samples.network.dense_positions[layer - 1]
+    if name == "x_norm_ratio_second_moment":
+        return _mean_and_se(network_values(NormRatio(Signal(position - 1)), samples)[finite] ** 2)
+    if name == "y_mean_square_second_moment":
+        return _mean_and_se(network_values(SecondMoment(Signal(position)), samples)[finite] ** 2)
+    if not samples.paired:
+        raise MonteCarloError(
+            "y_correlation needs paired inputs: sample the networks with correlation=True (or a partner)"
+        )
+    column = samples.column(position)
+    cross, own, partner = (
+        samples.per_position[key][finite, column]
+        for key in ("signal_cross", "signal_second_moment", "signal_partner_second_moment")
+    )
+    c, p, q = float(np.mean(cross)), float(np.mean(own)), float(np.mean(partner))
+    if not (p > 0 and q > 0):
+        raise MonteCarloError(
+            f"the correlation of y at layer {layer} is undefined: E[y^2] is estimated as {p} and "
+            f"E[y'^2] as {q}; both must be positive"
+        )
+    scale = np.sqrt(p * q)
+    value = c / scale
+    influence = cross / scale - value * own / (2.0 * p) - value * partner / (2.0 * q)
+    return value, float(np.std(influence, ddof=1) / np.sqrt(cross.shape[0]))
+
+
+def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:
+    """The per-network values of the finite networks whose mean estimates ``observable``.
+
+    For a :class:`~varprop.observables.Variance`, its second-moment part (what sizes a sample by its
+    skewness). Shape ``(n,)``, ``n`` the number of finite networks.
+
+    Raises
+    ------
+    MonteCarloError
+        For something that is not an :class:`~varprop.observables.Observable` of the sampled network.
+    """
+    samples = _check_samples(samples)
+    observable = _resolve(samples, observable)
+    return network_values(observable, samples)[samples.finite]
+
+
+def health(samples: Samples, observable: Observable) -> dict[str, int]:
+    """Counts of the networks that trouble ``observable``, at the positions it is computed from.
+
+    Returns
+    -------
+    dict
+        ``excluded``: networks with any non-finite value (left out of every estimate);
+        ``overflow``, ``nan``: networks whose values at the observable's positions (for a weight
+        gradient, its layer's input and output) contain ``inf`` and no NaN, or NaN;
+        ``zero_networks``: finite networks whose observed tensor is identically zero (a dead
+        rectifier layer upstream, or underflow).
+    """
+    samples = _check_samples(samples)
+    observable = _resolve(samples, observable)
+    nan = np.zeros(samples.count, dtype=bool)
+    inf = np.zeros(samples.count, dtype=bool)
+    for position in _positions(observable.tensor):
+        column = samples.column(position)
+        for array in samples.per_position.values():
+            nan |= np.isnan(array[:, column])
+            inf |= np.isinf(array[:, column])
+    inf &= ~nan
+    square = _tensor_values(samples, observable.tensor, "second_moment")
+    return {
+        "excluded": samples.excluded,
+        "overflow": int(np.count_nonzero(inf)),
+        "nan": int(np.count_nonzero(nan)),
+        "zero_networks": int(np.count_nonzero((square == 0) & samples.finite)),
+    }

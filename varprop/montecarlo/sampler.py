@@ -17,8 +17,32 @@ layers stand between them). Each sampled network gets
   where out is the last layer's output (:math:`y_L`, or :math:`\phi(y_L)` when the network ends with
   a nonlinearity), so that :math:`\partial\mathcal L/\partial y_L = g` (times :math:`\phi'(y_L)`).
 
-For every network and dense layer the sampler stores *per-network averages over units* (the
-``per_network`` arrays of :class:`Samples`, shape ``(T, L)``):
+For every network and every *position* :math:`p` of the network (``-1``, the input, then
+:math:`h_p`, the output of ``network.layers[p]``; see :mod:`varprop.observables`) the sampler stores
+*per-network averages over units* (the ``per_position`` arrays of :class:`Samples`, shape
+``(T, len(layers) + 1)``, column :math:`p + 1` for position :math:`p`), with :math:`n_p` the width at
+:math:`p`, :math:`h'_p` the partner's signal and :math:`\delta_p = \partial\mathcal L/\partial h_p`:
+
+================================  ==============================================================
+name                              per-network value at position :math:`p`
+================================  ==============================================================
+``signal_mean``                   :math:`\frac{1}{n_p}\sum_i h_{p,i}`
+``signal_second_moment``          :math:`\frac{1}{n_p}\sum_i h_{p,i}^2 = \|h_p\|^2/n_p`
+``gradient_mean``                 :math:`\frac{1}{n_p}\sum_i \delta_{p,i}`
+``gradient_second_moment``        :math:`\frac{1}{n_p}\sum_i \delta_{p,i}^2`
+``norm_ratio``                    :math:`\|h_p\|^2 / \|h_{-1}\|^2`
+``signal_partner_second_moment``  :math:`\frac{1}{n_p}\sum_i {h'_{p,i}}^2` (paired samples only)
+``signal_cross``                  :math:`\frac{1}{n_p}\sum_i h_{p,i}\, h'_{p,i}` (paired samples only)
+================================  ==============================================================
+
+Every layer is thus observable at its output, whatever its kind (a trailing nonlinearity
+included); the weight gradient of the dense layer at :math:`p` needs nothing more, since per network
+its mean and mean square are the products of those of :math:`\delta_p` and :math:`h_{p-1}`
+(:math:`\partial\mathcal L/\partial W = \delta_p h_{p-1}^\top`).
+
+The claim-file vocabulary of dense layer :math:`l` at position :math:`q` (``x_l`` its input
+:math:`h_{q-1}`, ``y_l`` its output :math:`h_q`) is kept in the ``per_network`` arrays of shape
+``(T, L)``, selections of the per-position ones (views for evenly spaced dense layers):
 
 =============================  ================================================================
 name                           per-network value for layer :math:`l`
@@ -50,11 +74,13 @@ truncated, the first :math:`T` networks of a larger sample are the same networks
 
 Non-finite values
 -----------------
-Overflow and NaN are not averaged: for each layer, :class:`Samples` counts the networks whose
-recorded values at that layer contain ``inf`` (``overflow``) or NaN (``nan``), and every network
-with any non-finite value is excluded from estimates (``Samples.finite``). Networks whose layer
-input or pre-activation is identically zero (a dead rectifier layer, or underflow) are finite
-samples and stay in the estimates; they are counted in ``zero_x`` and ``zero_y``.
+Overflow and NaN are not averaged: for each position, :class:`Samples` counts the networks whose
+recorded values there contain ``inf`` (``position_overflow``) or NaN (``position_nan``), and for
+each dense layer those whose values at its input or output position do (``overflow``, ``nan``).
+Every network with any non-finite value is excluded from estimates (``Samples.finite``). Networks
+whose signal is identically zero somewhere (a dead rectifier layer, or underflow) are finite samples
+and stay in the estimates; they are counted per position in ``position_zero`` and per dense layer
+in ``zero_x`` (its input) and ``zero_y`` (its output).
 """
 
 from __future__ import annotations
@@ -74,7 +100,7 @@ from ..network import Dense, FixedInput, GaussianInput, Network, Nonlinearity
 from ..weights import Normal
 from .errors import MonteCarloError
 
-__all__ = ["Samples", "sample", "layer_step", "LayerStep", "PER_NETWORK", "default_sizes"]
+__all__ = ["Samples", "sample", "layer_step", "LayerStep", "PER_NETWORK", "PER_POSITION", "default_sizes"]
 
 #: Names of the per-network arrays held by :class:`Samples` (see the module docstring).
 PER_NETWORK: tuple[str, ...] = (
@@ -89,13 +115,37 @@ PER_NETWORK: tuple[str, ...] = (
     "x_norm_ratio",
 )
 
-# Rows of the raw per-network sums computed inside a chunk; the first seven are the rows of the
-# forward stack built by _forward_sums (_Y_PARTNER_SUM is a by-product that is not reported).
-_Y_SUM, _Y_PARTNER_SUM, _Y_SQ, _Y_PSQ, _Y_CROSS, _X_SUM, _X_SQ, _DY_SQ, _DX_SQ = range(9)
-_N_FORWARD = 7
-_N_SUMS = 9
+#: Names of the per-position arrays held by :class:`Samples` (see the module docstring).
+PER_POSITION: tuple[str, ...] = (
+    "signal_mean",
+    "signal_second_moment",
+    "gradient_mean",
+    "gradient_second_moment",
+    "norm_ratio",
+    "signal_partner_second_moment",
+    "signal_cross",
+)
+
+# Rows of the raw per-network sums computed inside a chunk, one column per position (column p + 1
+# is position p). The last two rows exist only for paired samples.
+_SIG_SUM, _SIG_SQ, _GRAD_SUM, _GRAD_SQ, _NORM, _SIG_PSQ, _SIG_CROSS = range(7)
+_N_UNPAIRED = 5
+_N_PAIRED = 7
 #: Arrays present only when the networks were sampled with a partner input.
-_PAIRED_ONLY = ("y_cross", "y_partner_second_moment")
+_PAIRED_ONLY = ("y_cross", "y_partner_second_moment", "signal_partner_second_moment", "signal_cross")
+#: Legacy per-dense-layer arrays: name -> (per-position array, offset of its position from the
+#: dense layer's position q: 0 for y_l and dy_l at q, -1 for x_l and dx_l at q - 1).
+_LEGACY: dict[str, tuple[str, int]] = {
+    "y_mean": ("signal_mean", 0),
+    "y_second_moment": ("signal_second_moment", 0),
+    "y_cross": ("signal_cross", 0),
+    "y_partner_second_moment": ("signal_partner_second_moment", 0),
+    "x_mean": ("signal_mean", -1),
+    "x_second_moment": ("signal_second_moment", -1),
+    "dy_second_moment": ("gradient_second_moment", 0),
+    "dx_second_moment": ("gradient_second_moment", -1),
+    "x_norm_ratio": ("norm_ratio", -1),
+}
 
 # Parameter floats drawn per block (amortises generator creation and each law.sample call), and
 # working-memory floats per chunk; both chosen from benchmarks/bench_sampler.py.
@@ -112,9 +162,6 @@ class LayerStep(Protocol):
     Arrays carry a leading network axis; activations have shape ``(networks, 2, width)`` (the
     network's input and the partner input), gradients ``(networks, 1, width)``.
     """
-
-    #: True for the layers whose inputs and outputs are the x_l, y_l of the observables.
-    observed: bool
 
     def draw(
         self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
@@ -151,7 +198,6 @@ class _DenseStep:
     r""":math:`y = W x + b`, :math:`\partial\mathcal L/\partial x = W^\top \partial\mathcal L/\partial y`."""
 
     layer: Dense
-    observed: bool = True
 
     def draw(
         self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
@@ -179,7 +225,6 @@ class _NonlinearityStep:
     r""":math:`x = \phi(y)`, :math:`\partial\mathcal L/\partial y = \phi'(y)\,\partial\mathcal L/\partial x`."""
 
     layer: Nonlinearity
-    observed: bool = False
 
     def draw(
         self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
@@ -216,18 +261,27 @@ class Samples:
     ----------
     network
         The sampled network description.
+    per_position
+        Read-only arrays of shape ``(count, len(network.layers) + 1)``, one per name in
+        :data:`PER_POSITION`; column ``p + 1`` is position ``p`` (-1: the input; see
+        :meth:`column`).
     per_network
         Read-only arrays of shape ``(count, depth)``, one per name in :data:`PER_NETWORK`; column
-        ``l - 1`` is dense layer ``l``.
+        ``l - 1`` is dense layer ``l``. They are selections of the ``per_position`` arrays (views
+        when the dense layers are evenly spaced, as in an MLP).
     finite
         ``(count,)`` booleans: the networks with every recorded value finite; only these enter
         estimates.
     overflow, nan
-        ``(depth,)`` counts of networks whose values at that layer contain ``inf`` (and no NaN), or
-        NaN.
+        ``(depth,)`` counts of networks whose values at dense layer ``l`` (its input or output
+        position) contain ``inf`` (and no NaN), or NaN.
     zero_x, zero_y
         ``(depth,)`` counts of finite networks whose layer input :math:`x_l`, or pre-activation
         :math:`y_l`, is identically zero.
+    position_overflow, position_nan, position_zero
+        The same per position, shape ``(len(network.layers) + 1,)``: networks whose values at that
+        position contain ``inf`` (and no NaN) or NaN, and finite networks whose signal there is
+        identically zero.
     seed
         The :class:`numpy.random.SeedSequence` everything was drawn from.
     block_size, chunk_size
@@ -237,12 +291,16 @@ class Samples:
     """
 
     network: Network
+    per_position: Mapping[str, np.ndarray]
     per_network: Mapping[str, np.ndarray]
     finite: np.ndarray
     overflow: np.ndarray
     nan: np.ndarray
     zero_x: np.ndarray
     zero_y: np.ndarray
+    position_overflow: np.ndarray
+    position_nan: np.ndarray
+    position_zero: np.ndarray
     seed: np.random.SeedSequence
     block_size: int
     chunk_size: int
@@ -259,9 +317,23 @@ class Samples:
         return self.network.depth
 
     @property
+    def paired(self) -> bool:
+        """True when a partner input was fed through every network (cross moments are recorded)."""
+        return "signal_cross" in self.per_position
+
+    @property
     def excluded(self) -> int:
         """Networks left out of every estimate because some recorded value is not finite."""
         return int(self.count - np.count_nonzero(self.finite))
+
+    def column(self, position: int) -> int:
+        """The column of the ``per_position`` arrays that holds ``position`` (-1, the input, is column 0)."""
+        last = len(self.network.layers) - 1
+        if isinstance(position, bool) or not isinstance(position, Integral) or not -1 <= int(position) <= last:
+            raise MonteCarloError(
+                f"position must be an integer from -1 (the input) to {last}, got {position!r}"
+            )
+        return int(position) + 1
 
     def __repr__(self) -> str:
         return (
@@ -282,6 +354,7 @@ class _Plan:
     paired: bool
     widths_in: np.ndarray
     widths_out: np.ndarray
+    widths: np.ndarray
 
 
 def default_sizes(network: Network) -> tuple[int, int]:
@@ -390,6 +463,7 @@ def _plan(network: Network, partner: Sequence[float] | None, correlation: bool =
         paired=correlation or partner is not None,
         widths_in=np.array([layer.fan_in for layer in dense], dtype=np.float64),
         widths_out=np.array([layer.fan_out for layer in dense], dtype=np.float64),
+        widths=np.array([network.width(p) for p in range(-1, len(network.layers))], dtype=np.float64),
     )
 
 
@@ -429,7 +503,8 @@ def sample(
     Returns
     -------
     Samples
-        Per-network, per-layer averages and the counts of overflow, NaN and all-zero layers.
+        Per-network averages at every position (and per dense layer), and the counts of overflow,
+        NaN and all-zero signals.
 
     Raises
     ------
@@ -446,8 +521,9 @@ def sample(
         chunk = max(block, default_chunk // block * block)
     else:
         chunk = -(-_positive_int(chunk_size, "chunk_size") // block) * block
-    depth = network.depth
-    sums = np.empty((_N_SUMS, count, depth), dtype=np.float64)
+    rows = _N_PAIRED if plan.paired else _N_UNPAIRED
+    sums = np.empty((rows, count, len(network.layers) + 1), dtype=np.float64)
+    flags = np.zeros((3, count, len(network.layers) + 1), dtype=bool)  # NaN, inf, zero signal
     blocks = -(-count // block)
     blocks_per_chunk = chunk // block
     workspace: dict[int, tuple[np.ndarray, ...]] = {}
@@ -461,16 +537,14 @@ def sample(
                 for k in indices
             ]
             _run_chunk(plan, children, block, stop - start, sums[:, start:stop], workspace)
-        per_network = _per_network(plan, sums)
-        finite, overflow, nan, zero_x, zero_y = _health(per_network)
+            _finish_chunk(plan, sums[:, start:stop], flags[:, start:stop])
+        per_position = _per_position(plan, sums)
+        health = _health(network, flags)
     return Samples(
         network=network,
-        per_network=MappingProxyType(per_network),
-        finite=_read_only(finite),
-        overflow=_read_only(overflow),
-        nan=_read_only(nan),
-        zero_x=_read_only(zero_x),
-        zero_y=_read_only(zero_y),
+        per_position=MappingProxyType(per_position),
+        per_network=MappingProxyType(_per_network(network, per_position)),
+        **{name: _read_only(array) for name, array in health.items()},
         seed=seed_seq,
         block_size=block,
         chunk_size=chunk,
@@ -493,11 +567,12 @@ def _run_chunk(
 ) -> None:
     """Draw, run forward and backward, and write the raw per-network sums of one chunk into ``out``.
 
-    ``out`` has shape ``(9, used, depth)``. Every block is drawn whole from its own generator (in
-    the order: input, partner, each layer's parameters, g) and truncated to the networks used.
+    ``out`` has shape ``(rows, used, positions + 1)`` (rows ``_SIG_SUM`` ..; column ``p + 1`` is
+    position ``p``). Every block is drawn whole from its own generator (in the order: input,
+    partner, each layer's parameters, g) and truncated to the networks used.
     """
     n_in = int(plan.widths_in[0])
-    n_out = int(plan.widths_out[-1])
+    n_out = int(plan.widths[-1])
     columns: list[list[np.ndarray]] = [[], []]
     drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
     losses = []
@@ -524,24 +599,19 @@ def _run_chunk(
     params = [tuple(_join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
     g = _join(losses)
 
+    _signal_sums(h, out[:, :, 0])
     caches = []
-    dense = 0
-    for step, p in zip(plan.steps, params):
-        y, cache = step.forward(p, h)
-        if step.observed:
-            out[:_N_FORWARD, :, dense] = _forward_sums(h, y)
-            dense += 1
+    for column, (step, p) in enumerate(zip(plan.steps, params), 1):
+        h, cache = step.forward(p, h)
+        _signal_sums(h, out[:, :, column])
         caches.append(cache)
-        h = y
     grad = g[:, None, :]
+    column = len(plan.steps)
+    _gradient_sums(g, out[:, :, column])
     for step, p, cache in zip(reversed(plan.steps), reversed(params), reversed(caches)):
-        grad_in = step.backward(p, cache, grad)
-        if step.observed:
-            dense -= 1
-            dy, dx = grad[:, 0, :], grad_in[:, 0, :]
-            out[_DY_SQ, :, dense] = _square_sum(dy)
-            out[_DX_SQ, :, dense] = _square_sum(dx)
-        grad = grad_in
+        grad = step.backward(p, cache, grad)
+        column -= 1
+        _gradient_sums(grad[:, 0, :], out[:, :, column])
 
 
 def _join(arrays: list[np.ndarray]) -> np.ndarray:
@@ -549,49 +619,44 @@ def _join(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
-def _forward_sums(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r"""Per-network sums over units, shape ``(7, networks)``, in the order ``_Y_SUM .. _X_SQ``.
+def _signal_sums(h: np.ndarray, out: np.ndarray) -> None:
+    r"""Per-network sums over the units of a signal ``h``, shape ``(networks, 1 or 2, width)``.
 
-    For the layer output ``y`` (network input and partner, ``(networks, 2, width)``):
-    :math:`\sum y, \sum y', \sum y^2, \sum y'^2, \sum y y'`; for the layer input ``x``:
-    :math:`\sum x, \sum x^2` (the network's own input only).
+    Writes :math:`\sum h, \sum h^2` into rows ``_SIG_SUM, _SIG_SQ`` of ``out`` (shape
+    ``(rows, networks)``), and for a pair :math:`\sum {h'}^2, \sum h h'` into ``_SIG_PSQ,
+    _SIG_CROSS``.
     """
-    sums = np.zeros((_N_FORWARD, y.shape[0]))
-    if y.shape[1] == 1:  # unpaired: the network's own input only
-        y0 = y[:, 0]
-        if y0.shape[1] <= _NARROW:
-            units = np.ascontiguousarray(y0.T)
-            sums[_Y_SUM] = _sum_units_first(units)
-            sums[_Y_SQ] = _sum_units_first(units * units)
+    h0 = h[:, 0]
+    if h0.shape[1] <= _NARROW:
+        if h.shape[1] == 1:
+            units = np.ascontiguousarray(h0.T)
+            out[_SIG_SUM] = _sum_units_first(units)
+            out[_SIG_SQ] = _sum_units_first(units * units)
         else:
-            sums[_Y_SUM] = np.add.reduce(y0, axis=-1)
-            sums[_Y_SQ] = np.add.reduce(y0 * y0, axis=-1)
-    elif y.shape[2] <= _NARROW:
-        units = np.ascontiguousarray(y.transpose(2, 1, 0))
-        sums[_Y_SUM : _Y_PARTNER_SUM + 1] = _sum_units_first(units)
-        sums[_Y_SQ : _Y_PSQ + 1] = _sum_units_first(units * units)
-        sums[_Y_CROSS] = _sum_units_first(units[:, 0] * units[:, 1])
+            units = np.ascontiguousarray(h.transpose(2, 1, 0))
+            out[_SIG_SUM] = _sum_units_first(units[:, 0])
+            squares = _sum_units_first(units * units)
+            out[_SIG_SQ], out[_SIG_PSQ] = squares[0], squares[1]
+            out[_SIG_CROSS] = _sum_units_first(units[:, 0] * units[:, 1])
+    elif h.shape[1] == 1:
+        out[_SIG_SUM] = np.add.reduce(h0, axis=-1)
+        out[_SIG_SQ] = np.add.reduce(h0 * h0, axis=-1)
     else:
-        sums[_Y_SUM : _Y_PARTNER_SUM + 1] = np.add.reduce(y, axis=-1).T
-        sums[_Y_SQ : _Y_PSQ + 1] = np.add.reduce(y * y, axis=-1).T
-        sums[_Y_CROSS] = np.add.reduce(y[:, 0] * y[:, 1], axis=-1)
-    x0 = x[:, 0]
-    if x0.shape[1] <= _NARROW:
-        units = np.ascontiguousarray(x0.T)
-        sums[_X_SUM] = _sum_units_first(units)
-        sums[_X_SQ] = _sum_units_first(units * units)
-    else:
-        sums[_X_SUM] = np.add.reduce(x0, axis=-1)
-        sums[_X_SQ] = np.add.reduce(x0 * x0, axis=-1)
-    return sums
+        out[_SIG_SUM] = np.add.reduce(h0, axis=-1)
+        squares = np.add.reduce(h * h, axis=-1)
+        out[_SIG_SQ], out[_SIG_PSQ] = squares[:, 0], squares[:, 1]
+        out[_SIG_CROSS] = np.add.reduce(h0 * h[:, 1], axis=-1)
 
 
-def _square_sum(a: np.ndarray) -> np.ndarray:
-    """Per-network sum of squares of ``a``, shape ``(networks, width)``."""
+def _gradient_sums(a: np.ndarray, out: np.ndarray) -> None:
+    """Per-network sum and sum of squares of a gradient ``a``, shape ``(networks, width)``, into ``out``."""
     if a.shape[1] <= _NARROW:
         units = np.ascontiguousarray(a.T)
-        return _sum_units_first(units * units)
-    return np.add.reduce(a * a, axis=-1)
+        out[_GRAD_SUM] = _sum_units_first(units)
+        out[_GRAD_SQ] = _sum_units_first(units * units)
+    else:
+        out[_GRAD_SUM] = np.add.reduce(a, axis=-1)
+        out[_GRAD_SQ] = np.add.reduce(a * a, axis=-1)
 
 
 def _sum_units_first(units: np.ndarray) -> np.ndarray:
@@ -608,42 +673,69 @@ def _sum_units_first(units: np.ndarray) -> np.ndarray:
     return total
 
 
-def _per_network(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
-    """Turn the raw sums, shape ``(8, T, L)``, into the per-network averages, in place."""
-    n_in, n_out = plan.widths_in, plan.widths_out
-    for column in (_Y_SUM, _Y_SQ, _Y_CROSS, _Y_PSQ, _DY_SQ):
-        sums[column] /= n_out
-    squares = sums[_X_SQ]
-    ratio = squares / squares[:, :1]
-    for column in (_X_SUM, _X_SQ, _DX_SQ):
-        sums[column] /= n_in
-    values = {
-        "y_mean": sums[_Y_SUM],
-        "y_second_moment": sums[_Y_SQ],
-        "y_cross": sums[_Y_CROSS],
-        "y_partner_second_moment": sums[_Y_PSQ],
-        "x_mean": sums[_X_SUM],
-        "x_second_moment": sums[_X_SQ],
-        "dy_second_moment": sums[_DY_SQ],
-        "dx_second_moment": sums[_DX_SQ],
-        "x_norm_ratio": ratio,
+def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
+    """Turn one chunk's raw sums into per-network averages in place, and flag its NaN, inf and zeros.
+
+    ``sums`` has shape ``(rows, networks, positions + 1)``; ``flags`` (all False on entry) gets, per
+    network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
+    the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
+    is elementwise, so the result does not depend on the chunk.
+    """
+    squares = sums[_SIG_SQ]
+    np.divide(squares, squares[:, :1], out=sums[_NORM])
+    sums[_SIG_SUM : _GRAD_SQ + 1] /= plan.widths
+    if plan.paired:
+        sums[_SIG_PSQ:] /= plan.widths
+    np.equal(squares, 0, out=flags[2])
+    if not np.isfinite(sums).all():  # classify only the networks with some non-finite value
+        bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 2)))
+        values = sums[:, bad]
+        nan = np.isnan(values).any(axis=0)
+        flags[0, bad] = nan
+        flags[1, bad] = np.isinf(values).any(axis=0) & ~nan
+
+
+def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-position arrays: the rows of ``sums``, shape ``(rows, T, positions + 1)``, read-only."""
+    names = PER_POSITION if plan.paired else tuple(n for n in PER_POSITION if n not in _PAIRED_ONLY)
+    return {name: _read_only(sums[row]) for row, name in enumerate(names)}
+
+
+def _columns(network: Network, offset: int) -> slice | list[int]:
+    """Columns of the per-position arrays at each dense layer's position plus ``offset``."""
+    columns = [q + 1 + offset for q in network.dense_positions]
+    steps = {b - a for a, b in zip(columns, columns[1:])}
+    if len(columns) == 1 or (len(steps) == 1 and min(steps) > 0):
+        step = steps.pop() if steps else 1
+        return slice(columns[0], columns[-1] + 1, step)
+    return columns
+
+
+def _per_network(network: Network, per_position: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The legacy per-dense-layer arrays, selected (as views where possible) from the per-position ones."""
+    out = {}
+    for name, (source, offset) in _LEGACY.items():
+        if source in per_position:
+            out[name] = _read_only(per_position[source][:, _columns(network, offset)])
+    return out
+
+
+def _health(network: Network, flags: np.ndarray) -> dict[str, np.ndarray]:
+    """Finite networks, and overflow, NaN and all-zero counts per position and per dense layer."""
+    is_nan, is_inf, zero = flags
+    column_finite = ~(is_nan | is_inf)
+    finite = column_finite.all(axis=1)
+    below, above = _columns(network, -1), _columns(network, 0)
+    layer_nan = is_nan[:, below] | is_nan[:, above]
+    layer_inf = (is_inf[:, below] | is_inf[:, above]) & ~layer_nan
+    layer_finite = ~(layer_nan | layer_inf)
+    return {
+        "finite": finite,
+        "overflow": np.count_nonzero(layer_inf, axis=0),
+        "nan": np.count_nonzero(layer_nan, axis=0),
+        "zero_x": np.count_nonzero(zero[:, below] & layer_finite, axis=0),
+        "zero_y": np.count_nonzero(zero[:, above] & layer_finite, axis=0),
+        "position_overflow": np.count_nonzero(is_inf, axis=0),
+        "position_nan": np.count_nonzero(is_nan, axis=0),
+        "position_zero": np.count_nonzero(zero & column_finite, axis=0),
     }
-    names = PER_NETWORK if plan.paired else tuple(n for n in PER_NETWORK if n not in _PAIRED_ONLY)
-    return {name: _read_only(values[name]) for name in names}
-
-
-def _health(
-    per_network: Mapping[str, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    depth = per_network["y_mean"].shape[1]
-    is_nan = np.zeros(per_network["y_mean"].shape, dtype=bool)
-    is_inf = np.zeros_like(is_nan)
-    for name in per_network:
-        is_nan |= np.isnan(per_network[name])
-        is_inf |= np.isinf(per_network[name])
-    is_inf &= ~is_nan
-    layer_finite = ~(is_nan | is_inf)
-    finite = layer_finite.all(axis=1) if depth else np.ones(is_nan.shape[0], dtype=bool)
-    zero_x = np.count_nonzero((per_network["x_second_moment"] == 0) & layer_finite, axis=0)
-    zero_y = np.count_nonzero((per_network["y_second_moment"] == 0) & layer_finite, axis=0)
-    return finite, np.count_nonzero(is_inf, axis=0), np.count_nonzero(is_nan, axis=0), zero_x, zero_y
