@@ -320,7 +320,7 @@ def test_measure_takes_an_observable_or_a_name():
     measured = _measure(net, items, samples=20000, seed=1, z_plan=3.0, max_samples=20000, max_floats=1e9)
     (est, state), (est_named, _), (est_wrong, _) = measured
     assert est == est_named == est_wrong
-    assert set(state) == {"excluded", "overflow", "nan", "zero_networks", "skew_minimum"}
+    assert set(state) == {"excluded", "overflow", "nan", "zero_networks", "zero_input_networks", "skew_minimum"}
     assert judge(typed.value, est.value, est.se, est.n, rtol=0.03, alpha=ALPHA).outcome == PASS
     assert judge(wrong.value, est.value, est.se, est.n, rtol=0.03, alpha=ALPHA).outcome == FAIL
     bad = SimpleNamespace(name="bad", observable="y_second_moment", layer=5, value=1.0)

@@ -245,7 +245,9 @@ def _measure(
         results = measure_all(drawn)
     # Health at the observable's own position(s): excluded (any non-finite value), overflow and NaN
     # there, and the finite networks whose observed tensor is identically zero.
-    return [(est, {**health(drawn, observable), "skew_minimum": minimum})
+    # "zero_input_networks" is the key's name since the first version (JSON output): kept beside "zero_networks".
+    return [(est, {**(state := health(drawn, observable)), "zero_input_networks": state["zero_networks"],
+                   "skew_minimum": minimum})
             for observable, (est, minimum) in zip(observables, results)]
 
 
