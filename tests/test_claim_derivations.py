@@ -7,7 +7,7 @@ import sympy as sp
 
 from varprop.catalogue import CATALOGUE, claim_from_derivation, family
 from varprop.claimfile import load_claims
-from varprop.claims import Claim, ClaimError
+from varprop.claims import ClaimError
 from varprop.cli import main
 from varprop.errors import VarpropError
 from varprop.network import mlp

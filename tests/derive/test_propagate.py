@@ -76,7 +76,7 @@ from dataclasses import replace as _replace  # noqa: E402
 from varprop.activations import BUILTIN_ACTIVATIONS  # noqa: E402
 from varprop.catalogue import CATALOGUE  # noqa: E402
 from varprop.derive import DERIVATIONS, Variance, condition, derive, forward, propagate  # noqa: E402
-from varprop.derive.propagate import DEPTH, LAYER  # noqa: E402
+from varprop.derive.propagate import DEPTH  # noqa: E402
 from varprop.observables import OBSERVABLES, Gradient, Mean, SecondMoment, Signal, WeightGradient, from_name  # noqa: E402
 
 

@@ -35,15 +35,14 @@ Exactness:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache, singledispatch
 
 import sympy as sp
 
 from ..activations import X, Activation
 from ..errors import DerivationError
-from ..network import Dense, FixedInput, GaussianInput, Network, Nonlinearity
+from ..network import Dense, FixedInput, Network, Nonlinearity
 from ..observables import (
     Gradient,
     Mean,
@@ -52,7 +51,6 @@ from ..observables import (
     SecondMoment,
     Signal,
     Variance as VarianceObservable,
-    WeightGradient,
     describe,
     resolve,
 )
@@ -305,13 +303,6 @@ class _Walk:
             self.numeric[quantity.step] = (index, value)
         index, value = self.numeric[quantity.step]
         return value, (index,)
-
-
-def _exactness_of(steps: tuple, index: int, memo: dict[int, str]) -> str:
-    if index not in memo:
-        step = steps[index]
-        memo[index] = weakest(step.exactness, *(_exactness_of(steps, i, memo) for i in step.uses))
-    return memo[index]
 
 
 # --- forward rules -----------------------------------------------------------------------------
@@ -761,12 +752,6 @@ def derive(network: Network, observable: Observable, *, finite_width: bool = Fal
         return textbook
     refined = propagate(network, finite_width=True, linear_regime=linear_regime).derivation(observable)
     return refined if refined.exactness != "asymptotic" else textbook
-
-
-def step_exactness(derivation: Derivation) -> Callable[[int], str]:
-    """The exactness of step ``i`` together with everything it uses."""
-    memo: dict[int, str] = {}
-    return lambda index: _exactness_of(derivation.steps, index, memo)
 
 
 # --- per-layer view --------------------------------------------------------------------------------

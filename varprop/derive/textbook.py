@@ -34,7 +34,6 @@ from .propagate import (
     derivative_symmetry_lemma,
     symmetry_lemma,
 )
-from .propagate import b as _b
 from .propagate import dW as _dW
 from .propagate import dx as _dx
 from .propagate import dy as _dy

@@ -404,7 +404,7 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
     results = []
     for j, (job, rows) in enumerate(zip(jobs, raw)):
         measurements = []
-        for r, (n, claim, est, health) in enumerate(rows):
+        for r, (n, claim, est, state) in enumerate(rows):
             deviation, deviation_se = _deviation(claim, est)
             verdict = None
             if job.claim.exactness != "approximation":
@@ -412,7 +412,7 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
                 if (j, r) in rejected_rows and verdict.outcome != FAIL:
                     verdict = replace(verdict, outcome=FAIL,
                                       message=f"rejected by Holm's procedure over {m} tests (z = {verdict.z:.2f})")
-            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, health))
+            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state))
         shrink = shrinks.get(j)
         if shrink is not None:
             shrink = replace(shrink, rejected=(j, None) in rejected_rows)
