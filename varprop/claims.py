@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ._numeric import finite_float
 from .errors import VarpropError
 from .network import Network
 
@@ -114,7 +115,7 @@ class Claim:
                 raise ClaimError(
                     f"claim {self.name!r}: the prediction {self.prediction} is not a number; give its value"
                 )
-            value = float(sp.N(self.prediction, 17))
+            value = finite_float(self.prediction, f"claim {self.name!r}: the prediction", error=ClaimError)
         if not math.isfinite(value):
             raise ClaimError(f"claim {self.name!r}: the predicted value {value} is not finite")
         object.__setattr__(self, "value", float(value))

@@ -40,7 +40,9 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..claims import Claim, ClaimFamily
+from ..errors import abbreviate
 from ..network import Network
+from . import limits
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate
 from .sampler import sample
@@ -206,16 +208,18 @@ def _measure(
     if not network.is_numeric:
         raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
     cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(network)))))
+    cap = limits.affordable(network, cap)  # never more networks than fit in memory
 
     def needed(item: _Item, est: Estimate) -> int:
         scale = _scale(item.claim)
         spread = est.se * math.sqrt(est.n)
-        return math.ceil(_SAFETY * (z_plan * spread / (item.rtol * scale)) ** 2) if spread > 0 else _PILOT
+        return limits.networks_needed(_SAFETY, z_plan * spread / (item.rtol * scale)) if spread > 0 else _PILOT
 
     def measure_all(drawn) -> list[tuple[Estimate, int]]:
         out = []
         for item in items:
-            est = estimate(drawn, item.claim.observable, item.claim.layer)
+            est = limits.quiet(estimate, drawn, item.claim.observable, item.claim.layer)
+            limits.require_finite([item], [est], drawn)  # overflowed networks: an error, never a biased verdict
             values = _per_network_values(drawn, item.claim.observable, item.claim.layer - 1)
             out.append((est, _skew_minimum(values, z_plan)))
         return out
@@ -223,8 +227,9 @@ def _measure(
     main_seed = _seed(seed, network, 1)
     if samples is None:
         pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
-        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, item.claim.observable, item.claim.layer))
-                                           for item in items))))
+        pilot_estimates = [limits.quiet(estimate, pilot, item.claim.observable, item.claim.layer) for item in items]
+        limits.require_finite(items, pilot_estimates, pilot)
+        count = int(min(cap, max(_PILOT, *(needed(item, est) for item, est in zip(items, pilot_estimates)))))
     else:
         count = samples
     drawn = sample(network, count, seed=main_seed)
@@ -274,6 +279,7 @@ def _skew_minimum(values: np.ndarray, z: float) -> int:
     """
     if values.size < 3:
         return 0
+    values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)  # scale-free; no overflow in the cube
     centred = values - values.mean()
     variance = float(np.mean(centred**2))
     if variance <= 0:
@@ -333,9 +339,9 @@ def check_all(
     if not (isinstance(alpha, float | int) and 0 < alpha < 1):
         raise MonteCarloError(f"alpha must be in (0, 1), got {alpha!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
-        raise MonteCarloError(f"samples must be an integer of at least 2, got {samples!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise MonteCarloError(f"seed must be a non-negative integer, got {seed!r}")
+        raise MonteCarloError(f"samples must be an integer of at least 2, got {abbreviate(samples)}")
+    seed = limits.check_seed(seed)
+    limits.check_width(width)  # before any claim is derived at that width
     jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
     if not jobs:
         raise MonteCarloError("nothing to check: give at least one claim")
@@ -350,6 +356,7 @@ def check_all(
         for j, job in enumerate(jobs)
         for position, n in enumerate(job.widths)
     ]
+    limits.check_claims([item.claim for item in items], samples, _PILOT)  # refuse what cannot fit, before sampling
     groups: dict[Network, list[_Item]] = {}
     for item in items:
         groups.setdefault(item.claim.network, []).append(item)

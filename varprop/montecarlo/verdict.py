@@ -36,6 +36,7 @@ from scipy.special import ndtri
 
 from .errors import MonteCarloError
 from .estimators import Estimate
+from .limits import networks_needed
 
 __all__ = [
     "PASS",
@@ -185,7 +186,7 @@ def _verdict(
         message = f"{head}, |z| <= z_crit = {z_crit:.3g}, and the resolution {shown} is within {tolerance}"
     else:
         outcome = INCONCLUSIVE
-        needed = math.ceil(n * (resolution / rtol) ** 2)
+        needed = networks_needed(n, resolution / rtol)  # saturates instead of overflowing
         message = (
             f"{head}, |z| <= z_crit = {z_crit:.3g}, but the resolution {shown} exceeds {tolerance}: "
             f"about {needed} networks are needed to resolve it"
