@@ -88,7 +88,7 @@ def test_claim_file_with_a_huge_layer_is_refused_before_any_allocation(tmp_path,
     path = claim_file(tmp_path, "wide", widths="[8, 100000000, 8]")
     tracemalloc.start()
     try:
-        err = one_line_error(capsys, "check", path, "--quiet", fragment="claim 'wide'")
+        err = one_line_error(capsys, "check", path, "--quiet", fragment="claim 1 (wide): sampling one network")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -125,6 +125,17 @@ def test_tiny_prediction_gets_a_verdict_not_an_overflow(tmp_path, capsys):
     path = claim_file(tmp_path, "tiny", prediction="1e-200")
     code, out, err = run(capsys, "check", path, "--quiet", "--samples", 500)
     assert code == 1 and "FAIL" in out and "Traceback" not in err
+
+
+def test_huge_prediction_fails_with_a_readable_z(tmp_path, capsys):
+    path = claim_file(tmp_path, "huge", prediction="1e300")
+    code, out, err = run(capsys, "check", path, "--quiet", "--samples", 500)
+    assert code == 1 and "FAIL" in out and "z = -8.65e+300" in out and max(map(len, out.splitlines())) < 200
+
+
+def test_claim_file_with_a_width_beyond_memory_is_refused_before_deriving(tmp_path, capsys):
+    path = claim_file(tmp_path, "w", widths="[8, 9223372036854775807, 8]")
+    one_line_error(capsys, "check", path, "--quiet", fragment="claim 1 (w): sampling one network of widths 8, 9223")
 
 
 def test_tiny_prediction_saturates_the_networks_needed():

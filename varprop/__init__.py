@@ -11,6 +11,7 @@ from .errors import (
     DerivationError,
     ExpressionError,
     IntegrabilityError,
+    ResourceError,
     SpecError,
     VarpropError,
 )
@@ -64,4 +65,5 @@ __all__ = [
     "ExpressionError",
     "IntegrabilityError",
     "DerivationError",
+    "ResourceError",
 ]

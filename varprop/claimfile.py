@@ -39,6 +39,7 @@ from .claims import EXACTNESS, OBSERVABLES, Claim, ClaimError
 from .derive.gaussian import evaluate
 from .derive.network_moments import predict
 from .errors import VarpropError
+from .montecarlo.limits import check_network
 from .network import FixedInput, GaussianInput, Network, mlp
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
 
@@ -90,6 +91,7 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
     where = f"{where} ({name})"
     try:
         network = _network(table, where)
+        check_network(network)  # a claim is checked by sampling: refuse what cannot be, before deriving
         observable = _choice(table, "observable", OBSERVABLES, where)
         exactness = _choice(table, "exactness", EXACTNESS, where, default="exact")
         layer = table["layer"]

@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         "format in the README) against independently sampled random networks. Each claim gets PASS, FAIL, "
         "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
         "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
-        "3 when one is inconclusive, 2 for bad input.",
+        "3 when one is inconclusive, 2 for bad input. Samples that cannot fit in VARPROP_MAX_MEMORY (default half the "
+        "physical memory) or VARPROP_MAX_DRAWS weights (default 1e10) are refused before sampling.",
     )
     check_parser.add_argument("target", nargs="?", metavar="NAME|FILE.toml", help="a catalogue claim or a claim file")
     check_parser.add_argument("--all", action="store_true", help="check the whole catalogue")

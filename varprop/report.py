@@ -33,7 +33,7 @@ from .errors import VarpropError
 from .explain import TOPICS, Answer, answer
 from .montecarlo import CheckResult, check_all, format_results
 from .montecarlo.limits import check_seed
-from .montecarlo.verdict import FAIL
+from .montecarlo.verdict import FAIL, format_z
 from .plot import save_figure
 
 __all__ = ["ReportSummary", "ReportError", "build_report"]
@@ -121,7 +121,7 @@ def _write_markdown(out: Path, catalogue, answers, appendix) -> Path:
              "| claim | exactness | n | prediction | estimate ± SE | z | verdict | note |", "|---|---|---|---|---|---|---|---|"]
     for r in catalogue:
         m = r.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z)
         lines.append(f"| {r.name} | {r.exactness} | {m.width} | {m.claim.value:.6g} | {m.estimate.value:.6g} ± "
                      f"{m.estimate.se:.2g} | {z} | {r.outcome} | {r.message} |")
     lines.append("")

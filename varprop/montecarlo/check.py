@@ -46,7 +46,7 @@ from . import limits
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate
 from .sampler import sample
-from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge
+from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, format_z, holm, holm_critical_values, judge
 
 __all__ = ["MEASURED", "Measurement", "ShrinkTest", "CheckResult", "check", "check_all", "format_results", "DEFAULT_RTOL"]
 
@@ -416,7 +416,7 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
                 verdict = judge(claim.value, est.value, est.se, est.n, rtol=rtol, alpha=alpha, m=m)
                 if (j, r) in rejected_rows and verdict.outcome != FAIL:
                     verdict = replace(verdict, outcome=FAIL,
-                                      message=f"rejected by Holm's procedure over {m} tests (z = {verdict.z:.2f})")
+                                      message=f"rejected by Holm's procedure over {m} tests (z = {format_z(verdict.z)})")
             measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, health))
         shrink = shrinks.get(j)
         if shrink is not None:
@@ -464,16 +464,16 @@ def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest |
     if failed:
         worst = max(failed, key=lambda m: abs(m.verdict.z))
         return FAIL, (f"contradicted at n={worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
-                      f"prediction {claim.value:.6g}, z = {worst.verdict.z:+.2f}")
+                      f"prediction {claim.value:.6g}, z = {format_z(worst.verdict.z)}")
     if primary.verdict is not None and primary.verdict.outcome == INCONCLUSIVE:
         return INCONCLUSIVE, (f"agrees but too noisy at n={primary.width} to resolve rtol: about "
                               f"{primary.verdict.samples_needed} networks would")
     others = [m for m in measurements[1:] if m.verdict is not None]
-    text = (f"agrees at n={primary.width} (z = {primary.verdict.z:+.2f}, resolution "
+    text = (f"agrees at n={primary.width} (z = {format_z(primary.verdict.z)}, resolution "
             f"{100 * primary.verdict.resolution:.2f}%)")
     if others:
         text += "; not contradicted at n = " + ", ".join(
-            f"{m.width} (z = {m.verdict.z:+.2f}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
+            f"{m.width} (z = {format_z(m.verdict.z)}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
         )
     return PASS, text
 
@@ -484,7 +484,7 @@ def format_results(results: Sequence[CheckResult]) -> str:
     lines = [header, "-" * len(header)]
     for result in results:
         m = result.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+7.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z, 7)
         estimate_text = f"{m.estimate.value:.6g} +- {m.estimate.se:.2g}"
         lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>4} {m.claim.value:>12.6g} "
                      f"{estimate_text:>24} {z:>7}  {result.outcome}")

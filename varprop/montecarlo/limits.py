@@ -49,6 +49,7 @@ __all__ = [
     "check_count",
     "sample_bytes",
     "check_sample",
+    "check_network",
     "check_width",
     "check_claims",
     "affordable",
@@ -232,6 +233,13 @@ def _refuse(network: Network, count: int, chunk: int, drawn: int, *, what: str) 
             f"{what} of {_shape(network)} would draw {_figure(draws)} weights ({abbreviate(parameters, 24)} per network); at most "
             f"{_figure(max_draws())} are drawn in one go ({_draws_note()})"
         )
+
+
+def check_network(network: object) -> None:
+    """Refuse a network of which not even one instance can be sampled (memory or draws), e.g. when a
+    claim file is read: the claim could never be checked, and deriving at such widths is slow."""
+    if isinstance(network, Network) and network.is_numeric:
+        _refuse(network, 1, 1, 1, what="sampling one network")
 
 
 def check_width(width: object) -> None:

@@ -100,6 +100,12 @@ class Verdict:
         return self.outcome == PASS
 
 
+def format_z(z: float, width: int = 0) -> str:
+    """``z`` with two decimals, in exponent form beyond 1e6 (a prediction of 1e300 gives z near
+    -1e301, which fixed-point notation would print as 300 digits)."""
+    return f"{z:+{width}.2f}" if not abs(z) >= 1e6 or math.isinf(z) else f"{z:+{width}.2e}"
+
+
 def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise MonteCarloError(f"{what} must be a finite real number, got {value!r}")
