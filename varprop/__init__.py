@@ -20,6 +20,7 @@ from .errors import (
     DerivationError,
     ExpressionError,
     IntegrabilityError,
+    ResourceError,
     SpecError,
     VarpropError,
 )
@@ -86,4 +87,5 @@ __all__ = [
     "ExpressionError",
     "IntegrabilityError",
     "DerivationError",
+    "ResourceError",
 ]

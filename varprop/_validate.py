@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 import sympy as sp
 
-from .errors import SpecError
+from .errors import SpecError, abbreviate
 
 Width = int | sp.Symbol
 
@@ -48,7 +48,7 @@ def check_width(value: object, what: str) -> Width:
     if isinstance(value, sp.Integer):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, Integral) or int(value) <= 0:
-        raise SpecError(f"width must be a positive integer or a sympy Symbol, got {value!r} ({what})")
+        raise SpecError(f"width must be a positive integer or a sympy Symbol, got {abbreviate(value)} ({what})")
     return int(value)
 
 

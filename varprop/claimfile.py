@@ -44,6 +44,7 @@ from .derive.derivation import Derivation
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .errors import VarpropError
+from .montecarlo.limits import check_network
 from .network import FixedInput, GaussianInput, Network, mlp
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
@@ -97,6 +98,7 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
     where = f"{where} ({name})"
     try:
         network = _network(table, where)
+        check_network(network)  # a claim is checked by sampling: refuse what cannot be, before deriving
         exactness = _choice(table, "exactness", EXACTNESS, where, default="exact")
         if "place" in table:
             if "layer" in table:

@@ -32,6 +32,7 @@ import sympy as sp
 
 from typing import TYPE_CHECKING
 
+from ._numeric import finite_float
 from .errors import VarpropError
 from .network import Network
 from .observables import LEGACY_NAMES, Observable, ObservableError, from_name, legacy_name, resolve
@@ -139,11 +140,7 @@ class Claim:
                 raise ClaimError(
                     f"claim {self.name!r}: the prediction {self.prediction} is not a number; give its value"
                 )
-            try:
-                value = float(sp.N(self.prediction, 17))
-            except (TypeError, ValueError, OverflowError):
-                raise ClaimError(f"claim {self.name!r}: the prediction {_abbreviated(self.prediction)} is not a "
-                                 "finite real number") from None
+            value = finite_float(self.prediction, f"claim {self.name!r}: the prediction", error=ClaimError)
         if not math.isfinite(value):
             raise ClaimError(f"claim {self.name!r}: the predicted value {value} is not finite")
         object.__setattr__(self, "value", float(value))

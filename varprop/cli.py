@@ -9,18 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import pathlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sympy as sp
 
 from . import __version__
+from ._files import output_directory
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
 from .derive.derivation import to_text
-from .errors import VarpropError
+from .errors import VarpropError, abbreviate
+from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
 
 __all__ = ["main", "build_parser"]
@@ -203,7 +204,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for option in ("width", "samples"):
         value = getattr(args, option)
         if value is not None and value < (1 if option == "width" else 2):
-            raise _UsageError(f"--{option} must be at least {1 if option == 'width' else 2}, got {value}")
+            raise _UsageError(f"--{option} must be at least {1 if option == 'width' else 2}, got {abbreviate(value)}")
+    check_seed(args.seed, "--seed")
 
     def progress(name: str, done: int, total: int) -> None:
         if not args.quiet:
@@ -239,12 +241,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         for name, topic in TOPICS.items():
             print(f"  {name:<24} {topic.question}")
         return 0
+    if args.topic not in TOPICS:
+        answer(args.topic)  # raises: unknown topic, with the known ones
+    check_seed(args.seed, "--seed")
+    # Every option is valid; make the plot directory now, so a bad one fails before the long computation.
+    out = None if args.plot is None else output_directory(args.plot, "--plot directory")
     result = answer(args.topic, seed=args.seed)
     data = result.figure_data(seed=args.seed)
     figure_name = None
-    if args.plot is not None:
-        out = pathlib.Path(args.plot)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         png, svg = save_figure(result.figure(data), out / args.topic)
         figure_name = png.name
         print(f"varprop explain: wrote {png} and {svg}", file=sys.stderr)
@@ -296,8 +301,32 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line ``varprop: ...`` and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # Quoted values (an invalid choice, a 5000-digit number) are abbreviated, never dumped.
+        message = re.sub(r"'([^']{61,})'", lambda m: abbreviate(m.group(1)), message)
+        command = self.prog.removeprefix("varprop").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"varprop: {where}{message} ({self.prog} --help shows the usage)\n")
+
+
+def _integer(option: str) -> Callable[[str], int]:
+    """An argparse type for the integer ``option`` whose error abbreviates a huge text."""
+
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {abbreviate(text)}") from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="varprop",
         description="Derive (sympy) and check (Monte Carlo) how signal and gradient moments propagate "
         "through randomly initialised neural networks.",
@@ -358,16 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
         "format in the README) against independently sampled random networks. Each claim gets PASS, FAIL, "
         "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
         "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
-        "3 when one is inconclusive, 2 for bad input.",
+        "3 when one is inconclusive, 2 for bad input. Samples that cannot fit in VARPROP_MAX_MEMORY (default half the "
+        "physical memory) or VARPROP_MAX_DRAWS weights (default 1e10) are refused before sampling.",
     )
     check_parser.add_argument("target", nargs="?", metavar="NAME|FILE.toml", help="a catalogue claim or a claim file")
     check_parser.add_argument("--all", action="store_true", help="check the whole catalogue")
     check_parser.add_argument("--list", action="store_true", help="list the catalogue's claims")
-    check_parser.add_argument("--width", type=int, default=None, metavar="N",
+    check_parser.add_argument("--width", type=_integer("--width"), default=None, metavar="N",
                               help="check at this hidden width only (default: the claim's widths and sweep)")
-    check_parser.add_argument("--samples", type=int, default=None, metavar="T",
+    check_parser.add_argument("--samples", type=_integer("--samples"), default=None, metavar="T",
                               help="networks per width (default: sized from a pilot to resolve --rtol)")
-    check_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    check_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
     check_parser.add_argument("--rtol", type=float, default=0.01, metavar="R", help="relative tolerance to resolve (default 0.01)")
     check_parser.add_argument("--alpha", type=float, default=0.05, metavar="A", help="family-wise false-alarm rate (default 0.05)")
     check_parser.add_argument("--json", action="store_true", help="print JSON")
@@ -386,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
                                 help="output format (default text)")
     explain_parser.add_argument("--plot", metavar="DIR", default=None, help="also write the figure as DIR/TOPIC.png and .svg")
-    explain_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    explain_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
     explain_parser.set_defaults(handler=_cmd_explain)
 
     report_parser = commands.add_parser(
@@ -397,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         "into --out. Exits 1 when a claim that should hold fails.",
     )
     report_parser.add_argument("--out", default="varprop-report", metavar="DIR", help="output directory (default varprop-report)")
-    report_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    report_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
     report_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     report_parser.set_defaults(handler=_cmd_report)
 

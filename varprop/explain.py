@@ -27,6 +27,7 @@ from .derive.derivation import latex_text
 from .derive.gaussian import evaluate
 from .errors import DerivationError
 from .montecarlo import CheckResult, check_all, format_results
+from .montecarlo.verdict import format_z
 from .network import FixedInput, GaussianInput, Network, mlp
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
@@ -135,7 +136,7 @@ def _markdown_table(results: Sequence[CheckResult]) -> str:
     rows = ["| claim | exactness | n | prediction | estimate ± SE | z | verdict |", "|---|---|---|---|---|---|---|"]
     for r in results:
         m = r.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z)
         rows.append(f"| {r.name} | {r.exactness} | {m.width} | {m.claim.value:.6g} | "
                     f"{m.estimate.value:.6g} ± {m.estimate.se:.2g} | {z} | {r.outcome} |")
     return "\n".join(rows)
@@ -146,7 +147,7 @@ def _latex_table(results: Sequence[CheckResult]) -> str:
             "\\hline"]
     for r in results:
         m = r.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z)
         rows.append(f"{latex_text(r.name)} & {r.exactness} & {m.width} & {m.claim.value:.6g} & "
                     f"{m.estimate.value:.6g} $\\pm$ {m.estimate.se:.2g} & {z} & {r.outcome} \\\\")
     rows.append("\\end{tabular}")

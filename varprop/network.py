@@ -12,7 +12,7 @@ layer's input is :math:`x_{l+1} = \phi(y_l)`. :math:`n_l` is the fan-in of layer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ import sympy as sp
 
 from ._validate import Width, check_nonnegative, check_width
 from .activations import Activation, activation
-from .errors import SpecError
+from .errors import SpecError, abbreviate
 from .weights import InitScheme, Normal, WeightLaw, he
 
 __all__ = [
@@ -251,6 +251,11 @@ def mlp(
     output_activation
         Apply the activation after the last dense layer too.
     """
+    if isinstance(widths, str | bytes | Mapping) or not isinstance(widths, Iterable):
+        raise SpecError(
+            f"widths must be a sequence of at least two widths (input and output), such as [64, 64, 10], "
+            f"got {abbreviate(widths)}"
+        )
     widths = [check_width(w, f"widths[{i}]") for i, w in enumerate(widths)]
     if len(widths) < 2:
         raise SpecError(f"an MLP needs at least two widths (input and output), got {len(widths)}")

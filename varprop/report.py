@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from ._files import output_directory
 from .activations import activation
 from .catalogue import CATALOGUE
 from .derive import DERIVATIONS, Derivation
@@ -31,7 +32,8 @@ from .derive.derivation import latex_text
 from .errors import VarpropError
 from .explain import TOPICS, Answer, answer
 from .montecarlo import CheckResult, check_all, format_results
-from .montecarlo.verdict import FAIL
+from .montecarlo.limits import check_seed
+from .montecarlo.verdict import FAIL, format_z
 from .plot import save_figure
 
 __all__ = ["ReportSummary", "ReportError", "build_report"]
@@ -75,11 +77,9 @@ def _appendix_derivations() -> list[Derivation]:
 
 def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, progress: Progress | None = None) -> ReportSummary:
     """Check the catalogue, answer every topic, and write the report files (see the module docstring)."""
-    out = Path(directory)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {str(out)!r} exists and is not a directory")
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    check_seed(seed)  # every argument is checked before anything is created
+    out = output_directory(directory, "--out")  # made and proved writable before the long computation
+    figures = output_directory(out / "figures", "--out")
     steps = len(TOPICS) + 2
     done = 0
 
@@ -121,7 +121,7 @@ def _write_markdown(out: Path, catalogue, answers, appendix) -> Path:
              "| claim | exactness | n | prediction | estimate ± SE | z | verdict | note |", "|---|---|---|---|---|---|---|---|"]
     for r in catalogue:
         m = r.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z)
         lines.append(f"| {r.name} | {r.exactness} | {m.width} | {m.claim.value:.6g} | {m.estimate.value:.6g} ± "
                      f"{m.estimate.se:.2g} | {z} | {r.outcome} | {r.message} |")
     lines.append("")

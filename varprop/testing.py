@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .claims import Claim, ClaimFamily
 from .montecarlo.check import DEFAULT_RTOL, MEASURED, CheckResult, check
-from .montecarlo.verdict import PASS
+from .montecarlo.verdict import PASS, format_z
 
 __all__ = ["assert_claim"]
 
@@ -35,7 +35,7 @@ def assert_claim(
         return result
     lines = [f"claim {result.name} ({result.exactness}): {result.outcome}: {result.message}"]
     for m in result.measurements:
-        verdict = "" if m.verdict is None else f", z = {m.verdict.z:+.2f} (z_crit {m.verdict.z_crit:.2f}), {m.verdict.outcome}"
+        verdict = "" if m.verdict is None else f", z = {format_z(m.verdict.z)} (z_crit {m.verdict.z_crit:.2f}), {m.verdict.outcome}"
         lines.append(f"  n={m.width}: prediction {m.claim.value:.6g}, estimate {m.estimate.value:.6g} "
                      f"+- {m.estimate.se:.2g} (SE, {m.estimate.n} networks){verdict}")
     raise AssertionError("\n".join(lines))

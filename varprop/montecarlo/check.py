@@ -40,13 +40,14 @@ import numpy as np
 from scipy.special import ndtr
 
 from ..claims import Claim, ClaimFamily
-from ..errors import VarpropError
+from ..errors import VarpropError, abbreviate
 from ..network import Network
 from ..observables import Observable, from_name
+from . import limits
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate, health, per_network_values
 from .sampler import sample
-from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge
+from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, format_z, holm, holm_critical_values, judge
 
 __all__ = ["MEASURED", "Measurement", "ShrinkTest", "CheckResult", "check", "check_all", "format_results", "DEFAULT_RTOL"]
 
@@ -212,26 +213,29 @@ def _measure(
     if not network.is_numeric:
         raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
     cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(network)))))
+    cap = limits.affordable(network, cap)  # never more networks than fit in memory
 
     def needed(item: _Item, est: Estimate) -> int:
         scale = _scale(item.claim)
         spread = est.se * math.sqrt(est.n)
-        return math.ceil(_SAFETY * (z_plan * spread / (item.rtol * scale)) ** 2) if spread > 0 else _PILOT
+        return limits.networks_needed(_SAFETY, z_plan * spread / (item.rtol * scale)) if spread > 0 else _PILOT
 
     observables = [_observable(item.claim, network) for item in items]
 
     def measure_all(drawn) -> list[tuple[Estimate, int]]:
         out = []
-        for observable in observables:
-            est = estimate(drawn, observable)
+        for item, observable in zip(items, observables):
+            est = limits.quiet(estimate, drawn, observable)
+            limits.require_finite([item], [est], drawn)  # overflowed networks: an error, never a biased verdict
             out.append((est, _skew_minimum(per_network_values(drawn, observable), z_plan)))
         return out
 
     main_seed = _seed(seed, network, 1)
     if samples is None:
         pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
-        count = int(min(cap, max(_PILOT, *(needed(item, estimate(pilot, observable))
-                                           for item, observable in zip(items, observables)))))
+        pilot_estimates = [limits.quiet(estimate, pilot, observable) for observable in observables]
+        limits.require_finite(items, pilot_estimates, pilot)
+        count = int(min(cap, max(_PILOT, *(needed(item, est) for item, est in zip(items, pilot_estimates)))))
     else:
         count = samples
     drawn = sample(network, count, seed=main_seed)
@@ -276,6 +280,7 @@ def _skew_minimum(values: np.ndarray, z: float) -> int:
     """
     if values.size < 3:
         return 0
+    values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)  # scale-free; no overflow in the cube
     centred = values - values.mean()
     variance = float(np.mean(centred**2))
     if variance <= 0:
@@ -335,9 +340,9 @@ def check_all(
     if not (isinstance(alpha, float | int) and 0 < alpha < 1):
         raise MonteCarloError(f"alpha must be in (0, 1), got {alpha!r}")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
-        raise MonteCarloError(f"samples must be an integer of at least 2, got {samples!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise MonteCarloError(f"seed must be a non-negative integer, got {seed!r}")
+        raise MonteCarloError(f"samples must be an integer of at least 2, got {abbreviate(samples)}")
+    seed = limits.check_seed(seed)
+    limits.check_width(width)  # before any claim is derived at that width
     jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
     if not jobs:
         raise MonteCarloError("nothing to check: give at least one claim")
@@ -352,6 +357,7 @@ def check_all(
         for j, job in enumerate(jobs)
         for position, n in enumerate(job.widths)
     ]
+    limits.check_claims([item.claim for item in items], samples, _PILOT)  # refuse what cannot fit, before sampling
     groups: dict[Network, list[_Item]] = {}
     for item in items:
         groups.setdefault(item.claim.network, []).append(item)
@@ -411,7 +417,7 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
                 verdict = judge(claim.value, est.value, est.se, est.n, rtol=rtol, alpha=alpha, m=m)
                 if (j, r) in rejected_rows and verdict.outcome != FAIL:
                     verdict = replace(verdict, outcome=FAIL,
-                                      message=f"rejected by Holm's procedure over {m} tests (z = {verdict.z:.2f})")
+                                      message=f"rejected by Holm's procedure over {m} tests (z = {format_z(verdict.z)})")
             measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state))
         shrink = shrinks.get(j)
         if shrink is not None:
@@ -459,16 +465,16 @@ def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest |
     if failed:
         worst = max(failed, key=lambda m: abs(m.verdict.z))
         return FAIL, (f"contradicted at n={worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
-                      f"prediction {claim.value:.6g}, z = {worst.verdict.z:+.2f}")
+                      f"prediction {claim.value:.6g}, z = {format_z(worst.verdict.z)}")
     if primary.verdict is not None and primary.verdict.outcome == INCONCLUSIVE:
         return INCONCLUSIVE, (f"agrees but too noisy at n={primary.width} to resolve rtol: about "
                               f"{primary.verdict.samples_needed} networks would")
     others = [m for m in measurements[1:] if m.verdict is not None]
-    text = (f"agrees at n={primary.width} (z = {primary.verdict.z:+.2f}, resolution "
+    text = (f"agrees at n={primary.width} (z = {format_z(primary.verdict.z)}, resolution "
             f"{100 * primary.verdict.resolution:.2f}%)")
     if others:
         text += "; not contradicted at n = " + ", ".join(
-            f"{m.width} (z = {m.verdict.z:+.2f}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
+            f"{m.width} (z = {format_z(m.verdict.z)}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
         )
     return PASS, text
 
@@ -479,7 +485,7 @@ def format_results(results: Sequence[CheckResult]) -> str:
     lines = [header, "-" * len(header)]
     for result in results:
         m = result.primary
-        z = "" if m.verdict is None else f"{m.verdict.z:+7.2f}"
+        z = "" if m.verdict is None else format_z(m.verdict.z, 7)
         estimate_text = f"{m.estimate.value:.6g} +- {m.estimate.se:.2g}"
         lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>4} {m.claim.value:>12.6g} "
                      f"{estimate_text:>24} {z:>7}  {result.outcome}")

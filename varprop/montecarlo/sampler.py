@@ -98,6 +98,7 @@ import numpy as np
 from ..errors import VarpropError
 from ..network import Dense, FixedInput, GaussianInput, Network, Nonlinearity
 from ..weights import Normal
+from . import limits
 from .errors import MonteCarloError
 
 __all__ = ["Samples", "sample", "layer_step", "LayerStep", "PER_NETWORK", "PER_POSITION", "default_sizes"]
@@ -386,17 +387,13 @@ def _floats_per_network(network: Network) -> tuple[int, int]:
 
 
 def _positive_int(value: object, what: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise MonteCarloError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return limits.check_count(value, what, minimum=minimum)
 
 
 def _seed_sequence(seed: object) -> np.random.SeedSequence:
     if isinstance(seed, np.random.SeedSequence):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or int(seed) < 0:
-        raise MonteCarloError(f"seed must be a non-negative integer or a numpy SeedSequence, got {seed!r}")
-    return np.random.SeedSequence(int(seed))
+    return np.random.SeedSequence(limits.check_seed(seed, "seed (or a numpy SeedSequence)"))
 
 
 def _check_network(network: object) -> Network:
@@ -510,8 +507,11 @@ def sample(
     ------
     MonteCarloError
         For symbolic widths or parameters, a non-positive ``samples``, ``chunk_size`` or
-        ``block_size``, a bad seed or partner.
+        ``block_size``, a bad seed or partner; and (a :class:`~varprop.montecarlo.limits.LimitError`)
+        before anything is allocated, for a request beyond the memory or draw bounds of
+        :mod:`varprop.montecarlo.limits`.
     """
+    limits.check_sample(network, samples, block_size=block_size, chunk_size=chunk_size)  # before any allocation
     plan = _plan(network, partner, bool(correlation))
     count = _positive_int(samples, "samples (the number of networks)")
     seed_seq = _seed_sequence(seed)

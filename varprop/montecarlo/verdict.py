@@ -36,6 +36,7 @@ from scipy.special import ndtri
 
 from .errors import MonteCarloError
 from .estimators import Estimate
+from .limits import networks_needed
 
 __all__ = [
     "PASS",
@@ -97,6 +98,12 @@ class Verdict:
     def passed(self) -> bool:
         """True for ``PASS``."""
         return self.outcome == PASS
+
+
+def format_z(z: float, width: int = 0) -> str:
+    """``z`` with two decimals, in exponent form beyond 1e6 (a prediction of 1e300 gives z near
+    -1e301, which fixed-point notation would print as 300 digits)."""
+    return f"{z:+{width}.2f}" if not abs(z) >= 1e6 or math.isinf(z) else f"{z:+{width}.2e}"
 
 
 def _finite(value: object, what: str) -> float:
@@ -185,7 +192,7 @@ def _verdict(
         message = f"{head}, |z| <= z_crit = {z_crit:.3g}, and the resolution {shown} is within {tolerance}"
     else:
         outcome = INCONCLUSIVE
-        needed = math.ceil(n * (resolution / rtol) ** 2)
+        needed = networks_needed(n, resolution / rtol)  # saturates instead of overflowing
         message = (
             f"{head}, |z| <= z_crit = {z_crit:.3g}, but the resolution {shown} exceeds {tolerance}: "
             f"about {needed} networks are needed to resolve it"
