@@ -256,7 +256,8 @@ class Lemma(Check):
             return False, f"{to_text(self.pair)} is not a constant times u^{self.power} for u > 0"
         implied = self.conclusion.subs(LEMMA_CONSTANT, constant)
         ok = _is_zero(implied - step.rhs)
-        detail = f"{to_text(self.pair)} = {to_text(constant)} u^{self.power} for every u > 0 (sympy), which gives {to_text(implied)}"
+        shown = f"({to_text(constant)})" if isinstance(constant, sp.Add) else to_text(constant)
+        detail = f"{to_text(self.pair)} = {shown} u^{self.power} for every u > 0 (sympy), which gives {to_text(implied)}"
         return ok, detail + ("" if ok else f", not {to_text(step.rhs)}")
 
 
