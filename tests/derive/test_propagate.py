@@ -187,3 +187,36 @@ def test_every_layer_and_observable_class_has_a_derive_rule():
         assert cls in forward_rule.registry and cls in backward_rule.registry, cls
     for cls in OBSERVABLES:
         assert cls in observable_rules.registry, cls
+
+
+NETWORKS = {
+    "tanh, fixed input, bias": mlp([3, 4, 2], "tanh", glorot(), bias_variance=0.1,
+                                   inputs=FixedInput((1.0, -2.0, 1.0))),
+    "leaky relu, trailing activation": mlp([2, 3, 3], activation("leaky_relu", a=0.2), he(a=0.2),
+                                           output_activation=True),
+    "gelu, uniform": mlp([3, 3, 3, 2], "gelu", he(distribution="uniform")),
+    "selu, truncated normal": mlp([2, 5, 2], "selu", he(distribution="truncated_normal")),
+}
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_every_observable_everywhere_derives_and_verifies(name):
+    # Every statistic of every tensor at every position: a derivation whose checks all re-run, or one
+    # clear error for what does not exist (a weight gradient away from a dense layer).
+    from varprop.observables import OBSERVABLES, Gradient, Signal, WeightGradient
+
+    net = NETWORKS[name]
+    derived = 0
+    for cls in OBSERVABLES:
+        for position in range(-1, len(net.layers)):
+            for tensor in (Signal(position), Gradient(position), WeightGradient(position)):
+                try:
+                    observable = cls(tensor)
+                    d = derive(net, observable)
+                except VarpropError as exc:
+                    assert "dense layer" in str(exc) or "signals only" in str(exc), exc
+                    continue
+                derived += 1
+                assert not [r for r in d.verify() if r.ok is False]
+                assert d.exactness in ("exact", "gaussian-exact", "asymptotic")
+    assert derived >= 4 * len(net.layers)

@@ -649,7 +649,9 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     general = walk.builder.model(
         symbol, state.width * state.second.symbol / (first.width * first.second.symbol), Rule.INDEPENDENCE,
         f"R = |{_t(state.symbol)}|^2 / |{_t(first.symbol)}|^2: {why}", exactness="exact" if exact else "asymptotic")
-    value = sp.simplify(state.width * state.second.value / (first.width * first.second.value))
+    value = state.width * state.second.value / (first.width * first.second.value)
+    # simplify's doit would hand unevaluated quadratures to sympy's integrate (slow, and it may raise)
+    value = sp.simplify(value, doit=False) if not value.has(sp.Integral) else value
     if walk.builder.steps[general].rhs == value:  # the input itself: the ratio is 1 by definition
         return Quantity(symbol, value, general)
     index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute",
