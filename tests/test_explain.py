@@ -60,7 +60,7 @@ def test_why_not_zero_mean(answers):
 
 def test_pre_vs_post_activation(answers):
     result = answers["pre-vs-post-activation"]
-    weight = [r for r in result.checks if r.claim.observable == "dw_second_moment"]
+    weight = [r for r in result.checks if r.claim.observable_name == "dw_second_moment"]
     assert weight and all(r.outcome == PASS and r.claim.value == 1.0 for r in weight)
     wrong = weight[0].claim.with_prediction(sp.Integer(2), name="Var[x] for E[x^2] in dL/dW")
     assert check_all([wrong])[0].outcome == FAIL

@@ -415,7 +415,9 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
     q_value, q_uses = walk.plain(signal.second)
-    return index, expectation.expr.subs(Q, q_value), q_uses
+    # The value exactly as the identity check will rebuild it (rhs, then the variance's value), so that
+    # the check is structural and cheap even for nested closed forms (gelu, erf through many layers).
+    return index, rhs.subs(q_symbol, q_value), q_uses
 
 
 @forward_rule.register
