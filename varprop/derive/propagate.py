@@ -630,7 +630,7 @@ def _(observable: VarianceObservable, walk: _Walk) -> Quantity:
     symbol = mean.symbol.args[0]
     definition = walk.define(Variance(symbol), Expect(symbol**2) - Expect(symbol) ** 2, "definition of the variance",
                              rule=Rule.VARIANCE_DEFINITION)
-    value = sp.expand(second.value - mean.value**2)
+    value = second.value - mean.value**2  # not expanded: the check rebuilds exactly this, cheaply
     index = walk.builder.identity(Variance(symbol), value, Rule.SUBSTITUTION, "substitute the mean and second moment",
                                   uses=(definition, second.step, mean.step))
     return Quantity(Variance(symbol), value, index)
@@ -652,8 +652,6 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
         symbol, state.width * state.second.symbol / (first.width * first.second.symbol), Rule.INDEPENDENCE,
         f"R = |{_t(state.symbol)}|^2 / |{_t(first.symbol)}|^2: {why}", exactness="exact" if exact else "asymptotic")
     value = state.width * state.second.value / (first.width * first.second.value)
-    # simplify's doit would hand unevaluated quadratures to sympy's integrate (slow, and it may raise)
-    value = sp.simplify(value, doit=False) if not value.has(sp.Integral) else value
     if walk.builder.steps[general].rhs == value:  # the input itself: the ratio is 1 by definition
         return Quantity(symbol, value, general)
     index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute",
