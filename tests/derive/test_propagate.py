@@ -140,8 +140,8 @@ def test_numeric_steps_are_rechecked_by_quadrature():
     assert numeric, "a tanh network nests quadratures: some step evaluates one"
     assert all(r.ok for r in d.verify() if r.step - 1 in numeric)
     step = d.steps[numeric[0]]
-    wrong = _replace(d, steps=d.steps[:numeric[0]] + (_replace(step, rhs=step.rhs * 1.001),) + d.steps[numeric[0] + 1:])
-    assert wrong.verify()[numeric[0]].ok is False
+    wrong = _replace(step, rhs=step.rhs * 1.001)
+    assert wrong.proof.run(wrong, d.steps)[0] is False  # only this step's check: later ones would redo the algebra
 
 
 def test_a_derivation_is_as_exact_as_its_weakest_step():
