@@ -346,8 +346,8 @@ _MAX_INTEGER_POWER = 16
 #: degree 1 (``tanh(x)**3 * x`` has degree 4): it bounds the size of every expansion downstream.
 _MAX_DEGREE = 32
 #: Nonzero constants (literals and every constant subexpression) must lie in this range of size.
-_MAX_CONSTANT = 1e300
-_MIN_CONSTANT = 1e-300
+_MAX_CONSTANT = 1e308
+_MIN_CONSTANT = 1e-308
 #: Piecewise-linear calls (abs, max, min, relu, step) of x: the pieces multiply when folded.
 _MAX_PIECEWISE = 4
 #: Depth of nested exponentials of x (exp, sinh, cosh, sigmoid, softplus, a power with x in the exponent).
@@ -598,7 +598,7 @@ class _Converter:
                         "(a negative number to a fractional power)"
                     )
                 # The size is checked from logarithms before sympy computes the power.
-                if base != 0 and abs(exponent * math.log10(abs(base))) > 300:
+                if base != 0 and abs(exponent * math.log10(abs(base))) > 308.5:
                     return self.constant(sp.Integer(0), math.inf, node)
                 return self.constant(left.expr**right.expr, math.copysign(abs(base) ** exponent, base if float(exponent) % 2 else 1.0), node)
             if left.expr == 0 and exponent < 0:
