@@ -238,7 +238,7 @@ def _expectation(g: sp.Expr, variance: sp.Expr, mean: sp.Expr) -> Expectation:
 def _integer_powers(g: sp.Expr) -> sp.Expr:
     """``x**1.0`` as ``x``: a Float exponent that is an integer becomes an Integer (exact rules need it)."""
     return g.replace(
-        lambda e: e.is_Pow and e.exp.is_Float and e.exp == int(e.exp),
+        lambda e: e.is_Pow and e.exp.is_Float and float(e.exp).is_integer() and abs(float(e.exp)) <= 64,
         lambda e: e.base ** int(e.exp),
     )
 
