@@ -246,7 +246,13 @@ def _integer_powers(g: sp.Expr) -> sp.Expr:
 def _quadrature_integral(g: sp.Expr, variance: sp.Expr, mean: sp.Expr) -> sp.Expr:
     r""":math:`\int g(\mu + \sqrt q\, t)\, e^{-t^2/2}/\sqrt{2\pi}\, dt`, left unevaluated."""
     integrand = g.subs(X, mean + sp.sqrt(variance) * _T) * sp.exp(-(_T**2) / 2) / sp.sqrt(2 * sp.pi)
-    return sp.Integral(integrand, (_T, -sp.oo, sp.oo))
+    if not integrand.has(sp.Piecewise):
+        return sp.Integral(integrand, (_T, -sp.oo, sp.oo))
+    # sympy's Integral() folds every Piecewise through simplify_logic (seconds for nested max/min);
+    # the quadrature does not need the fold, so the object is built as ExprWithLimits would, unfolded.
+    integral = sp.Expr.__new__(sp.Integral, integrand, sp.Tuple(_T, -sp.oo, sp.oo))
+    integral.is_commutative = True
+    return integral
 
 
 def _tidy(expr: sp.Expr) -> sp.Expr:

@@ -103,7 +103,8 @@ def evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, object] | None = None) ->
         raise DerivationError(f"cannot evaluate {_short(expr)} numerically: give values for {names}")
     errors = {}
     for integral, stand_in in zip(integrals, stand_ins):
-        value, error = _quad(integral.xreplace(numbers) if numbers else integral)
+        (variable, _, _), = integral.limits
+        value, error = _quad(integral.function.xreplace(numbers) if numbers else integral.function, variable)
         numbers[stand_in] = sp.Float(value)
         errors[stand_in] = error
     value = precise_value(reduced, numbers, expr)
@@ -230,7 +231,7 @@ def _kinks(function: sp.Expr, variable: sp.Symbol) -> list[float]:
     return points
 
 
-def _quad(integral: sp.Integral) -> tuple[float, float]:
+def _quad(function: sp.Expr, variable: sp.Symbol) -> tuple[float, float]:
     r"""QUADPACK on ``[-T, T]`` in the standardised variable, with T grown until the tails vanish.
 
     Beyond :math:`|t| = 40` the Gaussian weight is below :math:`10^{-347}`, so the cut-off only matters
@@ -238,10 +239,8 @@ def _quad(integral: sp.Integral) -> tuple[float, float]:
     :math:`\pm T` is below :math:`10^{-250}`. Points where float64 overflows (``inf * 0``) are
     recomputed in mpmath. The dropped tails are not bounded: the error is an estimate.
     """
-    from scipy import integrate, special  # imported here: only the quadrature route needs scipy
+    from scipy import integrate  # imported here: only the quadrature route needs scipy
 
-    (variable, _, _), = integral.limits
-    function = integral.function
     if function.free_symbols - {variable}:
         names = ", ".join(sorted(str(s) for s in function.free_symbols - {variable}))
         raise DerivationError(f"cannot evaluate the integral of {_short(function)} numerically: give values for {names}")
@@ -250,20 +249,18 @@ def _quad(integral: sp.Integral) -> tuple[float, float]:
     if reason is not None:
         raise IntegrabilityError(f"the Gaussian integral does not exist: {reason}")
     try:
-        fast = sp.lambdify(variable, function, modules=[{"erf": special.erf, "erfc": special.erfc}, "numpy"])
+        fast = sp.lambdify(variable, function, modules=["math"])
     except Exception as exc:  # noqa: BLE001 - sympy's printers raise their own types
         raise DerivationError(f"cannot evaluate the integral of {_short(function)} numerically ({type(exc).__name__})") from None
 
     def integrand(t: float) -> float:
         try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                value = float(np.real(fast(t)))
-        except (ValueError, TypeError, ZeroDivisionError, OverflowError):
+            value = float(fast(t))
+        except (ValueError, TypeError, ZeroDivisionError, OverflowError, ArithmeticError):
             value = math.nan
         if math.isfinite(value):
             return value
-        with mpmath.workdps(20):  # inf * 0 in float64: recompute with an unbounded exponent
+        with mpmath.workdps(20):  # overflow or inf * 0 in float64: recompute with an unbounded exponent
             exact = mp_value(function, variable, mpmath.mpf(t))
             if exact is None:
                 return math.nan

@@ -47,7 +47,12 @@ def prepare(g: sp.Expr) -> sp.Expr:
     if g.has(sp.Max, sp.Min, sp.Abs, sp.Heaviside, sp.sign):
         g = g.rewrite(sp.Piecewise)
     if g.has(sp.Piecewise):
-        if len(g.atoms(sp.Piecewise)) > MAX_PIECEWISE or term_estimate(g) > MAX_TERMS:
+        atoms = g.atoms(sp.Piecewise)
+        if len(atoms) > MAX_PIECEWISE or term_estimate(g) > MAX_TERMS:
+            raise NotInClass
+        # Folding simplifies the conditions (simplify_logic): seconds for a condition like
+        # sigmoid(x) > min(x, 18). Only conditions the truncated rule can use are folded.
+        if not all(_is_linear_condition(cond) for p in atoms for _, cond in p.args):
             raise NotInClass
         g = sp.piecewise_fold(g)
     return g
