@@ -317,6 +317,13 @@ def _check_real(expr: sp.Expr, text: str) -> None:
     if expr.free_symbols - {X}:
         return  # symbolic parameters: checked when they get values
     for point in (sp.Rational(-5, 2), sp.Rational(-1, 3), sp.Rational(1, 3), sp.Rational(5, 2)):
+        argument = _negative_argument(expr, point)
+        if argument is not None:  # tanh(sqrt(x))**2 is real, but only through tan(sqrt(-x)) and its poles
+            raise ExpressionError(
+                f"expression {text!r} is not a finite real number at x = {point}: it takes a fractional power or "
+                f"log of {argument} < 0; an activation must be real-valued on the whole real line, "
+                "without complex intermediate values"
+            )
         try:
             value = sp.N(expr.subs(X, point), 15)
         except (TypeError, ValueError, ArithmeticError):  # e.g. max(log(x), ...) compares a non-real
@@ -326,6 +333,35 @@ def _check_real(expr: sp.Expr, text: str) -> None:
                 f"expression {text!r} is not a finite real number at x = {point} (got {value}); "
                 "an activation must be real-valued on the whole real line"
             )
+
+
+def _negative_argument(expr: sp.Expr, point: sp.Expr) -> sp.Expr | None:
+    """A fractional power's base or a log's argument that is negative at ``point`` (active branches only)."""
+    if isinstance(expr, sp.Piecewise):
+        for branch, cond in expr.args:
+            try:
+                holds = bool(cond.subs(X, point)) if cond is not sp.true else True
+            except (TypeError, ValueError, ArithmeticError):
+                return None
+            if holds:
+                return _negative_argument(branch, point)
+        return None
+    inner = None
+    if isinstance(expr, sp.log):
+        inner = expr.args[0]
+    elif isinstance(expr, sp.Pow) and expr.exp.is_number and not expr.exp.is_integer:
+        inner = expr.base
+    if inner is not None and X in inner.free_symbols:
+        try:
+            if bool(sp.N(inner.subs(X, point), 15) < 0):
+                return inner
+        except (TypeError, ValueError, ArithmeticError):
+            return None
+    for arg in expr.args:
+        found = _negative_argument(arg, point) if isinstance(arg, sp.Expr) else None
+        if found is not None:
+            return found
+    return None
 
 
 def builtin_summary() -> dict[str, str]:

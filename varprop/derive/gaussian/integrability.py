@@ -168,10 +168,17 @@ def _singular_bases(g: sp.Expr, var: sp.Symbol) -> list[sp.Expr]:
     return list(dict.fromkeys(bases))
 
 
-def singular_points(g: sp.Expr, var: sp.Symbol = X) -> list[float]:
-    """Real points where a denominator or a logarithm's argument of ``g`` vanishes (sorted, at most 32)."""
+def singular_points(g: sp.Expr, var: sp.Symbol = X, numbers: dict | None = None) -> list[float]:
+    """Real points where a denominator or a logarithm's argument of ``g`` vanishes (sorted, at most 32).
+
+    ``numbers`` gives values to the other symbols (substituted into each base only).
+    """
     points: set[float] = set()
     for base in _singular_bases(g, var):
+        if numbers:
+            base = base.xreplace(numbers)
+        if base.free_symbols - {var}:
+            continue
         points.update(_real_zeros(base, var))
     return sorted(points, key=abs)[:32]
 
@@ -284,7 +291,7 @@ _UNARY = {
 }
 
 
-def mp_value(expr: sp.Expr, var: sp.Symbol, point: mpmath.mpf) -> mpmath.mpf | mpmath.mpc | None:
+def mp_value(expr: sp.Expr, var: sp.Symbol, point: mpmath.mpf, env: dict | None = None) -> mpmath.mpf | mpmath.mpc | None:
     """``expr`` at ``var = point`` in mpmath at the working precision, with exponentials guarded.
 
     An exponent beyond ``1e600`` in size gives ``inf`` (or 0) instead of a number with a billion-bit
@@ -292,8 +299,8 @@ def mp_value(expr: sp.Expr, var: sp.Symbol, point: mpmath.mpf) -> mpmath.mpf | m
     evaluate.
     """
     try:
-        return _mp(expr, var, point)
-    except (ValueError, ZeroDivisionError, TypeError, OverflowError, ArithmeticError, _Unknown):
+        return _mp(expr, var, point, env or {})
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError, ArithmeticError, RecursionError, _Unknown):
         return None
 
 
@@ -301,21 +308,23 @@ class _Unknown(Exception):
     pass
 
 
-def _mp(e: sp.Basic, var: sp.Symbol, x: mpmath.mpf):
+def _mp(e: sp.Basic, var: sp.Symbol, x: mpmath.mpf, env: dict):
     if e == var:
         return x
+    if e in env:
+        return env[e]
     if e.is_Number or e.is_NumberSymbol:
-        return mpmath.mpf(e.evalf(mpmath.mp.dps + 5)) if not e.is_Integer else mpmath.mpf(int(e))
+        return _constant(e, mpmath.mp.dps)
     if e is sp.I:
         return mpmath.mpc(0, 1)
     if e.is_Add:
-        return mpmath.fsum(_mp(a, var, x) for a in e.args)
+        return mpmath.fsum(_mp(a, var, x, env) for a in e.args)
     if e.is_Mul:
-        return mpmath.fprod(_mp(a, var, x) for a in e.args)
+        return mpmath.fprod(_mp(a, var, x, env) for a in e.args)
     if isinstance(e, sp.exp):
-        return _exp(_mp(e.args[0], var, x))
+        return _exp(_mp(e.args[0], var, x, env))
     if e.is_Pow:
-        base, exponent = _mp(e.base, var, x), _mp(e.exp, var, x)
+        base, exponent = _mp(e.base, var, x, env), _mp(e.exp, var, x, env)
         if exponent == int(mpmath.re(exponent)) and mpmath.im(exponent) == 0 and abs(exponent) <= 64:
             if base == 0 and exponent < 0:
                 return mpmath.inf
@@ -324,23 +333,28 @@ def _mp(e: sp.Basic, var: sp.Symbol, x: mpmath.mpf):
             return mpmath.inf if mpmath.re(exponent) < 0 else mpmath.mpf(0)
         return _exp(exponent * mpmath.log(base))
     if isinstance(e, sp.log):
-        value = _mp(e.args[0], var, x)
+        value = _mp(e.args[0], var, x, env)
         return -mpmath.inf if value == 0 else mpmath.log(value)
     if isinstance(e, sp.sinh | sp.cosh):
-        u = _mp(e.args[0], var, x)
+        u = _mp(e.args[0], var, x, env)
         sign = -1 if isinstance(e, sp.sinh) else 1
         return (_exp(u) + sign * _exp(-u)) / 2
     if isinstance(e, sp.Abs):
-        return abs(_mp(e.args[0], var, x))
+        return abs(_mp(e.args[0], var, x, env))
     if isinstance(e, sp.Piecewise):
         for expr, cond in e.args:
-            if _truth(cond, var, x):
-                return _mp(expr, var, x)
+            if _truth(cond, var, x, env):
+                return _mp(expr, var, x, env)
         return mpmath.nan
     function = _UNARY.get(type(e))
     if function is not None:
-        return function(_mp(e.args[0], var, x))
+        return function(_mp(e.args[0], var, x, env))
     raise _Unknown
+
+
+@lru_cache(maxsize=4096)
+def _constant(e: sp.Expr, dps: int):
+    return mpmath.mpf(int(e)) if e.is_Integer else mpmath.mpf(e.evalf(dps + 5))
 
 
 def _exp(u):
@@ -352,19 +366,19 @@ def _exp(u):
     return mpmath.exp(u)
 
 
-def _truth(cond: sp.Basic, var: sp.Symbol, x) -> bool:
+def _truth(cond: sp.Basic, var: sp.Symbol, x, env: dict) -> bool:
     if cond is sp.true:
         return True
     if cond is sp.false:
         return False
     if isinstance(cond, sp.And):
-        return all(_truth(a, var, x) for a in cond.args)
+        return all(_truth(a, var, x, env) for a in cond.args)
     if isinstance(cond, sp.Or):
-        return any(_truth(a, var, x) for a in cond.args)
+        return any(_truth(a, var, x, env) for a in cond.args)
     if isinstance(cond, sp.Not):
-        return not _truth(cond.args[0], var, x)
+        return not _truth(cond.args[0], var, x, env)
     if isinstance(cond, sp.Rel):
-        left, right = mpmath.re(_mp(cond.lhs, var, x)), mpmath.re(_mp(cond.rhs, var, x))
+        left, right = mpmath.re(_mp(cond.lhs, var, x, env)), mpmath.re(_mp(cond.rhs, var, x, env))
         return {"<": left < right, "<=": left <= right, ">": left > right, ">=": left >= right,
                 "==": left == right, "!=": left != right}[cond.rel_op]
     raise _Unknown

@@ -33,6 +33,14 @@ from .integrability import _short, mp_value, nonintegrable_reason, singular_poin
 _PRECISIONS = (30, 60, 120, 240, 480, 960)
 _AGREE = 2.0**-55
 _ASYMPTOTIC = 10**6
+_MAX_CALLS = 60_000
+_MAX_CUTS = 12
+_MAX_SLOW_CALLS = 2_000  # mpmath evaluations (overflowing points) per integral
+_Q = sp.Symbol("q", positive=True)  # the engine's variance symbol (engine.Q)
+
+
+class _Budget(Exception):
+    """The quadrature spent its evaluation budget."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ def evaluate(expr: sp.Expr, values: Mapping[sp.Symbol, object] | None = None) ->
     errors = {}
     for integral, stand_in in zip(integrals, stand_ins):
         (variable, _, _), = integral.limits
-        value, error = _quad(integral.function.xreplace(numbers) if numbers else integral.function, variable)
+        value, error = _quad(integral.function, variable, numbers)
         numbers[stand_in] = sp.Float(value)
         errors[stand_in] = error
     value = precise_value(reduced, numbers, expr)
@@ -211,11 +219,11 @@ def _to_float(value, context: sp.Expr) -> float:
 # --- quadrature -------------------------------------------------------------------------------------
 
 
-def _kinks(function: sp.Expr, variable: sp.Symbol) -> list[float]:
+def _kinks(function: sp.Expr, variable: sp.Symbol, numbers: Mapping[sp.Symbol, sp.Expr]) -> list[float]:
     """Real points where a Piecewise condition linear in the variable switches."""
     points = []
     for relation in function.atoms(sp.Rel):
-        difference = relation.lhs - relation.rhs
+        difference = (relation.lhs - relation.rhs).xreplace(dict(numbers))
         if difference.free_symbols != {variable}:
             continue
         try:
@@ -231,37 +239,72 @@ def _kinks(function: sp.Expr, variable: sp.Symbol) -> list[float]:
     return points
 
 
-def _quad(function: sp.Expr, variable: sp.Symbol) -> tuple[float, float]:
+def _quad(function: sp.Expr, variable: sp.Symbol, numbers: Mapping[sp.Symbol, sp.Expr]) -> tuple[float, float]:
     r"""QUADPACK on ``[-T, T]`` in the standardised variable, with T grown until the tails vanish.
 
     Beyond :math:`|t| = 40` the Gaussian weight is below :math:`10^{-347}`, so the cut-off only matters
     for integrands that grow faster than the weight decays; T doubles until the integrand at
     :math:`\pm T` is below :math:`10^{-250}`. Points where float64 overflows (``inf * 0``) are
-    recomputed in mpmath. The dropped tails are not bounded: the error is an estimate.
+    recomputed in mpmath. The dropped tails are not bounded: the error is an estimate. At most
+    ``_MAX_CALLS`` integrand evaluations are spent (a wildly oscillating integrand is refused).
+    ``numbers`` gives the values of the other symbols; they are passed as arguments, never
+    substituted into the integrand (sympy can recurse without end re-evaluating nested Piecewise).
     """
     from scipy import integrate  # imported here: only the quadrature route needs scipy
 
-    if function.free_symbols - {variable}:
-        names = ", ".join(sorted(str(s) for s in function.free_symbols - {variable}))
+    symbols = tuple(sorted(function.free_symbols - {variable}, key=sp.default_sort_key))
+    absent = [s for s in symbols if s not in numbers]
+    if absent:
+        names = ", ".join(str(s) for s in absent)
         raise DerivationError(f"cannot evaluate the integral of {_short(function)} numerically: give values for {names}")
+    floats = [float(_mp_number(numbers[s], 20)) for s in symbols]
+    env = {s: mpmath.mpf(v) for s, v in zip(symbols, floats)}
     unweighted = function.xreplace({sp.exp(-(variable**2) / 2): sp.Integer(1)})
-    reason = nonintegrable_reason(unweighted, variable)
-    if reason is not None:
-        raise IntegrabilityError(f"the Gaussian integral does not exist: {reason}")
+    if set(symbols) - {_Q}:  # symbolic parameters: existence was not decided when deriving
+        try:
+            substituted = unweighted.xreplace(dict(numbers))
+        except RecursionError:
+            substituted = None
+        reason = None if substituted is None else nonintegrable_reason(substituted, variable)
+        if reason is not None:
+            raise IntegrabilityError(f"the Gaussian integral does not exist: {reason}")
     try:
-        fast = sp.lambdify(variable, function, modules=["math"])
+        fast = sp.lambdify((variable, *symbols), function, modules=["math"])
     except Exception as exc:  # noqa: BLE001 - sympy's printers raise their own types
         raise DerivationError(f"cannot evaluate the integral of {_short(function)} numerically ({type(exc).__name__})") from None
+    try:
+        from scipy import special
+
+        wide = sp.lambdify((variable, *symbols), function,
+                           modules=[{"erf": special.erf, "erfc": special.erfc}, "numpy"])
+    except Exception:  # noqa: BLE001 - sympy's printers raise their own types
+        wide = None
+    calls = [0, 0]
 
     def integrand(t: float) -> float:
+        calls[0] += 1
+        if calls[0] > _MAX_CALLS:
+            raise _Budget
         try:
-            value = float(fast(t))
+            value = float(fast(t, *floats))
         except (ValueError, TypeError, ZeroDivisionError, OverflowError, ArithmeticError):
             value = math.nan
         if math.isfinite(value):
             return value
+        if wide is not None:  # e.g. sqrt of a negative inside tanh(sqrt(x))**2: real through complex numbers
+            try:
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    number = complex(wide(complex(t), *floats))
+                if math.isfinite(number.real) and abs(number.imag) <= 1e-9 * max(1.0, abs(number.real)):
+                    return number.real
+            except (ValueError, TypeError, ZeroDivisionError, OverflowError, ArithmeticError):
+                pass
+        calls[1] += 1
+        if calls[1] > _MAX_SLOW_CALLS:
+            raise _Budget
         with mpmath.workdps(20):  # overflow or inf * 0 in float64: recompute with an unbounded exponent
-            exact = mp_value(function, variable, mpmath.mpf(t))
+            exact = mp_value(function, variable, mpmath.mpf(t), env)
             if exact is None:
                 return math.nan
             return float(mpmath.re(exact))
@@ -282,8 +325,9 @@ def _quad(function: sp.Expr, variable: sp.Symbol) -> tuple[float, float]:
         if limit >= 2560.0:
             raise fail("does not decay in the tails")
         limit *= 2.0
-    inner = {0.0, *_kinks(function, variable), *singular_points(unweighted, variable)}
-    cuts = sorted({-limit, limit, *(p for p in inner if -limit < p < limit)})
+    inner = {0.0, *_kinks(function, variable, numbers), *singular_points(unweighted, variable, dict(numbers))}
+    inner = sorted((p for p in inner if -limit < p < limit), key=abs)[:_MAX_CUTS]
+    cuts = sorted({-limit, limit, *inner})
     value, error = 0.0, 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("error", integrate.IntegrationWarning)
@@ -292,6 +336,8 @@ def _quad(function: sp.Expr, variable: sp.Symbol) -> tuple[float, float]:
                 part, part_error = integrate.quad(integrand, a, b, epsabs=1e-13, epsrel=1e-12, limit=400)
             except (integrate.IntegrationWarning, OverflowError, ZeroDivisionError, ValueError):
                 raise fail("does not converge numerically") from None
+            except _Budget:
+                raise fail(f"does not converge within {_MAX_CALLS} evaluations (it oscillates or varies too fast)") from None
             value += part
             error += part_error
     if not (math.isfinite(value) and math.isfinite(error)):

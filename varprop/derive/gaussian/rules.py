@@ -85,18 +85,34 @@ def pieces(g: sp.Expr) -> list[tuple[sp.Expr, tuple[sp.Expr, sp.Expr]]]:
 
 
 def _is_linear_condition(cond: sp.Basic) -> bool:
-    """Conditions built from relations polynomial of degree at most 2 in x (cheap for ``as_set``)."""
+    """Conditions built from relations polynomial of degree at most 2 in x (cheap for ``as_set``).
+
+    A relation may hold a Piecewise (``min(max(x, -1), 1)``) whose branches and conditions are such.
+    """
     if isinstance(cond, sp.Rel):
         difference = cond.lhs - cond.rhs
         if X not in difference.free_symbols:
             return True
-        try:
-            return sp.Poly(difference, X).degree() <= 2
-        except sp.PolynomialError:
-            return False
-    if isinstance(cond, sp.And | sp.Or | sp.Not):
+        for inner in difference.atoms(sp.Piecewise):
+            if not all(_is_low_polynomial(b) and _is_linear_condition(c) for b, c in inner.args):
+                return False
+        if difference.has(sp.Piecewise):
+            return True
+        return _is_low_polynomial(difference)
+    if isinstance(cond, sp.And | sp.Or | sp.Not | sp.ITE):
         return all(_is_linear_condition(a) for a in cond.args)
     return cond in (sp.true, sp.false)
+
+
+def _is_low_polynomial(expr: sp.Expr) -> bool:
+    if X not in expr.free_symbols:
+        return True
+    if expr.has(sp.Piecewise):
+        return all(_is_low_polynomial(b) and _is_linear_condition(c) for p in expr.atoms(sp.Piecewise) for b, c in p.args)
+    try:
+        return sp.Poly(expr, X).degree() <= 2
+    except sp.PolynomialError:
+        return False
 
 
 def _intervals(where: sp.Set) -> list[tuple[sp.Expr, sp.Expr]]:
