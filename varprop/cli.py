@@ -20,7 +20,7 @@ from . import __version__
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
 from .derive.derivation import to_text
-from .errors import VarpropError
+from .errors import IntegrabilityError, VarpropError
 from .weights import DISTRIBUTIONS
 
 __all__ = ["main", "build_parser"]
@@ -75,11 +75,16 @@ _MOMENT_LABELS = {
 def moments_report(act: Activation, q: sp.Expr) -> dict[str, object]:
     """The moments of ``act`` under N(0, q) as a JSON-ready dictionary (see ``varprop moments --help``).
 
-    A moment that does not exist has ``null`` value, expression and route ``does-not-exist``, and its
+    An activation that is not square-integrable (E[phi^2] diverges) raises IntegrabilityError. Another
+    moment that does not exist (E[phi'^2] of abs(x)**0.5) has ``null`` value, expression and route ``does-not-exist``, and its
     reason under ``does_not_exist``. ``error_estimate`` is the largest numeric error estimate (0 for
     closed forms); ``error_bound`` is a deprecated alias with the same value (it never was a bound).
     """
     result = moments(act)
+    if not result.second_moment.exists:  # nothing propagates: refuse as bad input
+        raise IntegrabilityError(
+            f"{act} is not square-integrable under a Gaussian: E[phi(z)^2] does not exist: {result.second_moment.reason}"
+        )
     report: dict[str, object] = {"activation": str(act), "q": float(q)}
     estimates = []
     missing: dict[str, str] = {}

@@ -397,3 +397,13 @@ def test_cli_large_q_gives_numbers(capsys):
 
 def test_vararg_error_type_is_the_family():
     assert issubclass(IntegrabilityError, VarpropError)
+
+
+def test_symbolic_parameters_are_checked_when_they_get_values():
+    a, c = sp.Symbol("a", real=True), sp.Symbol("c", real=True)
+    power = moments(expression("abs(x)**a", a=None))
+    assert close(power.second_moment.evaluate({Q: 1, a: 0.3}).value, abs_power(0.6, 1))
+    with pytest.raises(IntegrabilityError, match="p = -1.2"):
+        power.second_moment.evaluate({Q: 1, a: -0.6})
+    with pytest.raises(IntegrabilityError, match="singular point c = 0.5"):
+        moments(expression("1/(x - c)", c=None)).mean.evaluate({Q: 1, c: 0.5})
