@@ -34,6 +34,7 @@ def main(count: int = 10_000, seed: int = 0) -> int:
     foreign: list[tuple[str, str]] = []
     seen: set[str] = set()
     slowest = (0.0, "")
+    start = time.perf_counter()
 
     @settings(max_examples=count, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
@@ -51,13 +52,16 @@ def main(count: int = 10_000, seed: int = 0) -> int:
             outcomes["FOREIGN"] += 1
             return
         outcomes[outcome] += 1
+        done = sum(outcomes.values())
+        if done % 500 == 0:
+            print(f"... {done} expressions, {time.perf_counter() - start:.0f} s, slowest so far "
+                  f"{max(slowest[0], elapsed):.2f} s, foreign {len(foreign)}, slow {len(slow)}", flush=True)
         if elapsed > slowest[0]:
             slowest = (elapsed, text)
         if elapsed > LIMIT:
             slow.append((elapsed, text))
 
     random.seed(seed)
-    start = time.perf_counter()
     from hypothesis import seed as hypothesis_seed
 
     hypothesis_seed(seed)(run)()
