@@ -13,6 +13,7 @@ expressions slower than 2 s and the slowest one. Exits 1 when a foreign exceptio
 from __future__ import annotations
 
 import collections
+import faulthandler
 import pathlib
 import random
 import sys
@@ -35,6 +36,7 @@ def main(count: int = 10_000, seed: int = 0) -> int:
     seen: set[str] = set()
     slowest = (0.0, "")
     start = time.perf_counter()
+    current = sys.stderr
 
     @settings(max_examples=count, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
@@ -45,12 +47,17 @@ def main(count: int = 10_000, seed: int = 0) -> int:
             outcomes["duplicate"] += 1
             return
         seen.add(text)
+        # A case that hangs is shown with its stack (and the run goes on after it returns).
+        faulthandler.dump_traceback_later(30, exit=False)
+        print(f"current: {text!r}", file=current, flush=True)
         try:
             outcome, elapsed = exercise(text)
         except Exception:  # noqa: BLE001 - the point is to find these
             foreign.append((text, traceback.format_exc(limit=3)))
             outcomes["FOREIGN"] += 1
             return
+        finally:
+            faulthandler.cancel_dump_traceback_later()
         outcomes[outcome] += 1
         done = sum(outcomes.values())
         if done % 500 == 0:

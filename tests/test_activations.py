@@ -147,3 +147,14 @@ def test_limits_still_accept_ordinary_expressions():
 def test_min_of_non_real_is_one_error():
     with pytest.raises(ExpressionError, match="not a finite real number"):
         expression("min(log(x), 1/x)")
+
+
+def test_exact_rational_powers_are_never_computed():
+    # (20**16) ** ((5/2)**16) computed exactly would hang; the check evaluates at float points.
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ExpressionError, match="negative number"):
+        expression("(-((20)**16)) ^ (-((x)**16))")
+    assert expression("((20)**16) ^ (-((x)**16))").expr.has(X)
+    assert time.perf_counter() - start < 1.0

@@ -316,11 +316,12 @@ def _check_real(expr: sp.Expr, text: str) -> None:
     """Refuse expressions that are not real-valued on the real line (``sqrt(x)``, ``log(x)``)."""
     if expr.free_symbols - {X}:
         return  # symbolic parameters: checked when they get values
-    for point in (sp.Rational(-5, 2), sp.Rational(-1, 3), sp.Rational(1, 3), sp.Rational(5, 2)):
+    # Float points: an exact rational point makes sympy compute e.g. (20**16)**((5/2)**16) exactly.
+    for point in (sp.Float(-2.5), sp.Float(-1 / 3), sp.Float(1 / 3), sp.Float(2.5)):
         argument = _negative_argument(expr, point)
         if argument is not None:  # tanh(sqrt(x))**2 is real, but only through tan(sqrt(-x)) and its poles
             raise ExpressionError(
-                f"expression {text!r} is not a finite real number at x = {point}: it takes a fractional power or "
+                f"expression {text!r} is not a finite real number at x = {float(point):g}: it takes a fractional power or "
                 f"log of {argument} < 0; an activation must be real-valued on the whole real line, "
                 "without complex intermediate values"
             )
@@ -330,7 +331,7 @@ def _check_real(expr: sp.Expr, text: str) -> None:
             value = sp.nan
         if not value.is_real or not value.is_finite:
             raise ExpressionError(
-                f"expression {text!r} is not a finite real number at x = {point} (got {value}); "
+                f"expression {text!r} is not a finite real number at x = {float(point):g} (got {value}); "
                 "an activation must be real-valued on the whole real line"
             )
 
@@ -643,6 +644,12 @@ class _Converter:
             self.limited(_Node(left.expr, None, degree, pieces, depth), node)
             return _Node(left.expr**right.expr, None, degree, pieces * max(1, math.ceil(abs(exponent))), depth)
         # A power with x (or a symbolic parameter) in the exponent: an exponential of x.
+        if left.value is not None and left.value < 0:
+            raise ExpressionError(
+                f"in expression {self.quoted}: {self.segment(node)} raises the negative number "
+                f"{_abbreviate(left.value)} to a power that depends on x, which is not real; bases of such "
+                "powers must be positive"
+            )
         if not right.expr.is_real and right.expr.is_real is not None:
             raise ExpressionError(f"in expression {self.quoted}: the exponent in {self.segment(node)} is not real")
         grows = X in right.expr.free_symbols
