@@ -183,3 +183,54 @@ def test_user_expressions_are_compiled_from_their_expression():
     softplus = expression("log(1 + exp(x))")
     assert softplus.expr == activation("softplus").expr
     assert np.isfinite(softplus.numpy(np.array([800.0])))[0]
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("(((x**16)**16)**16)", "degree 256"),
+        ("((((x**16)**16)**16)**16)", "degree 256"),
+        ("x*((((10**16)**16)**16)**16)", "larger than 1e\\+308"),
+        ("x*" + "9" * 400, "400 digits"),
+        ("max(log(-1), x)", "log of the non-positive number -1"),
+        ("x*exp(exp(exp(exp(10))))", "constant exp\\(exp\\(10\\)\\)"),
+        ("exp(exp(exp(x)))", "3 deep"),
+        ("abs(x)*relu(x)*max(x, 1)*min(x, 2)*step(x)", "5 calls"),
+        ("(-8)**(1/3)*x", "not a real number"),
+        ("1e-320*x", "between 1e-308"),
+        ("tanh(x)**16*x**16*x", "degree 33"),
+    ],
+)
+def test_sizes_are_bounded_while_converting(text, fragment):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ExpressionError, match=fragment) as info:
+        expression(text)
+    assert time.perf_counter() - start < 1.0
+    assert "9" * 100 not in str(info.value)  # huge numbers are abbreviated in messages
+
+
+def test_limits_still_accept_ordinary_expressions():
+    assert expression("x**16 * tanh(x)**16").expr == X**16 * sp.tanh(X) ** 16
+    assert expression("1e308 * x").expr == sp.Float(1e308) * X
+    assert expression("min(max(x, -1), 1)").expr.has(sp.Piecewise)
+    assert expression("exp(exp(x))").expr == sp.exp(sp.exp(X))
+    # the constant check computes values while converting: 10**16**... is never built by sympy
+    assert parse_expression("(10**2)**3") == 10**6
+
+
+def test_min_of_non_real_is_one_error():
+    with pytest.raises(ExpressionError, match="not a finite real number"):
+        expression("min(log(x), 1/x)")
+
+
+def test_exact_rational_powers_are_never_computed():
+    # (20**16) ** ((5/2)**16) computed exactly would hang; the check evaluates at float points.
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ExpressionError, match="negative number"):
+        expression("(-((20)**16)) ^ (-((x)**16))")
+    assert expression("((20)**16) ^ (-((x)**16))").expr.has(X)
+    assert time.perf_counter() - start < 1.0

@@ -56,7 +56,7 @@ def claim_from_derivation(
             raise ClaimError(f"claim {name!r}: {exc}") from None
     derivation = derive(network, observable, finite_width=finite_width, linear_regime=linear_regime)
     number = evaluate(derivation.result)
-    return Claim(name, network, observable, None, None, None, number.value, number.error_bound, (), source,
+    return Claim(name, network, observable, None, None, None, number.value, number.error_estimate, (), source,
                  description, derivation)
 
 

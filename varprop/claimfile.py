@@ -214,7 +214,7 @@ def _compare(claim: Claim) -> FileClaim:
         same = sp.simplify(value - claim.prediction) == 0
     else:
         number = evaluate(value)
-        same = abs(number.value - claim.value) <= max(number.error_bound, 1e-12 * abs(number.value))
+        same = abs(number.value - claim.value) <= max(number.error_estimate, 1e-12 * abs(number.value))
     word = "matches" if same else "differs from"
     return FileClaim(claim, value, derivation.exactness,
                      f"{word} the derivation ({value}, {derivation.exactness})", derivation)

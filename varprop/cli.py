@@ -20,7 +20,7 @@ from ._files import output_directory
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
 from .derive.derivation import to_text
-from .errors import VarpropError, abbreviate
+from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
 
@@ -74,12 +74,29 @@ _MOMENT_LABELS = {
 
 
 def moments_report(act: Activation, q: sp.Expr) -> dict[str, object]:
-    """The moments of ``act`` under N(0, q) as a JSON-ready dictionary (see ``varprop moments --help``)."""
+    """The moments of ``act`` under N(0, q) as a JSON-ready dictionary (see ``varprop moments --help``).
+
+    An activation that is not square-integrable (E[phi^2] diverges) raises IntegrabilityError. Another
+    moment that does not exist (E[phi'^2] of abs(x)**0.5) has ``null`` value, expression and route ``does-not-exist``, and its
+    reason under ``does_not_exist``. ``error_estimate`` is the largest numeric error estimate (0 for
+    closed forms); ``error_bound`` is a deprecated alias with the same value (it never was a bound).
+    """
     result = moments(act)
+    if not result.second_moment.exists:  # nothing propagates: refuse as bad input
+        raise IntegrabilityError(
+            f"{act} is not square-integrable under a Gaussian: E[phi(z)^2] does not exist: {result.second_moment.reason}"
+        )
     report: dict[str, object] = {"activation": str(act), "q": float(q)}
-    bounds = []
+    estimates = []
+    missing: dict[str, str] = {}
     symbolic = act.expr.free_symbols - {sp.Symbol("x", real=True)}
     for key, value in result.as_dict().items():
+        if not value.exists:
+            report[f"{key}_expr"] = None
+            report[f"{key}_route"] = value.route
+            report[key] = None
+            missing[key] = value.reason
+            continue
         report[f"{key}_expr"] = str(value.expr)
         report[f"{key}_route"] = value.route
         if symbolic:
@@ -87,11 +104,19 @@ def moments_report(act: Activation, q: sp.Expr) -> dict[str, object]:
             continue
         number = value.evaluate({Q: q})
         report[key] = number.value
-        bounds.append(number.error_bound)
-    report["exact"] = result.exact and result.variance.exact
-    report["error_bound"] = max(bounds) if bounds else (0.0 if report["exact"] else None)
+        estimates.append(number.error_estimate)
+    report["exact"] = result.exact
+    estimate = max(estimates) if estimates else (0.0 if report["exact"] else None)
+    report["error_estimate"] = estimate
+    report["error_bound"] = estimate  # deprecated alias of error_estimate
+    notes = []
+    if missing:
+        report["does_not_exist"] = missing
+        notes.extend(f"{_MOMENT_LABELS[k]} does not exist: {reason}" for k, reason in missing.items() if k != "variance")
     if symbolic:
-        report["note"] = "numbers need values for " + ", ".join(sorted(map(str, symbolic)))
+        notes.append("numbers need values for " + ", ".join(sorted(map(str, symbolic))))
+    if notes:
+        report["note"] = "\n".join(notes)
     return report
 
 
@@ -101,20 +126,27 @@ def _print_moments(report: dict[str, object]) -> None:
     rows = [("quantity", "value", "route", "closed form in q" if report["exact"] else "expression in q")]
     for key, label in _MOMENT_LABELS.items():
         value = report[key]
-        shown = "-" if value is None else f"{value:.12g}"
         expr = report[f"{key}_expr"]
+        if expr is None:
+            rows.append((label, "does not exist", report[f"{key}_route"], "(the integral diverges; see below)"))
+            continue
+        shown = "-" if value is None else f"{value:.12g}"
         if "Integral" in expr:
             expr = "(no closed form known; numeric quadrature)"
         rows.append((label, shown, report[f"{key}_route"], expr))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
-    if report["exact"]:
-        print("  exact: every value is a closed form (error bound 0)")
-    elif report["error_bound"] is not None:
-        print(f"  exact: no; numeric error bound {report['error_bound']:.2e} (QUADPACK estimate)")
+    if len(report.get("does_not_exist", {})) == len(_MOMENT_LABELS):
+        pass
+    elif report["exact"]:
+        print("  exact: every value given is a closed form, evaluated to float64 accuracy (error estimate 0)")
+    elif report["error_estimate"] is not None:
+        print(f"  exact: no; numeric error estimate {report['error_estimate']:.2e} "
+              "(QUADPACK's estimate; not a guaranteed bound)")
     if "note" in report:
-        print(f"  {report['note']}")
+        for line in str(report["note"]).split("\n"):
+            print(f"  {line}")
 
 
 def _cmd_moments(args: argparse.Namespace) -> int:
@@ -343,13 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
         "moments",
         help="Gaussian moments of an activation",
         description="E[phi(z)], E[phi(z)^2], Var[phi(z)] and E[phi'(z)^2] for z ~ N(0, q): closed forms in q where "
-        "they exist (rectifier family, erf, gelu, elu, selu, polynomials), numeric quadrature with an error bound "
-        "otherwise (tanh, sigmoid, silu, softplus).",
+        "they exist (rectifier family, erf, gelu, elu, selu, sin/cos, polynomials), numeric quadrature with an error "
+        "estimate otherwise (tanh, sigmoid, silu, softplus). A moment whose integral diverges (E[phi'(z)^2] of "
+        "abs(x)**0.5) is shown as 'does not exist' (null in JSON, with the reason under does_not_exist).",
     )
     moments_parser.add_argument("activation", metavar="ACTIVATION", help=activation_help)
     moments_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
     moments_parser.add_argument("--q", default="1", metavar="Q", help="variance of z at which numbers are given (default 1)")
-    moments_parser.add_argument("--json", action="store_true", help="print JSON: numbers, *_expr sympy text, exact, error_bound")
+    moments_parser.add_argument("--json", action="store_true", help="print JSON: numbers, *_expr sympy text, *_route, exact, error_estimate "
+                                "(error_bound: deprecated alias), does_not_exist, note")
     moments_parser.set_defaults(handler=_cmd_moments)
 
     derive_parser = commands.add_parser(

@@ -299,7 +299,7 @@ class _Walk:
             value = sp.Float(number.value, 17)
             index = self.builder.add(
                 quantity.symbol, value, Rule.SUBSTITUTION, "the quadrature evaluated numerically (scipy QUADPACK)",
-                proof=Numeric(quantity.value, number.error_bound), uses=(quantity.step,))
+                proof=Numeric(quantity.value, number.error_estimate), uses=(quantity.step,))
             self.numeric[quantity.step] = (index, value)
         index, value = self.numeric[quantity.step]
         return value, (index,)
