@@ -146,10 +146,13 @@ def test_tiny_prediction_saturates_the_networks_needed():
 
 
 @pytest.mark.parametrize("prediction, fragment", [
-    ("exp(exp(exp(exp(9))))", "overflows float64"),
-    ("exp(exp(9))", "not finite in float64"),
-    ("exp(-exp(exp(9)))", "smaller than float64 represents"),
-    ("sqrt(-1)", "is not a real number"),
+    # the parser refuses constants outside float64's range first, naming them
+    ("exp(exp(exp(exp(9))))", "is too large or not a real number"),
+    ("exp(exp(9))", "is too large or not a real number"),
+    ("1e300*1e300", "is larger than 1e+308"),
+    ("sqrt(-1)", "is not a finite real number"),
+    # a product of representable constants that underflows is caught when the claim is built
+    ("1e-300*1e-300", "smaller than float64 represents"),
 ])
 def test_predictions_beyond_float64_are_refused(tmp_path, capsys, prediction, fragment):
     path = claim_file(tmp_path, "p", prediction=prediction)
