@@ -48,13 +48,14 @@ def fresh_process_seconds(repeats: int = 5) -> list[float]:
 def rectifier_milliseconds(repeats: int = 7) -> dict[str, float]:
     from varprop.activations import activation
     from varprop.derive import gaussian
+    from varprop.derive.gaussian import engine
 
     out = {}
     for name in RECTIFIERS:
         samples = []
         for _ in range(repeats):
-            gaussian._moments.cache_clear()
-            gaussian._expectation.cache_clear()
+            engine._moments.cache_clear()
+            engine._expectation.cache_clear()
             act = activation(name)
             start = time.perf_counter()
             gaussian.moments(act)
