@@ -144,7 +144,8 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     else:
         if args.claim is not None:
             raise _UsageError(f"--claim goes with the kind 'claim', not {args.kind!r}")
-        act = _activation(args.activation, _parse_params(args.param))
+        default = "linear" if args.kind == "glorot" else "relu"
+        act = _activation(args.activation or default, _parse_params(args.param))
         function = DERIVATIONS[args.kind]
         options: dict[str, object] = {}
         if args.kind == "condition":
@@ -219,8 +220,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps({"rtol": args.rtol, "alpha": args.alpha, "seed": args.seed, "results": payload}, indent=2))
     else:
         print(format_results(results))
-        for name, note in notes.items():
-            print(f"{name}: the prediction {note}")
+        for name, note in notes.items():  # the claim file's own prediction against varprop's derivation
+            print(f"{name}: your prediction {note}" if derived.get(name) is not None else f"{name}: {note}")
     outcomes = {r.outcome for r in results}
     if "FAIL" in outcomes:
         return 1
@@ -237,10 +238,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if args.topic is None and not args.list:
             raise _UsageError("give a topic (varprop explain --list shows them)")
         for name, topic in TOPICS.items():
-            print(f"  {name:<24} {topic.question}")
+            print(f"  {name:<24} (depth {topic.depth}) {topic.question}")
         return 0
-    result = answer(args.topic, seed=args.seed)
-    data = result.figure_data(seed=args.seed)
+    result = answer(args.topic, seed=args.seed, width=args.width, depth=args.depth)
+    data = result.figure_data()
     figure_name = None
     if args.plot is not None:
         out = pathlib.Path(args.plot)
@@ -270,7 +271,8 @@ def _progress_bar(label: str, done: int, total: int) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    summary = build_report(args.out, seed=args.seed, progress=None if args.quiet else _progress_bar)
+    summary = build_report(args.out, seed=args.seed, width=args.width, depth=args.depth,
+                           progress=None if args.quiet else _progress_bar)
     print(summary.table())
     print()
     for answer_ in summary.answers:
@@ -294,6 +296,16 @@ def _cmd_activations(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------------
+
+
+def _size_options(parser: argparse.ArgumentParser) -> None:
+    """--width and --depth of the networks the explain topics measure."""
+    from .explain import DEFAULT_WIDTH, MAX_DEPTH, MAX_WIDTH
+
+    parser.add_argument("--width", type=int, default=None, metavar="N",
+                        help=f"hidden width of the networks each topic measures (default {DEFAULT_WIDTH}, at most {MAX_WIDTH})")
+    parser.add_argument("--depth", type=int, default=None, metavar="L",
+                        help=f"number of dense layers (default: each topic's own, shown by --list; at most {MAX_DEPTH})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help="with KIND claim: the hidden width (default: the claim's own)")
     derive_parser.add_argument("--verify", action="store_true",
                                help="re-run every step's check from the stored steps and report each (exit 1 if one fails)")
-    derive_parser.add_argument("--activation", default="relu", help=activation_help + " (default relu)")
+    derive_parser.add_argument("--activation", default=None,
+                               help=activation_help + " (default relu; for glorot linear, the regime Glorot & Bengio "
+                               "derive in: a non-linear activation needs the linear-regime approximation)")
     derive_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
     derive_parser.add_argument("--weights", choices=DISTRIBUTIONS, default=None,
                                help="weight law for the condition's parameter (default normal; glorot: uniform)")
@@ -355,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check claims against sampled networks (Monte Carlo)",
         description="Check a catalogue claim (NAME), every catalogue claim (--all) or your own claims (FILE.toml, "
-        "format in the README) against independently sampled random networks. Each claim gets PASS, FAIL, "
+        "format in docs/claims.rst) against independently sampled random networks. Each claim gets PASS, FAIL, "
         "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
         "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
         "3 when one is inconclusive, 2 for bad input.",
@@ -387,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="output format (default text)")
     explain_parser.add_argument("--plot", metavar="DIR", default=None, help="also write the figure as DIR/TOPIC.png and .svg")
     explain_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    _size_options(explain_parser)
     explain_parser.set_defaults(handler=_cmd_explain)
 
     report_parser = commands.add_parser(
@@ -398,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_parser.add_argument("--out", default="varprop-report", metavar="DIR", help="output directory (default varprop-report)")
     report_parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    _size_options(report_parser)
     report_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     report_parser.set_defaults(handler=_cmd_report)
 

@@ -24,7 +24,8 @@ import sympy as sp
 from ..activations import X, Activation
 from ..errors import DerivationError
 from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Rule, Solve, Unrolled, Variance, _Builder, to_text
+from .derivation import (LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Prose, Rule, Solve, Unrolled, Variance,
+                         _Builder, prose, to_text)
 from .gaussian import Q, moments
 from .propagate import (
     DEPTH,
@@ -99,8 +100,10 @@ def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int
     lemma = symmetry_lemma(act)
     if lemma.holds:
         value = lemma.constant / 2 * Variance(arg)
-        why = (f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
-               "so a symmetric zero-mean y keeps the fraction c/2 of its second moment")
+        y = sp.Symbol("y")
+        why = prose("symmetry lemma ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, lemma.constant * y**2),
+                    " (checked by sympy), so a symmetric zero-mean y keeps the fraction ", lemma.constant / 2,
+                    " of its second moment")
         index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why,
                       proof=lemma.proof(LEMMA_CONSTANT / 2 * Variance(arg)),
                       assumptions=(_A_SYMMETRIC, _A_ZERO_MEAN), source=f"{HE}, eq. (8)")
@@ -203,23 +206,26 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     variance = scheme.variance(_n[l], _nhat[l])
     applied = sp.simplify(factor.subs(Vw, variance))
     result = Variance(_y[1]) * sp.Product(applied, (l, 2, DEPTH)).doit()
-    scheme_step = b.define(Vw, variance, f"{scheme}: Var[w_l] = {to_text(variance)}", source=scheme.source)
+    scheme_step = b.define(Vw, variance, prose(f"{scheme}: ", sp.Eq(Vw, variance)), source=scheme.source)
     b.identity(Variance(_y[DEPTH]), result, Rule.SUBSTITUTION,
-               f"{scheme}: Var[w_l] = {to_text(variance)}, so each layer multiplies Var[y] by {to_text(applied)}",
+               prose(f"{scheme}: ", sp.Eq(Vw, variance), ", so each layer multiplies ", Variance(sp.Symbol("y")),
+                     " by ", applied),
                uses=(unrolled, scheme_step), source=scheme.source)
-    return b.build(result, summary=_forward_summary(act, c) + f" Under {scheme} the factor is {applied}.",
+    return b.build(result, summary=prose(*_forward_summary(act, c).parts, f" Under {scheme} the factor is ", applied, "."),
                    recursion=recursion, factor=applied)
 
 
-def _forward_summary(act: Activation, c: sp.Expr | None) -> str:
+def _forward_summary(act: Activation, c: sp.Expr | None) -> Prose:
+    y = sp.Symbol("y")
     if c is None:
-        return (
-            f"For {act} the second moment E[phi(y)^2] is not a fixed fraction of Var[y], so the recursion is a "
-            "non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
+        return prose(
+            f"For {act} the second moment ", Expect(Phi(y) ** 2), " is not a fixed fraction of ", Variance(y),
+            ", so the recursion is a non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
         )
-    return (
-        f"For {act}, phi(y)^2 + phi(-y)^2 = {_factor_text(c)} y^2, so each layer multiplies the pre-activation "
-        f"variance by ({c / 2}) n_l Var[w_l]; this is exact at every width for any symmetric zero-mean weight law."
+    return prose(
+        f"For {act}, ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, c * y**2), ", so each layer multiplies the pre-activation "
+        "variance by ", c / 2 * _n[LAYER] * Variance(sp.Symbol("w_l")),
+        "; this is exact at every width for any symmetric zero-mean weight law."
     )
 
 
@@ -377,7 +383,8 @@ def _law_step(b: _Builder, weights: str, weight_variance: sp.Expr, why: str, sou
               uses: tuple[int, ...] = ()) -> sp.Expr:
     name, parameter, law, law_variance = _law_parameter(weights, weight_variance)
     symbol = sp.Symbol(name, positive=True)
-    b.add(symbol, parameter, Rule.SOLVE, f"{why} ({law.__class__.__name__}: variance {to_text(law_variance)})",
+    b.add(symbol, parameter, Rule.SOLVE, prose(*(why.parts if isinstance(why, Prose) else (why,)),
+                                               f" ({law.__class__.__name__}: variance ", law_variance, ")"),
           proof=Solve(sp.Eq(law_variance, weight_variance), symbol), uses=uses, source=source)
     return parameter
 
