@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["Topic", "Answer", "Series", "Settings", "TOPICS", "answer", "DEFAULT_RTOL", "DEFAULT_ALPHA",
-           "DEFAULT_WIDTH", "MAX_WIDTH", "MAX_DEPTH", "reason"]
+           "DEFAULT_WIDTH", "MAX_WIDTH", "MAX_DEPTH", "reason", "settings_for", "tolerance_sentence"]
 
 #: The relative tolerance the topics' checks resolve (the catalogue resolves 1 %: see the report).
 DEFAULT_RTOL = 0.05
@@ -657,6 +657,12 @@ def answer(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int |
     ``width`` is the hidden width of the networks measured (default :data:`DEFAULT_WIDTH`) and
     ``depth`` their number of dense layers (default: the topic's own, ``TOPICS[name].depth``).
     """
+    return TOPICS[name].build(settings_for(name, seed=seed, rtol=rtol, width=width, depth=depth))
+
+
+def settings_for(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int | None = None,
+                 depth: int | None = None) -> Settings:
+    """The settings topic ``name`` runs with, checked before any work starts (see :func:`answer`)."""
     topic = TOPICS.get(name)
     if topic is None:
         raise ClaimError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}")
@@ -667,4 +673,4 @@ def answer(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int |
             raise ClaimError(f"topic {name!r}: {what} must be an integer from {low} to {high}, got {value!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not 0 < rtol < 1:
         raise ClaimError(f"rtol must be a number between 0 and 1, got {rtol!r}")
-    return topic.build(Settings(width, depth, seed, float(rtol)))
+    return Settings(width, depth, seed, float(rtol))

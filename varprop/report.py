@@ -34,7 +34,7 @@ from .catalogue import CATALOGUE
 from .derive import DERIVATIONS, Derivation
 from .derive.derivation import latex_text, prose_latex, prose_markdown
 from .errors import VarpropError
-from .explain import TOPICS, Answer, _latex_table, _markdown_table, answer, reason, tolerance_sentence
+from .explain import TOPICS, Answer, _latex_table, _markdown_table, answer, reason, settings_for, tolerance_sentence
 from .montecarlo import CheckResult, check_all, format_results
 from .montecarlo.check import DEFAULT_RTOL
 from .montecarlo.verdict import FAIL
@@ -91,6 +91,8 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
     tolerances produced the report, and how long it took.
     """
     started = time.perf_counter()
+    for name in TOPICS:  # refuse a size a topic cannot use before any sampling
+        settings_for(name, seed=seed, width=width, depth=depth)
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {str(out)!r} exists and is not a directory")
