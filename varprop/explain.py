@@ -250,14 +250,14 @@ def _markdown_table(results: Sequence[CheckResult]) -> str:
 
 def _latex_table(results: Sequence[CheckResult]) -> str:
     """A full-width table: one row per claim, its reason on a line of its own below it."""
-    rows = ["\\begin{tabularx}{\\linewidth}{@{}Xlrrrrrl@{}}", "\\toprule",
+    rows = ["\\noindent\\begin{tabularx}{\\linewidth}{@{}Xlrrrrrl@{}}", "\\toprule",
             " & ".join(_HEADER[:-1]).replace("±", "$\\pm$") + " \\\\", "\\midrule"]
     for r in results:
         cells = [latex_text(c) for c in _row(r)]
         rows.append(" & ".join(cells[:-1]) + " \\\\*")
         rows.append(f"\\multicolumn{{8}}{{@{{\\quad}}p{{0.9\\textwidth}}@{{}}}}{{\\emph{{{cells[-1]}}}}} \\\\[2pt]")
     rows += ["\\bottomrule", "\\end{tabularx}"]
-    return "{\\small\n" + "\n".join(rows) + "\n}\n"
+    return "{\\small\\setlength{\\tabcolsep}{3.5pt}\n" + "\n".join(rows) + "\n}\n"
 
 
 def _fmt(value: float) -> str:

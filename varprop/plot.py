@@ -283,13 +283,13 @@ _PANEL_HEIGHT = 2.5  # inches per row of panels
 _FONT = 8.5  # points, at print size
 
 
-def _caption(series: Sequence[PropagationData], title: str) -> str:
+def _caption(series: Sequence[PropagationData], title: str, width: float = _PAGE_WIDTH) -> str:
     """The title, then how to read the marks."""
     counts = sorted({s.samples for s in series})
     networks = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     key = f"lines: theory; points: Monte Carlo mean \u00b1 2 SE over {networks} random networks"
     lines = [title or "Signal propagation by layer", key]
-    columns = int(_PAGE_WIDTH * 14)
+    columns = int(width * 14)  # characters of 9 pt text per inch
     return "\n".join(textwrap.fill(line, columns) for line in lines)
 
 
@@ -382,7 +382,7 @@ def propagation_figure(
             entries.append((key, THEORY_WORDS[exactness]))
         figure.legend([h for h, _ in entries], [text for _, text in entries], handlelength=3.2, loc="outside lower center",
                       ncols=2, frameon=False)
-        figure.suptitle(_caption(series, title), fontsize=_FONT + 0.5)
+        figure.suptitle(_caption(series, title, width), fontsize=_FONT + 0.5)
     return figure
 
 

@@ -68,15 +68,15 @@ _l = LAYER
 HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
 
-_A_IID = "the entries of W_l are iid, and independent of x_l"
-_A_X_ID = "the entries of x_l are identically distributed"
-_A_X_INDEP = "the entries of x_l are mutually independent (He et al.'s simplification)"
-_A_ZERO_MEAN = "E[w_l] = 0 (zero-mean weights)"
-_A_SYMMETRIC = "the weight law is symmetric about 0, so y_{l-1} is symmetric about 0 with no atom at 0"
-_A_GAUSSIAN_Y = "y_{l-1} is Gaussian (wide layers: central limit theorem)"
-_A_GRAD_INDEP = "Delta_y_l is independent of W_l (the gradient-independence assumption)"
-_A_DERIV_INDEP = "phi'(y_l) is independent of Delta_x_{l+1}"
-_A_DY_X_INDEP = "Delta_y_l is independent of x_l"
+_A_IID = prose("the entries of ", sp.Symbol("W_l"), " are iid, and independent of ", _x[_l])
+_A_X_ID = prose("the entries of ", _x[_l], " are identically distributed")
+_A_X_INDEP = prose("the entries of ", _x[_l], " are mutually independent (He et al.'s simplification)")
+_A_ZERO_MEAN = prose(sp.Eq(Expect(_w[_l]), 0), " (zero-mean weights)")
+_A_SYMMETRIC = prose("the weight law is symmetric about 0, so ", _y[_l - 1], " is symmetric about 0 with no atom at 0")
+_A_GAUSSIAN_Y = prose(_y[_l - 1], " is Gaussian (wide layers: central limit theorem)")
+_A_GRAD_INDEP = prose(_dy[_l], " is independent of ", sp.Symbol("W_l"), " (the gradient-independence assumption)")
+_A_DERIV_INDEP = prose(DPhi(_y[_l]), " is independent of ", _dx[_l + 1])
+_A_DY_X_INDEP = prose(_dy[_l], " is independent of ", _x[_l])
 _A_NO_BIAS = "biases are zero"
 _A_LINEAR_REGIME = "phi is linear near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
 
@@ -250,9 +250,10 @@ def _forward_with_mean(b: _Builder, act: Activation, general_step: int, vx: int)
                "E[y_l] = n_l E[w_l] E[x_l]: non-zero, so y_l is no longer centred", uses=(linearity, mean))
     return b.build(
         value,
-        summary=(
-            "With E[w_l] != 0 the variance gains n_l E[w_l]^2 Var[x_l], and y_l acquires the mean n_l E[w_l] E[x_l]; "
-            "He et al.'s Var[y_l] = n_l Var[w_l] E[x_l^2] is exactly the zero-mean case."
+        summary=prose(
+            "With ", sp.Ne(Ew, 0), " the variance gains ", _n[l] * Ew**2 * Variance(_x[l]), ", and ", _y[l],
+            " acquires the mean ", _n[l] * Ew * Expect(_x[l]), "; He et al.'s ",
+            sp.Eq(Variance(_y[l]), _n[l] * Variance(_w[l]) * Expect(_x[l] ** 2)), " is exactly the zero-mean case."
         ),
         extra_term=_n[l] * Ew**2 * (x_second - x_mean**2),
     )
@@ -302,14 +303,15 @@ def backward(act: Activation) -> Derivation:
     b.identity(var_dx, recursion, Rule.SUBSTITUTION, "substitute E[Delta_y_l^2]", uses=(chain, dy_step),
                source=f"{HE}, eq. (12)" if c is not None else "")
     if c is None:
-        return b.build(recursion, summary=(
-            f"For {act} E[phi'(y_l)^2] depends on Var[y_l], so the backward factor changes with the forward "
-            "variance and there is no depth-independent product."), recursion=recursion)
+        return b.build(recursion, summary=prose(
+            f"For {act} ", Expect(DPhi(_y[l]) ** 2), " depends on ", Variance(_y[l]), ", so the backward factor "
+            "changes with the forward variance and there is no depth-independent product."), recursion=recursion)
     factor = slope * _nhat[l] * Vw
     _unrolled(b, Variance(_dx[2]), Variance(_dx[DEPTH + 1]), factor, "apply the recursion from layer 2 up to layer L",
               f"{HE}, eq. (13)", uses=(b.current,))
-    return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=(
-        f"Each layer multiplies the gradient's second moment by {c / 2} nhat_l Var[w_l], with nhat_l the fan-out."),
+    return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=prose(
+        "Each layer multiplies the gradient's second moment by ", c / 2 * _nhat[l] * Vw, ", with ", _nhat[l],
+        " the fan-out."),
         recursion=recursion, factor=factor)
 
 
@@ -343,10 +345,11 @@ def weight_gradient(act: Activation) -> Derivation:
     chain_step = next(i for i in range(len(b.steps) - 1, -1, -1) if b.steps[i].lhs == dW2)
     b.identity(dW2, value, Rule.SUBSTITUTION, "forward recursion: E[x_l^2] = E[phi(y_{l-1})^2]",
                uses=(chain_step, ex2, fact), assumptions=(_A_SYMMETRIC,))
-    summary = (
-        "The weight gradient's second moment is the product of the backward quantity Var[Delta_x_{l+1}] and the "
-        "forward quantity Var[y_{l-1}]: keeping both stable (one exactly, the other up to the width ratio of "
-        "the `ratio` derivation) keeps the weight gradients stable, whether or not x_l is zero-mean."
+    summary = prose(
+        "The weight gradient's second moment is the product of the backward quantity ", Variance(_dx[l + 1]),
+        " and the forward quantity ", Variance(_y[l - 1]), ": keeping both stable (one exactly, the other up to the "
+        "width ratio of the ratio derivation) keeps the weight gradients stable, whether or not ", _x[l],
+        " is zero-mean."
     )
     if c_back is None or c_fwd is None:
         return b.build(value, summary=summary)
@@ -444,7 +447,7 @@ def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal")
     parameter = _law_step(b, weights, weight_variance, f"{weights} law with variance Var[w_l]", uses=(solved,))
     return b.build(
         weight_variance,
-        summary=f"Var[w_l] = {weight_variance} keeps the {what.split(':')[0]} signal's scale at every depth.",
+        summary=prose(sp.Eq(Variance(_w[_l]), weight_variance), f" keeps the {what.split(':')[0]} signal's scale at every depth."),
         weight_variance=weight_variance,
         law_parameter=parameter,
     )
@@ -475,9 +478,10 @@ def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str
     note = "" if mode == "fan_in" else " (the fan-out mode has no separate fixed point: it follows the forward one)"
     return b.build(
         weight_variance,
-        summary=(
-            f"For {act} there is no scale-free condition: preserving a pre-activation variance q* needs "
-            f"Var[w] = q* / (n_in E[phi(z)^2]) with z ~ N(0, q*), a different variance for every q*{note}."
+        summary=prose(
+            f"For {act} there is no scale-free condition: preserving a pre-activation variance ", Q_STAR, " needs ",
+            sp.Eq(Variance(sp.Symbol("w")), Q_STAR / (N_IN * Expect(Phi(sp.Symbol("z")) ** 2))), " with ",
+            sp.Symbol("z"), " ~ N(0, ", Q_STAR, "), a different variance for every ", Q_STAR, f"{note}."
         ),
         weight_variance=weight_variance,
         fixed_point_equation=sp.Eq(Q_STAR, equation_lhs.subs(_n[l], N_IN)),
@@ -590,9 +594,9 @@ def glorot(act: Activation, *, weights: str = "uniform") -> Derivation:
                           source=f"{GLOROT}, eq. (16)" if weights == "uniform" else "")
     return b.build(
         weight_variance,
-        summary=(
+        summary=prose(
             "For a linear network the forward and backward conditions differ unless fan-in equals fan-out; "
-            "Glorot and Bengio take the compromise 2/(n_in + n_out)."
+            "Glorot and Bengio take the compromise ", weight_variance, "."
             + ("" if exact_linear else f" For {act} this is an approximation (linear regime), not an identity.")
         ),
         weight_variance=weight_variance,
