@@ -448,7 +448,7 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
         "shifted_fixed_point": float(fixed_point),
         "shifted_weight_scale_for_unit_variance": float(needed),
     }
-    headline = prose("It is not: He's condition controls ", _E(_y(1) ** 2), ", and ",
+    headline = prose("It is not: He's condition controls ", _V(sp.Symbol("y_l")), ", and ",
                      sp.Eq(_V(w * x), _V(w) * _E(x**2)), " needs only zero-mean weights. Relu's mean is ",
                      sp.Eq(_E(_relu_of(_Y)), mean_formula.subs(Q, _V(_Y))), f"; measured {_measured(checks[1])}.")
     return Answer(TOPICS["why-not-zero-mean"], paragraphs,
@@ -657,7 +657,8 @@ def answer(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int |
     ``width`` is the hidden width of the networks measured (default :data:`DEFAULT_WIDTH`) and
     ``depth`` their number of dense layers (default: the topic's own, ``TOPICS[name].depth``).
     """
-    return TOPICS[name].build(settings_for(name, seed=seed, rtol=rtol, width=width, depth=depth))
+    settings = settings_for(name, seed=seed, rtol=rtol, width=width, depth=depth)
+    return TOPICS[name].build(settings)
 
 
 def settings_for(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int | None = None,
