@@ -170,7 +170,7 @@ def topic_page(result: Answer, figure: str) -> str:
     """
     topic = result.topic
     out = [f".. _topic-{topic.name}:", "", *_heading(topic.title, "=")]
-    out += [f"*{escape(topic.question)}*", ""]
+    out += [f"{prose_rst(topic.question)}", ""]
     out += [f"This page is generated from ``varprop explain {topic.name}`` at build time.", ""]
     out += [f"**In short:** {prose_rst(result.headline)}", ""]
     for paragraph in result.paragraphs:

@@ -146,7 +146,7 @@ class Answer:
 
     def markdown(self, figure: str | None = None) -> str:
         """Markdown: the answer, the derivations (LaTeX math), the table and (if given) the figure."""
-        out = [f"## {self.topic.title}", "", f"*{self.topic.question}*", ""]
+        out = [f"## {self.topic.title}", "", f"*{prose_markdown(self.topic.question)}*", ""]
         for paragraph in self.paragraphs:
             out += [prose_markdown(paragraph), ""]
         if figure:
@@ -159,7 +159,7 @@ class Answer:
     def latex(self, figure: str | None = None) -> str:
         """A LaTeX section (amsmath, graphicx, booktabs, tabularx) for the report."""
         out = [f"\\section{{{latex_text(self.topic.title)}}}\\label{{topic:{self.topic.name}}}",
-               f"\\emph{{{latex_text(self.topic.question)}}}", ""]
+               f"\\emph{{{prose_latex(self.topic.question)}}}", ""]
         out += [prose_latex(p) + "\n" for p in self.paragraphs]
         if figure:
             out += ["\\begin{center}", f"\\includegraphics{{{figure}}}", "\\end{center}"]
@@ -644,7 +644,7 @@ TOPICS: dict[str, Topic] = {
               "direction when widths differ?", _fan_in_vs_fan_out, 5, 3),
         Topic("glorot-vs-he", "Glorot versus He", "Why does Glorot's variance not suit relu networks?", _glorot_vs_he, 8),
         Topic("pytorch-default", "What PyTorch's default init does to a deep relu net",
-              "nn.Linear uses kaiming_uniform_(a=sqrt(5)). What does that do to a 20-layer relu network?",
+              prose("nn.Linear uses kaiming_uniform_(a = ", sp.sqrt(5), "). What does that do to a 20-layer relu network?"),
               _pytorch_default, 20),
     )
 }

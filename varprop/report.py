@@ -186,7 +186,7 @@ def _write_markdown(out: Path, run: _Run, appendix) -> Path:
     lines += [f"- **{what}**: {value}" for what, value in run.settings_rows()]
     lines += ["", "## Six questions, six answers", ""]
     for a, key in _summary_rows(run):
-        lines += [f"**{a.topic.title}** — *{a.topic.question}*  ", prose_markdown(a.headline) +
+        lines += [f"**{a.topic.title}** — *{prose_markdown(a.topic.question)}*  ", prose_markdown(a.headline) +
                   f" Verdict: **{key.outcome}** ({reason(key)}). [Answer and derivation](#{_anchor(a.topic.title)})", ""]
     lines += ["## Catalogue of claims", "", tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA, len(run.catalogue)), "",
               _markdown_table(run.catalogue), ""]
@@ -254,7 +254,7 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
         "\\begin{description}",
     ]
     for a, key in _summary_rows(run):
-        body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{latex_text(a.topic.question)}}}\\\\")
+        body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{prose_latex(a.topic.question)}}}\\\\")
         body.append(f"{prose_latex(a.headline)} Verdict: \\textbf{{{key.outcome}}} ({latex_text(reason(key))}). "
                     f"Answer p.~\\pageref{{topic:{a.topic.name}}}, derivation p.~\\pageref{{derivation:{a.topic.name}}}.")
     body += ["\\end{description}", "\\subsection*{How this report was made}", "\\begin{description}\\small"]
