@@ -63,14 +63,22 @@ def prose_rst(text: str) -> str:
     """Words and formulas (a :class:`~varprop.derive.derivation.Prose`) as reStructuredText: words escaped,
     each formula a ``:math:`` role typeset from its sympy object."""
     parts = text.parts if isinstance(text, Prose) else (text,)
+    words = [None if isinstance(p, sp.Basic) else " ".join(p.split()) for p in parts]
     out = []
-    for part in parts:
+    for index, part in enumerate(parts):
         if isinstance(part, sp.Basic):
-            out.append(f"\\ :math:`{to_latex(part)}`\\ ")
+            before = parts[index - 1] if index else " "
+            after = parts[index + 1] if index + 1 < len(parts) else " "
+            opening = "" if isinstance(before, str) and before[-1:].isspace() else "\\ "
+            closing = "" if isinstance(after, str) and (after[:1].isspace() or not after) else "\\ "
+            out.append(f"{opening}:math:`{to_latex(part)}`{closing}")
         else:
-            out.append(escape(part) if part.strip() else part)
-    rst = "".join(out)
-    return "\\" + rst.lstrip("\\ ") if rst.startswith("\\ ") else rst
+            core = escape(words[index]) if words[index] else ""
+            lead = " " if part[:1].isspace() and index else ""
+            trail = " " if part[-1:].isspace() and core else ""
+            out.append(lead + core + trail)
+    rst = "".join(out).strip()
+    return rst[3:] if rst.startswith("\\ ") else rst
 
 
 def _heading(text: str, underline: str) -> list[str]:
