@@ -11,7 +11,7 @@ so the pages cannot drift from the tool.
     python docs/generate_topics.py [OUT_DIR]
 
 Everything written under ``OUT_DIR`` (default ``docs/topics``) is generated: ``<name>.rst`` per
-topic, ``index.rst`` and ``_figures/<name>.png`` / ``.svg``.
+topic, ``gallery.rst`` (every figure on one page), ``index.rst`` and ``_figures/<name>.png`` / ``.svg``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import sympy as sp
+
 from varprop.derive import Derivation, to_latex
-from varprop.explain import TOPICS, Answer, answer
+from varprop.derive.derivation import Prose
+from varprop.explain import TOPICS, Answer, answer, reason
 from varprop.montecarlo import CheckResult
 from varprop.plot import save_figure
 
-__all__ = ["generate", "topic_page", "index_page", "derivation_block", "checks_table", "escape"]
+__all__ = ["generate", "topic_page", "index_page", "gallery_page", "derivation_block", "checks_table", "escape",
+           "prose_rst"]
 
 FIGURES = "_figures"
 SEED = 0
@@ -53,6 +57,28 @@ def escape(text: str) -> str:
     """
     quoted = _INLINE.sub(r"\\\1", " ".join(text.split()))
     return "\\" + quoted if _BLOCK_START.match(quoted) else quoted
+
+
+def prose_rst(text: str) -> str:
+    """Words and formulas (a :class:`~varprop.derive.derivation.Prose`) as reStructuredText: words escaped,
+    each formula a ``:math:`` role typeset from its sympy object."""
+    parts = text.parts if isinstance(text, Prose) else (text,)
+    words = [None if isinstance(p, sp.Basic) else " ".join(p.split()) for p in parts]
+    out = []
+    for index, part in enumerate(parts):
+        if isinstance(part, sp.Basic):
+            before = parts[index - 1] if index else " "
+            after = parts[index + 1] if index + 1 < len(parts) else " "
+            opening = "" if isinstance(before, str) and before[-1:].isspace() else "\\ "
+            closing = "" if isinstance(after, str) and (after[:1].isspace() or not after) else "\\ "
+            out.append(f"{opening}:math:`{to_latex(part)}`{closing}")
+        else:
+            core = escape(words[index]) if words[index] else ""
+            lead = " " if part[:1].isspace() and index else ""
+            trail = " " if part[-1:].isspace() and core else ""
+            out.append(lead + core + trail)
+    rst = "".join(out).strip()
+    return rst[3:] if rst.startswith("\\ ") else rst
 
 
 def _heading(text: str, underline: str) -> list[str]:
@@ -84,7 +110,7 @@ def derivation_block(derivation: Derivation) -> list[str]:
     """
     out = _heading(derivation.title, "-")
     if derivation.summary:
-        out += [escape(derivation.summary), ""]
+        out += [prose_rst(derivation.summary), ""]
     rows = []
     previous = None
     for number, step in enumerate(derivation.steps, 1):
@@ -94,11 +120,15 @@ def derivation_block(derivation: Derivation) -> list[str]:
     math = ["\\[", "\\begin{aligned}", *(row + " \\\\" for row in rows[:-1]), rows[-1], "\\end{aligned}", "\\]"]
     out += [".. math::", "   :nowrap:", "", *_indent(math), ""]
     for number, step in enumerate(derivation.steps, 1):
-        out.append(f"{number}. {escape(step.reason())} (checked: {escape(step.check)})")
-    out += ["", f"**Result:** :math:`{to_latex(derivation.result)}`", ""]
+        words = prose_rst(step.justification) if step.justification else ""
+        source = f" [{escape(step.source)}]" if step.source else ""
+        out.append(f"{number}. *{escape(step.rule.value)}*{': ' + words if words else ''}{source} "
+                   f"(checked: {escape(step.check_text())})")
+    label = "Result" if derivation.result_step is None else f"Result (step {derivation.result_step})"
+    out += ["", f"**{label}:** :math:`{to_latex(derivation.result)}` ({derivation.exactness})", ""]
     if derivation.assumptions:
         out += ["**Assumptions:**", ""]
-        out += [f"- {escape(assumption)}" for assumption in derivation.assumptions]
+        out += [f"- {prose_rst(assumption)}" for assumption in derivation.assumptions]
         out.append("")
     return out
 
@@ -116,14 +146,14 @@ def checks_table(checks: Sequence[CheckResult]) -> list[str]:
     list of str
         The lines of the table directive.
     """
-    header = ("claim", "exactness", "n", "prediction", "estimate ± SE", "z", "outcome", "message")
+    header = ("claim", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict", "reason")
     out = [".. list-table::", "   :header-rows: 1", "   :widths: auto", ""]
     rows: list[tuple[str, ...]] = [header]
     for result in checks:
         m = result.primary
         z = "—" if m.verdict is None else f"{m.verdict.z:+.2f}"
-        rows.append((result.name, result.exactness, str(m.width), f"{m.claim.value:.6g}",
-                     f"{m.estimate.value:.6g} ± {m.estimate.se:.2g}", z, result.outcome, result.message))
+        rows.append((result.name, result.exactness, str(m.width), str(m.estimate.n), f"{m.claim.value:.6g}",
+                     f"{m.estimate.value:.6g} ± {m.estimate.se:.2g}", z, result.outcome, reason(result)))
     for row in rows:
         cells = [escape(cell) for cell in row]
         out.append(f"   * - {cells[0]}")
@@ -148,16 +178,20 @@ def topic_page(result: Answer, figure: str) -> str:
     """
     topic = result.topic
     out = [f".. _topic-{topic.name}:", "", *_heading(topic.title, "=")]
-    out += [f"*{escape(topic.question)}*", ""]
+    out += [f"{prose_rst(topic.question)}", ""]
     out += [f"This page is generated from ``varprop explain {topic.name}`` at build time.", ""]
+    out += [f"**In short:** {prose_rst(result.headline)}", ""]
     for paragraph in result.paragraphs:
-        out += [escape(paragraph), ""]
+        out += [prose_rst(paragraph), ""]
+    out += [f".. figure:: {figure}", "   :width: 100%",
+            f"   :alt: {escape(topic.title)}: theory against Monte Carlo, per layer", "",
+            "   Theory (lines: solid exact, dashed asymptotic, dotted approximation) against Monte Carlo "
+            "(points, ± 2 SE), per layer.", ""]
+    out += _heading("Monte Carlo checks", "-")
+    out += [escape(result.tolerance), ""]
+    out += checks_table(result.checks)
     for derivation in result.derivations:
         out += derivation_block(derivation)
-    out += _heading("Monte Carlo checks", "-")
-    out += checks_table(result.checks)
-    out += _heading("Figure", "-")
-    out += [f".. image:: {figure}", f"   :alt: {escape(topic.title)}: theory against Monte Carlo, per layer", ""]
     return "\n".join(out)
 
 
@@ -180,7 +214,32 @@ def index_page(names: Sequence[str]) -> str:
            "generated from :mod:`varprop.explain` at every build (seed 0), so they say what the tool says.",
            "", ".. toctree::", "   :maxdepth: 1", ""]
     out += [f"   {name}" for name in names]
+    out += ["   gallery"]
     return "\n".join(out) + "\n"
+
+
+def gallery_page(answers: Sequence[Answer]) -> str:
+    """Every topic's figure on one page, each linked to its topic.
+
+    Parameters
+    ----------
+    answers
+        The topics' answers, in order.
+
+    Returns
+    -------
+    str
+        The page as reStructuredText.
+    """
+    out = [*_heading("Gallery", "="),
+           "The figure of every topic: theory (lines; solid when exact, dashed for the infinite-width limit, "
+           "dotted for an approximation) against Monte Carlo estimates (points with ± 2 SE error bars).", ""]
+    for result in answers:
+        name = result.topic.name
+        out += [*_heading(result.topic.title, "-"), f".. figure:: {FIGURES}/{name}.png", "   :width: 100%",
+                f"   :target: {name}.html", f"   :alt: {escape(result.topic.title)}", "",
+                f"   :ref:`topic-{name}`", ""]
+    return "\n".join(out)
 
 
 def _write(path: Path, text: str) -> None:
@@ -208,18 +267,21 @@ def generate(out_dir: Path, names: Sequence[str] | None = None) -> list[Path]:
     names = tuple(TOPICS) if names is None else tuple(names)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("*.rst"):
-        if stale.stem not in names and stale.name != "index.rst":
+        if stale.stem not in names and stale.name not in ("index.rst", "gallery.rst"):
             stale.unlink()
-    pages = []
+    pages, answers = [], []
     for name in names:
         result = answer(name, seed=SEED)
         save_figure(result.figure(seed=SEED), out_dir / FIGURES / name)
         page = out_dir / f"{name}.rst"
         _write(page, topic_page(result, f"{FIGURES}/{name}.png"))
         pages.append(page)
+        answers.append(result)
+    gallery = out_dir / "gallery.rst"
+    _write(gallery, gallery_page(answers))
     index = out_dir / "index.rst"
     _write(index, index_page(names))
-    return [*pages, index]
+    return [*pages, gallery, index]
 
 
 if __name__ == "__main__":

@@ -113,8 +113,12 @@ def test_results_are_reproducible_and_seeded():
 def test_assert_claim_message():
     assert assert_claim(family("relu-mean-fixed-input"), width=8).outcome == PASS
     wrong = _wrong("relu-mean-fixed-input", sp.sqrt(2 / sp.pi), width=8)
-    with pytest.raises(AssertionError, match=r"prediction 0.797885, estimate 0.56\d+ \+- .*z = -\d+"):
+    with pytest.raises(AssertionError, match=r"prediction 0.797885, estimate 0.56\d+ \+- .*z = -\d+") as info:
         assert_claim(wrong)
+    # One vocabulary: "width" is a layer's size, "networks" the sample count.
+    message = str(info.value)
+    lines = message.splitlines()[1:]  # the first line is the checker's own message
+    assert "  width 8: prediction" in message and " networks)" in message and not any("n=" in line for line in lines)
 
 
 def test_bad_input():

@@ -1,4 +1,5 @@
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -97,3 +98,29 @@ def test_help_everywhere(command):
 def test_console_script_runs_and_rejects_without_traceback():
     result = subprocess.run(["varprop", "moments", "rleu"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_derive_glorot_works_with_its_default_activation(capsys):
+    code, out, err = run(capsys, "derive", "glorot")
+    assert code == 0 and "for linear" in out and err == ""
+    code, out, err = run(capsys, "derive", "glorot", "--activation", "relu")
+    assert code == 2 and err.startswith("varprop: ")  # relu is not Glorot's linear regime: refused, and said why
+    help_text = subprocess.run([sys.executable, "-m", "varprop.cli", "derive", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "for glorot linear" in " ".join(help_text.split())
+
+
+def test_check_help_points_to_the_claim_format():
+    help_text = subprocess.run([sys.executable, "-m", "varprop.cli", "check", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "docs/claims.rst" in help_text and "README" not in help_text
+
+
+def test_claim_file_notes_are_sentences(capsys):
+    example = pathlib.Path(__file__).resolve().parents[1] / "docs" / "examples" / "my-claims.toml"
+    code, out, err = run(capsys, "check", str(example), "--samples", "200", "--quiet")
+    notes = [line for line in out.splitlines() if line.startswith(("he-relu-uniform:", "relu-mean-uniform:"))]
+    assert notes and all(": your prediction " in line or ": varprop derives" in line for line in notes)
+    assert "the prediction varprop derives no prediction" not in out
+    header = next(line for line in out.splitlines() if line.startswith("claim"))
+    assert " width " in f" {header} " and " networks " in f" {header} " and " n " not in f" {header} "

@@ -34,3 +34,7 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
         assert TOPICS[name].title in html.unescape(page).replace("\u2019", "'"), name
         assert f"_images/{name}.png" in page, name
         assert (out / "_images" / f"{name}.png").is_file(), name
+        assert "\\begin{aligned}" in page and "Tolerance:" in page and "reason" in page, name  # derivation, table
+        assert "**" not in html.unescape(page).split("<body")[1], name  # no ASCII powers in the prose
+    gallery = (out / "topics" / "gallery.html").read_text(encoding="utf-8")
+    assert all(f"_images/{name}.png" in gallery for name in TOPICS)

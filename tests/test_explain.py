@@ -3,6 +3,7 @@
 A wrong formula fed through the same networks FAILs, so the PASSes below are not vacuous.
 """
 
+import dataclasses
 import math
 
 import pytest
@@ -10,8 +11,10 @@ import scipy.optimize
 import sympy as sp
 
 from varprop.claims import ClaimError
-from varprop.explain import TOPICS, answer
+from varprop.cli import main
+from varprop.explain import TOPICS, answer, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
+from varprop.plot import LINESTYLES
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def test_why_half(answers):
 
 def test_why_not_zero_mean(answers):
     result = answers["why-not-zero-mean"]
-    mean = _by_name(result, "E[x_2] = sqrt(Var[y_1]/(2 pi))")
+    mean = _by_name(result, "relu mean E[x_2]")
     # Var[y_1] = 2 under He init, so the prediction is sqrt(1/pi): within the checker's verdict.
     assert mean.claim.value == pytest.approx(math.sqrt(1 / math.pi), rel=1e-15) and mean.outcome == PASS
     assert check_all([mean.claim.with_prediction(sp.Integer(0), name="zero mean")])[0].outcome == FAIL
@@ -100,3 +103,101 @@ def test_pytorch_default(answers):
 def test_unknown_topic():
     with pytest.raises(ClaimError, match="unknown topic 'why'; known: why-half"):
         answer("why")
+
+
+# --- the figure draws the predictions the table checks -------------------------------------------
+
+
+def _disagreements(result, data):
+    """Every check whose claim the figure shows (same network and observable) but with another prediction
+    or another exactness class; and a problem when the figure shows none of the checks."""
+    problems, compared = [], 0
+    for check in result.checks:
+        claim = check.claim
+        shown = [d for s, d in zip(_flat_series(result), data)
+                 if s.network == claim.network and d.observable == claim.observable_name]
+        for d in shown:
+            compared += 1
+            value = d.predicted[d.layers.index(claim.layer)]
+            if value != pytest.approx(claim.value, rel=1e-12, abs=1e-300):
+                problems.append(f"{check.name}: figure draws {value}, the table checks {claim.value}")
+            if d.exactness != check.exactness:
+                problems.append(f"{check.name}: figure says {d.exactness}, the table {check.exactness}")
+    return problems if compared else ["the figure shows none of the checked claims"]
+
+
+def _flat_series(result):
+    return [s for s in result.series for _ in s.observables]
+
+
+@pytest.fixture(scope="module")
+def figure_data(answers):
+    # The theory does not depend on the sample count: a small one keeps the test fast.
+    return {name: result.figure_data(samples=50) for name, result in answers.items()}
+
+
+@pytest.mark.parametrize("name", ["why-not-zero-mean", "glorot-vs-he", "why-half", "pytorch-default"])
+def test_every_figure_draws_the_prediction_its_table_checks(answers, figure_data, name):
+    result = answers[name]
+    assert _disagreements(result, figure_data[name]) == []
+    figure = result.figure(figure_data[name])
+    for d in figure_data[name]:
+        (line,) = [l for ax in figure.axes for l in ax.lines if l.get_gid() == f"theory:{d.network_label}"
+                   and ax.get_gid() == d.observable]
+        assert line.get_linestyle() == LINESTYLES[d.exactness]  # dashed for asymptotic, dotted for approximation
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert {f"theory: {d.exactness}" in " ".join(legend).replace("exact for Gaussian inputs", "gaussian-exact")
+            .replace("asymptotic (infinite width)", "asymptotic") for d in figure_data[name]} == {True}
+
+
+def test_the_tanh_line_is_the_linear_regime_and_the_shifted_line_the_infinite_width_limit(figure_data):
+    exactness = {d.network_label: d.exactness for d in figure_data["glorot-vs-he"]}
+    assert exactness["tanh, Glorot (linear regime)"] == "approximation"
+    assert {d.network_label: d.exactness for d in figure_data["why-not-zero-mean"]}["relu - 1/2, He"] == "asymptotic"
+
+
+def test_a_figure_of_another_prediction_is_caught(answers):
+    # The tanh series drawn without the linear regime: not the prediction the table checks.
+    result = answers["glorot-vs-he"]
+    wrong = dataclasses.replace(result, series=tuple(dataclasses.replace(s, linear_regime=False) for s in result.series))
+    assert any("tanh" in p for p in _disagreements(wrong, wrong.figure_data(samples=50)))
+
+
+# --- tables carry their reasons and tolerance; the user's network size -----------------------------
+
+
+def test_every_verdict_has_its_reason_and_every_table_its_tolerance(answers):
+    for result in answers.values():
+        markdown = result.markdown()
+        assert "| reason |" in markdown and "5%" in result.tolerance and "| n |" not in markdown
+        for check in result.checks:
+            assert reason(check) and reason(check).replace("|", "\\|") in markdown
+    shifted = answers["why-not-zero-mean"].checks[3]
+    assert shifted.outcome == PASS and "1/width" in reason(shifted)  # a +x% PASS says it is an asymptotic sweep
+    assert "no verdict" in reason(answers["glorot-vs-he"].checks[2])
+
+
+def test_tolerance_follows_rtol():
+    result = answer("why-half", rtol=0.1, width=8, depth=3)
+    assert "relative error of 10%" in result.tolerance and "error of 5%" not in result.tolerance
+    assert all(m.width == 8 for r in result.checks for m in r.measurements)
+    assert {s.network.widths for s in result.series} == {(8, 8, 8, 8)}
+    assert "width-8" in str(result.paragraphs[1])
+
+
+def test_width_and_depth_are_the_users(capsys):
+    result = answer("glorot-vs-he", width=8, depth=4)
+    assert [r.claim.layer for r in result.checks] == [4, 4, 4]
+    assert all(s.network.widths == (8,) * 5 for s in result.series)
+    for bad in (["--width", "1"], ["--depth", "99"], ["--width", "100000"]):
+        assert main(["explain", "why-half", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("varprop: topic 'why-half':") and "got" in err
+
+
+def test_prose_has_no_ascii_math(answers):
+    for result in answers.values():
+        for paragraph in (*result.paragraphs, result.headline):
+            words = "".join(p for p in paragraph.parts if isinstance(p, str))
+            for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
+                assert ascii_math not in words, (result.topic.name, ascii_math, words)

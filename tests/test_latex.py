@@ -1,7 +1,12 @@
-"""The generated LaTeX compiles with a real TeX engine.
+"""The generated LaTeX compiles with a real TeX engine, and nothing runs off the page.
 
 Skipped only when no ``pdflatex`` is on PATH *and* ``VARPROP_REQUIRE_TEX`` is unset; ``.ci/run``
 installs TeX and sets ``VARPROP_REQUIRE_TEX=1``, so in CI a missing engine is a failure.
+
+Every document is compiled on the report's page (A4, 10 pt, 2 cm margins) and its log is read:
+an overfull box wider than :data:`varprop.report.OVERFULL_LIMIT_PT` (text in the margin, a cut-off
+word, an equation tag pushed to its own line) fails the test. The report itself, whose sections are
+every topic's LaTeX, is checked in ``test_report.py`` from the log of the same build.
 """
 
 import os
@@ -9,11 +14,17 @@ import shutil
 import subprocess
 
 import pytest
+import sympy as sp
 
 from varprop.activations import activation
 from varprop.cli import main
-from varprop.derive import DERIVATIONS, forward
+from varprop.derive import DERIVATIONS, Variance, forward, to_latex
+from varprop.derive.derivation import latex_text, prose, prose_latex, tidy
 from varprop.errors import DerivationError
+from varprop.report import LATEX_PREAMBLE, overfull_boxes
+
+ACTIVATIONS = [("relu", {}), ("leaky_relu", {"a": None}), ("shifted_relu", {}), ("tanh", {}), ("gelu", {}),
+               ("selu", {}), ("linear", {}), ("erf", {})]
 
 
 def _pdflatex() -> str:
@@ -25,7 +36,8 @@ def _pdflatex() -> str:
     return path
 
 
-def _compile(tmp_path, source: str) -> None:
+def _compile(tmp_path, source: str) -> str:
+    """Compile ``source``; return the log."""
     tex = tmp_path / "doc.tex"
     tex.write_text(source)
     result = subprocess.run(
@@ -34,32 +46,84 @@ def _compile(tmp_path, source: str) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    return (tmp_path / "doc.log").read_text(errors="replace")
 
 
-def test_every_derivation_compiles(tmp_path):
-    bodies = []
-    for name, params in [("relu", {}), ("leaky_relu", {"a": None}), ("shifted_relu", {}), ("tanh", {}),
-                         ("gelu", {}), ("selu", {}), ("linear", {}), ("erf", {})]:
+def _document(bodies) -> str:
+    return LATEX_PREAMBLE + "\n\\begin{document}\n" + "\n\n".join(bodies) + "\n\\end{document}\n"
+
+
+def _all_derivations():
+    for name, params in ACTIVATIONS:
         act = activation(name, **params)
         for kind, function in DERIVATIONS.items():
             try:
-                bodies.append(function(act).latex())
+                yield f"{kind} {name}", function(act)
             except DerivationError:
                 continue
-    bodies.append(forward(activation("relu"), weight_mean=True).latex())
-    document = (
-        "\\documentclass{article}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\usepackage{amsmath,amssymb}\n"
-        "\\allowdisplaybreaks\n\\begin{document}\n" + "\n\n".join(bodies) + "\n\\end{document}\n"
-    )
-    _compile(tmp_path, document)
+    yield "forward relu, weight mean", forward(activation("relu"), weight_mean=True)
 
 
-def test_cli_standalone_document_compiles(tmp_path, capsys):
-    assert main(["derive", "forward", "--activation", "relu", "--format", "latex", "--standalone"]) == 0
-    _compile(tmp_path, capsys.readouterr().out)
+def test_every_derivation_compiles_within_the_page(tmp_path):
+    bodies = [f"\\section*{{{latex_text(label)}}}\n" + prose_latex(d.summary) + "\n\n" + d.latex() for label, d in _all_derivations()]
+    log = _compile(tmp_path, _document(bodies))
+    assert overfull_boxes(log) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["derive", "forward", "--activation", "relu"],
+    ["derive", "weight-gradient", "--activation", "gelu"],
+    ["derive", "condition", "--activation", "leaky_relu", "--param", "a"],
+    ["derive", "glorot"],
+    ["derive", "claim", "--claim", "glorot-tanh-linear-regime"],
+], ids=lambda a: " ".join(a[1:4]))
+def test_cli_standalone_documents_compile_within_the_page(tmp_path, capsys, args):
+    assert main([*args, "--format", "latex", "--standalone"]) == 0
+    log = _compile(tmp_path, capsys.readouterr().out)
+    assert overfull_boxes(log) == []
+
+
+def test_the_overfull_check_catches_text_in_the_margin(tmp_path):
+    # A word TeX cannot break (a long identifier in \texttt) runs into the margin: the check must see it.
+    log = _compile(tmp_path, _document(["\\texttt{" + "kaiming\\_uniform" * 12 + "}"]))
+    assert overfull_boxes(log) and float(overfull_boxes(log)[0].split("pt")[0]) > 100
 
 
 def test_broken_latex_is_caught(tmp_path):
     # The compile check can fail: an unbalanced brace halts pdflatex.
     with pytest.raises(AssertionError):
         _compile(tmp_path, "\\documentclass{article}\\begin{document}$\\frac{1}{$\\end{document}")
+
+
+# --- formulas in words come from sympy, typeset as a person writes them --------------------------
+
+
+def test_roots_are_gathered_and_the_value_kept():
+    v = Variance(sp.Symbol("y"))
+    expr = sp.sqrt(2) * sp.sqrt(v) / (2 * sp.sqrt(sp.pi))
+    assert to_latex(expr) == r"\sqrt{\frac{\operatorname{Var}\left[y\right]}{2 \pi}}"
+    q = sp.Symbol("q", positive=True)
+    for original in (expr.subs(v, q), -expr.subs(v, q) + q / 2 + sp.Rational(1, 4),
+                     sp.sqrt(2) / (sp.sqrt(sp.Symbol("n", positive=True)) * sp.sqrt(q + 1))):
+        tidied = tidy(original)
+        for value in (sp.Rational(3, 7), sp.Integer(5)):
+            numbers = {s: value for s in original.free_symbols}
+            assert float(tidied.subs(numbers)) == pytest.approx(float(original.subs(numbers)), rel=1e-14)
+    # A wrong rewrite would be caught: the comparison is not vacuous.
+    assert float(sp.sqrt(q / sp.pi).subs(q, 5)) != pytest.approx(float(expr.subs(v, q).subs(q, 5)))
+
+
+def test_words_are_upright_and_names_read_as_written():
+    assert to_latex(sp.Symbol("std")) == r"\mathrm{std}"
+    assert to_latex(sp.Symbol("bound")) == r"\mathrm{bound}"
+    assert to_latex(sp.Symbol("q_star")) == "q^{*}"
+    assert to_latex(sp.Symbol("n_in")) == r"n_{\mathrm{in}}"
+    assert to_latex(sp.Symbol("sigma")) == r"\sigma" and to_latex(sp.Symbol("x_2")) == "x_{2}"
+
+
+def test_prose_typesets_formulas_and_escapes_words():
+    sentence = prose("keeps ", sp.Rational(1, 2), " of 100% of ", Variance(sp.Symbol("y")), "_")
+    assert prose_latex(sentence).startswith(r"keeps $\frac{1}{2}$ of 100\% of $\operatorname{Var}")
+    assert str(sentence) == "keeps 1/2 of 100% of Var[y]_"
+    with pytest.raises(DerivationError, match="prose takes words"):
+        prose("x", 3)

@@ -18,7 +18,8 @@ from matplotlib.container import ErrorbarContainer
 from varprop import montecarlo
 from varprop.errors import VarpropError
 from varprop.network import mlp
-from varprop.plot import PANELS, PlotError, PropagationData, propagation_data, propagation_figure, save_figure
+from varprop.derive import EXACTNESS
+from varprop.plot import LINESTYLES, PANELS, THEORY_WORDS, PlotError, PropagationData, propagation_data, propagation_figure, save_figure
 from varprop.weights import he, torch_linear_default
 
 WIDTHS = [64] * 7  # depth 6
@@ -109,8 +110,10 @@ def test_plotted_data_equal_the_numbers(he_series, torch_series):
     assert _mismatches(figure, series) == []
     assert [ax.get_gid() for ax in figure.axes] == PANEL_OBSERVABLES
     labels = [he_series[0].network_label, torch_series[0].network_label]
+    # One legend for the figure: the series, then what each line style means.
+    classes = sorted({d.exactness for d in series}, key=EXACTNESS.index)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == labels + [THEORY_WORDS[c] for c in classes]
     for ax in figure.axes:
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
         assert ax.get_xlabel() == "layer $l$"
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 6]
         assert ticks == [1, 2, 3, 4, 5, 6]
@@ -247,3 +250,28 @@ def test_empty_or_inconsistent_input_is_refused(he_series):
         propagation_data(mlp([sp.Symbol("n"), 8]), "forward")
     with pytest.raises(PlotError, match="Figure"):
         save_figure("not a figure", "out")
+
+
+# --- layout and line styles ---------------------------------------------------------------------
+
+
+def test_figures_fit_an_a4_text_width_and_panels_stay_readable(he_series):
+    figure = propagation_figure(he_series)
+    width, height = figure.get_size_inches()
+    assert width <= 6.7 + 1e-9  # A4 less 2 cm margins: printed at its own size, 8.5 pt text
+    panel_widths = [ax.get_position().width * width for ax in figure.axes]
+    assert min(panel_widths) > 2.2  # three panels in one row of 6.7 in would leave under 2 in each
+    assert len({round(ax.get_position().y0, 3) for ax in figure.axes}) == 2  # two rows: 2 + 1
+
+
+def test_each_exactness_class_has_its_line_style(he_series):
+    # He's forward and backward moments are exact; the weight gradient is asymptotic (gradient independence).
+    figure = propagation_figure(he_series)
+    for data in he_series:
+        (ax,) = [ax for ax in figure.axes if ax.get_gid() == data.observable]
+        (line,) = [l for l in ax.lines if l.get_gid() == f"theory:{data.network_label}"]
+        assert line.get_linestyle() == LINESTYLES[data.exactness]
+    assert {d.exactness for d in he_series} >= {"exact", "asymptotic"}
+    assert len(set(LINESTYLES[c] for c in ("exact", "asymptotic", "approximation"))) == 3
+    with pytest.raises(PlotError, match="exactness must be one of"):
+        dataclasses.replace(he_series[0], exactness="roughly")

@@ -1,13 +1,19 @@
-"""varprop report: the main job writes every file, its LaTeX compiles, and it exits 0."""
+"""varprop report: the main job writes every file, its LaTeX compiles within the page, and it exits 0.
+
+One report is built per module (a module-scoped fixture) and every test reads its files: the
+Markdown, the LaTeX and its log, results.json.
+"""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
 
 from varprop.cli import main
 from varprop.explain import TOPICS
+from varprop.report import overfull_boxes
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +21,13 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     code = main(["report", "--out", str(out), "--quiet"])
     return out, code
+
+
+def _needs_tex():
+    if shutil.which("pdflatex") is None:
+        if os.environ.get("VARPROP_REQUIRE_TEX") == "1":
+            pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH")
+        pytest.skip("pdflatex not installed (Debian: texlive-latex-base)")
 
 
 def test_report_files(report):
@@ -31,13 +44,70 @@ def test_report_files(report):
     assert all(r["outcome"] in ("PASS", "MEASURED") for r in data["catalogue"])
 
 
-def test_report_pdf(report):
+def test_report_pdf_has_nothing_off_the_page(report):
     out, _ = report
-    if shutil.which("pdflatex") is None:
-        if os.environ.get("VARPROP_REQUIRE_TEX") == "1":
-            pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH")
-        pytest.skip("pdflatex not installed (Debian: texlive-latex-base)")
+    _needs_tex()
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    log = (out / "report.log").read_text(errors="replace")
+    assert overfull_boxes(log) == []
+    assert "undefined references" not in log  # the summary's page references resolve
+
+
+def test_json_says_networks_and_width(report):
+    out, _ = report
+    data = json.loads((out / "results.json").read_text())
+    for result in data["catalogue"] + [c for t in data["topics"].values() for c in t["checks"]]:
+        for m in result["measurements"]:
+            assert m["networks"] == m["n"] and m["width"] >= 1  # "n" kept for old readers
+    topic = data["topics"]["glorot-vs-he"]
+    assert topic["width"] == 32 and topic["depth"] == TOPICS["glorot-vs-he"].depth and topic["rtol"] == 0.05
+    assert data["seconds"] > 0 and data["settings"]["seed"] == "0"
+
+
+def _prose(markdown: str) -> list[str]:
+    """The running text of the Markdown: no headings, tables, math, figures, derivation steps or code."""
+    lines = []
+    for line in markdown.splitlines():
+        if line.startswith(("#", "|", "!", "   *", "- **")) or re.match(r"^\d+\. \$\$", line):
+            continue
+        lines.append(re.sub(r"\$[^$]*\$", "", line))
+    return lines
+
+
+def test_markdown_prose_has_no_ascii_math(report):
+    out, _ = report
+    text = "\n".join(_prose((out / "report.md").read_text()))
+    for ascii_math in ("**2", "^2", "sqrt(", "*sqrt", "q_{star}", "q_star", "n_in*", "E[x", "Var[y", "phi(y)"):
+        assert ascii_math not in text, ascii_math
+    # The check sees ASCII math when it is there.
+    assert "sqrt(" in "\n".join(_prose("E[relu(y)] = sqrt(2)*sqrt(Var[y])/(2*sqrt(pi))"))
+
+
+def test_latex_prose_has_no_ascii_math(report):
+    out, _ = report
+    tex = (out / "report.tex").read_text()
+    prose = re.sub(r"\\begin\{tabularx\}.*?\\end\{tabularx\}", "", tex, flags=re.S)  # claim names are labels
+    prose = re.sub(r"\$[^$]*\$|\\begin\{align\*?\}.*?\\end\{align\*?\}", "", prose, flags=re.S)
+    prose = re.sub(r" \[[^\]\n]*\]", "", prose)  # citations: [PyTorch nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5))]
+    for ascii_math in ("\\textasciicircum", "sqrt(", "**", "q\\_\\allowbreak{}star", "n\\_\\allowbreak{}in*"):
+        assert ascii_math not in prose, ascii_math
+    assert "\\mathrm{std}" in tex and "s t d" not in tex
+
+
+def test_front_page_and_summary(report):
+    out, _ = report
+    markdown = (out / "report.md").read_text()
+    tex = (out / "report.tex").read_text()
+    assert "## How this report was made" in markdown and "computing time" in markdown
+    assert "tolerance 1%" in markdown and "tolerance 5%" in markdown  # catalogue and topics, both stated
+    summary = markdown.split("## Six questions, six answers")[1].split("## Catalogue")[0]
+    for topic in TOPICS.values():
+        assert topic.title in summary and f"\\pageref{{topic:{topic.name}}}" in tex
+        assert f"\\label{{derivation:{topic.name}}}" in tex
+    assert summary.count("Verdict: **") == len(TOPICS)
+    # Every table says its tolerance and every verdict its reason.
+    assert markdown.count("Tolerance: PASS means") == len(TOPICS) + 1
+    assert "| width | networks |" in markdown and "| reason |" in markdown and "| n |" not in markdown
 
 
 def test_report_refuses_a_file_as_directory(tmp_path, capsys):
@@ -45,3 +115,8 @@ def test_report_refuses_a_file_as_directory(tmp_path, capsys):
     path.write_text("x")
     assert main(["report", "--out", str(path), "--quiet"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_report_refuses_a_size_it_cannot_use(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path), "--quiet", "--width", "0"]) == 2
+    assert "width must be an integer" in capsys.readouterr().err

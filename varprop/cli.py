@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +18,6 @@ from . import __version__
 from ._files import output_directory
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
-from .derive.derivation import to_text
 from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
@@ -177,7 +175,8 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     else:
         if args.claim is not None:
             raise _UsageError(f"--claim goes with the kind 'claim', not {args.kind!r}")
-        act = _activation(args.activation, _parse_params(args.param))
+        default = "linear" if args.kind == "glorot" else "relu"
+        act = _activation(args.activation or default, _parse_params(args.param))
         function = DERIVATIONS[args.kind]
         options: dict[str, object] = {}
         if args.kind == "condition":
@@ -253,8 +252,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps({"rtol": args.rtol, "alpha": args.alpha, "seed": args.seed, "results": payload}, indent=2))
     else:
         print(format_results(results))
-        for name, note in notes.items():
-            print(f"{name}: the prediction {note}")
+        for name, note in notes.items():  # the claim file's own prediction against varprop's derivation
+            print(f"{name}: your prediction {note}" if derived.get(name) is not None else f"{name}: {note}")
     outcomes = {r.outcome for r in results}
     if "FAIL" in outcomes:
         return 1
@@ -271,15 +270,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if args.topic is None and not args.list:
             raise _UsageError("give a topic (varprop explain --list shows them)")
         for name, topic in TOPICS.items():
-            print(f"  {name:<24} {topic.question}")
+            print(f"  {name:<24} (depth {topic.depth}) {topic.question}")
         return 0
+    from .explain import settings_for
+
     if args.topic not in TOPICS:
         answer(args.topic)  # raises: unknown topic, with the known ones
     check_seed(args.seed, "--seed")
+    settings_for(args.topic, seed=args.seed, width=args.width, depth=args.depth)  # a bad size fails here
     # Every option is valid; make the plot directory now, so a bad one fails before the long computation.
     out = None if args.plot is None else output_directory(args.plot, "--plot directory")
-    result = answer(args.topic, seed=args.seed)
-    data = result.figure_data(seed=args.seed)
+    result = answer(args.topic, seed=args.seed, width=args.width, depth=args.depth)
+    data = result.figure_data()
     figure_name = None
     if out is not None:
         png, svg = save_figure(result.figure(data), out / args.topic)
@@ -307,7 +309,8 @@ def _progress_bar(label: str, done: int, total: int) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    summary = build_report(args.out, seed=args.seed, progress=None if args.quiet else _progress_bar)
+    summary = build_report(args.out, seed=args.seed, width=args.width, depth=args.depth,
+                           progress=None if args.quiet else _progress_bar)
     print(summary.table())
     print()
     for answer_ in summary.answers:
@@ -357,6 +360,16 @@ def _integer(option: str) -> Callable[[str], int]:
     return parse
 
 
+def _size_options(parser: argparse.ArgumentParser) -> None:
+    """--width and --depth of the networks the explain topics measure."""
+    from .explain import DEFAULT_WIDTH, MAX_DEPTH, MAX_WIDTH
+
+    parser.add_argument("--width", type=_integer("--width"), default=None, metavar="N",
+                        help=f"hidden width of the networks each topic measures (default {DEFAULT_WIDTH}, at most {MAX_WIDTH})")
+    parser.add_argument("--depth", type=_integer("--depth"), default=None, metavar="L",
+                        help=f"number of dense layers (default: each topic's own, shown by --list; at most {MAX_DEPTH})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="varprop",
@@ -404,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                                help="with KIND claim: the hidden width (default: the claim's own)")
     derive_parser.add_argument("--verify", action="store_true",
                                help="re-run every step's check from the stored steps and report each (exit 1 if one fails)")
-    derive_parser.add_argument("--activation", default="relu", help=activation_help + " (default relu)")
+    derive_parser.add_argument("--activation", default=None,
+                               help=activation_help + " (default relu; for glorot linear, the regime Glorot & Bengio "
+                               "derive in: a non-linear activation needs the linear-regime approximation)")
     derive_parser.add_argument("--param", action="append", default=[], metavar="NAME[=VALUE]", help=param_help)
     derive_parser.add_argument("--weights", choices=DISTRIBUTIONS, default=None,
                                help="weight law for the condition's parameter (default normal; glorot: uniform)")
@@ -418,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check claims against sampled networks (Monte Carlo)",
         description="Check a catalogue claim (NAME), every catalogue claim (--all) or your own claims (FILE.toml, "
-        "format in the README) against independently sampled random networks. Each claim gets PASS, FAIL, "
+        "format in docs/claims.rst) against independently sampled random networks. Each claim gets PASS, FAIL, "
         "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
         "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
         "3 when one is inconclusive, 2 for bad input. Samples that cannot fit in VARPROP_MAX_MEMORY (default half the "
@@ -451,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="output format (default text)")
     explain_parser.add_argument("--plot", metavar="DIR", default=None, help="also write the figure as DIR/TOPIC.png and .svg")
     explain_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
+    _size_options(explain_parser)
     explain_parser.set_defaults(handler=_cmd_explain)
 
     report_parser = commands.add_parser(
@@ -462,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report_parser.add_argument("--out", default="varprop-report", metavar="DIR", help="output directory (default varprop-report)")
     report_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
+    _size_options(report_parser)
     report_parser.add_argument("--quiet", action="store_true", help="no progress bar")
     report_parser.set_defaults(handler=_cmd_report)
 

@@ -3,9 +3,12 @@ r"""Signal-propagation plots: the derived per-layer moments against Monte Carlo 
 A figure has one panel per observable (forward :math:`E[y_l^2]`, backward
 :math:`E[(\partial\mathcal L/\partial x_l)^2]`, weight gradient
 :math:`E[(\partial\mathcal L/\partial W_l)^2]`, ... side by side). Each network is one *series*,
-drawn in one colour in every panel: the theory of :func:`varprop.derive.predict` (a per-layer view of :func:`varprop.derive.derive`) as
-a marker-less line, and the Monte Carlo estimate of :mod:`varprop.montecarlo` as points with error
-bars of :math:`\pm 2` standard errors (the SE across independent networks).
+drawn in one colour in every panel: the theory of :func:`varprop.derive.derive` as a marker-less
+line (solid when exact, dashed when asymptotic, i.e. the infinite-width limit, dotted when an
+approximation; the legend names the class), and the Monte Carlo estimate of
+:mod:`varprop.montecarlo` as points with error bars of :math:`\pm 2` standard errors (the SE across
+independent networks). Figures are laid out for an A4 page at 10 pt: 6.7 inches wide (the text
+width at 2 cm margins), at most two panels a row, one legend under the panels.
 
 The numbers behind a figure are kept apart from the drawing, in :class:`PropagationData`, so tests
 and reports can use them and check that the picture shows what the numbers say.
@@ -38,15 +41,15 @@ import numpy as np
 
 from . import montecarlo
 from .observables import LEGACY_NAMES as OBSERVABLES
-from .derive import evaluate
-from .derive.propagate import predict
+from .derive import EXACTNESS, derive, evaluate, weakest
+from .observables import from_name
 from .errors import VarpropError
 from .network import Network, Nonlinearity
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing it costs 0.3 s
     from matplotlib.figure import Figure
 
-__all__ = ["PANELS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
+__all__ = ["PANELS", "LINESTYLES", "THEORY_WORDS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
 
 
 class PlotError(VarpropError):
@@ -125,6 +128,9 @@ class PropagationData:
         Its standard error (across networks), per layer.
     samples
         The number T of independent networks sampled.
+    exactness
+        The weakest exactness class of the per-layer predictions (:data:`varprop.derive.EXACTNESS`);
+        it sets how the theory line is drawn and labelled.
 
     Raises
     ------
@@ -140,8 +146,11 @@ class PropagationData:
     estimated: tuple[float, ...]
     se: tuple[float, ...]
     samples: int
+    exactness: str = "exact"
 
     def __post_init__(self) -> None:
+        if self.exactness not in EXACTNESS:
+            raise PlotError(f"exactness must be one of {', '.join(EXACTNESS)}, got {self.exactness!r}")
         object.__setattr__(self, "network_label", str(self.network_label))
         object.__setattr__(self, "observable", _check_observable(self.observable))
         layers = tuple(self.layers)
@@ -171,12 +180,15 @@ def _default_label(network: Network) -> str:
 
 
 def propagation_data(
-    network: Network, observable: str, *, samples: int = 2000, seed: int = 0, label: str = ""
+    network: Network, observable: str, *, samples: int = 2000, seed: int = 0, label: str = "",
+    linear_regime: bool = False,
 ) -> PropagationData:
     r"""Theory and Monte Carlo estimate of ``observable`` at every dense layer of ``network``.
 
-    The theory is :func:`varprop.derive.predict` (a per-layer view of :func:`varprop.derive.derive`) (textbook, infinite-width values
-    where no exact finite-width form is known) evaluated to floats; the estimate is
+    The theory is :func:`varprop.derive.derive` at every layer (the same derivation a claim built by
+    :func:`varprop.catalogue.claim_from_derivation` checks: textbook, infinite-width values where no
+    exact finite-width form is known) evaluated to floats, with the weakest exactness class of the
+    layers; the estimate is
     :func:`varprop.montecarlo.estimate` on ``samples`` independent networks drawn from ``seed``.
 
     Parameters
@@ -192,6 +204,9 @@ def propagation_data(
         The seed of all randomness.
     label
         The legend entry; by default the activation, widths and weight law.
+    linear_regime
+        Draw Glorot's linear-regime prediction :math:`\\phi(z) \\approx z` (class ``approximation``),
+        as a claim built with ``linear_regime=True`` predicts.
 
     Returns
     -------
@@ -210,8 +225,9 @@ def propagation_data(
         raise PlotError(f"propagation_data needs integer widths to sample, got widths {network.widths}")
     label = str(label) or _default_label(network)
     try:
-        predictions = predict(network)
-        predicted = tuple(evaluate(layer[observable].value).value for layer in predictions)
+        derivations = [derive(network, from_name(observable, layer, network), linear_regime=bool(linear_regime))
+                       for layer in range(1, network.depth + 1)]
+        predicted = tuple(evaluate(d.result).value for d in derivations)
         drawn = montecarlo.sample(network, samples, seed=seed)
         estimates = tuple(montecarlo.estimate(drawn, observable, l) for l in range(1, network.depth + 1))
     except VarpropError as error:
@@ -230,6 +246,7 @@ def propagation_data(
         estimated=tuple(e.value for e in estimates),
         se=tuple(e.se for e in estimates),
         samples=int(samples),
+        exactness=weakest(*(d.exactness for d in derivations)),
     )
 
 
@@ -249,13 +266,30 @@ def _use_log(values: np.ndarray, log: bool | None, observable: str) -> bool:
     return positive and values.max() / values.min() > _LOG_SPAN
 
 
-def _caption(series: Sequence[PropagationData], title: str, width_inches: float) -> str:
-    """The title, then how to read the marks, each wrapped to the figure's width (11 pt text)."""
+#: How a theory line is drawn, by exactness class: solid when it holds at every width, dashed for an
+#: infinite-width limit, dotted for an approximation.
+LINESTYLES: dict[str, str] = {"exact": "-", "gaussian-exact": "-", "asymptotic": "--", "approximation": ":"}
+
+#: What the legend says a theory line is, by exactness class.
+THEORY_WORDS: dict[str, str] = {
+    "exact": "theory: exact",
+    "gaussian-exact": "theory: exact for Gaussian inputs",
+    "asymptotic": "theory: asymptotic (infinite width)",
+    "approximation": "theory: approximation",
+}
+
+_PAGE_WIDTH = 6.7  # inches: A4 (8.27 in) less two 2 cm margins
+_PANEL_HEIGHT = 2.5  # inches per row of panels
+_FONT = 8.5  # points, at print size
+
+
+def _caption(series: Sequence[PropagationData], title: str, width: float = _PAGE_WIDTH) -> str:
+    """The title, then how to read the marks."""
     counts = sorted({s.samples for s in series})
-    networks = f"T = {counts[0]}" if len(counts) == 1 else f"T = {counts[0]}-{counts[-1]}"
+    networks = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     key = f"lines: theory; points: Monte Carlo mean \u00b1 2 SE over {networks} random networks"
-    columns = max(30, int(width_inches * 12))
     lines = [title or "Signal propagation by layer", key]
+    columns = int(width * 14)  # characters of 9 pt text per inch
     return "\n".join(textwrap.fill(line, columns) for line in lines)
 
 
@@ -265,10 +299,13 @@ def propagation_figure(
     r"""Draw theory against Monte Carlo for each series, one panel per observable.
 
     Panels follow the order of :data:`PANELS` (forward, backward, weight gradient), then any other
-    observable. In each panel every series is a marker-less theory line and Monte Carlo points with
+    observable, at most two a row. In each panel every series is a marker-less theory line, drawn
+    as :data:`LINESTYLES` says for its exactness class, and Monte Carlo points with
     :math:`\pm 2\,\mathrm{SE}` error bars in the same colour; a series keeps its colour and marker in
-    every panel. When several series share a panel their points are shifted sideways by a few
-    points on screen (a display offset: the plotted data stay at the integer layers).
+    every panel. One legend under the panels names each series (its colour and marker) and each
+    exactness class drawn (its line style, :data:`THEORY_WORDS`): every theory line says whether it
+    is exact, the infinite-width limit or an approximation. When several series share a panel their points are shifted sideways by
+    a few points on screen (a display offset: the plotted data stay at the integer layers).
 
     Parameters
     ----------
@@ -287,9 +324,10 @@ def propagation_figure(
     Returns
     -------
     matplotlib.figure.Figure
-        With an Agg canvas attached, ready for :func:`save_figure` or ``savefig``. Each panel's
-        ``get_gid()`` is its observable; each theory line's gid is ``"theory:<label>"`` and each
-        Monte Carlo :class:`~matplotlib.container.ErrorbarContainer` is labelled ``<label>``.
+        6.7 inches wide (an A4 text width), with an Agg canvas attached, ready for
+        :func:`save_figure` or ``savefig``. Each panel's ``get_gid()`` is its observable; each
+        theory line's gid is ``"theory:<label>"`` and each Monte Carlo
+        :class:`~matplotlib.container.ErrorbarContainer` is labelled ``<label>``.
 
     Raises
     ------
@@ -317,36 +355,52 @@ def propagation_figure(
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     colours = tuple(matplotlib.colormaps["tab10"].colors)
     style = {label: (colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i, label in enumerate(labels)}
 
-    figure = Figure(figsize=(4.6 * len(observables) + 0.4, 4.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(observables), squeeze=False)[0]
-    for ax, observable in zip(axes, observables):
-        group = [s for s in series if s.observable == observable]
-        _draw_panel(ax, observable, group, style, log)
-    figure.suptitle(_caption(series, title, figure.get_figwidth()), fontsize=11)
+    columns = 1 if len(observables) == 1 else 2
+    rows = math.ceil(len(observables) / columns)
+    width = _PAGE_WIDTH if columns == 2 else _PAGE_WIDTH * 0.62
+    legend_rows = math.ceil((len(labels) + len({s.exactness for s in series})) / 2)
+    height = _PANEL_HEIGHT * rows + 0.55 + 0.2 * legend_rows
+    with matplotlib.rc_context({"font.size": _FONT, "axes.titlesize": _FONT + 0.5, "axes.labelsize": _FONT,
+                                "xtick.labelsize": _FONT - 1, "ytick.labelsize": _FONT - 1,
+                                "legend.fontsize": _FONT - 0.5}):
+        figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+        FigureCanvasAgg(figure)
+        grid = figure.subplots(rows, columns, squeeze=False).ravel()
+        for ax, observable in zip(grid, observables):
+            _draw_panel(ax, observable, [s for s in series if s.observable == observable], style, log)
+        for ax in grid[len(observables):]:
+            ax.remove()
+        entries = [(Line2D([], [], color=style[label][0], marker=style[label][1], markerfacecolor="white",
+                           markersize=5, linestyle="none"), label) for label in labels]
+        for exactness in sorted({s.exactness for s in series}, key=EXACTNESS.index):
+            key = Line2D([], [], color="0.3", linewidth=1.5, linestyle=LINESTYLES[exactness], gid=f"key:{exactness}")
+            entries.append((key, THEORY_WORDS[exactness]))
+        figure.legend([h for h, _ in entries], [text for _, text in entries], handlelength=3.2, loc="outside lower center",
+                      ncols=2, frameon=False)
+        figure.suptitle(_caption(series, title, width), fontsize=_FONT + 0.5)
     return figure
 
 
 def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, log: bool | None) -> None:
-    from matplotlib.legend_handler import HandlerTuple
     from matplotlib.ticker import MaxNLocator
     from matplotlib.transforms import ScaledTranslation
 
     ax.set_gid(observable)
     values = np.concatenate([np.r_[s.predicted, s.estimated] for s in group])
     use_log = _use_log(values, log, observable)
-    handles = []
     for index, data in enumerate(group):
         colour, marker = style[data.network_label]
         layers = np.asarray(data.layers, dtype=np.float64)
         (theory,) = ax.plot(
-            layers, data.predicted, color=colour, linewidth=1.8, alpha=0.9, gid=f"theory:{data.network_label}"
+            layers, data.predicted, color=colour, linewidth=1.5, alpha=0.9, linestyle=LINESTYLES[data.exactness],
+            gid=f"theory:{data.network_label}",
         )
-        shift = (index - (len(group) - 1) / 2) * 4 / 72  # inches: 4 points between neighbours
+        shift = (index - (len(group) - 1) / 2) * 3 / 72  # inches: 3 points between neighbours
         offset = ax.transData + ScaledTranslation(shift, 0, ax.figure.dpi_scale_trans)
         points = ax.errorbar(
             layers,
@@ -354,15 +408,14 @@ def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, 
             yerr=2 * np.asarray(data.se),
             fmt=marker,
             color=colour,
-            markersize=5.5,
+            markersize=4,
             markerfacecolor="white",
-            markeredgewidth=1.4,
-            elinewidth=1.4,
-            capsize=3.5,
+            markeredgewidth=1.1,
+            elinewidth=1.1,
+            capsize=2.5,
             label=data.network_label,
             transform=offset,
         )
-        handles.append(((theory, points), data.network_label))
     # The points are drawn through an offset transform, which matplotlib's autoscaling ignores: set
     # the limits from the data, error bars included, so no point or bar is cut off.
     low = np.concatenate([np.r_[s.predicted, np.asarray(s.estimated) - 2 * np.asarray(s.se)] for s in group])
@@ -387,16 +440,8 @@ def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, 
     ax.set_xlabel("layer $l$")
     ax.set_ylabel(_LABELS[observable])
     panel = _PANEL_OF.get(observable, observable.replace("_", " "))
-    ax.set_title(f"{panel}: {_LABELS[observable]}", fontsize=11)
+    ax.set_title(f"{panel}: {_LABELS[observable]}")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(
-        [h for h, _ in handles],
-        [label for _, label in handles],
-        handler_map={tuple: HandlerTuple(ndivide=None)},
-        fontsize=9,
-        handlelength=3.0,
-        loc="best",
-    )
 
 
 def save_figure(figure: Figure, stem: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

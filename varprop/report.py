@@ -9,7 +9,10 @@
 ``figures/TOPIC.png`` and ``figures/TOPIC.svg``
     the signal-propagation plots, theory against Monte Carlo;
 ``results.json``
-    every claim's numbers (prediction, estimate, SE, z, verdict, per width) and each topic's key numbers.
+    every claim's numbers (prediction, estimate, SE, z, verdict, per width), each topic's key numbers,
+    and the settings (widths, depths, seed, tolerances) and computing time.
+``report.log``
+    pdflatex's log, kept so the layout can be checked (overfull boxes).
 
 It needs no network access and no service.
 """
@@ -17,8 +20,10 @@ It needs no network access and no service.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +33,21 @@ from ._files import output_directory
 from .activations import activation
 from .catalogue import CATALOGUE
 from .derive import DERIVATIONS, Derivation
-from .derive.derivation import latex_text
+from .derive.derivation import latex_text, prose_latex, prose_markdown
 from .errors import VarpropError
-from .explain import TOPICS, Answer, answer
+from .explain import TOPICS, Answer, _latex_table, _markdown_table, answer, reason, settings_for, tolerance_sentence
 from .montecarlo import CheckResult, check_all, format_results
+from .montecarlo.check import DEFAULT_RTOL
 from .montecarlo.limits import check_seed
-from .montecarlo.verdict import FAIL, format_z
-from .plot import save_figure
+from .montecarlo.verdict import FAIL
+from .plot import PropagationData, save_figure
 
-__all__ = ["ReportSummary", "ReportError", "build_report"]
+__all__ = ["ReportSummary", "ReportError", "build_report", "overfull_boxes", "OVERFULL_LIMIT_PT", "LATEX_PREAMBLE"]
 
 Progress = Callable[[str, int, int], None]
+
+#: The family-wise false-alarm rate of the catalogue's checks (Holm), as ``varprop check`` uses it.
+CATALOGUE_ALPHA = 0.05
 
 
 class ReportError(VarpropError):
@@ -75,10 +84,20 @@ def _appendix_derivations() -> list[Derivation]:
     return out
 
 
-def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, progress: Progress | None = None) -> ReportSummary:
-    """Check the catalogue, answer every topic, and write the report files (see the module docstring)."""
-    check_seed(seed)  # every argument is checked before anything is created
-    out = output_directory(directory, "--out")  # made and proved writable before the long computation
+def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, width: int | None = None,
+                 depth: int | None = None, progress: Progress | None = None) -> ReportSummary:
+    """Check the catalogue, answer every topic, and write the report files (see the module docstring).
+
+    ``width`` and ``depth`` are passed to every topic (:func:`varprop.explain.answer`); the catalogue
+    keeps its own networks. The front page says which widths, depths, seeds, sample counts and
+    tolerances produced the report, and how long it took. Every argument is checked, and the output
+    directory made and proved writable, before the long computation starts.
+    """
+    started = time.perf_counter()
+    check_seed(seed)
+    for name in TOPICS:  # refuse a size a topic cannot use before any sampling
+        settings_for(name, seed=seed, width=width, depth=depth)
+    out = output_directory(directory, "--out")
     figures = output_directory(out / "figures", "--out")
     steps = len(TOPICS) + 2
     done = 0
@@ -90,20 +109,23 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, pro
             progress(label, done, steps)
 
     catalogue = tuple(check_all(
-        list(CATALOGUE.values()), seed=seed,
+        list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
         progress=None if progress is None else lambda name, k, n: progress(f"catalogue: {name} ({k}/{n})", done, steps),
     ))
     step("catalogue checked")
-    answers, figure_files = [], {}
+    answers, figure_files, figure_data = [], {}, {}
     for name in TOPICS:
-        result = answer(name, seed=seed)
-        png, svg = save_figure(result.figure(seed=seed), figures / name)
+        result = answer(name, seed=seed, width=width, depth=depth)
+        data = result.figure_data()
+        png, svg = save_figure(result.figure(data), figures / name)
         figure_files[name] = (png, svg)
+        figure_data[name] = data
         answers.append(result)
         step(f"topic {name}")
     appendix = _appendix_derivations()
-    files = [_write_markdown(out, catalogue, answers, appendix), _write_json(out, catalogue, answers, seed)]
-    tex = _write_latex(out, catalogue, answers, appendix)
+    run = _Run(seed, time.perf_counter() - started, catalogue, tuple(answers), figure_data)
+    files = [_write_markdown(out, run, appendix), _write_json(out, run)]
+    tex = _write_latex(out, run, appendix)
     files.append(tex)
     pdf_note = _compile(tex)
     if (out / "report.pdf").exists():
@@ -114,18 +136,62 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, pro
     return ReportSummary(out, catalogue, tuple(answers), tuple(files), pdf_note)
 
 
-def _write_markdown(out: Path, catalogue, answers, appendix) -> Path:
+@dataclass(frozen=True)
+class _Run:
+    """Everything one report run computed, and how long the computing took (before writing)."""
+
+    seed: int
+    seconds: float
+    catalogue: tuple[CheckResult, ...]
+    answers: tuple[Answer, ...]
+    figures: dict[str, tuple[PropagationData, ...]]
+
+    def settings_rows(self) -> list[tuple[str, str]]:
+        """(what, value) lines of the front page: widths, depths, seeds, samples, tolerances, time."""
+        rows = [("varprop", __version__), ("seed", str(self.seed)),
+                ("catalogue", f"{len(self.catalogue)} claims at tolerance {_percent(DEFAULT_RTOL)}, family-wise "
+                              f"false-alarm rate {_percent(CATALOGUE_ALPHA)} (Holm); widths "
+                              f"{_span(w for r in self.catalogue for w in (m.width for m in r.measurements))}; "
+                              f"{_span(m.estimate.n for r in self.catalogue for m in r.measurements)} networks per width")]
+        for a in self.answers:
+            s = a.settings
+            checks = [m for r in a.checks for m in r.measurements]
+            data = self.figures.get(a.topic.name, ())
+            rows.append((a.topic.name, f"hidden width {s.width}, depth {s.depth}; checks at widths "
+                                       f"{_span(m.width for m in checks)} with {_span(m.estimate.n for m in checks)} "
+                                       f"networks, tolerance {_percent(s.rtol)}; figure "
+                                       f"{_span(d.samples for d in data)} networks per series"))
+        rows.append(("computing time", f"{self.seconds:.0f} s (sampling, checks and figures; LaTeX not included)"))
+        return rows
+
+
+def _span(values) -> str:
+    values = sorted(set(values))
+    if not values:
+        return "none"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:g}%"
+
+
+def _summary_rows(run: _Run) -> list[tuple[Answer, CheckResult]]:
+    return [(a, a.checks[a.key]) for a in run.answers]
+
+
+def _write_markdown(out: Path, run: _Run, appendix) -> Path:
     lines = [f"# varprop report (varprop {__version__})", "",
              "Each answer below is built from sympy derivations and Monte Carlo checks of real random networks; "
-             "every number is computed, none is typed in.", "", "## Catalogue of claims", "",
-             "| claim | exactness | n | prediction | estimate ± SE | z | verdict | note |", "|---|---|---|---|---|---|---|---|"]
-    for r in catalogue:
-        m = r.primary
-        z = "" if m.verdict is None else format_z(m.verdict.z)
-        lines.append(f"| {r.name} | {r.exactness} | {m.width} | {m.claim.value:.6g} | {m.estimate.value:.6g} ± "
-                     f"{m.estimate.se:.2g} | {z} | {r.outcome} | {r.message} |")
-    lines.append("")
-    for a in answers:
+             "every number is computed, none is typed in.", "", "## How this report was made", ""]
+    lines += [f"- **{what}**: {value}" for what, value in run.settings_rows()]
+    lines += ["", "## Six questions, six answers", ""]
+    for a, key in _summary_rows(run):
+        lines += [f"**{a.topic.title}** — *{prose_markdown(a.topic.question)}*  ", prose_markdown(a.headline) +
+                  f" Verdict: **{key.outcome}** ({reason(key)}). [Answer and derivation](#{_anchor(a.topic.title)})", ""]
+    lines += ["## Catalogue of claims", "", tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA, len(run.catalogue)), "",
+              _markdown_table(run.catalogue), ""]
+    for a in run.answers:
         lines.append(a.markdown(figure=f"figures/{a.topic.name}.png"))
     lines += ["## Appendix: derivations", ""]
     lines += [d.markdown() for d in appendix]
@@ -134,18 +200,30 @@ def _write_markdown(out: Path, catalogue, answers, appendix) -> Path:
     return path
 
 
-def _write_json(out: Path, catalogue, answers, seed: int) -> Path:
+def _anchor(title: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
+
+
+def _write_json(out: Path, run: _Run) -> Path:
     payload = {
         "varprop": __version__,
-        "seed": seed,
-        "catalogue": [r.to_dict() for r in catalogue],
+        "seed": run.seed,
+        "seconds": run.seconds,
+        "settings": dict(run.settings_rows()),
+        "catalogue": [r.to_dict() for r in run.catalogue],
         "topics": {
             a.topic.name: {
                 "title": a.topic.title,
+                "width": a.settings.width,
+                "depth": a.settings.depth,
+                "rtol": a.settings.rtol,
+                "alpha": a.settings.alpha,
+                "headline": str(a.headline),
                 "numbers": dict(a.numbers),
                 "checks": [r.to_dict() for r in a.checks],
             }
-            for a in answers
+            for a in run.answers
         },
     }
     path = out / "results.json"
@@ -153,40 +231,77 @@ def _write_json(out: Path, catalogue, answers, seed: int) -> Path:
     return path
 
 
-def _write_latex(out: Path, catalogue, answers, appendix) -> Path:
-    from .explain import _latex_table
+LATEX_PREAMBLE = "\n".join([
+    "\\documentclass[10pt,a4paper]{article}",
+    "\\usepackage[margin=2cm]{geometry}",
+    "\\usepackage[T1]{fontenc}",
+    "\\usepackage{amsmath,amssymb,graphicx,booktabs,tabularx}",
+    "\\usepackage[hidelinks]{hyperref}",
+    "\\allowdisplaybreaks",
+    "\\emergencystretch=3em",
+    "\\setcounter{secnumdepth}{1}",
+])
 
+
+def _write_latex(out: Path, run: _Run, appendix) -> Path:
     body = [
-        "\\documentclass[10pt]{article}",
-        "\\usepackage[margin=1.8cm]{geometry}",
-        "\\usepackage{amsmath,amssymb,graphicx}",
-        "\\allowdisplaybreaks",
+        LATEX_PREAMBLE,
         f"\\title{{varprop report}}\\author{{varprop {__version__}}}\\date{{}}",
-        "\\begin{document}", "\\maketitle",
-        "\\section*{Catalogue of claims}", _latex_table(catalogue),
+        "\\begin{document}", "\\maketitle", "\\thispagestyle{empty}",
+        "\\section*{Six questions, six answers}",
+        "Each answer is built from sympy derivations and Monte Carlo checks of real random networks; every "
+        "number is computed, none is typed in. The key number quoted is the Monte Carlo estimate $\\pm$ its "
+        "standard error.",
+        "\\begin{description}",
     ]
-    for a in answers:
+    for a, key in _summary_rows(run):
+        body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{prose_latex(a.topic.question)}}}\\\\")
+        body.append(f"{prose_latex(a.headline)} Verdict: \\textbf{{{key.outcome}}} ({latex_text(reason(key))}). "
+                    f"Answer p.~\\pageref{{topic:{a.topic.name}}}, derivation p.~\\pageref{{derivation:{a.topic.name}}}.")
+    body += ["\\end{description}", "\\subsection*{How this report was made}", "\\begin{description}\\small"]
+    body += [f"\\item[{latex_text(what)}] {latex_text(value)}" for what, value in run.settings_rows()]
+    body += ["\\end{description}", "\\clearpage",
+             "\\section*{Catalogue of claims}", latex_text(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
+                                                                              len(run.catalogue))), "",
+             _latex_table(run.catalogue)]
+    for a in run.answers:
         body.append("\\clearpage")
         body.append(a.latex(figure=f"figures/{a.topic.name}.png"))
     body += ["\\clearpage", "\\section*{Appendix: derivations}"]
     for d in appendix:
-        body += [f"\\subsection*{{{latex_text(d.title)}}}", "{\\small", d.latex(), "}"]
+        body += [f"\\subsection*{{{latex_text(d.title)}}}", prose_latex(d.summary), "", "{\\small", d.latex(), "}"]
     body.append("\\end{document}")
     path = out / "report.tex"
     path.write_text("\n".join(body) + "\n", encoding="utf-8")
     return path
 
 
+#: Overfull boxes up to this many points are invisible in print; beyond it text runs into the margin.
+OVERFULL_LIMIT_PT = 3.0
+
+_OVERFULL = re.compile(r"^Overfull \\[hv]box \((\d+(?:\.\d+)?)pt too (?:wide|high)\) (.*)$", re.MULTILINE)
+
+
+def overfull_boxes(log: str, limit: float = OVERFULL_LIMIT_PT) -> list[str]:
+    """The overfull boxes of a TeX log that exceed ``limit`` points, each with what TeX says about where."""
+    return [f"{match.group(1)}pt: {match.group(2)}" for match in _OVERFULL.finditer(log)
+            if float(match.group(1)) > limit]
+
+
 def _compile(tex: Path) -> str:
-    """Compile with pdflatex when it is on PATH; say why not otherwise."""
+    """Compile with pdflatex when it is on PATH (twice, for the page references); say why not otherwise.
+
+    The log is kept as ``report.log`` so the layout can be checked (overfull boxes).
+    """
     engine = shutil.which("pdflatex")
     if engine is None:
         return "pdflatex is not on PATH: report.tex written, no PDF (Debian: apt-get install texlive-latex-base)"
-    result = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tex.parent,
-                            capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        tail = "\n".join(result.stdout.splitlines()[-15:])
-        raise ReportError(f"pdflatex failed on {tex}:\n{tail}")
-    for suffix in (".aux", ".log"):
+    for _ in range(2):
+        result = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tex.parent,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            tail = "\n".join(result.stdout.splitlines()[-15:])
+            raise ReportError(f"pdflatex failed on {tex}:\n{tail}")
+    for suffix in (".aux", ".out"):
         tex.with_suffix(suffix).unlink(missing_ok=True)
     return f"compiled {tex.with_suffix('.pdf').name} with {engine}"

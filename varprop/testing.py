@@ -36,6 +36,6 @@ def assert_claim(
     lines = [f"claim {result.name} ({result.exactness}): {result.outcome}: {result.message}"]
     for m in result.measurements:
         verdict = "" if m.verdict is None else f", z = {format_z(m.verdict.z)} (z_crit {m.verdict.z_crit:.2f}), {m.verdict.outcome}"
-        lines.append(f"  n={m.width}: prediction {m.claim.value:.6g}, estimate {m.estimate.value:.6g} "
-                     f"+- {m.estimate.se:.2g} (SE, {m.estimate.n} networks){verdict}")
+        lines.append(f"  width {m.width}: prediction {m.claim.value:.6g}, estimate {m.estimate.value:.6g} "
+                     f"+- {m.estimate.se:.2g} (SE over {m.estimate.n} networks){verdict}")
     raise AssertionError("\n".join(lines))

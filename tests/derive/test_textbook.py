@@ -2,6 +2,8 @@
 
 from fractions import Fraction
 
+import re
+
 import pytest
 import sympy as sp
 
@@ -139,7 +141,10 @@ def test_every_derivation_renders_and_its_checks_hold(name, kind):
     for step in d.steps:
         assert step.check in ("identity", "definition", "lemma", "integral", "unrolled", "solve", "modelling")
     assert "\\begin{align}" in d.latex() and "\\tag{1}" in d.latex()
-    assert d.text().startswith(d.title) and "Result:" in d.text()
+    assert d.text().startswith(d.title) and re.search(r"^Result( \(step \d+\))?: ", d.text(), re.M)
+    if d.result_step is not None:  # the step the result is read from states it
+        assert sp.simplify(d.steps[d.result_step - 1].rhs - d.result) == 0
+        assert f"Result (step {d.result_step}): " in d.text() and f"(step {d.result_step}; " in d.latex()
     assert d.markdown().startswith("### ")
     assert d.to_dict()["steps"][0]["rule"]
 

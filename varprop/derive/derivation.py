@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import sympy as sp
+from mpmath.libmp import prec_to_dps
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
@@ -71,6 +73,12 @@ __all__ = [
     "closure",
     "to_text",
     "to_latex",
+    "tidy",
+    "Prose",
+    "prose",
+    "prose_text",
+    "prose_latex",
+    "prose_markdown",
 ]
 
 
@@ -440,53 +448,69 @@ class Derivation:
         return tuple(reports)
 
     def latex(self, *, standalone: bool = False) -> str:
-        r"""The steps as an ``align`` environment, one ``\tag`` per step, then each step's justification.
+        r"""The steps as an ``align`` environment, one ``\tag`` per step, then each step's reason.
 
-        Each line carries its rule and the paper's equation number; the list below the environment
-        gives the full justification, how the step was checked and its exactness. ``standalone``
-        wraps it all in a document that ``pdflatex`` compiles.
+        The display holds only the equations (so a long right side keeps its tag on its line); the
+        list below it gives each step's rule, justification and source, how it was checked and its
+        exactness. Formulas in the words are typeset through :func:`to_latex`. ``standalone`` wraps
+        it all in a document that ``pdflatex`` compiles.
         """
         lines = []
         previous_lhs = None
         for number, step in enumerate(self.steps, 1):
             lhs = "" if previous_lhs is not None and step.lhs == previous_lhs else to_latex(step.lhs)
-            label = step.rule.value + (f"; {step.source}" if step.source else "")
-            lines.append(f"{lhs} &= {to_latex(step.rhs)} && \\text{{{latex_text(label)}}} \\tag{{{number}}}")
+            rows = _broken(step.rhs, _LINE_BUDGET - _visible_length(lhs))
+            rows = [f"{lhs} &= {rows[0]}"] + [f"&{row}" for row in rows[1:]]
+            lines += [row + " \\notag" for row in rows[:-1]] + [f"{rows[-1]} \\tag{{{number}}}"]
             previous_lhs = step.lhs
         body = "\\begin{align}\n" + " \\\\\n".join(lines) + "\n\\end{align}\n"
         details = "".join(
-            f"\\item[({number})] {latex_text(step.justification or step.rule.value)} "
+            f"\\item[({number})] {_reason_latex(step)} "
             f"(checked: {latex_text(step.check_text())})\n"
             for number, step in enumerate(self.steps, 1)
         )
         body += "\\begin{description}\\small\n" + details + "\\end{description}\n"
+        step = "" if self.result_step is None else f"step {self.result_step}; "
+        rows = _broken(self.result, _LINE_BUDGET - 25)
+        shown = (f"${rows[0]}$" if len(rows) == 1 else
+                 "\n\\begin{align*}\n" + " \\\\\n".join(f"&{row}" for row in rows) + "\n\\end{align*}\n")
+        result = f"\\paragraph{{Result}} ({step}{latex_text(self.exactness)}). {shown}\n"
         header = f"% {self.title}\n"
         if not standalone:
-            return header + body + _latex_assumptions(self.assumptions)
+            return header + body + result + _latex_assumptions(self.assumptions)
         return (
-            "\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n"
-            "\\usepackage{amsmath,amssymb}\n\\allowdisplaybreaks\n\\begin{document}\n"
-            f"\\section*{{{latex_text(self.title)}}}\n{latex_text(self.summary)}\n\n"
+            _LATEX_PREAMBLE + "\\begin{document}\n"
+            f"\\section*{{{latex_text(self.title)}}}\n{prose_latex(self.summary)}\n\n"
             + header
             + body
-            + "\\paragraph{Result.} $"
-            + to_latex(self.result)
-            + f"$ ({latex_text(self.exactness)})\n"
+            + result
             + _latex_assumptions(self.assumptions)
             + "\\end{document}\n"
         )
+
+    @property
+    def result_step(self) -> int | None:
+        """The number (1-based) of the last step whose right side is the result, ``None`` when no step states it
+        as it is (the result then rewrites a step, e.g. with the widths named ``n_in``)."""
+        for number in range(len(self.steps), 0, -1):
+            if _is_zero(self.steps[number - 1].rhs - self.result):
+                return number
+        return None
+
+    def _result_label(self) -> str:
+        return "Result" if self.result_step is None else f"Result (step {self.result_step})"
 
     def markdown(self) -> str:
         """A Markdown section: the summary, a numbered list of steps with LaTeX math, the result."""
         out = [f"### {self.title}", ""]
         if self.summary:
-            out += [self.summary, ""]
+            out += [prose_markdown(self.summary), ""]
         for number, step in enumerate(self.steps, 1):
             out.append(f"{number}. $${to_latex(step.lhs)} = {to_latex(step.rhs)}$$  ")
-            out.append(f"   *{step.reason()}*; checked: {step.check_text()}")
-        out += ["", f"**Result:** ${to_latex(self.result)}$ ({self.exactness})", ""]
+            out.append(f"   *{_reason_markdown(step)}*; checked: {step.check_text()}")
+        out += ["", f"**{self._result_label()}:** ${to_latex(self.result)}$ ({self.exactness})", ""]
         if self.assumptions:
-            out.append("**Assumptions:** " + "; ".join(self.assumptions) + ".")
+            out.append("**Assumptions:** " + "; ".join(prose_markdown(a) for a in self.assumptions) + ".")
             out.append("")
         return "\n".join(out)
 
@@ -499,7 +523,7 @@ class Derivation:
         for number, step in enumerate(self.steps, 1):
             out.append(f"({number:>{width}}) {to_text(step.lhs)} = {to_text(step.rhs)}")
             out.append(f"{'':>{width + 3}}  {step.reason()}  [checked: {step.check_text()}]")
-        out += ["", f"Result: {to_text(self.result)}  ({self.exactness})"]
+        out += ["", f"{self._result_label()}: {to_text(self.result)}  ({self.exactness})"]
         if self.assumptions:
             out.append("Assumptions:")
             out += [f"  - {a}" for a in self.assumptions]
@@ -554,6 +578,29 @@ def closure(steps: Sequence[Step], wanted: Iterable[int]) -> tuple[Step, ...]:
 # --- printing -------------------------------------------------------------------------------
 
 
+def tidy(expr: sp.Basic) -> sp.Basic:
+    r"""``expr`` in the form a person writes: a product of square roots under one root.
+
+    :math:`\sqrt{2}\sqrt{v}/(2\sqrt{\pi})` becomes :math:`\sqrt{v/(2\pi)}`; the value is unchanged
+    (the new root is an unevaluated power of the simplified square), only its printed form.
+    """
+    if not isinstance(expr, sp.Basic) or expr.is_Atom or isinstance(expr, sp.Indexed):
+        return expr
+    if isinstance(expr, sp.Mul):
+        roots = [a for a in expr.args if a.is_Pow and a.exp in (sp.S.Half, -sp.S.Half)]
+        if len(roots) >= 2:
+            coefficient, _ = expr.as_coeff_Mul()
+            sign = -1 if coefficient.is_negative else 1
+            root = sp.Pow(sp.simplify((sign * expr) ** 2), sp.S.Half, evaluate=False)
+            return sp.Mul(sp.S.NegativeOne, root, evaluate=False) if sign < 0 else root
+    args = [tidy(a) for a in expr.args]
+    if args == list(expr.args):
+        return expr
+    if isinstance(expr, sp.Add | sp.Mul | sp.Pow):
+        return expr.func(*args, evaluate=False)
+    return expr.func(*args)
+
+
 class _TextPrinter(StrPrinter):
     def _print(self, expr: object, **kwargs: object) -> str:
         if isinstance(expr, sp.Indexed):  # Indexed's own _sympystr would win otherwise
@@ -571,6 +618,31 @@ class _TextPrinter(StrPrinter):
         return f"prod_({self._print(var)}={self._print(lo)}..{self._print(hi)}) [{self._print(expr.function)}]"
 
 
+class _ProseTextPrinter(_TextPrinter):
+    """Formulas inside sentences, for a terminal: ``x^2``, ``√(q/(2π))``, ``2/(n_in (a^2 + 1))``."""
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        if expr.exp == sp.S.Half:
+            return f"√({self._print(expr.base)})"
+        if expr.exp == -sp.S.Half:
+            return f"1/√({self._print(expr.base)})"
+        text = super()._print_Pow(expr, rational)
+        return text.replace("**", "^")
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        return super()._print_Mul(expr).replace("*", " ")
+
+    def _print_Pi(self, expr: sp.Expr) -> str:
+        return "π"
+
+    def _print_Relational(self, expr: sp.Basic) -> str:
+        op = "=" if expr.rel_op == "==" else expr.rel_op
+        return f"{self._print(expr.lhs)} {op} {self._print(expr.rhs)}"
+
+
+_SUPERSCRIPT_WORDS = {"star": "*"}
+
+
 class _LatexPrinter(LatexPrinter):
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         name = str(expr.base.label)
@@ -582,6 +654,21 @@ class _LatexPrinter(LatexPrinter):
             base = f"{{{base}}}"
         return f"{base}_{{{','.join(self._print(i) for i in expr.indices)}}}"
 
+    def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
+        """Words stay words: ``std`` is upright, not s·t·d; ``q_star`` is :math:`q^*`; ``n_in`` is :math:`n_\\mathrm{in}`."""
+        name = expr.name
+        base, _, sub = name.partition("_")
+        if not base.isalpha() or (sub and not sub.isalnum()):
+            return super()._print_Symbol(expr, style)
+        plain = super()._print_Symbol(sp.Symbol(base), style)
+        head = rf"\mathrm{{{base}}}" if len(base) > 1 and plain == base else plain
+        if not sub:
+            return head
+        if sub in _SUPERSCRIPT_WORDS:
+            return f"{head}^{{{_SUPERSCRIPT_WORDS[sub]}}}"
+        tail = rf"\mathrm{{{sub}}}" if len(sub) > 1 and sub.isalpha() else super()._print_Symbol(sp.Symbol(sub), style)
+        return f"{head}_{{{tail}}}"
+
 
 def to_text(expr: sp.Basic) -> str:
     """One-line plain text of ``expr`` (``y_l``, ``Var[y_(l-1)]``, ``E[x_l**2]``)."""
@@ -589,17 +676,97 @@ def to_text(expr: sp.Basic) -> str:
 
 
 def to_latex(expr: sp.Basic) -> str:
-    """LaTeX of ``expr`` through sympy's printer (``y_{l-1}``, ``\\operatorname{Var}[\\cdot]``)."""
+    """LaTeX of ``expr`` through sympy's printer (``y_{l-1}``, ``\\operatorname{Var}[\\cdot]``), roots gathered by :func:`tidy`."""
+    expr = tidy(expr)
+    if isinstance(expr, sp.Basic) and expr.has(sp.Float):  # displayed to 6 digits; the data keep every digit
+        expr = expr.xreplace({f: sp.Float(f, min(6, prec_to_dps(f._prec))) for f in expr.atoms(sp.Float)})
     return _LatexPrinter().doprint(expr)
 
 
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$"}
+def _prose_text(expr: sp.Basic) -> str:
+    return _ProseTextPrinter().doprint(tidy(expr))
+
+
+class Prose(str):
+    """A sentence whose formulas are sympy objects: ``str`` of it is the terminal text, and the
+    renderers (:func:`prose_latex`, :func:`prose_markdown`) typeset each formula through the printers.
+
+    Build it with :func:`prose`; it is a ``str``, so code that stores or compares text keeps working.
+    """
+
+    parts: tuple[str | sp.Basic, ...]
+
+    def __new__(cls, parts: Iterable[str | sp.Basic]) -> Prose:
+        parts = tuple(parts)
+        self = super().__new__(cls, "".join(p if isinstance(p, str) else _prose_text(p) for p in parts))
+        self.parts = parts
+        return self
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Prose, (self.parts,))
+
+
+_SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?e[-+]\d+)(?![\w.])")
+
+
+def prose(*parts: str | sp.Basic) -> Prose:
+    """Words (``str``) and formulas (sympy objects, ``sp.Eq`` for an equation) as one sentence.
+
+    A :class:`Prose` part contributes its own parts; a number written ``4.3e-12`` in the words is
+    typeset as a number (:math:`4.3 \\cdot 10^{-12}`).
+    """
+    flat: list[str | sp.Basic] = []
+    for part in parts:
+        if isinstance(part, Prose):
+            flat += part.parts
+        elif isinstance(part, str):
+            pieces = _SCIENTIFIC.split(part)
+            flat += [piece if i % 2 == 0 else sp.Float(piece, len(piece.split("e")[0].replace("-", "").replace(".", "")))
+                     for i, piece in enumerate(pieces) if piece]
+        elif isinstance(part, sp.Basic):
+            flat.append(part)
+        else:
+            raise DerivationError(f"prose takes words (str) and sympy formulas, got {part!r}")
+    return Prose(flat)
+
+
+def _parts(text: str) -> tuple[str | sp.Basic, ...]:
+    return text.parts if isinstance(text, Prose) else (text,)
+
+
+def prose_text(text: str) -> str:
+    """Terminal text of words and formulas (``√(q/(2π))``, ``x^2``)."""
+    return str.__str__(text)
+
+
+def prose_latex(text: str) -> str:
+    """LaTeX: words escaped for text mode, each formula in ``$...$`` through :func:`to_latex`."""
+    return "".join(latex_text(p) if isinstance(p, str) else f"${to_latex(p)}$" for p in _parts(text))
+
+
+def prose_markdown(text: str) -> str:
+    """Markdown: words as they are, each formula as ``$...$`` LaTeX math (GitHub, Sphinx and pandoc render it)."""
+    return "".join(p if isinstance(p, str) else f"${to_latex(p)}$" for p in _parts(text))
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_\allowbreak{}", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$",
+                  "≤": r"$\le$", "≥": r"$\ge$", "≈": r"$\approx$", "≠": r"$\neq$", "→": r"$\to$", "π": r"$\pi$",
+                  "√": r"$\surd$", "²": r"$^2$", "−": "-", "—": "---", "–": "--"}
 
 
 def latex_text(text: str) -> str:
-    """Plain words escaped for LaTeX text mode."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """Plain words escaped for LaTeX text mode; a number written ``4.3e-12`` is set as :math:`4.3 \\times 10^{-12}`."""
+    pieces = _SCIENTIFIC.split(text)
+    return "".join(
+        "".join(_LATEX_SPECIAL.get(ch, ch) for ch in piece) if i % 2 == 0 else _latex_number(piece)
+        for i, piece in enumerate(pieces)
+    )
+
+
+def _latex_number(text: str) -> str:
+    mantissa, exponent = text.split("e")
+    return f"${mantissa}\\times 10^{{{int(exponent)}}}$"
 
 
 def _latex_assumptions(assumptions: Iterable[str]) -> str:
@@ -607,8 +774,89 @@ def _latex_assumptions(assumptions: Iterable[str]) -> str:
     if not items:
         return ""
     return "\\paragraph{Assumptions.}\n\\begin{itemize}\n" + "".join(
-        f"\\item {latex_text(a)}\n" for a in items
+        f"\\item {prose_latex(a)}\n" for a in items
     ) + "\\end{itemize}\n"
+
+
+#: Roughly how many characters of typeset math fit on a line of the report's page.
+_LINE_BUDGET = 80
+
+
+def _visible_length(tex: str) -> int:
+    """A rough count of the characters ``tex`` shows (commands count one, braces and spacing none)."""
+    tex = re.sub(r"\\(left|right|operatorname|mathbb|mathrm|frac|sqrt)\b", "", tex)
+    tex = re.sub(r"\\[A-Za-z]+", "x", tex)
+    return len(re.sub(r"[{}\\ ^_]", "", tex))
+
+
+def _signed(term: sp.Expr, first: bool) -> str:
+    if term.could_extract_minus_sign():
+        return f"- {to_latex(-term)}"
+    return to_latex(term) if first else f"+ {to_latex(term)}"
+
+
+def _broken(expr: sp.Expr, budget: int, prefix: str = "") -> list[str]:
+    """``expr`` as LaTeX rows of about ``budget`` visible characters, broken between the terms of a sum.
+
+    A sum is broken between its terms; a product holding a long sum breaks that sum inside large
+    parentheses (``\\left``/``\\right`` cannot span rows); a fraction with a long denominator is
+    written ``numerator / (denominator)`` and its denominator broken. Anything else stays on one row.
+    """
+    whole = to_latex(expr)
+    if _visible_length(prefix + whole) <= budget:
+        return [prefix + whole]
+    expr = tidy(expr)
+    suffix, terms = "", None
+    numerator, denominator = sp.fraction(expr)
+    if denominator != 1 and _visible_length(to_latex(denominator)) > budget // 2 and not prefix:
+        head = to_latex(numerator) + " \\Big/ "
+        if isinstance(denominator, sp.Add):
+            return _broken(sp.Mul(sp.S.One, denominator, evaluate=False), budget, head)
+        return _broken(denominator, budget, head)
+    if isinstance(expr, sp.Add):
+        terms = list(expr.args)
+        if prefix:
+            prefix, suffix = prefix + "\\Big(", "\\Big)"
+    elif isinstance(expr, sp.Mul):
+        sums = [a for a in expr.args if isinstance(a, sp.Add)]
+        if sums:
+            inner = max(sums, key=lambda a: _visible_length(to_latex(a)))
+            rest = [a for a in expr.args if a is not inner]
+            terms = list(inner.args)
+            rest_tex = "" if not rest or rest == [sp.S.One] else to_latex(sp.Mul(*rest)) + " "
+            prefix, suffix = prefix + rest_tex + "\\Big(", "\\Big)"
+    if not terms:
+        return [prefix + whole]
+    rows, current, empty = [], prefix, True
+    for index, term in enumerate(terms):
+        piece = _signed(term, index == 0)
+        if not empty and _visible_length(current + piece) > budget:
+            rows.append(current)
+            current = "\\quad "
+        current += piece + " "
+        empty = False
+    rows.append(current + suffix)
+    return rows
+
+
+def _reason_latex(step: Step) -> str:
+    words = prose_latex(step.justification) if step.justification else ""
+    text = f"\\emph{{{latex_text(step.rule.value)}}}" + (f": {words}" if words else "")
+    return text + (f" [{latex_text(step.source)}]" if step.source else "")
+
+
+def _reason_markdown(step: Step) -> str:
+    words = prose_markdown(step.justification) if step.justification else ""
+    text = step.rule.value + (f": {words}" if words else "")
+    return text + (f" [{step.source}]" if step.source else "")
+
+
+#: The preamble of every standalone LaTeX document varprop writes (A4, 10 pt, words may stretch
+#: rather than run into the margin).
+_LATEX_PREAMBLE = (
+    "\\documentclass[10pt,a4paper]{article}\n\\usepackage[margin=2cm]{geometry}\n"
+    "\\usepackage{amsmath,amssymb}\n\\allowdisplaybreaks\n\\emergencystretch=3em\n"
+)
 
 
 # --- building with checks -------------------------------------------------------------------

@@ -24,7 +24,8 @@ import sympy as sp
 from ..activations import X, Activation
 from ..errors import DerivationError
 from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Rule, Solve, Unrolled, Variance, _Builder, to_text
+from .derivation import (LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Prose, Rule, Solve, Unrolled, Variance,
+                         _Builder, prose)
 from .gaussian import Q, moments
 from .propagate import (
     DEPTH,
@@ -63,18 +64,20 @@ __all__ = [
 Q_STAR = sp.Symbol("q_star", positive=True)
 
 _l = LAYER
+_Y = sp.Symbol("y")
+_Z = sp.Symbol("z")
 HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
 
-_A_IID = "the entries of W_l are iid, and independent of x_l"
-_A_X_ID = "the entries of x_l are identically distributed"
-_A_X_INDEP = "the entries of x_l are mutually independent (He et al.'s simplification)"
-_A_ZERO_MEAN = "E[w_l] = 0 (zero-mean weights)"
-_A_SYMMETRIC = "the weight law is symmetric about 0, so y_{l-1} is symmetric about 0 with no atom at 0"
-_A_GAUSSIAN_Y = "y_{l-1} is Gaussian (wide layers: central limit theorem)"
-_A_GRAD_INDEP = "Delta_y_l is independent of W_l (the gradient-independence assumption)"
-_A_DERIV_INDEP = "phi'(y_l) is independent of Delta_x_{l+1}"
-_A_DY_X_INDEP = "Delta_y_l is independent of x_l"
+_A_IID = prose("the entries of ", sp.Symbol("W_l"), " are iid, and independent of ", _x[_l])
+_A_X_ID = prose("the entries of ", _x[_l], " are identically distributed")
+_A_X_INDEP = prose("the entries of ", _x[_l], " are mutually independent (He et al.'s simplification)")
+_A_ZERO_MEAN = prose(sp.Eq(Expect(_w[_l]), 0), " (zero-mean weights)")
+_A_SYMMETRIC = prose("the weight law is symmetric about 0, so ", _y[_l - 1], " is symmetric about 0 with no atom at 0")
+_A_GAUSSIAN_Y = prose(_y[_l - 1], " is Gaussian (wide layers: central limit theorem)")
+_A_GRAD_INDEP = prose(_dy[_l], " is independent of ", sp.Symbol("W_l"), " (the gradient-independence assumption)")
+_A_DERIV_INDEP = prose(DPhi(_y[_l]), " is independent of ", _dx[_l + 1])
+_A_DY_X_INDEP = prose(_dy[_l], " is independent of ", _x[_l])
 _A_NO_BIAS = "biases are zero"
 _A_LINEAR_REGIME = "phi is linear near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
 
@@ -98,15 +101,17 @@ def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int
     lemma = symmetry_lemma(act)
     if lemma.holds:
         value = lemma.constant / 2 * Variance(arg)
-        why = (f"symmetry lemma phi(y)^2 + phi(-y)^2 = {_factor_text(lemma.constant)} y^2 (checked by sympy), "
-               "so a symmetric zero-mean y keeps the fraction c/2 of its second moment")
+        y = sp.Symbol("y")
+        why = prose("symmetry lemma ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, lemma.constant * y**2),
+                    " (checked by sympy), so a symmetric zero-mean y keeps the fraction ", lemma.constant / 2,
+                    " of its second moment")
         index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why,
                       proof=lemma.proof(LEMMA_CONSTANT / 2 * Variance(arg)),
                       assumptions=(_A_SYMMETRIC, _A_ZERO_MEAN), source=f"{HE}, eq. (8)")
         return index, value, lemma.constant, (_A_SYMMETRIC,)
     m = moments(act).second_moment
     value = m.expr.subs(Q, Variance(arg))
-    why = f"Gaussian integral E[phi(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
+    why = prose("Gaussian integral ", Expect(Phi(_Z) ** 2), ", ", _Z, f" ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})")
     index = b.add(Expect(Phi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why, proof=Integral(act.expr**2, Variance(arg)),
                   assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y, _A_ZERO_MEAN), exactness="asymptotic")
     return index, value, None, (_A_SYMMETRIC, _A_GAUSSIAN_Y)
@@ -116,13 +121,13 @@ def _derivative_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple
     r"""Add the step :math:`E[\phi'(arg)^2] = \dots`; returns (step index, value, c' or None)."""
     lemma = derivative_symmetry_lemma(act)
     if lemma.holds:
-        why = f"symmetry lemma phi'(y)^2 + phi'(-y)^2 = {_factor_text(lemma.constant)} (checked by sympy) for y != 0"
+        why = prose("symmetry lemma ", sp.Eq(DPhi(_Y) ** 2 + DPhi(-_Y) ** 2, lemma.constant), " (checked by sympy) for ", sp.Ne(_Y, 0))
         index = b.add(Expect(DPhi(arg) ** 2), lemma.constant / 2, Rule.SYMMETRY, why, proof=lemma.proof(LEMMA_CONSTANT / 2),
                       assumptions=(_A_SYMMETRIC,))
         return index, lemma.constant / 2, lemma.constant
     m = moments(act).derivative_second_moment
     value = m.expr.subs(Q, Variance(arg))
-    why = f"Gaussian integral E[phi'(z)^2], z ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})"
+    why = prose("Gaussian integral ", Expect(DPhi(_Z) ** 2), ", ", _Z, f" ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})")
     index = b.add(Expect(DPhi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why,
                   proof=Integral(act.derivative**2, Variance(arg)), assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y),
                   exactness="asymptotic")
@@ -163,33 +168,36 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     var_y, wx = Variance(_y[l]), Variance(_w[l] * _x[l])
     assumptions = (_A_IID, _A_X_ID, _A_NO_BIAS) + ((_A_X_INDEP,) if weight_mean else ())
     b.model(var_y, _n[l] * wx, Rule.INDEPENDENCE,
-            "y_l is a sum of n_l terms w x that are uncorrelated (zero-mean weights) or independent",
+            prose(_y[l], " is a sum of ", _n[l], " terms w x that are uncorrelated (zero-mean weights) or independent"),
             assumptions=assumptions, source=f"{HE}, eq. (6)")
     Ew, Ew2, Ex, Ex2, Vw, Vx = (Expect(_w[l]), Expect(_w[l] ** 2), Expect(_x[l]), Expect(_x[l] ** 2),
                                 Variance(_w[l]), Variance(_x[l]))
     product_variance = Ew2 * Ex2 - Ew**2 * Ex**2
-    product = b.model(wx, product_variance, Rule.INDEPENDENCE, "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2",
+    w_, x_ = sp.Symbol("w"), sp.Symbol("x")
+    product_rule = sp.Eq(Variance(w_ * x_), Expect(w_**2) * Expect(x_**2) - Expect(w_) ** 2 * Expect(x_) ** 2)
+    product = b.model(wx, product_variance, Rule.INDEPENDENCE, prose(product_rule),
                       assumptions=(_A_IID,))
     b.identity(var_y, _n[l] * product_variance, Rule.INDEPENDENCE,
-               "Var[wx] = E[w^2]E[x^2] - E[w]^2 E[x]^2 for independent w, x", uses=(b.current - 1, product))
-    w2 = b.define(Ew2, Vw + Ew**2, "E[w^2] = Var[w] + E[w]^2", rule=Rule.VARIANCE_DEFINITION)
-    b.then(_n[l] * ((Vw + Ew**2) * Ex2 - Ew**2 * Ex**2), Rule.VARIANCE_DEFINITION, "E[w^2] = Var[w] + E[w]^2",
+               prose(product_rule, " for independent w, x"), uses=(b.current - 1, product))
+    second_rule = prose(sp.Eq(Expect(w_**2), Variance(w_) + Expect(w_) ** 2))
+    w2 = b.define(Ew2, Vw + Ew**2, second_rule, rule=Rule.VARIANCE_DEFINITION)
+    b.then(_n[l] * ((Vw + Ew**2) * Ex2 - Ew**2 * Ex**2), Rule.VARIANCE_DEFINITION, second_rule,
            uses=(w2,))
-    vx = b.define(Vx, Ex2 - Ex**2, "definition of Var[x]", rule=Rule.VARIANCE_DEFINITION)
+    vx = b.define(Vx, Ex2 - Ex**2, prose("definition of ", Variance(x_)), rule=Rule.VARIANCE_DEFINITION)
     general = _n[l] * (Vw * Ex2 + Ew**2 * Vx)
-    general_step = b.then(general, Rule.VARIANCE_DEFINITION, "E[x^2] - E[x]^2 = Var[x]: the extra term is E[w]^2 Var[x]",
+    general_step = b.then(general, Rule.VARIANCE_DEFINITION, prose(sp.Eq(Expect(x_**2) - Expect(x_) ** 2, Variance(x_)), ": the extra term is ", Expect(w_) ** 2 * Variance(x_)),
                           uses=(vx,))
     if weight_mean:
         return _forward_with_mean(b, act, general_step, vx)
 
     zero = b.model(Ew, sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights", assumptions=(_A_ZERO_MEAN,))
-    chain = b.then(_n[l] * Vw * Ex2, Rule.ZERO_MEAN, "the extra term vanishes only because E[w_l] = 0",
+    chain = b.then(_n[l] * Vw * Ex2, Rule.ZERO_MEAN, prose("the extra term vanishes only because ", sp.Eq(Ew, 0)),
                    uses=(zero,), source=f"{HE}, eq. (7)")
     _definition_step(b, act, _y[l - 1])
-    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
     fact, x_second, c, _ = _second_moment_fact(b, act, _y[l - 1])
     recursion = _n[l] * Vw * x_second
-    b.identity(var_y, recursion, Rule.SUBSTITUTION, "substitute E[x_l^2]", uses=(chain, ex2, fact),
+    b.identity(var_y, recursion, Rule.SUBSTITUTION, prose("substitute ", Ex2), uses=(chain, ex2, fact),
                source=f"{HE}, eq. (8)" if c is not None else "")
     if c is None:
         return b.build(recursion, summary=_forward_summary(act, None), recursion=recursion)
@@ -202,23 +210,26 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     variance = scheme.variance(_n[l], _nhat[l])
     applied = sp.simplify(factor.subs(Vw, variance))
     result = Variance(_y[1]) * sp.Product(applied, (l, 2, DEPTH)).doit()
-    scheme_step = b.define(Vw, variance, f"{scheme}: Var[w_l] = {to_text(variance)}", source=scheme.source)
+    scheme_step = b.define(Vw, variance, prose(f"{scheme}: ", sp.Eq(Vw, variance)), source=scheme.source)
     b.identity(Variance(_y[DEPTH]), result, Rule.SUBSTITUTION,
-               f"{scheme}: Var[w_l] = {to_text(variance)}, so each layer multiplies Var[y] by {to_text(applied)}",
+               prose(f"{scheme}: ", sp.Eq(Vw, variance), ", so each layer multiplies ", Variance(sp.Symbol("y")),
+                     " by ", applied),
                uses=(unrolled, scheme_step), source=scheme.source)
-    return b.build(result, summary=_forward_summary(act, c) + f" Under {scheme} the factor is {applied}.",
+    return b.build(result, summary=prose(*_forward_summary(act, c).parts, f" Under {scheme} the factor is ", applied, "."),
                    recursion=recursion, factor=applied)
 
 
-def _forward_summary(act: Activation, c: sp.Expr | None) -> str:
+def _forward_summary(act: Activation, c: sp.Expr | None) -> Prose:
+    y = sp.Symbol("y")
     if c is None:
-        return (
-            f"For {act} the second moment E[phi(y)^2] is not a fixed fraction of Var[y], so the recursion is a "
-            "non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
+        return prose(
+            f"For {act} the second moment ", Expect(Phi(y) ** 2), " is not a fixed fraction of ", Variance(y),
+            ", so the recursion is a non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
         )
-    return (
-        f"For {act}, phi(y)^2 + phi(-y)^2 = {_factor_text(c)} y^2, so each layer multiplies the pre-activation "
-        f"variance by ({c / 2}) n_l Var[w_l]; this is exact at every width for any symmetric zero-mean weight law."
+    return prose(
+        f"For {act}, ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, c * y**2), ", so each layer multiplies the pre-activation "
+        "variance by ", c / 2 * _n[LAYER] * Variance(sp.Symbol("w_l")),
+        "; this is exact at every width for any symmetric zero-mean weight law."
     )
 
 
@@ -228,24 +239,25 @@ def _forward_with_mean(b: _Builder, act: Activation, general_step: int, vx: int)
     x_mean = m.mean.expr.subs(Q, Variance(_y[l - 1]))
     _definition_step(b, act, _y[l - 1])
     mean = b.add(Expect(_x[l]), x_mean, Rule.GAUSSIAN_INTEGRAL if m.mean.route != "symmetry" else Rule.SYMMETRY,
-                 f"E[phi(z)], z ~ N(0, Var[y_{{l-1}}]) ({m.mean.route})", proof=Integral(act.expr, Variance(_y[l - 1])),
-                 assumptions=(_A_GAUSSIAN_Y, "y_{l-1} is centred (the weights of layer l-1 have zero mean)"),
+                 prose(Expect(Phi(_Z)), ", ", _Z, " ~ N(0, ", Variance(_y[l - 1]), f") ({m.mean.route})"), proof=Integral(act.expr, Variance(_y[l - 1])),
+                 assumptions=(_A_GAUSSIAN_Y, prose(_y[l - 1], " is centred (the weights of layer l-1 have zero mean)")),
                  exactness="asymptotic")
-    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
     fact, x_second, _, _ = _second_moment_fact(b, act, _y[l - 1])
     Vw, Ew = Variance(_w[l]), Expect(_w[l])
     value = _n[l] * (Vw * x_second + Ew**2 * (x_second - x_mean**2))
     b.identity(Variance(_y[l]), value, Rule.SUBSTITUTION,
-               "substitute E[x_l] and E[x_l^2] (Var[x_l] = E[x_l^2] - E[x_l]^2)", uses=(general_step, vx, ex2, fact, mean))
+               prose("substitute ", Expect(_x[l]), " and ", Expect(_x[l] ** 2), " (", sp.Eq(Variance(_x[l]), Expect(_x[l] ** 2) - Expect(_x[l]) ** 2), ")"), uses=(general_step, vx, ex2, fact, mean))
     linearity = b.model(Expect(_y[l]), _n[l] * Ew * Expect(_x[l]), Rule.INDEPENDENCE,
-                        "linearity: E[y_l] = n_l E[w_l] E[x_l]", assumptions=(_A_IID,))
+                        prose("linearity: ", sp.Eq(Expect(_y[l]), _n[l] * Ew * Expect(_x[l]))), assumptions=(_A_IID,))
     b.identity(Expect(_y[l]), _n[l] * Ew * x_mean, Rule.INDEPENDENCE,
-               "E[y_l] = n_l E[w_l] E[x_l]: non-zero, so y_l is no longer centred", uses=(linearity, mean))
+               prose(sp.Eq(Expect(_y[l]), _n[l] * Ew * Expect(_x[l])), ": non-zero, so ", _y[l], " is no longer centred"), uses=(linearity, mean))
     return b.build(
         value,
-        summary=(
-            "With E[w_l] != 0 the variance gains n_l E[w_l]^2 Var[x_l], and y_l acquires the mean n_l E[w_l] E[x_l]; "
-            "He et al.'s Var[y_l] = n_l Var[w_l] E[x_l^2] is exactly the zero-mean case."
+        summary=prose(
+            "With ", sp.Ne(Ew, 0), " the variance gains ", _n[l] * Ew**2 * Variance(_x[l]), ", and ", _y[l],
+            " acquires the mean ", _n[l] * Ew * Expect(_x[l]), "; He et al.'s ",
+            sp.Eq(Variance(_y[l]), _n[l] * Variance(_w[l]) * Expect(_x[l] ** 2)), " is exactly the zero-mean case."
         ),
         extra_term=_n[l] * Ew**2 * (x_second - x_mean**2),
     )
@@ -259,14 +271,14 @@ def _backward_chain(b: _Builder, act: Activation) -> tuple[int, sp.Expr, sp.Expr
     l = _l
     Edy2 = Expect(_dy[l] ** 2)
     dphi2 = Expect(DPhi(_y[l]) ** 2)
-    chain = b.define(_dy[l], DPhi(_y[l]) * _dx[l + 1], "x_{l+1} = phi(y_l)", rule=Rule.CHAIN_RULE)
+    chain = b.define(_dy[l], DPhi(_y[l]) * _dx[l + 1], prose(sp.Eq(_x[l + 1], Phi(_y[l]))), rule=Rule.CHAIN_RULE)
     independent = b.model(Edy2, dphi2 * Expect(_dx[l + 1] ** 2), Rule.INDEPENDENCE, "",
                           assumptions=(_A_DERIV_INDEP,), exactness="asymptotic", uses=(chain,))
     slope_step, slope, c = _derivative_moment_fact(b, act, _y[l])
     centred = b.model(Expect(_dx[l + 1] ** 2), Variance(_dx[l + 1]), Rule.ZERO_MEAN,
-                      "E[Delta_x_{l+1}] = 0 because the weights of layer l+1 have zero mean")
+                      prose(sp.Eq(Expect(_dx[l + 1]), 0), " because the weights of layer l+1 have zero mean"))
     value = slope * Variance(_dx[l + 1])
-    step = b.identity(Edy2, value, Rule.SUBSTITUTION, "E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]",
+    step = b.identity(Edy2, value, Rule.SUBSTITUTION, prose(sp.Eq(Edy2, dphi2 * Variance(_dx[l + 1]))),
                       uses=(independent, slope_step, centred))
     return step, slope, c
 
@@ -284,25 +296,26 @@ def backward(act: Activation) -> Derivation:
     b = _Builder(_title("Backward recursion", act))
     var_dx, wdy = Variance(_dx[l]), Variance(_w[l] * _dy[l])
     Vw, Edy2 = Variance(_w[l]), Expect(_dy[l] ** 2)
-    first = b.model(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE, "Delta_x_l = W_l^T Delta_y_l is a sum of nhat_l terms (fan-out)",
+    first = b.model(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE, prose(_dx[l], " is a sum of ", _nhat[l], " terms w ", _dy[l], " (fan-out)"),
                     assumptions=(_A_IID, _A_GRAD_INDEP), exactness="asymptotic", source=f"{HE}, eq. (11)")
-    zero = b.model(wdy, Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
+    zero = b.model(wdy, Vw * Edy2, Rule.ZERO_MEAN, prose(sp.Eq(wdy, Vw * Edy2), " as ", sp.Eq(Expect(_w[l]), 0)),
                    assumptions=(_A_ZERO_MEAN,))
-    chain = b.identity(var_dx, _nhat[l] * Vw * Edy2, Rule.ZERO_MEAN, "Var[w Delta_y] = Var[w] E[Delta_y^2] as E[w_l] = 0",
+    chain = b.identity(var_dx, _nhat[l] * Vw * Edy2, Rule.ZERO_MEAN, prose(sp.Eq(wdy, Vw * Edy2), " as ", sp.Eq(Expect(_w[l]), 0)),
                        uses=(first, zero))
     dy_step, slope, c = _backward_chain(b, act)
     recursion = _nhat[l] * Vw * slope * Variance(_dx[l + 1])
-    b.identity(var_dx, recursion, Rule.SUBSTITUTION, "substitute E[Delta_y_l^2]", uses=(chain, dy_step),
+    b.identity(var_dx, recursion, Rule.SUBSTITUTION, prose("substitute ", Edy2), uses=(chain, dy_step),
                source=f"{HE}, eq. (12)" if c is not None else "")
     if c is None:
-        return b.build(recursion, summary=(
-            f"For {act} E[phi'(y_l)^2] depends on Var[y_l], so the backward factor changes with the forward "
-            "variance and there is no depth-independent product."), recursion=recursion)
+        return b.build(recursion, summary=prose(
+            f"For {act} ", Expect(DPhi(_y[l]) ** 2), " depends on ", Variance(_y[l]), ", so the backward factor "
+            "changes with the forward variance and there is no depth-independent product."), recursion=recursion)
     factor = slope * _nhat[l] * Vw
     _unrolled(b, Variance(_dx[2]), Variance(_dx[DEPTH + 1]), factor, "apply the recursion from layer 2 up to layer L",
               f"{HE}, eq. (13)", uses=(b.current,))
-    return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=(
-        f"Each layer multiplies the gradient's second moment by {c / 2} nhat_l Var[w_l], with nhat_l the fan-out."),
+    return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=prose(
+        "Each layer multiplies the gradient's second moment by ", c / 2 * _nhat[l] * Vw, ", with ", _nhat[l],
+        " the fan-out."),
         recursion=recursion, factor=factor)
 
 
@@ -322,24 +335,25 @@ def weight_gradient(act: Activation) -> Derivation:
     l = _l
     b = _Builder(_title("Weight-gradient second moment", act))
     dW2 = Expect(_dW[l] ** 2)
-    chain = b.define(_dW[l], _dy[l] * _x[l], "y_l = W_l x_l: dL/dW_{l,ij} = Delta_y_{l,i} x_{l,j}", rule=Rule.CHAIN_RULE)
+    chain = b.define(_dW[l], _dy[l] * _x[l], prose("chain rule through ", sp.Eq(_y[l], sp.Symbol("W_l") * _x[l]), ", entry by entry"), rule=Rule.CHAIN_RULE)
     Edy2, Ex2 = Expect(_dy[l] ** 2), Expect(_x[l] ** 2)
     b.model(dW2, Edy2 * Ex2, Rule.INDEPENDENCE, "", assumptions=(_A_DY_X_INDEP,), exactness="asymptotic", uses=(chain,))
     dy_step, slope, c_back = _backward_chain(b, act)
     b.then(slope * Variance(_dx[l + 1]) * Ex2, Rule.SUBSTITUTION,
-           "backward recursion: E[Delta_y_l^2] = E[phi'(y_l)^2] Var[Delta_x_{l+1}]", uses=(dy_step,))
+           prose("backward recursion: ", sp.Eq(Edy2, Expect(DPhi(_y[l]) ** 2) * Variance(_dx[l + 1]))), uses=(dy_step,))
     _definition_step(b, act, _y[l - 1])
-    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    ex2 = b.define(Ex2, Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
     fact, x_second, c_fwd, _ = _second_moment_fact(b, act, _y[l - 1])
     value = slope * Variance(_dx[l + 1]) * x_second
     # `then` continues the chain of E[Delta_W_l^2], which is three steps back.
     chain_step = next(i for i in range(len(b.steps) - 1, -1, -1) if b.steps[i].lhs == dW2)
-    b.identity(dW2, value, Rule.SUBSTITUTION, "forward recursion: E[x_l^2] = E[phi(y_{l-1})^2]",
+    b.identity(dW2, value, Rule.SUBSTITUTION, prose("forward recursion: ", sp.Eq(Ex2, Expect(Phi(_y[l - 1]) ** 2))),
                uses=(chain_step, ex2, fact), assumptions=(_A_SYMMETRIC,))
-    summary = (
-        "The weight gradient's second moment is the product of the backward quantity Var[Delta_x_{l+1}] and the "
-        "forward quantity Var[y_{l-1}]: keeping both stable (one exactly, the other up to the width ratio of "
-        "the `ratio` derivation) keeps the weight gradients stable, whether or not x_l is zero-mean."
+    summary = prose(
+        "The weight gradient's second moment is the product of the backward quantity ", Variance(_dx[l + 1]),
+        " and the forward quantity ", Variance(_y[l - 1]), ": keeping both stable (one exactly, the other up to the "
+        "width ratio of the ratio derivation) keeps the weight gradients stable, whether or not ", _x[l],
+        " is zero-mean."
     )
     if c_back is None or c_fwd is None:
         return b.build(value, summary=summary)
@@ -348,8 +362,9 @@ def weight_gradient(act: Activation) -> Derivation:
     under_fan_in = c_back / 2 * c_fwd / 2 * Variance(_y[1]) * Variance(_dx[DEPTH + 1]) * sp.Product(
         _nhat[k] / _n[k], (k, l + 1, DEPTH))
     b.model(dW2, under_fan_in, Rule.CONDITION,
-            "with the fan-in condition (c/2) n_k Var[w_k] = 1 for every k: Var[y_{l-1}] = Var[y_1] and "
-            "Var[Delta_x_{l+1}] = Var[Delta_x_{L+1}] prod_{k=l+1}^{L} nhat_k / n_k",
+            prose("with the fan-in condition ", sp.Eq(c_fwd / 2 * _n[k] * Variance(_w[k]), 1), " for every k: ",
+                  sp.Eq(Variance(_y[l - 1]), Variance(_y[1])), " and ", sp.Eq(Variance(_dx[l + 1]),
+                  Variance(_dx[DEPTH + 1]) * sp.Product(_nhat[k] / _n[k], (k, l + 1, DEPTH)))),
             source=f"{HE}, eqs. (9), (10), (13)")
     return b.build(value, summary=summary, under_fan_in=under_fan_in)
 
@@ -376,7 +391,8 @@ def _law_step(b: _Builder, weights: str, weight_variance: sp.Expr, why: str, sou
               uses: tuple[int, ...] = ()) -> sp.Expr:
     name, parameter, law, law_variance = _law_parameter(weights, weight_variance)
     symbol = sp.Symbol(name, positive=True)
-    b.add(symbol, parameter, Rule.SOLVE, f"{why} ({law.__class__.__name__}: variance {to_text(law_variance)})",
+    b.add(symbol, parameter, Rule.SOLVE, prose(*(why.parts if isinstance(why, Prose) else (why,)),
+                                               f" ({law.__class__.__name__}: variance ", law_variance, ")"),
           proof=Solve(sp.Eq(law_variance, weight_variance), symbol), uses=uses, source=source)
     return parameter
 
@@ -411,32 +427,32 @@ def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal")
     b = _Builder(_title(f"Initialisation condition ({mode})", act))
     if mode == "fan_in":
         lemma = symmetry_lemma(act)
-        what = "forward: Var[y_l] = Var[y_{l-1}]"
+        what, kept = "forward", sp.Eq(Variance(_y[l]), Variance(_y[l - 1]))
         if not lemma.holds:
             return _fixed_point_condition(b, act, mode, weights)
         fact, moment, c, assumptions = _second_moment_fact(b, act, _y[l - 1])
         scale = moment / Variance(_y[l - 1])
     else:
         lemma = derivative_symmetry_lemma(act)
-        what = "backward: Var[Delta_x_l] = Var[Delta_x_{l+1}]"
+        what, kept = "backward", sp.Eq(Variance(_dx[l]), Variance(_dx[l + 1]))
         if not lemma.holds:
             return _fixed_point_condition(b, act, mode, weights)
         fact, scale, c = _derivative_moment_fact(b, act, _y[l])
         assumptions = (_A_SYMMETRIC,)
     factor = scale * fan * var_w
-    condition_step = b.model(factor, sp.Integer(1), Rule.CONDITION, f"keep every layer's factor at 1 ({what})",
+    condition_step = b.model(factor, sp.Integer(1), Rule.CONDITION, prose(f"keep every layer's factor at 1 ({what}: ", kept, ")"),
                              assumptions=assumptions, uses=(fact,), source=_CONDITION_SOURCES.get((act.name, mode), ""))
     solutions = sp.solve(sp.Eq(factor, 1), var_w)
     if len(solutions) != 1:
         raise DerivationError(f"the condition {factor} = 1 has no unique solution for Var[w_l]: {solutions}")
     variance = solutions[0]
-    solved = b.add(var_w, variance, Rule.SOLVE, "solve the condition for Var[w_l] (sympy.solve)",
+    solved = b.add(var_w, variance, Rule.SOLVE, prose("solve the condition for ", Variance(_w[l]), " (sympy.solve)"),
                    proof=Solve(sp.Eq(factor, 1), var_w), uses=(condition_step,))
     weight_variance = variance.subs(fan, fan_symbol)
-    parameter = _law_step(b, weights, weight_variance, f"{weights} law with variance Var[w_l]", uses=(solved,))
+    parameter = _law_step(b, weights, weight_variance, prose(f"{weights} law with variance ", Variance(_w[l])), uses=(solved,))
     return b.build(
         weight_variance,
-        summary=f"Var[w_l] = {weight_variance} keeps the {what.split(':')[0]} signal's scale at every depth.",
+        summary=prose(sp.Eq(Variance(_w[_l]), weight_variance), f" keeps the {what} signal's scale at every depth."),
         weight_variance=weight_variance,
         law_parameter=parameter,
     )
@@ -451,25 +467,26 @@ def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str
         raise DerivationError(f"{act} is homogeneous; use the scale-free condition")
     equation_lhs = _n[l] * var_w * second
     fact, moment, _, _ = _second_moment_fact(b, act, _y[l - 1])
-    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+    ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
     recursion = b.model(Variance(_y[l]), _n[l] * var_w * Expect(_x[l] ** 2), Rule.INDEPENDENCE,
                         "the forward recursion with zero-mean weights", assumptions=(_A_IID, _A_ZERO_MEAN),
                         source=f"{HE}, eq. (7)")
     b.identity(Variance(_y[l]), _n[l] * var_w * moment, Rule.GAUSSIAN_INTEGRAL,
-               f"forward recursion with E[phi(z)^2], z ~ N(0, Var[y_{{l-1}}]) ({m2.route})", uses=(recursion, ex2, fact))
+               prose("forward recursion with ", Expect(Phi(_Z) ** 2), ", ", _Z, " ~ N(0, ", Variance(_y[l - 1]), f") ({m2.route})"), uses=(recursion, ex2, fact))
     fixed = b.model(Q_STAR, equation_lhs, Rule.FIXED_POINT,
-                    "Var[y_l] = Var[y_{l-1}] = q*: the variance is preserved only at a fixed point, since "
-                    "E[phi(z)^2] / q depends on q (no scale-free condition)")
+                    prose(sp.Eq(Variance(_y[l]), Variance(_y[l - 1])), " = ", Q_STAR, ": the variance is preserved "
+                          "only at a fixed point, since ", Expect(Phi(_Z) ** 2) / Q, " depends on q (no scale-free condition)"))
     variance = Q_STAR / (_n[l] * second)
-    b.add(var_w, variance, Rule.SOLVE, "solve the fixed-point equation for Var[w_l]",
+    b.add(var_w, variance, Rule.SOLVE, prose("solve the fixed-point equation for ", Variance(_w[l])),
           proof=Solve(sp.Eq(Q_STAR, equation_lhs), var_w), uses=(fixed,))
     weight_variance = variance.subs(_n[l], N_IN)
     note = "" if mode == "fan_in" else " (the fan-out mode has no separate fixed point: it follows the forward one)"
     return b.build(
         weight_variance,
-        summary=(
-            f"For {act} there is no scale-free condition: preserving a pre-activation variance q* needs "
-            f"Var[w] = q* / (n_in E[phi(z)^2]) with z ~ N(0, q*), a different variance for every q*{note}."
+        summary=prose(
+            f"For {act} there is no scale-free condition: preserving a pre-activation variance ", Q_STAR, " needs ",
+            sp.Eq(Variance(sp.Symbol("w")), Q_STAR / (N_IN * Expect(Phi(sp.Symbol("z")) ** 2))), " with ",
+            sp.Symbol("z"), " ~ N(0, ", Q_STAR, "), a different variance for every ", Q_STAR, f"{note}."
         ),
         weight_variance=weight_variance,
         fixed_point_equation=sp.Eq(Q_STAR, equation_lhs.subs(_n[l], N_IN)),
@@ -503,7 +520,7 @@ def ratio(act: Activation) -> Derivation:
     condition_step = b.model(c / 2 * _n[l] * Vw, sp.Integer(1), Rule.CONDITION, "fan-in condition",
                              source=f"{HE}, eq. (10)")
     fan_in_variance = 2 / (c * _n[l])
-    solved = b.add(Vw, fan_in_variance, Rule.SOLVE, "solve the fan-in condition for Var[w_l]",
+    solved = b.add(Vw, fan_in_variance, Rule.SOLVE, prose("solve the fan-in condition for ", Variance(_w[l])),
                    proof=Solve(sp.Eq(c / 2 * _n[l] * Vw, 1), Vw), uses=(condition_step,))
     per_layer = _nhat[l] / _n[l]
     b.identity(backward_factor, per_layer, Rule.SUBSTITUTION, "backward factor under the fan-in condition",
@@ -555,36 +572,36 @@ def glorot(act: Activation, *, weights: str = "uniform") -> Derivation:
                                exactness="asymptotic", source=f"{GLOROT}, eq. (6)")
     if exact_linear:
         _definition_step(b, act, _y[l - 1])
-        ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), "x_l = phi(y_{l-1})")
+        ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
         fact, _, _, _ = _second_moment_fact(b, act, _y[l - 1])
         slope_step, _, _ = _derivative_moment_fact(b, act, _y[l])
         forward_uses, backward_uses = (ex2, fact), (slope_step,)
     else:
         regime = b.model(Expect(_x[l] ** 2), Variance(_y[l - 1]), Rule.LINEAR_REGIME,
-                         "phi(z) ~ z keeps the whole second moment (phi(0) = 0, phi'(0) = 1 checked)",
+                         prose(Phi(_Z), " ≈ ", _Z, " keeps the whole second moment (", sp.Eq(Phi(0), 0), ", ", sp.Eq(DPhi(0), 1), " checked)"),
                          assumptions=(_A_LINEAR_REGIME,), exactness="approximation")
-        slope_regime = b.model(Expect(DPhi(_y[l]) ** 2), sp.Integer(1), Rule.LINEAR_REGIME, "phi'(z) ~ 1",
+        slope_regime = b.model(Expect(DPhi(_y[l]) ** 2), sp.Integer(1), Rule.LINEAR_REGIME, prose(DPhi(_Z), " ≈ 1"),
                                assumptions=(_A_LINEAR_REGIME,), exactness="approximation")
         forward_uses, backward_uses = (regime,), (slope_regime,)
-    b.identity(Variance(_y[l]), _n[l] * Vw * Variance(_y[l - 1]), Rule.LINEAR_REGIME, "forward recursion with phi(z) = z",
+    b.identity(Variance(_y[l]), _n[l] * Vw * Variance(_y[l - 1]), Rule.LINEAR_REGIME, prose("forward recursion with ", sp.Eq(Phi(_Z), _Z)),
                uses=(forward_general, *forward_uses), source=f"{GLOROT}, eq. (5)")
     b.identity(Variance(_dx[l]), _nhat[l] * Vw * Variance(_dx[l + 1]), Rule.LINEAR_REGIME,
-               "backward recursion with phi'(z) = 1", uses=(backward_general, *backward_uses), source=f"{GLOROT}, eq. (6)")
+               prose("backward recursion with ", sp.Eq(DPhi(_Z), 1)), uses=(backward_general, *backward_uses), source=f"{GLOROT}, eq. (6)")
     b.model(_n[l] * Vw, sp.Integer(1), Rule.CONDITION, "forward condition", source=f"{GLOROT}, eq. (10)")
     b.model(_nhat[l] * Vw, sp.Integer(1), Rule.CONDITION, "backward condition", source=f"{GLOROT}, eq. (11)")
     compromise_equation = sp.Eq((_n[l] + _nhat[l]) / 2 * Vw, 1)
     compromise = sp.solve(compromise_equation, Vw)[0]
     solved = b.add(Vw, compromise, Rule.SOLVE,
-                   "both hold only when n_l = nhat_l; the compromise sets the average of the two factors to 1",
+                   prose("both hold only when ", sp.Eq(_n[l], _nhat[l]), "; the compromise sets the average of the two factors to 1"),
                    proof=Solve(compromise_equation, Vw), source=f"{GLOROT}, eq. (12)")
     weight_variance = compromise.subs({_n[l]: N_IN, _nhat[l]: N_OUT})
     parameter = _law_step(b, weights, weight_variance, f"{weights} law with this variance", uses=(solved,),
                           source=f"{GLOROT}, eq. (16)" if weights == "uniform" else "")
     return b.build(
         weight_variance,
-        summary=(
+        summary=prose(
             "For a linear network the forward and backward conditions differ unless fan-in equals fan-out; "
-            "Glorot and Bengio take the compromise 2/(n_in + n_out)."
+            "Glorot and Bengio take the compromise ", weight_variance, "."
             + ("" if exact_linear else f" For {act} this is an approximation (linear regime), not an identity.")
         ),
         weight_variance=weight_variance,

@@ -76,6 +76,7 @@ class Measurement:
             "estimate": self.estimate.value,
             "se": self.estimate.se,
             "n": self.estimate.n,
+            "networks": self.estimate.n,  # the same count, in the report's vocabulary ("n" is kept for old readers)
             "deviation": self.deviation,
             "deviation_se": self.deviation_se,
             **dict(self.health),
@@ -481,13 +482,14 @@ def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest |
 
 def format_results(results: Sequence[CheckResult]) -> str:
     """A plain-text table of results (one line per claim, then its message), readable in a terminal."""
-    header = f"{'claim':<38} {'exactness':<14} {'n':>4} {'prediction':>12} {'estimate +- SE':>24} {'z':>7}  outcome"
+    header = (f"{'claim':<38} {'exactness':<14} {'width':>5} {'networks':>8} {'prediction':>12} {'estimate +- SE':>24} "
+              f"{'z':>7}  outcome")
     lines = [header, "-" * len(header)]
     for result in results:
         m = result.primary
         z = "" if m.verdict is None else format_z(m.verdict.z, 7)
         estimate_text = f"{m.estimate.value:.6g} +- {m.estimate.se:.2g}"
-        lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>4} {m.claim.value:>12.6g} "
+        lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>5} {m.estimate.n:>8} {m.claim.value:>12.6g} "
                      f"{estimate_text:>24} {z:>7}  {result.outcome}")
         lines.append(f"    {result.message}")
     counts = {}
