@@ -402,7 +402,7 @@ def _draw_panel(ax, observable: str, group: list[PropagationData], style: dict, 
         )
         shift = (index - (len(group) - 1) / 2) * 3 / 72  # inches: 3 points between neighbours
         offset = ax.transData + ScaledTranslation(shift, 0, ax.figure.dpi_scale_trans)
-        points = ax.errorbar(
+        ax.errorbar(
             layers,
             data.estimated,
             yerr=2 * np.asarray(data.se),
