@@ -105,7 +105,7 @@ def test_check_json_carries_the_derivation(capsys):
 def test_derive_claim_verify(capsys):
     assert main(["derive", "claim", "--claim", "he-backward-last-layers-finite-width", "--verify"]) == 0
     out = capsys.readouterr().out
-    assert "Result: 15/16  (exact)" in out and "lemma      ok" in out and "FAILED" not in out
+    assert "Result (step 9): 15/16  (exact)" in out and "lemma      ok" in out and "FAILED" not in out
     assert main(["derive", "claim"]) == 2
     assert main(["derive", "forward", "--claim", "x"]) == 2
 
