@@ -234,3 +234,10 @@ def test_exact_rational_powers_are_never_computed():
         expression("(-((20)**16)) ^ (-((x)**16))")
     assert expression("((20)**16) ^ (-((x)**16))").expr.has(X)
     assert time.perf_counter() - start < 1.0
+
+
+def test_piecewise_exponents_are_refused():
+    for text in ("-((min(10**16, 10**16)) ** (min(10**16, x)))", "-((min(10**16, x)) ** (min(10**16, x)))"):
+        with pytest.raises(ExpressionError, match="in an exponent"):
+            expression(text)
+    assert expression("exp(min(x, 1))").expr.has(sp.exp)

@@ -878,6 +878,11 @@ class _Converter:
             self.limited(_Node(left.expr, None, degree, pieces, depth), node)
             return _Node(left.expr**right.expr, None, degree, pieces * max(1, math.ceil(abs(exponent))), depth)
         # A power with x (or a symbolic parameter) in the exponent: an exponential of x.
+        if right.pieces:  # folding 10**16 ** min(10**16, x) would compute 10**16 ** 10**16 exactly
+            raise ExpressionError(
+                f"in expression {self.quoted}: {self.segment(node)} has abs/max/min/relu/step in an exponent, "
+                "which is not accepted; write the exponential with exp(...)"
+            )
         if left.value is not None and left.value < 0:
             raise ExpressionError(
                 f"in expression {self.quoted}: {self.segment(node)} raises the negative number "
