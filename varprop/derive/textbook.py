@@ -536,9 +536,9 @@ def ratio(act: Activation) -> Derivation:
           proof=Unrolled(sp.Integer(1), _n[l] / _n[l + 1], l, 2, DEPTH), source=f"{HE}, after eq. (14)")
     return b.build(
         telescoped,
-        summary=(
-            "Whichever condition is used, the other direction's product is a ratio of two widths (n_{L+1}/n_2 or "
-            "its inverse), not exponential in depth: either condition alone suffices."
+        summary=prose(
+            "Whichever condition is used, the other direction's product is a ratio of two widths (", telescoped,
+            " or its inverse), not exponential in depth: either condition alone suffices."
         ),
         fan_in_backward_product=telescoped,
         fan_out_forward_product=forward_telescoped,
