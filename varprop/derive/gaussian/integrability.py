@@ -348,7 +348,10 @@ def _mp(e: sp.Basic, var: sp.Symbol, x: mpmath.mpf, env: dict):
         return mpmath.nan
     function = _UNARY.get(type(e))
     if function is not None:
-        return function(_mp(e.args[0], var, x, env))
+        argument = _mp(e.args[0], var, x, env)
+        if isinstance(e, sp.sin | sp.cos) and abs(argument) > mpmath.mpf(10) ** mpmath.mp.dps:
+            raise _Unknown  # the phase is lost at this precision (and reducing it is slow)
+        return function(argument)
     raise _Unknown
 
 

@@ -33,9 +33,9 @@ from .integrability import _short, mp_value, nonintegrable_reason, singular_poin
 _PRECISIONS = (30, 60, 120, 240, 480, 960)
 _AGREE = 2.0**-55
 _ASYMPTOTIC = 10**6
-_MAX_CALLS = 60_000
+_MAX_CALLS = 30_000
 _MAX_CUTS = 12
-_MAX_SLOW_CALLS = 2_000  # mpmath evaluations (overflowing points) per integral
+_MAX_SLOW_CALLS = 300  # mpmath evaluations (overflowing points) per integral
 _Q = sp.Symbol("q", positive=True)  # the engine's variance symbol (engine.Q)
 
 
@@ -272,13 +272,26 @@ def _quad(function: sp.Expr, variable: sp.Symbol, numbers: Mapping[sp.Symbol, sp
         fast = sp.lambdify((variable, *symbols), function, modules=["math"])
     except Exception as exc:  # noqa: BLE001 - sympy's printers raise their own types
         raise DerivationError(f"cannot evaluate the integral of {_short(function)} numerically ({type(exc).__name__})") from None
-    try:
-        from scipy import special
+    wide_cache: list = []
 
-        wide = sp.lambdify((variable, *symbols), function,
-                           modules=[{"erf": special.erf, "erfc": special.erfc}, "numpy"])
-    except Exception:  # noqa: BLE001 - sympy's printers raise their own types
-        wide = None
+    def wide(*args):
+        # Built on first use only: sympy's numpy printer simplifies every Piecewise condition (slow),
+        # so integrands with Piecewise skip this complex-number tier.
+        if not wide_cache:
+            function_ = None
+            if not function.has(sp.Piecewise):
+                try:
+                    from scipy import special
+
+                    function_ = sp.lambdify((variable, *symbols), function,
+                                            modules=[{"erf": special.erf, "erfc": special.erfc}, "numpy"])
+                except Exception:  # noqa: BLE001 - sympy's printers raise their own types
+                    function_ = None
+            wide_cache.append(function_)
+        if wide_cache[0] is None:
+            raise TypeError("no complex tier")
+        return wide_cache[0](*args)
+
     calls = [0, 0]
 
     def integrand(t: float) -> float:
@@ -291,7 +304,7 @@ def _quad(function: sp.Expr, variable: sp.Symbol, numbers: Mapping[sp.Symbol, sp
             value = math.nan
         if math.isfinite(value):
             return value
-        if wide is not None:  # e.g. sqrt of a negative inside tanh(sqrt(x))**2: real through complex numbers
+        if True:  # e.g. sqrt of a negative inside tanh(sqrt(x))**2: real through complex numbers
             try:
                 with np.errstate(all="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")

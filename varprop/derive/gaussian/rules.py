@@ -72,8 +72,8 @@ def pieces(g: sp.Expr) -> list[tuple[sp.Expr, tuple[sp.Expr, sp.Expr]]]:
         if cond is not sp.true and not _is_linear_condition(cond):
             raise NotInClass
         try:
-            where = sp.S.Reals if cond is sp.true else cond.as_set()
-        except (NotImplementedError, TypeError, ValueError):
+            where = _as_set(cond)
+        except Exception:  # noqa: BLE001 - as_set can fail inside sympy/mpmath (e.g. NoConvergence in nroots)
             raise NotInClass from None
         where = sp.Intersection(where, remaining)
         remaining = sp.Complement(remaining, where)
@@ -82,6 +82,53 @@ def pieces(g: sp.Expr) -> list[tuple[sp.Expr, tuple[sp.Expr, sp.Expr]]]:
     if not out:
         raise NotInClass
     return out
+
+
+def _as_set(cond: sp.Basic) -> sp.Set:
+    """The set of real x where ``cond`` holds; relations linear in x directly (sympy's ``as_set``
+    takes seconds on nested conditions: it tries periodicity and simplification), others by ``as_set``."""
+    if cond is sp.true:
+        return sp.S.Reals
+    if cond is sp.false:
+        return sp.S.EmptySet
+    if isinstance(cond, sp.And):
+        return sp.Intersection(*(_as_set(a) for a in cond.args))
+    if isinstance(cond, sp.Or):
+        return sp.Union(*(_as_set(a) for a in cond.args))
+    if isinstance(cond, sp.Not):
+        return sp.Complement(sp.S.Reals, _as_set(cond.args[0]))
+    if isinstance(cond, sp.ITE):  # ITE(a, b, c) = (a and b) or (not a and c)
+        a, b, c = (_as_set(arg) for arg in cond.args)
+        return sp.Union(sp.Intersection(a, b), sp.Complement(c, a))
+    if isinstance(cond, sp.Rel) and cond.has(sp.Piecewise):
+        # rel(Piecewise((e1, c1), (e2, True)), r) holds where c1 and rel(e1, r), or not c1 and rel(e2, r)
+        inner = next(iter(cond.atoms(sp.Piecewise)))
+        parts, earlier = [], sp.S.EmptySet
+        for branch, branch_cond in inner.args:
+            where = sp.Complement(_as_set(branch_cond), earlier)
+            parts.append(sp.Intersection(where, _as_set(cond.xreplace({inner: branch}))))
+            earlier = sp.Union(earlier, where)
+        return sp.Union(*parts)
+    if isinstance(cond, sp.Rel) and cond.rel_op in ("<", "<=", ">", ">="):
+        difference = cond.lhs - cond.rhs
+        try:
+            poly = sp.Poly(difference, X)
+        except sp.PolynomialError:
+            poly = None
+        if poly is not None and poly.degree() == 1:
+            a, b = poly.all_coeffs()
+            if a.is_positive or a.is_negative:
+                root = -b / a
+                op = cond.rel_op
+                if a.is_negative:
+                    op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}[op]
+                return {
+                    ">": sp.Interval.open(root, sp.oo),
+                    ">=": sp.Interval(root, sp.oo),
+                    "<": sp.Interval.open(-sp.oo, root),
+                    "<=": sp.Interval(-sp.oo, root),
+                }[op]
+    return cond.as_set()
 
 
 def _is_linear_condition(cond: sp.Basic) -> bool:
