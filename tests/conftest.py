@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import numpy as np
 import scipy.integrate
@@ -29,3 +31,15 @@ def gaussian_quad(function, q: float, mean: float = 0.0) -> float:
 def close(a: float, b: float, tol: float = 1e-9) -> bool:
     """Agreement up to quadrature accuracy (absolute and relative 1e-9): not a tuned tolerance."""
     return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+def require_pdflatex() -> str:
+    """The path of pdflatex; skip when it is missing, but fail under VARPROP_REQUIRE_TEX=1 (as CI sets)."""
+    import pytest
+
+    path = shutil.which("pdflatex")
+    if path is None:
+        if os.environ.get("VARPROP_REQUIRE_TEX") == "1":
+            pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH (install texlive-latex-base)")
+        pytest.skip("pdflatex not installed (Debian: texlive-latex-base); set VARPROP_REQUIRE_TEX=1 to require it")
+    return path

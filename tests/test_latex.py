@@ -9,11 +9,11 @@ word, an equation tag pushed to its own line) fails the test. The report itself,
 every topic's LaTeX, is checked in ``test_report.py`` from the log of the same build.
 """
 
-import os
-import shutil
 import subprocess
 
 import pytest
+
+from tests.conftest import require_pdflatex
 import sympy as sp
 
 from varprop.activations import activation
@@ -28,12 +28,7 @@ ACTIVATIONS = [("relu", {}), ("leaky_relu", {"a": None}), ("shifted_relu", {}), 
 
 
 def _pdflatex() -> str:
-    path = shutil.which("pdflatex")
-    if path is None:
-        if os.environ.get("VARPROP_REQUIRE_TEX") == "1":
-            pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH (install texlive-latex-base)")
-        pytest.skip("pdflatex not installed (Debian: texlive-latex-base); set VARPROP_REQUIRE_TEX=1 to require it")
-    return path
+    return require_pdflatex()
 
 
 def _compile(tmp_path, source: str) -> str:

@@ -5,11 +5,11 @@ Markdown, the LaTeX and its log, results.json.
 """
 
 import json
-import os
 import re
-import shutil
 
 import pytest
+
+from tests.conftest import require_pdflatex
 
 from varprop.cli import main
 from varprop.explain import TOPICS
@@ -23,11 +23,8 @@ def report(tmp_path_factory):
     return out, code
 
 
-def _needs_tex():
-    if shutil.which("pdflatex") is None:
-        if os.environ.get("VARPROP_REQUIRE_TEX") == "1":
-            pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH")
-        pytest.skip("pdflatex not installed (Debian: texlive-latex-base)")
+def _needs_tex() -> str:
+    return require_pdflatex()
 
 
 def test_report_files(report):

@@ -34,6 +34,7 @@ one tagged line per step), Markdown and plain text.
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 import re
@@ -186,13 +187,14 @@ class CheckReport:
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(abc.ABC):
     """How a step is established. Subclasses store what their check needs, so it can be re-run."""
 
     kind: ClassVar[str] = ""
 
-    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        """Re-run the check of ``step`` against the earlier ``steps``: (True/False, or None if nothing to check; why)."""
 
 
 @dataclass(frozen=True)
