@@ -24,8 +24,8 @@ from pathlib import Path
 import sympy as sp
 
 from varprop.derive import Derivation, to_latex
-from varprop.derive.derivation import Prose
-from varprop.explain import TOPICS, Answer, answer, reason
+from varprop.derive.derivation import Code, Prose, citation, prose
+from varprop.explain import TOPICS, Answer, answer, observable_formula, reason
 from varprop.montecarlo import CheckResult
 from varprop.plot import save_figure
 
@@ -61,17 +61,19 @@ def escape(text: str) -> str:
 
 def prose_rst(text: str) -> str:
     """Words and formulas (a :class:`~varprop.derive.derivation.Prose`) as reStructuredText: words escaped,
-    each formula a ``:math:`` role typeset from its sympy object."""
+    each formula a ``:math:`` role typeset from its sympy object, code identifiers as inline literals."""
     parts = text.parts if isinstance(text, Prose) else (text,)
-    words = [None if isinstance(p, sp.Basic) else " ".join(p.split()) for p in parts]
+    words = [None if isinstance(p, sp.Basic | Code) else " ".join(p.split()) for p in parts]
     out = []
     for index, part in enumerate(parts):
-        if isinstance(part, sp.Basic):
+        if isinstance(part, sp.Basic | Code):
             before = parts[index - 1] if index else " "
             after = parts[index + 1] if index + 1 < len(parts) else " "
-            opening = "" if isinstance(before, str) and before[-1:].isspace() else "\\ "
-            closing = "" if isinstance(after, str) and (after[:1].isspace() or not after) else "\\ "
-            out.append(f"{opening}:math:`{to_latex(part)}`{closing}")
+            opening = "" if isinstance(before, str) and not isinstance(before, Code) and before[-1:].isspace() else "\\ "
+            closing = ("" if isinstance(after, str) and not isinstance(after, Code) and (after[:1].isspace() or not after)
+                       else "\\ ")
+            markup = f"``{part}``" if isinstance(part, Code) else f":math:`{to_latex(part)}`"
+            out.append(f"{opening}{markup}{closing}")
         else:
             core = escape(words[index]) if words[index] else ""
             lead = " " if part[:1].isspace() and index else ""
@@ -82,7 +84,7 @@ def prose_rst(text: str) -> str:
 
 
 def _heading(text: str, underline: str) -> list[str]:
-    title = escape(text)
+    title = prose_rst(text) if isinstance(text, Prose) else escape(text)
     return [title, underline * len(title), ""]
 
 
@@ -121,7 +123,7 @@ def derivation_block(derivation: Derivation) -> list[str]:
     out += [".. math::", "   :nowrap:", "", *_indent(math), ""]
     for number, step in enumerate(derivation.steps, 1):
         words = prose_rst(step.justification) if step.justification else ""
-        source = f" [{escape(step.source)}]" if step.source else ""
+        source = f" [{prose_rst(citation(step.source))}]" if step.source else ""
         out.append(f"{number}. *{escape(step.rule.value)}*{': ' + words if words else ''}{source} "
                    f"(checked: {escape(step.check_text())})")
     label = "Result" if derivation.result_step is None else f"Result (step {derivation.result_step})"
@@ -146,16 +148,18 @@ def checks_table(checks: Sequence[CheckResult]) -> list[str]:
     list of str
         The lines of the table directive.
     """
-    header = ("claim", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict", "reason")
+    header = ("claim", "observable", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict",
+              "reason")
     out = [".. list-table::", "   :header-rows: 1", "   :widths: auto", ""]
     rows: list[tuple[str, ...]] = [header]
     for result in checks:
         m = result.primary
         z = "—" if m.verdict is None else f"{m.verdict.z:+.2f}"
-        rows.append((result.name, result.exactness, str(m.width), str(m.estimate.n), f"{m.claim.value:.6g}",
-                     f"{m.estimate.value:.6g} ± {m.estimate.se:.2g}", z, result.outcome, reason(result)))
+        rows.append((result.name, prose(observable_formula(result)), result.exactness, str(m.width),
+                     str(m.estimate.n), f"{m.claim.value:.6g}", f"{m.estimate.value:.6g} ± {m.estimate.se:.2g}", z,
+                     result.outcome, reason(result)))
     for row in rows:
-        cells = [escape(cell) for cell in row]
+        cells = [prose_rst(cell) if isinstance(cell, Prose) else escape(cell) for cell in row]
         out.append(f"   * - {cells[0]}")
         out += [f"     - {cell}" for cell in cells[1:]]
     return out + [""]
@@ -188,7 +192,7 @@ def topic_page(result: Answer, figure: str) -> str:
             "   Theory (lines: solid exact, dashed asymptotic, dotted approximation) against Monte Carlo "
             "(points, ± 2 SE), per layer.", ""]
     out += _heading("Monte Carlo checks", "-")
-    out += [escape(result.tolerance), ""]
+    out += [prose_rst(result.tolerance), ""]
     out += checks_table(result.checks)
     for derivation in result.derivations:
         out += derivation_block(derivation)

@@ -5,6 +5,7 @@ A wrong formula fed through the same networks FAILs, so the PASSes below are not
 
 import dataclasses
 import math
+import re
 
 import pytest
 import scipy.optimize
@@ -12,7 +13,9 @@ import sympy as sp
 
 from varprop.claims import ClaimError
 from varprop.cli import main
-from varprop.explain import TOPICS, answer, reason
+from varprop.derive import Expect
+from varprop.derive.derivation import Code, Prose, citation, prose_latex, prose_markdown, to_latex
+from varprop.explain import TOPICS, answer, observable_formula, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
 from varprop.plot import LINESTYLES
 
@@ -42,17 +45,17 @@ def test_why_half(answers):
         assert check.outcome == PASS and check.claim.value == 1.0  # E[x_2^2] = Var[y_1]/2 = 2/2
         wrong = check.claim.with_prediction(sp.Integer(2), name=claim_name + " without the 1/2")
         assert check_all([wrong])[0].outcome == FAIL
-    assert _by_name(result, "leaky relu keeps (1+a^2)/2, a=0.2").claim.value == pytest.approx(
+    assert _by_name(result, "leaky relu keeps its fraction (slope 0.2)").claim.value == pytest.approx(
         (1 + 0.04) / 2 * 2 / (1 + 0.04), rel=1e-15)
 
 
 def test_why_not_zero_mean(answers):
     result = answers["why-not-zero-mean"]
-    mean = _by_name(result, "relu mean E[x_2]")
+    mean = _by_name(result, "relu's mean")
     # Var[y_1] = 2 under He init, so the prediction is sqrt(1/pi): within the checker's verdict.
     assert mean.claim.value == pytest.approx(math.sqrt(1 / math.pi), rel=1e-15) and mean.outcome == PASS
     assert check_all([mean.claim.with_prediction(sp.Integer(0), name="zero mean")])[0].outcome == FAIL
-    assert _by_name(result, "E[y_1] = 0 (zero-mean weights)").outcome == PASS
+    assert _by_name(result, "pre-activations centred (zero-mean weights)").outcome == PASS
     # The shifted relu's fixed point under He init, by independent root finding of q = 2 E[(relu(z)-1/2)^2].
     def excess(q):
         return 2 * (q / 2 - math.sqrt(q / (2 * math.pi)) + 0.25) - q
@@ -73,19 +76,20 @@ def test_fan_in_vs_fan_out(answers):
     result = answers["fan-in-vs-fan-out"]
     widths = [32, 64, 128, 64, 32, 16]
     values = {r.name: r.claim.value for r in result.checks}
-    assert values["fan-in: forward E[y_L^2]"] == 2.0
-    assert values["fan-out: backward E[(dL/dx_2)^2]"] == 2.0
+    assert values["fan-in init, forward"] == 2.0
+    assert values["fan-out init, backward"] == 2.0
     # The other direction is off by a ratio of widths, not by a power of the depth.
-    assert values["fan-out: forward E[y_L^2]"] / values["fan-in: forward E[y_L^2]"] == pytest.approx(
+    assert values["fan-out init, forward"] / values["fan-in init, forward"] == pytest.approx(
         widths[1] / widths[-2] * 1.0, rel=1e-12)
     assert all(r.outcome == PASS for r in result.checks)
 
 
 def test_glorot_vs_he(answers):
     result = answers["glorot-vs-he"]
-    glorot = _by_name(result, "relu, Glorot: E[y_8^2]")
+    glorot = _by_name(result, "relu, Glorot")
     assert glorot.claim.value == pytest.approx(2 ** -7, rel=1e-15) and glorot.outcome == PASS
-    tanh = _by_name(result, "tanh, Glorot: linear-regime E[y_8^2]")
+    assert observable_formula(glorot) == Expect(sp.IndexedBase("y")[8] ** 2)  # the table's observable column
+    tanh = _by_name(result, "tanh, Glorot (linear regime)")
     assert tanh.outcome == MEASURED and tanh.primary.deviation < -0.5
 
 
@@ -95,9 +99,9 @@ def test_pytorch_default(answers):
     n = 32
     variance = (gain * math.sqrt(3 / n)) ** 2 / 3  # U(-b, b) with b = gain * sqrt(3 / fan_in)
     assert result.numbers["factor"] == pytest.approx(n * variance / 2, rel=1e-12) == pytest.approx(1 / 6)
-    first = _by_name(result, "PyTorch default: E[y_1^2]")
+    first = _by_name(result, "PyTorch default, layer 1")
     assert first.outcome == PASS and first.claim.value == pytest.approx(1 / 3)
-    assert _by_name(result, "PyTorch default: E[y_15^2]").claim.value == pytest.approx(6.0**-14 / 3, rel=1e-12)
+    assert _by_name(result, "PyTorch default, layer 15").claim.value == pytest.approx(6.0**-14 / 3, rel=1e-12)
 
 
 def test_unknown_topic():
@@ -153,7 +157,7 @@ def test_every_figure_draws_the_prediction_its_table_checks(answers, figure_data
 def test_the_tanh_line_is_the_linear_regime_and_the_shifted_line_the_infinite_width_limit(figure_data):
     exactness = {d.network_label: d.exactness for d in figure_data["glorot-vs-he"]}
     assert exactness["tanh, Glorot (linear regime)"] == "approximation"
-    assert {d.network_label: d.exactness for d in figure_data["why-not-zero-mean"]}["relu - 1/2, He"] == "asymptotic"
+    assert {d.network_label: d.exactness for d in figure_data["why-not-zero-mean"]}["shifted relu, He"] == "asymptotic"
 
 
 def test_a_figure_of_another_prediction_is_caught(answers):
@@ -171,9 +175,10 @@ def test_every_verdict_has_its_reason_and_every_table_its_tolerance(answers):
         markdown = result.markdown()
         assert "| reason |" in markdown and "5%" in result.tolerance and "| n |" not in markdown
         for check in result.checks:
-            assert reason(check) and reason(check).replace("|", "\\|") in markdown
+            assert reason(check) and prose_markdown(reason(check)).replace("|", "\\|") in markdown
     shifted = answers["why-not-zero-mean"].checks[3]
-    assert shifted.outcome == PASS and "1/width" in reason(shifted)  # a +x% PASS says it is an asymptotic sweep
+    # a +x% PASS says it is an asymptotic sweep, the rate typeset
+    assert shifted.outcome == PASS and "asymptotic: deviation shrinks at least as fast as the inverse width" in reason(shifted)
     assert "no verdict" in reason(answers["glorot-vs-he"].checks[2])
 
 
@@ -195,9 +200,55 @@ def test_width_and_depth_are_the_users(capsys):
         assert err.startswith("varprop: topic 'why-half':") and "got" in err
 
 
-def test_prose_has_no_ascii_math(answers):
-    for result in answers.values():
-        for paragraph in (*result.paragraphs, result.headline):
-            words = "".join(p for p in paragraph.parts if isinstance(p, str))
-            for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
-                assert ascii_math not in words, (result.topic.name, ascii_math, words)
+#: ASCII math in words: powers, products, roots, brackets of moments, subscripts, a Gaussian law written
+#: "~ N(", a fraction of numbers ("1/2"), a layer written "l+1", and the letters of formulas standing alone.
+_ASCII_MATH = re.compile(r"\^|\*|sqrt\(|\b(?:E|Var)\[|_|~|\bN\(|\d/\d|\b[lL][+-]\d|(?<![\w'’-])[wxyzqnlLk](?![\w'’-])")
+
+
+def _words(text) -> str:
+    """The words of a sentence: formulas (sympy) and code identifiers left out."""
+    parts = text.parts if isinstance(text, Prose) else (text,)
+    return "".join(p for p in parts if isinstance(p, str) and not isinstance(p, Code))
+
+
+def _texts(result):
+    """Every sentence of an answer: question, paragraphs, headline, and its derivations' words."""
+    yield result.topic.title
+    yield result.topic.question
+    yield from result.paragraphs
+    yield result.headline
+    for derivation in result.derivations:
+        yield derivation.title
+        yield derivation.summary
+        yield from derivation.assumptions
+        for step in derivation.steps:
+            yield step.justification
+            yield citation(step.source)
+
+
+@pytest.mark.parametrize("name", TOPICS)
+def test_prose_has_no_ascii_math(answers, name):
+    for text in _texts(answers[name]):
+        found = _ASCII_MATH.search(_words(text))
+        assert found is None, (name, found, _words(text))
+
+
+def test_the_ascii_math_check_sees_ascii_math():
+    for bad in ("E[x_2^2]", "the 1/2", "z ~ N(0, q)", "for any y whose", "terms w x", "layer l+1", "kaiming_uniform_",
+                "2*sqrt(pi)"):
+        assert _ASCII_MATH.search(bad), bad
+    for fine in ("He's paper", "a width-32 network", "eq. (8)", "x-axis", "PASS, resolution 4.1% at width 8"):
+        assert _ASCII_MATH.search(fine) is None, fine
+
+
+@pytest.mark.parametrize("name", TOPICS)
+def test_claim_names_are_words_and_the_observable_is_typeset(answers, name):
+    """A claim is named in words ("He normal, last layer"); what it measures is its own typeset column."""
+    result = answers[name]
+    names = [r.name for r in result.checks]
+    assert len(set(names)) == len(names), names
+    for check in result.checks:
+        assert _ASCII_MATH.search(check.name) is None and "[" not in check.name and "=" not in check.name, check.name
+        formula = observable_formula(check)
+        assert isinstance(formula, sp.Basic) and formula == check.claim.derivation.steps[-1].lhs
+        assert f"${to_latex(formula)}$" in result.latex() and f"${to_latex(formula)}$" in result.markdown()

@@ -19,7 +19,7 @@ import sympy as sp
 from varprop.activations import activation
 from varprop.cli import main
 from varprop.derive import DERIVATIONS, Variance, forward, to_latex
-from varprop.derive.derivation import latex_text, prose, prose_latex, tidy
+from varprop.derive.derivation import Code, citation, latex_text, prose, prose_latex, prose_markdown, tidy
 from varprop.errors import DerivationError
 from varprop.report import LATEX_PREAMBLE, overfull_boxes
 
@@ -114,6 +114,28 @@ def test_words_are_upright_and_names_read_as_written():
     assert to_latex(sp.Symbol("q_star")) == "q^{*}"
     assert to_latex(sp.Symbol("n_in")) == r"n_{\mathrm{in}}"
     assert to_latex(sp.Symbol("sigma")) == r"\sigma" and to_latex(sp.Symbol("x_2")) == "x_{2}"
+
+
+def test_an_unevaluated_equation_with_a_float_stays_an_equation():
+    # Rounding the displayed floats rebuilds the expression: (1/6)^19 = 1.641e-15 must not fold to "True".
+    equation = sp.Eq(sp.Pow(sp.Rational(1, 6), 19, evaluate=False), sp.Float(6.0**-19, 4), evaluate=False)
+    assert to_latex(equation) == r"\left(\frac{1}{6}\right)^{19} = 1.641 \cdot 10^{-15}"
+
+
+def test_roots_gather_and_other_factors_stay_outside():
+    gain, n_in = sp.Symbol("gain"), sp.Symbol("n_in")
+    assert to_latex(gain * sp.sqrt(3 / n_in)) == r"\mathrm{gain} \sqrt{\frac{3}{n_{\mathrm{in}}}}"
+
+
+def test_code_is_set_as_code_and_citations_mark_their_code():
+    sentence = prose(Code("nn.Linear"), " uses ", Code("kaiming_uniform_"), " at ", sp.Eq(sp.Symbol("a"), sp.sqrt(5)))
+    assert prose_latex(sentence) == (r"\texttt{nn.Linear} uses \texttt{kaiming\_\allowbreak{}uniform\_\allowbreak{}} "
+                                     r"at $a = \sqrt{5}$")
+    assert prose_markdown(sentence) == r"`nn.Linear` uses `kaiming_uniform_` at $a = \sqrt{5}$"
+    source = citation("PyTorch nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5))")
+    assert [p for p in source.parts if isinstance(p, Code)] == ["nn.Linear.reset_parameters",
+                                                                 "kaiming_uniform_(a=sqrt(5))"]
+    assert not any(isinstance(p, Code) for p in citation("He et al. 2015, eqs. (9), (10), e.g. (13)").parts)
 
 
 def test_prose_typesets_formulas_and_escapes_words():

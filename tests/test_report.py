@@ -6,6 +6,7 @@ Markdown, the LaTeX and its log, results.json.
 
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.conftest import require_pdflatex
 
 from varprop.cli import main
 from varprop.explain import TOPICS
-from varprop.report import overfull_boxes
+from varprop.report import LATEX_PREAMBLE, SUMMARY_OVERFLOW, overfull_boxes
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,19 @@ def test_report_pdf_has_nothing_off_the_page(report):
     log = (out / "report.log").read_text(errors="replace")
     assert overfull_boxes(log) == []
     assert "undefined references" not in log  # the summary's page references resolve
+    assert SUMMARY_OVERFLOW not in log  # the summary, settings included, is one page a teacher can hand out
+
+
+def test_a_summary_that_runs_over_its_page_is_reported(tmp_path):
+    """The one-page check is not vacuous: the same test line after two pages of text writes the message."""
+    path = require_pdflatex()
+    check = f"\\par\\ifnum\\value{{page}}>1 \\typeout{{{SUMMARY_OVERFLOW}}}\\fi"
+    for filler, expected in ((1, False), (120, True)):
+        tex = tmp_path / f"doc{filler}.tex"
+        tex.write_text(LATEX_PREAMBLE + "\n\\begin{document}\n" + "Words. " * filler * 20 + check
+                       + "\n\\end{document}\n")
+        subprocess.run([path, "-interaction=nonstopmode", tex.name], cwd=tmp_path, capture_output=True, timeout=120)
+        assert (SUMMARY_OVERFLOW in tex.with_suffix(".log").read_text(errors="replace")) is expected
 
 
 def test_json_says_networks_and_width(report):
@@ -62,32 +76,37 @@ def test_json_says_networks_and_width(report):
 
 
 def _prose(markdown: str) -> list[str]:
-    """The running text of the Markdown: no headings, tables, math, figures, derivation steps or code."""
+    """The running text of the Markdown, derivation steps' reasons and headings included: no tables, math,
+    code, figures, links' targets, anchors or bold markers."""
     lines = []
     for line in markdown.splitlines():
-        if line.startswith(("#", "|", "!", "   *", "- **")) or re.match(r"^\d+\. \$\$", line):
+        if line.startswith(("|", "!", "<a id=")) or re.match(r"^\d+\. \$\$", line):
             continue
-        lines.append(re.sub(r"\$[^$]*\$", "", line))
+        line = re.sub(r"\$\$[^$]*\$\$|\$[^$]*\$|`[^`]*`|\]\(#[^)]*\)", "", line)
+        lines.append(re.sub(r"(?<!\w)\*|\*(?!\w)", "", line.replace("**", "")))  # emphasis, not a product
     return lines
 
 
 def test_markdown_prose_has_no_ascii_math(report):
     out, _ = report
-    text = "\n".join(_prose((out / "report.md").read_text()))
-    for ascii_math in ("**2", "^2", "sqrt(", "*sqrt", "q_{star}", "q_star", "n_in*", "E[x", "Var[y", "phi(y)"):
-        assert ascii_math not in text, ascii_math
-    # The check sees ASCII math when it is there.
+    for number, line in enumerate(_prose((out / "report.md").read_text()), 1):
+        for ascii_math in ("^", "*", "sqrt(", "q_star", "_", "E[", "Var[", "phi(", "~", "dL/d"):
+            assert ascii_math not in line, (ascii_math, number, line)
+    # The check sees ASCII math when it is there, and code set as words.
     assert "sqrt(" in "\n".join(_prose("E[relu(y)] = sqrt(2)*sqrt(Var[y])/(2*sqrt(pi))"))
+    assert "_" in "\n".join(_prose("nn.Linear uses kaiming_uniform_"))
+    assert "*" in "\n".join(_prose("*the weight is 2*x*"))
+    assert _prose("**PASS** $x_2$ `kaiming_uniform_` [see](#why-half)") == ["PASS   [see"]
 
 
 def test_latex_prose_has_no_ascii_math(report):
     out, _ = report
     tex = (out / "report.tex").read_text()
-    prose = re.sub(r"\\begin\{tabularx\}.*?\\end\{tabularx\}", "", tex, flags=re.S)  # claim names are labels
+    prose = re.sub(r"\\begin\{(longtable|tabularx)\}.*?\\end\{\1\}", "", tex, flags=re.S)  # tables: labels, numbers
     prose = re.sub(r"\$[^$]*\$|\\begin\{align\*?\}.*?\\end\{align\*?\}", "", prose, flags=re.S)
-    prose = re.sub(r" \[[^\]\n]*\]", "", prose)  # citations: [PyTorch nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5))]
-    for ascii_math in ("\\textasciicircum", "sqrt(", "**", "q\\_\\allowbreak{}star", "n\\_\\allowbreak{}in*"):
-        assert ascii_math not in prose, ascii_math
+    prose = re.sub(r"\\texttt\{(?:[^{}]|\{\})*\}", "", prose)  # code, set as code
+    for ascii_math in ("\\textasciicircum", "sqrt(", "**", "\\_", "\\textasciitilde", "E[", "Var["):
+        assert ascii_math not in prose, (ascii_math, prose[max(0, prose.find(ascii_math) - 200):][:400])
     assert "\\mathrm{std}" in tex and "s t d" not in tex
 
 
@@ -102,6 +121,9 @@ def test_front_page_and_summary(report):
         assert topic.title in summary and f"\\pageref{{topic:{topic.name}}}" in tex
         assert f"\\label{{derivation:{topic.name}}}" in tex
     assert summary.count("Verdict: **") == len(TOPICS)
+    # Every link of the summary lands on an anchor of the same file.
+    for target in re.findall(r"\]\(#([^)]+)\)", markdown):
+        assert f'<a id="{target}"></a>' in markdown, target
     # Every table says its tolerance and every verdict its reason.
     assert markdown.count("Tolerance: PASS means") == len(TOPICS) + 1
     assert "| width | networks |" in markdown and "| reason |" in markdown and "| n |" not in markdown

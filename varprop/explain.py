@@ -26,12 +26,13 @@ from .activations import activation
 from .catalogue import claim_from_derivation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Expect, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
-from .derive.derivation import latex_text, prose, prose_latex, prose_markdown
+from .derive.derivation import Code, Prose, latex_text, prose, prose_latex, prose_markdown, to_latex
 from .derive.gaussian import evaluate
 from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
 from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
+from .observables import describe
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, lecun, torch_linear_default
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["Topic", "Answer", "Series", "Settings", "TOPICS", "answer", "DEFAULT_RTOL", "DEFAULT_ALPHA",
-           "DEFAULT_WIDTH", "MAX_WIDTH", "MAX_DEPTH", "reason", "settings_for", "tolerance_sentence"]
+           "DEFAULT_WIDTH", "MAX_WIDTH", "MAX_DEPTH", "reason", "settings_for", "tolerance_sentence",
+           "observable_formula"]
 
 #: The relative tolerance the topics' checks resolve (the catalogue resolves 1 %: see the report).
 DEFAULT_RTOL = 0.05
@@ -150,22 +152,22 @@ class Answer:
             out += [prose_markdown(paragraph), ""]
         if figure:
             out += [f"![{self.topic.title}: theory against Monte Carlo, per layer]({figure})", ""]
-        out += ["#### Monte Carlo checks", "", self.tolerance, "", _markdown_table(self.checks), ""]
+        out += ["#### Monte Carlo checks", "", prose_markdown(self.tolerance), "", _markdown_table(self.checks), ""]
         for derivation in self.derivations:
             out += [derivation.markdown()]
         return "\n".join(out)
 
     def latex(self, figure: str | None = None) -> str:
-        """A LaTeX section (amsmath, graphicx, booktabs, tabularx) for the report."""
+        """A LaTeX section (amsmath, graphicx, booktabs, longtable) for the report."""
         out = [f"\\section{{{latex_text(self.topic.title)}}}\\label{{topic:{self.topic.name}}}",
                f"\\emph{{{prose_latex(self.topic.question)}}}", ""]
         out += [prose_latex(p) + "\n" for p in self.paragraphs]
         if figure:
             out += ["\\begin{center}", f"\\includegraphics{{{figure}}}", "\\end{center}"]
-        out += ["\\subsection*{Monte Carlo checks}", latex_text(self.tolerance), "", _latex_table(self.checks)]
+        out += ["\\subsection*{Monte Carlo checks}", prose_latex(self.tolerance), "", _latex_table(self.checks)]
         out += [f"\\subsection*{{Derivations}}\\label{{derivation:{self.topic.name}}}"]
         for derivation in self.derivations:
-            out += [f"\\subsubsection*{{{latex_text(derivation.title)}}}", prose_latex(derivation.summary), "",
+            out += [f"\\subsubsection*{{{prose_latex(derivation.title)}}}", prose_latex(derivation.summary), "",
                     derivation.latex()]
         return "\n".join(out) + "\n"
 
@@ -175,18 +177,21 @@ class Answer:
 
 def tolerance_sentence(rtol: float, alpha: float, count: int) -> str:
     """``PASS means ...``: how to read a table of verdicts checked at ``rtol`` with false-alarm rate ``alpha``."""
-    return (f"Tolerance: PASS means the estimate agrees with the prediction and the check resolves a relative "
-            f"error of {_percent(rtol)} (resolution ≤ {_percent(rtol)}); the {count} checks of this table hold "
-            f"their family-wise false-alarm rate at {_percent(alpha)} (Holm). Asymptotic claims pass when the "
-            "deviation shrinks at least like 1/width; approximations are MEASURED, never failed.")
+    return prose(f"Tolerance: PASS means the estimate agrees with the prediction and the check resolves a relative "
+                 f"error of {_percent(rtol)} (resolution ≤ {_percent(rtol)}); the {count} checks of this table hold "
+                 f"their family-wise false-alarm rate at {_percent(alpha)} (Holm). Asymptotic claims pass when the "
+                 "deviation shrinks at least as fast as the inverse width; approximations are MEASURED, never failed.")
 
 
 def _percent(value: float) -> str:
     return f"{100 * value:g}%"
 
 
+_Z_SCORE = sp.Abs(sp.Symbol("z"))
+
+
 def reason(result: CheckResult) -> str:
-    """The one-line reason for a verdict, read from the measurements (not retyped)."""
+    """The one-line reason for a verdict, read from the measurements (not retyped); :math:`|z|` is typeset."""
     m = result.primary
     if result.outcome == MEASURED or m.verdict is None and result.shrink is None:
         spread = ", ".join(f"{100 * x.deviation:+.1f}% at width {x.width}" for x in sorted(result.measurements, key=lambda x: x.width))
@@ -195,33 +200,54 @@ def reason(result: CheckResult) -> str:
         ordered = sorted(result.measurements, key=lambda x: x.width)
         trend = f"{100 * ordered[0].deviation:+.1f}% at width {ordered[0].width} to {100 * ordered[-1].deviation:+.1f}% at {ordered[-1].width}"
         if result.outcome == PASS:
-            return f"asymptotic: deviation shrinks like 1/width ({trend})"
+            return f"asymptotic: deviation shrinks at least as fast as the inverse width ({trend})"
         if result.shrink.rejected:
-            return f"asymptotic: deviation does not shrink like 1/width ({trend})"
+            return f"asymptotic: deviation does not shrink as fast as the inverse width ({trend})"
     v = m.verdict
     if v is None:
         return result.message
     if result.outcome == PASS:
-        return f"agrees (|z| ≤ {v.z_crit:.2f}), resolution {100 * v.resolution:.2g}%"
+        return prose("agrees (", _Z_SCORE, f" ≤ {v.z_crit:.2f}), resolution {100 * v.resolution:.2g}%")
     if result.outcome == FAIL:
-        return f"contradicted: |z| = {abs(v.z):.2f} > {v.z_crit:.2f}"
+        return prose("contradicted: ", _Z_SCORE, f" = {abs(v.z):.2f} > {v.z_crit:.2f}")
     if result.outcome == INCONCLUSIVE:
         return f"too noisy: resolution {100 * v.resolution:.2g}%; about {v.samples_needed} networks would resolve it"
     return result.message
 
 
+def observable_formula(result: CheckResult) -> sp.Basic | str:
+    """What a check measures, as the formula its derivation states (``E[y_3^2]``), or in words.
+
+    A claim built from a derivation predicts the left side of the derivation's last step; a claim
+    without one (a claim file's) is described in words (:func:`varprop.observables.describe`).
+    """
+    claim = result.claim
+    if claim.derivation is not None and claim.derivation.steps:
+        return claim.derivation.steps[-1].lhs
+    return describe(claim.observable, claim.network)
+
+
 def _row(r: CheckResult) -> tuple[str, ...]:
+    """The table cells of a check; the observable is a sympy formula, each format typesets it."""
     m = r.primary
     z = "" if m.verdict is None else format_z(m.verdict.z)
-    return (r.name, r.exactness, str(m.width), str(m.estimate.n), f"{m.claim.value:.4g}",
+    return (r.name, observable_formula(r), r.exactness, str(m.width), str(m.estimate.n), f"{m.claim.value:.4g}",
             f"{m.estimate.value:.4g} ± {m.estimate.se:.2g}", z, r.outcome, reason(r))
 
 
-_HEADER = ("claim", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict", "reason")
+_HEADER = ("claim", "observable", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict",
+           "reason")
+
+
+def _cells(r: CheckResult, formula: Callable[[sp.Basic], str], words: Callable[[str], str] = str,
+           sentence: Callable[[str], str] = str) -> list[str]:
+    """The cells of a check's row: formulas through ``formula``, sentences with formulas through ``sentence``."""
+    return [formula(c) if isinstance(c, sp.Basic) else sentence(c) if isinstance(c, Prose) else words(c)
+            for c in _row(r)]
 
 
 def _text_table(results: Sequence[CheckResult]) -> str:
-    rows = [_HEADER, *(_row(r) for r in results)]
+    rows = [_HEADER, *(_cells(r, lambda e: str(prose(e))) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER) - 1)]
     lines = []
     for row in rows:
@@ -243,20 +269,26 @@ def _series_table(data: Sequence[PropagationData]) -> str:
 
 def _markdown_table(results: Sequence[CheckResult]) -> str:
     rows = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
-    rows += ["| " + " | ".join(cell.replace("|", "\\|") for cell in _row(r)) + " |" for r in results]
+    rows += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r, lambda e: f"${to_latex(e)}$", str, prose_markdown))
+             + " |"
+             for r in results]
     return "\n".join(rows)
 
 
 def _latex_table(results: Sequence[CheckResult]) -> str:
-    """A full-width table: one row per claim, its reason on a line of its own below it."""
-    rows = ["\\noindent\\begin{tabularx}{\\linewidth}{@{}Xlrrrrrl@{}}", "\\toprule",
-            " & ".join(_HEADER[:-1]).replace("±", "$\\pm$") + " \\\\", "\\midrule"]
+    """A full-width table that breaks across pages: one row per claim, its exactness and reason on a line below it."""
+    header = [h for h in _HEADER[:-1] if h != "exactness"]
+    exactness = _HEADER.index("exactness")
+    rows = ["{\\small\\setlength{\\tabcolsep}{3.5pt}\\setlength{\\LTleft}{0pt}\\setlength{\\LTright}{0pt}",
+            "\\begin{longtable}{@{\\extracolsep{\\fill}}p{0.27\\textwidth}lrrrrrl@{}}", "\\toprule",
+            " & ".join(header).replace("±", "$\\pm$") + " \\\\", "\\midrule", "\\endhead", "\\bottomrule", "\\endfoot"]
     for r in results:
-        cells = [latex_text(c) for c in _row(r)]
-        rows.append(" & ".join(cells[:-1]) + " \\\\*")
-        rows.append(f"\\multicolumn{{8}}{{@{{\\quad}}p{{0.9\\textwidth}}@{{}}}}{{\\emph{{{cells[-1]}}}}} \\\\[2pt]")
-    rows += ["\\bottomrule", "\\end{tabularx}"]
-    return "{\\small\\setlength{\\tabcolsep}{3.5pt}\n" + "\n".join(rows) + "\n}\n"
+        cells = _cells(r, lambda e: f"${to_latex(e)}$", latex_text, prose_latex)
+        why = cells[-1] if str(reason(r)).startswith(r.exactness) else f"{cells[exactness]}; {cells[-1]}"
+        rows.append(" & ".join(c for i, c in enumerate(cells[:-1]) if i != exactness) + " \\\\*")
+        rows.append(f"\\multicolumn{{{len(header)}}}{{@{{\\quad}}p{{0.95\\textwidth}}@{{}}}}{{\\emph{{{why}}}}} \\\\[2pt]")
+    rows += ["\\end{longtable}", "}"]
+    return "\n".join(rows) + "\n"
 
 
 def _fmt(value: float) -> str:
@@ -295,6 +327,7 @@ def _V(expr: sp.Expr) -> Variance:
 _RELU = activation("relu")
 _Y = sp.Symbol("y")
 _N_SYM = sp.Symbol("n", positive=True)
+_SLOPE = sp.Symbol("a", positive=True)  # the negative slope PyTorch's kaiming_uniform_ takes
 
 
 def _relu_of(expr: sp.Expr) -> sp.Expr:
@@ -343,9 +376,9 @@ def _why_half(settings: Settings) -> Answer:
     claims = [
         _claim("relu keeps half (normal)", normal, "x_second_moment", 2),
         _claim("relu keeps half (uniform)", uniform, "x_second_moment", 2),
-        _claim(f"leaky relu keeps (1+a^2)/2, a={float(slope):g}", leaky_net, "x_second_moment", 2),
-        _claim(f"He normal: E[y_{depth}^2]", normal, "y_second_moment", depth),
-        _claim(f"He uniform: E[y_{depth}^2]", uniform, "y_second_moment", depth),
+        _claim(f"leaky relu keeps its fraction (slope {float(slope):g})", leaky_net, "x_second_moment", 2),
+        _claim("He normal, last layer", normal, "y_second_moment", depth),
+        _claim("He uniform, last layer", uniform, "y_second_moment", depth),
     ]
     checks = _check(claims, settings)
     leaky_condition = condition(activation("leaky_relu", a=None))
@@ -353,17 +386,18 @@ def _why_half(settings: Settings) -> Answer:
     ratio_normal = checks[0].primary.estimate.value / evaluate(normal.dense_layers[0].fan_in * normal.dense_layers[0].weights.variance).value
     kept = sp.simplify(relu_moment / Q)
     n_var = sp.Symbol("n") * _V(sp.Symbol("w"))
+    w, x = sp.Symbol("w"), sp.Symbol("x")
     paragraphs = (
         prose("The ", kept, " is the fraction of a pre-activation's second moment that relu keeps. Pointwise, ",
-              sp.Eq(_relu_of(_Y) ** 2 + _relu_of(-_Y) ** 2, _Y**2), ", so for any y whose law is symmetric about "
+              sp.Eq(_relu_of(_Y) ** 2 + _relu_of(-_Y) ** 2, _Y**2), ", so for any ", _Y, " whose law is symmetric about "
               "zero the two halves carry equal mass: ", sp.Eq(_E(_relu_of(_Y) ** 2), relu_moment.subs(Q, _V(_Y))),
               ". Nothing else is used."),
-        prose("Symmetry of y comes from zero-mean, symmetric weights (y is a sum of terms w x, each w symmetric and "
-              f"independent of x). Gaussianity is not needed: uniform weights give the same fraction, exactly and "
+        prose("Symmetry of ", _Y, " comes from zero-mean, symmetric weights (", _Y, " is a sum of terms ", w * x,
+              ", each ", w, " symmetric and independent of ", x, f"). Gaussianity is not needed: uniform weights give the same fraction, exactly and "
               f"at every width. Measured at the second layer of a width-{width} He network, ",
               _E(_x(2) ** 2), f" = {_measured(checks[0])} with normal weights and {_measured(checks[1])} with "
               "uniform weights."),
-        prose("For leaky relu with slope a the pointwise identity becomes ",
+        prose("For leaky relu with slope ", a, " the pointwise identity becomes ",
               sp.Eq(_leaky(_Y) ** 2 + _leaky(-_Y) ** 2, leaky_constant * _Y**2),
               ", so the fraction kept is ", leaky_constant * kept,
               " and the condition is ", sp.Eq(leaky_constant * kept * n_var, 1),
@@ -380,7 +414,7 @@ def _why_half(settings: Settings) -> Answer:
                      "not Gaussian. Measured ", _E(_x(2) ** 2), f" = {_measured(checks[1])} with uniform weights.")
     return Answer(TOPICS["why-half"], paragraphs, (forward(_RELU), leaky_condition), checks,
                   (Series("relu, He normal", normal), Series("relu, He uniform", uniform),
-                   Series(f"leaky relu a={float(slope):g}, He", leaky_net)), numbers, headline, 1, settings)
+                   Series(f"leaky relu (slope {float(slope):g}), He", leaky_net)), numbers, headline, 1, settings)
 
 
 def _why_not_zero_mean(settings: Settings) -> Answer:
@@ -391,15 +425,15 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
     deep = max(depth, 3)
     family_width = 4 * width
     sweep = tuple(sorted({max(2, width // 4), width, family_width}))
-    shifted_name = f"relu - 1/2, He init: E[y_{deep}^2]"
+    shifted_name = "shifted relu, He init, last layer"
     shifted_family = ClaimFamily(
         shifted_name, "infinite-width recursion for the shifted relu",
         lambda n: _claim(shifted_name, mlp([n] * (deep + 1), shifted, he()), "y_second_moment", deep),
         width=family_width, sweep=sweep)
     claims = [
-        _claim("E[y_1] = 0 (zero-mean weights)", net, "y_mean", 1),
-        _claim("relu mean E[x_2]", net, "x_mean", 2),
-        _claim("E[x_2^2] = Var[y_1]/2", net, "x_second_moment", 2),
+        _claim("pre-activations centred (zero-mean weights)", net, "y_mean", 1),
+        _claim("relu's mean", net, "x_mean", 2),
+        _claim("relu keeps half", net, "x_second_moment", 2),
         shifted_family,
     ]
     checks = _check(claims, settings)
@@ -428,7 +462,7 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
               _E(_x(2)), f" = {_measured(checks[1])}. That is why the recursion uses ", _E(x**2), " and not ", _V(x),
               ": ", sp.Eq(_V(w * x), _V(w) * _E(x**2)), " needs only ", sp.Eq(_E(w), 0), ", not ", sp.Eq(_E(x), 0),
               " (He et al. make this remark after eq. 7). With a non-zero weight mean the variance gains ",
-              sp.Symbol("n") * _E(w) ** 2 * _V(x), " and y itself stops being centred (second derivation below)."),
+              sp.Symbol("n") * _E(w) ** 2 * _V(x), " and ", _Y, " itself stops being centred (second derivation below)."),
         prose("Subtracting ", -shift, " from relu does not give a cleaner recursion: ",
               sp.Eq(_E(shifted_sym ** 2), second.subs(q, _V(_Y))), " is no longer a fixed fraction of ", _V(_Y),
               ", so no scale-free condition exists. Keeping ", sp.Eq(_V(_Y), 1), " needs ",
@@ -438,7 +472,7 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
               f" = {_fmt(float(fixed_point))}. This recursion assumes Gaussian pre-activations, i.e. infinitely "
               f"wide layers (the dashed line of the figure): at layer {deep} the measured ", _E(_y(deep) ** 2),
               " exceeds it by " + ", ".join(f"{100 * m.deviation:+.1f}% at width {m.width}" for m in ordered)
-              + f" ({checks[3].outcome}; {reason(checks[3])})."),
+              + f" ({checks[3].outcome}; ", reason(checks[3]), ")."),
     )
     numbers = {
         "relu_mean": checks[1].primary.estimate.value,
@@ -453,7 +487,7 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
     return Answer(TOPICS["why-not-zero-mean"], paragraphs,
                   (forward(_RELU), forward(_RELU, weight_mean=True), condition(shifted)), checks,
                   (Series("relu, He", mlp([family_width] * (deep + 1), _RELU, he())),
-                   Series("relu - 1/2, He", mlp([family_width] * (deep + 1), shifted, he()))),
+                   Series("shifted relu, He", mlp([family_width] * (deep + 1), shifted, he()))),
                   numbers, headline, 1, settings)
 
 
@@ -463,10 +497,10 @@ def _pre_vs_post(settings: Settings) -> Answer:
     layers = tuple(sorted({2, depth - 1}))
     claims = []
     for layer in layers:
-        claims.append(_claim(f"forward E[y_{layer}^2]", net, "y_second_moment", layer))
-        claims.append(_claim(f"activations E[x_{layer}^2]", net, "x_second_moment", layer))
-        claims.append(_claim(f"activation grad E[(dL/dx_{layer})^2]", net, "dx_second_moment", layer))
-        claims.append(_claim(f"weight grad E[(dL/dW_{layer})^2]", net, "dw_second_moment", layer))
+        claims.append(_claim(f"pre-activations, layer {layer}", net, "y_second_moment", layer))
+        claims.append(_claim(f"activations, layer {layer}", net, "x_second_moment", layer))
+        claims.append(_claim(f"activation gradients, layer {layer}", net, "dx_second_moment", layer))
+        claims.append(_claim(f"weight gradients, layer {layer}", net, "dw_second_moment", layer))
     checks = _check(claims, settings)
     weight_grads = [r for r in checks if r.claim.observable_name == "dw_second_moment"]
     spread = max(r.primary.estimate.value for r in weight_grads) / min(r.primary.estimate.value for r in weight_grads)
@@ -504,10 +538,10 @@ def _fan_in_vs_fan_out(settings: Settings) -> Answer:
     fan_out = mlp(widths, _RELU, he("fan_out"))
     depth = fan_in.depth
     claims = [
-        _claim("fan-in: forward E[y_L^2]", fan_in, "y_second_moment", depth),
-        _claim("fan-in: backward E[(dL/dx_2)^2]", fan_in, "dx_second_moment", 2),
-        _claim("fan-out: forward E[y_L^2]", fan_out, "y_second_moment", depth),
-        _claim("fan-out: backward E[(dL/dx_2)^2]", fan_out, "dx_second_moment", 2),
+        _claim("fan-in init, forward", fan_in, "y_second_moment", depth),
+        _claim("fan-in init, backward", fan_in, "dx_second_moment", 2),
+        _claim("fan-out init, forward", fan_out, "y_second_moment", depth),
+        _claim("fan-out init, backward", fan_out, "dx_second_moment", 2),
     ]
     checks = _check(claims, settings)
     telescoped = ratio(_RELU)
@@ -518,7 +552,7 @@ def _fan_in_vs_fan_out(settings: Settings) -> Answer:
         prose("The fan-in condition ", sp.Eq(kept * n[l_] * _V(sp.Symbol("w_l")), 1),
               " keeps the forward signal's variance; the fan-out condition ", sp.Eq(kept * nhat[l_] * _V(sp.Symbol("w_l")), 1),
               " keeps the gradient's. With unequal widths only one can hold, but the other direction's product "
-              "telescopes to a ratio of two widths, ", n[L + 1] / n[2], " or its inverse (He's c_2/d_L), whatever the "
+              "telescopes to a ratio of two widths, ", n[L + 1] / n[2], " or its inverse (He's ", sp.Symbol("c_2") / sp.Symbol("d_L"), "), whatever the "
               "depth: it cannot explode or vanish exponentially."),
         prose(f"Measured on widths {widths}: with fan-in init the forward ", _E(_y("L") ** 2), f" is {_measured(checks[0])} "
               "while the backward gradient at layer 2 is " f"{_measured(checks[1])}; with fan-out init the forward value is "
@@ -539,11 +573,11 @@ def _glorot_vs_he(settings: Settings) -> Answer:
     he_net = mlp([width] * (depth + 1), _RELU, he())
     glorot_net = mlp([width] * (depth + 1), _RELU, glorot_init())
     tanh_net = mlp([width] * (depth + 1), "tanh", glorot_init())
-    tanh_claim = claim_from_derivation(f"tanh, Glorot: linear-regime E[y_{depth}^2]", tanh_net, "y_second_moment",
+    tanh_claim = claim_from_derivation("tanh, Glorot (linear regime)", tanh_net, "y_second_moment",
                                        depth, source="Glorot & Bengio 2010, eq. 12", linear_regime=True)
     claims = [
-        _claim(f"relu, He: E[y_{depth}^2]", he_net, "y_second_moment", depth),
-        _claim(f"relu, Glorot: E[y_{depth}^2]", glorot_net, "y_second_moment", depth),
+        _claim("relu, He", he_net, "y_second_moment", depth),
+        _claim("relu, Glorot", glorot_net, "y_second_moment", depth),
         tanh_claim,
     ]
     checks = _check(claims, settings)
@@ -584,7 +618,7 @@ def _pytorch_default(settings: Settings) -> Answer:
     scheme = torch_linear_default(bias=False)
     net = mlp([width] * (depth + 1), _RELU, scheme)
     layers = sorted({1, *(max(1, round(depth * k / 4)) for k in (1, 2, 3))})
-    claims = [_claim(f"PyTorch default: E[y_{layer}^2]", net, "y_second_moment", layer) for layer in layers]
+    claims = [_claim(f"PyTorch default, layer {layer}", net, "y_second_moment", layer) for layer in layers]
     checks = _check(claims, settings)
     derivation = forward(_RELU, scheme=scheme)
     factor = derivation.extras["factor"]
@@ -592,7 +626,7 @@ def _pytorch_default(settings: Settings) -> Answer:
     first, last = min(measured), max(measured)
     per_layer = (measured[last] / measured[first]) ** (1 / (last - first))
     # kaiming_uniform_(a): gain sqrt(2 / (1 + a^2)), bound gain * sqrt(3 / n_in) (PyTorch torch/nn/init.py).
-    a = sp.Symbol("a", positive=True)
+    a = _SLOPE
     slope = sp.sqrt(5)
     gain_formula = sp.sqrt(2 / (1 + a**2))
     gain = gain_formula.subs(a, slope)
@@ -605,12 +639,13 @@ def _pytorch_default(settings: Settings) -> Answer:
     bias_floor = torch_linear_default(bias=True).bias_variance_expr
     w = sp.Symbol("w")
     paragraphs = (
-        prose("PyTorch's nn.Linear initialises its weights with kaiming_uniform_(a = ", slope, "): the gain is ",
+        prose("PyTorch's ", Code("nn.Linear"), " initialises its weights with ", Code("kaiming_uniform_"), " at ",
+              sp.Eq(a, slope), ": the gain is ",
               sp.Eq(gain_formula, gain), ", the bound ", sp.Eq(bound_formula, bound), ", so ", sp.Eq(_V(w), variance),
               ", ", sp.simplify(variance / lecun().variance_expr), " of LeCun's and ",
               sp.simplify(variance / he().variance_expr), " of He's. In a relu network each layer then multiplies "
               "the second moment by ", sp.Eq(sp.Symbol("n") * _V(w) / 2, factor), "."),
-        prose(f"Over {depth} layers that is ", sp.Eq(sp.Pow(factor, depth - 1, evaluate=False), sp.Float(float(total), 4)),
+        prose(f"Over {depth} layers that is ", sp.Eq(sp.Pow(factor, depth - 1, evaluate=False), sp.Float(float(total), 4), evaluate=False),
               f" of the first layer's second moment. Measured on a width-{net.dense_layers[0].fan_in} network (no bias): ",
               _E(_y(first) ** 2), f" = {_measured(checks[0])}, ", _E(_y(last) ** 2), f" = {_measured(checks[-1])}; the "
               f"measured factor per layer from layer {first} to {last} is {_fmt(per_layer)} (the figure follows all "
@@ -630,11 +665,12 @@ def _pytorch_default(settings: Settings) -> Answer:
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        Topic("why-half", "Why the 1/2 in Kaiming init?",
-              "Where does the 1/2 in Kaiming's weight variance come from, and does it need Gaussian weights?", _why_half, 3),
+        Topic("why-half", "Why the ½ in Kaiming init?",
+              prose("Where does the ", sp.Rational(1, 2), " in Kaiming's weight variance come from, and does it need "
+                    "Gaussian weights?"), _why_half, 3),
         Topic("why-not-zero-mean", "Why nobody cares that relu outputs are not zero-mean",
-              "The lesson says Kaiming init keeps mean 0 and std 1 after linear+relu, but the mean after relu comes "
-              "out near 0.5. Is zero mean important, and how?", _why_not_zero_mean, 5, 3),
+              "The lesson says Kaiming init keeps mean 0 and standard deviation 1 after a linear layer and relu, but the "
+              "mean after relu comes out near 0.5. Is zero mean important, and how?", _why_not_zero_mean, 5, 3),
         Topic("pre-vs-post-activation", "Stable pre-activations, stable weight gradients",
               "He's paper keeps the pre-activations stable, and relu outputs are not zero-mean. Why should stable "
               "pre-activations give stable gradients with respect to the weights?", _pre_vs_post, 6, 3),
@@ -643,7 +679,8 @@ TOPICS: dict[str, Topic] = {
               "direction when widths differ?", _fan_in_vs_fan_out, 5, 3),
         Topic("glorot-vs-he", "Glorot versus He", "Why does Glorot's variance not suit relu networks?", _glorot_vs_he, 8),
         Topic("pytorch-default", "What PyTorch's default init does to a deep relu net",
-              prose("nn.Linear uses kaiming_uniform_(a = ", sp.sqrt(5), "). What does that do to a 20-layer relu network?"),
+              prose(Code("nn.Linear"), " initialises its weights with ", Code("kaiming_uniform_"), " at ", sp.Eq(_SLOPE, sp.sqrt(5)),
+                    ". What does that do to a 20-layer relu network?"),
               _pytorch_default, 20),
     )
 }

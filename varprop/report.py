@@ -42,7 +42,8 @@ from .montecarlo.limits import check_seed
 from .montecarlo.verdict import FAIL
 from .plot import PropagationData, save_figure
 
-__all__ = ["ReportSummary", "ReportError", "build_report", "overfull_boxes", "OVERFULL_LIMIT_PT", "LATEX_PREAMBLE"]
+__all__ = ["ReportSummary", "ReportError", "build_report", "overfull_boxes", "OVERFULL_LIMIT_PT", "LATEX_PREAMBLE",
+           "SUMMARY_OVERFLOW"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -165,6 +166,33 @@ class _Run:
         return rows
 
 
+def _latex_settings(run: _Run) -> str:
+    """The front page's settings as one small table: a row per topic, then the catalogue, seed and time."""
+    rows = ["{\\footnotesize\\noindent\\begin{tabularx}{\\linewidth}{@{}lrrlll>{\\raggedleft\\arraybackslash}X@{}}", "\\toprule",
+            "topic & hidden width & depth & checked at widths & networks per check & tolerance & networks per figure series \\\\",
+            "\\midrule"]
+    for a in run.answers:
+        s, data = a.settings, run.figures.get(a.topic.name, ())
+        checks = [m for r in a.checks for m in r.measurements]
+        rows.append(f"\\texttt{{{latex_text(a.topic.name)}}} & {s.width} & {s.depth} & "
+                    f"{latex_text(_span(m.width for m in checks))} & {latex_text(_span(m.estimate.n for m in checks))} & "
+                    f"{latex_text(_percent(s.rtol))}, Holm {latex_text(_percent(s.alpha))} & "
+                    f"{latex_text(_span(d.samples for d in data))} \\\\")
+    rows += ["\\bottomrule", "\\end{tabularx}\\par\\smallskip"]
+    rows += [f"\\noindent\\textbf{{{latex_text(what)}}}: {latex_text(value)}\\\\"
+             for what, value in run.settings_rows() if what in ("catalogue", "seed", "computing time")]
+    return "\n".join(rows) + "\n}"
+
+
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+
+
+def _questions(count: int) -> str:
+    """``six questions, six answers`` (words up to twelve)."""
+    word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
+    return f"{word} questions, {word} answers"
+
+
 def _span(values) -> str:
     values = sorted(set(values))
     if not values:
@@ -185,24 +213,20 @@ def _write_markdown(out: Path, run: _Run, appendix) -> Path:
              "Each answer below is built from sympy derivations and Monte Carlo checks of real random networks; "
              "every number is computed, none is typed in.", "", "## How this report was made", ""]
     lines += [f"- **{what}**: {value}" for what, value in run.settings_rows()]
-    lines += ["", "## Six questions, six answers", ""]
+    lines += ["", f"## {_questions(len(run.answers)).capitalize()}", ""]
     for a, key in _summary_rows(run):
         lines += [f"**{a.topic.title}** — *{prose_markdown(a.topic.question)}*  ", prose_markdown(a.headline) +
-                  f" Verdict: **{key.outcome}** ({reason(key)}). [Answer and derivation](#{_anchor(a.topic.title)})", ""]
-    lines += ["## Catalogue of claims", "", tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA, len(run.catalogue)), "",
+                  f" Verdict: **{key.outcome}** ({prose_markdown(reason(key))}). [Answer and derivation](#{a.topic.name})", ""]
+    lines += ["## Catalogue of claims", "", prose_markdown(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
+                                                                              len(run.catalogue))), "",
               _markdown_table(run.catalogue), ""]
-    for a in run.answers:
-        lines.append(a.markdown(figure=f"figures/{a.topic.name}.png"))
+    for a in run.answers:  # an explicit anchor: a title's own anchor differs between Markdown renderers
+        lines += [f'<a id="{a.topic.name}"></a>', "", a.markdown(figure=f"figures/{a.topic.name}.png")]
     lines += ["## Appendix: derivations", ""]
     lines += [d.markdown() for d in appendix]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-def _anchor(title: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
-    return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
 
 
 def _write_json(out: Path, run: _Run) -> Path:
@@ -235,7 +259,7 @@ LATEX_PREAMBLE = "\n".join([
     "\\documentclass[10pt,a4paper]{article}",
     "\\usepackage[margin=2cm]{geometry}",
     "\\usepackage[T1]{fontenc}",
-    "\\usepackage{amsmath,amssymb,graphicx,booktabs,tabularx}",
+    "\\usepackage{amsmath,amssymb,graphicx,booktabs,tabularx,longtable}",
     "\\usepackage[hidelinks]{hyperref}",
     "\\allowdisplaybreaks",
     "\\emergencystretch=3em",
@@ -243,25 +267,30 @@ LATEX_PREAMBLE = "\n".join([
 ])
 
 
+#: Written to the TeX log when the summary does not fit on its first page (the report tests read the log).
+SUMMARY_OVERFLOW = "varprop: the summary runs over one page"
+
+
 def _write_latex(out: Path, run: _Run, appendix) -> Path:
     body = [
         LATEX_PREAMBLE,
-        f"\\title{{varprop report}}\\author{{varprop {__version__}}}\\date{{}}",
-        "\\begin{document}", "\\maketitle", "\\thispagestyle{empty}",
-        "\\section*{Six questions, six answers}",
-        "Each answer is built from sympy derivations and Monte Carlo checks of real random networks; every "
-        "number is computed, none is typed in. The key number quoted is the Monte Carlo estimate $\\pm$ its "
-        "standard error.",
-        "\\begin{description}",
+        f"\\hypersetup{{pdftitle={{varprop report}}, pdfsubject={{varprop {__version__}}}}}",
+        "\\begin{document}", "\\thispagestyle{empty}",
+        f"{{\\Large\\bfseries varprop report: {_questions(len(run.answers))}}}\\hfill varprop {__version__}\\par",
+        "\\medskip\\noindent Each answer is built from sympy derivations and Monte Carlo checks of real random "
+        "networks; every number is computed, none is typed in. The key number quoted is the Monte Carlo estimate "
+        "$\\pm$ its standard error.",
+        "\\begin{description}\\setlength{\\itemsep}{2pt}",
     ]
     for a, key in _summary_rows(run):
         body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{prose_latex(a.topic.question)}}}\\\\")
-        body.append(f"{prose_latex(a.headline)} Verdict: \\textbf{{{key.outcome}}} ({latex_text(reason(key))}). "
+        body.append(f"{prose_latex(a.headline)} Verdict: \\textbf{{{key.outcome}}} ({prose_latex(reason(key))}). "
                     f"Answer p.~\\pageref{{topic:{a.topic.name}}}, derivation p.~\\pageref{{derivation:{a.topic.name}}}.")
-    body += ["\\end{description}", "\\subsection*{How this report was made}", "\\begin{description}\\small"]
-    body += [f"\\item[{latex_text(what)}] {latex_text(value)}" for what, value in run.settings_rows()]
-    body += ["\\end{description}", "\\clearpage",
-             "\\section*{Catalogue of claims}", latex_text(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
+    body += ["\\end{description}", "\\subsection*{How this report was made}", _latex_settings(run),
+             # The summary is one page a teacher can hand out: say so in the log when it is not.
+             f"\\par\\ifnum\\value{{page}}>1 \\typeout{{{SUMMARY_OVERFLOW}}}\\fi"]
+    body += ["\\clearpage",
+             "\\section*{Catalogue of claims}", prose_latex(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
                                                                               len(run.catalogue))), "",
              _latex_table(run.catalogue)]
     for a in run.answers:
@@ -269,7 +298,7 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
         body.append(a.latex(figure=f"figures/{a.topic.name}.png"))
     body += ["\\clearpage", "\\section*{Appendix: derivations}"]
     for d in appendix:
-        body += [f"\\subsection*{{{latex_text(d.title)}}}", prose_latex(d.summary), "", "{\\small", d.latex(), "}"]
+        body += [f"\\subsection*{{{prose_latex(d.title)}}}", prose_latex(d.summary), "", "{\\small", d.latex(), "}"]
     body.append("\\end{document}")
     path = out / "report.tex"
     path.write_text("\n".join(body) + "\n", encoding="utf-8")

@@ -115,7 +115,23 @@ def test_ratio_telescopes():
 def test_weight_gradient():
     d = weight_gradient(activation("relu"))
     dx = sp.IndexedBase("Delta_x")
-    assert sp.simplify(d.result - Variance(dx[l + 1]) * Variance(y[l - 1]) / 4) == 0
+    assert sp.simplify(d.extras["general"] - Variance(dx[l + 1]) * Variance(y[l - 1]) / 4) == 0
+    # The result is the last step: the general product under He's fan-in condition.
+    k = sp.Symbol("k", integer=True, positive=True)
+    expected = Variance(y[1]) * Variance(dx[L + 1]) * sp.Product(nhat[k] / n[k], (k, l + 1, L)) / 4
+    assert sp.simplify(d.result - expected) == 0 and d.result_step == len(d.steps)
+    assert "Result (step 13)" in d.text() and len(d.steps) == 13
+
+
+@pytest.mark.parametrize("kind", sorted(DERIVATIONS))
+def test_the_result_is_the_last_step(kind):
+    """"Result (step k)" names the last step, never one that later steps go beyond."""
+    for name in BUILTIN_ACTIVATIONS:
+        try:
+            d = DERIVATIONS[kind](activation(name))
+        except DerivationError:
+            continue
+        assert d.result_step in (None, len(d.steps)), (kind, name, d.result_step, len(d.steps))
 
 
 def test_glorot():

@@ -52,6 +52,7 @@ from ..errors import DerivationError
 __all__ = [
     "Expect",
     "Variance",
+    "NormalLaw",
     "Phi",
     "DPhi",
     "Rule",
@@ -76,10 +77,12 @@ __all__ = [
     "to_latex",
     "tidy",
     "Prose",
+    "Code",
     "prose",
     "prose_text",
     "prose_latex",
     "prose_markdown",
+    "citation",
 ]
 
 
@@ -108,6 +111,20 @@ class Variance(_Bracket):
     r"""The variance :math:`\operatorname{Var}[\,\cdot\,]` of a random quantity, kept unevaluated."""
 
     _text, _tex = "Var", r"\operatorname{Var}"
+
+
+class NormalLaw(sp.Function):
+    r"""``NormalLaw(z, m, v)``: :math:`z \sim \mathcal N(m, v)`, a variable and its Gaussian law, for the words of a step."""
+
+    nargs = 3
+
+    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
+        z, m, v = (printer._print(a) for a in self.args)
+        return rf"{z} \sim \mathcal{{N}}\left({m}, {v}\right)"
+
+    def _sympystr(self, printer: StrPrinter) -> str:
+        z, m, v = (printer._print(a) for a in self.args)
+        return f"{z} ~ N({m}, {v})"
 
 
 class _Applied(sp.Function):
@@ -473,8 +490,9 @@ class Derivation:
         )
         body += "\\begin{description}\\small\n" + details + "\\end{description}\n"
         step = "" if self.result_step is None else f"step {self.result_step}; "
-        rows = _broken(self.result, _LINE_BUDGET - 25)
-        shown = (f"${rows[0]}$" if len(rows) == 1 else
+        # A short result stays in the line (display style, so fractions are legible); a long one is displayed.
+        rows = _broken(self.result, _LINE_BUDGET)
+        shown = (f"$\\displaystyle {rows[0]}$" if len(rows) == 1 and _visible_length(rows[0]) <= _INLINE_RESULT else
                  "\n\\begin{align*}\n" + " \\\\\n".join(f"&{row}" for row in rows) + "\n\\end{align*}\n")
         result = f"\\paragraph{{Result}} ({step}{latex_text(self.exactness)}). {shown}\n"
         header = f"% {self.title}\n"
@@ -482,7 +500,7 @@ class Derivation:
             return header + body + result + _latex_assumptions(self.assumptions)
         return (
             _LATEX_PREAMBLE + "\\begin{document}\n"
-            f"\\section*{{{latex_text(self.title)}}}\n{prose_latex(self.summary)}\n\n"
+            f"\\section*{{{prose_latex(self.title)}}}\n{prose_latex(self.summary)}\n\n"
             + header
             + body
             + result
@@ -504,7 +522,7 @@ class Derivation:
 
     def markdown(self) -> str:
         """A Markdown section: the summary, a numbered list of steps with LaTeX math, the result."""
-        out = [f"### {self.title}", ""]
+        out = [f"### {prose_markdown(self.title)}", ""]
         if self.summary:
             out += [prose_markdown(self.summary), ""]
         for number, step in enumerate(self.steps, 1):
@@ -591,10 +609,16 @@ def tidy(expr: sp.Basic) -> sp.Basic:
     if isinstance(expr, sp.Mul):
         roots = [a for a in expr.args if a.is_Pow and a.exp in (sp.S.Half, -sp.S.Half)]
         if len(roots) >= 2:
+            # The roots and the number in front go under one root; other factors stay outside (gain sqrt(3/n)).
             coefficient, _ = expr.as_coeff_Mul()
             sign = -1 if coefficient.is_negative else 1
-            root = sp.Pow(sp.simplify((sign * expr) ** 2), sp.S.Half, evaluate=False)
-            return sp.Mul(sp.S.NegativeOne, root, evaluate=False) if sign < 0 else root
+            inside = sp.Mul(sign * coefficient, *roots)
+            outside = [a for a in expr.args if a not in roots and not a.is_Number]
+            numerator, denominator = sp.fraction(sp.simplify(inside**2))
+            root = (sp.Pow(sp.Pow(denominator, sp.S.Half, evaluate=False), -1, evaluate=False) if numerator == 1
+                    else sp.Pow(sp.simplify(inside**2), sp.S.Half, evaluate=False))  # 1/sqrt(2 pi), sqrt(v/(2 pi))
+            factors = ([sp.S.NegativeOne] if sign < 0 else []) + outside + [root]
+            return sp.Mul(*factors, evaluate=False) if len(factors) > 1 else root
     args = [tidy(a) for a in expr.args]
     if args == list(expr.args):
         return expr
@@ -681,7 +705,8 @@ def to_latex(expr: sp.Basic) -> str:
     """LaTeX of ``expr`` through sympy's printer (``y_{l-1}``, ``\\operatorname{Var}[\\cdot]``), roots gathered by :func:`tidy`."""
     expr = tidy(expr)
     if isinstance(expr, sp.Basic) and expr.has(sp.Float):  # displayed to 6 digits; the data keep every digit
-        expr = expr.xreplace({f: sp.Float(f, min(6, prec_to_dps(f._prec))) for f in expr.atoms(sp.Float)})
+        with sp.evaluate(False):  # an unevaluated equation stays one (Eq(x, 0.5) is not folded to True)
+            expr = expr.xreplace({f: sp.Float(f, min(6, prec_to_dps(f._prec))) for f in expr.atoms(sp.Float)})
     return _LatexPrinter().doprint(expr)
 
 
@@ -711,6 +736,17 @@ class Prose(str):
 _SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?e[-+]\d+)(?![\w.])")
 
 
+class Code(str):
+    """A code identifier in a sentence (``kaiming_uniform_``, ``nn.Linear``): set as code, not as words.
+
+    :func:`prose_latex` sets it in ``\\texttt``, :func:`prose_markdown` in backticks; the terminal
+    text shows it as it is.
+    """
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Code, (str(self),))
+
+
 def prose(*parts: str | sp.Basic) -> Prose:
     """Words (``str``) and formulas (sympy objects, ``sp.Eq`` for an equation) as one sentence.
 
@@ -721,6 +757,8 @@ def prose(*parts: str | sp.Basic) -> Prose:
     for part in parts:
         if isinstance(part, Prose):
             flat += part.parts
+        elif isinstance(part, Code):
+            flat.append(part)
         elif isinstance(part, str):
             pieces = _SCIENTIFIC.split(part)
             flat += [piece if i % 2 == 0 else sp.Float(piece, len(piece.split("e")[0].replace("-", "").replace(".", "")))
@@ -742,19 +780,27 @@ def prose_text(text: str) -> str:
 
 
 def prose_latex(text: str) -> str:
-    """LaTeX: words escaped for text mode, each formula in ``$...$`` through :func:`to_latex`."""
-    return "".join(latex_text(p) if isinstance(p, str) else f"${to_latex(p)}$" for p in _parts(text))
+    """LaTeX: words escaped for text mode, each formula in ``$...$`` through :func:`to_latex`, code in ``\\texttt``."""
+    return "".join(_latex_part(p) for p in _parts(text))
+
+
+def _latex_part(part: str | sp.Basic) -> str:
+    if isinstance(part, Code):
+        return f"\\texttt{{{latex_text(part)}}}"
+    return latex_text(part) if isinstance(part, str) else f"${to_latex(part)}$"
 
 
 def prose_markdown(text: str) -> str:
-    """Markdown: words as they are, each formula as ``$...$`` LaTeX math (GitHub, Sphinx and pandoc render it)."""
-    return "".join(p if isinstance(p, str) else f"${to_latex(p)}$" for p in _parts(text))
+    """Markdown: words as they are, each formula as ``$...$`` LaTeX math (GitHub, Sphinx and pandoc render it),
+    code in backticks."""
+    return "".join(f"`{p}`" if isinstance(p, Code) else p if isinstance(p, str) else f"${to_latex(p)}$"
+                   for p in _parts(text))
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_\allowbreak{}", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "±": r"$\pm$",
                   "≤": r"$\le$", "≥": r"$\ge$", "≈": r"$\approx$", "≠": r"$\neq$", "→": r"$\to$", "π": r"$\pi$",
-                  "√": r"$\surd$", "²": r"$^2$", "−": "-", "—": "---", "–": "--"}
+                  "√": r"$\surd$", "²": r"$^2$", "½": r"\texorpdfstring{$\tfrac{1}{2}$}{1/2}", "−": "-", "—": "---", "–": "--"}
 
 
 def latex_text(text: str) -> str:
@@ -782,6 +828,8 @@ def _latex_assumptions(assumptions: Iterable[str]) -> str:
 
 #: Roughly how many characters of typeset math fit on a line of the report's page.
 _LINE_BUDGET = 80
+#: The longest result (in shown characters) set in the line after "Result (step k; exactness)."
+_INLINE_RESULT = 40
 
 
 def _visible_length(tex: str) -> int:
@@ -844,13 +892,35 @@ def _broken(expr: sp.Expr, budget: int, prefix: str = "") -> list[str]:
 def _reason_latex(step: Step) -> str:
     words = prose_latex(step.justification) if step.justification else ""
     text = f"\\emph{{{latex_text(step.rule.value)}}}" + (f": {words}" if words else "")
-    return text + (f" [{latex_text(step.source)}]" if step.source else "")
+    return text + (f" [{prose_latex(citation(step.source))}]" if step.source else "")
 
 
 def _reason_markdown(step: Step) -> str:
     words = prose_markdown(step.justification) if step.justification else ""
     text = step.rule.value + (f": {words}" if words else "")
-    return text + (f" [{step.source}]" if step.source else "")
+    return text + (f" [{prose_markdown(citation(step.source))}]" if step.source else "")
+
+
+#: A code identifier in a citation: a dotted name (``nn.Linear.reset_parameters``) or a name with an
+#: underscore (``kaiming_uniform_``), with its call arguments.
+_IDENTIFIER = re.compile(r"(?<![\w.])((?:[A-Za-z_]\w+\.)+[A-Za-z_]\w+|[A-Za-z]\w*_\w*)(\([^()]*(?:\([^()]*\))?[^()]*\))?")
+
+
+def citation(source: str) -> Prose:
+    """A source as words with its code identifiers marked as :class:`Code`.
+
+    A source cites a paper (``He et al. 2015, eq. (8)``) or a library's code (``PyTorch
+    nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5))``); the code is set as code.
+    """
+    if isinstance(source, Prose):
+        return source
+    parts: list[str] = []
+    last = 0
+    for match in _IDENTIFIER.finditer(source):
+        parts += [source[last:match.start()], Code(match.group(0))]
+        last = match.end()
+    parts.append(source[last:])
+    return Prose([p for p in parts if p])
 
 
 #: The preamble of every standalone LaTeX document varprop writes (A4, 10 pt, words may stretch

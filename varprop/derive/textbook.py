@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..activations import X, Activation
+from ..activations import BUILTIN_ACTIVATIONS, X, Activation
 from ..errors import DerivationError
 from ..weights import DISTRIBUTIONS, N_IN, N_OUT, InitScheme, Normal, TruncatedNormal, Uniform, WeightLaw
-from .derivation import (LEMMA_CONSTANT, DPhi, Derivation, Expect, Integral, Phi, Prose, Rule, Solve, Unrolled, Variance,
-                         _Builder, prose)
+from .derivation import (LEMMA_CONSTANT, Code, DPhi, Derivation, Expect, Integral, NormalLaw, Phi, Prose, Rule, Solve,
+                         Unrolled, Variance, _Builder, prose)
 from .gaussian import Q, moments
 from .propagate import (
     DEPTH,
@@ -66,7 +66,9 @@ Q_STAR = sp.Symbol("q_star", positive=True)
 _l = LAYER
 _Y = sp.Symbol("y")
 _Z = sp.Symbol("z")
+_Q_WORD = sp.Symbol("q")
 HE = "He et al. 2015"
+_CHECKED_DEPTHS = prose(" (checked for depths ", sp.Eq(sp.Symbol("L"), 2), " to 7)")
 GLOROT = "Glorot & Bengio 2010"
 
 _A_IID = prose("the entries of ", sp.Symbol("W_l"), " are iid, and independent of ", _x[_l])
@@ -79,7 +81,8 @@ _A_GRAD_INDEP = prose(_dy[_l], " is independent of ", sp.Symbol("W_l"), " (the g
 _A_DERIV_INDEP = prose(DPhi(_y[_l]), " is independent of ", _dx[_l + 1])
 _A_DY_X_INDEP = prose(_dy[_l], " is independent of ", _x[_l])
 _A_NO_BIAS = "biases are zero"
-_A_LINEAR_REGIME = "phi is linear near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
+_A_LINEAR_REGIME = prose(Phi(_Z), " is linear near 0 with ", sp.Eq(Phi(0), 0), " and ", sp.Eq(DPhi(0), 1),
+                         " (Glorot's linear regime)")
 
 
 # --- shared pieces -----------------------------------------------------------------------------
@@ -89,8 +92,29 @@ def _factor_text(value: sp.Expr) -> str:
     return f"({value})" if isinstance(value, sp.Add) else str(value)
 
 
-def _title(kind: str, act: Activation) -> str:
-    return f"{kind} for {act}"
+def _title(kind: str, act: Activation) -> Prose:
+    return prose(f"{kind} for ", _named(act))
+
+
+def _named(act: Activation) -> Prose:
+    """The activation in words: ``leaky relu with a = 1/5``; a user's expression as the formula it is."""
+    if act.name not in BUILTIN_ACTIVATIONS:
+        return prose(sp.Eq(sp.Function("phi")(sp.Symbol("x")), act.expr, evaluate=False))
+    words = act.name.replace("_", " ")
+    symbolic = {k for k, v in act.params if isinstance(v, sp.Symbol) and v.name == k}
+    values = [sp.Eq(sp.Symbol(k), v, evaluate=False) for k, v in act.params if k not in symbolic]
+    named = [sp.Symbol(k) for k in sorted(symbolic)]
+    parts: list[str | sp.Basic] = [words]
+    for i, part in enumerate(named):
+        parts += [" with parameter " if i == 0 else " and ", part]
+    for i, value in enumerate(values):
+        parts += [" with " if i == 0 and not named else " and ", value]
+    return prose(*parts)
+
+
+def _scheme(scheme: InitScheme) -> Code:
+    """An init scheme by its varprop name, set as code (``torch_linear_default(no bias)``)."""
+    return Code(str(scheme))
 
 
 def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int, sp.Expr, sp.Expr | None, tuple[str, ...]]:
@@ -103,7 +127,7 @@ def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int
         value = lemma.constant / 2 * Variance(arg)
         y = sp.Symbol("y")
         why = prose("symmetry lemma ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, lemma.constant * y**2),
-                    " (checked by sympy), so a symmetric zero-mean y keeps the fraction ", lemma.constant / 2,
+                    " (checked by sympy), so a symmetric zero-mean ", _Y, " keeps the fraction ", lemma.constant / 2,
                     " of its second moment")
         index = b.add(Expect(Phi(arg) ** 2), value, Rule.SYMMETRY, why,
                       proof=lemma.proof(LEMMA_CONSTANT / 2 * Variance(arg)),
@@ -111,7 +135,7 @@ def _second_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple[int
         return index, value, lemma.constant, (_A_SYMMETRIC,)
     m = moments(act).second_moment
     value = m.expr.subs(Q, Variance(arg))
-    why = prose("Gaussian integral ", Expect(Phi(_Z) ** 2), ", ", _Z, f" ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})")
+    why = prose("Gaussian integral ", Expect(Phi(_Z) ** 2), ", ", NormalLaw(_Z, 0, _Q_WORD), f" ({m.route}{'' if m.exact else ', numeric'})")
     index = b.add(Expect(Phi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why, proof=Integral(act.expr**2, Variance(arg)),
                   assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y, _A_ZERO_MEAN), exactness="asymptotic")
     return index, value, None, (_A_SYMMETRIC, _A_GAUSSIAN_Y)
@@ -127,7 +151,7 @@ def _derivative_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple
         return index, lemma.constant / 2, lemma.constant
     m = moments(act).derivative_second_moment
     value = m.expr.subs(Q, Variance(arg))
-    why = prose("Gaussian integral ", Expect(DPhi(_Z) ** 2), ", ", _Z, f" ~ N(0, q) ({m.route}{'' if m.exact else ', numeric'})")
+    why = prose("Gaussian integral ", Expect(DPhi(_Z) ** 2), ", ", NormalLaw(_Z, 0, _Q_WORD), f" ({m.route}{'' if m.exact else ', numeric'})")
     index = b.add(Expect(DPhi(arg) ** 2), value, Rule.GAUSSIAN_INTEGRAL, why,
                   proof=Integral(act.derivative**2, Variance(arg)), assumptions=(_A_SYMMETRIC, _A_GAUSSIAN_Y),
                   exactness="asymptotic")
@@ -135,14 +159,14 @@ def _derivative_moment_fact(b: _Builder, act: Activation, arg: sp.Expr) -> tuple
 
 
 def _definition_step(b: _Builder, act: Activation, arg: sp.Expr) -> int:
-    return b.define(Phi(arg), act.expr.subs(X, arg), f"the activation {act}")
+    return b.define(Phi(arg), act.expr.subs(X, arg), prose("the activation ", _named(act)))
 
 
 def _unrolled(b: _Builder, lhs: sp.Expr, initial: sp.Expr, factor: sp.Expr, why: str, source: str, *,
               uses: tuple[int, ...] = ()) -> int:
     """``lhs = initial * prod_{l=2}^{L} factor``, checked against the recursion unrolled for L = 2..7."""
     rhs = initial * sp.Product(factor, (_l, 2, DEPTH))
-    return b.add(lhs, rhs, Rule.UNROLLING, why + " (checked for L = 2..7)",
+    return b.add(lhs, rhs, Rule.UNROLLING, prose(why, _CHECKED_DEPTHS),
                  proof=Unrolled(initial, factor, _l, 2, DEPTH), uses=uses, source=source)
 
 
@@ -168,7 +192,7 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     var_y, wx = Variance(_y[l]), Variance(_w[l] * _x[l])
     assumptions = (_A_IID, _A_X_ID, _A_NO_BIAS) + ((_A_X_INDEP,) if weight_mean else ())
     b.model(var_y, _n[l] * wx, Rule.INDEPENDENCE,
-            prose(_y[l], " is a sum of ", _n[l], " terms w x that are uncorrelated (zero-mean weights) or independent"),
+            prose(_y[l], " is a sum of ", _n[l], " terms ", _w[l] * _x[l], " that are uncorrelated (zero-mean weights) or independent"),
             assumptions=assumptions, source=f"{HE}, eq. (6)")
     Ew, Ew2, Ex, Ex2, Vw, Vx = (Expect(_w[l]), Expect(_w[l] ** 2), Expect(_x[l]), Expect(_x[l] ** 2),
                                 Variance(_w[l]), Variance(_x[l]))
@@ -178,7 +202,7 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
     product = b.model(wx, product_variance, Rule.INDEPENDENCE, prose(product_rule),
                       assumptions=(_A_IID,))
     b.identity(var_y, _n[l] * product_variance, Rule.INDEPENDENCE,
-               prose(product_rule, " for independent w, x"), uses=(b.current - 1, product))
+               prose(product_rule, " for independent ", w_, " and ", x_), uses=(b.current - 1, product))
     second_rule = prose(sp.Eq(Expect(w_**2), Variance(w_) + Expect(w_) ** 2))
     w2 = b.define(Ew2, Vw + Ew**2, second_rule, rule=Rule.VARIANCE_DEFINITION)
     b.then(_n[l] * ((Vw + Ew**2) * Ex2 - Ew**2 * Ex**2), Rule.VARIANCE_DEFINITION, second_rule,
@@ -203,19 +227,19 @@ def forward(act: Activation, *, weight_mean: bool = False, scheme: InitScheme | 
         return b.build(recursion, summary=_forward_summary(act, None), recursion=recursion)
     factor = c / 2 * _n[l] * Vw
     unrolled = _unrolled(b, Variance(_y[DEPTH]), Variance(_y[1]), factor,
-                         "apply the recursion from layer L down to layer 2", f"{HE}, eq. (9)", uses=(b.current,))
+                         prose("apply the recursion from layer ", DEPTH, " down to layer 2"), f"{HE}, eq. (9)", uses=(b.current,))
     if scheme is None:
         return b.build(Variance(_y[1]) * sp.Product(factor, (l, 2, DEPTH)), summary=_forward_summary(act, c),
                        recursion=recursion, factor=factor)
     variance = scheme.variance(_n[l], _nhat[l])
     applied = sp.simplify(factor.subs(Vw, variance))
     result = Variance(_y[1]) * sp.Product(applied, (l, 2, DEPTH)).doit()
-    scheme_step = b.define(Vw, variance, prose(f"{scheme}: ", sp.Eq(Vw, variance)), source=scheme.source)
+    scheme_step = b.define(Vw, variance, prose(_scheme(scheme), ": ", sp.Eq(Vw, variance)), source=scheme.source)
     b.identity(Variance(_y[DEPTH]), result, Rule.SUBSTITUTION,
-               prose(f"{scheme}: ", sp.Eq(Vw, variance), ", so each layer multiplies ", Variance(sp.Symbol("y")),
+               prose(_scheme(scheme), ": ", sp.Eq(Vw, variance), ", so each layer multiplies ", Variance(sp.Symbol("y")),
                      " by ", applied),
                uses=(unrolled, scheme_step), source=scheme.source)
-    return b.build(result, summary=prose(*_forward_summary(act, c).parts, f" Under {scheme} the factor is ", applied, "."),
+    return b.build(result, summary=prose(_forward_summary(act, c), " Under ", _scheme(scheme), " the factor is ", applied, "."),
                    recursion=recursion, factor=applied)
 
 
@@ -223,11 +247,11 @@ def _forward_summary(act: Activation, c: sp.Expr | None) -> Prose:
     y = sp.Symbol("y")
     if c is None:
         return prose(
-            f"For {act} the second moment ", Expect(Phi(y) ** 2), " is not a fixed fraction of ", Variance(y),
+            "For ", _named(act), " the second moment ", Expect(Phi(y) ** 2), " is not a fixed fraction of ", Variance(y),
             ", so the recursion is a non-linear map of the variance and holds for Gaussian pre-activations (wide layers)."
         )
     return prose(
-        f"For {act}, ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, c * y**2), ", so each layer multiplies the pre-activation "
+        "For ", _named(act), ", ", sp.Eq(Phi(y) ** 2 + Phi(-y) ** 2, c * y**2), ", so each layer multiplies the pre-activation "
         "variance by ", c / 2 * _n[LAYER] * Variance(sp.Symbol("w_l")),
         "; this is exact at every width for any symmetric zero-mean weight law."
     )
@@ -239,8 +263,8 @@ def _forward_with_mean(b: _Builder, act: Activation, general_step: int, vx: int)
     x_mean = m.mean.expr.subs(Q, Variance(_y[l - 1]))
     _definition_step(b, act, _y[l - 1])
     mean = b.add(Expect(_x[l]), x_mean, Rule.GAUSSIAN_INTEGRAL if m.mean.route != "symmetry" else Rule.SYMMETRY,
-                 prose(Expect(Phi(_Z)), ", ", _Z, " ~ N(0, ", Variance(_y[l - 1]), f") ({m.mean.route})"), proof=Integral(act.expr, Variance(_y[l - 1])),
-                 assumptions=(_A_GAUSSIAN_Y, prose(_y[l - 1], " is centred (the weights of layer l-1 have zero mean)")),
+                 prose(Expect(Phi(_Z)), ", ", NormalLaw(_Z, 0, Variance(_y[l - 1])), f" ({m.mean.route})"), proof=Integral(act.expr, Variance(_y[l - 1])),
+                 assumptions=(_A_GAUSSIAN_Y, prose(_y[l - 1], " is centred (the weights of layer ", l - 1, " have zero mean)")),
                  exactness="asymptotic")
     ex2 = b.define(Expect(_x[l] ** 2), Expect(Phi(_y[l - 1]) ** 2), prose(sp.Eq(_x[l], Phi(_y[l - 1]))))
     fact, x_second, _, _ = _second_moment_fact(b, act, _y[l - 1])
@@ -276,7 +300,7 @@ def _backward_chain(b: _Builder, act: Activation) -> tuple[int, sp.Expr, sp.Expr
                           assumptions=(_A_DERIV_INDEP,), exactness="asymptotic", uses=(chain,))
     slope_step, slope, c = _derivative_moment_fact(b, act, _y[l])
     centred = b.model(Expect(_dx[l + 1] ** 2), Variance(_dx[l + 1]), Rule.ZERO_MEAN,
-                      prose(sp.Eq(Expect(_dx[l + 1]), 0), " because the weights of layer l+1 have zero mean"))
+                      prose(sp.Eq(Expect(_dx[l + 1]), 0), " because the weights of layer ", l + 1, " have zero mean"))
     value = slope * Variance(_dx[l + 1])
     step = b.identity(Edy2, value, Rule.SUBSTITUTION, prose(sp.Eq(Edy2, dphi2 * Variance(_dx[l + 1]))),
                       uses=(independent, slope_step, centred))
@@ -296,7 +320,7 @@ def backward(act: Activation) -> Derivation:
     b = _Builder(_title("Backward recursion", act))
     var_dx, wdy = Variance(_dx[l]), Variance(_w[l] * _dy[l])
     Vw, Edy2 = Variance(_w[l]), Expect(_dy[l] ** 2)
-    first = b.model(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE, prose(_dx[l], " is a sum of ", _nhat[l], " terms w ", _dy[l], " (fan-out)"),
+    first = b.model(var_dx, _nhat[l] * wdy, Rule.INDEPENDENCE, prose(_dx[l], " is a sum of ", _nhat[l], " terms ", _w[l] * _dy[l], " (fan-out)"),
                     assumptions=(_A_IID, _A_GRAD_INDEP), exactness="asymptotic", source=f"{HE}, eq. (11)")
     zero = b.model(wdy, Vw * Edy2, Rule.ZERO_MEAN, prose(sp.Eq(wdy, Vw * Edy2), " as ", sp.Eq(Expect(_w[l]), 0)),
                    assumptions=(_A_ZERO_MEAN,))
@@ -308,10 +332,10 @@ def backward(act: Activation) -> Derivation:
                source=f"{HE}, eq. (12)" if c is not None else "")
     if c is None:
         return b.build(recursion, summary=prose(
-            f"For {act} ", Expect(DPhi(_y[l]) ** 2), " depends on ", Variance(_y[l]), ", so the backward factor "
+            "For ", _named(act), " ", Expect(DPhi(_y[l]) ** 2), " depends on ", Variance(_y[l]), ", so the backward factor "
             "changes with the forward variance and there is no depth-independent product."), recursion=recursion)
     factor = slope * _nhat[l] * Vw
-    _unrolled(b, Variance(_dx[2]), Variance(_dx[DEPTH + 1]), factor, "apply the recursion from layer 2 up to layer L",
+    _unrolled(b, Variance(_dx[2]), Variance(_dx[DEPTH + 1]), factor, prose("apply the recursion from layer 2 up to layer ", DEPTH),
               f"{HE}, eq. (13)", uses=(b.current,))
     return b.build(Variance(_dx[DEPTH + 1]) * sp.Product(factor, (l, 2, DEPTH)), summary=prose(
         "Each layer multiplies the gradient's second moment by ", c / 2 * _nhat[l] * Vw, ", with ", _nhat[l],
@@ -356,17 +380,20 @@ def weight_gradient(act: Activation) -> Derivation:
         " is zero-mean."
     )
     if c_back is None or c_fwd is None:
-        return b.build(value, summary=summary)
+        return b.build(value, summary=summary, general=value)
     # Under the fan-in condition every forward factor is 1 and every backward factor nhat_k / n_k.
     k = sp.Symbol("k", integer=True, positive=True)
     under_fan_in = c_back / 2 * c_fwd / 2 * Variance(_y[1]) * Variance(_dx[DEPTH + 1]) * sp.Product(
         _nhat[k] / _n[k], (k, l + 1, DEPTH))
     b.model(dW2, under_fan_in, Rule.CONDITION,
-            prose("with the fan-in condition ", sp.Eq(c_fwd / 2 * _n[k] * Variance(_w[k]), 1), " for every k: ",
+            prose("with the fan-in condition ", sp.Eq(c_fwd / 2 * _n[k] * Variance(_w[k]), 1), " for every ", k, ": ",
                   sp.Eq(Variance(_y[l - 1]), Variance(_y[1])), " and ", sp.Eq(Variance(_dx[l + 1]),
                   Variance(_dx[DEPTH + 1]) * sp.Product(_nhat[k] / _n[k], (k, l + 1, DEPTH)))),
             source=f"{HE}, eqs. (9), (10), (13)")
-    return b.build(value, summary=summary, under_fan_in=under_fan_in)
+    # The result is the last step: the general product (``general``) under He's fan-in condition.
+    return b.build(under_fan_in, summary=prose(summary, " Under the fan-in condition it is the last step's product: "
+                                              "no power of the depth, only a ratio of widths."),
+                   general=value, under_fan_in=under_fan_in)
 
 
 # --- conditions --------------------------------------------------------------------------------
@@ -424,7 +451,7 @@ def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal")
     l = _l
     var_w = Variance(_w[l])
     fan, fan_symbol = (_n[l], N_IN) if mode == "fan_in" else (_nhat[l], N_OUT)
-    b = _Builder(_title(f"Initialisation condition ({mode})", act))
+    b = _Builder(_title(f"Initialisation condition ({mode.replace('_', '-')})", act))
     if mode == "fan_in":
         lemma = symmetry_lemma(act)
         what, kept = "forward", sp.Eq(Variance(_y[l]), Variance(_y[l - 1]))
@@ -446,7 +473,7 @@ def condition(act: Activation, *, mode: str = "fan_in", weights: str = "normal")
     if len(solutions) != 1:
         raise DerivationError(f"the condition {factor} = 1 has no unique solution for Var[w_l]: {solutions}")
     variance = solutions[0]
-    solved = b.add(var_w, variance, Rule.SOLVE, prose("solve the condition for ", Variance(_w[l]), " (sympy.solve)"),
+    solved = b.add(var_w, variance, Rule.SOLVE, prose("solve the condition for ", Variance(_w[l]), " (", Code("sympy.solve"), ")"),
                    proof=Solve(sp.Eq(factor, 1), var_w), uses=(condition_step,))
     weight_variance = variance.subs(fan, fan_symbol)
     parameter = _law_step(b, weights, weight_variance, prose(f"{weights} law with variance ", Variance(_w[l])), uses=(solved,))
@@ -472,10 +499,10 @@ def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str
                         "the forward recursion with zero-mean weights", assumptions=(_A_IID, _A_ZERO_MEAN),
                         source=f"{HE}, eq. (7)")
     b.identity(Variance(_y[l]), _n[l] * var_w * moment, Rule.GAUSSIAN_INTEGRAL,
-               prose("forward recursion with ", Expect(Phi(_Z) ** 2), ", ", _Z, " ~ N(0, ", Variance(_y[l - 1]), f") ({m2.route})"), uses=(recursion, ex2, fact))
+               prose("forward recursion with ", Expect(Phi(_Z) ** 2), ", ", NormalLaw(_Z, 0, Variance(_y[l - 1])), f" ({m2.route})"), uses=(recursion, ex2, fact))
     fixed = b.model(Q_STAR, equation_lhs, Rule.FIXED_POINT,
                     prose(sp.Eq(Variance(_y[l]), Variance(_y[l - 1])), " = ", Q_STAR, ": the variance is preserved "
-                          "only at a fixed point, since ", Expect(Phi(_Z) ** 2) / Q, " depends on q (no scale-free condition)"))
+                          "only at a fixed point, since ", Expect(Phi(_Z) ** 2) / Q, " depends on ", Q, " (no scale-free condition)"))
     variance = Q_STAR / (_n[l] * second)
     b.add(var_w, variance, Rule.SOLVE, prose("solve the fixed-point equation for ", Variance(_w[l])),
           proof=Solve(sp.Eq(Q_STAR, equation_lhs), var_w), uses=(fixed,))
@@ -484,9 +511,9 @@ def _fixed_point_condition(b: _Builder, act: Activation, mode: str, weights: str
     return b.build(
         weight_variance,
         summary=prose(
-            f"For {act} there is no scale-free condition: preserving a pre-activation variance ", Q_STAR, " needs ",
+            "For ", _named(act), " there is no scale-free condition: preserving a pre-activation variance ", Q_STAR, " needs ",
             sp.Eq(Variance(sp.Symbol("w")), Q_STAR / (N_IN * Expect(Phi(sp.Symbol("z")) ** 2))), " with ",
-            sp.Symbol("z"), " ~ N(0, ", Q_STAR, "), a different variance for every ", Q_STAR, f"{note}."
+            NormalLaw(sp.Symbol("z"), 0, Q_STAR), ", a different variance for every ", Q_STAR, f"{note}."
         ),
         weight_variance=weight_variance,
         fixed_point_equation=sp.Eq(Q_STAR, equation_lhs.subs(_n[l], N_IN)),
@@ -525,15 +552,17 @@ def ratio(act: Activation) -> Derivation:
     per_layer = _nhat[l] / _n[l]
     b.identity(backward_factor, per_layer, Rule.SUBSTITUTION, "backward factor under the fan-in condition",
                uses=(solved,))
-    b.define(_nhat[l], _n[l + 1], "dense layers: the fan-out of layer l is the fan-in of layer l+1")
-    telescoped = _n[DEPTH + 1] / _n[2]
-    b.add(sp.Product(_n[l + 1] / _n[l], (l, 2, DEPTH)), telescoped, Rule.TELESCOPING,
-          "consecutive widths cancel (checked for L = 2..7)", proof=Unrolled(sp.Integer(1), _n[l + 1] / _n[l], l, 2, DEPTH),
-          source=f"{HE}, after eq. (14)")
+    b.define(_nhat[l], _n[l + 1], prose("dense layers: the fan-out of layer ", l, " is the fan-in of layer ", l + 1))
+    # The fan-out case first, so that the result (the fan-in case) is the last step.
     forward_telescoped = _n[2] / _n[DEPTH + 1]
     b.add(sp.Product(_n[l] / _n[l + 1], (l, 2, DEPTH)), forward_telescoped, Rule.TELESCOPING,
-          "with the fan-out condition the forward product is the inverse ratio (He's c_2/d_L)",
+          prose("with the fan-out condition the forward product is the inverse ratio (He's ",
+                sp.Symbol("c_2") / sp.Symbol("d_L"), ")", _CHECKED_DEPTHS),
           proof=Unrolled(sp.Integer(1), _n[l] / _n[l + 1], l, 2, DEPTH), source=f"{HE}, after eq. (14)")
+    telescoped = _n[DEPTH + 1] / _n[2]
+    b.add(sp.Product(_n[l + 1] / _n[l], (l, 2, DEPTH)), telescoped, Rule.TELESCOPING,
+          prose("with the fan-in condition consecutive widths cancel", _CHECKED_DEPTHS),
+          proof=Unrolled(sp.Integer(1), _n[l + 1] / _n[l], l, 2, DEPTH), source=f"{HE}, after eq. (14)")
     return b.build(
         telescoped,
         summary=prose(
@@ -601,8 +630,8 @@ def glorot(act: Activation, *, weights: str = "uniform") -> Derivation:
         weight_variance,
         summary=prose(
             "For a linear network the forward and backward conditions differ unless fan-in equals fan-out; "
-            "Glorot and Bengio take the compromise ", weight_variance, "."
-            + ("" if exact_linear else f" For {act} this is an approximation (linear regime), not an identity.")
+            "Glorot and Bengio take the compromise ", weight_variance, ".",
+            *(() if exact_linear else (" For ", _named(act), " this is an approximation (linear regime), not an identity."))
         ),
         weight_variance=weight_variance,
         law_parameter=parameter,

@@ -444,37 +444,37 @@ def _shrink_test(rows: list[tuple]) -> ShrinkTest:
 def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest | None) -> tuple[str, str]:
     primary = measurements[0]
     if claim.exactness == "approximation":
-        parts = ", ".join(f"n={m.width}: {100 * m.deviation:+.2f}% (SE {100 * m.deviation_se:.2f}%)" for m in measurements)
-        return MEASURED, f"approximation, not expected to hold; measured deviation {parts}"
+        parts = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}% (SE {100 * m.deviation_se:.2f}%)" for m in measurements)
+        return MEASURED, f"approximation, not expected to hold; measured deviation at {parts}"
     if shrink is not None:
-        deviations = ", ".join(f"n={m.width}: {100 * m.deviation:+.2f}%" for m in sorted(measurements, key=lambda m: m.width))
+        deviations = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}%" for m in sorted(measurements, key=lambda m: m.width))
         if shrink.rejected:
-            return FAIL, (f"the deviation does not shrink like O(1/n) ({deviations}; one-sided p = {shrink.p_value:.2g})")
+            return FAIL, (f"the deviation does not shrink like O(1/width) ({deviations}; one-sided p = {shrink.p_value:.2g})")
         if primary.verdict is not None and primary.verdict.resolution > primary.verdict.rtol:
-            return INCONCLUSIVE, (f"deviation {deviations}; not resolved at n={primary.width}: about "
+            return INCONCLUSIVE, (f"deviation {deviations}; not resolved at width {primary.width}: about "
                                   f"{primary.verdict.samples_needed} networks would resolve rtol")
         settled = "" if primary.verdict is None or abs(primary.verdict.z) <= primary.verdict.z_crit else (
-            f"; a finite-width deviation remains measurable at n={primary.width}")
-        return PASS, f"deviation shrinks at least like O(1/n) ({deviations}){settled}"
+            f"; a finite-width deviation remains measurable at width {primary.width}")
+        return PASS, f"deviation shrinks at least like O(1/width) ({deviations}){settled}"
     skewed = [m for m in measurements if m.verdict is not None and m.estimate.n < m.health.get("skew_minimum", 0)]
     if skewed:
         worst = max(skewed, key=lambda m: m.health["skew_minimum"] / m.estimate.n)
-        return INCONCLUSIVE, (f"too skewed at n={worst.width} for the normal approximation behind z "
+        return INCONCLUSIVE, (f"too skewed at width {worst.width} for the normal approximation behind z "
                               f"({worst.health['skew_minimum']} networks needed by the Edgeworth bound, "
                               f"{worst.estimate.n} drawn): no verdict either way")
     failed = [m for m in measurements if m.verdict is not None and m.verdict.outcome == FAIL]
     if failed:
         worst = max(failed, key=lambda m: abs(m.verdict.z))
-        return FAIL, (f"contradicted at n={worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
+        return FAIL, (f"contradicted at width {worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
                       f"prediction {claim.value:.6g}, z = {format_z(worst.verdict.z)}")
     if primary.verdict is not None and primary.verdict.outcome == INCONCLUSIVE:
-        return INCONCLUSIVE, (f"agrees but too noisy at n={primary.width} to resolve rtol: about "
+        return INCONCLUSIVE, (f"agrees but too noisy at width {primary.width} to resolve rtol: about "
                               f"{primary.verdict.samples_needed} networks would")
     others = [m for m in measurements[1:] if m.verdict is not None]
-    text = (f"agrees at n={primary.width} (z = {format_z(primary.verdict.z)}, resolution "
+    text = (f"agrees at width {primary.width} (z = {format_z(primary.verdict.z)}, resolution "
             f"{100 * primary.verdict.resolution:.2f}%)")
     if others:
-        text += "; not contradicted at n = " + ", ".join(
+        text += "; not contradicted at widths " + ", ".join(
             f"{m.width} (z = {format_z(m.verdict.z)}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
         )
     return PASS, text
