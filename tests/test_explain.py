@@ -140,7 +140,7 @@ def figure_data(answers):
     return {name: result.figure_data(samples=50) for name, result in answers.items()}
 
 
-@pytest.mark.parametrize("name", ["why-not-zero-mean", "glorot-vs-he", "why-half", "pytorch-default"])
+@pytest.mark.parametrize("name", TOPICS)  # every topic, so a new one is held to it too
 def test_every_figure_draws_the_prediction_its_table_checks(answers, figure_data, name):
     result = answers[name]
     assert _disagreements(result, figure_data[name]) == []

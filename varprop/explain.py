@@ -280,7 +280,7 @@ def _latex_table(results: Sequence[CheckResult]) -> str:
     header = [h for h in _HEADER[:-1] if h != "exactness"]
     exactness = _HEADER.index("exactness")
     rows = ["{\\small\\setlength{\\tabcolsep}{3.5pt}\\setlength{\\LTleft}{0pt}\\setlength{\\LTright}{0pt}",
-            "\\begin{longtable}{@{\\extracolsep{\\fill}}p{0.27\\textwidth}lrrrrrl@{}}", "\\toprule",
+            "\\begin{longtable}{@{\\extracolsep{\\fill}}p{0.22\\textwidth}lrrrrrl@{}}", "\\toprule",
             " & ".join(header).replace("±", "$\\pm$") + " \\\\", "\\midrule", "\\endhead", "\\bottomrule", "\\endfoot"]
     for r in results:
         cells = _cells(r, lambda e: f"${to_latex(e)}$", latex_text, prose_latex)
