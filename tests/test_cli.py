@@ -58,7 +58,7 @@ def test_derive_formats(capsys):
     _, out, _ = run(capsys, "derive", "glorot", "--activation", "linear", "--format", "json")
     assert json.loads(out)["weight_variance"] == "2/(n_in + n_out)"
     code, out, _ = run(capsys, "derive", "forward", "--weight-mean")
-    assert code == 0 and "E[w_l]**2" in out
+    assert code == 0 and "E[w_l]^2" in out
 
 
 @pytest.mark.parametrize(

@@ -665,6 +665,12 @@ class _ProseTextPrinter(_TextPrinter):
         op = "=" if expr.rel_op == "==" else expr.rel_op
         return f"{self._print(expr.lhs)} {op} {self._print(expr.rhs)}"
 
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        """``{y if y > 0; 0 otherwise}``, as a case distinction is written, not sympy's constructor call."""
+        cases = [f"{self._print(value)} otherwise" if condition == sp.true
+                 else f"{self._print(value)} if {self._print(condition)}" for value, condition in expr.args]
+        return "{" + "; ".join(cases) + "}"
+
 
 _SUPERSCRIPT_WORDS = {"star": "*"}
 
@@ -697,8 +703,9 @@ class _LatexPrinter(LatexPrinter):
 
 
 def to_text(expr: sp.Basic) -> str:
-    """One-line plain text of ``expr`` (``y_l``, ``Var[y_(l-1)]``, ``E[x_l**2]``)."""
-    return _TextPrinter().doprint(expr)
+    """One-line text of ``expr`` for a terminal (``y_l``, ``Var[y_(l - 1)]``, ``E[x_l^2]``, ``√(q/(2π))``),
+    the same printer as the formulas inside prose."""
+    return _prose_text(expr)
 
 
 def to_latex(expr: sp.Basic) -> str:

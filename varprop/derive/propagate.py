@@ -445,7 +445,8 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
             c = lemma.constant
             s2 = builder.add(
                 Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
-                f"phi(y)^2 + phi(-y)^2 = {c} y^2 (sympy), so a symmetric y keeps the fraction {c / 2} of its "
+                f"phi(y)^2 + phi(-y)^2 = {_t(c * sp.Symbol('y') ** 2)} (sympy), so a symmetric y keeps the fraction "
+                f"{_t(c / 2)} of its "
                 "second moment", proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
                 source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
             second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
