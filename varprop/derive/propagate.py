@@ -35,7 +35,7 @@ Exactness:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, singledispatch
 
 import sympy as sp
@@ -44,6 +44,8 @@ from ..activations import X, Activation
 from ..errors import DerivationError
 from ..network import Dense, FixedInput, Network, Nonlinearity
 from ..observables import (
+    Correlation,
+    CrossMoment,
     Gradient,
     Mean,
     NormRatio,
@@ -55,6 +57,9 @@ from ..observables import (
     resolve,
 )
 from .derivation import (
+    U as _U2,
+    V as _V2,
+    BivariateIntegral,
     DPhi,
     Derivation,
     Expect,
@@ -86,6 +91,7 @@ __all__ = [
     "derive",
     "forward_rule",
     "backward_rule",
+    "cross_rule",
     "observable_rules",
     "Prediction",
     "LayerPrediction",
@@ -109,9 +115,13 @@ dy = sp.IndexedBase("Delta_y")
 dh = sp.IndexedBase("Delta_h")
 dW = sp.IndexedBase("Delta_W")
 ratio_base = sp.IndexedBase("R")
+# The partner input's signals (a pair of inputs through the same network) and the pair's correlation.
+x_pair, y_pair, h_pair = sp.IndexedBase("x'"), sp.IndexedBase("y'"), sp.IndexedBase("h'")
+rho = sp.IndexedBase("rho")
+_PRIMED = {x: x_pair, y: y_pair, h: h_pair}
 #: The indexed symbols of the notation, by name.
 SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_x": dx, "Delta_y": dy,
-           "Delta_h": dh, "Delta_W": dW, "R": ratio_base}
+           "Delta_h": dh, "Delta_W": dW, "R": ratio_base, "x'": x_pair, "y'": y_pair, "h'": h_pair, "rho": rho}
 
 HE = "He et al. 2015"
 
@@ -249,6 +259,9 @@ class _Walk:
     definitions: dict[sp.Expr, int]
     numeric: dict[int, tuple[int, sp.Expr]]
     derived: dict[Observable, Quantity]
+    partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
+    crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
+    prime: bool = False  # while walking the partner input: signal symbols are primed
 
     # -- naming --
 
@@ -261,6 +274,10 @@ class _Walk:
         return position == -1 or position + 1 == len(layers) or isinstance(layers[position + 1], Dense)
 
     def signal_symbol(self, position: int) -> sp.Expr:
+        symbol = self._unprimed_symbol(position)
+        return _PRIMED[symbol.base][symbol.indices] if self.prime else symbol
+
+    def _unprimed_symbol(self, position: int) -> sp.Expr:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
@@ -659,6 +676,219 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     return Quantity(symbol, value, index)
 
 
+# --- a pair of inputs: the partner's signal and the cross moment ---------------------------------
+
+A_PAIR_WEIGHTS = "both inputs go through the same weights, iid with E[w] = 0 and independent of the inputs"
+POOLE = "Poole et al. 2016"
+
+
+def _pair_walk(walk: _Walk) -> None:
+    """Walk the partner input forward with the same forward rules (primed symbols), then the cross moments."""
+    walk.prime = True
+    try:
+        partner = _partner_input(walk)
+        walk.partners[-1] = partner
+        for position, layer in enumerate(walk.network.layers):
+            partner = forward_rule(layer, walk, partner, position)
+            walk.partners[position] = partner
+    finally:
+        walk.prime = False
+    cross = _input_cross(walk)
+    walk.crosses[-1] = cross
+    for position, layer in enumerate(walk.network.layers):
+        cross = cross_rule(layer, walk, cross, position)
+        walk.crosses[position] = cross
+
+
+def _partner_input(walk: _Walk) -> _Signal:
+    inputs = walk.network.inputs
+    symbol = walk.signal_symbol(-1)
+    width = walk.network.dense_layers[0].fan_in
+    fixed = isinstance(inputs, FixedInput)
+    if fixed:
+        mean_value = sp.nsimplify(sum(inputs.partner) / len(inputs.partner), rational=True)
+        why = f"the fixed partner input ({len(inputs.partner)} entries): its mean and mean square"
+    else:
+        mean_value = sp.Integer(0)
+        why = (f"the partner input x' = c0 x + sqrt(1 - c0^2) z with z iid N(0, {inputs.variance}): "
+               f"iid N(0, {inputs.variance}) entries")
+    second = walk.define(Expect(symbol**2), inputs.partner_second_moment, why)
+    mean = walk.define(Expect(symbol), mean_value, why)
+    return _Signal(
+        -1, symbol, width,
+        Quantity(Expect(symbol), mean_value, mean),
+        Quantity(Expect(symbol**2), inputs.partner_second_moment, second),
+        deterministic=fixed,
+        symmetric=not fixed,
+    )
+
+
+def _input_cross(walk: _Walk) -> Quantity:
+    inputs = walk.network.inputs
+    first, second = walk.signals[-1].symbol, walk.partners[-1].symbol
+    lhs = Expect(first * second)
+    if isinstance(inputs, FixedInput):
+        why = "the fixed pair: (1/n) <x, x'>"
+    else:
+        why = f"the Gaussian pair: E[x x'] = c0 v with c0 = {inputs.correlation}, v = {inputs.variance}"
+    return Quantity(lhs, inputs.cross_moment, walk.define(lhs, inputs.cross_moment, why))
+
+
+@singledispatch
+def cross_rule(layer: object, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    r"""The cross-moment rule of a layer class: :math:`E[h h']` at ``position`` from the one below.
+
+    ``walk.signals`` and ``walk.partners`` hold both inputs' signals (their second moments); ``cross``
+    is :math:`E[h_{p-1} h'_{p-1}]`.
+    """
+    known = ", ".join(sorted(cls.__name__ for cls in cross_rule.registry if cls is not object))
+    raise DerivationError(f"varprop.derive has no cross-moment rule for the layer {layer!r}; layers it reads: {known}")
+
+
+@cross_rule.register
+def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    k = walk.dense_index(position)
+    law, bias = layer.weights, layer.bias
+    name = walk.network.place_name(position)
+    out, out_pair = walk.signals[position].symbol, walk.partners[position].symbol
+    below, below_pair = walk.signals[position - 1].symbol, walk.partners[position - 1].symbol
+    i_n = walk.define(n[k], layer.fan_in, f"fan-in of {name}")
+    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    uses_b: tuple[int, ...] = ()
+    bias_term = sp.Integer(0)
+    if bias is not None:
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, f"bias of {name}: {bias}"),)
+        bias_term = Expect(b[k] ** 2)
+    general = walk.builder.model(
+        Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
+        f"{_t(out)} {_t(out_pair)} = sum_jk w_j w_k x_j x'_k (+ the shared bias b^2 and terms linear in b): "
+        "E[w_j w_k] = Var[w] if j = k and 0 otherwise, at every width",
+        assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
+    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
+    step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
+                                 uses=(general, i_n, i_vw, *uses_b, cross.step))
+    return Quantity(Expect(out * out_pair), value, step)
+
+
+def _pair_assumption(gaussian: bool) -> str:
+    if gaussian:
+        return "(y, y') is exactly jointly Gaussian (a fixed pair of inputs through Gaussian weights)"
+    return ("(y, y') is jointly Gaussian with the expected covariance (wide layers: central limit theorem, and the "
+            "empirical covariance of the layer below concentrates at its mean)")
+
+
+@cross_rule.register
+def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    act = layer.activation
+    builder = walk.builder
+    signal, partner = walk.signals[position - 1], walk.partners[position - 1]
+    Y, Yp = signal.symbol, partner.symbol
+    out, out_pair = walk.signals[position].symbol, walk.partners[position].symbol
+    for state in (signal, partner):
+        if state.mean.value != 0:
+            raise DerivationError(
+                f"the bivariate Gaussian route needs centred pre-activations; {_t(state.symbol)} has mean "
+                f"{state.mean.value} (a nonlinearity applied to the output of another nonlinearity)"
+            )
+    lhs = Expect(Phi(Y) * Phi(Yp))
+    i_def = walk.define(Expect(out * out_pair), lhs, f"{_t(out)} = phi({_t(Y)}), {_t(out_pair)} = phi({_t(Yp)})")
+    q1, q2, q12 = signal.second.symbol, partner.second.symbol, cross.symbol
+    gaussian = signal.gaussian and partner.gaussian
+    exactness = "gaussian-exact" if gaussian else "asymptotic"
+    integrand = act.expr.subs(X, _U2) * act.expr.subs(X, _V2)
+    kernel = _kernel(act, q1, q2, q12)
+    why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_t(q1)}, {_t(q2)} and covariance "
+           f"{_t(q12)}")
+    source = f"{POOLE}, eq. (5)"
+    if kernel is not None:
+        expr, route = kernel
+        step = builder.add(lhs, expr, Rule.GAUSSIAN_INTEGRAL, f"{why} ({route})",
+                           proof=BivariateIntegral(integrand, q1, q2, q12), assumptions=(_pair_assumption(gaussian),),
+                           exactness=exactness, source=source)
+        values, uses = [], []
+        for quantity in (signal.second, partner.second, cross):
+            value, quantity_uses = walk.plain(quantity)
+            values.append(value)
+            uses.extend(quantity_uses)
+        value = expr.xreplace(dict(zip((q1, q2, q12), values)))
+        index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION,
+                                 f"substitute the moments of {_t(Y)}, {_t(Yp)}", uses=(i_def, step, *uses))
+        return Quantity(Expect(out * out_pair), value, index)
+    # No closed form: the kernel evaluated by quadrature at the numeric moments.
+    numbers, uses = [], []
+    for quantity in (signal.second, partner.second, cross):
+        value, quantity_uses = walk.plain(quantity)
+        numbers.append(value)
+        uses.extend(quantity_uses)
+    if any(sp.sympify(v).free_symbols for v in numbers):
+        raise DerivationError(f"{act} has no closed-form bivariate kernel; its quadrature needs numeric moments")
+    value, error, route = _kernel_number(act, *numbers)
+    step = builder.add(lhs, value, Rule.GAUSSIAN_INTEGRAL, f"{why}, evaluated at the moments above ({route})",
+                       proof=BivariateIntegral(integrand, q1, q2, q12, error), uses=tuple(uses),
+                       assumptions=(_pair_assumption(gaussian),), exactness=exactness, source=source)
+    index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute", uses=(i_def, step))
+    return Quantity(Expect(out * out_pair), value, index)
+
+
+_Q1, _Q2 = sp.symbols("q_1 q_2", positive=True)
+_C = sp.Symbol("c", real=True)
+
+
+def _kernel(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp.Expr, str] | None:
+    """The closed-form kernel E[phi(u) phi(v)] in the moment symbols, or ``None`` when only quadrature knows it."""
+    from .gaussian.bivariate import cross_expectation
+
+    result = _closed_kernel(act, cross_expectation)
+    if result is None:
+        return None
+    expr, route = result
+    return expr.xreplace({_Q1: q1, _Q2: q2, _C: q12 / sp.sqrt(q1 * q2)}), route
+
+
+@lru_cache(maxsize=128)
+def _closed_kernel(act: Activation, cross_expectation) -> tuple[sp.Expr, str] | None:
+    try:
+        result = cross_expectation(act, _Q1, _Q2, _C)
+    except (DerivationError, TypeError, ValueError):
+        return None
+    if not result.exact or result.value.has(sp.Integral):
+        return None
+    return result.value, result.route
+
+
+def _kernel_number(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp.Expr, float, str]:
+    from .gaussian.bivariate import cross_expectation
+
+    a, b = float(q1), float(q2)
+    c = float(q12) / (a * b) ** 0.5
+    result = cross_expectation(act, sp.Float(a, 17), sp.Float(b, 17), sp.Float(c, 17))
+    number = evaluate(result.value)
+    error = max(number.error_estimate, result.error_estimate or 0.0)
+    return sp.Float(number.value, 17), error, result.route
+
+
+@observable_rules.register
+def _(observable: CrossMoment, walk: _Walk) -> Quantity:
+    return walk.crosses[observable.tensor.position]
+
+
+@observable_rules.register
+def _(observable: Correlation, walk: _Walk) -> Quantity:
+    position = observable.tensor.position
+    cross, first, second = walk.crosses[position], walk.signals[position].second, walk.partners[position].second
+    symbol = rho[position + 1]
+    ratio = cross.symbol / sp.sqrt(first.symbol * second.symbol)
+    definition = walk.define(
+        symbol, ratio, "the correlation of the pair: a ratio of expectations over networks (what the estimator "
+        "estimates)", source="Schoenholz et al. 2017, eq. (3)")
+    if first.value == 0 or second.value == 0:
+        raise DerivationError(f"the correlation at {walk.network.place_name(position)} is undefined: a second moment is 0")
+    value = cross.value / sp.sqrt(first.value * second.value)
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the cross moment and second moments",
+                                  uses=(definition, cross.step, first.step, second.step))
+    return Quantity(symbol, value, index)
+
+
 # --- the walk ----------------------------------------------------------------------------------
 
 
@@ -716,6 +946,8 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
     for position in range(len(network.layers) - 1, -1, -1):
         gradient = backward_rule(network.layers[position], walk, gradient, walk.signals[position - 1], position)
         walk.gradients[gradient.position] = gradient
+    if getattr(network.inputs, "paired", False):
+        _pair_walk(walk)
     return walk
 
 
