@@ -28,10 +28,12 @@ from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Expect, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
 from .derive.derivation import latex_text, prose, prose_latex, prose_markdown
 from .derive.gaussian import evaluate
+from .derive.propagate import derive as derive_observable
 from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
 from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
+from .observables import Correlation, Signal
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, lecun, torch_linear_default
@@ -627,6 +629,146 @@ def _pytorch_default(settings: Settings) -> Answer:
                   numbers, headline, len(checks) - 1, settings)
 
 
+def _pair_correlation(network: Network, position: int) -> Derivation:
+    return derive_observable(network, Correlation(Signal(position)))
+
+
+def _c_map(act, q: sp.Expr, scale: sp.Expr) -> sp.Expr:
+    r"""The c-map :math:`c \mapsto \sigma_w^2 E[\phi(u)\phi(v)]/q^*` of ``act`` at :math:`q_1 = q_2 = q`, no bias.
+
+    ``scale`` is :math:`\sigma_w^2 = n \operatorname{Var}[w]`; at the fixed point :math:`q^*` of the
+    q-map it maps the correlation of one layer's pre-activations to the next one's.
+    """
+    from .derive.gaussian.bivariate import cross_expectation
+
+    kernel = cross_expectation(act, q, q, _C)
+    return scale * kernel.value / q
+
+
+def _correlation_fixed_points(c_map: sp.Expr) -> list[float]:
+    """The fixed points of a c-map in [-1, 1]: 1, and sign changes of C(c) - c on a grid, refined by brentq."""
+    from scipy.optimize import brentq
+
+    f = sp.lambdify(_C, c_map - _C, "mpmath")
+    g = lambda c: float(f(c))
+    grid = [-1 + 2 * k / 200 for k in range(200)]  # [-1, 1): c = 1 separately
+    roots = [brentq(g, a, b, xtol=1e-14) for a, b in zip(grid, grid[1:]) if g(a) * g(b) < 0]
+    return sorted({round(r, 12) for r in roots} | {1.0})
+
+
+_C = sp.Symbol("c", real=True)
+
+
+def _does_the_mean_matter(settings: Settings) -> Answer:
+    width, depth = settings.width, settings.depth
+    shifted, tanh = activation("shifted_relu"), activation("tanh")
+    pair = FixedInput.pair(width, 0)
+    relu_net = mlp([width] * (depth + 1), _RELU, he(), inputs=pair)
+    shifted_net = mlp([width] * (depth + 1), shifted, he(), inputs=pair)
+    tanh_net = mlp([width] * (depth + 1), tanh, lecun(), inputs=pair)
+    last_act = 2 * (depth - 1) - 1  # position of act_{L-1}, the last nonlinearity of an MLP
+    family_width = 4 * width
+    sweep = tuple(sorted({max(2, width // 4), width, family_width}))
+    deep_name = f"relu, He: correlation at act{depth - 1}"
+    deep_family = ClaimFamily(
+        deep_name, "the relu c-map iterated from 0 (infinite width)",
+        lambda n: claim_from_derivation(deep_name, mlp([n] * (depth + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
+                                        Correlation(Signal(last_act))),
+        width=family_width, sweep=sweep)
+    claims = [
+        claim_from_derivation("relu, He: correlation after one layer", relu_net, Correlation(Signal(1))),
+        deep_family,
+        claim_from_derivation("tanh, LeCun: correlation after one layer", tanh_net, Correlation(Signal(1))),
+    ]
+    checks = _check(claims, settings)
+    q = sp.Symbol("q", positive=True)
+    u, v, z = sp.symbols("u v z")
+    phi = sp.Function("phi")
+    n_var_w = sp.Symbol("n") * _V(sp.Symbol("w"))
+    x = sp.Symbol("x")
+    # The variance recursion: E[y^2] = n Var[w] E[x^2], and E[x^2] = Var[x] + E[x]^2.
+    forward_derivation = forward(_RELU)
+    # The correlation recursion at c = 0: u, v independent, E[phi(u) phi(v)] = E[phi]^2.
+    he_scale = condition(_RELU).result * N_IN  # n Var[w] = 2
+    he_q = he_scale * GaussianInput().second_moment
+    relu_map = sp.simplify(_c_map(_RELU, q, he_scale).subs(q, he_q))
+    relu_mean = moments(_RELU).mean.expr.subs(Q, he_q)
+    relu_second = moments(_RELU).second_moment.expr.subs(Q, he_q)
+    relu_at_zero = sp.simplify(relu_map.subs(_C, 0))
+    if sp.simplify(relu_at_zero - relu_mean**2 / relu_second) != 0:
+        raise DerivationError(f"the relu c-map at 0, {relu_at_zero}, is not E[phi]^2/E[phi^2]")
+    # relu - 1/2 under He: q* of the q-map, the c-map there and its fixed points.
+    shifted_second = moments(shifted).second_moment.expr.subs(Q, q)
+    q_star = [s for s in sp.solve(sp.Eq(q, he_scale * shifted_second), q) if s.is_positive][0]
+    shifted_mean = moments(shifted).mean.expr.subs(Q, q_star)
+    shifted_map = _c_map(shifted, q_star, he_scale)
+    shifted_at_zero = shifted_map.subs(_C, 0)
+    shifted_fixed = _correlation_fixed_points(shifted_map)
+    slope_at_one = he_scale * moments(shifted).derivative_second_moment.expr.subs(Q, q_star)
+    tanh_mean = moments(tanh).mean.expr
+    relu_deep = checks[1]
+    ordered = sorted(relu_deep.measurements, key=lambda m: m.width)
+    c_sym = sp.Symbol("c")
+    c_map_sym = sp.Function("C")
+    paragraphs = (
+        prose("For the variance, no. The recursion is ", sp.Eq(_E(_Y**2), n_var_w * _E(x**2)),
+              " (He et al. 2015, eq. 7), and ", sp.Eq(_E(x**2), _V(x) + _E(x) ** 2), ": the mean of the layer input "
+              "enters only as part of its second moment, so a non-zero mean is neither a problem nor needed; what "
+              "has to stay constant is ", _E(x**2), ". The derivation below shows it for relu."),
+        prose("For how two different inputs propagate, yes. Feed two inputs through the same network and let c be "
+              "the correlation of their pre-activations, a ratio of expectations ",
+              sp.Eq(c_sym, _E(u * v) / sp.sqrt(_E(u**2) * _E(v**2))),
+              ". After the nonlinearity the pair has the cross moment ", _E(phi(u) * phi(v)),
+              " (Poole et al. 2016; Schoenholz et al. 2017, eq. 5). At ", sp.Eq(c_sym, 0),
+              " the Gaussian pair (u, v) is independent, so ", sp.Eq(_E(phi(u) * phi(v)), _E(phi(z)) ** 2),
+              ": the mean of the activation is a component both inputs share, and it alone correlates them. For "
+              "relu under He's init (", sp.Eq(_E(_Y**2), he_q), ") the c-map is ",
+              sp.Eq(c_map_sym(c_sym), relu_map.subs(_C, c_sym)), ", so ",
+              sp.Eq(c_map_sym(0), relu_at_zero), f" = {_fmt(float(relu_at_zero))}: two orthogonal inputs come out of "
+              "one relu layer with that correlation. Measured on a fixed orthogonal pair: ",
+              f"{_measured(checks[0])} (exact for Gaussian weights: the pre-activations of a fixed pair are exactly "
+              "jointly Gaussian)."),
+        prose(f"With depth every pair drifts towards correlation 1: after {depth - 1} relu layers the theory gives ",
+              sp.Float(relu_deep.primary.claim.value, 4), " and the measurement " + ", ".join(
+                  f"{m.estimate.value:.4g} ± {m.estimate.se:.2g} at width {m.width}" for m in ordered)
+              + f" ({relu_deep.outcome}; {reason(relu_deep)}). Deeper than one layer the theory is the infinite-width "
+              "limit: the kernel is applied to the random empirical covariance of the layer below."),
+        prose("Subtracting ", sp.Rational(1, 2), " from relu nearly removes the shared component: under He's init the "
+              "variance goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
+              f" = {_fmt(float(q_star))}, where ", sp.Eq(_E(phi(z)), sp.Float(float(shifted_mean), 4)),
+              " and the c-map gives ", sp.Eq(c_map_sym(0), sp.Float(float(shifted_at_zero), 4)),
+              " instead of relu's ", relu_at_zero, ". Its correlation fixed points in [-1, 1] are ",
+              ", ".join(_fmt(c) for c in shifted_fixed), "; the slope of the c-map at 1 is ",
+              sp.Eq(sp.Symbol("chi_c"), sp.simplify(slope_at_one)),
+              ", so c = 1 attracts only slowly, as for relu: pairs still drift together with depth, starting from "
+              "almost zero instead of ", relu_at_zero, "."),
+        prose("For tanh ", sp.Eq(_E(sp.tanh(z)), tanh_mean), " (tanh is odd), so ", sp.Eq(c_map_sym(0), 0),
+              ": orthogonal inputs stay orthogonal. Measured after one tanh layer (LeCun's ",
+              sp.Eq(_V(sp.Symbol("w")), lecun().variance_expr), f"): {_measured(checks[2])}. The figure follows "
+              f"the correlation of y_l for the three networks over {depth} layers."),
+    )
+    numbers = {
+        "relu_c_map_at_zero": float(relu_at_zero),
+        "relu_correlation_measured": checks[0].primary.estimate.value,
+        "relu_correlation_se": checks[0].primary.estimate.se,
+        "shifted_q_star": float(q_star),
+        "shifted_mean_at_q_star": float(shifted_mean),
+        "shifted_c_map_at_zero": float(shifted_at_zero),
+        "shifted_correlation_fixed_point": max(shifted_fixed),
+        "tanh_c_map_at_zero": 0.0,
+    }
+    headline = prose("Not for the variance (", sp.Eq(_E(x**2), _V(x) + _E(x) ** 2), " is what the recursion keeps), "
+                     "but for how inputs stay apart: the shared mean correlates them, ",
+                     sp.Eq(c_map_sym(0), _E(phi(z)) ** 2 / _E(phi(z) ** 2)), " = ", relu_at_zero,
+                     f" for relu under He; measured {_measured(checks[0])}.")
+    derivations = (forward_derivation, _pair_correlation(relu_net, 1), _pair_correlation(shifted_net, 1))
+    series = (Series("relu, He", relu_net, ("y_correlation",)),
+              Series("relu - 1/2, He", shifted_net, ("y_correlation",)),
+              Series("tanh, LeCun", tanh_net, ("y_correlation",)))
+    return Answer(TOPICS["does-the-mean-matter"], paragraphs, derivations, checks, series, numbers, headline, 0,
+                  settings)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -642,6 +784,9 @@ TOPICS: dict[str, Topic] = {
               "He's forward condition uses the fan-in, the backward one the fan-out. What happens to the other "
               "direction when widths differ?", _fan_in_vs_fan_out, 5, 3),
         Topic("glorot-vs-he", "Glorot versus He", "Why does Glorot's variance not suit relu networks?", _glorot_vs_he, 8),
+        Topic("does-the-mean-matter", "Does the mean matter?",
+              "Kaiming init keeps the variance, but relu outputs have mean near 0.5. Does a non-zero mean matter, and "
+              "for what?", _does_the_mean_matter, 6, 3),
         Topic("pytorch-default", "What PyTorch's default init does to a deep relu net",
               prose("nn.Linear uses kaiming_uniform_(a = ", sp.sqrt(5), "). What does that do to a 20-layer relu network?"),
               _pytorch_default, 20),
