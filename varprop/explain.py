@@ -666,19 +666,21 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
     relu_net = mlp([width] * (depth + 1), _RELU, he(), inputs=pair)
     shifted_net = mlp([width] * (depth + 1), shifted, he(), inputs=pair)
     tanh_net = mlp([width] * (depth + 1), tanh, lecun(), inputs=pair)
-    last_act = 2 * (depth - 1) - 1  # position of act_{L-1}, the last nonlinearity of an MLP
+    # Correlations of y_l (dense layer l's output, position 2(l - 1)), as the figure draws them: y_2 is after
+    # one nonlinearity, y_L after L - 1.
+    last = 2 * (depth - 1)
     family_width = 4 * width
     sweep = tuple(sorted({max(2, width // 4), width, family_width}))
-    deep_name = f"relu, He: correlation at act{depth - 1}"
+    deep_name = f"relu, He: correlation of y_{depth}"
     deep_family = ClaimFamily(
         deep_name, "the relu c-map iterated from 0 (infinite width)",
         lambda n: claim_from_derivation(deep_name, mlp([n] * (depth + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
-                                        Correlation(Signal(last_act))),
+                                        Correlation(Signal(last))),
         width=family_width, sweep=sweep)
     claims = [
-        claim_from_derivation("relu, He: correlation after one layer", relu_net, Correlation(Signal(1))),
+        claim_from_derivation("relu, He: correlation of y_2", relu_net, Correlation(Signal(2))),
         deep_family,
-        claim_from_derivation("tanh, LeCun: correlation after one layer", tanh_net, Correlation(Signal(1))),
+        claim_from_derivation("tanh, LeCun: correlation of y_2", tanh_net, Correlation(Signal(2))),
     ]
     checks = _check(claims, settings)
     q = sp.Symbol("q", positive=True)

@@ -117,7 +117,7 @@ dW = sp.IndexedBase("Delta_W")
 ratio_base = sp.IndexedBase("R")
 # The partner input's signals (a pair of inputs through the same network) and the pair's correlation.
 x_pair, y_pair, h_pair = sp.IndexedBase("x'"), sp.IndexedBase("y'"), sp.IndexedBase("h'")
-rho = sp.IndexedBase("rho")
+rho = sp.Function("rho")  # rho(h, h'): the correlation of a pair's signals
 _PRIMED = {x: x_pair, y: y_pair, h: h_pair}
 #: The indexed symbols of the notation, by name.
 SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_x": dx, "Delta_y": dy,
@@ -876,7 +876,7 @@ def _(observable: CrossMoment, walk: _Walk) -> Quantity:
 def _(observable: Correlation, walk: _Walk) -> Quantity:
     position = observable.tensor.position
     cross, first, second = walk.crosses[position], walk.signals[position].second, walk.partners[position].second
-    symbol = rho[position + 1]
+    symbol = rho(walk.signals[position].symbol, walk.partners[position].symbol)
     ratio = cross.symbol / sp.sqrt(first.symbol * second.symbol)
     definition = walk.define(
         symbol, ratio, "the correlation of the pair: a ratio of expectations over networks (what the estimator "
