@@ -41,7 +41,7 @@ from functools import lru_cache, singledispatch
 import sympy as sp
 
 from ..activations import X, Activation
-from ..errors import DerivationError
+from ..errors import DerivationError, VarpropError
 from ..network import Dense, FixedInput, Network, Nonlinearity
 from ..observables import (
     Correlation,
@@ -795,6 +795,20 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
     q1, q2, q12 = signal.second.symbol, partner.second.symbol, cross.symbol
     gaussian = signal.gaussian and partner.gaussian
     exactness = "gaussian-exact" if gaussian else "asymptotic"
+    if cross.value == 0:
+        # Uncorrelated and jointly Gaussian: independent, so only the means are shared (Poole et al. 2016, eq. 5
+        # at c = 0). This is where a non-zero mean of phi correlates two orthogonal inputs.
+        mean, mean_pair = walk.signals[position].mean, walk.partners[position].mean
+        step = builder.model(
+            lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
+            f"{_t(q12)} = 0: ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, and "
+            f"E[phi({_t(Y)}) phi({_t(Yp)})] = E[phi({_t(Y)})] E[phi({_t(Yp)})]",
+            assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=(cross.step,),
+            source=f"{POOLE}, eq. (5) at c = 0")
+        (value, uses), (value_pair, uses_pair) = walk.plain(mean), walk.plain(mean_pair)
+        index = builder.identity(Expect(out * out_pair), value * value_pair, Rule.SUBSTITUTION,
+                                 "substitute the means", uses=(i_def, step, *uses, *uses_pair))
+        return Quantity(Expect(out * out_pair), value * value_pair, index)
     integrand = act.expr.subs(X, _U2) * act.expr.subs(X, _V2)
     kernel = _kernel(act, q1, q2, q12)
     why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_t(q1)}, {_t(q2)} and covariance "
@@ -807,7 +821,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
                            exactness=exactness, source=source)
         values, uses = [], []
         for quantity in (signal.second, partner.second, cross):
-            value, quantity_uses = walk.plain(quantity)
+            value, quantity_uses = _compact(walk, quantity)
             values.append(value)
             uses.extend(quantity_uses)
         value = expr.xreplace(dict(zip((q1, q2, q12), values)))
@@ -817,7 +831,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
     # No closed form: the kernel evaluated by quadrature at the numeric moments.
     numbers, uses = [], []
     for quantity in (signal.second, partner.second, cross):
-        value, quantity_uses = walk.plain(quantity)
+        value, quantity_uses = _compact(walk, quantity)
         numbers.append(value)
         uses.extend(quantity_uses)
     if any(sp.sympify(v).free_symbols for v in numbers):
@@ -830,15 +844,36 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
     return Quantity(Expect(out * out_pair), value, index)
 
 
+#: A closed-form value with more operations than this is carried on as a number (a Numeric step), so that
+#: kernels nested over the depth do not grow without bound.
+_COMPACT_OPS = 40
+
+
+def _compact(walk: _Walk, quantity: Quantity) -> tuple[sp.Expr, tuple[int, ...]]:
+    """The value of ``quantity`` for substitution into a kernel: quadratures evaluated (:meth:`_Walk.plain`),
+    and a long numeric closed form replaced by its value (its check re-evaluates the closed form)."""
+    value, uses = walk.plain(quantity)
+    if value.free_symbols or value.is_Float or sp.count_ops(value) <= _COMPACT_OPS:
+        return value, uses
+    key = -1 - quantity.step  # walk.numeric is keyed by step; negative keys: compacted closed forms
+    if key not in walk.numeric:
+        number = evaluate(value)
+        rounded = sp.Float(number.value, 17)
+        index = walk.builder.add(quantity.symbol, rounded, Rule.SUBSTITUTION,
+                                 "the closed form above evaluated to 17 digits (it nests the kernel of every layer below)",
+                                 proof=Numeric(value, number.error_estimate), uses=(quantity.step,))
+        walk.numeric[key] = (index, rounded)
+    index, rounded = walk.numeric[key]
+    return rounded, (index,)
+
+
 _Q1, _Q2 = sp.symbols("q_1 q_2", positive=True)
 _C = sp.Symbol("c", real=True)
 
 
 def _kernel(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp.Expr, str] | None:
     """The closed-form kernel E[phi(u) phi(v)] in the moment symbols, or ``None`` when only quadrature knows it."""
-    from .gaussian.bivariate import cross_expectation
-
-    result = _closed_kernel(act, cross_expectation)
+    result = _closed_kernel(act)
     if result is None:
         return None
     expr, route = result
@@ -846,10 +881,12 @@ def _kernel(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp
 
 
 @lru_cache(maxsize=128)
-def _closed_kernel(act: Activation, cross_expectation) -> tuple[sp.Expr, str] | None:
+def _closed_kernel(act: Activation) -> tuple[sp.Expr, str] | None:
+    from .gaussian.bivariate import cross_expectation
+
     try:
         result = cross_expectation(act, _Q1, _Q2, _C)
-    except (DerivationError, TypeError, ValueError):
+    except (VarpropError, TypeError, ValueError):  # no closed form: quadrature at numbers
         return None
     if not result.exact or result.value.has(sp.Integral):
         return None
@@ -883,9 +920,10 @@ def _(observable: Correlation, walk: _Walk) -> Quantity:
         "estimates)", source="Schoenholz et al. 2017, eq. (3)")
     if first.value == 0 or second.value == 0:
         raise DerivationError(f"the correlation at {walk.network.place_name(position)} is undefined: a second moment is 0")
-    value = cross.value / sp.sqrt(first.value * second.value)
+    (c, c_uses), (a, a_uses), (b, b_uses) = (_compact(walk, q) for q in (cross, first, second))
+    value = c / sp.sqrt(a * b)
     index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the cross moment and second moments",
-                                  uses=(definition, cross.step, first.step, second.step))
+                                  uses=(definition, *c_uses, *a_uses, *b_uses))
     return Quantity(symbol, value, index)
 
 
