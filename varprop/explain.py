@@ -668,14 +668,17 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
     tanh_net = mlp([width] * (depth + 1), tanh, lecun(), inputs=pair)
     # Correlations of y_l (dense layer l's output, position 2(l - 1)), as the figure draws them: y_2 is after
     # one nonlinearity, y_L after L - 1.
-    last = 2 * (depth - 1)
+    # The check at depth: y_4 (three relu layers), over widths where the O(1/n) term dominates (at narrower
+    # widths an O(1/n^2) term of the other sign makes |d(n)| shrink slower than 1/n, which the sweep test
+    # would take for a failure).
+    checked = min(depth, 4)
     family_width = 4 * width
-    sweep = tuple(sorted({max(2, width // 4), width, family_width}))
-    deep_name = f"relu, He: correlation of y_{depth}"
+    sweep = (width, 2 * width, family_width)
+    deep_name = f"relu, He: correlation of y_{checked}"
     deep_family = ClaimFamily(
         deep_name, "the relu c-map iterated from 0 (infinite width)",
-        lambda n: claim_from_derivation(deep_name, mlp([n] * (depth + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
-                                        Correlation(Signal(last))),
+        lambda n: claim_from_derivation(deep_name, mlp([n] * (checked + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
+                                        Correlation(Signal(2 * (checked - 1)))),
         width=family_width, sweep=sweep)
     claims = [
         claim_from_derivation("relu, He: correlation of y_2", relu_net, Correlation(Signal(2))),
@@ -702,9 +705,11 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
     # relu - 1/2 under He: q* of the q-map, the c-map there and its fixed points.
     shifted_second = moments(shifted).second_moment.expr.subs(Q, q)
     q_star = [s for s in sp.solve(sp.Eq(q, he_scale * shifted_second), q) if s.is_positive][0]
-    shifted_mean = moments(shifted).mean.expr.subs(Q, q_star)
+    shifted_mean = sp.simplify(moments(shifted).mean.expr.subs(Q, q_star))
+    first_shifted_mean = sp.simplify(moments(shifted).mean.expr.subs(Q, he_q))
     shifted_map = _c_map(shifted, q_star, he_scale)
-    shifted_at_zero = shifted_map.subs(_C, 0)
+    shifted_at_zero = sp.simplify(shifted_map.subs(_C, 0))
+    first_shifted = _pair_correlation(shifted_net, 2).result  # E[phi]^2 / E[phi^2] at E[y^2] = 2, as derived
     shifted_fixed = _correlation_fixed_points(shifted_map)
     slope_at_one = he_scale * moments(shifted).derivative_second_moment.expr.subs(Q, q_star)
     tanh_mean = moments(tanh).mean.expr
@@ -730,20 +735,25 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
               "one relu layer with that correlation. Measured on a fixed orthogonal pair: ",
               f"{_measured(checks[0])} (exact for Gaussian weights: the pre-activations of a fixed pair are exactly "
               "jointly Gaussian)."),
-        prose(f"With depth every pair drifts towards correlation 1: after {depth - 1} relu layers the theory gives ",
+        prose(f"With depth every pair drifts towards correlation 1: after {checked - 1} relu layers the theory gives ",
               sp.Float(relu_deep.primary.claim.value, 4), " and the measurement " + ", ".join(
                   f"{m.estimate.value:.4g} ± {m.estimate.se:.2g} at width {m.width}" for m in ordered)
               + f" ({relu_deep.outcome}; {reason(relu_deep)}). Deeper than one layer the theory is the infinite-width "
               "limit: the kernel is applied to the random empirical covariance of the layer below."),
-        prose("Subtracting ", sp.Rational(1, 2), " from relu nearly removes the shared component: under He's init the "
-              "variance goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
-              f" = {_fmt(float(q_star))}, where ", sp.Eq(_E(phi(z)), sp.Float(float(shifted_mean), 4)),
-              " and the c-map gives ", sp.Eq(c_map_sym(0), sp.Float(float(shifted_at_zero), 4)),
-              " instead of relu's ", relu_at_zero, ". Its correlation fixed points in [-1, 1] are ",
-              ", ".join(_fmt(c) for c in shifted_fixed), "; the slope of the c-map at 1 is ",
+        prose("Subtracting ", sp.Rational(1, 2), " from relu (the lesson's fix) removes the shared component only "
+              "where ", sp.Eq(_E(_relu_of(z)), sp.Rational(1, 2)), ". At ", sp.Eq(_E(_Y**2), he_q),
+              " (the first layer, unit-variance inputs, He's init) ", sp.Eq(_E(phi(z)), first_shifted_mean),
+              f" = {_fmt(float(first_shifted_mean))}, and two orthogonal inputs come out with correlation ",
+              first_shifted, f" = {_fmt(float(first_shifted))}. But He's init does not keep this variance for "
+              "relu - 1/2: it goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
+              f" = {_fmt(float(q_star))} of the q-map, where ", sp.Eq(_E(phi(z)), shifted_mean),
+              ": the mean is back, with the other sign, and the c-map there gives ",
+              sp.Eq(c_map_sym(0), shifted_at_zero), f" = {_fmt(float(shifted_at_zero))}, ",
+              "as large as relu's. Its correlation fixed points in [-1, 1] are ",
+              ", ".join(_fmt(c) for c in shifted_fixed), " and the slope of the c-map at 1 is ",
               sp.Eq(sp.Symbol("chi_c"), sp.simplify(slope_at_one)),
-              ", so c = 1 attracts only slowly, as for relu: pairs still drift together with depth, starting from "
-              "almost zero instead of ", relu_at_zero, "."),
+              ", so every pair drifts towards correlation 1, slowly, as with relu. The figure shows the first "
+              "layers' small correlation growing as the variance settles."),
         prose("For tanh ", sp.Eq(_E(sp.tanh(z)), tanh_mean), " (tanh is odd), so ", sp.Eq(c_map_sym(0), 0),
               ": orthogonal inputs stay orthogonal. Measured after one tanh layer (LeCun's ",
               sp.Eq(_V(sp.Symbol("w")), lecun().variance_expr), f"): {_measured(checks[2])}. The figure follows "
@@ -763,7 +773,7 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
                      "but for how inputs stay apart: the shared mean correlates them, ",
                      sp.Eq(c_map_sym(0), _E(phi(z)) ** 2 / _E(phi(z) ** 2)), " = ", relu_at_zero,
                      f" for relu under He; measured {_measured(checks[0])}.")
-    derivations = (forward_derivation, _pair_correlation(relu_net, 1), _pair_correlation(shifted_net, 1))
+    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2))
     series = (Series("relu, He", relu_net, ("y_correlation",)),
               Series("relu - 1/2, He", shifted_net, ("y_correlation",)),
               Series("tanh, LeCun", tanh_net, ("y_correlation",)))
