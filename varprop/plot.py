@@ -95,7 +95,7 @@ def _check_observable(observable: object) -> str:
     if isinstance(observable, str) and observable in PANELS:
         return PANELS[observable][0]
     if observable not in _LABELS:
-        accepted = ", ".join(OBSERVABLES)
+        accepted = ", ".join((*OBSERVABLES, *PAIR_PANELS))
         panels = ", ".join(f"{name} ({obs})" for name, (obs, _) in PANELS.items())
         raise PlotError(f"unknown observable {observable!r}; accepted: {accepted}; or a panel name: {panels}")
     return str(observable)

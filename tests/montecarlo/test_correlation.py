@@ -129,3 +129,13 @@ def test_partner_vectors_are_validated():
         FixedInput((1.0, 2.0), partner=(0.0, 0.0))
     with pytest.raises(SpecError, match="correlation \\+1 or -1 only"):
         FixedInput.pair(1, 0.5)
+
+
+def test_pair_descriptions_pickle_and_compare():
+    import pickle
+
+    for inputs in (GaussianInput(correlation=sp.Rational(1, 3)), FixedInput.pair(8, 0.5),
+                   FixedInput((1.0, 2.0), partner=(2.0, -1.0))):
+        network = mlp([len(getattr(inputs, "values", (0,) * 8)), 4, 4], inputs=inputs)
+        assert pickle.loads(pickle.dumps(network)) == network
+    assert GaussianInput(correlation=0.25) == GaussianInput(correlation=sp.Rational(1, 4))  # floats become rationals

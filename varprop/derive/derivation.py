@@ -391,7 +391,7 @@ def _bivariate_quadrature(integrand: sp.Expr, q1: float, q2: float, q12: float) 
         raise DerivationError(f"a bivariate Gaussian needs positive variances, got {q1} and {q2}")
     a = q12 / np.sqrt(q1)
     b = np.sqrt(max(0.0, q2 - a * a))
-    g = sp.lambdify((U, V), integrand, modules="numpy")
+    g = sp.lambdify((U, V), integrand, modules=["scipy", "numpy"])
 
     def values(z1: np.ndarray, z2: np.ndarray) -> np.ndarray:
         return np.broadcast_to(np.asarray(g(np.sqrt(q1) * z1, a * z1 + b * z2), dtype=float), np.broadcast(z1, z2).shape)
