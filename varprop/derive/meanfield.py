@@ -34,6 +34,7 @@ the activation's numpy functions, with an error estimate (the difference of two 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,7 @@ def _graded_rule(split: int) -> tuple[np.ndarray, np.ndarray]:
     nodes, weights = np.polynomial.legendre.leggauss(16)
     half_line = np.concatenate(([0.0], 9.0 * 2.0 ** -np.arange(40, -1, -1.0)))
     edges = np.concatenate((-half_line[::-1], half_line[1:]))
-    edges = np.concatenate([np.linspace(a, b, split + 1)[:-1] for a, b in zip(edges[:-1], edges[1:])] + [edges[-1:]])
+    edges = np.concatenate([np.linspace(a, b, split + 1)[:-1] for a, b in itertools.pairwise(edges)] + [edges[-1:]])
     half = np.diff(edges) / 2
     mid = (edges[:-1] + edges[1:]) / 2
     z = (mid[:, None] + half[:, None] * nodes[None, :]).ravel()
@@ -241,7 +242,7 @@ class FixedPoint:
 
     @property
     def depth_scale(self) -> float | None:
-        """:math:`-1/\log|\text{slope}|`: infinite at slope 1, None when the point repels (slope above 1)."""
+        r""":math:`-1/\log|\text{slope}|`: infinite at slope 1, None when the point repels (slope above 1)."""
         size = abs(self.slope)
         if size == 0:
             return 0.0
@@ -831,6 +832,7 @@ def iterate_c_map(result: MeanField, c0: float, depth: int) -> np.ndarray:
     return np.array(values)
 
 
+@lru_cache(maxsize=1)
 def relu_power_law() -> Derivation:
     r"""At criticality relu's correlation approaches 1 as a power of the depth, not exponentially.
 
@@ -851,9 +853,8 @@ def relu_power_law() -> Derivation:
     cmap = _scale_free_c_map(_builtin("relu")).result
     relu_map = b.define(_c[l], cmap, prose("the c-map of relu under He's init"), source=f"{CHO_SAUL}; {SCHOENHOLZ}, eq. (4)")
     one_minus = b.define(_EPS, 1 - c_prev, prose("the distance from the fixed point, ", sp.Eq(_EPS, 1 - c_prev)))
-    series = sp.series(1 - cmap.subs(c_prev, 1 - eps), eps, 0, 3).removeO()
-    series = sp.expand(series)
     exact_gap = 1 - cmap.subs(c_prev, 1 - eps)
+    series = _series(exact_gap, eps, sp.S.Zero, 3)
     b.add(1 - _c[l], series, Rule.ALGEBRA, prose("sympy's series of ", 1 - _c[l], " in ", eps, " to order ", eps**3,
                                                    " (the remainder is of order ", eps ** sp.Rational(5, 2), ")"),
           proof=_Series(exact_gap, eps, 3), uses=(relu_map, one_minus), exactness="asymptotic")
@@ -863,7 +864,7 @@ def relu_power_law() -> Derivation:
     a_symbol = sp.Symbol("a", positive=True)
     a_step = b.define(a_symbol, a, prose("the coefficient of ", eps ** sp.Rational(3, 2)))
     w = sp.Symbol("w", positive=True)
-    increment = sp.expand(sp.series((1 - a_symbol / w) ** sp.Rational(-1, 2) * w - w, w, sp.oo, 3).removeO())
+    increment = _series((1 - a_symbol / w) ** sp.Rational(-1, 2) * w - w, w, sp.oo, 3)
     step = b.add(_w[l + 1] - _w[l], increment, Rule.ALGEBRA,
                  prose("with ", sp.Eq(_w[l], _EPS ** sp.Rational(-1, 2)), " the map is ",
                        sp.Eq(_w[l + 1], _w[l] * (1 - a_symbol / _w[l]) ** sp.Rational(-1, 2)),
@@ -883,6 +884,12 @@ def relu_power_law() -> Derivation:
         1 - 3 * sp.log(l) / l, "."), a=a, k=k_value)
 
 
+@lru_cache(maxsize=32)
+def _series(expr: sp.Expr, variable: sp.Symbol, at: sp.Expr, order: int) -> sp.Expr:
+    """sympy's series without the order term (cached: the acos series of the relu c-map takes a second)."""
+    return sp.expand(sp.series(expr, variable, at, order).removeO())
+
+
 @dataclass(frozen=True)
 class _Series(Check):
     """The step's right side is sympy's series of ``expr`` in ``variable`` to ``order`` (at ``at``)."""
@@ -894,7 +901,7 @@ class _Series(Check):
     kind = "identity"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
-        series = sp.series(self.expr, self.variable, self.at, self.order).removeO()
+        series = _series(self.expr, self.variable, self.at, self.order)
         ok = _is_zero(sp.expand(series - step.rhs))
         return ok, f"sympy.series of {to_text(self.expr)} at {self.variable} = {self.at}" + ("" if ok else f" gives {series}")
 
