@@ -78,6 +78,7 @@ __all__ = [
     "c_map",
     "edge_of_chaos",
     "iterate_c_map",
+    "kernel_derivation",
     "mean_field",
     "q_map",
     "relu_power_law",
@@ -119,22 +120,75 @@ _CRITICAL_TOLERANCE = 1e-9  # |chi_1 - 1| below this (and its error estimate) is
 class Kernel(Check):
     r"""The step's right side is :math:`E[f(u_1) f(u_2)]` (``f`` = :math:`\phi`, or :math:`\phi'`),
     re-computed by :func:`~varprop.derive.gaussian.bivariate.cross_expectation`; a quadrature value
-    must agree within ten times its error estimate."""
+    must agree within ten times its error estimate. ``second_variance`` defaults to ``variance``."""
 
     activation: Activation
     variance: sp.Expr
     correlation: sp.Expr
     derivative: bool = False
+    second_variance: sp.Expr | None = None
     kind = "integral"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
-        result = cross_expectation(self.activation, self.variance, self.variance, self.correlation,
-                                   derivative=self.derivative)
+        second = self.variance if self.second_variance is None else self.second_variance
+        result = cross_expectation(self.activation, self.variance, second, self.correlation, derivative=self.derivative)
         if result.exact:
             ok = _is_zero(result.value - step.rhs)
             return ok, f"re-computed by the bivariate engine ({result.route})" + ("" if ok else f": got {result.value}")
-        ok = abs(float(result.value) - float(step.rhs)) <= 10 * result.error_estimate + 1e-15
+        ok = bool(abs(float(result.value) - float(step.rhs)) <= 10 * result.error_estimate + 1e-15)
         return ok, f"re-computed by quadrature: {float(result.value):.15g} (error estimate {result.error_estimate:.1e})"
+
+
+_Q1, _Q2 = sp.symbols("q_1 q_2", positive=True)
+_RHO = sp.Symbol("rho", real=True)
+
+
+def kernel_derivation(activation: Activation | str, q1: object, q2: object, c: object, *,
+                      derivative: bool = False) -> Derivation:
+    r""":math:`E[f(u)f(v)]` for centred jointly Gaussian :math:`(u, v)` as a derivation: the closed form in
+    :math:`q_1, q_2, \rho` (when one exists) and its value at the given numbers, or the quadrature value.
+
+    See :func:`~varprop.derive.gaussian.bivariate.cross_expectation` for the routes and the errors.
+    """
+    act = _as_activation(activation)
+    result = cross_expectation(act, q1, q2, c, derivative=derivative)
+    f = DPhi if derivative else Phi
+    lhs = Expect(f(_U1) * f(_U2))
+    name = "phi'" if derivative else "phi"
+    b = _Builder(f"E[{name}(u) {name}(v)] for {act}")
+    general = None
+    if result.exact:
+        try:
+            general = cross_expectation(act, _Q1, _Q2, _RHO, derivative=derivative)
+        except VarpropError:
+            general = None
+    given = {_Q1: as_sympy_number(q1, "q1", error=VarpropError), _Q2: as_sympy_number(q2, "q2", error=VarpropError),
+             _RHO: as_sympy_number(c, "c", error=VarpropError)}
+    why = prose(_U1, ", ", _U2, " centred, jointly Gaussian, variances ", _Q1, ", ", _Q2, ", correlation ", _RHO,
+                f" ({result.route})")
+    if general is not None and general.exact:
+        first = b.add(lhs, general.value, Rule.GAUSSIAN_INTEGRAL, why,
+                      proof=Kernel(act, _Q1, _RHO, derivative, _Q2), source=_route_source(general.route))
+        values = [b.define(symbol, value, prose("the given ", symbol)) for symbol, value in given.items()]
+        value = general.value.subs(given)
+        b.identity(lhs, value, Rule.SUBSTITUTION, "the given values", uses=(first, *values))
+        summary = prose(f"The closed form ({general.route}) at the given variances and correlation.")
+        return b.build(value, summary=summary)
+    values = [b.define(symbol, value, prose("the given ", symbol)) for symbol, value in given.items()]
+    value = result.value
+    b.add(lhs, value, Rule.GAUSSIAN_INTEGRAL, why, proof=Kernel(act, given[_Q1], given[_RHO], derivative, given[_Q2]),
+          uses=values, source=_route_source(result.route))
+    note = "" if result.exact else f" (error estimate {result.error_estimate:.1e})"
+    return b.build(value, summary=prose(f"The value by {result.route}{note}."))
+
+
+def _route_source(route: str) -> str:
+    return {
+        "arc-cosine kernel (degree 0)": CHO_SAUL,
+        "arc-cosine kernel (degree 1)": CHO_SAUL,
+        "arcsin (erf)": "Williams 1997, eq. 11",
+        "gelu kernel (Tsuchida et al. 2020)": "Tsuchida et al. 2020 (arXiv:2002.08517)",
+    }.get(route, "")
 
 
 @dataclass(frozen=True)
@@ -152,7 +206,7 @@ class _MapResidual(Check):
         image = _Moments(self.activation).q_map(q, self.weight_variance, self.bias_variance)
         slope = abs(1.0 - _Moments(self.activation).q_map_slope(q, self.weight_variance).value)
         distance = abs(image.value - q) / max(slope, 1e-300)
-        ok = distance <= 10 * self.error_estimate + 1e-12 * q
+        ok = bool(distance <= 10 * self.error_estimate + 1e-12 * q)
         return ok, f"the q-map at {q:.15g} gives {image.value:.15g} (a fixed point within {distance:.1e})"
 
 
@@ -351,11 +405,12 @@ def _depth(value: float | None) -> str:
 
 @dataclass(frozen=True)
 class EdgePoint:
-    r"""A point of the edge of chaos: :math:`\chi_1 = 1` at :math:`(\sigma_b^2, \sigma_w^2)`, with its :math:`q^*`."""
+    r"""A point of the edge of chaos: :math:`\chi_1 = 1` at :math:`(\sigma_b^2, \sigma_w^2)`, with its :math:`q^*`
+    (None when every q is a fixed point, as for relu under He's init)."""
 
     bias_variance: float
     weight_variance: float
-    q_star: float
+    q_star: float | None
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -566,9 +621,9 @@ def mean_field(activation: Activation | str, weight_variance: object = None, bia
 
 
 def _rational(value: float) -> sp.Expr:
-    """A float as the simplest rational within float64 rounding (2.0 -> 2, 0.05 -> 1/20) for readable derivations."""
+    """A float as the simplest rational within float64 rounding (2.0 -> 2, 0.05 -> 1/20), else as a 17-digit Float."""
     rational = sp.Rational(value).limit_denominator(10**6)
-    return rational if abs(float(rational) - value) <= 1e-15 * max(1.0, abs(value)) else sp.Rational(value)
+    return rational if abs(float(rational) - value) <= 1e-15 * max(1.0, abs(value)) else sp.Float(value, 17)
 
 
 def _q_fixed_point(numbers: _Moments, act: Activation, sw2: float, sb2: float) -> tuple[FixedPoint | None, str]:
@@ -784,7 +839,7 @@ def edge_of_chaos(activation: Activation | str, bias_variances: Iterable[object]
                 raise VarpropError(
                     f"{act} has no edge of chaos at sigma_b^2 = {target:g}: its q-map is linear, so chi_1 = 1 "
                     f"(sigma_w^2 = {1 / float(kappa):g}) makes the length grow without bound; only sigma_b^2 = 0 is critical")
-            out.append(EdgePoint(0.0, 1.0 / float(kappa), 1.0))
+            out.append(EdgePoint(0.0, 1.0 / float(kappa), None))  # every q is a fixed point there
         return tuple(out)
 
     def line(q: float) -> tuple[float, float]:
