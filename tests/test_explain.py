@@ -225,6 +225,7 @@ def test_does_the_mean_matter_numbers(mean_matters):
     assert result.numbers["shifted_mean_at_q_star"] == pytest.approx(mean, rel=1e-12)
     assert result.numbers["shifted_c_map_at_zero"] == pytest.approx(2 * mean**2 / q_star, rel=1e-12)
     assert result.numbers["shifted_correlation_fixed_point"] == 1.0
+    assert result.numbers["shifted_chi_c_at_one"] == pytest.approx(1.0, abs=1e-12)  # 2 E[step(z)^2] = 1: critical
     assert all(check.outcome == PASS for check in result.checks)
     assert result.checks[1].exactness == "asymptotic" and result.checks[1].shrink is not None
 

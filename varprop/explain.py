@@ -28,6 +28,7 @@ from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Expect, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
 from .derive.derivation import latex_text, prose, prose_latex, prose_markdown
 from .derive.gaussian import evaluate
+from .derive.meanfield import mean_field
 from .derive.propagate import derive as derive_observable
 from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
@@ -645,17 +646,6 @@ def _c_map(act, q: sp.Expr, scale: sp.Expr) -> sp.Expr:
     return scale * kernel.value / q
 
 
-def _correlation_fixed_points(c_map: sp.Expr) -> list[float]:
-    """The fixed points of a c-map in [-1, 1]: 1, and sign changes of C(c) - c on a grid, refined by brentq."""
-    from scipy.optimize import brentq
-
-    f = sp.lambdify(_C, c_map - _C, "mpmath")
-    g = lambda c: float(f(c))
-    grid = [-1 + 2 * k / 200 for k in range(200)]  # [-1, 1): c = 1 separately
-    roots = [brentq(g, a, b, xtol=1e-14) for a, b in zip(grid, grid[1:]) if g(a) * g(b) < 0]
-    return sorted({round(r, 12) for r in roots} | {1.0})
-
-
 _C = sp.Symbol("c", real=True)
 
 
@@ -710,8 +700,11 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
     shifted_map = _c_map(shifted, q_star, he_scale)
     shifted_at_zero = sp.simplify(shifted_map.subs(_C, 0))
     first_shifted = _pair_correlation(shifted_net, 2).result  # E[phi]^2 / E[phi^2] at E[y^2] = 2, as derived
-    shifted_fixed = _correlation_fixed_points(shifted_map)
-    slope_at_one = he_scale * moments(shifted).derivative_second_moment.expr.subs(Q, q_star)
+    # The mean-field analysis (q-map fixed point, c-map fixed points and their slopes chi_c) of relu - 1/2
+    analysis = mean_field(shifted, float(he_scale), 0)
+    if analysis.q_star is None or abs(analysis.q_star.value - float(q_star)) > 1e-9 + 10 * analysis.q_star.error_estimate:
+        raise DerivationError(f"q* of {shifted}: the q-map's fixed point {analysis.q_star} is not {q_star}")
+    shifted_fixed = analysis.correlation_fixed_points
     tanh_mean = moments(tanh).mean.expr
     relu_deep = checks[1]
     ordered = sorted(relu_deep.measurements, key=lambda m: m.width)
@@ -749,10 +742,12 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
               f" = {_fmt(float(q_star))} of the q-map, where ", sp.Eq(_E(phi(z)), shifted_mean),
               ": the mean is back, with the other sign, and the c-map there gives ",
               sp.Eq(c_map_sym(0), shifted_at_zero), f" = {_fmt(float(shifted_at_zero))}, ",
-              "as large as relu's. Its correlation fixed points in [-1, 1] are ",
-              ", ".join(_fmt(c) for c in shifted_fixed), " and the slope of the c-map at 1 is ",
-              sp.Eq(sp.Symbol("chi_c"), sp.simplify(slope_at_one)),
-              ", so every pair drifts towards correlation 1, slowly, as with relu. The figure shows the first "
+              "as large as relu's. The mean-field analysis at ", sp.Eq(sp.Symbol("sigma_w") ** 2, he_scale),
+              f" finds the correlation fixed point{'s' if len(shifted_fixed) > 1 else ''} ",
+              ", ".join(f"{_fmt(p.value)} (slope {_fmt(p.slope)}, {'stable' if p.stable else 'not stable'})"
+                        for p in shifted_fixed),
+              f" in [-1, 1] ({analysis.phase} phase, ", sp.Eq(sp.Symbol("chi_1"), sp.Float(analysis.chi_1.value, 6)),
+              "): every pair drifts towards correlation 1, slowly, as with relu. The figure shows the first "
               "layers' small correlation growing as the variance settles."),
         prose("For tanh ", sp.Eq(_E(sp.tanh(z)), tanh_mean), " (tanh is odd), so ", sp.Eq(c_map_sym(0), 0),
               ": orthogonal inputs stay orthogonal. Measured after one tanh layer (LeCun's ",
@@ -766,14 +761,17 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
         "shifted_q_star": float(q_star),
         "shifted_mean_at_q_star": float(shifted_mean),
         "shifted_c_map_at_zero": float(shifted_at_zero),
-        "shifted_correlation_fixed_point": max(shifted_fixed),
+        "shifted_correlation_fixed_point": max(p.value for p in shifted_fixed),
+        "shifted_chi_c_at_one": next(p.slope for p in shifted_fixed if p.value == max(q.value for q in shifted_fixed)),
         "tanh_c_map_at_zero": 0.0,
     }
     headline = prose("Not for the variance (", sp.Eq(_E(x**2), _V(x) + _E(x) ** 2), " is what the recursion keeps), "
                      "but for how inputs stay apart: the shared mean correlates them, ",
                      sp.Eq(c_map_sym(0), _E(phi(z)) ** 2 / _E(phi(z) ** 2)), " = ", relu_at_zero,
                      f" for relu under He; measured {_measured(checks[0])}.")
-    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2))
+    c_map_derivation = next(d for d in analysis.derivations if d.title.startswith("The c-map"))
+    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2),
+                   c_map_derivation)
     series = (Series("relu, He", relu_net, ("y_correlation",)),
               Series("relu - 1/2, He", shifted_net, ("y_correlation",)),
               Series("tanh, LeCun", tanh_net, ("y_correlation",)))
