@@ -113,6 +113,11 @@ class GaussianInput:
         if self.correlation is not None:
             object.__setattr__(self, "correlation", _check_correlation(self.correlation))
 
+    def __repr__(self) -> str:
+        # Without a pair, the repr of a single input is unchanged (the checker seeds its draws from it).
+        pair = "" if self.correlation is None else f", correlation={self.correlation!r}"
+        return f"GaussianInput(variance={self.variance!r}{pair})"
+
     @property
     def second_moment(self) -> sp.Expr:
         r""":math:`E[x_{1,j}^2]`."""
@@ -207,6 +212,11 @@ class FixedInput:
         other *= np.sqrt(n / (other @ other))
         second = other if c == 0 else c * first + np.sqrt(1.0 - c * c) * other
         return cls(tuple(first), tuple(second))
+
+    def __repr__(self) -> str:
+        # Without a partner, the repr of a single input is unchanged (the checker seeds its draws from it).
+        pair = "" if self.partner is None else f", partner={self.partner!r}"
+        return f"FixedInput(values={self.values!r}{pair})"
 
     @property
     def second_moment(self) -> sp.Expr:

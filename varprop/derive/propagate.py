@@ -12,6 +12,20 @@ substitutes the values. :meth:`Propagation.derivation` then returns, for any obs
 (:mod:`varprop.observables`) at any place, the steps it rests on, renumbered; the derivation's
 ``result`` *is* the prediction the checker tests, and its exactness the weakest of those steps.
 
+A pair of inputs (the network's inputs describe one: ``GaussianInput(correlation=c0)``,
+``FixedInput(values, partner=...)``) is walked too: the partner's signals :math:`h'_p` by the same
+forward rules (primed symbols), then the cross moments :math:`E[h_p h'_p]` by :func:`cross_rule`,
+one rule per layer class, and the :class:`~varprop.observables.Correlation` as the ratio
+:math:`E[h h']/\sqrt{E[h^2] E[{h'}^2]}` (Schoenholz et al. 2017, eq. 3). A dense layer gives
+:math:`E[y y'] = n \operatorname{Var}[w] E[x x'] + E[b^2]`, exact at every width for iid zero-mean
+weights (Poole et al. 2016, eq. 4). A nonlinearity gives the bivariate Gaussian kernel
+:math:`E[\phi(u)\phi(v)]` at the pre-activations' second moments and cross moment
+(:func:`varprop.derive.gaussian.bivariate.cross_expectation`, checked by independent
+two-dimensional quadrature; at covariance 0, :math:`E[\phi(u)]E[\phi(v)]`): ``gaussian-exact`` for
+a fixed pair through Gaussian weights, whose pre-activations are then exactly jointly Gaussian;
+``asymptotic`` otherwise (random inputs, or any deeper layer), because the kernel is non-linear in
+the random empirical covariance of the layer below.
+
 Notation (He et al. 2015): dense layer :math:`l` maps :math:`x_l` to :math:`y_l = W_l x_l + b_l`;
 :math:`n_l` is its fan-in, :math:`\hat n_l` its fan-out; :math:`\Delta x_l, \Delta y_l, \Delta W_l`
 are gradients of :math:`\mathcal L`. A signal between two nonlinearities is :math:`h_p` (position p).
@@ -61,6 +75,7 @@ from .derivation import (
     V as _V2,
     BivariateIntegral,
     DPhi,
+    Modelling,
     Derivation,
     Expect,
     LEMMA_CONSTANT,
@@ -795,21 +810,26 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
     q1, q2, q12 = signal.second.symbol, partner.second.symbol, cross.symbol
     gaussian = signal.gaussian and partner.gaussian
     exactness = "gaussian-exact" if gaussian else "asymptotic"
+    integrand = act.expr.subs(X, _U2) * act.expr.subs(X, _V2)
     if cross.value == 0:
         # Uncorrelated and jointly Gaussian: independent, so only the means are shared (Poole et al. 2016, eq. 5
         # at c = 0). This is where a non-zero mean of phi correlates two orthogonal inputs.
         mean, mean_pair = walk.signals[position].mean, walk.partners[position].mean
-        step = builder.model(
+        facts = (cross.step, signal.second.step, partner.second.step, mean.step, mean_pair.step)
+        numeric = not any(walk.builder.steps[i].rhs.free_symbols for i in facts)
+        # With numbers, the product of the means is checked against the 2-D quadrature at the actual
+        # covariance; with symbols (symbolic widths) it rests on the theorem alone.
+        step = builder.add(
             lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
             f"{_t(q12)} = 0: ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, and "
             f"E[phi({_t(Y)}) phi({_t(Yp)})] = E[phi({_t(Y)})] E[phi({_t(Yp)})]",
-            assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=(cross.step,),
+            proof=BivariateIntegral(integrand, q1, q2, q12) if numeric else Modelling(),
+            assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=facts,
             source=f"{POOLE}, eq. (5) at c = 0")
         (value, uses), (value_pair, uses_pair) = walk.plain(mean), walk.plain(mean_pair)
         index = builder.identity(Expect(out * out_pair), value * value_pair, Rule.SUBSTITUTION,
                                  "substitute the means", uses=(i_def, step, *uses, *uses_pair))
         return Quantity(Expect(out * out_pair), value * value_pair, index)
-    integrand = act.expr.subs(X, _U2) * act.expr.subs(X, _V2)
     kernel = _kernel(act, q1, q2, q12)
     why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_t(q1)}, {_t(q2)} and covariance "
            f"{_t(q12)}")
