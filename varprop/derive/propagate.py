@@ -89,6 +89,7 @@ from .derivation import (
     closure,
     weakest,
 )
+from .derivation import _prose_text as _words  # moments inside a sentence: E[y_1^2], not E[y_1**2]
 from .derivation import to_text as _t
 from .gaussian import Q, evaluate, moments
 
@@ -443,7 +444,7 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
     index = walk.builder.add(
-        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, f"{what}, z ~ N(0, {_t(q_symbol)}) ({expectation.route})",
+        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, f"{what}, z ~ N(0, {_words(q_symbol)}) ({expectation.route})",
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
     q_value, q_uses = walk.plain(signal.second)
@@ -821,7 +822,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
         # covariance; with symbols (symbolic widths) it rests on the theorem alone.
         step = builder.add(
             lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
-            f"{_t(q12)} = 0: ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, and "
+            f"{_words(q12)} = 0: ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, and "
             f"E[phi({_t(Y)}) phi({_t(Yp)})] = E[phi({_t(Y)})] E[phi({_t(Yp)})]",
             proof=BivariateIntegral(integrand, q1, q2, q12) if numeric else Modelling(),
             assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=facts,
@@ -831,8 +832,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
                                  "substitute the means", uses=(i_def, step, *uses, *uses_pair))
         return Quantity(Expect(out * out_pair), value * value_pair, index)
     kernel = _kernel(act, q1, q2, q12)
-    why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_t(q1)}, {_t(q2)} and covariance "
-           f"{_t(q12)}")
+    why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_words(q1)}, {_words(q2)} and "
+           f"covariance {_words(q12)}")
     source = f"{POOLE}, eq. (5)"
     if kernel is not None:
         expr, route = kernel
