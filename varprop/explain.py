@@ -769,9 +769,7 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
                      "but for how inputs stay apart: the shared mean correlates them, ",
                      sp.Eq(c_map_sym(0), _E(phi(z)) ** 2 / _E(phi(z) ** 2)), " = ", relu_at_zero,
                      f" for relu under He; measured {_measured(checks[0])}.")
-    c_map_derivation = next(d for d in analysis.derivations if d.title.startswith("The c-map"))
-    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2),
-                   c_map_derivation)
+    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2))
     series = (Series("relu, He", relu_net, ("y_correlation",)),
               Series("relu - 1/2, He", shifted_net, ("y_correlation",)),
               Series("tanh, LeCun", tanh_net, ("y_correlation",)))
