@@ -87,9 +87,9 @@ from .derivation import (
     Variance,
     _Builder,
     closure,
+    prose,
     weakest,
 )
-from .derivation import _prose_text as _words  # moments inside a sentence: E[y_1^2], not E[y_1**2]
 from .derivation import to_text as _t
 from .gaussian import Q, evaluate, moments
 
@@ -433,6 +433,12 @@ def _check_linear_regime(act: Activation) -> None:
         )
 
 
+_Y_WORD, _Z_WORD = sp.Symbol("y"), sp.Symbol("z")
+#: The Gaussian moments named in step justifications, as formulas (typeset by the printers).
+_WHAT = {"E[phi(z)^2]": Expect(Phi(_Z_WORD) ** 2), "E[phi(z)]": Expect(Phi(_Z_WORD)),
+         "E[phi'(z)^2]": Expect(DPhi(_Z_WORD) ** 2)}
+
+
 def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
     """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment."""
     if signal.mean.value != 0:
@@ -444,7 +450,7 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
     index = walk.builder.add(
-        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, f"{what}, z ~ N(0, {_words(q_symbol)}) ({expectation.route})",
+        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, prose(_WHAT.get(what, what), ", z ~ N(0, ", q_symbol, f") ({expectation.route})"),
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
     q_value, q_uses = walk.plain(signal.second)
@@ -478,8 +484,9 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
             c = lemma.constant
             s2 = builder.add(
                 Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
-                f"phi(y)^2 + phi(-y)^2 = {c} y^2 (sympy), so a symmetric y keeps the fraction {c / 2} of its "
-                "second moment", proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
+                prose(sp.Eq(Phi(_Y_WORD) ** 2 + Phi(-_Y_WORD) ** 2, c * _Y_WORD**2, evaluate=False),
+                      " (sympy), so a symmetric y keeps the fraction ", c / 2, " of its second moment"),
+                proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
                 source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
             second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
         else:
@@ -777,8 +784,9 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
         bias_term = Expect(b[k] ** 2)
     general = walk.builder.model(
         Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
-        f"{_t(out)} {_t(out_pair)} = sum_jk w_j w_k x_j x'_k (+ the shared bias b^2 and terms linear in b): "
-        "E[w_j w_k] = Var[w] if j = k and 0 otherwise, at every width",
+        prose(_t(out), " ", _t(out_pair), " is a double sum of the terms w_j w_k x_j x'_k (plus the shared bias ",
+              b[k] ** 2, " and terms linear in it): ", Expect(sp.Symbol("w_j") * sp.Symbol("w_k")), " = ",
+              Variance(w[k]), " if j = k and 0 otherwise, at every width"),
         assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
     value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
     step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
@@ -822,8 +830,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
         # covariance; with symbols (symbolic widths) it rests on the theorem alone.
         step = builder.add(
             lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
-            f"{_words(q12)} = 0: ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, and "
-            f"E[phi({_t(Y)}) phi({_t(Yp)})] = E[phi({_t(Y)})] E[phi({_t(Yp)})]",
+            prose(sp.Eq(q12, 0), f": ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, "
+                  "and ", sp.Eq(lhs, Expect(Phi(Y)) * Expect(Phi(Yp)), evaluate=False)),
             proof=BivariateIntegral(integrand, q1, q2, q12) if numeric else Modelling(),
             assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=facts,
             source=f"{POOLE}, eq. (5) at c = 0")
@@ -832,12 +840,12 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
                                  "substitute the means", uses=(i_def, step, *uses, *uses_pair))
         return Quantity(Expect(out * out_pair), value * value_pair, index)
     kernel = _kernel(act, q1, q2, q12)
-    why = (f"E[phi(u) phi(v)], (u, v) centred jointly Gaussian with variances {_words(q1)}, {_words(q2)} and "
-           f"covariance {_words(q12)}")
+    why = prose(Expect(Phi(_U2) * Phi(_V2)), ", (u, v) centred jointly Gaussian with variances ", q1, ", ", q2,
+                " and covariance ", q12)
     source = f"{POOLE}, eq. (5)"
     if kernel is not None:
         expr, route = kernel
-        step = builder.add(lhs, expr, Rule.GAUSSIAN_INTEGRAL, f"{why} ({route})",
+        step = builder.add(lhs, expr, Rule.GAUSSIAN_INTEGRAL, prose(why, f" ({route})"),
                            proof=BivariateIntegral(integrand, q1, q2, q12), assumptions=(_pair_assumption(gaussian),),
                            exactness=exactness, source=source)
         values, uses = [], []
@@ -858,7 +866,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
     if any(sp.sympify(v).free_symbols for v in numbers):
         raise DerivationError(f"{act} has no closed-form bivariate kernel; its quadrature needs numeric moments")
     value, error, route = _kernel_number(act, *numbers)
-    step = builder.add(lhs, value, Rule.GAUSSIAN_INTEGRAL, f"{why}, evaluated at the moments above ({route})",
+    step = builder.add(lhs, value, Rule.GAUSSIAN_INTEGRAL, prose(why, f", evaluated at the moments above ({route})"),
                        proof=BivariateIntegral(integrand, q1, q2, q12, error), uses=tuple(uses),
                        assumptions=(_pair_assumption(gaussian),), exactness=exactness, source=source)
     index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute", uses=(i_def, step))
