@@ -124,3 +124,64 @@ def test_claim_file_notes_are_sentences(capsys):
     assert "the prediction varprop derives no prediction" not in out
     header = next(line for line in out.splitlines() if line.startswith("claim"))
     assert " width " in f" {header} " and " networks " in f" {header} " and " n " not in f" {header} "
+
+
+# --- kernel and meanfield -------------------------------------------------------------------------
+
+
+def test_kernel_closed_form_and_quadrature(capsys):
+    code, out, _ = run(capsys, "kernel", "relu", "--q1", "1", "--q2", "1", "--c", "0", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["route"] == "arc-cosine kernel (degree 1)" and data["exact"] is True
+    assert data["value"] == pytest.approx(1 / (2 * 3.141592653589793), rel=1e-15) and data["error_estimate"] is None
+    assert data["derivation"]["steps"][0]["check"] == "integral"
+    code, out, _ = run(capsys, "kernel", "tanh", "--c", "0.5", "--derivative", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["route"] == "quadrature" and data["exact"] is False and 0 < data["error_estimate"] < 1e-10
+    for fmt in ("text", "markdown", "latex"):
+        code, out, _ = run(capsys, "kernel", "erf", "--q1", "2", "--c", "-1", "--format", fmt)
+        assert code == 0 and ("arcsin" in out or "asin" in out)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["kernel", "relu", "--c", "1.5"], "--c is a correlation and must be in [-1, 1], got '1.5'"),
+        (["kernel", "relu", "--q1", "-1"], "--q1 is a variance and must be non-negative, got '-1'"),
+        (["kernel", "relu", "--q2", "-0.5"], "--q2 is a variance and must be non-negative, got '-0.5'"),
+        (["kernel", "relu", "--c", "x"], "--c must be a number"),
+        (["meanfield", "tanh", "--weight-variance", "-2"], "--weight-variance is a variance and must be non-negative, got '-2'"),
+        (["meanfield", "tanh", "--bias-variance", "-1"], "--bias-variance is a variance and must be non-negative, got '-1'"),
+        (["meanfield", "relu", "--bias-variance", "0.1"], "relu has no edge of chaos at sigma_b^2 = 0.1"),
+        (["meanfield", "tanh", "--edge-of-chaos", "--points", "1"], "--points must be in [2, 1000], got 1"),
+    ],
+)
+def test_kernel_and_meanfield_errors(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and out == ""
+
+
+def test_meanfield_relu_under_he_and_tanh(capsys):
+    code, out, _ = run(capsys, "meanfield", "relu", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["weight_variance"] == 2 and data["chi_1"] == 1 and data["phase"] == "critical"
+    code, out, _ = run(capsys, "meanfield", "tanh", "--weight-variance", "4", "--bias-variance", "0.05")
+    assert code == 0 and "phase    chaotic" in out and "c*" in out
+    code, out, _ = run(capsys, "meanfield", "relu", "--weight-variance", "2", "--format", "latex")
+    assert code == 0 and r"\begin{align}" in out
+
+
+def test_meanfield_edge_of_chaos(capsys):
+    code, out, _ = run(capsys, "meanfield", "tanh", "--edge-of-chaos", "--points", "3", "--json")
+    rows = json.loads(out)["edge_of_chaos"]
+    assert code == 0 and [r["bias_variance"] for r in rows] == [0, 0.25, 0.5]
+    assert rows[0]["weight_variance"] == pytest.approx(1.0, rel=1e-12)  # tanh'(0) = 1: sigma_w^2 = 1 at sigma_b^2 = 0
+    code, out, _ = run(capsys, "meanfield", "relu", "--edge-of-chaos", "--points", "2")
+    assert code == 0 and "every q" in out and "none" in out
+
+
+def test_kernel_and_meanfield_help():
+    for command in ("kernel", "meanfield"):
+        result = subprocess.run([sys.executable, "-m", "varprop.cli", command, "--help"], capture_output=True, text=True,
+                                check=False, cwd=pathlib.Path(__file__).parents[1])
+        assert result.returncode == 0 and "usage: varprop " + command in result.stdout

@@ -17,6 +17,7 @@ from varprop.derive import Expect
 from varprop.derive.derivation import Code, Prose, citation, prose_latex, prose_markdown, to_latex
 from varprop.explain import TOPICS, answer, observable_formula, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
+from varprop.observables import legacy_name
 from varprop.plot import LINESTYLES
 
 
@@ -118,11 +119,11 @@ def _disagreements(result, data):
     problems, compared = [], 0
     for check in result.checks:
         claim = check.claim
-        shown = [d for s, d in zip(_flat_series(result), data)
-                 if s.network == claim.network and d.observable == claim.observable_name]
+        name, layer = legacy_name(claim.observable, claim.network) if claim.layer is None else (claim.observable_name, claim.layer)
+        shown = [d for s, d in zip(_flat_series(result), data) if s.network == claim.network and d.observable == name]
         for d in shown:
             compared += 1
-            value = d.predicted[d.layers.index(claim.layer)]
+            value = d.predicted[d.layers.index(layer)]
             if value != pytest.approx(claim.value, rel=1e-12, abs=1e-300):
                 problems.append(f"{check.name}: figure draws {value}, the table checks {claim.value}")
             if d.exactness != check.exactness:
@@ -252,3 +253,61 @@ def test_claim_names_are_words_and_the_observable_is_typeset(answers, name):
         formula = observable_formula(check)
         assert isinstance(formula, sp.Basic) and formula == check.claim.derivation.steps[-1].lhs
         assert f"${to_latex(formula)}$" in result.latex() and f"${to_latex(formula)}$" in result.markdown()
+
+
+# --- does the mean matter: the correlation of a pair -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mean_matters():
+    return answer("does-the-mean-matter", width=16)
+
+
+def test_does_the_mean_matter_numbers(mean_matters):
+    result = mean_matters
+    # relu under He: C(0) = E[relu]^2 / E[relu^2] = (q/(2 pi)) / (q/2) = 1/pi (Cho & Saul's J_1(pi/2)/pi)
+    assert result.numbers["relu_c_map_at_zero"] == pytest.approx(1 / math.pi, rel=1e-15)
+    first = result.checks[0]
+    assert first.outcome == PASS and first.exactness == "gaussian-exact" and first.claim.value == pytest.approx(1 / math.pi)
+    # relu - 1/2 under He: q* solves q = 2 E[(relu(z) - 1/2)^2] = q - sqrt(2 q / pi) + 1/2 (independent root finding),
+    # where E[phi] = sqrt(q/(2 pi)) - 1/2 and C(0) = 2 E[phi]^2 / q*
+    q_star = scipy.optimize.brentq(lambda q: math.sqrt(2 * q / math.pi) - 0.5, 0.01, 2.0)
+    assert result.numbers["shifted_q_star"] == pytest.approx(q_star, rel=1e-12)
+    mean = math.sqrt(q_star / (2 * math.pi)) - 0.5
+    assert result.numbers["shifted_mean_at_q_star"] == pytest.approx(mean, rel=1e-12)
+    assert result.numbers["shifted_c_map_at_zero"] == pytest.approx(2 * mean**2 / q_star, rel=1e-12)
+    assert result.numbers["shifted_correlation_fixed_point"] == 1.0
+    assert result.numbers["shifted_chi_c_at_one"] == pytest.approx(1.0, abs=1e-12)  # 2 E[step(z)^2] = 1: critical
+    assert all(check.outcome == PASS for check in result.checks)
+    assert result.checks[1].exactness == "asymptotic" and result.checks[1].shrink is not None
+
+
+def test_does_the_mean_matter_wrong_siblings_fail(mean_matters):
+    first = mean_matters.checks[0].claim
+    wrong = [first.with_prediction(sp.Integer(0), name="c-map without the mean term"),
+             first.with_prediction(sp.Rational(1, 2), name="1/2 for 1/pi")]
+    assert [r.outcome for r in check_all(wrong)] == [FAIL, FAIL]
+
+
+def test_does_the_mean_matter_figure_draws_what_the_table_checks(mean_matters):
+    data = mean_matters.figure_data(samples=50)
+    by_label = {d.network_label: d for d in data}
+    assert set(by_label) == {"relu, He", "relu - 1/2, He", "tanh, LeCun"}
+    for check in (mean_matters.checks[0], mean_matters.checks[2]):
+        network = check.claim.network
+        (shown,) = [d for s, d in zip(mean_matters.series, data) if s.network == network]
+        layer = network.dense_positions.index(check.claim.observable.tensor.position) + 1
+        assert shown.predicted[layer - 1] == pytest.approx(check.claim.value, rel=1e-12, abs=1e-300)
+    assert by_label["relu, He"].exactness == "asymptotic"  # deeper than one layer: the infinite-width c-map
+    figure = mean_matters.figure(data)
+    (line,) = [l for ax in figure.axes for l in ax.lines if l.get_gid() == "theory:relu, He"]
+    assert line.get_linestyle() == LINESTYLES["asymptotic"]
+    text = mean_matters.text(data=data)
+    assert "y_correlation" in text and "Does the mean matter?" in text
+
+
+def test_does_the_mean_matter_prose_has_no_ascii_math(mean_matters):
+    for paragraph in (*mean_matters.paragraphs, mean_matters.headline):
+        words = "".join(p for p in paragraph.parts if isinstance(p, str))
+        for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
+            assert ascii_math not in words, (ascii_math, words)

@@ -225,8 +225,9 @@ def test_bad_observable_names_the_value_and_the_accepted_ones():
     with pytest.raises(PlotError, match=r"'y_squared'.*accepted: .*y_second_moment.*dw_second_moment") as info:
         propagation_data(mlp([8, 8]), "y_squared", samples=10)
     assert isinstance(info.value, VarpropError)
-    with pytest.raises(PlotError, match="'y_correlation'"):  # Monte Carlo only: no theory to draw (yet)
-        _signed((1.0, 2.0), observable="y_correlation")
+    # the correlation of a pair is drawable, but only for a network whose inputs describe a pair
+    with pytest.raises(PlotError, match="y_correlation.*needs a pair of inputs"):
+        propagation_data(mlp([8, 8, 8]), "y_correlation", samples=10)
 
 
 def test_panel_names_stand_for_their_observables():
@@ -275,3 +276,15 @@ def test_each_exactness_class_has_its_line_style(he_series):
     assert len(set(LINESTYLES[c] for c in ("exact", "asymptotic", "approximation"))) == 3
     with pytest.raises(PlotError, match="exactness must be one of"):
         dataclasses.replace(he_series[0], exactness="roughly")
+
+
+def test_the_correlation_of_a_pair_is_drawn_with_its_exactness():
+    from varprop.network import FixedInput
+
+    net = mlp([8, 8, 8, 8], "relu", inputs=FixedInput.pair(8, 0))
+    data = propagation_data(net, "y_correlation", samples=50, label="relu, He")
+    # y_1 keeps the inputs' correlation 0 (exact), y_2 has relu's c-map at 0, 1/pi (exact for Gaussian weights),
+    # y_3 the c-map iterated (infinite width): the line is labelled with the weakest class
+    assert data.predicted[:2] == (0.0, pytest.approx(1 / np.pi, rel=1e-15)) and data.exactness == "asymptotic"
+    figure = propagation_figure([data])
+    assert figure.axes[0].get_gid() == "y_correlation"

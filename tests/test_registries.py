@@ -3,6 +3,7 @@
 import pytest
 
 from varprop.derive import backward_rule, forward_rule, observable_rules
+from varprop.derive.propagate import cross_rule
 from varprop.montecarlo.estimators import network_values
 from varprop.montecarlo.sampler import layer_step
 from varprop.network import LAYER_CLASSES
@@ -11,6 +12,7 @@ from varprop.observables import OBSERVABLES, Observable
 ENGINES = {
     "derive forward": forward_rule,
     "derive backward": backward_rule,
+    "derive cross moment": cross_rule,
     "Monte Carlo layer step": layer_step,
 }
 

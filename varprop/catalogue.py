@@ -19,13 +19,15 @@ from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .network import FixedInput, Network, mlp
-from .observables import Observable, ObservableError, from_name
-from .weights import glorot, he, torch_linear_default
+from .observables import Correlation, Observable, ObservableError, Signal, from_name
+from .weights import glorot, he, lecun, torch_linear_default
 
 __all__ = ["CATALOGUE", "claim_from_derivation", "family"]
 
 HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
+CHO_SAUL = "Cho & Saul 2009 (arc-cosine kernel)"
+SCHOENHOLZ = "Schoenholz et al. 2017"
 _DEPTH = 3
 _SMALL = (2, 4)  # an exact claim must hold at narrow widths too
 _SWEEP = (4, 8, 16)  # widths an asymptotic claim's deviation is followed over
@@ -70,8 +72,8 @@ def _entry(
     name: str,
     description: str,
     network_at: Callable[[int], Network],
-    observable: str,
-    layer: int | Callable[[Network], int],
+    observable: str | Observable,
+    layer: int | Callable[[Network], int] | None,
     *,
     source: str,
     width: int = 8,
@@ -165,8 +167,42 @@ def _catalogue() -> dict[str, ClaimFamily]:
                lambda n: mlp(_widths(n, depth=4), relu, torch_linear_default(bias=False)), "y_second_moment",
                _last, source="PyTorch nn.Linear.reset_parameters", width=32, sweep=(8,)),
         _glorot_tanh(),
+        *_correlation_entries(),
     ]
     return {entry.name: entry for entry in entries}
+
+
+def _correlation_entries() -> list[ClaimFamily]:
+    """Correlations of a pair of fixed inputs through the same network (Poole et al. 2016; Schoenholz et al. 2017).
+
+    Place ``act{k}`` is position ``2k - 1`` of an MLP (dense1, act1, dense2, act2, ...).
+    """
+    relu, shifted, tanh = activation("relu"), activation("shifted_relu"), activation("tanh")
+    half = sp.Rational(1, 2)
+    return [
+        _entry("relu-correlation-orthogonal",
+               "two orthogonal fixed inputs after one relu layer under He: correlation E[relu]^2 / E[relu^2] = 1/pi "
+               "(the mean of relu is shared by both)",
+               lambda n: mlp(_widths(n, depth=2), relu, he(), inputs=FixedInput.pair(n, 0)), Correlation(Signal(1)),
+               None, source=f"{CHO_SAUL}; {SCHOENHOLZ}, eq. (5)", width=16),
+        # Widths 16-64: below them an O(1/n^2) term of the other sign makes the deviation shrink slower than
+        # 1/n between the sweep's ends (n |d(n)| = 106, 111, 112 % at n = 8, 16, 32).
+        _entry("relu-correlation-depth",
+               "two orthogonal fixed inputs after three relu layers under He: the c-map of relu iterated from 0 "
+               "(the correlation drifts towards 1)",
+               lambda n: mlp(_widths(n, depth=4), relu, he(), inputs=FixedInput.pair(n, 0)), Correlation(Signal(5)),
+               None, source=f"{CHO_SAUL}; {SCHOENHOLZ}, eq. (5)", width=64, sweep=(16, 32, 64)),
+        _entry("shifted-relu-correlation",
+               "relu - 1/2 under He, a fixed pair with correlation 1/2: the correlation after one layer, from the "
+               "bivariate kernel of the shifted relu",
+               lambda n: mlp(_widths(n, depth=2), shifted, he(), inputs=FixedInput.pair(n, half)),
+               Correlation(Signal(1)), None, source=f"{SCHOENHOLZ}, eq. (5)", width=16),
+        _entry("tanh-correlation",
+               "tanh under LeCun (Var[w] = 1/n), a fixed pair with correlation 1/2: the correlation after one layer "
+               "(bivariate kernel by quadrature)",
+               lambda n: mlp(_widths(n, depth=2), tanh, lecun(), inputs=FixedInput.pair(n, half)),
+               Correlation(Signal(1)), None, source=f"{SCHOENHOLZ}, eq. (5)", width=16),
+    ]
 
 
 def _fixed(n: int) -> FixedInput:

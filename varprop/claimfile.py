@@ -14,11 +14,16 @@ value::
     distribution = "normal"        # normal | uniform | truncated_normal
     # weight_variance = "2/n_in"   # instead of init: a variance in n_in and n_out
     bias_variance = 0.0            # optional Gaussian bias
-    input = "gaussian"             # "gaussian" (iid N(0, 1)) or a list of numbers (a fixed input)
+    input = "gaussian"             # "gaussian" (iid N(0, 1)), "fixed-pair", or a list of numbers (a fixed input)
+    # correlation = 0.5            # a pair of inputs with this correlation c0 in [-1, 1], through the same
+    #                              # weights: with "gaussian", fresh Gaussian pairs (x' = c0 x + sqrt(1 - c0^2) z);
+    #                              # with "fixed-pair", FixedInput.pair(width, c0) (two fixed vectors)
+    # partner = [1, 1, -1, -1]     # with a list input: the fixed partner vector (instead of correlation)
     observable = "y_second_moment" # see varprop.claims.OBSERVABLES
     layer = 3                      # dense layer, 1-based
     # or, by place (works for any layer kind):
-    # observable = "second_moment" # mean | second_moment | variance | norm_ratio
+    # observable = "second_moment" # mean | second_moment | variance | norm_ratio | cross_moment | correlation
+    #                              # (cross_moment and correlation: of the pair of inputs; need correlation/partner)
     # tensor = "gradient"          # signal (default) | gradient | weight_gradient
     # place = "act2"               # input, dense1, act1, dense2, ... or an integer position (-1: the input)
     prediction = "2"               # numbers, pi, e, + - * / ** and sqrt, exp, log, ...
@@ -53,7 +58,7 @@ __all__ = ["FileClaim", "load_claims"]
 
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
-             "bias_variance", "input", "exactness", "source", "description")
+             "bias_variance", "input", "correlation", "partner", "exactness", "source", "description")
 
 
 @dataclass(frozen=True)
@@ -193,14 +198,30 @@ def _network(table: Mapping[str, object], where: str) -> Network:
         scheme = init_scheme(name, mode=str(table.get("mode", "fan_in")), a=slope, distribution=distribution)
     bias = table.get("bias_variance")
     bias_variance = None if bias is None else _number(bias, "bias_variance", where)
-    raw_input = table.get("input", "gaussian")
-    if raw_input == "gaussian":
-        inputs = GaussianInput()
-    elif isinstance(raw_input, list):
-        inputs = FixedInput(tuple(raw_input))
-    else:
-        raise ClaimError(f"{where}: input must be \"gaussian\" or a list of numbers, got {raw_input!r}")
+    inputs = _inputs(table, widths[0], where)
     return mlp(widths, _activation(table, where), scheme, bias_variance=bias_variance, inputs=inputs)
+
+
+def _inputs(table: Mapping[str, object], width: object, where: str) -> GaussianInput | FixedInput:
+    """``input`` with the optional pair keys ``correlation`` (c0) and ``partner`` (a fixed vector)."""
+    raw_input = table.get("input", "gaussian")
+    correlation = None if "correlation" not in table else _number(table["correlation"], "correlation", where)
+    partner = table.get("partner")
+    if partner is not None and not isinstance(partner, list):
+        raise ClaimError(f"{where}: partner must be a list of numbers, got {partner!r}")
+    if partner is not None and (correlation is not None or not isinstance(raw_input, list)):
+        raise ClaimError(f"{where}: partner (a fixed partner vector) goes with a list input and without correlation")
+    if raw_input == "gaussian":
+        return GaussianInput(correlation=correlation)
+    if raw_input == "fixed-pair":
+        if correlation is None:
+            raise ClaimError(f"{where}: input \"fixed-pair\" needs correlation = c0 (a number in [-1, 1])")
+        return FixedInput.pair(width, correlation)
+    if isinstance(raw_input, list):
+        if correlation is not None:
+            raise ClaimError(f"{where}: a list input takes its pair as partner = [...], not correlation")
+        return FixedInput(tuple(raw_input), None if partner is None else tuple(partner))
+    raise ClaimError(f"{where}: input must be \"gaussian\", \"fixed-pair\" or a list of numbers, got {raw_input!r}")
 
 
 def _compare(claim: Claim) -> FileClaim:

@@ -16,13 +16,20 @@ import sympy as sp
 
 from . import __version__
 from ._files import output_directory
-from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
+from .activations import (
+    BUILTIN_ACTIVATIONS,
+    Activation,
+    activation,
+    builtin_summary,
+    expression,
+    parse_expression,
+)
 from .derive import DERIVATIONS, Q, moments
 from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FORMATS = ("text", "markdown", "latex", "json")
@@ -205,6 +212,105 @@ def _cmd_derive(args: argparse.Namespace) -> int:
             print(f"  ({report.step}) {report.kind:<10} {status:<11} {report.detail}")
     if any(report.ok is False for report in reports):
         return 1
+    return 0
+
+
+# --- kernel and meanfield ------------------------------------------------------------------------
+
+
+def _print_derivation(derivation: object, fmt: str) -> None:
+    if fmt == "latex":
+        print(derivation.latex())
+    elif fmt == "markdown":
+        print(derivation.markdown())
+    else:
+        print(derivation.text(), end="")
+
+
+def _variance_option(text: str, option: str) -> sp.Expr:
+    value = _parse_number(text, option)
+    if value.is_negative:
+        raise _UsageError(f"{option} is a variance and must be non-negative, got {text!r}")
+    return value
+
+
+def _cmd_kernel(args: argparse.Namespace) -> int:
+    from .derive.gaussian.bivariate import cross_expectation
+    from .derive.meanfield import kernel_derivation
+
+    act = _activation(args.activation, _parse_params(args.param))
+    q1 = _variance_option(args.q1, "--q1")
+    q2 = _variance_option(args.q2, "--q2")
+    c = _parse_number(args.c, "--c")
+    if not -1 <= float(c) <= 1:
+        raise _UsageError(f"--c is a correlation and must be in [-1, 1], got {args.c!r}")
+    result = cross_expectation(act, q1, q2, c, derivative=args.derivative)
+    number = result.evaluate()
+    derivation = kernel_derivation(act, q1, q2, c, derivative=args.derivative)
+    name = "phi'" if args.derivative else "phi"
+    if args.json:
+        payload = {
+            "activation": str(act), "q1": float(q1), "q2": float(q2), "c": float(c), "derivative": args.derivative,
+            "value": number.value, "expression": str(result.value), "route": result.route, "exact": result.exact,
+            "error_estimate": result.error_estimate, "derivation": derivation.to_dict(),
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    if args.format == "text":
+        estimate = "closed form, correct to float64" if result.exact else f"error estimate {result.error_estimate:.1e}"
+        print(f"E[{name}(u) {name}(v)] = {number.value:.15g}  ({result.route}; {estimate})")
+        print(f"  for {act}, (u, v) centred jointly Gaussian with variances {args.q1}, {args.q2} and correlation {args.c}\n")
+    _print_derivation(derivation, args.format)
+    return 0
+
+
+def _cmd_meanfield(args: argparse.Namespace) -> int:
+    from .derive.meanfield import edge_of_chaos, mean_field
+
+    act = _activation(args.activation, _parse_params(args.param))
+    bias = float(_variance_option(args.bias_variance, "--bias-variance"))
+    if args.edge_of_chaos:
+        if args.weight_variance is not None:
+            raise _UsageError("--edge-of-chaos gives the critical weight variance itself; drop --weight-variance")
+        if args.points < 2 or args.points > 1000:
+            raise _UsageError(f"--points must be in [2, 1000], got {args.points}")
+        top = float(_variance_option(args.max_bias_variance, "--max-bias-variance"))
+        biases = [top * i / (args.points - 1) for i in range(args.points)]
+        rows, notes = [], []
+        for bias_variance in biases:
+            try:
+                point = edge_of_chaos(act, [bias_variance])[0]
+                rows.append({"bias_variance": bias_variance, "weight_variance": point.weight_variance, "q_star": point.q_star})
+            except VarpropError as exc:  # the line does not reach this bias variance
+                rows.append({"bias_variance": bias_variance, "weight_variance": None, "q_star": None})
+                notes.append(str(exc))
+        if all(row["weight_variance"] is None for row in rows):
+            raise _UsageError(notes[0])
+        if args.json:
+            print(json.dumps({"activation": str(act), "edge_of_chaos": rows, "notes": notes}, indent=2))
+            return 0
+        print(f"The edge of chaos of {act}: chi_1 = 1 (Schoenholz et al. 2017, Fig. 1)")
+        print(f"  {'sigma_b^2':>10}  {'sigma_w^2':>14}  {'q*':>14}")
+        for row in rows:
+            if row["weight_variance"] is None:
+                print(f"  {row['bias_variance']:>10.4g}  {'none':>14}  {'-':>14}")
+            elif row["q_star"] is None:
+                print(f"  {row['bias_variance']:>10.4g}  {row['weight_variance']:>14.10g}  {'every q':>14}")
+            else:
+                print(f"  {row['bias_variance']:>10.4g}  {row['weight_variance']:>14.10g}  {row['q_star']:>14.10g}")
+        if notes:
+            print(f"  none: {notes[0]}")
+        return 0
+    weight = None if args.weight_variance is None else float(_variance_option(args.weight_variance, "--weight-variance"))
+    result = mean_field(act, weight, bias)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    if args.format == "text":
+        print(result.text(), end="")
+        return 0
+    for derivation in result.derivations:
+        _print_derivation(derivation, args.format)
     return 0
 
 
@@ -428,6 +534,54 @@ def build_parser() -> argparse.ArgumentParser:
     derive_parser.add_argument("--format", choices=_FORMATS, default="text", help="output format (default text)")
     derive_parser.add_argument("--standalone", action="store_true", help="latex: a whole document that pdflatex compiles")
     derive_parser.set_defaults(handler=_cmd_derive)
+
+    kernel_parser = commands.add_parser(
+        "kernel",
+        help="E[phi(u) phi(v)] for a correlated Gaussian pair (the mean-field kernel)",
+        description="E[phi(u) phi(v)] (or E[phi'(u) phi'(v)] with --derivative) for (u, v) centred and jointly "
+        "Gaussian with variances Q1, Q2 and correlation C, as a derivation: closed forms for the rectifier family "
+        "(arc-cosine kernels, Cho & Saul 2009), step, erf (Williams 1997), gelu (Tsuchida et al. 2020) and "
+        "polynomials (Isserlis), otherwise 2-D quadrature with an error estimate (tanh, sigmoid, silu, softplus, "
+        "expressions). The route that produced the value is printed.",
+    )
+    kernel_parser.add_argument("activation", metavar="ACTIVATION", help=activation_help)
+    kernel_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
+    kernel_parser.add_argument("--q1", default="1", metavar="Q", help="variance of u (default 1; non-negative)")
+    kernel_parser.add_argument("--q2", default="1", metavar="Q", help="variance of v (default 1; non-negative)")
+    kernel_parser.add_argument("--c", default="0", metavar="C", help="correlation of u and v, in [-1, 1] (default 0)")
+    kernel_parser.add_argument("--derivative", action="store_true", help="E[phi'(u) phi'(v)] instead")
+    kernel_parser.add_argument("--json", action="store_true", help="print JSON: value, expression, route, exact, "
+                               "error_estimate (null for closed forms), derivation")
+    kernel_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
+                               help="format of the derivation (default text)")
+    kernel_parser.set_defaults(handler=_cmd_kernel)
+
+    meanfield_parser = commands.add_parser(
+        "meanfield",
+        help="mean-field analysis: q*, chi_1, c*, depth scales, phase, edge of chaos",
+        description="The mean-field theory of signal propagation (Poole et al. 2016; Schoenholz et al. 2017) for a "
+        "wide dense network with weight variance S/fan_in and bias variance B: the q-map and its fixed point q*, "
+        "chi_1 (eq. 5), the c-map and its fixed points c* with their slopes chi_c (eq. 8), the depth scales xi_q "
+        "and xi_c (eqs. 6, 9) and the phase (ordered: chi_1 < 1, chaotic: chi_1 > 1, critical). Without "
+        "--weight-variance the critical one at --bias-variance is used (relu: 2, He et al. 2015). "
+        "--edge-of-chaos prints the critical line sigma_w^2(sigma_b^2) instead.",
+    )
+    meanfield_parser.add_argument("activation", metavar="ACTIVATION", help=activation_help)
+    meanfield_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
+    meanfield_parser.add_argument("--weight-variance", default=None, metavar="S",
+                                  help="sigma_w^2, the weight variance times the fan-in (default: the edge of chaos)")
+    meanfield_parser.add_argument("--bias-variance", default="0", metavar="B", help="sigma_b^2 (default 0)")
+    meanfield_parser.add_argument("--edge-of-chaos", action="store_true",
+                                  help="print the critical line: sigma_w^2 and q* at --points bias variances from 0 "
+                                  "to --max-bias-variance")
+    meanfield_parser.add_argument("--points", type=_integer("--points"), default=11, metavar="N",
+                                  help="with --edge-of-chaos: number of bias variances (default 11)")
+    meanfield_parser.add_argument("--max-bias-variance", default="0.5", metavar="B",
+                                  help="with --edge-of-chaos: the largest bias variance (default 0.5)")
+    meanfield_parser.add_argument("--json", action="store_true", help="print JSON (numbers, phase, fixed points, derivations)")
+    meanfield_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
+                                  help="output format (default text: the numbers, then the derivations)")
+    meanfield_parser.set_defaults(handler=_cmd_meanfield)
 
     check_parser = commands.add_parser(
         "check",

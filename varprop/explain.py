@@ -28,11 +28,13 @@ from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Expect, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
 from .derive.derivation import Code, Prose, latex_text, prose, prose_latex, prose_markdown, to_latex
 from .derive.gaussian import evaluate
+from .derive.meanfield import mean_field
+from .derive.propagate import derive as derive_observable
 from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
 from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
-from .observables import describe
+from .observables import Correlation, Signal, describe
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, lecun, torch_linear_default
@@ -662,6 +664,153 @@ def _pytorch_default(settings: Settings) -> Answer:
                   numbers, headline, len(checks) - 1, settings)
 
 
+def _pair_correlation(network: Network, position: int) -> Derivation:
+    return derive_observable(network, Correlation(Signal(position)))
+
+
+def _c_map(act, q: sp.Expr, scale: sp.Expr) -> sp.Expr:
+    r"""The c-map :math:`c \mapsto \sigma_w^2 E[\phi(u)\phi(v)]/q^*` of ``act`` at :math:`q_1 = q_2 = q`, no bias.
+
+    ``scale`` is :math:`\sigma_w^2 = n \operatorname{Var}[w]`; at the fixed point :math:`q^*` of the
+    q-map it maps the correlation of one layer's pre-activations to the next one's.
+    """
+    from .derive.gaussian.bivariate import cross_expectation
+
+    kernel = cross_expectation(act, q, q, _C)
+    return scale * kernel.value / q
+
+
+_C = sp.Symbol("c", real=True)
+
+
+def _does_the_mean_matter(settings: Settings) -> Answer:
+    width, depth = settings.width, settings.depth
+    shifted, tanh = activation("shifted_relu"), activation("tanh")
+    pair = FixedInput.pair(width, 0)
+    relu_net = mlp([width] * (depth + 1), _RELU, he(), inputs=pair)
+    shifted_net = mlp([width] * (depth + 1), shifted, he(), inputs=pair)
+    tanh_net = mlp([width] * (depth + 1), tanh, lecun(), inputs=pair)
+    # Correlations of y_l (dense layer l's output, position 2(l - 1)), as the figure draws them: y_2 is after
+    # one nonlinearity, y_L after L - 1.
+    # The check at depth: y_4 (three relu layers), over widths where the O(1/n) term dominates (at narrower
+    # widths an O(1/n^2) term of the other sign makes |d(n)| shrink slower than 1/n, which the sweep test
+    # would take for a failure).
+    checked = min(depth, 4)
+    family_width = 4 * width
+    sweep = (width, 2 * width, family_width)
+    deep_name = f"relu, He: correlation of y_{checked}"
+    deep_family = ClaimFamily(
+        deep_name, "the relu c-map iterated from 0 (infinite width)",
+        lambda n: claim_from_derivation(deep_name, mlp([n] * (checked + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
+                                        Correlation(Signal(2 * (checked - 1)))),
+        width=family_width, sweep=sweep)
+    claims = [
+        claim_from_derivation("relu, He: correlation of y_2", relu_net, Correlation(Signal(2))),
+        deep_family,
+        claim_from_derivation("tanh, LeCun: correlation of y_2", tanh_net, Correlation(Signal(2))),
+    ]
+    checks = _check(claims, settings)
+    q = sp.Symbol("q", positive=True)
+    u, v, z = sp.symbols("u v z")
+    phi = sp.Function("phi")
+    n_var_w = sp.Symbol("n") * _V(sp.Symbol("w"))
+    x = sp.Symbol("x")
+    # The variance recursion: E[y^2] = n Var[w] E[x^2], and E[x^2] = Var[x] + E[x]^2.
+    forward_derivation = forward(_RELU)
+    # The correlation recursion at c = 0: u, v independent, E[phi(u) phi(v)] = E[phi]^2.
+    he_scale = condition(_RELU).result * N_IN  # n Var[w] = 2
+    he_q = he_scale * GaussianInput().second_moment
+    relu_map = sp.simplify(_c_map(_RELU, q, he_scale).subs(q, he_q))
+    relu_mean = moments(_RELU).mean.expr.subs(Q, he_q)
+    relu_second = moments(_RELU).second_moment.expr.subs(Q, he_q)
+    relu_at_zero = sp.simplify(relu_map.subs(_C, 0))
+    if sp.simplify(relu_at_zero - relu_mean**2 / relu_second) != 0:
+        raise DerivationError(f"the relu c-map at 0, {relu_at_zero}, is not E[phi]^2/E[phi^2]")
+    # relu - 1/2 under He: q* of the q-map, the c-map there and its fixed points.
+    shifted_second = moments(shifted).second_moment.expr.subs(Q, q)
+    q_star = [s for s in sp.solve(sp.Eq(q, he_scale * shifted_second), q) if s.is_positive][0]
+    shifted_mean = sp.simplify(moments(shifted).mean.expr.subs(Q, q_star))
+    first_shifted_mean = sp.simplify(moments(shifted).mean.expr.subs(Q, he_q))
+    shifted_map = _c_map(shifted, q_star, he_scale)
+    shifted_at_zero = sp.simplify(shifted_map.subs(_C, 0))
+    first_shifted = _pair_correlation(shifted_net, 2).result  # E[phi]^2 / E[phi^2] at E[y^2] = 2, as derived
+    # The mean-field analysis (q-map fixed point, c-map fixed points and their slopes chi_c) of relu - 1/2
+    analysis = mean_field(shifted, float(he_scale), 0)
+    if analysis.q_star is None or abs(analysis.q_star.value - float(q_star)) > 1e-9 + 10 * analysis.q_star.error_estimate:
+        raise DerivationError(f"q* of {shifted}: the q-map's fixed point {analysis.q_star} is not {q_star}")
+    shifted_fixed = analysis.correlation_fixed_points
+    tanh_mean = moments(tanh).mean.expr
+    relu_deep = checks[1]
+    ordered = sorted(relu_deep.measurements, key=lambda m: m.width)
+    c_sym = sp.Symbol("c")
+    c_map_sym = sp.Function("C")
+    paragraphs = (
+        prose("For the variance, no. The recursion is ", sp.Eq(_E(_Y**2), n_var_w * _E(x**2)),
+              " (He et al. 2015, eq. 7), and ", sp.Eq(_E(x**2), _V(x) + _E(x) ** 2), ": the mean of the layer input "
+              "enters only as part of its second moment, so a non-zero mean is neither a problem nor needed; what "
+              "has to stay constant is ", _E(x**2), ". The derivation below shows it for relu."),
+        prose("For how two different inputs propagate, yes. Feed two inputs through the same network and let c be "
+              "the correlation of their pre-activations, a ratio of expectations ",
+              sp.Eq(c_sym, _E(u * v) / sp.sqrt(_E(u**2) * _E(v**2))),
+              ". After the nonlinearity the pair has the cross moment ", _E(phi(u) * phi(v)),
+              " (Poole et al. 2016; Schoenholz et al. 2017, eq. 5). At ", sp.Eq(c_sym, 0),
+              " the Gaussian pair (u, v) is independent, so ", sp.Eq(_E(phi(u) * phi(v)), _E(phi(z)) ** 2),
+              ": the mean of the activation is a component both inputs share, and it alone correlates them. For "
+              "relu under He's init (", sp.Eq(_E(_Y**2), he_q), ") the c-map is ",
+              sp.Eq(c_map_sym(c_sym), relu_map.subs(_C, c_sym)), ", so ",
+              sp.Eq(c_map_sym(0), relu_at_zero), f" = {_fmt(float(relu_at_zero))}: two orthogonal inputs come out of "
+              "one relu layer with that correlation. Measured on a fixed orthogonal pair: ",
+              f"{_measured(checks[0])} (exact for Gaussian weights: the pre-activations of a fixed pair are exactly "
+              "jointly Gaussian)."),
+        prose(f"With depth every pair drifts towards correlation 1: after {checked - 1} relu layers the theory gives ",
+              sp.Float(relu_deep.primary.claim.value, 4), " and the measurement " + ", ".join(
+                  f"{m.estimate.value:.4g} ± {m.estimate.se:.2g} at width {m.width}" for m in ordered)
+              + f" ({relu_deep.outcome}; {reason(relu_deep)}). Deeper than one layer the theory is the infinite-width "
+              "limit: the kernel is applied to the random empirical covariance of the layer below."),
+        prose("Subtracting ", sp.Rational(1, 2), " from relu (the lesson's fix) removes the shared component only "
+              "where ", sp.Eq(_E(_relu_of(z)), sp.Rational(1, 2)), ". At ", sp.Eq(_E(_Y**2), he_q),
+              " (the first layer, unit-variance inputs, He's init) ", sp.Eq(_E(phi(z)), first_shifted_mean),
+              f" = {_fmt(float(first_shifted_mean))}, and two orthogonal inputs come out with correlation ",
+              first_shifted, f" = {_fmt(float(first_shifted))}. But He's init does not keep this variance for "
+              "relu - 1/2: it goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
+              f" = {_fmt(float(q_star))} of the q-map, where ", sp.Eq(_E(phi(z)), shifted_mean),
+              ": the mean is back, with the other sign, and the c-map there gives ",
+              sp.Eq(c_map_sym(0), shifted_at_zero), f" = {_fmt(float(shifted_at_zero))}, ",
+              "as large as relu's. The mean-field analysis at ", sp.Eq(sp.Symbol("sigma_w") ** 2, he_scale),
+              f" finds the correlation fixed point{'s' if len(shifted_fixed) > 1 else ''} ",
+              ", ".join(f"{_fmt(p.value)} (slope {_fmt(p.slope)}, {'stable' if p.stable else 'not stable'})"
+                        for p in shifted_fixed),
+              f" in [-1, 1] ({analysis.phase} phase, ", sp.Eq(sp.Symbol("chi_1"), sp.Float(analysis.chi_1.value, 6)),
+              "): every pair drifts towards correlation 1, slowly, as with relu. The figure shows the first "
+              "layers' small correlation growing as the variance settles."),
+        prose("For tanh ", sp.Eq(_E(sp.tanh(z)), tanh_mean), " (tanh is odd), so ", sp.Eq(c_map_sym(0), 0),
+              ": orthogonal inputs stay orthogonal. Measured after one tanh layer (LeCun's ",
+              sp.Eq(_V(sp.Symbol("w")), lecun().variance_expr), f"): {_measured(checks[2])}. The figure follows "
+              f"the correlation of y_l for the three networks over {depth} layers."),
+    )
+    numbers = {
+        "relu_c_map_at_zero": float(relu_at_zero),
+        "relu_correlation_measured": checks[0].primary.estimate.value,
+        "relu_correlation_se": checks[0].primary.estimate.se,
+        "shifted_q_star": float(q_star),
+        "shifted_mean_at_q_star": float(shifted_mean),
+        "shifted_c_map_at_zero": float(shifted_at_zero),
+        "shifted_correlation_fixed_point": max(p.value for p in shifted_fixed),
+        "shifted_chi_c_at_one": next(p.slope for p in shifted_fixed if p.value == max(q.value for q in shifted_fixed)),
+        "tanh_c_map_at_zero": 0.0,
+    }
+    headline = prose("Not for the variance (", sp.Eq(_E(x**2), _V(x) + _E(x) ** 2), " is what the recursion keeps), "
+                     "but for how inputs stay apart: the shared mean correlates them, ",
+                     sp.Eq(c_map_sym(0), _E(phi(z)) ** 2 / _E(phi(z) ** 2)), " = ", relu_at_zero,
+                     f" for relu under He; measured {_measured(checks[0])}.")
+    derivations = (forward_derivation, _pair_correlation(relu_net, 2), _pair_correlation(shifted_net, 2))
+    series = (Series("relu, He", relu_net, ("y_correlation",)),
+              Series("relu - 1/2, He", shifted_net, ("y_correlation",)),
+              Series("tanh, LeCun", tanh_net, ("y_correlation",)))
+    return Answer(TOPICS["does-the-mean-matter"], paragraphs, derivations, checks, series, numbers, headline, 0,
+                  settings)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -678,6 +827,9 @@ TOPICS: dict[str, Topic] = {
               "He's forward condition uses the fan-in, the backward one the fan-out. What happens to the other "
               "direction when widths differ?", _fan_in_vs_fan_out, 5, 3),
         Topic("glorot-vs-he", "Glorot versus He", "Why does Glorot's variance not suit relu networks?", _glorot_vs_he, 8),
+        Topic("does-the-mean-matter", "Does the mean matter?",
+              "Kaiming init keeps the variance, but relu outputs have mean near 0.5. Does a non-zero mean matter, and "
+              "for what?", _does_the_mean_matter, 6, 3),
         Topic("pytorch-default", "What PyTorch's default init does to a deep relu net",
               prose(Code("nn.Linear"), " initialises its weights with ", Code("kaiming_uniform_"), " at ", sp.Eq(_SLOPE, sp.sqrt(5)),
                     ". What does that do to a 20-layer relu network?"),

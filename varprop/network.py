@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from ._validate import Width, check_nonnegative, check_width
+from ._validate import Width, as_sympy_number, check_nonnegative, check_width
 from .activations import Activation, activation
 from .errors import SpecError, abbreviate
 from .weights import InitScheme, Normal, WeightLaw, he
@@ -85,40 +85,165 @@ Layer = Dense | Nonlinearity
 LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
 
 
+def _check_correlation(value: object) -> sp.Expr:
+    """An input correlation: a number in [-1, 1], or a sympy expression not provably outside it."""
+    expr = as_sympy_number(value, "input correlation")
+    if expr.is_extended_real is False or (expr - 1).is_positive or (expr + 1).is_negative:
+        raise SpecError(f"input correlation must be a number in [-1, 1], got {abbreviate(value)}")
+    return sp.nsimplify(expr, rational=True) if isinstance(expr, sp.Float) else expr
+
+
 @dataclass(frozen=True)
 class GaussianInput:
-    r"""Fresh iid inputs :math:`x_{1,j} \sim \mathcal N(0, v)` for every sampled network."""
+    r"""Fresh iid inputs :math:`x_{1,j} \sim \mathcal N(0, v)` for every sampled network.
+
+    With ``correlation`` :math:`c_0` set, every network also gets a *partner* input
+    :math:`x'_1 = c_0 x_1 + \sqrt{1 - c_0^2}\, z`, :math:`z` a fresh iid :math:`\mathcal N(0, v)`
+    vector: per coordinate :math:`(x_{1,j}, x'_{1,j})` is a centred Gaussian pair with variances
+    :math:`v` and correlation :math:`c_0`, so :math:`E[x_1 x'_1] = c_0 v`. Both inputs go through the
+    same weights (the cross moment and correlation observables of :mod:`varprop.observables`).
+    ``None`` (the default): a single input.
+    """
 
     variance: sp.Expr = sp.Integer(1)
+    correlation: sp.Expr | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variance", check_nonnegative(self.variance, "input variance"))
+        if self.correlation is not None:
+            object.__setattr__(self, "correlation", _check_correlation(self.correlation))
+
+    def __repr__(self) -> str:
+        # Without a pair, the repr of a single input is unchanged (the checker seeds its draws from it).
+        pair = "" if self.correlation is None else f", correlation={self.correlation!r}"
+        return f"GaussianInput(variance={self.variance!r}{pair})"
 
     @property
     def second_moment(self) -> sp.Expr:
         r""":math:`E[x_{1,j}^2]`."""
         return self.variance
 
+    @property
+    def paired(self) -> bool:
+        """True when a partner input goes through every network with the input."""
+        return self.correlation is not None
+
+    @property
+    def partner_second_moment(self) -> sp.Expr:
+        r""":math:`E[{x'_{1,j}}^2] = v` (paired inputs only)."""
+        _require_pair(self)
+        return self.variance
+
+    @property
+    def cross_moment(self) -> sp.Expr:
+        r""":math:`E[x_{1,j} x'_{1,j}] = c_0 v` (paired inputs only)."""
+        _require_pair(self)
+        return self.correlation * self.variance
+
+
+def _require_pair(inputs: object) -> None:
+    if not inputs.paired:
+        raise SpecError(f"{inputs!r} has no partner input: give a correlation (or a partner vector)")
+
+
+def _as_vector(values: object, what: str) -> tuple[float, ...]:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError(f"{what} must be a sequence of real numbers, got {abbreviate(values)}") from None
+    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        raise SpecError(f"{what} must be a non-empty 1-d sequence of finite numbers, got {abbreviate(values)}")
+    return tuple(float(v) for v in array)
+
+
+def _mean_of(values: Iterable[float]) -> sp.Expr:
+    values = tuple(values)
+    return sp.nsimplify(sum(values) / len(values), rational=True)
+
 
 @dataclass(frozen=True)
 class FixedInput:
-    """One fixed input vector, fed to every sampled network."""
+    r"""One fixed input vector, fed to every sampled network; optionally a fixed partner vector.
+
+    With ``partner`` :math:`x'` given, both vectors go through the same weights of every network; the
+    pair's correlation is :math:`c_0 = \langle x, x'\rangle / (|x|\,|x'|)`
+    (:attr:`correlation`). :meth:`pair` builds a pair with a prescribed :math:`c_0`.
+    """
 
     values: tuple[float, ...]
+    partner: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        try:
-            array = np.asarray(self.values, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise SpecError(f"fixed input must be a sequence of real numbers, got {self.values!r}") from None
-        if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
-            raise SpecError(f"fixed input must be a non-empty 1-d sequence of finite numbers, got {self.values!r}")
-        object.__setattr__(self, "values", tuple(float(v) for v in array))
+        object.__setattr__(self, "values", _as_vector(self.values, "fixed input"))
+        if self.partner is not None:
+            partner = _as_vector(self.partner, "partner input")
+            if len(partner) != len(self.values):
+                raise SpecError(
+                    f"the partner input has {len(partner)} entries but the input has {len(self.values)}; "
+                    "they must have the same length"
+                )
+            if not any(partner) or not any(self.values):
+                raise SpecError("a pair of inputs needs two non-zero vectors (their correlation is undefined otherwise)")
+            object.__setattr__(self, "partner", partner)
+
+    @classmethod
+    def pair(cls, width: int, correlation: float | sp.Expr) -> FixedInput:
+        r"""Two fixed inputs of ``width`` entries, both of mean square 1, with correlation ``correlation``.
+
+        :math:`x` alternates :math:`+1, -1`; :math:`x' = c_0 x + \sqrt{1 - c_0^2}\, u` with :math:`u`
+        orthogonal to :math:`x` and of mean square 1 (the pattern :math:`+1, +1, -1, -1` when the
+        width is a multiple of 4, so an orthogonal pair is exactly :math:`\pm 1` vectors). A width
+        of 1 admits only :math:`c_0 = \pm 1`.
+        """
+        n = check_width(width, "width of the input pair")
+        if not isinstance(n, int):
+            raise SpecError(f"a fixed input pair needs an integer width, got {n}")
+        c0 = _check_correlation(correlation)
+        if c0.free_symbols:
+            raise SpecError(f"a fixed input pair needs a numeric correlation, got {c0}")
+        c = float(c0)
+        first = np.array([1.0 if j % 2 == 0 else -1.0 for j in range(n)])
+        if abs(c) == 1.0:
+            return cls(tuple(first), tuple(c * first))
+        if n == 1:
+            raise SpecError(f"a pair of 1-entry inputs has correlation +1 or -1 only, got {c0}")
+        other = np.array([1.0 if j % 4 < 2 else -1.0 for j in range(n)])
+        other -= (other @ first) / n * first  # zero already when n is a multiple of 4
+        other *= np.sqrt(n / (other @ other))
+        second = other if c == 0 else c * first + np.sqrt(1.0 - c * c) * other
+        return cls(tuple(first), tuple(second))
+
+    def __repr__(self) -> str:
+        # Without a partner, the repr of a single input is unchanged (the checker seeds its draws from it).
+        pair = "" if self.partner is None else f", partner={self.partner!r}"
+        return f"FixedInput(values={self.values!r}{pair})"
 
     @property
     def second_moment(self) -> sp.Expr:
         r"""The mean square :math:`\frac1n \sum_j x_{1,j}^2` of the input, as an exact rational."""
-        return sp.nsimplify(sum(v * v for v in self.values) / len(self.values), rational=True)
+        return _mean_of(v * v for v in self.values)
+
+    @property
+    def paired(self) -> bool:
+        """True when a partner vector goes through every network with the input."""
+        return self.partner is not None
+
+    @property
+    def partner_second_moment(self) -> sp.Expr:
+        r"""The partner's mean square :math:`\frac1n \sum_j {x'_{1,j}}^2` (an exact rational)."""
+        _require_pair(self)
+        return _mean_of(v * v for v in self.partner)
+
+    @property
+    def cross_moment(self) -> sp.Expr:
+        r""":math:`\frac1n \sum_j x_{1,j} x'_{1,j}` (an exact rational)."""
+        _require_pair(self)
+        return _mean_of(a * b for a, b in zip(self.values, self.partner))
+
+    @property
+    def correlation(self) -> sp.Expr:
+        r"""The pair's correlation :math:`\langle x, x'\rangle / (|x|\,|x'|)`."""
+        return self.cross_moment / sp.sqrt(self.second_moment * self.partner_second_moment)
 
 
 InputSpec = GaussianInput | FixedInput

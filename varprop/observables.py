@@ -25,7 +25,16 @@ statistic                  per unit, in expectation over random networks
 :class:`SecondMoment`      :math:`E[t^2]`
 :class:`Variance`          :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
 :class:`NormRatio`         :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
+:class:`CrossMoment`       :math:`E[\tfrac1{n_p}\langle h_p, h'_p\rangle]` for a pair of inputs
+                           (signals only)
+:class:`Correlation`       :math:`E[\langle h_p, h'_p\rangle] / \sqrt{E[\|h_p\|^2]\,
+                           E[\|h'_p\|^2]}`, a ratio of expectations (signals only)
 =========================  ==================================================================
+
+:math:`h'_p` is the signal of the *partner* input at the same place of the same network: the
+network's input description holds the pair (``GaussianInput(correlation=c0)`` or a
+``FixedInput`` with a ``partner``), and :class:`CrossMoment` and :class:`Correlation` exist only
+in such networks.
 
 :data:`OBSERVABLES` is the one registry of statistic classes: ``varprop.derive`` registers a rule
 for each (the derivation whose result is the prediction), ``varprop.montecarlo`` an estimator, and a
@@ -58,6 +67,9 @@ __all__ = [
     "SecondMoment",
     "Variance",
     "NormRatio",
+    "CrossMoment",
+    "Correlation",
+    "PAIR_OBSERVABLES",
     "OBSERVABLES",
     "LEGACY_NAMES",
     "ObservableError",
@@ -152,8 +164,43 @@ class NormRatio(Observable):
             raise ObservableError(f"NormRatio is defined for signals only, got {self.tensor!r}")
 
 
+@dataclass(frozen=True)
+class CrossMoment(Observable):
+    r""":math:`E\big[\tfrac1{n_p}\sum_i h_{p,i} h'_{p,i}\big]`: the cross moment of a pair of inputs' signals.
+
+    :math:`h'` is the partner input's signal through the same network (see the module docstring).
+    """
+
+    statistic = "cross moment"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.tensor, Signal):
+            raise ObservableError(f"CrossMoment is defined for signals only, got {self.tensor!r}")
+
+
+@dataclass(frozen=True)
+class Correlation(Observable):
+    r"""The correlation of a pair of inputs' signals, a ratio of expectations over networks.
+
+    .. math:: \rho_p = \frac{E[\langle h_p, h'_p\rangle]}{\sqrt{E[\|h_p\|^2]\, E[\|h'_p\|^2]}}
+
+    (Poole et al. 2016, eq. 4; Schoenholz et al. 2017, eq. 3: :math:`c = q_{12}/\sqrt{q_{11} q_{22}}`).
+    Not the mean of the per-network cosine: the two agree as the width grows.
+    """
+
+    statistic = "correlation"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.tensor, Signal):
+            raise ObservableError(f"Correlation is defined for signals only, got {self.tensor!r}")
+
+
 #: The statistic classes; each engine registers one rule per class.
-OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio)
+OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio, CrossMoment, Correlation)
+#: The statistics of a pair of inputs: they need a network whose input description holds a pair.
+PAIR_OBSERVABLES: tuple[type[Observable], ...] = (CrossMoment, Correlation)
 
 #: Claim-file names: name -> (statistic class, tensor letter) at dense layer l.
 _LEGACY: dict[str, tuple[type[Observable], str]] = {
@@ -167,6 +214,8 @@ _LEGACY: dict[str, tuple[type[Observable], str]] = {
     "dy_second_moment": (SecondMoment, "dy"),
     "dw_second_moment": (SecondMoment, "dw"),
     "x_norm_ratio": (NormRatio, "x"),
+    "y_cross_moment": (CrossMoment, "y"),
+    "y_correlation": (Correlation, "y"),
 }
 #: The names claim files may use for an observable at a dense layer (``layer = l``).
 LEGACY_NAMES: tuple[str, ...] = tuple(_LEGACY)
@@ -229,6 +278,11 @@ def resolve(observable: Observable, network: Network) -> Observable:
         raise ObservableError(
             f"position {tensor.position} is not in the network: positions run from -1 (the input) to {last}"
         )
+    if isinstance(observable, PAIR_OBSERVABLES) and not getattr(network.inputs, "paired", False):
+        raise ObservableError(
+            f"{type(observable).__name__} needs a pair of inputs; describe one in the network's inputs "
+            "(GaussianInput(correlation=c0), FixedInput(values, partner=...) or FixedInput.pair(width, c0))"
+        )
     if isinstance(tensor, WeightGradient) and tensor.position not in network.dense_positions:
         raise ObservableError(
             f"a weight gradient needs a dense layer; position {tensor.position} is "
@@ -252,6 +306,8 @@ STATISTICS: dict[str, type[Observable]] = {
     "second_moment": SecondMoment,
     "variance": Variance,
     "norm_ratio": NormRatio,
+    "cross_moment": CrossMoment,
+    "correlation": Correlation,
 }
 #: Tensor names for an observable addressed by place (claim files: ``tensor = "gradient"``).
 TENSORS: dict[str, type] = {"signal": Signal, "gradient": Gradient, "weight_gradient": WeightGradient}

@@ -42,14 +42,14 @@ import numpy as np
 from . import montecarlo
 from .observables import LEGACY_NAMES as OBSERVABLES
 from .derive import EXACTNESS, derive, evaluate, weakest
-from .observables import from_name
+from .observables import Correlation, CrossMoment, Observable, Signal, from_name
 from .errors import VarpropError
 from .network import Network, Nonlinearity
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing it costs 0.3 s
     from matplotlib.figure import Figure
 
-__all__ = ["PANELS", "LINESTYLES", "THEORY_WORDS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
+__all__ = ["PANELS", "PAIR_PANELS", "LINESTYLES", "THEORY_WORDS", "PlotError", "PropagationData", "propagation_data", "propagation_figure", "save_figure"]
 
 
 class PlotError(VarpropError):
@@ -75,11 +75,16 @@ _LABELS: dict[str, str] = {
     "dy_second_moment": r"$E[(\partial L/\partial y_l)^2]$",
     "dw_second_moment": PANELS["weight"][1],
     "x_norm_ratio": r"$E[\|x_l\|^2 / \|x_1\|^2]$",
+    # a pair of inputs (the network's inputs hold the pair): statistics of y_l and y'_l
+    "y_cross_moment": r"$E[y_l\, y'_l]$",
+    "y_correlation": r"correlation of $y_l, y'_l$",
 }
+#: The pair observables a figure can show per dense layer (the network must describe a pair of inputs).
+PAIR_PANELS: dict[str, type] = {"y_cross_moment": CrossMoment, "y_correlation": Correlation}
 
 _PANEL_OF = {observable: name for name, (observable, _) in PANELS.items()}
 _ORDER = tuple(observable for observable, _ in PANELS.values()) + tuple(
-    o for o in OBSERVABLES if o not in _PANEL_OF
+    o for o in (*OBSERVABLES, *PAIR_PANELS) if o not in _PANEL_OF
 )
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 _LOG_SPAN = 10.0  # a panel goes to log scale when max/min of its plotted values exceeds this
@@ -90,7 +95,7 @@ def _check_observable(observable: object) -> str:
     if isinstance(observable, str) and observable in PANELS:
         return PANELS[observable][0]
     if observable not in _LABELS:
-        accepted = ", ".join(OBSERVABLES)
+        accepted = ", ".join((*OBSERVABLES, *PAIR_PANELS))
         panels = ", ".join(f"{name} ({obs})" for name, (obs, _) in PANELS.items())
         raise PlotError(f"unknown observable {observable!r}; accepted: {accepted}; or a panel name: {panels}")
     return str(observable)
@@ -196,8 +201,11 @@ def propagation_data(
     network
         A network with integer widths.
     observable
-        One of :data:`varprop.claims.OBSERVABLES`, or a :data:`PANELS` key (``"forward"``,
-        ``"backward"``, ``"weight"``) standing for its observable.
+        One of :data:`varprop.claims.OBSERVABLES`, a :data:`PANELS` key (``"forward"``,
+        ``"backward"``, ``"weight"``) standing for its observable, or, for a network whose inputs
+        describe a pair, a :data:`PAIR_PANELS` key (``"y_correlation"``: the correlation of
+        :math:`y_l` and :math:`y'_l`, the ratio of expectations of
+        :class:`~varprop.observables.Correlation`).
     samples
         The number T of independent networks.
     seed
@@ -225,11 +233,11 @@ def propagation_data(
         raise PlotError(f"propagation_data needs integer widths to sample, got widths {network.widths}")
     label = str(label) or _default_label(network)
     try:
-        derivations = [derive(network, from_name(observable, layer, network), linear_regime=bool(linear_regime))
-                       for layer in range(1, network.depth + 1)]
+        targets = [_observable_at(observable, layer, network) for layer in range(1, network.depth + 1)]
+        derivations = [derive(network, target, linear_regime=bool(linear_regime)) for target in targets]
         predicted = tuple(evaluate(d.result).value for d in derivations)
         drawn = montecarlo.sample(network, samples, seed=seed)
-        estimates = tuple(montecarlo.estimate(drawn, observable, l) for l in range(1, network.depth + 1))
+        estimates = tuple(montecarlo.estimate(drawn, target) for target in targets)
     except VarpropError as error:
         raise PlotError(f"cannot compute {observable} for {label!r}: {error}") from None
     for layer, est in enumerate(estimates, start=1):
@@ -248,6 +256,13 @@ def propagation_data(
         samples=int(samples),
         exactness=weakest(*(d.exactness for d in derivations)),
     )
+
+
+def _observable_at(observable: str, layer: int, network: Network) -> Observable:
+    """The observable a per-layer name means at dense layer ``layer`` (a pair statistic: of ``y_l``)."""
+    if observable in PAIR_PANELS:
+        return PAIR_PANELS[observable](Signal(network.dense_positions[layer - 1]))
+    return from_name(observable, layer, network)
 
 
 def _use_log(values: np.ndarray, log: bool | None, observable: str) -> bool:

@@ -58,7 +58,8 @@ def test_every_observable_and_layer_class_has_a_monte_carlo_rule():
     assert _missing(network_values, OBSERVABLES) == []
     assert _missing(layer_step, LAYER_CLASSES) == []
     # and each rule runs: every statistic at the last position of a network holding every layer kind
-    net = Network((Dense(3, 4, Normal(0.5)), Nonlinearity(activation("tanh"))), FixedInput(X))
+    # a pair of fixed inputs, so that the pair statistics (cross moment, correlation) run too
+    net = Network((Dense(3, 4, Normal(0.5)), Nonlinearity(activation("tanh"))), FixedInput(X, partner=(0.5, 1.0, -1.0)))
     assert {type(layer) for layer in net.layers} == set(LAYER_CLASSES)
     samples = sample(net, 20, seed=0)
     for cls in OBSERVABLES:

@@ -12,6 +12,20 @@ substitutes the values. :meth:`Propagation.derivation` then returns, for any obs
 (:mod:`varprop.observables`) at any place, the steps it rests on, renumbered; the derivation's
 ``result`` *is* the prediction the checker tests, and its exactness the weakest of those steps.
 
+A pair of inputs (the network's inputs describe one: ``GaussianInput(correlation=c0)``,
+``FixedInput(values, partner=...)``) is walked too: the partner's signals :math:`h'_p` by the same
+forward rules (primed symbols), then the cross moments :math:`E[h_p h'_p]` by :func:`cross_rule`,
+one rule per layer class, and the :class:`~varprop.observables.Correlation` as the ratio
+:math:`E[h h']/\sqrt{E[h^2] E[{h'}^2]}` (Schoenholz et al. 2017, eq. 3). A dense layer gives
+:math:`E[y y'] = n \operatorname{Var}[w] E[x x'] + E[b^2]`, exact at every width for iid zero-mean
+weights (Poole et al. 2016, eq. 4). A nonlinearity gives the bivariate Gaussian kernel
+:math:`E[\phi(u)\phi(v)]` at the pre-activations' second moments and cross moment
+(:func:`varprop.derive.gaussian.bivariate.cross_expectation`, checked by independent
+two-dimensional quadrature; at covariance 0, :math:`E[\phi(u)]E[\phi(v)]`): ``gaussian-exact`` for
+a fixed pair through Gaussian weights, whose pre-activations are then exactly jointly Gaussian;
+``asymptotic`` otherwise (random inputs, or any deeper layer), because the kernel is non-linear in
+the random empirical covariance of the layer below.
+
 Notation (He et al. 2015): dense layer :math:`l` maps :math:`x_l` to :math:`y_l = W_l x_l + b_l`;
 :math:`n_l` is its fan-in, :math:`\hat n_l` its fan-out; :math:`\Delta x_l, \Delta y_l, \Delta W_l`
 are gradients of :math:`\mathcal L`. A signal between two nonlinearities is :math:`h_p` (position p).
@@ -35,15 +49,17 @@ Exactness:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache, singledispatch
 
 import sympy as sp
 
 from ..activations import X, Activation
-from ..errors import DerivationError
+from ..errors import DerivationError, VarpropError
 from ..network import Dense, FixedInput, Network, Nonlinearity
 from ..observables import (
+    Correlation,
+    CrossMoment,
     Gradient,
     Mean,
     NormRatio,
@@ -55,7 +71,11 @@ from ..observables import (
     resolve,
 )
 from .derivation import (
+    U as _U2,
+    V as _V2,
+    BivariateIntegral,
     DPhi,
+    Modelling,
     Derivation,
     Expect,
     LEMMA_CONSTANT,
@@ -67,6 +87,7 @@ from .derivation import (
     Variance,
     _Builder,
     closure,
+    prose,
     weakest,
 )
 from .derivation import to_text as _t
@@ -86,6 +107,7 @@ __all__ = [
     "derive",
     "forward_rule",
     "backward_rule",
+    "cross_rule",
     "observable_rules",
     "Prediction",
     "LayerPrediction",
@@ -109,9 +131,13 @@ dy = sp.IndexedBase("Delta_y")
 dh = sp.IndexedBase("Delta_h")
 dW = sp.IndexedBase("Delta_W")
 ratio_base = sp.IndexedBase("R")
+# The partner input's signals (a pair of inputs through the same network) and the pair's correlation.
+x_pair, y_pair, h_pair = sp.IndexedBase("x'"), sp.IndexedBase("y'"), sp.IndexedBase("h'")
+rho = sp.Function("rho")  # rho(h, h'): the correlation of a pair's signals
+_PRIMED = {x: x_pair, y: y_pair, h: h_pair}
 #: The indexed symbols of the notation, by name.
 SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_x": dx, "Delta_y": dy,
-           "Delta_h": dh, "Delta_W": dW, "R": ratio_base}
+           "Delta_h": dh, "Delta_W": dW, "R": ratio_base, "x'": x_pair, "y'": y_pair, "h'": h_pair, "rho": rho}
 
 HE = "He et al. 2015"
 
@@ -249,6 +275,9 @@ class _Walk:
     definitions: dict[sp.Expr, int]
     numeric: dict[int, tuple[int, sp.Expr]]
     derived: dict[Observable, Quantity]
+    partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
+    crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
+    prime: bool = False  # while walking the partner input: signal symbols are primed
 
     # -- naming --
 
@@ -261,6 +290,10 @@ class _Walk:
         return position == -1 or position + 1 == len(layers) or isinstance(layers[position + 1], Dense)
 
     def signal_symbol(self, position: int) -> sp.Expr:
+        symbol = self._unprimed_symbol(position)
+        return _PRIMED[symbol.base][symbol.indices] if self.prime else symbol
+
+    def _unprimed_symbol(self, position: int) -> sp.Expr:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
@@ -400,6 +433,12 @@ def _check_linear_regime(act: Activation) -> None:
         )
 
 
+_Y_WORD, _Z_WORD = sp.Symbol("y"), sp.Symbol("z")
+#: The Gaussian moments named in step justifications, as formulas (typeset by the printers).
+_WHAT = {"E[phi(z)^2]": Expect(Phi(_Z_WORD) ** 2), "E[phi(z)]": Expect(Phi(_Z_WORD)),
+         "E[phi'(z)^2]": Expect(DPhi(_Z_WORD) ** 2)}
+
+
 def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
     """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment."""
     if signal.mean.value != 0:
@@ -411,7 +450,7 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
     index = walk.builder.add(
-        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, f"{what}, z ~ N(0, {_t(q_symbol)}) ({expectation.route})",
+        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, prose(_WHAT.get(what, what), ", z ~ N(0, ", q_symbol, f") ({expectation.route})"),
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
     q_value, q_uses = walk.plain(signal.second)
@@ -445,9 +484,9 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
             c = lemma.constant
             s2 = builder.add(
                 Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
-                f"phi(y)^2 + phi(-y)^2 = {_t(c * sp.Symbol('y') ** 2)} (sympy), so a symmetric y keeps the fraction "
-                f"{_t(c / 2)} of its "
-                "second moment", proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
+                prose(sp.Eq(Phi(_Y_WORD) ** 2 + Phi(-_Y_WORD) ** 2, c * _Y_WORD**2, evaluate=False),
+                      " (sympy), so a symmetric y keeps the fraction ", c / 2, " of its second moment"),
+                proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
                 source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
             second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
         else:
@@ -660,6 +699,263 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     return Quantity(symbol, value, index)
 
 
+# --- a pair of inputs: the partner's signal and the cross moment ---------------------------------
+
+A_PAIR_WEIGHTS = "both inputs go through the same weights, iid with E[w] = 0 and independent of the inputs"
+POOLE = "Poole et al. 2016"
+
+
+def _pair_walk(walk: _Walk) -> None:
+    """Walk the partner input forward with the same forward rules (primed symbols), then the cross moments."""
+    walk.prime = True
+    try:
+        partner = _partner_input(walk)
+        walk.partners[-1] = partner
+        for position, layer in enumerate(walk.network.layers):
+            partner = forward_rule(layer, walk, partner, position)
+            walk.partners[position] = partner
+    finally:
+        walk.prime = False
+    cross = _input_cross(walk)
+    walk.crosses[-1] = cross
+    for position, layer in enumerate(walk.network.layers):
+        cross = cross_rule(layer, walk, cross, position)
+        walk.crosses[position] = cross
+
+
+def _partner_input(walk: _Walk) -> _Signal:
+    inputs = walk.network.inputs
+    symbol = walk.signal_symbol(-1)
+    width = walk.network.dense_layers[0].fan_in
+    fixed = isinstance(inputs, FixedInput)
+    if fixed:
+        mean_value = sp.nsimplify(sum(inputs.partner) / len(inputs.partner), rational=True)
+        why = f"the fixed partner input ({len(inputs.partner)} entries): its mean and mean square"
+    else:
+        mean_value = sp.Integer(0)
+        why = (f"the partner input x' = c0 x + sqrt(1 - c0^2) z with z iid N(0, {inputs.variance}): "
+               f"iid N(0, {inputs.variance}) entries")
+    second = walk.define(Expect(symbol**2), inputs.partner_second_moment, why)
+    mean = walk.define(Expect(symbol), mean_value, why)
+    return _Signal(
+        -1, symbol, width,
+        Quantity(Expect(symbol), mean_value, mean),
+        Quantity(Expect(symbol**2), inputs.partner_second_moment, second),
+        deterministic=fixed,
+        symmetric=not fixed,
+    )
+
+
+def _input_cross(walk: _Walk) -> Quantity:
+    inputs = walk.network.inputs
+    first, second = walk.signals[-1].symbol, walk.partners[-1].symbol
+    lhs = Expect(first * second)
+    if isinstance(inputs, FixedInput):
+        why = "the fixed pair: (1/n) <x, x'>"
+    else:
+        why = f"the Gaussian pair: E[x x'] = c0 v with c0 = {inputs.correlation}, v = {inputs.variance}"
+    return Quantity(lhs, inputs.cross_moment, walk.define(lhs, inputs.cross_moment, why))
+
+
+@singledispatch
+def cross_rule(layer: object, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    r"""The cross-moment rule of a layer class: :math:`E[h h']` at ``position`` from the one below.
+
+    ``walk.signals`` and ``walk.partners`` hold both inputs' signals (their second moments); ``cross``
+    is :math:`E[h_{p-1} h'_{p-1}]`.
+    """
+    known = ", ".join(sorted(cls.__name__ for cls in cross_rule.registry if cls is not object))
+    raise DerivationError(f"varprop.derive has no cross-moment rule for the layer {layer!r}; layers it reads: {known}")
+
+
+@cross_rule.register
+def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    k = walk.dense_index(position)
+    law, bias = layer.weights, layer.bias
+    name = walk.network.place_name(position)
+    out, out_pair = walk.signals[position].symbol, walk.partners[position].symbol
+    below, below_pair = walk.signals[position - 1].symbol, walk.partners[position - 1].symbol
+    i_n = walk.define(n[k], layer.fan_in, f"fan-in of {name}")
+    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    uses_b: tuple[int, ...] = ()
+    bias_term = sp.Integer(0)
+    if bias is not None:
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, f"bias of {name}: {bias}"),)
+        bias_term = Expect(b[k] ** 2)
+    general = walk.builder.model(
+        Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
+        prose(_t(out), " ", _t(out_pair), " is a double sum of the terms w_j w_k x_j x'_k (plus the shared bias ",
+              b[k] ** 2, " and terms linear in it): ", Expect(sp.Symbol("w_j") * sp.Symbol("w_k")), " = ",
+              Variance(w[k]), " if j = k and 0 otherwise, at every width"),
+        assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
+    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
+    step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
+                                 uses=(general, i_n, i_vw, *uses_b, cross.step))
+    return Quantity(Expect(out * out_pair), value, step)
+
+
+def _pair_assumption(gaussian: bool) -> str:
+    if gaussian:
+        return "(y, y') is exactly jointly Gaussian (a fixed pair of inputs through Gaussian weights)"
+    return ("(y, y') is jointly Gaussian with the expected covariance (wide layers: central limit theorem, and the "
+            "empirical covariance of the layer below concentrates at its mean)")
+
+
+@cross_rule.register
+def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quantity:
+    act = layer.activation
+    builder = walk.builder
+    signal, partner = walk.signals[position - 1], walk.partners[position - 1]
+    Y, Yp = signal.symbol, partner.symbol
+    out, out_pair = walk.signals[position].symbol, walk.partners[position].symbol
+    for state in (signal, partner):
+        if state.mean.value != 0:
+            raise DerivationError(
+                f"the bivariate Gaussian route needs centred pre-activations; {_t(state.symbol)} has mean "
+                f"{state.mean.value} (a nonlinearity applied to the output of another nonlinearity)"
+            )
+    lhs = Expect(Phi(Y) * Phi(Yp))
+    i_def = walk.define(Expect(out * out_pair), lhs, f"{_t(out)} = phi({_t(Y)}), {_t(out_pair)} = phi({_t(Yp)})")
+    q1, q2, q12 = signal.second.symbol, partner.second.symbol, cross.symbol
+    gaussian = signal.gaussian and partner.gaussian
+    exactness = "gaussian-exact" if gaussian else "asymptotic"
+    integrand = act.expr.subs(X, _U2) * act.expr.subs(X, _V2)
+    if cross.value == 0:
+        # Uncorrelated and jointly Gaussian: independent, so only the means are shared (Poole et al. 2016, eq. 5
+        # at c = 0). This is where a non-zero mean of phi correlates two orthogonal inputs.
+        mean, mean_pair = walk.signals[position].mean, walk.partners[position].mean
+        facts = (cross.step, signal.second.step, partner.second.step, mean.step, mean_pair.step)
+        numeric = not any(walk.builder.steps[i].rhs.free_symbols for i in facts)
+        # With numbers, the product of the means is checked against the 2-D quadrature at the actual
+        # covariance; with symbols (symbolic widths) it rests on the theorem alone.
+        step = builder.add(
+            lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
+            prose(sp.Eq(q12, 0), f": ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, "
+                  "and ", sp.Eq(lhs, Expect(Phi(Y)) * Expect(Phi(Yp)), evaluate=False)),
+            proof=BivariateIntegral(integrand, q1, q2, q12) if numeric else Modelling(),
+            assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=facts,
+            source=f"{POOLE}, eq. (5) at c = 0")
+        (value, uses), (value_pair, uses_pair) = walk.plain(mean), walk.plain(mean_pair)
+        index = builder.identity(Expect(out * out_pair), value * value_pair, Rule.SUBSTITUTION,
+                                 "substitute the means", uses=(i_def, step, *uses, *uses_pair))
+        return Quantity(Expect(out * out_pair), value * value_pair, index)
+    kernel = _kernel(act, q1, q2, q12)
+    why = prose(Expect(Phi(_U2) * Phi(_V2)), ", (u, v) centred jointly Gaussian with variances ", q1, ", ", q2,
+                " and covariance ", q12)
+    source = f"{POOLE}, eq. (5)"
+    if kernel is not None:
+        expr, route = kernel
+        step = builder.add(lhs, expr, Rule.GAUSSIAN_INTEGRAL, prose(why, f" ({route})"),
+                           proof=BivariateIntegral(integrand, q1, q2, q12), assumptions=(_pair_assumption(gaussian),),
+                           exactness=exactness, source=source)
+        values, uses = [], []
+        for quantity in (signal.second, partner.second, cross):
+            value, quantity_uses = _compact(walk, quantity)
+            values.append(value)
+            uses.extend(quantity_uses)
+        value = expr.xreplace(dict(zip((q1, q2, q12), values)))
+        index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION,
+                                 f"substitute the moments of {_t(Y)}, {_t(Yp)}", uses=(i_def, step, *uses))
+        return Quantity(Expect(out * out_pair), value, index)
+    # No closed form: the kernel evaluated by quadrature at the numeric moments.
+    numbers, uses = [], []
+    for quantity in (signal.second, partner.second, cross):
+        value, quantity_uses = _compact(walk, quantity)
+        numbers.append(value)
+        uses.extend(quantity_uses)
+    if any(sp.sympify(v).free_symbols for v in numbers):
+        raise DerivationError(f"{act} has no closed-form bivariate kernel; its quadrature needs numeric moments")
+    value, error, route = _kernel_number(act, *numbers)
+    step = builder.add(lhs, value, Rule.GAUSSIAN_INTEGRAL, prose(why, f", evaluated at the moments above ({route})"),
+                       proof=BivariateIntegral(integrand, q1, q2, q12, error), uses=tuple(uses),
+                       assumptions=(_pair_assumption(gaussian),), exactness=exactness, source=source)
+    index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute", uses=(i_def, step))
+    return Quantity(Expect(out * out_pair), value, index)
+
+
+#: A closed-form value with more operations than this is carried on as a number (a Numeric step), so that
+#: kernels nested over the depth do not grow without bound.
+_COMPACT_OPS = 40
+
+
+def _compact(walk: _Walk, quantity: Quantity) -> tuple[sp.Expr, tuple[int, ...]]:
+    """The value of ``quantity`` for substitution into a kernel: quadratures evaluated (:meth:`_Walk.plain`),
+    and a long numeric closed form replaced by its value (its check re-evaluates the closed form)."""
+    value, uses = walk.plain(quantity)
+    if value.free_symbols or value.is_Float or sp.count_ops(value) <= _COMPACT_OPS:
+        return value, uses
+    key = -1 - quantity.step  # walk.numeric is keyed by step; negative keys: compacted closed forms
+    if key not in walk.numeric:
+        number = evaluate(value)
+        rounded = sp.Float(number.value, 17)
+        index = walk.builder.add(quantity.symbol, rounded, Rule.SUBSTITUTION,
+                                 "the closed form above evaluated to 17 digits (it nests the kernel of every layer below)",
+                                 proof=Numeric(value, number.error_estimate), uses=(quantity.step,))
+        walk.numeric[key] = (index, rounded)
+    index, rounded = walk.numeric[key]
+    return rounded, (index,)
+
+
+_Q1, _Q2 = sp.symbols("q_1 q_2", positive=True)
+_C = sp.Symbol("c", real=True)
+
+
+def _kernel(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp.Expr, str] | None:
+    """The closed-form kernel E[phi(u) phi(v)] in the moment symbols, or ``None`` when only quadrature knows it."""
+    result = _closed_kernel(act)
+    if result is None:
+        return None
+    expr, route = result
+    return expr.xreplace({_Q1: q1, _Q2: q2, _C: q12 / sp.sqrt(q1 * q2)}), route
+
+
+@lru_cache(maxsize=128)
+def _closed_kernel(act: Activation) -> tuple[sp.Expr, str] | None:
+    from .gaussian.bivariate import cross_expectation
+
+    try:
+        result = cross_expectation(act, _Q1, _Q2, _C)
+    except (VarpropError, TypeError, ValueError):  # no closed form: quadrature at numbers
+        return None
+    if not result.exact or result.value.has(sp.Integral):
+        return None
+    return result.value, result.route
+
+
+def _kernel_number(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> tuple[sp.Expr, float, str]:
+    from .gaussian.bivariate import cross_expectation
+
+    a, b = float(q1), float(q2)
+    c = float(q12) / (a * b) ** 0.5
+    result = cross_expectation(act, sp.Float(a, 17), sp.Float(b, 17), sp.Float(c, 17))
+    number = evaluate(result.value)
+    error = max(number.error_estimate, result.error_estimate or 0.0)
+    return sp.Float(number.value, 17), error, result.route
+
+
+@observable_rules.register
+def _(observable: CrossMoment, walk: _Walk) -> Quantity:
+    return walk.crosses[observable.tensor.position]
+
+
+@observable_rules.register
+def _(observable: Correlation, walk: _Walk) -> Quantity:
+    position = observable.tensor.position
+    cross, first, second = walk.crosses[position], walk.signals[position].second, walk.partners[position].second
+    symbol = rho(walk.signals[position].symbol, walk.partners[position].symbol)
+    ratio = cross.symbol / sp.sqrt(first.symbol * second.symbol)
+    definition = walk.define(
+        symbol, ratio, "the correlation of the pair: a ratio of expectations over networks (what the estimator "
+        "estimates)", source="Schoenholz et al. 2017, eq. (3)")
+    if first.value == 0 or second.value == 0:
+        raise DerivationError(f"the correlation at {walk.network.place_name(position)} is undefined: a second moment is 0")
+    (c, c_uses), (a, a_uses), (b, b_uses) = (_compact(walk, q) for q in (cross, first, second))
+    value = c / sp.sqrt(a * b)
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the cross moment and second moments",
+                                  uses=(definition, *c_uses, *a_uses, *b_uses))
+    return Quantity(symbol, value, index)
+
+
 # --- the walk ----------------------------------------------------------------------------------
 
 
@@ -717,6 +1013,8 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
     for position in range(len(network.layers) - 1, -1, -1):
         gradient = backward_rule(network.layers[position], walk, gradient, walk.signals[position - 1], position)
         walk.gradients[gradient.position] = gradient
+    if getattr(network.inputs, "paired", False):
+        _pair_walk(walk)
     return walk
 
 

@@ -38,6 +38,26 @@ observable                          estimates
                                     network's input and its partner input (see ``sample``)
 ==================================  ===========================================================
 
+Observables of a pair of inputs (:class:`~varprop.observables.CrossMoment`,
+:class:`~varprop.observables.Correlation`, at any signal position :math:`p`; the network's input
+description holds the pair) read the per-network averages :math:`a_t = \frac1{n}\langle h, h'\rangle`,
+:math:`b_t = \frac1{n}\|h\|^2`, :math:`b'_t = \frac1{n}\|h'\|^2` of network :math:`t`. The cross
+moment is the mean of :math:`a_t`. The correlation is estimated by :func:`ratio_correlation`, the
+*ratio of the means*
+
+.. math:: \hat\rho = \frac{\bar a}{\sqrt{\bar b\, \bar b'}}
+          \;\to\; \rho = \frac{E[\langle h, h'\rangle]}{\sqrt{E[\|h\|^2]\,E[\|h'\|^2]}},
+
+the mean-field correlation :math:`q_{12}/\sqrt{q_{11} q_{22}}` (Schoenholz et al. 2017, eq. 3), and
+not the mean of the per-network cosines :math:`a_t/\sqrt{b_t b'_t}` (a different quantity at finite
+width). Its SE is the delta method over networks, the independent draw: with the influence values
+
+.. math:: d_t = \frac{a_t}{\sqrt{\bar b \bar b'}} - \frac{\hat\rho}{2}\Big(\frac{b_t}{\bar b}
+          + \frac{b'_t}{\bar b'}\Big), \qquad \operatorname{SE} = s_d/\sqrt T,
+
+the linearisation of :math:`\hat\rho` about the three means (its bias is :math:`O(1/T)`, below the
+SE by a factor :math:`\sqrt T`).
+
 Per network, :math:`\frac{1}{\hat n n}\sum_{ij} (\partial\mathcal L/\partial W_{ij})^2 =
 \big(\frac1{\hat n}\sum_i (\partial\mathcal L/\partial y_i)^2\big)\big(\frac1n\sum_j x_j^2\big)`
 and :math:`\frac{1}{\hat n n}\sum_{ij} \partial\mathcal L/\partial W_{ij} =
@@ -64,6 +84,8 @@ from ..errors import VarpropError
 from ..observables import (
     LEGACY_NAMES,
     OBSERVABLES as OBSERVABLE_CLASSES,
+    Correlation,
+    CrossMoment,
     Gradient,
     Mean,
     NormRatio,
@@ -79,7 +101,8 @@ from ..observables import (
 from .errors import MonteCarloError
 from .sampler import Samples
 
-__all__ = ["OBSERVABLES", "Estimate", "estimate", "network_values", "per_network_values", "health"]
+__all__ = ["OBSERVABLES", "Estimate", "estimate", "network_values", "per_network_values", "health", "ratio_correlation",
+           "correlation_influence"]
 
 #: Observable names accepted by :func:`estimate` with a dense layer (see the module docstring).
 OBSERVABLES: tuple[str, ...] = LEGACY_NAMES + (
@@ -171,10 +194,97 @@ def _(observable: NormRatio, samples: Samples) -> np.ndarray:
     return samples.per_position["norm_ratio"][:, samples.column(observable.tensor.position)]
 
 
+@network_values.register
+def _(observable: CrossMoment, samples: Samples) -> np.ndarray:
+    return _pair_values(samples, observable.tensor.position)[0]
+
+
+@network_values.register
+def _(observable: Correlation, samples: Samples) -> np.ndarray:
+    # The correlation is a ratio of means, not a mean: its per-network values are the estimate plus the
+    # influence values of the delta method (their mean is the estimate; their spread and skewness are
+    # the estimator's, which is what sample sizing reads).
+    cross, own, partner = _pair_values(samples, observable.tensor.position)
+    finite = samples.finite
+    value, _ = ratio_correlation(cross[finite], own[finite], partner[finite])
+    return value + correlation_influence(cross, own, partner, means=_pair_means(cross, own, partner, finite))
+
+
+def _pair_values(samples: Samples, position: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Per-network :math:`\langle h, h'\rangle/n`, :math:`\|h\|^2/n`, :math:`\|h'\|^2/n` at ``position``."""
+    if not samples.paired:
+        raise MonteCarloError(
+            "cross moments and correlations need paired inputs: describe a pair in the network's inputs "
+            "(GaussianInput(correlation=c0) or FixedInput.pair(width, c0)), or sample with correlation=True"
+        )
+    column = samples.column(position)
+    return tuple(samples.per_position[key][:, column]
+                 for key in ("signal_cross", "signal_second_moment", "signal_partner_second_moment"))
+
+
+def _pair_means(cross: np.ndarray, own: np.ndarray, partner: np.ndarray, finite: np.ndarray) -> tuple[float, float, float]:
+    return float(np.mean(cross[finite])), float(np.mean(own[finite])), float(np.mean(partner[finite]))
+
+
+def correlation_influence(cross: np.ndarray, own: np.ndarray, partner: np.ndarray, *,
+                          means: tuple[float, float, float] | None = None) -> np.ndarray:
+    r"""The delta-method influence values :math:`d_t` of :func:`ratio_correlation` (centred: mean 0).
+
+    .. math:: d_t = \frac{a_t - \bar a}{\sqrt{\bar b \bar b'}}
+              - \frac{\hat\rho}{2}\Big(\frac{b_t - \bar b}{\bar b} + \frac{b'_t - \bar b'}{\bar b'}\Big)
+
+    ``means`` are :math:`(\bar a, \bar b, \bar b')` (default: the means of the arrays given).
+    """
+    a, b, bp = means if means is not None else (float(np.mean(cross)), float(np.mean(own)), float(np.mean(partner)))
+    if not (b > 0 and bp > 0):
+        raise MonteCarloError(
+            f"the correlation is undefined: the mean squares of the two signals are estimated as {b} and {bp}; "
+            "both must be positive"
+        )
+    scale = np.sqrt(b * bp)
+    rho = a / scale
+    return (cross - a) / scale - 0.5 * rho * ((own - b) / b + (partner - bp) / bp)
+
+
+def ratio_correlation(cross: np.ndarray, own: np.ndarray, partner: np.ndarray) -> tuple[float, float]:
+    r"""The correlation of a pair of signals as a ratio of means over networks, and its delta-method SE.
+
+    Parameters
+    ----------
+    cross, own, partner
+        Per-network averages :math:`a_t = \frac1n\langle h, h'\rangle`, :math:`b_t = \frac1n\|h\|^2`,
+        :math:`b'_t = \frac1n\|h'\|^2` of :math:`T \ge 2` independent networks.
+
+    Returns
+    -------
+    value, se
+        :math:`\hat\rho = \bar a/\sqrt{\bar b\,\bar b'}`, the estimator of
+        :math:`\rho = E[\langle h, h'\rangle]/\sqrt{E[\|h\|^2] E[\|h'\|^2]}` (Schoenholz et al.
+        2017, eq. 3), and :math:`s_d/\sqrt T` with :math:`d_t` from :func:`correlation_influence`
+        (the delta method: the first-order Taylor expansion of :math:`\hat\rho` about the three
+        population means; van der Vaart 1998, *Asymptotic Statistics*, Thm. 3.1).
+
+    Raises
+    ------
+    MonteCarloError
+        When a mean square is estimated as zero (the correlation is undefined).
+    """
+    cross, own, partner = (np.asarray(v, dtype=np.float64) for v in (cross, own, partner))
+    influence = correlation_influence(cross, own, partner)
+    value = float(np.mean(cross)) / float(np.sqrt(np.mean(own) * np.mean(partner)))
+    return value, float(np.std(influence, ddof=1) / np.sqrt(cross.shape[0]))
+
+
 @singledispatch
 def _combine(observable: Observable, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
     """Value and SE from the finite networks: by default the mean of :func:`network_values` and its SE."""
     return _mean_and_se(network_values(observable, samples)[finite])
+
+
+@_combine.register
+def _(observable: Correlation, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    cross, own, partner = _pair_values(samples, observable.tensor.position)
+    return ratio_correlation(cross[finite], own[finite], partner[finite])
 
 
 @_combine.register
@@ -309,21 +419,13 @@ def _extra(samples: Samples, name: str, layer: int, finite: np.ndarray) -> tuple
         raise MonteCarloError(
             "y_correlation needs paired inputs: sample the networks with correlation=True (or a partner)"
         )
-    column = samples.column(position)
-    cross, own, partner = (
-        samples.per_position[key][finite, column]
-        for key in ("signal_cross", "signal_second_moment", "signal_partner_second_moment")
-    )
-    c, p, q = float(np.mean(cross)), float(np.mean(own)), float(np.mean(partner))
-    if not (p > 0 and q > 0):
+    cross, own, partner = (array[finite] for array in _pair_values(samples, position))
+    if not (np.mean(own) > 0 and np.mean(partner) > 0):
         raise MonteCarloError(
-            f"the correlation of y at layer {layer} is undefined: E[y^2] is estimated as {p} and "
-            f"E[y'^2] as {q}; both must be positive"
+            f"the correlation of y at layer {layer} is undefined: E[y^2] is estimated as {np.mean(own)} and "
+            f"E[y'^2] as {np.mean(partner)}; both must be positive"
         )
-    scale = np.sqrt(p * q)
-    value = c / scale
-    influence = cross / scale - value * own / (2.0 * p) - value * partner / (2.0 * q)
-    return value, float(np.std(influence, ddof=1) / np.sqrt(cross.shape[0]))
+    return ratio_correlation(cross, own, partner)
 
 
 def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:

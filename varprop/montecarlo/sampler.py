@@ -8,11 +8,15 @@ layers stand between them). Each sampled network gets
 * its own weights and biases, drawn with each layer's ``law.sample(shape, rng=...)``;
 * its input: the :class:`~varprop.network.FixedInput` vector, or a fresh iid
   :math:`\mathcal N(0, v)` vector for :class:`~varprop.network.GaussianInput`;
-* with ``correlation=True`` (or a ``partner``), a *partner* input :math:`x_1'` fed through the
-  same weights, used only for the correlation of two inputs: the ``partner`` vector if given, else
-  fresh iid :math:`\mathcal N(0, s)` entries with :math:`s` the input's mean square
-  (``network.inputs.second_moment``), so that for ``GaussianInput`` the pair is two independent
-  draws of the input law. Without it the forward pass carries one input, which is cheaper;
+* when the network's inputs describe a pair (``GaussianInput(correlation=c0)``, or a
+  ``FixedInput`` with a ``partner``), or with ``correlation=True`` (or a ``partner``), a *partner*
+  input :math:`x_1'` fed through the same weights, used only for cross moments and the correlation
+  of two inputs: the fixed partner vector if given; for ``GaussianInput(correlation=c0)``,
+  :math:`x'_1 = c_0 x_1 + \sqrt{1-c_0^2}\, z` with :math:`z` fresh iid :math:`\mathcal N(0, v)`
+  (drawn where an independent partner would be); else fresh iid :math:`\mathcal N(0, s)` entries
+  with :math:`s` the input's mean square (``network.inputs.second_moment``), so that for
+  ``GaussianInput`` the pair is two independent draws of the input law. Without it the forward
+  pass carries one input, which is cheaper;
 * a loss :math:`\mathcal L = \langle g, \text{out} \rangle` with :math:`g \sim \mathcal N(0, I)`,
   where out is the last layer's output (:math:`y_L`, or :math:`\phi(y_L)` when the network ends with
   a nonlinearity), so that :math:`\partial\mathcal L/\partial y_L = g` (times :math:`\phi'(y_L)`).
@@ -356,6 +360,7 @@ class _Plan:
     widths_in: np.ndarray
     widths_out: np.ndarray
     widths: np.ndarray
+    mixing: tuple[float, float] | None = None  # (c0, sqrt(1 - c0^2)): partner = c0 x + sqrt(1 - c0^2) z
 
 
 def default_sizes(network: Network) -> tuple[int, int]:
@@ -438,8 +443,21 @@ def _plan(network: Network, partner: Sequence[float] | None, correlation: bool =
     fixed = np.asarray(inputs.values, dtype=np.float64) if isinstance(inputs, FixedInput) else None
     partner_array = None
     partner_law = None
+    mixing = None
+    if partner is None and inputs.paired:  # the pair described by the network's inputs
+        if isinstance(inputs, FixedInput):
+            partner = inputs.partner
+        else:
+            try:
+                c0 = float(inputs.correlation)
+            except TypeError:
+                raise MonteCarloError(
+                    f"cannot sample inputs with a symbolic correlation ({inputs.correlation}); give a number"
+                ) from None
+            partner_law, mixing = Normal(inputs.variance), (c0, math.sqrt(max(0.0, 1.0 - c0 * c0)))
     if partner is None:
-        partner_law = Normal(mean_square) if correlation else None
+        if partner_law is None:
+            partner_law = Normal(mean_square) if correlation else None
     else:
         try:
             partner_array = np.asarray(partner, dtype=np.float64)
@@ -457,7 +475,8 @@ def _plan(network: Network, partner: Sequence[float] | None, correlation: bool =
         fixed_input=fixed,
         partner_law=partner_law,
         partner=partner_array,
-        paired=correlation or partner is not None,
+        paired=correlation or partner is not None or inputs.paired,
+        mixing=mixing,
         widths_in=np.array([layer.fan_in for layer in dense], dtype=np.float64),
         widths_out=np.array([layer.fan_out for layer in dense], dtype=np.float64),
         widths=np.array([network.width(p) for p in range(-1, len(network.layers))], dtype=np.float64),
@@ -593,6 +612,8 @@ def _run_chunk(
     first = _join(columns[0]) if plan.input_law is not None else np.broadcast_to(plan.fixed_input, (used, n_in))
     if plan.paired:
         second = _join(columns[1]) if plan.partner_law is not None else np.broadcast_to(plan.partner, (used, n_in))
+        if plan.mixing is not None:  # a Gaussian pair with correlation c0 per coordinate
+            second = plan.mixing[0] * first + plan.mixing[1] * second
         h = np.stack((first, second), axis=1)
     else:
         h = np.array(first)[:, None, :]
