@@ -771,8 +771,8 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
               "where ", sp.Eq(_E(_relu_of(z)), sp.Rational(1, 2)), ". At ", sp.Eq(_E(_Y**2), he_q),
               " (the first layer, unit-variance inputs, He's init) ", sp.Eq(_E(phi(z)), first_shifted_mean),
               f" = {_fmt(float(first_shifted_mean))}, and two orthogonal inputs come out with correlation ",
-              first_shifted, f" = {_fmt(float(first_shifted))}. But He's init does not keep this variance for "
-              "relu - 1/2: it goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
+              first_shifted, f" = {_fmt(float(first_shifted))}. But He's init does not keep this variance for ",
+              _relu_of(_Y) - sp.Rational(1, 2), ": it goes to the fixed point ", sp.Eq(sp.Symbol("q_star"), q_star),
               f" = {_fmt(float(q_star))} of the q-map, where ", sp.Eq(_E(phi(z)), shifted_mean),
               ": the mean is back, with the other sign, and the c-map there gives ",
               sp.Eq(c_map_sym(0), shifted_at_zero), f" = {_fmt(float(shifted_at_zero))}, ",
@@ -786,7 +786,7 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
         prose("For tanh ", sp.Eq(_E(sp.tanh(z)), tanh_mean), " (tanh is odd), so ", sp.Eq(c_map_sym(0), 0),
               ": orthogonal inputs stay orthogonal. Measured after one tanh layer (LeCun's ",
               sp.Eq(_V(sp.Symbol("w")), lecun().variance_expr), f"): {_measured(checks[2])}. The figure follows "
-              f"the correlation of y_l for the three networks over {depth} layers."),
+              "the correlation of ", _y("l"), f" for the three networks over {depth} layers."),
     )
     numbers = {
         "relu_c_map_at_zero": float(relu_at_zero),

@@ -67,13 +67,14 @@ from ..observables import (
     SecondMoment,
     Signal,
     Variance as VarianceObservable,
-    describe,
+    legacy_name,
     resolve,
 )
 from .derivation import (
     U as _U2,
     V as _V2,
     BivariateIntegral,
+    Code,
     DPhi,
     Modelling,
     Derivation,
@@ -87,6 +88,7 @@ from .derivation import (
     Variance,
     _Builder,
     closure,
+    Prose,
     prose,
     weakest,
 )
@@ -141,13 +143,15 @@ SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_
 
 HE = "He et al. 2015"
 
-A_IID = "the entries of W are iid, and independent of the layer input"
-A_ZERO_MEAN = "E[w] = 0 (zero-mean weights and biases)"
+A_IID = prose("the entries of ", sp.Symbol("W"), " are iid, and independent of the layer input")
+A_ZERO_MEAN = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights and biases)")
 A_SYMMETRIC = "the pre-activation is symmetric about 0 (symmetric weight law)"
-A_GRAD_INDEP = "dL/dy is independent of W (He et al.'s gradient-independence assumption)"
-A_DERIV_INDEP = "phi'(y) is independent of the gradient arriving from above"
-A_DY_X_INDEP = "dL/dy is independent of x"
-A_LINEAR_REGIME = "phi(z) ~ z near 0 with phi(0) = 0 and phi'(0) = 1 (Glorot's linear regime)"
+A_GRAD_INDEP = prose("the gradient with respect to the pre-activation is independent of ", sp.Symbol("W"),
+                     " (He et al.'s gradient-independence assumption)")
+A_DERIV_INDEP = prose(DPhi(sp.Symbol("y")), " is independent of the gradient arriving from above")
+A_DY_X_INDEP = "the gradient with respect to the pre-activation is independent of the layer input"
+A_LINEAR_REGIME = prose(Phi(sp.Symbol("z")), " is linear near 0 with ", sp.Eq(Phi(0), 0), " and ", sp.Eq(DPhi(0), 1),
+                        " (Glorot's linear regime)")
 
 
 def _gaussian_assumption(gaussian: bool) -> str:
@@ -701,7 +705,8 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
 
 # --- a pair of inputs: the partner's signal and the cross moment ---------------------------------
 
-A_PAIR_WEIGHTS = "both inputs go through the same weights, iid with E[w] = 0 and independent of the inputs"
+A_PAIR_WEIGHTS = prose("both inputs go through the same weights, iid with ", sp.Eq(Expect(sp.Symbol("w")), 0),
+                       " and independent of the inputs")
 POOLE = "Poole et al. 2016"
 
 
@@ -979,26 +984,49 @@ class Propagation:
             walk.derived[observable] = observable_rules(observable, walk)
         quantity = walk.derived[observable]
         steps = closure(tuple(walk.builder.steps), [quantity.step])
-        title = f"{_t(quantity.symbol)} = {_t(quantity.value)}" if len(_t(quantity.value)) < 40 else _t(quantity.symbol)
+        tensor = observable.tensor
+        words = [f"{observable.statistic} of the {tensor.kind} at {self.network.place_name(tensor.position)}"]
+        legacy = legacy_name(observable, self.network)
+        if legacy:
+            words += [" (", Code(legacy[0]), f", layer {legacy[1]})"]
+        short = len(_t(quantity.value)) < 40
+        formula = sp.Eq(quantity.symbol, quantity.value, evaluate=False) if short else quantity.symbol
         return Derivation(
-            f"{describe(observable, self.network)}: {title}",
+            prose(*words, ": ", formula),
             steps,
             quantity.value,
-            summary=_network_summary(self.network)
-            + (" Finite-width factors kept where they are exact." if self.finite_width else "")
-            + (" Glorot's linear regime phi(z) ~ z assumed." if self.linear_regime else ""),
+            summary=prose(_network_summary(self.network),
+                          " Finite-width factors kept where they are exact." if self.finite_width else "",
+                          *((" Glorot's linear regime ", sp.Eq(Phi(_Z_WORD), _Z_WORD, evaluate=False), " assumed.")
+                            if self.linear_regime else ())),
         )
 
 
-def _network_summary(network: Network) -> str:
+def _network_summary(network: Network) -> Prose:
     dense = network.dense_layers
     laws = sorted({str(layer.weights) for layer in dense})
     acts = sorted({str(layer.activation) for layer in network.layers if isinstance(layer, Nonlinearity)})
     inputs = network.inputs
-    source = (f"fixed input of {len(inputs.values)} entries" if isinstance(inputs, FixedInput)
-              else f"Gaussian input N(0, {inputs.variance})")
-    return (f"Network: widths {list(network.widths)}, activations {', '.join(acts) or 'none'}, weights "
-            f"{'; '.join(laws) if len(laws) <= 2 else f'{len(laws)} laws'}, {source}.")
+    parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]
+    parts += _joined([Code(a) for a in acts]) or ["none"]
+    parts += [", weights "]
+    parts += _joined([Code(law) for law in laws], "; ") if len(laws) <= 2 else [f"{len(laws)} laws"]
+    if isinstance(inputs, FixedInput):
+        parts += [f", fixed input of {len(inputs.values)} entries"]
+        if inputs.partner is not None:
+            parts += [" and a fixed partner input"]
+    else:
+        parts += [", Gaussian input with iid entries of variance ", sp.sympify(inputs.variance)]
+        if inputs.correlation is not None:
+            parts += [" and a partner input with correlation ", sp.sympify(inputs.correlation)]
+    return prose(*parts, ".")
+
+
+def _joined(items: list, separator: str = ", ") -> list:
+    out: list = []
+    for item in items:
+        out += [separator, item] if out else [item]
+    return out
 
 
 def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
