@@ -76,6 +76,9 @@ __all__ = [
     "Kernel",
     "MeanField",
     "c_map",
+    "c_map_values",
+    "correlation_depth_scale",
+    "depth_scale_grid",
     "edge_of_chaos",
     "iterate_c_map",
     "kernel_derivation",
@@ -871,6 +874,27 @@ def edge_of_chaos(activation: Activation | str, bias_variances: Iterable[object]
 # --- iterating the c-map and the power law at criticality ---------------------------------------
 
 
+def _correlation_map(result: MeanField) -> _CorrelationMap:
+    if not isinstance(result, MeanField):
+        raise VarpropError(f"expected a MeanField result (mean_field), got {type(result).__name__}")
+    q = result.q_star.value if result.q_star is not None and not result.scale_free else 1.0
+    if q <= 0:
+        raise VarpropError("at q* = 0 the c-map is not defined (the signal vanishes); it has slope chi_1 at c = 1")
+    return _CorrelationMap(result.activation, result.weight_variance, result.bias_variance, q, result.scale_free)
+
+
+def c_map_values(result: MeanField, correlations: Sequence[float]) -> np.ndarray:
+    """The c-map of ``result`` (Schoenholz eq. 4) at each correlation in ``correlations`` (in [-1, 1], at most 10 000)."""
+    values = np.asarray(correlations, dtype=float)
+    if values.ndim != 1 or values.size > 10_000 or not np.all(np.isfinite(values)):
+        raise VarpropError("correlations must be a flat sequence of at most 10000 finite numbers")
+    if np.any(np.abs(values) > 1):
+        bad = values[np.abs(values) > 1][0]
+        raise VarpropError(f"a correlation must be in [-1, 1], got {bad!r}")
+    cmap = _correlation_map(result)
+    return np.array([min(1.0, max(-1.0, cmap(float(c))[0])) for c in values])
+
+
 def iterate_c_map(result: MeanField, c0: float, depth: int) -> np.ndarray:
     """The correlations :math:`c^0, c^1, \\dots, c^{depth}` under the c-map of ``result``."""
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 100_000:
@@ -878,12 +902,10 @@ def iterate_c_map(result: MeanField, c0: float, depth: int) -> np.ndarray:
     c0 = float(c0)
     if not -1.0 <= c0 <= 1.0:
         raise VarpropError(f"the initial correlation must be in [-1, 1], got {c0!r}")
-    correlation = _CorrelationMap(result.activation, result.weight_variance, result.bias_variance,
-                                  result.q_star.value if result.q_star is not None and not result.scale_free else 1.0,
-                                  result.scale_free)
+    cmap = _correlation_map(result)
     values = [c0]
     for _ in range(depth):
-        values.append(min(1.0, max(-1.0, correlation(values[-1])[0])))
+        values.append(min(1.0, max(-1.0, cmap(values[-1])[0])))
     return np.array(values)
 
 
@@ -978,3 +1000,65 @@ class _LeadingPowerLaw(Check):
         limit = sp.limit(l**2 / (drift * l) ** 2, l, sp.oo)
         ok = _is_zero(limit - step.rhs)
         return ok, f"the increment tends to {to_text(drift)}, so l^2 epsilon_l tends to {to_text(limit)}"
+
+
+# --- the phase diagram ----------------------------------------------------------------------------
+
+
+def correlation_depth_scale(activation: Activation | str, weight_variance: object, bias_variance: object,
+                            *, panels: int = 8) -> float:
+    r""":math:`\xi_c` (Schoenholz eq. 9) at one point, fast enough for a phase diagram.
+
+    Ordered phase (:math:`\chi_1 < 1`): :math:`\xi_c = -1/\log\chi_1`; chaotic phase: the stable
+    :math:`c^* < 1` is found by Brent's method on the c-map computed with a fixed tensor
+    Gauss-Legendre rule of ``panels`` x 16 nodes per axis (about 1e-10 for tanh at moderate q*), and
+    :math:`\xi_c = -1/\log\chi_c(c^*)`. Infinite at the edge of chaos; None when there is no length
+    fixed point.
+    """
+    from scipy.optimize import brentq
+
+    from .gaussian.bivariate import _rule
+
+    act = _as_activation(activation)
+    sw2 = _variance_value(weight_variance, "the weight variance", positive=True)
+    sb2 = _variance_value(bias_variance, "the bias variance")
+    numbers = _Moments(act)
+    if _homogeneous_slope(act) is not None:
+        raise VarpropError(f"{act} is positively homogeneous: its c-map has slope 1 at c = 1 for every sigma_w^2 "
+                           "without bias, so it has no phase diagram of xi_c; use mean_field")
+    point, _ = _q_fixed_point(numbers, act, sw2, sb2)
+    if point is None or point.value <= 0:
+        return None
+    q = point.value
+    chi_1 = _chi_1(numbers, q, sw2).value
+    if abs(chi_1 - 1.0) <= _CRITICAL_TOLERANCE:
+        return math.inf
+    if chi_1 < 1.0:
+        return -1.0 / math.log(chi_1)
+
+    def c_map_gap(c: float) -> float:
+        return (sw2 * _rule(act.numpy, q, q, c, panels) + sb2) / q - c
+
+    # c* < 1 is where the map crosses the identity: below 1 the map is above the identity near 1 in chaos
+    grid = np.linspace(-1.0, 1.0 - 1e-9, 21)
+    values = [c_map_gap(c) for c in grid]
+    for left, right, g_left, g_right in zip(grid[:-1], grid[1:], values[:-1], values[1:]):
+        if g_left * g_right < 0:
+            c_star = brentq(c_map_gap, left, right, xtol=1e-12)
+            chi_c = sw2 * _rule(act.numpy_derivative, q, q, c_star, panels)
+            return -1.0 / math.log(abs(chi_c)) if abs(chi_c) < 1 else math.inf
+    return math.inf
+
+
+def depth_scale_grid(activation: Activation | str, bias_variances: Sequence[float],
+                     weight_variances: Sequence[float]) -> np.ndarray:
+    r""":math:`\xi_c` on a grid: rows follow ``weight_variances``, columns ``bias_variances`` (NaN where
+    there is no length fixed point). At most 10 000 points."""
+    if len(bias_variances) * len(weight_variances) > 10_000:
+        raise VarpropError(f"at most 10000 grid points, got {len(bias_variances)} x {len(weight_variances)}")
+    out = np.full((len(weight_variances), len(bias_variances)), np.nan)
+    for i, sw2 in enumerate(weight_variances):
+        for j, sb2 in enumerate(bias_variances):
+            value = correlation_depth_scale(activation, sw2, sb2)
+            out[i, j] = np.nan if value is None else value
+    return out
