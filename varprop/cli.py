@@ -16,20 +16,13 @@ import sympy as sp
 
 from . import __version__
 from ._files import output_directory
-from .activations import (
-    BUILTIN_ACTIVATIONS,
-    Activation,
-    activation,
-    builtin_summary,
-    expression,
-    parse_expression,
-)
+from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
 from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main", "build_parser"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FORMATS = ("text", "markdown", "latex", "json")
