@@ -201,3 +201,46 @@ def test_prose_has_no_ascii_math(answers):
             words = "".join(p for p in paragraph.parts if isinstance(p, str))
             for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
                 assert ascii_math not in words, (result.topic.name, ascii_math, words)
+
+
+# --- edge of chaos ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edge():
+    return answer("edge-of-chaos")
+
+
+def test_edge_of_chaos_checks_and_numbers(edge):
+    from varprop.derive.meanfield import edge_of_chaos, mean_field
+
+    assert [r.outcome for r in edge.checks] == [PASS] * 4
+    critical = edge_of_chaos("tanh", [0.05])[0]
+    # the propagation engine's prediction on the critical network is sigma_w^2 at every layer: chi_1 = 1 there
+    assert _by_name(edge, "tanh critical: E[(dL/dx_2)^2]").claim.value == pytest.approx(critical.weight_variance, rel=1e-9)
+    assert _by_name(edge, "relu, He: E[(dL/dx_2)^2]").claim.value == 2
+    for label in ("ordered", "chaotic"):
+        check = _by_name(edge, f"tanh {label}: E[(dL/dx_2)^2]")
+        analysis = mean_field("tanh", check.claim.network.dense_layers[0].fan_in
+                              * float(check.claim.network.dense_layers[0].weights.variance), 0.05)
+        # the engine's layer-by-layer recursion at q* is sigma_w^2 chi_1^(L - 2), L = 6 (the two engines agree)
+        assert check.claim.value == pytest.approx(analysis.weight_variance * analysis.chi_1.value ** 4, rel=1e-9)
+    assert edge.numbers["relu_power_law_k"] == pytest.approx(9 * math.pi**2 / 2, rel=1e-15)
+    assert [d.title for d in edge.derivations][0] == "chi_1 of relu" and edge.derivations[0].result == 1
+
+
+def test_edge_of_chaos_wrong_sibling_fails(edge):
+    """The critical network's gradient predicted with the ordered network's chi_1 (a wrong phase) FAILs."""
+    check = _by_name(edge, "tanh critical: E[(dL/dx_2)^2]")
+    wrong = dataclasses.replace(check.claim, value=check.claim.value * edge.numbers["chi_1_ordered"] ** 4)
+    (result,) = check_all([wrong], seed=1, rtol=0.05)
+    assert result.outcome == FAIL
+
+
+def test_edge_of_chaos_prose_and_formats(edge):
+    for paragraph in (*edge.paragraphs, edge.headline):
+        words = "".join(p for p in paragraph.parts if isinstance(p, str))
+        for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
+            assert ascii_math not in words, (ascii_math, words)
+    assert "\\section{The edge of chaos}" in edge.latex() and edge.markdown().startswith("## The edge of chaos")
+    assert "edge-of-chaos" in TOPICS
