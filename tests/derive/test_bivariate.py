@@ -245,3 +245,14 @@ def test_api_shape():
     assert result.value == 1 / (2 * sp.pi)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.route = "x"
+
+
+def test_gelu_derivative_kernel_is_the_price_derivative():
+    """E[gelu'(u) gelu'(v)] = d E[gelu(u) gelu(v)] / d Sigma_12 (Price's theorem), re-derived by sympy."""
+    q1, q2 = sp.Symbol("q_1", positive=True), sp.Symbol("q_2", positive=True)
+    c = sp.Symbol("c", real=True)
+    value = cross_expectation("gelu", q1, q2, c).value
+    derivative = cross_expectation("gelu", q1, q2, c, derivative=True).value
+    price = sp.diff(value, c) / (sp.sqrt(q1) * sp.sqrt(q2))
+    assert sp.simplify(price - derivative) == 0
+    assert sp.simplify(price - derivative + sp.Rational(1, 4)) != 0

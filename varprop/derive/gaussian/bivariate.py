@@ -395,8 +395,10 @@ def _gelu(f: sp.Expr, q1: sp.Expr, q2: sp.Expr, c: sp.Expr):
         + covariance * sp.asin(covariance / sp.sqrt(p)) / (2 * sp.pi)
     )
     if sp.expand(f - value) != 0:
-        # E[gelu'(u) gelu'(v)] = dE[gelu(u) gelu(v)]/dSigma_12 at fixed variances (Price's theorem).
-        kernel = sp.diff(kernel, covariance)
+        # E[gelu'(u) gelu'(v)] = dE[gelu(u) gelu(v)]/dSigma_12 at fixed variances (Price's theorem), simplified
+        # (tests re-derive it with sympy.diff; it is also the form of neural-tangents' Gelu dot_sigma)
+        kernel = (sp.Rational(1, 4) + sp.asin(covariance / sp.sqrt(p)) / (2 * sp.pi)
+                  + covariance / (2 * sp.pi * sp.sqrt(d2)) * (1 + 1 / d2 + (1 - q1 * q2) / p))
     return kernel.subs(covariance, c * sp.sqrt(q1) * sp.sqrt(q2)), _GELU_ROUTE
 
 
