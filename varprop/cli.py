@@ -605,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a question about initialisation: derivation, Monte Carlo evidence, plot",
         description="Answer a question about initialisation in plain words, with the derivation behind it, a "
         "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
-        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default.",
+        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default, "
+        "edge-of-chaos.",
     )
     explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
     explain_parser.add_argument("--list", action="store_true", help="list the topics")
