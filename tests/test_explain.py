@@ -214,8 +214,10 @@ def edge():
 def test_edge_of_chaos_checks_and_numbers(edge):
     from varprop.derive.meanfield import edge_of_chaos, mean_field
 
-    assert [r.outcome for r in edge.checks] == [PASS] * 4
+    assert [r.outcome for r in edge.checks] == [PASS] * 5
     critical = edge_of_chaos("tanh", [0.05])[0]
+    # the q-map's fixed point from the mean-field module is the propagation engine's E[y_L^2] on that network
+    assert _by_name(edge, "tanh critical: E[y_6^2] = q*").claim.value == pytest.approx(critical.q_star, rel=1e-9)
     # the propagation engine's prediction on the critical network is sigma_w^2 at every layer: chi_1 = 1 there
     assert _by_name(edge, "tanh critical: E[(dL/dx_2)^2]").claim.value == pytest.approx(critical.weight_variance, rel=1e-9)
     assert _by_name(edge, "relu, He: E[(dL/dx_2)^2]").claim.value == 2
@@ -233,8 +235,12 @@ def test_edge_of_chaos_wrong_sibling_fails(edge):
     """The critical network's gradient predicted with the ordered network's chi_1 (a wrong phase) FAILs."""
     check = _by_name(edge, "tanh critical: E[(dL/dx_2)^2]")
     wrong = dataclasses.replace(check.claim, value=check.claim.value * edge.numbers["chi_1_ordered"] ** 4)
-    (result,) = check_all([wrong], seed=1, rtol=0.05)
-    assert result.outcome == FAIL
+    # and the length predicted with the ordered network's fixed point
+    from varprop.derive.meanfield import mean_field
+
+    length = _by_name(edge, "tanh critical: E[y_6^2] = q*").claim
+    wrong_length = dataclasses.replace(length, value=mean_field("tanh", 1.2, 0.05).q_star.value)
+    assert [r.outcome for r in check_all([wrong, wrong_length], seed=1, rtol=0.05)] == [FAIL, FAIL]
 
 
 def test_edge_of_chaos_prose_and_formats(edge):

@@ -659,8 +659,14 @@ def _edge_of_chaos(settings: Settings) -> Answer:
             lambda n, name=name, network_at=network_at: _claim(name, network_at(n), "dx_second_moment", 2),
             width=sweep[-1], sweep=sweep[:1]))
         phases[label] = (analysis, network_at(width))
+        if label == "critical":  # the length stays at its fixed point: E[y_L^2] = q* at the last layer
+            length_name = f"tanh critical: E[y_{depth}^2] = q*"
+            length = ClaimFamily(
+                length_name, "the pre-activation length stays at the fixed point of the q-map",
+                lambda n, network_at=network_at: _claim(length_name, network_at(n), "y_second_moment", depth),
+                width=sweep[-1], sweep=sweep[:1])
     he_net = mlp([width] * (depth + 1), _RELU, he())
-    claims = [*families, _claim("relu, He: E[(dL/dx_2)^2]", he_net, "dx_second_moment", 2)]
+    claims = [*families, _claim("relu, He: E[(dL/dx_2)^2]", he_net, "dx_second_moment", 2), length]
     checks = _check(claims, settings)
     # the measured per-layer factor at the widest width: E[(dL/dx_2)^2] against the top layer's sigma_w^2
     factors = {}
@@ -696,8 +702,9 @@ def _edge_of_chaos(settings: Settings) -> Answer:
               f" (theory {_fmt(phases['ordered'][0].chi_1.value)}), {_fmt(factors['critical'])} on the edge "
               f"(theory 1) and {_fmt(factors['chaotic'])} at ", sp.Eq(SIGMA_W**2, _EDGE_CHAOTIC),
               f" (theory {_fmt(phases['chaotic'][0].chi_1.value)}). The table checks each layer-2 value against "
-              "the derivation over a width sweep: the mean-field recursion is the infinite-width limit, and at "
-              "the edge its finite-width corrections grow with the depth."),
+              "the derivation over a width sweep (the mean-field recursion is the infinite-width limit, and at "
+              "the edge its finite-width corrections grow with the depth), and that the critical network's "
+              f"last pre-activation keeps the length {_measured(checks[-1])}."),
         prose("How deep information travels is the depth scale ", sp.Eq(sp.Symbol("xi_c"), -1 / sp.log(sp.Symbol("chi_c"))),
               " (eq. 9): ", sp.Float(phases["ordered"][0].xi_c, 3), f" layers in the ordered network, "
               f"{_fmt(phases['chaotic'][0].xi_c)} in the chaotic one (where correlations settle at ",
