@@ -256,3 +256,12 @@ def test_gelu_derivative_kernel_is_the_price_derivative():
     price = sp.diff(value, c) / (sp.sqrt(q1) * sp.sqrt(q2))
     assert sp.simplify(price - derivative) == 0
     assert sp.simplify(price - derivative + sp.Rational(1, 4)) != 0
+
+
+def test_divergent_expectation_is_refused():
+    from varprop.errors import IntegrabilityError
+
+    with pytest.raises(IntegrabilityError, match="does not exist"):
+        cross_expectation(expression("exp(x**2)"), 1.0, 1.0, 0.5)
+    with pytest.raises(IntegrabilityError, match="does not exist"):
+        cross_expectation(expression("abs(x)**(-0.6)"), 1.0, 1.0, 0.5)

@@ -62,10 +62,10 @@ import sympy as sp
 from ..._validate import as_sympy_number
 from ...activations import Activation, X
 from ...activations import activation as _builtin
-from ...errors import DerivationError, VarpropError
+from ...errors import DerivationError, IntegrabilityError, VarpropError
 from . import rules
 from .engine import gaussian_expectation
-from .integrability import _short
+from .integrability import _short, nonintegrable_reason
 from .numeric import NumericValue, evaluate
 
 __all__ = ["ROUTES", "BivariateExpectation", "cross_expectation"]
@@ -441,6 +441,11 @@ def _quadrature(act: Activation, f: sp.Expr, q1: sp.Expr, q2: sp.Expr, c: sp.Exp
             f"E[{'phi_prime' if derivative else 'phi'}(u) {'phi_prime' if derivative else 'phi'}(v)] for {act} has no closed form "
             f"here and needs numbers for quadrature; {what} {'is' if len(symbolic) == 1 else 'are'} symbolic"
         )
+    # E[f(u) f(v)] exists when E[f^2] does under both marginals (Cauchy-Schwarz); refuse it otherwise, since
+    # a quadrature on a finite box would return a finite number for a divergent integral
+    reason = nonintegrable_reason(sp.expand(f**2))
+    if reason is not None:
+        raise IntegrabilityError(f"E[f(u) f(v)] for {act} does not exist: E[f^2] diverges ({reason})")
     function = act.numpy_derivative if derivative else act.numpy
     values = {name: float(value) for name, value in given.items()}
     value, estimate = _gauss_legendre(function, values["q1"], values["q2"], min(1.0, max(-1.0, values["c"])), tolerance)
