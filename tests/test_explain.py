@@ -207,8 +207,8 @@ def test_prose_has_no_ascii_math(answers):
 
 
 @pytest.fixture(scope="module")
-def edge():
-    return answer("edge-of-chaos")
+def edge(answers):
+    return answers["edge-of-chaos"]  # shared with the other tests: the topic is answered once per run
 
 
 def test_edge_of_chaos_checks_and_numbers(edge):

@@ -278,7 +278,7 @@ def test_c_map_figure_draws_the_map_and_its_fixed_points():
         expected = (4.0 * cross(math.tanh, chaotic.q_star.value, c) + 0.05) / chaotic.q_star.value if abs(c) < 1 else None
         if expected is not None:
             assert abs(curve.get_ydata()[index] - expected) < 1e-9
-    stable = [p for p in chaotic.correlation_fixed_points if p.stable][0]
+    stable = next(p for p in chaotic.correlation_fixed_points if p.stable)
     marker = lines[f"fixed:tanh chaotic:{stable.value:.12g}"]
     assert marker.get_markerfacecolor() != "white" and lines["identity"].get_xdata()[0] == -1
     assert lines["fixed:tanh chaotic:1"].get_markerfacecolor() == "white"  # c* = 1 repels in chaos
