@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import scipy.integrate
 import sympy as sp
