@@ -295,7 +295,17 @@ class FixedPoint:
 
     @property
     def stable(self) -> bool:
-        return bool(abs(self.slope) < 1.0 - self.slope_error)
+        return bool(abs(self.slope) < 1.0 - max(self.slope_error, _CRITICAL_TOLERANCE))
+
+    @property
+    def marginal(self) -> bool:
+        """Slope 1 within its error: neither attracting nor repelling to first order (the edge of chaos)."""
+        return bool(abs(abs(self.slope) - 1.0) <= max(self.slope_error, _CRITICAL_TOLERANCE))
+
+    @property
+    def kind(self) -> str:
+        """``stable``, ``marginal`` or ``unstable``."""
+        return "marginal" if self.marginal else "stable" if self.stable else "unstable"
 
     @property
     def depth_scale(self) -> float | None:
@@ -365,7 +375,8 @@ class MeanField:
             "xi_c": number(self.xi_c),
             "scale_free_c_map": self.scale_free,
             "correlation_fixed_points": [
-                {"c_star": p.value, "error_estimate": p.error_estimate, "chi_c": p.slope, "stable": p.stable}
+                {"c_star": p.value, "error_estimate": p.error_estimate, "chi_c": p.slope, "stable": p.stable,
+                 "kind": p.kind}
                 for p in self.correlation_fixed_points
             ],
             "derivations": [d.to_dict() for d in self.derivations],
@@ -383,7 +394,7 @@ class MeanField:
             f"  xi_q     {_depth(self.xi_q)}",
             f"  xi_c     {_depth(self.xi_c)}",
             "  c*       " + ", ".join(
-                f"{p.value:.12g} ({'stable' if p.stable else 'unstable'}, chi_c = {p.slope:.6g})"
+                f"{p.value:.12g} ({p.kind}, chi_c = {p.slope:.6g})"
                 for p in self.correlation_fixed_points),
         ]
         if self.scale_free:
@@ -396,7 +407,7 @@ class MeanField:
 
 def _shown(point: FixedPoint | None) -> str:
     if point is None:
-        return "none"
+        return "-"
     return f"{point.value:.12g}  (error estimate {point.error_estimate:.1e}, slope {point.slope:.6g})"
 
 
