@@ -53,8 +53,10 @@ from .derivation import (
     DPhi,
     Expect,
     Integral,
+    Numeric,
     Phi,
     Rule,
+    Solve,
     Step,
     _Builder,
     _is_zero,
@@ -104,7 +106,6 @@ _w = sp.IndexedBase("w")
 _Z = sp.Symbol("z", real=True)
 _U1, _U2 = sp.symbols("u_1 u_2", real=True)
 _CHI1 = sp.Symbol("chi_1", positive=True)
-_CHIC = sp.Symbol("chi_c", positive=True)
 _EPS = sp.Symbol("epsilon", positive=True)
 
 #: The phases of a network at initialisation.
@@ -748,7 +749,7 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
         equation = sp.Eq(Q_STAR, _rational(sw2) * kappa * Q_STAR + _rational(sb2))
         value = sp.solve(equation, Q_STAR)[0]
         b.add(Q_STAR, value, Rule.SOLVE, prose("solve ", equation, " (a linear q-map)"),
-              proof=_solve_check(equation), uses=(fixed,))
+              proof=Solve(equation, Q_STAR), uses=(fixed,))
         return b.build(value, summary=prose("The q-map is linear, so its fixed point is ", sp.Eq(Q_STAR, value), "."))
     number = sp.Float(point.value, 17)
     b.add(Q_STAR, number, Rule.FIXED_POINT,
@@ -756,12 +757,6 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
           proof=_MapResidual(act, sw2, sb2, point.error_estimate), uses=(fixed,))
     return b.build(number, summary=prose("The fixed point of the q-map, found numerically and re-checked by "
                                          "applying the map to it."))
-
-
-def _solve_check(equation: sp.Eq) -> Check:
-    from .derivation import Solve
-
-    return Solve(equation, Q_STAR)
 
 
 def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue, scale_free: bool) -> Derivation:
@@ -786,8 +781,6 @@ def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue
     value = _simplified(value) if not value.has(sp.Integral) else value
     b.then(value, Rule.SUBSTITUTION, "the values", uses=uses)
     if value.has(sp.Integral):
-        from .derivation import Numeric
-
         b.add(_CHI1, sp.Float(chi_1.value, 17), Rule.SUBSTITUTION, "the quadrature evaluated numerically",
               proof=Numeric(value, chi_1.error_estimate), uses=(b.current,))
         value = sp.Float(chi_1.value, 17)
