@@ -634,6 +634,7 @@ _EDGE_CHAOTIC = sp.Integer(3)
 
 
 def _edge_of_chaos(settings: Settings) -> Answer:
+    from .derive.derivation import DPhi as phi_prime
     from .derive.meanfield import SIGMA_B, SIGMA_W, edge_of_chaos, mean_field, relu_power_law
     from .weights import explicit
 
@@ -663,7 +664,7 @@ def _edge_of_chaos(settings: Settings) -> Answer:
             length_name = f"tanh critical: E[y_{depth}^2] = q*"
             length = ClaimFamily(
                 length_name, "the pre-activation length stays at the fixed point of the q-map",
-                lambda n, network_at=network_at: _claim(length_name, network_at(n), "y_second_moment", depth),
+                lambda n, network_at=network_at, length_name=length_name: _claim(length_name, network_at(n), "y_second_moment", depth),
                 width=sweep[-1], sweep=sweep[:1])
     he_net = mlp([width] * (depth + 1), _RELU, he())
     claims = [*families, _claim("relu, He: E[(dL/dx_2)^2]", he_net, "dx_second_moment", 2), length]
@@ -680,7 +681,6 @@ def _edge_of_chaos(settings: Settings) -> Answer:
     chi, z, q = sp.Symbol("chi_1"), sp.Symbol("z"), sp.Symbol("q_star", positive=True)
     l = sp.Symbol("l", integer=True, positive=True)
     c_prev = sp.IndexedBase("c")[l - 1]
-    phi_prime = sp.Function("phi_prime")
     chi_definition = sp.Eq(chi, SIGMA_W**2 * _E(phi_prime(sp.sqrt(q) * z) ** 2))
     line = edge_of_chaos("tanh", [0.0, 0.1, 0.3])
     k = power.result
