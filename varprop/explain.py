@@ -654,20 +654,20 @@ def _edge_of_chaos(settings: Settings) -> Answer:
         def network_at(n: int, scheme: object = scheme, inputs: GaussianInput = inputs) -> Network:
             return mlp([n] * (depth + 1), "tanh", scheme, bias_variance=_EDGE_BIAS, inputs=inputs)
 
-        name = f"tanh {label}: E[(dL/dx_2)^2]"
+        name = f"tanh, {label}: gradient at layer 2"
         families.append(ClaimFamily(
             name, f"the gradient's second moment at layer 2 of a tanh network in the {label} phase",
             lambda n, name=name, network_at=network_at: _claim(name, network_at(n), "dx_second_moment", 2),
             width=sweep[-1], sweep=sweep[:1]))
         phases[label] = (analysis, network_at(width))
         if label == "critical":  # the length stays at its fixed point: E[y_L^2] = q* at the last layer
-            length_name = f"tanh critical: E[y_{depth}^2] = q*"
+            length_name = f"tanh, critical: length at layer {depth}"
             length = ClaimFamily(
                 length_name, "the pre-activation length stays at the fixed point of the q-map",
                 lambda n, network_at=network_at, length_name=length_name: _claim(length_name, network_at(n), "y_second_moment", depth),
                 width=sweep[-1], sweep=sweep[:1])
     he_net = mlp([width] * (depth + 1), _RELU, he())
-    claims = [*families, _claim("relu, He: E[(dL/dx_2)^2]", he_net, "dx_second_moment", 2), length]
+    claims = [*families, _claim("relu, He: gradient at layer 2", he_net, "dx_second_moment", 2), length]
     checks = _check(claims, settings)
     # the measured per-layer factor at the widest width: E[(dL/dx_2)^2] against the top layer's sigma_w^2
     factors = {}

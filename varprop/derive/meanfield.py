@@ -58,6 +58,7 @@ from .derivation import (
     Rule,
     Solve,
     Step,
+    Variance,
     _Builder,
     _is_zero,
     prose,
@@ -111,9 +112,12 @@ _EPS = sp.Symbol("epsilon", positive=True)
 #: The phases of a network at initialisation.
 PHASES = ("ordered", "critical", "chaotic")
 
-_A_MEANFIELD = "width -> infinity: pre-activations are Gaussian and self-average (mean-field limit)"
-_A_WEIGHTS = "W_ij ~ N(0, sigma_w^2/N), b_i ~ N(0, sigma_b^2), all independent"
-_A_FIXED = "the lengths have reached their fixed point q^* (q_11 = q_22 = q^*)"
+_A_MEANFIELD = "the width tends to infinity: pre-activations are Gaussian and self-average (the mean-field limit)"
+_A_WEIGHTS = prose("the weights and biases are independent, centred and Gaussian, ",
+                   sp.Eq(Variance(sp.Symbol("W_ij")), SIGMA_W**2 / sp.Symbol("N")), " and ",
+                   sp.Eq(Variance(sp.Symbol("b_i")), SIGMA_B**2))
+_A_FIXED = prose("the lengths have reached their fixed point, ", sp.Eq(sp.Symbol("q_11"), Q_STAR), " and ",
+                 sp.Eq(sp.Symbol("q_22"), Q_STAR))
 _CRITICAL_TOLERANCE = 1e-9  # |chi_1 - 1| below this (and its error estimate) is the edge of chaos
 
 
@@ -158,8 +162,7 @@ def kernel_derivation(activation: Activation | str, q1: object, q2: object, c: o
     result = cross_expectation(act, q1, q2, c, derivative=derivative)
     f = DPhi if derivative else Phi
     lhs = Expect(f(_U1) * f(_U2))
-    name = "phi'" if derivative else "phi"
-    b = _Builder(f"E[{name}(u) {name}(v)] for {act}")
+    b = _Builder(f"The {'derivative ' if derivative else ''}kernel of {_named(act)}")
     general = None
     if result.exact:
         try:
@@ -184,6 +187,17 @@ def kernel_derivation(activation: Activation | str, q1: object, q2: object, c: o
           uses=values, source=_route_source(result.route))
     note = "" if result.exact else f" (error estimate {result.error_estimate:.1e})"
     return b.build(value, summary=prose(f"The value by {result.route}{note}."))
+
+
+def _named(act: Activation) -> str:
+    """The activation in words, for titles: ``leaky relu (a = 0.2)``; a user expression is 'the expression'."""
+    if act.name == "expression":
+        return "the expression"
+    words = act.name.replace("_", " ")
+    if act.params:
+        words += " (" + ", ".join(f"{key} = {float(value):g}" if not value.free_symbols else f"{key} symbolic"
+                                  for key, value in act.params) + ")"
+    return words
 
 
 def _route_source(route: str) -> str:
@@ -465,7 +479,7 @@ def q_map(activation: Activation | str, weight_variance: object = SIGMA_W**2,
     sw2 = as_sympy_number(weight_variance, "the weight variance", error=VarpropError)
     sb2 = as_sympy_number(bias_variance, "the bias variance", error=VarpropError)
     l = LAYER
-    b = _Builder(f"The q-map of {act}")
+    b = _Builder(f"The q-map of {_named(act)}")
     recursion = b.model(
         _q[l], SIGMA_W**2 * Expect(Phi(_h[l - 1]) ** 2) + SIGMA_B**2, Rule.INDEPENDENCE,
         prose("each pre-activation sums many independent terms: ", _q[l], " = ", SIGMA_W**2, " times the mean of ",
@@ -474,7 +488,7 @@ def q_map(activation: Activation | str, weight_variance: object = SIGMA_W**2,
     m2 = moments(act).second_moment
     moment = m2.expr.subs(Q, _q[l - 1])
     integral = b.add(Expect(Phi(_h[l - 1]) ** 2), moment, Rule.GAUSSIAN_INTEGRAL,
-                     prose(_h[l - 1], " ~ N(0, ", _q[l - 1], f") ({m2.route})"),
+                     prose(_h[l - 1], " is centred Gaussian with variance ", _q[l - 1], f" ({m2.route})"),
                      proof=Integral(act.expr**2, _q[l - 1]))
     general = SIGMA_W**2 * moment + SIGMA_B**2
     b.identity(_q[l], general, Rule.SUBSTITUTION, "the Gaussian integral", uses=(recursion, integral))
@@ -505,7 +519,7 @@ def c_map(activation: Activation | str, weight_variance: object, bias_variance: 
     sb2 = as_sympy_number(bias_variance, "the bias variance", error=VarpropError)
     qs = as_sympy_number(q_star, "q*", error=VarpropError)
     l = LAYER
-    b = _Builder(f"The c-map of {act}")
+    b = _Builder(f"The c-map of {_named(act)}")
     defined = b.model(
         _q12[l], SIGMA_W**2 * Expect(Phi(_U1) * Phi(_U2)) + SIGMA_B**2, Rule.INDEPENDENCE,
         prose("the covariance of two inputs' pre-activations, with ", _U1, ", ", _U2, " jointly Gaussian, variances ", Q_STAR,
@@ -740,7 +754,7 @@ class _CorrelationMap:
 
 
 def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: FixedPoint, kappa: sp.Expr | None) -> Derivation:
-    b = _Builder(f"The length fixed point q* of {act}")
+    b = _Builder(f"The length fixed point of {_named(act)}")
     l = LAYER
     fixed = b.model(_q[l], _q[l - 1], Rule.FIXED_POINT, prose("at a fixed point the length stops changing, ",
                                                                  sp.Eq(_q[l], _q[l - 1]), " = ", Q_STAR),
@@ -760,14 +774,14 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
 
 
 def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue, scale_free: bool) -> Derivation:
-    b = _Builder(f"chi_1 of {act}")
+    b = _Builder(f"The slope \u03c7\u2081 of {_named(act)}")
     z = _Z
     defined = b.define(_CHI1, SIGMA_W**2 * Expect(DPhi(sp.sqrt(Q_STAR) * z) ** 2),
                        prose("the slope of the c-map at ", sp.Eq(C, 1), ", the mean squared singular value of the "
                              "layer's Jacobian"), source=f"{SCHOENHOLZ}, eq. (5); {POOLE}, eq. (7)")
     m = moments(act).derivative_second_moment
     integral = b.add(Expect(DPhi(sp.sqrt(Q_STAR) * z) ** 2), m.expr.subs(Q, Q_STAR), Rule.GAUSSIAN_INTEGRAL,
-                     prose(z, f" ~ N(0, 1) ({m.route})"), proof=Integral(act.derivative**2, Q_STAR))
+                     prose(z, f" is a standard Gaussian ({m.route})"), proof=Integral(act.derivative**2, Q_STAR))
     general = SIGMA_W**2 * m.expr.subs(Q, Q_STAR)
     b.identity(_CHI1, general, Rule.SUBSTITUTION, "the Gaussian integral", uses=(defined, integral))
     weights = b.define(SIGMA_W, sp.sqrt(_rational(sw2)), prose("the weight variance ",
@@ -792,7 +806,7 @@ def _scale_free_c_map(act: Activation) -> Derivation:
     r"""The c-map of a positively homogeneous activation without bias: :math:`K(c)/K(1)`, any q."""
     q = sp.Symbol("q", positive=True)
     l = LAYER
-    b = _Builder(f"The c-map of {act} (scale-free)")
+    b = _Builder(f"The c-map of {_named(act)} (scale-free)")
     defined = b.model(
         _c[l], Expect(Phi(_U1) * Phi(_U2)) / Expect(Phi(_U1) ** 2), Rule.INDEPENDENCE,
         prose("without bias the weight variance cancels from the correlation, at any length ", q),
@@ -802,11 +816,11 @@ def _scale_free_c_map(act: Activation) -> Derivation:
                    prose(f"the bivariate Gaussian integral ({kernel.route})"), proof=Kernel(act, q, _c[l - 1]),
                    source=CHO_SAUL if "arc-cosine" in kernel.route else "")
     m2 = moments(act).second_moment.expr.subs(Q, q)
-    m_step = b.add(Expect(Phi(_U1) ** 2), m2, Rule.GAUSSIAN_INTEGRAL, prose(_U1, " ~ N(0, ", q, ")"),
+    m_step = b.add(Expect(Phi(_U1) ** 2), m2, Rule.GAUSSIAN_INTEGRAL, prose(_U1, " is centred Gaussian with variance ", q),
                    proof=Integral(act.expr**2, q))
     value = _simplified(kernel.value / m2)
     b.identity(_c[l], value, Rule.SUBSTITUTION, "the two integrals", uses=(defined, k_step, m_step))
-    return b.build(value, summary=prose("The correlation map of ", Phi(_Z), f" = {act} without bias: it does not depend "
+    return b.build(value, summary=prose(f"The correlation map of {_named(act)} without bias: it does not depend "
                                         "on the length or on the weight variance."))
 
 
@@ -929,7 +943,7 @@ def relu_power_law() -> Derivation:
     .. math:: 1 - c_l \sim \frac{k}{l^2}, \qquad k = \frac{4}{a^2} = \frac{9\pi^2}{2}.
     """
     eps, l = _EPS, LAYER
-    b = _Builder("The approach to c* = 1 of relu at criticality")
+    b = _Builder("How fast relu's correlations approach 1 at criticality")
     c_prev = _c[l - 1]
     cmap = _scale_free_c_map(_builtin("relu")).result
     relu_map = b.define(_c[l], cmap, prose("the c-map of relu under He's init"), source=f"{CHO_SAUL}; {SCHOENHOLZ}, eq. (4)")
