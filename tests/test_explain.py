@@ -5,7 +5,6 @@ A wrong formula fed through the same networks FAILs, so the PASSes below are not
 
 import dataclasses
 import math
-import re
 
 import pytest
 import scipy.optimize
@@ -13,7 +12,6 @@ import sympy as sp
 
 from varprop.claims import ClaimError
 from varprop.cli import main
-from varprop.derive.derivation import Prose
 from varprop.explain import TOPICS, answer, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
 from varprop.plot import LINESTYLES
@@ -165,46 +163,6 @@ def test_a_figure_of_another_prediction_is_caught(answers):
     assert any("tanh" in p for p in _disagreements(wrong, wrong.figure_data(samples=50)))
 
 
-# --- tables carry their reasons and tolerance; the user's network size -----------------------------
-
-
-def test_every_verdict_has_its_reason_and_every_table_its_tolerance(answers):
-    for result in answers.values():
-        markdown = result.markdown()
-        assert "| reason |" in markdown and "5%" in result.tolerance and "| n |" not in markdown
-        for check in result.checks:
-            assert reason(check) and reason(check).replace("|", "\\|") in markdown
-    shifted = answers["why-not-zero-mean"].checks[3]
-    assert shifted.outcome == PASS and "1/width" in reason(shifted)  # a +x% PASS says it is an asymptotic sweep
-    assert "no verdict" in reason(answers["glorot-vs-he"].checks[2])
-
-
-def test_tolerance_follows_rtol():
-    result = answer("why-half", rtol=0.1, width=8, depth=3)
-    assert "relative error of 10%" in result.tolerance and "error of 5%" not in result.tolerance
-    assert all(m.width == 8 for r in result.checks for m in r.measurements)
-    assert {s.network.widths for s in result.series} == {(8, 8, 8, 8)}
-    assert "width-8" in str(result.paragraphs[1])
-
-
-def test_width_and_depth_are_the_users(capsys):
-    result = answer("glorot-vs-he", width=8, depth=4)
-    assert [r.claim.layer for r in result.checks] == [4, 4, 4]
-    assert all(s.network.widths == (8,) * 5 for s in result.series)
-    for bad in (["--width", "1"], ["--depth", "99"], ["--width", "100000"]):
-        assert main(["explain", "why-half", *bad]) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("varprop: topic 'why-half':") and "got" in err
-
-
-def test_prose_has_no_ascii_math(answers):
-    for result in answers.values():
-        for paragraph in (*result.paragraphs, result.headline):
-            words = "".join(p for p in paragraph.parts if isinstance(p, str))
-            for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
-                assert ascii_math not in words, (result.topic.name, ascii_math, words)
-
-
 # --- edge of chaos ---------------------------------------------------------------------------------
 
 
@@ -245,23 +203,66 @@ def test_edge_of_chaos_wrong_sibling_fails(edge):
     assert [r.outcome for r in check_all([wrong, wrong_length], seed=1, rtol=0.05)] == [FAIL, FAIL]
 
 
-#: ASCII math in words (powers, products, roots, moments, subscripts, Gaussian laws, fractions, layer
-#: arithmetic, lone formula letters), as the report's prose rules define it.
-_EDGE_ASCII_MATH = re.compile(r"\^|\*|sqrt\(|\b(?:E|Var)\[|_|~|\bN\(|\d/\d|\b[lL][+-]\d|(?<![\w'’-])[wxyzqnlLk](?![\w'’-])")
-
-
 def _edge_words(text) -> str:
+    from varprop.derive.derivation import Prose
+
     parts = text.parts if isinstance(text, Prose) else (text,)
     return "".join(p for p in parts if isinstance(p, str))
 
 
 def test_edge_of_chaos_prose_and_formats(edge):
+    import re
+
+    # ASCII math in words (powers, products, roots, moments, subscripts, Gaussian laws, fractions, layer
+    # arithmetic, lone formula letters), as the report's prose rules define it
+    ascii_math = re.compile(r"\^|\*|sqrt\(|\b(?:E|Var)\[|_|~|\bN\(|\d/\d|\b[lL][+-]\d|(?<![\w'’-])[wxyzqnlLk](?![\w'’-])")
     texts = [edge.topic.title, edge.topic.question, *edge.paragraphs, edge.headline, *(r.name for r in edge.checks)]
     for derivation in edge.derivations:
         texts += [derivation.title, derivation.summary, *derivation.assumptions, *(s.justification for s in derivation.steps)]
     for text in texts:
-        found = _EDGE_ASCII_MATH.search(_edge_words(text))
+        found = ascii_math.search(_edge_words(text))
         assert found is None, (found, _edge_words(text))
-    assert _EDGE_ASCII_MATH.search("E[x_2^2]") and _EDGE_ASCII_MATH.search("z ~ N(0, q)")  # the pattern sees ASCII math
+    assert ascii_math.search("E[x_2^2]") and ascii_math.search("z ~ N(0, q)")  # the pattern sees ASCII math
     assert "\\section{The edge of chaos}" in edge.latex() and edge.markdown().startswith("## The edge of chaos")
     assert "edge-of-chaos" in TOPICS
+
+
+# --- tables carry their reasons and tolerance; the user's network size -----------------------------
+
+
+def test_every_verdict_has_its_reason_and_every_table_its_tolerance(answers):
+    for result in answers.values():
+        markdown = result.markdown()
+        assert "| reason |" in markdown and "5%" in result.tolerance and "| n |" not in markdown
+        for check in result.checks:
+            assert reason(check) and reason(check).replace("|", "\\|") in markdown
+    shifted = answers["why-not-zero-mean"].checks[3]
+    assert shifted.outcome == PASS and "1/width" in reason(shifted)  # a +x% PASS says it is an asymptotic sweep
+    assert "no verdict" in reason(answers["glorot-vs-he"].checks[2])
+
+
+def test_tolerance_follows_rtol():
+    result = answer("why-half", rtol=0.1, width=8, depth=3)
+    assert "relative error of 10%" in result.tolerance and "error of 5%" not in result.tolerance
+    assert all(m.width == 8 for r in result.checks for m in r.measurements)
+    assert {s.network.widths for s in result.series} == {(8, 8, 8, 8)}
+    assert "width-8" in str(result.paragraphs[1])
+
+
+def test_width_and_depth_are_the_users(capsys):
+    result = answer("glorot-vs-he", width=8, depth=4)
+    assert [r.claim.layer for r in result.checks] == [4, 4, 4]
+    assert all(s.network.widths == (8,) * 5 for s in result.series)
+    for bad in (["--width", "1"], ["--depth", "99"], ["--width", "100000"]):
+        assert main(["explain", "why-half", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("varprop: topic 'why-half':") and "got" in err
+
+
+def test_prose_has_no_ascii_math(answers):
+    for result in answers.values():
+        for paragraph in (*result.paragraphs, result.headline):
+            words = "".join(p for p in paragraph.parts if isinstance(p, str))
+            for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
+                assert ascii_math not in words, (result.topic.name, ascii_math, words)
+
