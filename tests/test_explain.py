@@ -265,4 +265,3 @@ def test_prose_has_no_ascii_math(answers):
             words = "".join(p for p in paragraph.parts if isinstance(p, str))
             for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
                 assert ascii_math not in words, (result.topic.name, ascii_math, words)
-
