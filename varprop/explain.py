@@ -641,8 +641,8 @@ def _edge_of_chaos(settings: Settings) -> Answer:
     width, depth = settings.width, settings.depth
     sb2 = float(_EDGE_BIAS)
     critical = edge_of_chaos("tanh", [sb2])[0]
-    # asymptotic claims: judged at 2 width (the primary) against width/2 (the shrink test compares the two)
-    sweep = (max(2, width // 2), 2 * width)
+    # asymptotic claims: judged at the width (the figure's networks) against half of it (the shrink test)
+    sweep = (max(2, width // 2), width)
     phases, families = {}, []
     for label, sw2 in (("ordered", float(_EDGE_ORDERED)), ("critical", critical.weight_variance),
                        ("chaotic", float(_EDGE_CHAOTIC))):
@@ -732,7 +732,8 @@ def _edge_of_chaos(settings: Settings) -> Answer:
                      f"{_fmt(factors['critical'])}. Relu with He's init has ", sp.Eq(chi, 1), " exactly.")
     critical_chi = phases["critical"][0].derivations[2]
     return Answer(TOPICS["edge-of-chaos"], paragraphs, (chi_relu, critical_chi, c_map_relu, power), checks,
-                  tuple(Series(f"tanh, {label}", network, ("dx_second_moment",)) for label, (_, network) in phases.items())
+                  tuple(Series(f"tanh, {label}", network, ("dx_second_moment", "y_second_moment") if label == "critical"
+                               else ("dx_second_moment",)) for label, (_, network) in phases.items())
                   + (Series("relu, He", he_net, ("dx_second_moment",)),), numbers, headline, 1, settings)
 
 
