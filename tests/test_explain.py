@@ -188,7 +188,7 @@ def test_edge_of_chaos_checks_and_numbers(edge):
         # the engine's layer-by-layer recursion at q* is sigma_w^2 chi_1^(L - 2), L = 6 (the two engines agree)
         assert check.claim.value == pytest.approx(analysis.weight_variance * analysis.chi_1.value ** 4, rel=1e-9)
     assert edge.numbers["relu_power_law_k"] == pytest.approx(9 * math.pi**2 / 2, rel=1e-15)
-    assert edge.derivations[0].title == "The slope \u03c7\u2081 of relu" and edge.derivations[0].result == 1
+    assert edge.derivations[0].title == "The slope of the c-map of relu at c = 1" and edge.derivations[0].result == 1
 
 
 def test_edge_of_chaos_wrong_sibling_fails(edge):

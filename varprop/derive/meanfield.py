@@ -774,7 +774,7 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
 
 
 def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue, scale_free: bool) -> Derivation:
-    b = _Builder(f"The slope \u03c7\u2081 of {_named(act)}")
+    b = _Builder(f"The slope of the c-map of {_named(act)} at c = 1")
     z = _Z
     defined = b.define(_CHI1, SIGMA_W**2 * Expect(DPhi(sp.sqrt(Q_STAR) * z) ** 2),
                        prose("the slope of the c-map at ", sp.Eq(C, 1), ", the mean squared singular value of the "
