@@ -185,3 +185,10 @@ def test_kernel_and_meanfield_help():
         result = subprocess.run([sys.executable, "-m", "varprop.cli", command, "--help"], capture_output=True, text=True,
                                 check=False, cwd=pathlib.Path(__file__).parents[1])
         assert result.returncode == 0 and "usage: varprop " + command in result.stdout
+
+
+def test_meanfield_plots(capsys, tmp_path):
+    code, _, err = run(capsys, "meanfield", "erf", "--weight-variance", "2", "--bias-variance", "0.1", "--plot", str(tmp_path))
+    assert code == 0 and (tmp_path / "c-map-erf.png").is_file() and (tmp_path / "c-map-erf.svg").is_file()
+    code, _, err = run(capsys, "meanfield", "tanh", "--weight-variance", "1", "--plot", str(tmp_path))
+    assert code == 2 and "q* = 0" in err

@@ -169,6 +169,70 @@ def test_a_figure_of_another_prediction_is_caught(answers):
     assert any("tanh" in p for p in _disagreements(wrong, wrong.figure_data(samples=50)))
 
 
+# --- edge of chaos ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edge(answers):
+    return answers["edge-of-chaos"]  # shared with the other tests: the topic is answered once per run
+
+
+def test_edge_of_chaos_checks_and_numbers(edge):
+    from varprop.derive.meanfield import edge_of_chaos, mean_field
+
+    assert [r.outcome for r in edge.checks] == [PASS] * 5
+    critical = edge_of_chaos("tanh", [0.05])[0]
+    # the q-map's fixed point from the mean-field module is the propagation engine's E[y_L^2] on that network
+    assert _by_name(edge, "tanh, critical: length at layer 6").claim.value == pytest.approx(critical.q_star, rel=1e-9)
+    # the propagation engine's prediction on the critical network is sigma_w^2 at every layer: chi_1 = 1 there
+    assert _by_name(edge, "tanh, critical: gradient at layer 2").claim.value == pytest.approx(critical.weight_variance, rel=1e-9)
+    assert _by_name(edge, "relu, He: gradient at layer 2").claim.value == 2
+    for label in ("ordered", "chaotic"):
+        check = _by_name(edge, f"tanh, {label}: gradient at layer 2")
+        analysis = mean_field("tanh", check.claim.network.dense_layers[0].fan_in
+                              * float(check.claim.network.dense_layers[0].weights.variance), 0.05)
+        # the engine's layer-by-layer recursion at q* is sigma_w^2 chi_1^(L - 2), L = 6 (the two engines agree)
+        assert check.claim.value == pytest.approx(analysis.weight_variance * analysis.chi_1.value ** 4, rel=1e-9)
+    assert edge.numbers["relu_power_law_k"] == pytest.approx(9 * math.pi**2 / 2, rel=1e-15)
+    assert edge.derivations[0].title == "The slope of the c-map of relu at c = 1" and edge.derivations[0].result == 1
+
+
+def test_edge_of_chaos_wrong_sibling_fails(edge):
+    """The critical network's gradient predicted with the ordered network's chi_1 (a wrong phase) FAILs."""
+    check = _by_name(edge, "tanh, critical: gradient at layer 2")
+    wrong = dataclasses.replace(check.claim, value=check.claim.value * edge.numbers["chi_1_ordered"] ** 4)
+    # and the length predicted with the ordered network's fixed point
+    from varprop.derive.meanfield import mean_field
+
+    length = _by_name(edge, "tanh, critical: length at layer 6").claim
+    wrong_length = dataclasses.replace(length, value=mean_field("tanh", 1.2, 0.05).q_star.value)
+    assert [r.outcome for r in check_all([wrong, wrong_length], seed=1, rtol=0.05)] == [FAIL, FAIL]
+
+
+def _edge_words(text) -> str:
+    from varprop.derive.derivation import Prose
+
+    parts = text.parts if isinstance(text, Prose) else (text,)
+    return "".join(p for p in parts if isinstance(p, str))
+
+
+def test_edge_of_chaos_prose_and_formats(edge):
+    import re
+
+    # ASCII math in words (powers, products, roots, moments, subscripts, Gaussian laws, fractions, layer
+    # arithmetic, lone formula letters), as the report's prose rules define it
+    ascii_math = re.compile(r"\^|\*|sqrt\(|\b(?:E|Var)\[|_|~|\bN\(|\d/\d|\b[lL][+-]\d|(?<![\w'’-])[wxyzqnlLk](?![\w'’-])")
+    texts = [edge.topic.title, edge.topic.question, *edge.paragraphs, edge.headline, *(r.name for r in edge.checks)]
+    for derivation in edge.derivations:
+        texts += [derivation.title, derivation.summary, *derivation.assumptions, *(s.justification for s in derivation.steps)]
+    for text in texts:
+        found = ascii_math.search(_edge_words(text))
+        assert found is None, (found, _edge_words(text))
+    assert ascii_math.search("E[x_2^2]") and ascii_math.search("z ~ N(0, q)")  # the pattern sees ASCII math
+    assert "\\section{The edge of chaos}" in edge.latex() and edge.markdown().startswith("## The edge of chaos")
+    assert "edge-of-chaos" in TOPICS
+
+
 # --- tables carry their reasons and tolerance; the user's network size -----------------------------
 
 

@@ -16,20 +16,13 @@ import sympy as sp
 
 from . import __version__
 from ._files import output_directory
-from .activations import (
-    BUILTIN_ACTIVATIONS,
-    Activation,
-    activation,
-    builtin_summary,
-    expression,
-    parse_expression,
-)
+from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_summary, expression, parse_expression
 from .derive import DERIVATIONS, Q, moments
 from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
 from .weights import DISTRIBUTIONS
 
-__all__ = ["build_parser", "main"]
+__all__ = ["main", "build_parser"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FORMATS = ("text", "markdown", "latex", "json")
@@ -264,6 +257,11 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_stem(act: Activation) -> str:
+    """A file name for an activation: its name, or 'expression' for user text."""
+    return act.name if act.name != "expression" else "expression"
+
+
 def _cmd_meanfield(args: argparse.Namespace) -> int:
     from .derive.meanfield import edge_of_chaos, mean_field
 
@@ -286,6 +284,12 @@ def _cmd_meanfield(args: argparse.Namespace) -> int:
                 notes.append(str(exc))
         if all(row["weight_variance"] is None for row in rows):
             raise _UsageError(notes[0])
+        if args.plot is not None:
+            from .plot import phase_data, phase_figure, save_figure
+
+            out = output_directory(args.plot, "--plot directory")
+            png, svg = save_figure(phase_figure(phase_data(act)), out / f"phase-{_file_stem(act)}")
+            print(f"varprop meanfield: wrote {png} and {svg}", file=sys.stderr)
         if args.json:
             print(json.dumps({"activation": str(act), "edge_of_chaos": rows, "notes": notes}, indent=2))
             return 0
@@ -302,7 +306,15 @@ def _cmd_meanfield(args: argparse.Namespace) -> int:
             print(f"  none: {notes[0]}")
         return 0
     weight = None if args.weight_variance is None else float(_variance_option(args.weight_variance, "--weight-variance"))
+    out = None if args.plot is None else output_directory(args.plot, "--plot directory")
     result = mean_field(act, weight, bias)
+    if out is not None:
+        from .plot import c_map_data, c_map_figure, save_figure
+
+        if result.q_star is not None and result.q_star.value == 0 and not result.scale_free:
+            raise _UsageError("at q* = 0 the c-map is not defined (the signal vanishes): no c-map to plot")
+        png, svg = save_figure(c_map_figure([c_map_data(result)]), out / f"c-map-{_file_stem(act)}")
+        print(f"varprop meanfield: wrote {png} and {svg}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -578,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="with --edge-of-chaos: number of bias variances (default 11)")
     meanfield_parser.add_argument("--max-bias-variance", default="0.5", metavar="B",
                                   help="with --edge-of-chaos: the largest bias variance (default 0.5)")
+    meanfield_parser.add_argument("--plot", metavar="DIR", default=None,
+                                  help="also draw the c-map with its fixed points (DIR/c-map-ACTIVATION.png, .svg); with "
+                                  "--edge-of-chaos the phase diagram: xi_c contours and the critical line "
+                                  "(DIR/phase-ACTIVATION.png, .svg)")
     meanfield_parser.add_argument("--json", action="store_true", help="print JSON (numbers, phase, fixed points, derivations)")
     meanfield_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
                                   help="output format (default text: the numbers, then the derivations)")
@@ -612,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a question about initialisation: derivation, Monte Carlo evidence, plot",
         description="Answer a question about initialisation in plain words, with the derivation behind it, a "
         "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
-        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default.",
+        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default, "
+        "edge-of-chaos.",
     )
     explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
     explain_parser.add_argument("--list", action="store_true", help="list the topics")

@@ -811,6 +811,116 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
                   settings)
 
 
+#: The bias variance and the two off-critical weight variances of the edge-of-chaos topic's tanh networks.
+_EDGE_BIAS = sp.Rational(1, 20)
+_EDGE_ORDERED = sp.Rational(6, 5)
+_EDGE_CHAOTIC = sp.Integer(3)
+
+
+def _edge_of_chaos(settings: Settings) -> Answer:
+    from .derive.derivation import DPhi as phi_prime
+    from .derive.meanfield import SIGMA_B, SIGMA_W, edge_of_chaos, mean_field, relu_power_law
+    from .weights import explicit
+
+    width, depth = settings.width, settings.depth
+    sb2 = float(_EDGE_BIAS)
+    critical = edge_of_chaos("tanh", [sb2])[0]
+    # asymptotic claims: judged at the width (the figure's networks) against half of it (the shrink test)
+    sweep = (max(2, width // 2), width)
+    phases, families = {}, []
+    for label, sw2 in (("ordered", float(_EDGE_ORDERED)), ("critical", critical.weight_variance),
+                       ("chaotic", float(_EDGE_CHAOTIC))):
+        analysis = mean_field("tanh", sw2, sb2)
+        # the raw input's variance v puts the first pre-activation at q*: sigma_w^2 v + sigma_b^2 = q*
+        inputs = GaussianInput(sp.Float((analysis.q_star.value - sb2) / sw2, 17))
+        scheme = explicit(sp.Float(sw2, 17) / N_IN)
+
+        def network_at(n: int, scheme: object = scheme, inputs: GaussianInput = inputs) -> Network:
+            return mlp([n] * (depth + 1), "tanh", scheme, bias_variance=_EDGE_BIAS, inputs=inputs)
+
+        name = f"tanh, {label}: gradient at layer 2"
+        families.append(ClaimFamily(
+            name, f"the gradient's second moment at layer 2 of a tanh network in the {label} phase",
+            lambda n, name=name, network_at=network_at: _claim(name, network_at(n), "dx_second_moment", 2),
+            width=sweep[-1], sweep=sweep[:1]))
+        phases[label] = (analysis, network_at(width))
+        if label == "critical":  # the length stays at its fixed point: E[y_L^2] = q* at the last layer
+            length_name = f"tanh, critical: length at layer {depth}"
+            length = ClaimFamily(
+                length_name, "the pre-activation length stays at the fixed point of the q-map",
+                lambda n, network_at=network_at, length_name=length_name: _claim(length_name, network_at(n), "y_second_moment", depth),
+                width=sweep[-1], sweep=sweep[:1])
+    he_net = mlp([width] * (depth + 1), _RELU, he())
+    claims = [*families, _claim("relu, He: gradient at layer 2", he_net, "dx_second_moment", 2), length]
+    checks = _check(claims, settings)
+    # the measured per-layer factor at the widest width: E[(dL/dx_2)^2] against the top layer's sigma_w^2
+    factors = {}
+    for (label, (analysis, _)), result in zip(phases.items(), checks):
+        widest = max(result.measurements, key=lambda m: m.width)
+        factors[label] = (widest.estimate.value / analysis.weight_variance) ** (1 / (depth - 2))
+    widest_width = max(sweep)
+    relu_he = mean_field("relu", 2, 0)
+    chi_relu, c_map_relu = relu_he.derivations[1], relu_he.derivations[-1]
+    power = relu_power_law()
+    chi, z, q = sp.Symbol("chi_1"), sp.Symbol("z"), sp.Symbol("q_star", positive=True)
+    l = sp.Symbol("l", integer=True, positive=True)
+    c_prev = sp.IndexedBase("c")[l - 1]
+    chi_definition = sp.Eq(chi, SIGMA_W**2 * _E(phi_prime(sp.sqrt(q) * z) ** 2))
+    line = edge_of_chaos("tanh", [0.0, 0.1, 0.3])
+    k = power.result
+    gradient = sp.IndexedBase("Delta_x")
+    paragraphs = (
+        prose("In a wide network with weights of variance ", SIGMA_W**2 / sp.Symbol("n"), " and biases of variance ",
+              SIGMA_B**2,
+              ", the squared length of a pre-activation settles at a fixed point ", q, " of the q-map, and one "
+              "number decides how the network treats two different inputs and how gradients travel: ",
+              chi_definition, " (Schoenholz et al. 2017, eq. 5). It is the slope of the correlation map at ",
+              sp.Eq(sp.Symbol("c"), 1) , " and the factor by which each layer multiplies the gradient's second moment. "
+              "Below 1 (ordered) correlations run to 1 and gradients vanish; above 1 (chaotic) nearby inputs "
+              "decorrelate and gradients explode; at 1 both happen only polynomially: the edge of chaos."),
+        prose("For tanh with ", sp.Eq(SIGMA_B**2, _EDGE_BIAS), " the edge lies at ",
+              sp.Eq(SIGMA_W**2, sp.Float(critical.weight_variance, 5)), " with ", sp.Eq(q, sp.Float(critical.q_star, 5)),
+              f". Measured on width-{widest_width}, depth-{depth} networks whose inputs start at ", q,
+              ": the per-layer factor of the gradient's second moment (from ", _E(gradient[2] ** 2),
+              f" against the top layer's) is {_fmt(factors['ordered'])} at ", sp.Eq(SIGMA_W**2, _EDGE_ORDERED),
+              f" (theory {_fmt(phases['ordered'][0].chi_1.value)}), {_fmt(factors['critical'])} on the edge "
+              f"(theory 1) and {_fmt(factors['chaotic'])} at ", sp.Eq(SIGMA_W**2, _EDGE_CHAOTIC),
+              f" (theory {_fmt(phases['chaotic'][0].chi_1.value)}). The table checks each layer-2 value against "
+              "the derivation over a width sweep (the mean-field recursion is the infinite-width limit, and at "
+              "the edge its finite-width corrections grow with the depth), and that the critical network's "
+              f"last pre-activation keeps the length {_measured(checks[-1])}."),
+        prose("How deep information travels is the depth scale ", sp.Eq(sp.Symbol("xi_c"), -1 / sp.log(sp.Symbol("chi_c"))),
+              " (eq. 9): ", sp.Float(phases["ordered"][0].xi_c, 3), f" layers in the ordered network, "
+              f"{_fmt(phases['chaotic'][0].xi_c)} in the chaotic one (where correlations settle at ",
+              sp.Eq(sp.Symbol("c^*"), sp.Float(phases["chaotic"][0].correlation_fixed_points[-1].value, 4)),
+              "), and infinite on the edge. Along the edge the critical weight variance grows with the bias: ",
+              ", ".join(f"{p.weight_variance:.4g} at {p.bias_variance:g}" for p in line),
+              " (", SIGMA_W**2, " at ", SIGMA_B**2, "); ", "varprop meanfield tanh --edge-of-chaos prints the curve."),
+        prose("Relu with He's init sits exactly on the edge: ", sp.Eq(_E(phi_prime(z) ** 2), sp.Rational(1, 2)),
+              " at every variance (the derivative is a step, on for half of a symmetric input), so ",
+              sp.Eq(chi, chi_relu.steps[2].rhs), " and He's ", sp.Eq(SIGMA_W**2, 2), " gives ",
+              sp.Eq(chi, chi_relu.result), " exactly. Without bias the relu c-map does not depend on the length: ",
+              sp.Eq(sp.IndexedBase("c")[l], c_map_relu.result), " (Cho & Saul 2009), so two orthogonal inputs leave "
+              "one layer with correlation ", c_map_relu.result.subs(c_prev, 0), ". The fixed point ",
+              sp.Eq(sp.Symbol("c^*"), 1), " is approached as a power law, ",
+              sp.Eq(1 - sp.IndexedBase("c")[l], sp.Symbol("k") / l**2), " with ", sp.Eq(sp.Symbol("k"), k), " (derived below), not exponentially: deep relu nets under He "
+              "keep inputs apart for hundreds of layers but eventually merge them."),
+    )
+    numbers = {"critical_weight_variance": critical.weight_variance, "critical_q_star": critical.q_star,
+               **{f"factor_{label}": value for label, value in factors.items()},
+               **{f"chi_1_{label}": analysis.chi_1.value for label, (analysis, _) in phases.items()},
+               "relu_power_law_k": float(k)}
+    headline = prose("At ", sp.Eq(chi, 1), " gradients neither vanish nor explode and correlations travel "
+                     "arbitrarily deep; for tanh at ", sp.Eq(SIGMA_B**2, _EDGE_BIAS), " that is ",
+                     sp.Eq(SIGMA_W**2, sp.Float(critical.weight_variance, 5)), f"; measured per-layer gradient factor "
+                     f"{_fmt(factors['critical'])}. Relu with He's init has ", sp.Eq(chi, 1), " exactly.")
+    critical_chi = phases["critical"][0].derivations[2]
+    return Answer(TOPICS["edge-of-chaos"], paragraphs, (chi_relu, critical_chi, c_map_relu, power), checks,
+                  tuple(Series(f"tanh, {label}", network, ("dx_second_moment", "y_second_moment") if label == "critical"
+                               else ("dx_second_moment",)) for label, (_, network) in phases.items())
+                  + (Series("relu, He", he_net, ("dx_second_moment",)),), numbers, headline, 1, settings)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -834,6 +944,9 @@ TOPICS: dict[str, Topic] = {
               prose(Code("nn.Linear"), " initialises its weights with ", Code("kaiming_uniform_"), " at ", sp.Eq(_SLOPE, sp.sqrt(5)),
                     ". What does that do to a 20-layer relu network?"),
               _pytorch_default, 20),
+        Topic("edge-of-chaos", "The edge of chaos",
+              "What is the edge of chaos of a tanh network, how deep do signals travel near it, and why does relu "
+              "with He's init sit exactly on it?", _edge_of_chaos, 6, 4),
     )
 }
 

@@ -496,3 +496,148 @@ def save_figure(figure: Figure, stem: str | pathlib.Path) -> tuple[pathlib.Path,
     except OSError as error:
         raise PlotError(f"cannot write {png} and {svg}: {error}") from None
     return png, svg
+
+
+# --- mean-field figures: the c-map and the phase diagram ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CMapData:
+    r"""The c-map of one mean-field analysis on a grid of :math:`c`, and its fixed points.
+
+    ``correlations`` and ``images`` are the curve :math:`c \mapsto c^{l+1}`; ``fixed_points`` holds
+    :math:`(c^*, \chi_c, \text{stable})`.
+    """
+
+    label: str
+    correlations: tuple[float, ...]
+    images: tuple[float, ...]
+    fixed_points: tuple[tuple[float, float, bool], ...]
+
+
+def c_map_data(result: object, *, points: int = 101, label: str = "") -> CMapData:
+    """The c-map of a :class:`~varprop.derive.meanfield.MeanField` result at ``points`` correlations in [-1, 1]."""
+    from .derive.meanfield import MeanField, c_map_values
+
+    if not isinstance(result, MeanField):
+        raise PlotError(f"c_map_data needs a MeanField result (varprop.derive.meanfield.mean_field), got {result!r}")
+    if isinstance(points, bool) or not isinstance(points, int) or not 3 <= points <= 2001:
+        raise PlotError(f"points must be an integer in [3, 2001], got {points!r}")
+    grid = np.linspace(-1.0, 1.0, points)
+    images = c_map_values(result, grid).tolist()
+    fixed = tuple((p.value, p.slope, p.stable) for p in result.correlation_fixed_points)
+    name = label or (f"{result.activation}, $\\sigma_w^2$ = {result.weight_variance:.3g}, "
+                     f"$\\sigma_b^2$ = {result.bias_variance:.3g} ({result.phase})")
+    return CMapData(name, tuple(grid.tolist()), tuple(images), fixed)
+
+
+def c_map_figure(series: Sequence[CMapData], *, title: str = "") -> Figure:
+    r"""The c-maps against the identity line, fixed points marked (filled: stable, open: unstable).
+
+    Each curve's gid is ``"c-map:<label>"``, the identity's ``"identity"``, each fixed point's
+    ``"fixed:<label>:<c*>"``.
+    """
+    series = [series] if isinstance(series, CMapData) else list(series)
+    if not series or not all(isinstance(s, CMapData) for s in series):
+        raise PlotError("c_map_figure needs one or more CMapData (varprop.plot.c_map_data)")
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colours = tuple(matplotlib.colormaps["tab10"].colors)
+    with matplotlib.rc_context({"font.size": _FONT, "legend.fontsize": _FONT - 1}):
+        figure = Figure(figsize=(_PAGE_WIDTH * 0.62, _PAGE_WIDTH * 0.62), dpi=100, layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        ax.plot([-1, 1], [-1, 1], color="0.5", linestyle="--", linewidth=1.0, gid="identity", label="identity $c^{l+1} = c^l$")
+        for index, data in enumerate(series):
+            colour = colours[index % len(colours)]
+            ax.plot(data.correlations, data.images, color=colour, linewidth=1.5, gid=f"c-map:{data.label}", label=data.label)
+            for c_star, _, stable in data.fixed_points:
+                ax.plot([c_star], [c_star], marker="o", markersize=6, color=colour,
+                        markerfacecolor=colour if stable else "white", linestyle="none", gid=f"fixed:{data.label}:{c_star:.12g}")
+        ax.set_xlim(-1.02, 1.02)
+        ax.set_ylim(-1.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("correlation entering the layer $c^{l}$")
+        ax.set_ylabel("correlation leaving it $c^{l+1}$")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", frameon=False)
+        text = title or "c-maps (Schoenholz et al. 2017, eq. 4); filled: stable fixed point, open: unstable"
+        figure.suptitle(textwrap.fill(text, int(_PAGE_WIDTH * 0.62 * 14)), fontsize=_FONT)
+    return figure
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    r"""The phase diagram of one activation: :math:`\xi_c` on a grid of :math:`(\sigma_b^2, \sigma_w^2)`
+    (rows: weight variances) and the edge of chaos :math:`\sigma_w^2(\sigma_b^2)`."""
+
+    activation: str
+    bias_variances: tuple[float, ...]
+    weight_variances: tuple[float, ...]
+    depth_scales: tuple[tuple[float, ...], ...]
+    edge_bias_variances: tuple[float, ...]
+    edge_weight_variances: tuple[float, ...]
+
+
+def phase_data(activation: object = "tanh", *, bias_variances: Sequence[float] | None = None,
+               weight_variances: Sequence[float] | None = None, edge_points: int = 50) -> PhaseData:
+    r"""Depth scales and the critical line, by :func:`~varprop.derive.meanfield.depth_scale_grid` and
+    :func:`~varprop.derive.meanfield.edge_of_chaos` (default grid: :math:`\sigma_b^2 \in [0.01, 0.3]`,
+    :math:`\sigma_w^2 \in [0.5, 4]`, 16 x 16, as in Schoenholz et al. 2017, Fig. 2)."""
+    from .derive.meanfield import _as_activation, depth_scale_grid, edge_of_chaos
+
+    act = _as_activation(activation)
+    biases = np.linspace(0.01, 0.3, 16) if bias_variances is None else np.asarray(bias_variances, dtype=float)
+    weights = np.linspace(0.5, 4.0, 16) if weight_variances is None else np.asarray(weight_variances, dtype=float)
+    if biases.ndim != 1 or weights.ndim != 1 or biases.size < 2 or weights.size < 2:
+        raise PlotError("the phase diagram needs at least two bias variances and two weight variances")
+    grid = depth_scale_grid(act, biases.tolist(), weights.tolist())
+    edge_biases = np.linspace(0.0, float(biases.max()), edge_points)
+    line = edge_of_chaos(act, edge_biases.tolist())
+    return PhaseData(str(act), tuple(biases.tolist()), tuple(weights.tolist()), tuple(map(tuple, grid.tolist())),
+                     tuple(p.bias_variance for p in line), tuple(p.weight_variance for p in line))
+
+
+def phase_figure(data: PhaseData, *, title: str = "") -> Figure:
+    r"""Contours of :math:`\xi_c` (log-spaced levels) in :math:`(\sigma_b^2, \sigma_w^2)` with the edge of
+    chaos drawn on top (gid ``"edge-of-chaos"``); ordered below the line, chaotic above."""
+    if not isinstance(data, PhaseData):
+        raise PlotError(f"phase_figure needs PhaseData (varprop.plot.phase_data), got {data!r}")
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    scales = np.array(data.depth_scales, dtype=float)
+    finite = scales[np.isfinite(scales) & (scales > 0)]
+    if finite.size == 0:
+        raise PlotError("the phase diagram has no finite depth scale to draw")
+    shown = np.clip(np.where(np.isfinite(scales), scales, finite.max()), finite.min(), None)
+    low, high = math.floor(math.log10(finite.min())), math.ceil(math.log10(finite.max()))
+    levels = np.logspace(low, high, 4 * (high - low) + 1)
+    with matplotlib.rc_context({"font.size": _FONT, "legend.fontsize": _FONT - 1}):
+        figure = Figure(figsize=(_PAGE_WIDTH * 0.75, _PAGE_WIDTH * 0.6), dpi=100, layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        filled = ax.contourf(data.bias_variances, data.weight_variances, shown, levels=levels, norm=LogNorm(),
+                             cmap="viridis")
+        filled.set_gid("depth-scale")
+        figure.colorbar(filled, ax=ax, label=r"depth scale $\xi_c$ (layers)")
+        ax.plot(data.edge_bias_variances, data.edge_weight_variances, color="white", linewidth=2.0, gid="edge-of-chaos",
+                label=r"edge of chaos $\chi_1 = 1$")
+        ax.set_xlim(min(data.bias_variances), max(data.bias_variances))
+        ax.set_ylim(min(data.weight_variances), max(data.weight_variances))
+        ax.text(0.97, 0.95, "chaotic", transform=ax.transAxes, ha="right", va="top", color="white")
+        ax.text(0.97, 0.05, "ordered", transform=ax.transAxes, ha="right", va="bottom", color="white")
+        ax.set_xlabel(r"$\sigma_b^2$")
+        ax.set_ylabel(r"$\sigma_w^2$")
+        ax.legend(loc="upper left", frameon=False, labelcolor="white")
+        text = title or (f"{data.activation}: depth scale of correlations and the edge of chaos "
+                         "(Schoenholz et al. 2017, Figs. 1-2)")
+        figure.suptitle(textwrap.fill(text, int(_PAGE_WIDTH * 0.75 * 14)), fontsize=_FONT)
+    return figure
+
+
+__all__ += ["CMapData", "PhaseData", "c_map_data", "c_map_figure", "phase_data", "phase_figure"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import pytest
 import scipy.integrate
 import sympy as sp
@@ -58,12 +57,35 @@ CLOSED = [
 ]
 
 
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+# Plain-Python references of the built-ins (value, derivative), written from their definitions: fast on
+# scalars and independent of varprop's numpy kernels.
+_BUILTIN_PYTHON = {
+    "relu": (lambda x: max(x, 0.0), lambda x: 1.0 if x > 0 else 0.0),
+    "abs": (abs, lambda x: 1.0 if x > 0 else -1.0),
+    "leaky_relu(a=0.200000000000000)": (lambda x: x if x > 0 else 0.2 * x, lambda x: 1.0 if x > 0 else 0.2),
+    "shifted_relu(c=0.500000000000000)": (lambda x: max(x, 0.0) - 0.5, lambda x: 1.0 if x > 0 else 0.0),
+    "linear": (lambda x: x, lambda x: 1.0),
+    "erf": (math.erf, lambda x: 2 / math.sqrt(math.pi) * math.exp(-x * x)),
+    "gelu": (lambda x: x * _phi(x), lambda x: _phi(x) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    "tanh": (math.tanh, lambda x: 1 / math.cosh(x) ** 2),
+    "sigmoid": (_sigmoid, lambda x: _sigmoid(x) * _sigmoid(-x)),
+    "silu": (lambda x: x * _sigmoid(x), lambda x: _sigmoid(x) * (1 + x * _sigmoid(-x))),
+    "softplus": (lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))), _sigmoid),
+}
+
+
 def reference_function(act, derivative: bool):
-    """A scalar function: the plain-Python reference of an expression, or a built-in's numpy kernel."""
-    if act.source in _PYTHON:
-        return _PYTHON[act.source][derivative]
-    kernel = act.numpy_derivative if derivative else act.numpy
-    return lambda x: float(kernel(np.array([x]))[0])
+    """A scalar function: the plain-Python reference of a built-in or of an expression used here."""
+    table = _PYTHON.get(act.source) or _BUILTIN_PYTHON[str(act)]
+    return table[derivative]
 
 
 def nested_quad(f, q1: float, q2: float, c: float) -> float:
@@ -245,3 +267,23 @@ def test_api_shape():
     assert result.value == 1 / (2 * sp.pi)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.route = "x"
+
+
+def test_gelu_derivative_kernel_is_the_price_derivative():
+    """E[gelu'(u) gelu'(v)] = d E[gelu(u) gelu(v)] / d Sigma_12 (Price's theorem), re-derived by sympy."""
+    q1, q2 = sp.Symbol("q_1", positive=True), sp.Symbol("q_2", positive=True)
+    c = sp.Symbol("c", real=True)
+    value = cross_expectation("gelu", q1, q2, c).value
+    derivative = cross_expectation("gelu", q1, q2, c, derivative=True).value
+    price = sp.diff(value, c) / (sp.sqrt(q1) * sp.sqrt(q2))
+    assert sp.simplify(price - derivative) == 0
+    assert sp.simplify(price - derivative + sp.Rational(1, 4)) != 0
+
+
+def test_divergent_expectation_is_refused():
+    from varprop.errors import IntegrabilityError
+
+    with pytest.raises(IntegrabilityError, match="does not exist"):
+        cross_expectation(expression("exp(x**2)"), 1.0, 1.0, 0.5)
+    with pytest.raises(IntegrabilityError, match="does not exist"):
+        cross_expectation(expression("abs(x)**(-0.6)"), 1.0, 1.0, 0.5)

@@ -259,3 +259,44 @@ def test_symbolic_q_map_and_c_map():
 def test_bad_input_is_named(call, message):
     with pytest.raises(VarpropError, match=message):
         call()
+
+
+# --- figures draw the numbers ---------------------------------------------------------------------
+
+
+def test_c_map_figure_draws_the_map_and_its_fixed_points():
+    from varprop.plot import c_map_data, c_map_figure
+
+    chaotic = mean_field("tanh", 4.0, 0.05)
+    data = c_map_data(chaotic, points=21, label="tanh chaotic")
+    figure = c_map_figure([data, c_map_data(mean_field("relu", 2, 0), points=21, label="relu He")])
+    lines = {line.get_gid(): line for line in figure.axes[0].get_lines()}
+    curve = lines["c-map:tanh chaotic"]
+    # the plotted curve is the c-map, spot-checked against nested QUADPACK at three correlations
+    for index in (0, 7, 15):
+        c = curve.get_xdata()[index]
+        expected = (4.0 * cross(math.tanh, chaotic.q_star.value, c) + 0.05) / chaotic.q_star.value if abs(c) < 1 else None
+        if expected is not None:
+            assert abs(curve.get_ydata()[index] - expected) < 1e-9
+    stable = next(p for p in chaotic.correlation_fixed_points if p.stable)
+    marker = lines[f"fixed:tanh chaotic:{stable.value:.12g}"]
+    assert marker.get_markerfacecolor() != "white" and lines["identity"].get_xdata()[0] == -1
+    assert lines["fixed:tanh chaotic:1"].get_markerfacecolor() == "white"  # c* = 1 repels in chaos
+    assert np.allclose(lines["c-map:relu He"].get_ydata()[10], 1 / math.pi, atol=1e-15)  # c = 0 -> 1/pi
+
+
+def test_phase_figure_draws_the_edge_of_chaos():
+    from varprop.plot import phase_data, phase_figure
+
+    data = phase_data("tanh", bias_variances=[0.02, 0.2], weight_variances=[1.0, 3.0], edge_points=5)
+    figure = phase_figure(data)
+    ax = figure.axes[0]
+    edge = next(line for line in ax.get_lines() if line.get_gid() == "edge-of-chaos")
+    line = edge_of_chaos("tanh", edge.get_xdata())
+    assert np.allclose(edge.get_ydata(), [p.weight_variance for p in line], rtol=0, atol=0)
+    scales = np.array(data.depth_scales)
+    # rows are weight variances: sigma_w^2 = 1 is ordered (xi_c = -1/log chi_1), 3 is chaotic at both biases
+    for j, sb2 in enumerate(data.bias_variances):
+        ordered = mean_field("tanh", 1.0, sb2)
+        assert ordered.phase == "ordered" and abs(scales[0, j] - ordered.xi_c) <= 1e-9 * ordered.xi_c
+        assert mean_field("tanh", 3.0, sb2).phase == "chaotic"

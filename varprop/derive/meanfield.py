@@ -53,9 +53,12 @@ from .derivation import (
     DPhi,
     Expect,
     Integral,
+    Numeric,
     Phi,
     Rule,
+    Solve,
     Step,
+    Variance,
     _Builder,
     _is_zero,
     prose,
@@ -76,6 +79,9 @@ __all__ = [
     "Kernel",
     "MeanField",
     "c_map",
+    "c_map_values",
+    "correlation_depth_scale",
+    "depth_scale_grid",
     "edge_of_chaos",
     "iterate_c_map",
     "kernel_derivation",
@@ -101,15 +107,17 @@ _w = sp.IndexedBase("w")
 _Z = sp.Symbol("z", real=True)
 _U1, _U2 = sp.symbols("u_1 u_2", real=True)
 _CHI1 = sp.Symbol("chi_1", positive=True)
-_CHIC = sp.Symbol("chi_c", positive=True)
 _EPS = sp.Symbol("epsilon", positive=True)
 
 #: The phases of a network at initialisation.
 PHASES = ("ordered", "critical", "chaotic")
 
-_A_MEANFIELD = "width -> infinity: pre-activations are Gaussian and self-average (mean-field limit)"
-_A_WEIGHTS = "W_ij ~ N(0, sigma_w^2/N), b_i ~ N(0, sigma_b^2), all independent"
-_A_FIXED = "the lengths have reached their fixed point q^* (q_11 = q_22 = q^*)"
+_A_MEANFIELD = "the width tends to infinity: pre-activations are Gaussian and self-average (the mean-field limit)"
+_A_WEIGHTS = prose("the weights and biases are independent, centred and Gaussian, ",
+                   sp.Eq(Variance(sp.Symbol("W_ij")), SIGMA_W**2 / sp.Symbol("N")), " and ",
+                   sp.Eq(Variance(sp.Symbol("b_i")), SIGMA_B**2))
+_A_FIXED = prose("the lengths have reached their fixed point, ", sp.Eq(sp.Symbol("q_11"), Q_STAR), " and ",
+                 sp.Eq(sp.Symbol("q_22"), Q_STAR))
 _CRITICAL_TOLERANCE = 1e-9  # |chi_1 - 1| below this (and its error estimate) is the edge of chaos
 
 
@@ -154,8 +162,7 @@ def kernel_derivation(activation: Activation | str, q1: object, q2: object, c: o
     result = cross_expectation(act, q1, q2, c, derivative=derivative)
     f = DPhi if derivative else Phi
     lhs = Expect(f(_U1) * f(_U2))
-    name = "phi'" if derivative else "phi"
-    b = _Builder(f"E[{name}(u) {name}(v)] for {act}")
+    b = _Builder(f"The {'derivative ' if derivative else ''}kernel of {_named(act)}")
     general = None
     if result.exact:
         try:
@@ -180,6 +187,17 @@ def kernel_derivation(activation: Activation | str, q1: object, q2: object, c: o
           uses=values, source=_route_source(result.route))
     note = "" if result.exact else f" (error estimate {result.error_estimate:.1e})"
     return b.build(value, summary=prose(f"The value by {result.route}{note}."))
+
+
+def _named(act: Activation) -> str:
+    """The activation in words, for titles: ``leaky relu (a = 0.2)``; a user expression is 'the expression'."""
+    if act.name == "expression":
+        return "the expression"
+    words = act.name.replace("_", " ")
+    if act.params:
+        words += " (" + ", ".join(f"{key} = {float(value):g}" if not value.free_symbols else f"{key} symbolic"
+                                  for key, value in act.params) + ")"
+    return words
 
 
 def _route_source(route: str) -> str:
@@ -292,7 +310,17 @@ class FixedPoint:
 
     @property
     def stable(self) -> bool:
-        return bool(abs(self.slope) < 1.0 - self.slope_error)
+        return bool(abs(self.slope) < 1.0 - max(self.slope_error, _CRITICAL_TOLERANCE))
+
+    @property
+    def marginal(self) -> bool:
+        """Slope 1 within its error: neither attracting nor repelling to first order (the edge of chaos)."""
+        return bool(abs(abs(self.slope) - 1.0) <= max(self.slope_error, _CRITICAL_TOLERANCE))
+
+    @property
+    def kind(self) -> str:
+        """``stable``, ``marginal`` or ``unstable``."""
+        return "marginal" if self.marginal else "stable" if self.stable else "unstable"
 
     @property
     def depth_scale(self) -> float | None:
@@ -362,7 +390,8 @@ class MeanField:
             "xi_c": number(self.xi_c),
             "scale_free_c_map": self.scale_free,
             "correlation_fixed_points": [
-                {"c_star": p.value, "error_estimate": p.error_estimate, "chi_c": p.slope, "stable": p.stable}
+                {"c_star": p.value, "error_estimate": p.error_estimate, "chi_c": p.slope, "stable": p.stable,
+                 "kind": p.kind}
                 for p in self.correlation_fixed_points
             ],
             "derivations": [d.to_dict() for d in self.derivations],
@@ -380,7 +409,7 @@ class MeanField:
             f"  xi_q     {_depth(self.xi_q)}",
             f"  xi_c     {_depth(self.xi_c)}",
             "  c*       " + ", ".join(
-                f"{p.value:.12g} ({'stable' if p.stable else 'unstable'}, chi_c = {p.slope:.6g})"
+                f"{p.value:.12g} ({p.kind}, chi_c = {p.slope:.6g})"
                 for p in self.correlation_fixed_points),
         ]
         if self.scale_free:
@@ -393,7 +422,7 @@ class MeanField:
 
 def _shown(point: FixedPoint | None) -> str:
     if point is None:
-        return "none"
+        return "-"
     return f"{point.value:.12g}  (error estimate {point.error_estimate:.1e}, slope {point.slope:.6g})"
 
 
@@ -450,7 +479,7 @@ def q_map(activation: Activation | str, weight_variance: object = SIGMA_W**2,
     sw2 = as_sympy_number(weight_variance, "the weight variance", error=VarpropError)
     sb2 = as_sympy_number(bias_variance, "the bias variance", error=VarpropError)
     l = LAYER
-    b = _Builder(f"The q-map of {act}")
+    b = _Builder(f"The q-map of {_named(act)}")
     recursion = b.model(
         _q[l], SIGMA_W**2 * Expect(Phi(_h[l - 1]) ** 2) + SIGMA_B**2, Rule.INDEPENDENCE,
         prose("each pre-activation sums many independent terms: ", _q[l], " = ", SIGMA_W**2, " times the mean of ",
@@ -459,7 +488,7 @@ def q_map(activation: Activation | str, weight_variance: object = SIGMA_W**2,
     m2 = moments(act).second_moment
     moment = m2.expr.subs(Q, _q[l - 1])
     integral = b.add(Expect(Phi(_h[l - 1]) ** 2), moment, Rule.GAUSSIAN_INTEGRAL,
-                     prose(_h[l - 1], " ~ N(0, ", _q[l - 1], f") ({m2.route})"),
+                     prose(_h[l - 1], " is centred Gaussian with variance ", _q[l - 1], f" ({m2.route})"),
                      proof=Integral(act.expr**2, _q[l - 1]))
     general = SIGMA_W**2 * moment + SIGMA_B**2
     b.identity(_q[l], general, Rule.SUBSTITUTION, "the Gaussian integral", uses=(recursion, integral))
@@ -490,7 +519,7 @@ def c_map(activation: Activation | str, weight_variance: object, bias_variance: 
     sb2 = as_sympy_number(bias_variance, "the bias variance", error=VarpropError)
     qs = as_sympy_number(q_star, "q*", error=VarpropError)
     l = LAYER
-    b = _Builder(f"The c-map of {act}")
+    b = _Builder(f"The c-map of {_named(act)}")
     defined = b.model(
         _q12[l], SIGMA_W**2 * Expect(Phi(_U1) * Phi(_U2)) + SIGMA_B**2, Rule.INDEPENDENCE,
         prose("the covariance of two inputs' pre-activations, with ", _U1, ", ", _U2, " jointly Gaussian, variances ", Q_STAR,
@@ -725,7 +754,7 @@ class _CorrelationMap:
 
 
 def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: FixedPoint, kappa: sp.Expr | None) -> Derivation:
-    b = _Builder(f"The length fixed point q* of {act}")
+    b = _Builder(f"The length fixed point of {_named(act)}")
     l = LAYER
     fixed = b.model(_q[l], _q[l - 1], Rule.FIXED_POINT, prose("at a fixed point the length stops changing, ",
                                                                  sp.Eq(_q[l], _q[l - 1]), " = ", Q_STAR),
@@ -734,7 +763,7 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
         equation = sp.Eq(Q_STAR, _rational(sw2) * kappa * Q_STAR + _rational(sb2))
         value = sp.solve(equation, Q_STAR)[0]
         b.add(Q_STAR, value, Rule.SOLVE, prose("solve ", equation, " (a linear q-map)"),
-              proof=_solve_check(equation), uses=(fixed,))
+              proof=Solve(equation, Q_STAR), uses=(fixed,))
         return b.build(value, summary=prose("The q-map is linear, so its fixed point is ", sp.Eq(Q_STAR, value), "."))
     number = sp.Float(point.value, 17)
     b.add(Q_STAR, number, Rule.FIXED_POINT,
@@ -744,21 +773,15 @@ def _fixed_point_derivation(act: Activation, sw2: float, sb2: float, point: Fixe
                                          "applying the map to it."))
 
 
-def _solve_check(equation: sp.Eq) -> Check:
-    from .derivation import Solve
-
-    return Solve(equation, Q_STAR)
-
-
 def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue, scale_free: bool) -> Derivation:
-    b = _Builder(f"chi_1 of {act}")
+    b = _Builder(f"The slope of the c-map of {_named(act)} at c = 1")
     z = _Z
     defined = b.define(_CHI1, SIGMA_W**2 * Expect(DPhi(sp.sqrt(Q_STAR) * z) ** 2),
                        prose("the slope of the c-map at ", sp.Eq(C, 1), ", the mean squared singular value of the "
                              "layer's Jacobian"), source=f"{SCHOENHOLZ}, eq. (5); {POOLE}, eq. (7)")
     m = moments(act).derivative_second_moment
     integral = b.add(Expect(DPhi(sp.sqrt(Q_STAR) * z) ** 2), m.expr.subs(Q, Q_STAR), Rule.GAUSSIAN_INTEGRAL,
-                     prose(z, f" ~ N(0, 1) ({m.route})"), proof=Integral(act.derivative**2, Q_STAR))
+                     prose(z, f" is a standard Gaussian ({m.route})"), proof=Integral(act.derivative**2, Q_STAR))
     general = SIGMA_W**2 * m.expr.subs(Q, Q_STAR)
     b.identity(_CHI1, general, Rule.SUBSTITUTION, "the Gaussian integral", uses=(defined, integral))
     weights = b.define(SIGMA_W, sp.sqrt(_rational(sw2)), prose("the weight variance ",
@@ -772,8 +795,6 @@ def _chi_1_derivation(act: Activation, sw2: float, q: float, chi_1: NumericValue
     value = _simplified(value) if not value.has(sp.Integral) else value
     b.then(value, Rule.SUBSTITUTION, "the values", uses=uses)
     if value.has(sp.Integral):
-        from .derivation import Numeric
-
         b.add(_CHI1, sp.Float(chi_1.value, 17), Rule.SUBSTITUTION, "the quadrature evaluated numerically",
               proof=Numeric(value, chi_1.error_estimate), uses=(b.current,))
         value = sp.Float(chi_1.value, 17)
@@ -785,7 +806,7 @@ def _scale_free_c_map(act: Activation) -> Derivation:
     r"""The c-map of a positively homogeneous activation without bias: :math:`K(c)/K(1)`, any q."""
     q = sp.Symbol("q", positive=True)
     l = LAYER
-    b = _Builder(f"The c-map of {act} (scale-free)")
+    b = _Builder(f"The c-map of {_named(act)} (scale-free)")
     defined = b.model(
         _c[l], Expect(Phi(_U1) * Phi(_U2)) / Expect(Phi(_U1) ** 2), Rule.INDEPENDENCE,
         prose("without bias the weight variance cancels from the correlation, at any length ", q),
@@ -795,11 +816,11 @@ def _scale_free_c_map(act: Activation) -> Derivation:
                    prose(f"the bivariate Gaussian integral ({kernel.route})"), proof=Kernel(act, q, _c[l - 1]),
                    source=CHO_SAUL if "arc-cosine" in kernel.route else "")
     m2 = moments(act).second_moment.expr.subs(Q, q)
-    m_step = b.add(Expect(Phi(_U1) ** 2), m2, Rule.GAUSSIAN_INTEGRAL, prose(_U1, " ~ N(0, ", q, ")"),
+    m_step = b.add(Expect(Phi(_U1) ** 2), m2, Rule.GAUSSIAN_INTEGRAL, prose(_U1, " is centred Gaussian with variance ", q),
                    proof=Integral(act.expr**2, q))
     value = _simplified(kernel.value / m2)
     b.identity(_c[l], value, Rule.SUBSTITUTION, "the two integrals", uses=(defined, k_step, m_step))
-    return b.build(value, summary=prose("The correlation map of ", Phi(_Z), f" = {act} without bias: it does not depend "
+    return b.build(value, summary=prose(f"The correlation map of {_named(act)} without bias: it does not depend "
                                         "on the length or on the weight variance."))
 
 
@@ -871,6 +892,27 @@ def edge_of_chaos(activation: Activation | str, bias_variances: Iterable[object]
 # --- iterating the c-map and the power law at criticality ---------------------------------------
 
 
+def _correlation_map(result: MeanField) -> _CorrelationMap:
+    if not isinstance(result, MeanField):
+        raise VarpropError(f"expected a MeanField result (mean_field), got {type(result).__name__}")
+    q = result.q_star.value if result.q_star is not None and not result.scale_free else 1.0
+    if q <= 0:
+        raise VarpropError("at q* = 0 the c-map is not defined (the signal vanishes); it has slope chi_1 at c = 1")
+    return _CorrelationMap(result.activation, result.weight_variance, result.bias_variance, q, result.scale_free)
+
+
+def c_map_values(result: MeanField, correlations: Sequence[float]) -> np.ndarray:
+    """The c-map of ``result`` (Schoenholz eq. 4) at each correlation in ``correlations`` (in [-1, 1], at most 10 000)."""
+    values = np.asarray(correlations, dtype=float)
+    if values.ndim != 1 or values.size > 10_000 or not np.all(np.isfinite(values)):
+        raise VarpropError("correlations must be a flat sequence of at most 10000 finite numbers")
+    if np.any(np.abs(values) > 1):
+        bad = values[np.abs(values) > 1][0]
+        raise VarpropError(f"a correlation must be in [-1, 1], got {bad!r}")
+    cmap = _correlation_map(result)
+    return np.array([min(1.0, max(-1.0, cmap(float(c))[0])) for c in values])
+
+
 def iterate_c_map(result: MeanField, c0: float, depth: int) -> np.ndarray:
     """The correlations :math:`c^0, c^1, \\dots, c^{depth}` under the c-map of ``result``."""
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 100_000:
@@ -878,12 +920,10 @@ def iterate_c_map(result: MeanField, c0: float, depth: int) -> np.ndarray:
     c0 = float(c0)
     if not -1.0 <= c0 <= 1.0:
         raise VarpropError(f"the initial correlation must be in [-1, 1], got {c0!r}")
-    correlation = _CorrelationMap(result.activation, result.weight_variance, result.bias_variance,
-                                  result.q_star.value if result.q_star is not None and not result.scale_free else 1.0,
-                                  result.scale_free)
+    cmap = _correlation_map(result)
     values = [c0]
     for _ in range(depth):
-        values.append(min(1.0, max(-1.0, correlation(values[-1])[0])))
+        values.append(min(1.0, max(-1.0, cmap(values[-1])[0])))
     return np.array(values)
 
 
@@ -903,7 +943,7 @@ def relu_power_law() -> Derivation:
     .. math:: 1 - c_l \sim \frac{k}{l^2}, \qquad k = \frac{4}{a^2} = \frac{9\pi^2}{2}.
     """
     eps, l = _EPS, LAYER
-    b = _Builder("The approach to c* = 1 of relu at criticality")
+    b = _Builder("How fast relu's correlations approach 1 at criticality")
     c_prev = _c[l - 1]
     cmap = _scale_free_c_map(_builtin("relu")).result
     relu_map = b.define(_c[l], cmap, prose("the c-map of relu under He's init"), source=f"{CHO_SAUL}; {SCHOENHOLZ}, eq. (4)")
@@ -978,3 +1018,65 @@ class _LeadingPowerLaw(Check):
         limit = sp.limit(l**2 / (drift * l) ** 2, l, sp.oo)
         ok = _is_zero(limit - step.rhs)
         return ok, f"the increment tends to {to_text(drift)}, so l^2 epsilon_l tends to {to_text(limit)}"
+
+
+# --- the phase diagram ----------------------------------------------------------------------------
+
+
+def correlation_depth_scale(activation: Activation | str, weight_variance: object, bias_variance: object,
+                            *, panels: int = 8) -> float:
+    r""":math:`\xi_c` (Schoenholz eq. 9) at one point, fast enough for a phase diagram.
+
+    Ordered phase (:math:`\chi_1 < 1`): :math:`\xi_c = -1/\log\chi_1`; chaotic phase: the stable
+    :math:`c^* < 1` is found by Brent's method on the c-map computed with a fixed tensor
+    Gauss-Legendre rule of ``panels`` x 16 nodes per axis (about 1e-10 for tanh at moderate q*), and
+    :math:`\xi_c = -1/\log\chi_c(c^*)`. Infinite at the edge of chaos; None when there is no length
+    fixed point.
+    """
+    from scipy.optimize import brentq
+
+    from .gaussian.bivariate import _rule
+
+    act = _as_activation(activation)
+    sw2 = _variance_value(weight_variance, "the weight variance", positive=True)
+    sb2 = _variance_value(bias_variance, "the bias variance")
+    numbers = _Moments(act)
+    if _homogeneous_slope(act) is not None:
+        raise VarpropError(f"{act} is positively homogeneous: its c-map has slope 1 at c = 1 for every sigma_w^2 "
+                           "without bias, so it has no phase diagram of xi_c; use mean_field")
+    point, _ = _q_fixed_point(numbers, act, sw2, sb2)
+    if point is None or point.value <= 0:
+        return None
+    q = point.value
+    chi_1 = _chi_1(numbers, q, sw2).value
+    if abs(chi_1 - 1.0) <= _CRITICAL_TOLERANCE:
+        return math.inf
+    if chi_1 < 1.0:
+        return -1.0 / math.log(chi_1)
+
+    def c_map_gap(c: float) -> float:
+        return (sw2 * _rule(act.numpy, q, q, c, panels) + sb2) / q - c
+
+    # c* < 1 is where the map crosses the identity: below 1 the map is above the identity near 1 in chaos
+    grid = np.linspace(-1.0, 1.0 - 1e-9, 21)
+    values = [c_map_gap(c) for c in grid]
+    for left, right, g_left, g_right in zip(grid[:-1], grid[1:], values[:-1], values[1:]):
+        if g_left * g_right < 0:
+            c_star = brentq(c_map_gap, left, right, xtol=1e-12)
+            chi_c = sw2 * _rule(act.numpy_derivative, q, q, c_star, panels)
+            return -1.0 / math.log(abs(chi_c)) if abs(chi_c) < 1 else math.inf
+    return math.inf
+
+
+def depth_scale_grid(activation: Activation | str, bias_variances: Sequence[float],
+                     weight_variances: Sequence[float]) -> np.ndarray:
+    r""":math:`\xi_c` on a grid: rows follow ``weight_variances``, columns ``bias_variances`` (NaN where
+    there is no length fixed point). At most 10 000 points."""
+    if len(bias_variances) * len(weight_variances) > 10_000:
+        raise VarpropError(f"at most 10000 grid points, got {len(bias_variances)} x {len(weight_variances)}")
+    out = np.full((len(weight_variances), len(bias_variances)), np.nan)
+    for i, sw2 in enumerate(weight_variances):
+        for j, sb2 in enumerate(bias_variances):
+            value = correlation_depth_scale(activation, sw2, sb2)
+            out[i, j] = np.nan if value is None else value
+    return out

@@ -62,10 +62,10 @@ import sympy as sp
 from ..._validate import as_sympy_number
 from ...activations import Activation, X
 from ...activations import activation as _builtin
-from ...errors import DerivationError, VarpropError
+from ...errors import DerivationError, IntegrabilityError, VarpropError
 from . import rules
 from .engine import gaussian_expectation
-from .integrability import _short
+from .integrability import _short, nonintegrable_reason
 from .numeric import NumericValue, evaluate
 
 __all__ = ["ROUTES", "BivariateExpectation", "cross_expectation"]
@@ -395,8 +395,10 @@ def _gelu(f: sp.Expr, q1: sp.Expr, q2: sp.Expr, c: sp.Expr):
         + covariance * sp.asin(covariance / sp.sqrt(p)) / (2 * sp.pi)
     )
     if sp.expand(f - value) != 0:
-        # E[gelu'(u) gelu'(v)] = dE[gelu(u) gelu(v)]/dSigma_12 at fixed variances (Price's theorem).
-        kernel = sp.diff(kernel, covariance)
+        # E[gelu'(u) gelu'(v)] = dE[gelu(u) gelu(v)]/dSigma_12 at fixed variances (Price's theorem), simplified
+        # (tests re-derive it with sympy.diff; it is also the form of neural-tangents' Gelu dot_sigma)
+        kernel = (sp.Rational(1, 4) + sp.asin(covariance / sp.sqrt(p)) / (2 * sp.pi)
+                  + covariance / (2 * sp.pi * sp.sqrt(d2)) * (1 + 1 / d2 + (1 - q1 * q2) / p))
     return kernel.subs(covariance, c * sp.sqrt(q1) * sp.sqrt(q2)), _GELU_ROUTE
 
 
@@ -439,6 +441,11 @@ def _quadrature(act: Activation, f: sp.Expr, q1: sp.Expr, q2: sp.Expr, c: sp.Exp
             f"E[{'phi_prime' if derivative else 'phi'}(u) {'phi_prime' if derivative else 'phi'}(v)] for {act} has no closed form "
             f"here and needs numbers for quadrature; {what} {'is' if len(symbolic) == 1 else 'are'} symbolic"
         )
+    # E[f(u) f(v)] exists when E[f^2] does under both marginals (Cauchy-Schwarz); refuse it otherwise, since
+    # a quadrature on a finite box would return a finite number for a divergent integral
+    reason = nonintegrable_reason(sp.expand(f**2))
+    if reason is not None:
+        raise IntegrabilityError(f"E[f(u) f(v)] for {act} does not exist: E[f^2] diverges ({reason})")
     function = act.numpy_derivative if derivative else act.numpy
     values = {name: float(value) for name, value in given.items()}
     value, estimate = _gauss_legendre(function, values["q1"], values["q2"], min(1.0, max(-1.0, values["c"])), tolerance)
