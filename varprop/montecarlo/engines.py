@@ -198,11 +198,6 @@ def conditional_step(layer: object, inputs: int = 1) -> LayerStep:
     )
 
 
-#: A partner input whose component orthogonal to the input is below this fraction of its norm is
-#: treated as parallel (the component is rounding noise; at most this relative error in W x').
-_PARALLEL = 1e-12
-
-
 def _unit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``v`` (shape ``(networks, width)``) scaled to unit length, and their norms; a zero row stays zero."""
     norm = np.sqrt(row_sums(v * v))
@@ -261,15 +256,13 @@ class ConditionalDenseStep:
             partner = h[:, 1]
             along = row_sums(partner * e1)
             residual = partner - along[:, None] * e1
-            again = row_sums(residual * e1)  # Gram-Schmidt twice: e_2 orthogonal to e_1 to rounding
+            # Gram-Schmidt twice: e_2 is then orthogonal to e_1 to rounding even when the partner is
+            # parallel to the input (relu zeroes the same coordinates of both) and the residual is
+            # rounding noise; once is not enough there (the law tests at width 2 found it).
+            again = row_sums(residual * e1)
             residual -= again[:, None] * e1
             along += again
             e2, rest = _unit(residual)
-            # A partner parallel to the input (to rounding) spans nothing new: its residual is rounding
-            # noise, whose direction is not orthogonal to e_1; the basis is then e_1 alone.
-            parallel = rest <= _PARALLEL * np.sqrt(row_sums(partner * partner))
-            e2[parallel] = 0.0
-            rest[parallel] = 0.0
             z2 = self.std * u[:, 1]  # Z e_2
             basis.append((e2, z2))
             out[:, 1] = along[:, None] * z1 + rest[:, None] * z2
