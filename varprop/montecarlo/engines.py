@@ -65,6 +65,7 @@ __all__ = [
     "layer_step",
     "conditional_step",
     "select_engine",
+    "check_engine",
     "run_chunk",
 ]
 
@@ -411,6 +412,13 @@ CONDITIONAL = Engine("conditional", conditional_step, _conditional_unsupported, 
 ENGINES: dict[str, Engine] = {"full": FULL, "conditional": CONDITIONAL}
 
 
+def check_engine(requested: object) -> Engine | str:
+    """``requested`` if it names an engine (:data:`ENGINE_NAMES`) or is one, else a :class:`MonteCarloError`."""
+    if isinstance(requested, Engine) or (isinstance(requested, str) and requested in ENGINE_NAMES):
+        return requested
+    raise MonteCarloError(f"unknown engine {requested!r}; accepted: {', '.join(ENGINE_NAMES)} (or an Engine)")
+
+
 def select_engine(requested: object, network: Network, *, paired: bool = False) -> Engine:
     """The engine that samples ``network``.
 
@@ -418,14 +426,10 @@ def select_engine(requested: object, network: Network, *, paired: bool = False) 
     ``"full"``, ``"conditional"`` or an :class:`Engine`. An explicit engine that cannot serve the
     network is refused with the reason (a :class:`MonteCarloError`), never silently replaced.
     """
-    if isinstance(requested, Engine):
-        engine = requested
-    elif requested == "auto" or requested is None:
+    requested = check_engine(requested)
+    if requested == "auto":
         return CONDITIONAL if CONDITIONAL.unsupported(network, paired) is None else FULL
-    elif isinstance(requested, str) and requested in ENGINES:
-        engine = ENGINES[requested]
-    else:
-        raise MonteCarloError(f"unknown engine {requested!r}; accepted: {', '.join(ENGINE_NAMES)} (or an Engine)")
+    engine = requested if isinstance(requested, Engine) else ENGINES[requested]
     why = engine.unsupported(network, paired)
     if why is not None:
         raise MonteCarloError(f"the {engine.name} engine cannot sample this network: {why}; use engine 'full' (or 'auto')")
