@@ -102,8 +102,8 @@ class _NoProjectionStep(ConditionalDenseStep):
     def backward(self, params, noise, cache, grad):
         d = grad[:, 0]
         result = noise[0] * (self.std * np.sqrt(np.sum(d * d, axis=-1)))[:, None]
-        for e, z in cache:
-            result += e * np.sum(z * d, axis=-1)[:, None]
+        for v, inverse, u in cache:  # e_i = v inverse, Z e_i = std u
+            result += v * (self.std * np.sum(u * d, axis=-1) * inverse * inverse)[:, None]
         return result[:, None, :]
 
 

@@ -246,14 +246,17 @@ class ConditionalDenseStep:
         return (rng.standard_normal((count, self.layer.fan_in)),)
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, list]:
+        # The basis is kept as (v_i, 1/||v_i||, u_i) with e_i = v_i / ||v_i|| and Z e_i = sqrt(s) u_i,
+        # so a single input's e_1 = x/||x|| is never materialised (one pass over x fewer).
         u = params[0]
         x = h[:, 0]
-        e1, norm = _unit(x)
-        z1 = self.std * u[:, 0]  # Z e_1
-        basis = [(e1, z1)]
+        norm = np.sqrt(row_sums(x * x))
+        inverse = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+        basis = [(x, inverse, u[:, 0])]
         out = np.empty((h.shape[0], h.shape[1], self.layer.fan_out))
-        np.multiply(norm[:, None], z1, out=out[:, 0])
+        np.multiply(u[:, 0], (self.std * norm)[:, None], out=out[:, 0])
         if h.shape[1] == 2:
+            e1 = x * inverse[:, None]
             partner = h[:, 1]
             along = row_sums(partner * e1)
             residual = partner - along[:, None] * e1
@@ -264,9 +267,8 @@ class ConditionalDenseStep:
             residual -= again[:, None] * e1
             along += again
             e2, rest = _unit(residual)
-            z2 = self.std * u[:, 1]  # Z e_2
-            basis.append((e2, z2))
-            out[:, 1] = along[:, None] * z1 + rest[:, None] * z2
+            basis.append((e2, np.ones_like(rest), u[:, 1]))
+            out[:, 1] = self.std * (along[:, None] * u[:, 0] + rest[:, None] * u[:, 1])
         if self.mean:
             out += self.mean * row_sums(h.reshape(-1, h.shape[-1])).reshape(h.shape[0], h.shape[1], 1)
         if len(params) > 1:
@@ -276,13 +278,14 @@ class ConditionalDenseStep:
     def backward(self, params: tuple[np.ndarray, ...], noise: tuple[np.ndarray, ...], cache: list,
                  grad: np.ndarray) -> np.ndarray:
         d = grad[:, 0]
-        # (I - P) g with g ~ N(0, s ||d||^2 I): the part of W^T d that the forward pass did not fix.
-        result = noise[0] * (self.std * np.sqrt(row_sums(d * d)))[:, None]
-        for e, _ in cache:
-            result -= e * row_sums(e * result)[:, None]
-        # P W^T d = sum_i e_i (Z e_i . d): fixed by the forward pass.
-        for e, z in cache:
-            result += e * row_sums(z * d)[:, None]
+        gamma = noise[0]
+        scale = self.std * np.sqrt(row_sums(d * d))  # g = sqrt(s) ||d|| gamma
+        # (I - P) g, the part of W^T d the forward pass did not fix, plus P W^T d = sum_i e_i (Z e_i . d),
+        # which it did: W^T d = scale gamma + sum_i e_i (sqrt(s) u_i . d - scale (e_i . gamma)).
+        result = gamma * scale[:, None]
+        for v, inverse, u in cache:
+            along = (self.std * row_sums(u * d) - scale * inverse * row_sums(v * gamma)) * inverse
+            result += v * along[:, None]
         if self.mean:
             result += self.mean * row_sums(d)[:, None]
         return result[:, None, :]

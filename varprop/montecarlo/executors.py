@@ -32,7 +32,8 @@ from typing import Any
 
 from .errors import MonteCarloError
 
-__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "executor_from", "EXECUTOR_NAMES"]
+__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "executor_from", "parse_executor",
+           "EXECUTOR_NAMES"]
 
 #: The executor names :func:`executor_from` accepts (with ``=N`` or ``=ADDRESS`` where shown).
 EXECUTOR_NAMES: tuple[str, ...] = ("serial", "processes[=N]", "dask[=ADDRESS]")
@@ -185,6 +186,22 @@ class _Borrowed(Executor):
         return self.inner.map(function, tasks)
 
 
+def parse_executor(spec: object) -> tuple[str, str]:
+    """``(name, argument)`` of an executor name such as ``"processes=4"``, checked, nothing started."""
+    if not isinstance(spec, str):
+        raise MonteCarloError(f"executor must be a name ({', '.join(EXECUTOR_NAMES)}) or an Executor, got {spec!r}")
+    name, _, argument = spec.strip().partition("=")
+    if name == "serial" and not argument:
+        return name, argument
+    if name == "processes":
+        if argument and (not argument.isdigit() or int(argument) < 1):
+            raise MonteCarloError(f"processes=N needs a positive number of workers, got {spec!r}")
+        return name, argument
+    if name == "dask":
+        return name, argument
+    raise MonteCarloError(f"unknown executor {spec!r}; accepted: {', '.join(EXECUTOR_NAMES)}")
+
+
 def executor_from(spec: Executor | str | None) -> Executor:
     """An executor from its name: ``None``/``"serial"``, ``"processes[=N]"``, ``"dask[=ADDRESS]"``, or one given.
 
@@ -197,17 +214,9 @@ def executor_from(spec: Executor | str | None) -> Executor:
         return SerialExecutor()
     if isinstance(spec, Executor):
         return _Borrowed(spec)
-    if not isinstance(spec, str):
-        raise MonteCarloError(f"executor must be a name ({', '.join(EXECUTOR_NAMES)}) or an Executor, got {spec!r}")
-    name, _, argument = spec.strip().partition("=")
-    if name == "serial" and not argument:
-        return SerialExecutor()
+    name, argument = parse_executor(spec)
     if name == "processes":
-        if not argument:
-            return ProcessExecutor()
-        if not argument.isdigit() or int(argument) < 1:
-            raise MonteCarloError(f"processes=N needs a positive number of workers, got {spec!r}")
-        return ProcessExecutor(int(argument))
+        return ProcessExecutor(int(argument) if argument else None)
     if name == "dask":
         return DaskExecutor(argument or None)
-    raise MonteCarloError(f"unknown executor {spec!r}; accepted: {', '.join(EXECUTOR_NAMES)}")
+    return SerialExecutor()
