@@ -241,7 +241,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .montecarlo.executors import parse_executor
 
     parse_executor(args.executor)  # a bad name fails before any work
-    with progress_bar("varprop check", quiet=args.quiet, unit="network") as progress:
+    with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="group") as progress:
         results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
                             width=args.width, progress=progress, engine=args.engine, executor=args.executor)
     if args.json:

@@ -15,11 +15,12 @@ __all__ = ["progress_bar"]
 
 
 @contextmanager
-def progress_bar(description: str, *, quiet: bool = False, unit: str = "step",
-                 stream=None) -> Iterator[Callable[[str, int, int], None] | None]:
+def progress_bar(description: str, *, quiet: bool = False, unit: str = "step", stream=None,
+                 mininterval: float = 0.1) -> Iterator[Callable[[str, int, int], None] | None]:
     """A ``progress(label, done, total)`` callback drawing a tqdm bar, or ``None`` when nothing is shown.
 
     Nothing is shown under ``quiet`` or when ``stream`` (default ``sys.stderr``) is not a terminal.
+    The bar is redrawn at most every ``mininterval`` seconds and left in place when done.
     """
     stream = sys.stderr if stream is None else stream
     if quiet or not getattr(stream, "isatty", lambda: False)():
@@ -27,7 +28,7 @@ def progress_bar(description: str, *, quiet: bool = False, unit: str = "step",
         return
     from tqdm import tqdm  # imported only when a bar is drawn: keeps start-up fast
 
-    bar = tqdm(total=None, desc=description, unit=unit, file=stream, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=None, desc=description, unit=unit, file=stream, dynamic_ncols=True, mininterval=mininterval)
 
     def update(label: str, done: int, total: int) -> None:
         if bar.total != total:

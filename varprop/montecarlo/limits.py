@@ -272,10 +272,14 @@ def check_claims(claims: Iterable[object], samples: int | None, minimum: int, en
             continue
         seen.add(id(network))
         count = samples if samples is not None else minimum
-        block, chunk = _default_sizes(network, engine)
+        try:
+            engine_ = select_engine(engine, network)
+        except MonteCarloError as exc:  # an explicit engine that cannot serve this claim's network
+            raise MonteCarloError(f"claim {getattr(claim, 'name', '?')!r}: {exc}") from None
+        block, chunk = _default_sizes(network, engine_)
         drawn = -(-count // block) * block
         _refuse(network, count, min(chunk, drawn), drawn,
-                what=f"claim {getattr(claim, 'name', '?')!r}: sampling {abbreviate(count)} networks", engine=engine)
+                what=f"claim {getattr(claim, 'name', '?')!r}: sampling {abbreviate(count)} networks", engine=engine_)
 
 
 def affordable(network: Network, cap: int, engine: Engine | str = FULL) -> int:
