@@ -60,6 +60,8 @@ class Executor:
 
     name = "executor"
     workers = 1
+    #: True when the workers run on this machine (they may then share memory with this process).
+    local = True
 
     def map(self, function: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
         """``function(*task)`` for every task, in order, with at most ``2 * workers`` in flight."""
@@ -133,6 +135,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    local = False
 
     def __init__(self, address: str | None = None, workers: int | None = None) -> None:
         try:
@@ -180,7 +183,7 @@ class _Borrowed(Executor):
     """An executor given by the caller: used, and left open for the caller to close."""
 
     def __init__(self, inner: Executor) -> None:
-        self.inner, self.name, self.workers = inner, inner.name, inner.workers
+        self.inner, self.name, self.workers, self.local = inner, inner.name, inner.workers, inner.local
 
     def map(self, function: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
         return self.inner.map(function, tasks)

@@ -65,12 +65,17 @@ Randomness and chunking
 -----------------------
 All randomness flows from one ``seed`` through :class:`numpy.random.SeedSequence`. Networks are
 grouped into *blocks* of ``block_size`` consecutive networks; block :math:`k` draws everything
-(inputs, partner if paired, each layer's weights and biases in order, then :math:`g`) from its own generator
+(inputs, partner if paired, each layer's forward draws in order, then :math:`g`, then each layer's
+backward draws in reverse order; see :mod:`varprop.montecarlo.engines`) from its own generator
 ``PCG64(SeedSequence(entropy, spawn_key=(..., k)))``. A *chunk* (the unit of vectorised work,
 bounding memory) is a whole number of blocks, and every per-network statistic is computed row by
-row with a summation order that does not depend on how many rows a chunk holds. Hence the result
-is bit-identical whatever ``chunk_size``; and since the last block is always drawn whole and
-truncated, the first :math:`T` networks of a larger sample are the same networks.
+row with a summation order that does not depend on how many rows a chunk holds
+(:mod:`varprop.montecarlo.statistics`). Hence the result is bit-identical whatever
+``chunk_size`` and whatever the executor that runs ranges of blocks (:mod:`varprop.montecarlo.executors`:
+this process, local processes, a Dask cluster); and since the last block is always drawn whole
+and truncated, the first :math:`T` networks of a larger sample are the same networks. The engine
+(``engine=``: full weight matrices, or the conditional-Gaussian engine) is the one choice that
+changes the draws: both sample the same law from different random numbers.
 
 Non-finite values
 -----------------
@@ -86,6 +91,8 @@ in ``zero_x`` (its input) and ``zero_y`` (its output).
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -416,6 +423,16 @@ def _sample_range(job: SampleJob, first: int, stop: int) -> tuple[np.ndarray, np
     return compute_range(job, first, stop)
 
 
+def _sample_into(job: SampleJob, first: int, stop: int, path: str) -> None:
+    """Compute blocks ``first .. stop - 1`` into the shared file-backed array at ``path`` (local workers)."""
+    shared = np.load(path, mmap_mode="r+")
+    lo, hi = job.networks(first, stop)
+    sums, flags = compute_range(job, first, stop)
+    shared[: job.rows, lo:hi] = sums
+    shared[job.rows :, lo:hi] = flags
+    del shared
+
+
 def make_job(
     network: Network,
     samples: int,
@@ -546,6 +563,21 @@ def sample(
                 compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi], workspace)
                 if progress is not None:
                     progress(hi, job.count)
+        elif runner.local:
+            # Local workers write their rows straight into a file-backed array in shared memory
+            # (no result is pickled back), which is then copied into this process.
+            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
+                path = os.path.join(folder, "samples")
+                shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
+                                                   shape=(job.rows + 3, job.count, columns))
+                del shared
+                for _, stop, _ in map_blocks(job, _sample_into, runner, path):
+                    if progress is not None:
+                        progress(job.networks(0, stop)[1], job.count)
+                shared = np.load(path, mmap_mode="r")
+                sums[...] = shared[: job.rows]
+                flags[...] = shared[job.rows :] != 0
+                del shared
         else:
             for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
                                                               result_bytes=8 * job.rows * columns):
