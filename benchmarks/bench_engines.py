@@ -16,6 +16,9 @@ Depth-10 He-initialised relu MLPs, forward and backward pass with every observab
 4. **commands**: ``varprop check --all`` (< 20 s), ``varprop report`` (< 40 s) and a claim
    checked at width 4096 (< 30 s), wall time in fresh processes.
 
+It also times blocks at width 65536 and prints what checking a claim on 10**9 networks costs in
+core-hours (the figure ``docs/engines.rst`` refers to).
+
 Run from the repository root (about 5 minutes)::
 
     python benchmarks/bench_engines.py            # everything
@@ -91,6 +94,22 @@ def rates() -> list[dict[str, object]]:
             row["full"], _ = _calibrated_rate(lambda t: sample(network, t, seed=1, engine="full"), 4)
         rows.append(row)
     return rows
+
+
+def cluster_cost(width: int = 65536, networks: float = 1e9) -> dict[str, float]:
+    """Measured time per block at ``width`` (conditional engine, depth 10, one core), and what
+    ``networks`` networks cost: core-hours, and hours on 100 cores."""
+    from varprop.montecarlo.sampler import default_sizes
+
+    network = mlp([width] * (DEPTH + 1), "relu")
+    block, _ = default_sizes(network, "conditional")
+    blocks = 8
+    sample(network, block, seed=0, engine="conditional")  # warm up
+    start = time.perf_counter()
+    sample(network, blocks * block, seed=1, engine="conditional")
+    per_block = (time.perf_counter() - start) / blocks
+    core_hours = networks / block * per_block / 3600
+    return {"width": width, "block": block, "per_block": per_block, "core_hours": core_hours}
 
 
 def _stream_observables(network):
@@ -196,6 +215,11 @@ def main() -> int:
         print(f"   10^7 / 10^5 networks: peak RSS x{large[0] / small[0]:.2f} (target: bounded): "
               f"{'met' if bounded else 'MISSED'}")
         ok &= bounded
+
+    cost = cluster_cost()
+    print(f"\n   cluster cost: at width {cost['width']} (depth {DEPTH}) one block of {cost['block']} network(s) takes "
+          f"{cost['per_block']:.3f} s on one core: 10^9 networks = {cost['core_hours']:.0f} core-hours "
+          f"({cost['core_hours'] / 100:.1f} h on 100 cores)")
 
     print("\n4. commands (fresh processes, wall time)")
     commands = {"varprop check he-forward-relu-normal --width 4096": (["check", "he-forward-relu-normal", "--width",
