@@ -51,7 +51,11 @@ def test_processes_and_chunking_give_the_serial_samples_bit_for_bit(engine, seri
             executor.close()
 
 
-def test_streaming_estimates_are_those_of_the_stored_samples_and_bit_identical_across_executors():
+@pytest.mark.parametrize("unit", [1 << 15, 256], ids=["one unit", "units of 4 blocks"])
+def test_streaming_estimates_are_those_of_the_stored_samples_and_bit_identical_across_executors(unit, monkeypatch):
+    import varprop.montecarlo.streaming as streaming
+
+    monkeypatch.setattr(streaming, "_UNIT_NETWORKS", unit)  # forked workers inherit it
     network = NETWORKS["conditional"]
     stored = sample(network, COUNT, seed=7, engine="conditional", **SIZES)
     streamed = stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional", **SIZES)

@@ -467,19 +467,20 @@ def make_job(
 
 
 def map_blocks(job: SampleJob, function: Callable, executor: Executor, *args: object,
-               result_bytes: int = 0) -> Iterator[tuple[int, int, object]]:
+               result_bytes: int = 0, align: int | None = None) -> Iterator[tuple[int, int, object]]:
     """``(first, stop, function(job, first, stop, *args))`` over block ranges that cover the job, in order.
 
-    Ranges are whole chunks; there are several per worker (load balance), each returning at most
-    about 64 MB (``result_bytes`` per network), and the executor keeps only a bounded number in flight.
+    Ranges are whole multiples of ``align`` blocks (default: a chunk); there are several per worker
+    (load balance), each returning at most about 64 MB (``result_bytes`` per network), and the
+    executor keeps only a bounded number in flight.
     """
-    per_chunk = job.chunk // job.block
-    chunks = -(-job.blocks // per_chunk)
-    per_task = max(1, -(-chunks // (4 * max(1, executor.workers))))
+    step = job.chunk // job.block if align is None else align
+    steps = -(-job.blocks // step)
+    per_task = max(1, -(-steps // (4 * max(1, executor.workers))))
     if result_bytes:
-        per_task = max(1, min(per_task, (64 << 20) // max(1, result_bytes * job.chunk)))
-    ranges = [(first, min(job.blocks, first + per_task * per_chunk))
-              for first in range(0, job.blocks, per_task * per_chunk)]
+        per_task = max(1, min(per_task, (64 << 20) // max(1, result_bytes * step * job.block)))
+    ranges = [(first, min(job.blocks, first + per_task * step))
+              for first in range(0, job.blocks, per_task * step)]
     results = executor.map(function, [(job, first, stop, *args) for first, stop in ranges])
     for (first, stop), result in zip(ranges, results):
         yield first, stop, result

@@ -9,8 +9,8 @@ per observable, only the moments of the per-network values :math:`a_t` (a vector
 .. math:: n, \quad \bar a, \quad C = \sum_t (a_t - \bar a)(a_t - \bar a)^\top,
           \quad M_3 = \sum_t (a_{t,1} - \bar a_1)^3,
 
-computed inside the block (two passes, numerically stable) and merged block after block in block
-order with the exact pairwise update of Chan, Golub and LeVeque (1979) and Pébay (2008, eq. 1.5):
+computed inside a unit of consecutive blocks (two passes, numerically stable) and merged unit
+after unit in order with the exact pairwise update of Chan, Golub and LeVeque (1979) and Pébay (2008, eq. 1.5):
 for :math:`\delta = \bar a_B - \bar a_A`, :math:`n = n_A + n_B`,
 
 .. math:: \bar a = \bar a_A + \delta\, n_B / n, \quad
@@ -19,8 +19,9 @@ for :math:`\delta = \bar a_B - \bar a_A`, :math:`n = n_A + n_B`,
 .. math:: M_3 = M_{3,A} + M_{3,B} + \delta_1^3 \frac{n_A n_B (n_A - n_B)}{n^2}
           + 3 \delta_1 \frac{n_A C_{B,11} - n_B C_{A,11}}{n}.
 
-Memory is one chunk per worker plus a few numbers per block, whatever the number of networks;
-since each block's moments depend only on its own networks and blocks are merged in block order,
+Memory is one unit of per-network values per worker plus a few numbers per unit, whatever the
+number of networks; since each unit's moments depend only on its own networks and units are merged
+in order,
 the estimates are bit-identical whatever the executor, the number of workers and the chunking.
 The estimates and standard errors are those of :func:`~varprop.montecarlo.estimate` on the same
 networks (the same formulas, from the moments instead of the stored values).
@@ -43,6 +44,10 @@ from .sampler import SampleJob, _job_plan, compute_range, make_job, map_blocks, 
 
 __all__ = ["Moments", "StreamResult", "stream_estimates"]
 
+#: Networks per reduction unit (a whole number of blocks): moments are computed per unit and merged
+#: in unit order. Large enough that the per-unit Python work is negligible, small enough to bound memory.
+_UNIT_NETWORKS = 1 << 15
+
 
 @dataclass(frozen=True)
 class Moments:
@@ -61,9 +66,11 @@ class Moments:
         if n == 0:
             return cls(0, np.zeros(k), np.zeros((k, k)), 0.0)
         mean = np.add.reduce(values, axis=0) / n
-        centred = values - mean
-        comoment = centred.T @ centred
-        third = float(np.add.reduce(centred[:, 0] ** 3))
+        centred = np.ascontiguousarray((values - mean).T)
+        # Elementwise products and numpy's own reduction, not BLAS (whose summation order may
+        # depend on its threads): the same values give the same bits in every worker.
+        comoment = np.array([[float(np.add.reduce(centred[i] * centred[j])) for j in range(k)] for i in range(k)])
+        third = float(np.add.reduce(centred[0] ** 3))
         return cls(n, mean, comoment, third)
 
     def merge(self, other: Moments) -> Moments:
@@ -127,28 +134,40 @@ def _values(observable: Observable, samples) -> np.ndarray:
     return network_values(observable, samples)[:, None]
 
 
-def _reduce_range(job: SampleJob, first: int, stop: int, observables: tuple[Observable, ...]) -> list:
-    """Per block of ``first .. stop - 1``: (excluded networks, the moments of each observable).
+def _unit_blocks(job: SampleJob) -> int:
+    """Blocks per reduction unit: about :data:`_UNIT_NETWORKS` networks, from the job alone."""
+    return max(1, _UNIT_NETWORKS // job.block)
 
-    Computed one chunk at a time, so a range holds one chunk of per-network values at most.
+
+def _reduce_range(job: SampleJob, first: int, stop: int, observables: tuple[Observable, ...]) -> list:
+    """Per reduction unit of ``first .. stop - 1``: (excluded networks, the moments of each observable).
+
+    A unit is :func:`_unit_blocks` consecutive blocks (the range starts on a unit boundary). Its
+    per-network values are gathered chunk by chunk (a unit's chunks never cross its boundary) and
+    reduced at once, so a unit's moments do not depend on the chunking or on the range.
     """
     plan = _job_plan(job)
     per_chunk = job.chunk // job.block
+    unit = _unit_blocks(job)
+    columns = len(job.network.layers) + 1
     workspace: dict = {}
     out = []
-    for chunk_first in range(first, stop, per_chunk):
-        chunk_stop = min(stop, chunk_first + per_chunk)
-        start, end = job.networks(chunk_first, chunk_stop)
-        columns = len(job.network.layers) + 1
-        sums, flags = compute_range(job, chunk_first, chunk_stop, np.empty((job.rows, end - start, columns)),
-                                    np.zeros((3, end - start, columns), dtype=bool), workspace)
-        for block in range(chunk_first, chunk_stop):
-            lo, hi = (k - start for k in job.networks(block, block + 1))
-            samples = samples_from(plan, job, np.ascontiguousarray(sums[:, lo:hi]),
-                                   np.ascontiguousarray(flags[:, lo:hi]))
-            finite = samples.finite
-            out.append((samples.count - int(np.count_nonzero(finite)),
-                        tuple(Moments.of(_values(o, samples)[finite]) for o in observables)))
+    for unit_first in range(first, stop, unit):
+        unit_stop = min(stop, unit_first + unit)
+        finite_parts: list[np.ndarray] = []
+        value_parts: list[list[np.ndarray]] = [[] for _ in observables]
+        for chunk_first in range(unit_first, unit_stop, per_chunk):
+            chunk_stop = min(unit_stop, chunk_first + per_chunk)
+            start, end = job.networks(chunk_first, chunk_stop)
+            sums, flags = compute_range(job, chunk_first, chunk_stop, np.empty((job.rows, end - start, columns)),
+                                        np.zeros((3, end - start, columns), dtype=bool), workspace)
+            samples = samples_from(plan, job, sums, flags)
+            finite_parts.append(samples.finite)
+            for parts, observable in zip(value_parts, observables):
+                parts.append(_values(observable, samples))
+        finite = np.concatenate(finite_parts)
+        out.append((int(finite.size - np.count_nonzero(finite)),
+                    tuple(Moments.of(np.concatenate(parts)[finite]) for parts in value_parts)))
     return out
 
 
@@ -189,7 +208,7 @@ def stream_estimates(
     total = [Moments.of(np.empty((0, 2 if isinstance(o, Variance) else 1))) for o in observables]
     excluded = 0
     with executor_from(executor) as runner:
-        for _, stop, blocks in map_blocks(job, _reduce_range, runner, observables):
+        for _, stop, blocks in map_blocks(job, _reduce_range, runner, observables, align=_unit_blocks(job)):
             for bad, moments in blocks:
                 excluded += bad
                 total = [a.merge(b) for a, b in zip(total, moments)]
