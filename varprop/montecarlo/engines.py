@@ -282,9 +282,10 @@ class ConditionalDenseStep:
         scale = self.std * np.sqrt(row_sums(d * d))  # g = sqrt(s) ||d|| gamma
         # (I - P) g, the part of W^T d the forward pass did not fix, plus P W^T d = sum_i e_i (Z e_i . d),
         # which it did: W^T d = scale gamma + sum_i e_i (sqrt(s) u_i . d - scale (e_i . gamma)).
-        result = gamma * scale[:, None]
-        for v, inverse, u in cache:
-            along = (self.std * row_sums(u * d) - scale * inverse * row_sums(v * gamma)) * inverse
+        coefficients = [(self.std * row_sums(u * d) - scale * inverse * row_sums(v * gamma)) * inverse
+                        for v, inverse, u in cache]
+        result = np.multiply(gamma, scale[:, None], out=gamma)  # gamma is this layer's own draw, used once
+        for (v, _, _), along in zip(cache, coefficients):
             result += v * along[:, None]
         if self.mean:
             result += self.mean * row_sums(d)[:, None]
