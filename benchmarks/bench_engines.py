@@ -23,6 +23,7 @@ Run from the repository root (about 5 minutes)::
 
     python benchmarks/bench_engines.py            # everything
     python benchmarks/bench_engines.py --quick    # rates and the width-4096 check only
+    python benchmarks/bench_engines.py --cores    # the two-core measurement only
 """
 
 from __future__ import annotations
@@ -188,14 +189,8 @@ def command(argv: list[str]) -> tuple[float, float, int]:
     return wall, cpu, result.returncode
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="rates and the width-4096 check only")
-    args = parser.parse_args()
-    print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} cpus, "
-          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs share this machine)")
+def section_rates() -> bool:
     ok = True
-
     print(f"\n1. depth {DEPTH} relu MLP, He normal weights, forward + backward, every observable (networks/s)")
     print(f"{'width':>6} {'conditional':>12} {'full engine':>12} {'bulk draw':>12} {'cond/bulk':>10} {'cond/full':>10}")
     targets = {256: 100.0, 4096: 1000.0}
@@ -213,40 +208,46 @@ def main() -> int:
             met = ratio_full >= 1.0
             ok &= met
             print(f"       target conditional/full >= 1 at width 4: {'met' if met else 'MISSED'}")
+    return ok
 
-    if not args.quick:
-        print("\n2. both cores: stream_estimates of 10^6 networks at width 32, depth 10")
-        c = cores()
-        speedup = c["serial"] / c["processes=2"]
-        print(f"   one core {c['serial']:.1f} s, two processes {c['processes=2']:.1f} s: {speedup:.2f}x "
-              f"(target >= 1.7x: {'met' if speedup >= 1.7 else 'MISSED'}); "
-              f"results bit-identical: {bool(c['identical'])}")
-        print(f"   CPU time: one core {c['serial cpu']:.1f} s, two processes {c['processes=2 cpu']:.1f} s in all "
-              f"(this process and its workers; {c['serial']:.1f} s wall for {c['serial cpu']:.1f} s CPU means other "
-              f"jobs held the cores); with two idle cores the speedup is at most "
-              f"{2 * c['serial cpu'] / c['processes=2 cpu']:.2f}x (not measured)")
-        ok &= speedup >= 1.7 and bool(c["identical"])
 
-        print("\n3. peak RSS of a fresh process streaming networks at width 4, depth 10")
-        small = peak_rss(10**5)
-        large = peak_rss(10**7)
-        for (mb, seconds, networks) in (small, large):
-            print(f"   {networks:>9} networks: peak RSS {mb:.0f} MB ({seconds:.0f} s)")
-        bounded = large[0] <= 1.25 * small[0] + 20
-        print(f"   10^7 / 10^5 networks: peak RSS x{large[0] / small[0]:.2f} (target: bounded): "
-              f"{'met' if bounded else 'MISSED'}")
-        ok &= bounded
+def section_cores() -> bool:
+    print("\n2. both cores: stream_estimates of 10^6 networks at width 32, depth 10")
+    c = cores()
+    speedup = c["serial"] / c["processes=2"]
+    print(f"   one core {c['serial']:.1f} s, two processes {c['processes=2']:.1f} s: {speedup:.2f}x "
+          f"(target >= 1.7x: {'met' if speedup >= 1.7 else 'MISSED'}); "
+          f"results bit-identical: {bool(c['identical'])}")
+    print(f"   CPU time: one core {c['serial cpu']:.1f} s, two processes {c['processes=2 cpu']:.1f} s in all "
+          f"(this process and its workers; {c['serial']:.1f} s wall for {c['serial cpu']:.1f} s CPU means other "
+          f"jobs held the cores); with two idle cores the speedup is at most "
+          f"{2 * c['serial cpu'] / c['processes=2 cpu']:.2f}x (not measured)")
+    return speedup >= 1.7 and bool(c["identical"])
 
+
+def section_memory() -> bool:
+    print("\n3. peak RSS of a fresh process streaming networks at width 4, depth 10")
+    small = peak_rss(10**5)
+    large = peak_rss(10**7)
+    for (mb, seconds, networks) in (small, large):
+        print(f"   {networks:>9} networks: peak RSS {mb:.0f} MB ({seconds:.0f} s)")
+    bounded = large[0] <= 1.25 * small[0] + 20
+    print(f"   10^7 / 10^5 networks: peak RSS x{large[0] / small[0]:.2f} (target: bounded): "
+          f"{'met' if bounded else 'MISSED'}")
     cost = cluster_cost()
     print(f"\n   cluster cost: at width {cost['width']} (depth {DEPTH}) one block of {cost['block']} network(s) takes "
           f"{cost['per_block']:.3f} s on one core: 10^9 networks = {cost['core_hours']:.0f} core-hours "
           f"({cost['core_hours'] / 100:.1f} h on 100 cores)")
+    return bounded
 
+
+def section_commands(quick: bool) -> bool:
+    ok = True
     print("\n4. commands (fresh processes; wall time, and CPU time, which excludes waiting for a shared core)")
     commands = {"varprop check he-forward-relu-normal --width 4096": (["check", "he-forward-relu-normal", "--width",
                                                                          "4096", "--quiet"], 30.0)}
     with tempfile.TemporaryDirectory() as tmp:
-        if not args.quick:
+        if not quick:
             commands["varprop check --all"] = (["check", "--all", "--quiet"], 20.0)
             commands["varprop check --all --engine full (reference)"] = (["check", "--all", "--quiet", "--engine",
                                                                          "full"], None)
@@ -260,6 +261,23 @@ def main() -> int:
             ok &= met
             print(f"   {label:<52} {wall:6.1f} s wall, {cpu:6.1f} s CPU (target < {target:.0f} s, exit {code}): "
                   f"{'met' if met else 'MISSED'}")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="rates and the width-4096 check only")
+    parser.add_argument("--cores", action="store_true", help="the two-core measurement only (a brief re-measure)")
+    args = parser.parse_args()
+    print(f"python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} cpus, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (other jobs share this machine)")
+    if args.cores:
+        return 0 if section_cores() else 1
+    ok = section_rates()
+    if not args.quick:
+        ok &= section_cores()
+        ok &= section_memory()
+    ok &= section_commands(args.quick)
     return 0 if ok else 1
 
 
