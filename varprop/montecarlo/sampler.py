@@ -191,6 +191,9 @@ class Samples:
         Networks per generator block (part of what the draws depend on) and per chunk (memory only).
     partner
         The fixed partner input, or ``None`` for fresh Gaussian partners.
+    engine
+        The engine that drew the networks: ``"full"`` or ``"conditional"``
+        (:mod:`varprop.montecarlo.engines`).
     """
 
     network: Network
