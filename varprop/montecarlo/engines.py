@@ -90,8 +90,11 @@ class LayerStep(Protocol):
         """
         ...
 
-    def draw_backward(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """The backward draws of ``count`` networks (drawn after every forward draw and the loss)."""
+    def draw_backward(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """The backward draws of ``count`` networks (drawn after every forward draw and the loss);
+        ``reuse`` as for :meth:`draw`."""
         ...
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -140,7 +143,9 @@ class _DenseStep:
         bias_buffer = buffers[1] if len(buffers) > 1 else None
         return weights, _as_draw(layer.bias.sample((count, layer.fan_out), rng=rng, out=bias_buffer))
 
-    def draw_backward(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw_backward(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
         return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, None]:
@@ -165,7 +170,9 @@ class _NonlinearityStep:
     ) -> tuple[np.ndarray, ...]:
         return ()
 
-    def draw_backward(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def draw_backward(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
         return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,13 +244,22 @@ class ConditionalDenseStep:
         self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
     ) -> tuple[np.ndarray, ...]:
         layer = self.layer
-        u = rng.standard_normal((count, self.inputs, layer.fan_out))
+        shape = (count, self.inputs, layer.fan_out)
+        if reuse is not None and reuse[0].shape == shape:
+            u = rng.standard_normal(out=reuse[0])
+        else:
+            u = rng.standard_normal(shape)
         if layer.bias is None:
             return (u,)
         return u, _as_draw(layer.bias.sample((count, layer.fan_out), rng=rng))
 
-    def draw_backward(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        return (rng.standard_normal((count, self.layer.fan_in)),)
+    def draw_backward(
+        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
+    ) -> tuple[np.ndarray, ...]:
+        shape = (count, self.layer.fan_in)
+        if reuse is not None and reuse[0].shape == shape:
+            return (rng.standard_normal(out=reuse[0]),)
+        return (rng.standard_normal(shape),)
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, list]:
         # The basis is kept as (v_i, 1/||v_i||, u_i) with e_i = v_i / ||v_i|| and Z e_i = sqrt(s) u_i,
@@ -476,7 +492,11 @@ def run_chunk(
             drawn[index].append(tuple(array[:take] for array in arrays))
         losses.append(rng.standard_normal((block, n_out))[:take])
         for index in range(len(plan.steps) - 1, -1, -1):
-            noises[index].append(tuple(array[:take] for array in plan.steps[index].draw_backward(block, rng)))
+            key = -1 - index  # the backward draws' workspace entries
+            arrays = plan.steps[index].draw_backward(block, rng, workspace.get(key) if len(children) == 1 else None)
+            if len(children) == 1:
+                workspace[key] = arrays
+            noises[index].append(tuple(array[:take] for array in arrays))
     first = join(columns[0]) if plan.input_law is not None else np.broadcast_to(plan.fixed_input, (used, n_in))
     if plan.paired:
         second = join(columns[1]) if plan.partner_law is not None else np.broadcast_to(plan.partner, (used, n_in))
