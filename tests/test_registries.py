@@ -5,7 +5,7 @@ import pytest
 from varprop.derive import backward_rule, forward_rule, observable_rules
 from varprop.derive.propagate import cross_rule
 from varprop.montecarlo.estimators import network_values
-from varprop.montecarlo.sampler import layer_step
+from varprop.montecarlo.engines import conditional_step, layer_step
 from varprop.network import LAYER_CLASSES
 from varprop.observables import OBSERVABLES, Observable
 
@@ -13,7 +13,8 @@ ENGINES = {
     "derive forward": forward_rule,
     "derive backward": backward_rule,
     "derive cross moment": cross_rule,
-    "Monte Carlo layer step": layer_step,
+    "Monte Carlo layer step (full matrices)": layer_step,
+    "Monte Carlo layer step (conditional Gaussian)": conditional_step,
 }
 
 

@@ -20,6 +20,7 @@ from .activations import BUILTIN_ACTIVATIONS, Activation, activation, builtin_su
 from .derive import DERIVATIONS, Q, moments
 from .errors import IntegrabilityError, VarpropError, abbreviate
 from .montecarlo.limits import check_seed
+from .progress import progress_bar
 from .weights import DISTRIBUTIONS
 
 __all__ = ["main", "build_parser"]
@@ -355,14 +356,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if value is not None and value < (1 if option == "width" else 2):
             raise _UsageError(f"--{option} must be at least {1 if option == 'width' else 2}, got {abbreviate(value)}")
     check_seed(args.seed, "--seed")
+    from .montecarlo.executors import parse_executor
 
-    def progress(name: str, done: int, total: int) -> None:
-        if not args.quiet:
-            end = "\r" if sys.stderr.isatty() and done < total else "\n"
-            print(f"varprop check: sampled {done}/{total} ({name})", file=sys.stderr, end=end, flush=True)
-
-    results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
-                        width=args.width, progress=progress)
+    parse_executor(args.executor)  # a bad name fails before any work
+    with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="group") as progress:
+        results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
+                            width=args.width, progress=progress, engine=args.engine, executor=args.executor)
     if args.json:
         payload = [dict(r.to_dict(), derivation=notes[r.name], **({"derived": derived[r.name].to_dict()}
                                                                    if derived.get(r.name) is not None else {}))
@@ -414,21 +413,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(label: str, done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label}"
-    if sys.stderr.isatty():
-        print(f"\r{line[:110]:<110}", file=sys.stderr, end="" if done < total else "\n", flush=True)
-    else:
-        print(line, file=sys.stderr, flush=True)
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    summary = build_report(args.out, seed=args.seed, width=args.width, depth=args.depth,
-                           progress=None if args.quiet else _progress_bar)
+    with progress_bar("varprop report", quiet=args.quiet) as progress:
+        summary = build_report(args.out, seed=args.seed, width=args.width, depth=args.depth, progress=progress)
     print(summary.table())
     print()
     for answer_ in summary.answers:
@@ -620,7 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--rtol", type=float, default=0.01, metavar="R", help="relative tolerance to resolve (default 0.01)")
     check_parser.add_argument("--alpha", type=float, default=0.05, metavar="A", help="family-wise false-alarm rate (default 0.05)")
     check_parser.add_argument("--json", action="store_true", help="print JSON")
-    check_parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    check_parser.add_argument("--engine", choices=("auto", "full", "conditional"), default="auto",
+                              help="sampling engine: conditional (exact, O(width) per layer, Gaussian dense networks), "
+                              "full (every weight matrix drawn, any network), auto (default: conditional where valid); "
+                              "each result says which engine produced it")
+    check_parser.add_argument("--executor", default="serial", metavar="serial|processes[=N]|dask[=ADDRESS]",
+                              help="where blocks of networks run: this process (default), N local processes (default "
+                              "all CPUs), or a Dask cluster (a LocalCluster without ADDRESS; needs pip install "
+                              "'varprop[dask]'); results are bit-identical whatever the executor")
+    check_parser.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn unless stderr is a terminal)")
     check_parser.set_defaults(handler=_cmd_check)
 
     explain_parser = commands.add_parser(
@@ -650,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--out", default="varprop-report", metavar="DIR", help="output directory (default varprop-report)")
     report_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
     _size_options(report_parser)
-    report_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    report_parser.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn unless stderr is a terminal)")
     report_parser.set_defaults(handler=_cmd_report)
 
     list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")

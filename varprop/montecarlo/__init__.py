@@ -18,7 +18,9 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 from .check import MEASURED, CheckResult, Measurement, check, check_all, format_results
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
-from .sampler import PER_NETWORK, PER_POSITION, LayerStep, Samples, default_sizes, layer_step, sample
+from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
+from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, executor_from
+from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
 
 __all__ = [
@@ -29,7 +31,18 @@ __all__ = [
     "PER_POSITION",
     "default_sizes",
     "layer_step",
+    "conditional_step",
     "LayerStep",
+    "Engine",
+    "ENGINES",
+    "FULL",
+    "CONDITIONAL",
+    "select_engine",
+    "Executor",
+    "SerialExecutor",
+    "ProcessExecutor",
+    "DaskExecutor",
+    "executor_from",
     "estimate",
     "per_network_values",
     "network_values",

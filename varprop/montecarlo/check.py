@@ -44,8 +44,10 @@ from ..errors import VarpropError, abbreviate
 from ..network import Network
 from ..observables import Observable, from_name
 from . import limits
+from .engines import Engine, check_engine, select_engine
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate, health, per_network_values
+from .executors import Executor, executor_from
 from .sampler import sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, format_z, holm, holm_critical_values, judge
 
@@ -68,6 +70,7 @@ class Measurement:
     deviation_se: float
     verdict: Verdict | None
     health: Mapping[str, int]
+    engine: str = "full"  # the sampling engine that drew the networks of this estimate
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -79,6 +82,7 @@ class Measurement:
             "networks": self.estimate.n,  # the same count, in the report's vocabulary ("n" is kept for old readers)
             "deviation": self.deviation,
             "deviation_se": self.deviation_se,
+            "engine": self.engine,
             **dict(self.health),
         }
         if self.verdict is not None:
@@ -185,8 +189,9 @@ def _seed(seed: int, network: Network, phase: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(repr(network).encode()), phase))
 
 
-def _weights_per_network(network: Network) -> int:
-    return sum(int(layer.fan_in) * int(layer.fan_out) for layer in network.dense_layers)
+def _draws_per_network(network: Network, engine: Engine) -> int:
+    """Random numbers one network costs the engine (all its weights for the full engine, O(n) per layer otherwise)."""
+    return engine.cost(network, False)[0]
 
 
 @dataclass(frozen=True)
@@ -209,12 +214,13 @@ def _measure(
     z_plan: float,
     max_samples: int,
     max_floats: float,
+    engine: Engine | str = "auto",
+    executor: Executor | None = None,
 ) -> list[tuple[Estimate, Mapping[str, int]]]:
     """Sample ``network`` once (pilot, main, at most one enlargement) and estimate every item's claim."""
-    if not network.is_numeric:
-        raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
-    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _weights_per_network(network)))))
-    cap = limits.affordable(network, cap)  # never more networks than fit in memory
+    engine = _engine_for(network, items, engine)
+    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _draws_per_network(network, engine)))))
+    cap = limits.affordable(network, cap, engine)  # never more networks than fit in memory
 
     def needed(item: _Item, est: Estimate) -> int:
         scale = _scale(item.claim)
@@ -233,20 +239,20 @@ def _measure(
 
     main_seed = _seed(seed, network, 1)
     if samples is None:
-        pilot = sample(network, _PILOT, seed=_seed(seed, network, 0))
+        pilot = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engine, executor=executor)
         pilot_estimates = [limits.quiet(estimate, pilot, observable) for observable in observables]
         limits.require_finite(items, pilot_estimates, pilot)
         count = int(min(cap, max(_PILOT, *(needed(item, est) for item, est in zip(items, pilot_estimates)))))
     else:
         count = samples
-    drawn = sample(network, count, seed=main_seed)
+    drawn = sample(network, count, seed=main_seed, engine=engine, executor=executor)
     results = measure_all(drawn)
     wanted = max(max(needed(item, est), minimum) for item, (est, minimum) in zip(items, results))
     if samples is None and count < cap and wanted > count:
         # The pilot underestimated a heavy-tailed spread or skew: enlarge the sample once. The first
         # networks of a larger sample are the same networks, and the size depends on spreads and
         # skewness, never on the means.
-        drawn = sample(network, int(min(cap, wanted)), seed=main_seed)
+        drawn = sample(network, int(min(cap, wanted)), seed=main_seed, engine=engine, executor=executor)
         results = measure_all(drawn)
     # Health at the observable's own position(s): excluded (any non-finite value), overflow and NaN
     # there, and the finite networks whose observed tensor is identically zero.
@@ -254,6 +260,16 @@ def _measure(
     return [(est, {**(state := health(drawn, observable)), "zero_input_networks": state["zero_networks"],
                    "skew_minimum": minimum})
             for observable, (est, minimum) in zip(observables, results)]
+
+
+def _engine_for(network: Network, items: Sequence[_Item], engine: Engine | str) -> Engine:
+    """The engine that samples ``network`` for ``items`` (an explicit engine it cannot serve: an error naming the claim)."""
+    if not network.is_numeric:
+        raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
+    try:
+        return select_engine(engine, network)
+    except MonteCarloError as exc:
+        raise MonteCarloError(f"claim {items[0].claim.name!r}: {exc}") from None
 
 
 def _observable(claim: Claim, network: Network) -> Observable:
@@ -313,10 +329,12 @@ def check(
     width: int | None = None,
     max_samples: int = 2_000_000,
     max_floats: float = 4e8,
+    engine: Engine | str = "auto",
+    executor: Executor | str | None = None,
 ) -> CheckResult:
     """Check one claim or claim family (see the module docstring); equivalent to ``check_all([target])[0]``."""
     return check_all([target], samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width,
-                     max_samples=max_samples, max_floats=max_floats)[0]
+                     max_samples=max_samples, max_floats=max_floats, engine=engine, executor=executor)[0]
 
 
 def check_all(
@@ -330,11 +348,20 @@ def check_all(
     max_samples: int = 2_000_000,
     max_floats: float = 4e8,
     progress: Callable[[str, int, int], None] | None = None,
+    engine: Engine | str = "auto",
+    executor: Executor | str | None = None,
 ) -> list[CheckResult]:
     """Check several claims together: Holm's procedure over all their tests holds the false-alarm rate at ``alpha``.
 
     Claims about the same network (at the same width) are estimated from the same sampled networks.
     ``progress(name, done, total)`` is called after each network is sampled.
+
+    ``engine`` samples the networks: ``"auto"`` (the default: the exact conditional-Gaussian engine
+    wherever it is valid, full weight matrices elsewhere), ``"full"`` or ``"conditional"`` (refused,
+    with the reason, for a network it cannot serve); every measurement records the engine used.
+    ``executor`` runs the blocks of networks: ``None``/``"serial"``, ``"processes[=N]"``,
+    ``"dask[=ADDRESS]"`` or an :class:`~varprop.montecarlo.executors.Executor`; the verdicts do not
+    depend on it (the samples are bit-identical).
     """
     if not (isinstance(rtol, float | int) and rtol > 0 and math.isfinite(rtol)):
         raise MonteCarloError(f"rtol must be a positive number, got {rtol!r}")
@@ -343,7 +370,8 @@ def check_all(
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
         raise MonteCarloError(f"samples must be an integer of at least 2, got {abbreviate(samples)}")
     seed = limits.check_seed(seed)
-    limits.check_width(width)  # before any claim is derived at that width
+    engine = check_engine(engine)
+    limits.check_width(width, engine)  # before any claim is derived at that width
     jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
     if not jobs:
         raise MonteCarloError("nothing to check: give at least one claim")
@@ -358,23 +386,30 @@ def check_all(
         for j, job in enumerate(jobs)
         for position, n in enumerate(job.widths)
     ]
-    limits.check_claims([item.claim for item in items], samples, _PILOT)  # refuse what cannot fit, before sampling
+    limits.check_claims([item.claim for item in items], samples, _PILOT, engine)  # refuse what cannot fit, before sampling
     groups: dict[Network, list[_Item]] = {}
     for item in items:
         groups.setdefault(item.claim.network, []).append(item)
     measured: dict[tuple[int, int], tuple[Estimate, Mapping[str, int]]] = {}
-    for done, (network, members) in enumerate(groups.items(), 1):
-        for item, result in zip(members, _measure(network, members, samples=samples, seed=seed, z_plan=z_plan,
-                                                   max_samples=max_samples, max_floats=max_floats)):
-            measured[item.job, item.position] = result
-        if progress is not None:
-            progress(members[0].claim.name, done, len(groups))
+    engines: dict[tuple[int, int], str] = {}
+    with executor_from(executor) as runner:
+        for done, (network, members) in enumerate(groups.items(), 1):
+            chosen = _engine_for(network, members, engine)
+            results = _measure(network, members, samples=samples, seed=seed, z_plan=z_plan,
+                               max_samples=max_samples, max_floats=max_floats, engine=chosen, executor=runner)
+            for item, result in zip(members, results):
+                measured[item.job, item.position] = result
+                engines[item.job, item.position] = chosen.name
+            if progress is not None:
+                progress(members[0].claim.name, done, len(groups))
     claims = {(item.job, item.position): item.claim for item in items}
     raw = [
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
         for j, job in enumerate(jobs)
     ]
-    return _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
+    results = _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
+    return [replace(result, measurements=tuple(replace(m, engine=engines[j, r]) for r, m in enumerate(result.measurements)))
+            for j, result in enumerate(results)]
 
 
 def _test_count(job: _Job) -> int:
@@ -492,6 +527,8 @@ def format_results(results: Sequence[CheckResult]) -> str:
         lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>5} {m.estimate.n:>8} {m.claim.value:>12.6g} "
                      f"{estimate_text:>24} {z:>7}  {result.outcome}")
         lines.append(f"    {result.message}")
+        used = sorted({m.engine for m in result.measurements})
+        lines.append(f"    sampled by the {' and '.join(used)} engine{'s' if len(used) > 1 else ''}")
     counts = {}
     for result in results:
         counts[result.outcome] = counts.get(result.outcome, 0) + 1

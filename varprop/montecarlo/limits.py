@@ -11,8 +11,13 @@ Memory
     :func:`max_memory`: the environment variable ``VARPROP_MAX_MEMORY`` (bytes, or a number with
     a unit such as ``8GB``, ``512MiB``), by default half of the machine's physical memory (4 GB
     when it cannot be read).
+Engines
+    The memory and work bounds use the sampling engine's cost per network
+    (:class:`~varprop.montecarlo.engines.Engine` ``cost``): every weight for the full engine,
+    :math:`O(\text{width})` random numbers per layer for the conditional one, which therefore
+    checks widths whose weight matrices could never be held (:func:`check_width`).
 Work
-    A call draws at most :func:`max_draws` weights (``VARPROP_MAX_DRAWS``, default
+    A call draws at most :func:`max_draws` random numbers (``VARPROP_MAX_DRAWS``, default
     :math:`10^{10}`, some minutes at the sampler's :math:`10^8` weights per second), so a request
     that would run for hours is refused rather than left to look like a hang.
 Seeds
@@ -35,7 +40,8 @@ from typing import TypeVar
 import numpy as np
 
 from ..errors import ResourceError, _digit_count, abbreviate
-from ..network import Dense, Network
+from ..network import Network
+from .engines import FULL, Engine, select_engine
 from .errors import MonteCarloError
 
 __all__ = [
@@ -166,35 +172,30 @@ def _shape(network: Network) -> str:
     return f"widths {widths[0]}, {widths[1]}, ..., {widths[-1]} ({len(widths)} widths)"
 
 
-def _floats(network: Network) -> tuple[int, int]:
-    """(weights and biases drawn per network, working floats per network) of a numeric network."""
-    parameters = 0
-    width = int(network.widths[0])
-    activations = 8 * width
-    for layer in network.layers:
-        if isinstance(layer, Dense):
-            fan_in, fan_out = int(layer.fan_in), int(layer.fan_out)
-            parameters += fan_in * fan_out + (fan_out if layer.bias is not None else 0)
-            width = fan_out
-        activations += 8 * width
-    # The weights count twice: as drawn (law samplers use temporaries) and as used by the matmuls.
-    return max(1, parameters), 2 * parameters + activations
+def _floats(network: Network, engine: Engine | str = FULL, paired: bool = False) -> tuple[int, int]:
+    """(random numbers drawn per network, working floats per network) of a numeric network.
+
+    The draws count twice in memory: as drawn (law samplers use temporaries) and as in use.
+    """
+    drawn, working = select_engine(engine, network, paired=paired).cost(network, paired)
+    return drawn, drawn + working
 
 
-def sample_bytes(network: Network, count: int, chunk: int) -> int:
+def sample_bytes(network: Network, count: int, chunk: int, engine: Engine | str = FULL, paired: bool = False) -> int:
     """Bytes one call of the sampler needs: the per-network results and one chunk of networks."""
-    _, working = _floats(network)
+    _, working = _floats(network, engine, paired)
     return 8 * (_RESULT_FLOATS * count * network.depth + min(chunk, count) * working)
 
 
-def _default_sizes(network: Network) -> tuple[int, int]:
+def _default_sizes(network: Network, engine: Engine | str = FULL, paired: bool = False) -> tuple[int, int]:
     from .sampler import default_sizes  # the sampler imports this module
 
-    return default_sizes(network)
+    return default_sizes(network, engine, paired=paired)
 
 
 def check_sample(
-    network: object, samples: object, *, block_size: object = None, chunk_size: object = None
+    network: object, samples: object, *, block_size: object = None, chunk_size: object = None,
+    engine: Engine | str = FULL, paired: bool = False,
 ) -> None:
     """Refuse a call of :func:`~varprop.montecarlo.sample` that cannot fit, before it allocates anything.
 
@@ -205,61 +206,69 @@ def check_sample(
     if isinstance(samples, bool) or not isinstance(samples, Integral) or samples < 1:
         return
     count = int(samples)
-    block, chunk = _default_sizes(network)
+    block, chunk = _default_sizes(network, engine, paired)
     if isinstance(block_size, Integral) and not isinstance(block_size, bool) and block_size >= 1:
         block = int(block_size)
         chunk = max(block, chunk // block * block)
     if isinstance(chunk_size, Integral) and not isinstance(chunk_size, bool) and chunk_size >= 1:
         chunk = -(-int(chunk_size) // block) * block
     chunk = min(chunk, -(-count // block) * block)
-    _refuse(network, count, chunk, -(-count // block) * block, what=f"sampling {abbreviate(count)} networks")
+    _refuse(network, count, chunk, -(-count // block) * block, what=f"sampling {abbreviate(count)} networks",
+            engine=engine, paired=paired)
 
 
-def _refuse(network: Network, count: int, chunk: int, drawn: int, *, what: str) -> None:
-    parameters, working = _floats(network)
-    needed = sample_bytes(network, count, chunk)
+def _refuse(network: Network, count: int, chunk: int, drawn: int, *, what: str, engine: Engine | str = FULL,
+            paired: bool = False) -> None:
+    parameters, working = _floats(network, engine, paired)
+    needed = sample_bytes(network, count, chunk, engine, paired)
     allowed = max_memory()
     if needed > allowed:
         results = 8 * _RESULT_FLOATS * count * network.depth
         raise LimitError(
             f"{what} of {_shape(network)} needs about {format_bytes(needed)} (results "
             f"{format_bytes(results)}, one chunk of {chunk} network{'s' if chunk != 1 else ''} "
-            f"{format_bytes(8 * chunk * working)}, {abbreviate(parameters, 24)} weights per network); at most "
+            f"{format_bytes(8 * chunk * working)}, {abbreviate(parameters, 24)} random numbers per network, "
+            f"{select_engine(engine, network, paired=paired).name} engine); at most "
             f"{format_bytes(allowed)} is allowed ({_memory_note()})"
         )
     draws = drawn * parameters
     if draws > max_draws():
         raise LimitError(
-            f"{what} of {_shape(network)} would draw {_figure(draws)} weights ({abbreviate(parameters, 24)} per network); at most "
+            f"{what} of {_shape(network)} would draw {_figure(draws)} random numbers ({abbreviate(parameters, 24)} per "
+            f"network, {select_engine(engine, network, paired=paired).name} engine); at most "
             f"{_figure(max_draws())} are drawn in one go ({_draws_note()})"
         )
 
 
-def check_network(network: object) -> None:
+def check_network(network: object, engine: Engine | str = "auto") -> None:
     """Refuse a network of which not even one instance can be sampled (memory or draws), e.g. when a
     claim file is read: the claim could never be checked, and deriving at such widths is slow."""
     if isinstance(network, Network) and network.is_numeric:
-        _refuse(network, 1, 1, 1, what="sampling one network")
+        _refuse(network, 1, 1, 1, what="sampling one network", engine=engine)
 
 
-def check_width(width: object) -> None:
-    """Refuse a checker ``width`` whose ``width x width`` weight matrix alone cannot fit in memory.
+def check_width(width: object, engine: Engine | str = FULL) -> None:
+    """Refuse a checker ``width`` whose smallest sample cannot fit in memory.
 
-    The catalogue's networks at hidden width n have n x n hidden weight matrices; refusing here
-    keeps an absurd width from reaching the derivation (sympy with 300-digit widths) at all.
+    With the full engine, one ``width x width`` weight matrix must fit; with ``"auto"`` or the
+    conditional engine, which never hold a matrix, one layer's vectors (a network the conditional
+    engine cannot serve is still refused, with its real figure, before it is sampled). Refusing
+    here keeps an absurd width from reaching the derivation (sympy with 300-digit widths) at all.
     """
     if width is None or isinstance(width, bool) or not isinstance(width, Integral) or width < 1:
         return
-    needed = 8 * int(width) ** 2
+    full = engine is FULL or engine == "full"
+    needed = 8 * int(width) ** 2 if full else 8 * 64 * int(width)
     allowed = max_memory()
     if needed > allowed:
+        what = "one width x width weight matrix" if full else "the vectors of one layer"
         raise LimitError(
-            f"width {abbreviate(int(width))} needs {format_bytes(needed)} for one width x width weight matrix "
+            f"width {abbreviate(int(width))} needs {format_bytes(needed)} for {what} "
             f"of one network; at most {format_bytes(allowed)} is allowed ({_memory_note()})"
         )
 
 
-def check_claims(claims: Iterable[object], samples: int | None, minimum: int) -> None:
+def check_claims(claims: Iterable[object], samples: int | None, minimum: int, engine: Engine | str = FULL) -> None:
     """Refuse, before any sampling, a check whose networks cannot be sampled ``samples`` (or ``minimum``) times."""
     seen: set[int] = set()
     for claim in claims:
@@ -268,16 +277,20 @@ def check_claims(claims: Iterable[object], samples: int | None, minimum: int) ->
             continue
         seen.add(id(network))
         count = samples if samples is not None else minimum
-        block, chunk = _default_sizes(network)
+        try:
+            engine_ = select_engine(engine, network)
+        except MonteCarloError as exc:  # an explicit engine that cannot serve this claim's network
+            raise MonteCarloError(f"claim {getattr(claim, 'name', '?')!r}: {exc}") from None
+        block, chunk = _default_sizes(network, engine_)
         drawn = -(-count // block) * block
         _refuse(network, count, min(chunk, drawn), drawn,
-                what=f"claim {getattr(claim, 'name', '?')!r}: sampling {abbreviate(count)} networks")
+                what=f"claim {getattr(claim, 'name', '?')!r}: sampling {abbreviate(count)} networks", engine=engine_)
 
 
-def affordable(network: Network, cap: int) -> int:
+def affordable(network: Network, cap: int, engine: Engine | str = FULL) -> int:
     """The largest count up to ``cap`` whose sample fits in memory and in the draw budget (at least 1)."""
-    parameters, working = _floats(network)
-    block, chunk = _default_sizes(network)
+    parameters, working = _floats(network, engine)
+    block, chunk = _default_sizes(network, engine)
     room = max_memory() - 8 * chunk * working
     by_memory = room // (8 * _RESULT_FLOATS * network.depth) if room > 0 else 1
     by_draws = max_draws() // parameters

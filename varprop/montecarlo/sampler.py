@@ -69,12 +69,17 @@ Randomness and chunking
 -----------------------
 All randomness flows from one ``seed`` through :class:`numpy.random.SeedSequence`. Networks are
 grouped into *blocks* of ``block_size`` consecutive networks; block :math:`k` draws everything
-(inputs, partner if paired, each layer's weights and biases in order, then :math:`g`) from its own generator
+(inputs, partner if paired, each layer's forward draws in order, then :math:`g`, then each layer's
+backward draws in reverse order; see :mod:`varprop.montecarlo.engines`) from its own generator
 ``PCG64(SeedSequence(entropy, spawn_key=(..., k)))``. A *chunk* (the unit of vectorised work,
 bounding memory) is a whole number of blocks, and every per-network statistic is computed row by
-row with a summation order that does not depend on how many rows a chunk holds. Hence the result
-is bit-identical whatever ``chunk_size``; and since the last block is always drawn whole and
-truncated, the first :math:`T` networks of a larger sample are the same networks.
+row with a summation order that does not depend on how many rows a chunk holds
+(:mod:`varprop.montecarlo.statistics`). Hence the result is bit-identical whatever
+``chunk_size`` and whatever the executor that runs ranges of blocks (:mod:`varprop.montecarlo.executors`:
+this process, local processes, a Dask cluster); and since the last block is always drawn whole
+and truncated, the first :math:`T` networks of a larger sample are the same networks. The engine
+(``engine=``: full weight matrices, or the conditional-Gaussian engine) is the one choice that
+changes the draws: both sample the same law from different random numbers.
 
 Non-finite values
 -----------------
@@ -90,20 +95,22 @@ in ``zero_x`` (its input) and ``zero_y`` (its output).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import singledispatch
 from numbers import Integral
 from types import MappingProxyType
-from typing import Protocol
 
 import numpy as np
 
-from ..errors import VarpropError
-from ..network import Dense, FixedInput, GaussianInput, Network, Nonlinearity
+from ..network import FixedInput, GaussianInput, Network
 from ..weights import Normal
 from . import limits
+from .engines import FULL, Engine, LayerStep, layer_step, run_chunk, select_engine
 from .errors import MonteCarloError
+from .executors import Executor, executor_from
+from .statistics import GRAD_SQ, NORM, ROWS_PAIRED, ROWS_UNPAIRED, SIG_PSQ, SIG_SQ, SIG_SUM
 
 __all__ = ["Samples", "sample", "layer_step", "LayerStep", "PER_NETWORK", "PER_POSITION", "default_sizes"]
 
@@ -131,11 +138,6 @@ PER_POSITION: tuple[str, ...] = (
     "signal_cross",
 )
 
-# Rows of the raw per-network sums computed inside a chunk, one column per position (column p + 1
-# is position p). The last two rows exist only for paired samples.
-_SIG_SUM, _SIG_SQ, _GRAD_SUM, _GRAD_SQ, _NORM, _SIG_PSQ, _SIG_CROSS = range(7)
-_N_UNPAIRED = 5
-_N_PAIRED = 7
 #: Arrays present only when the networks were sampled with a partner input.
 _PAIRED_ONLY = ("y_cross", "y_partner_second_moment", "signal_partner_second_moment", "signal_cross")
 #: Legacy per-dense-layer arrays: name -> (per-position array, offset of its position from the
@@ -152,110 +154,10 @@ _LEGACY: dict[str, tuple[str, int]] = {
     "x_norm_ratio": ("norm_ratio", -1),
 }
 
-# Parameter floats drawn per block (amortises generator creation and each law.sample call), and
+# Random numbers drawn per block (amortises generator creation and each law.sample call), and
 # working-memory floats per chunk; both chosen from benchmarks/bench_sampler.py.
 _BLOCK_FLOATS = 2**20
 _CHUNK_FLOATS = 2**20
-# Layers of at most this many units are summed unit by unit over a units-first copy (fast for narrow
-# layers); wider layers by numpy's pairwise reduction along the contiguous unit axis.
-_NARROW = 8
-
-
-class LayerStep(Protocol):
-    """What the sampler needs from one layer kind: draw its parameters, apply it, back-propagate.
-
-    Arrays carry a leading network axis; activations have shape ``(networks, 2, width)`` (the
-    network's input and the partner input), gradients ``(networks, 1, width)``.
-    """
-
-    def draw(
-        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
-    ) -> tuple[np.ndarray, ...]:
-        """Parameters of ``count`` networks, each array with a leading axis of length ``count``.
-
-        ``reuse``, when given, is this layer's previous return value: its arrays may be refilled in
-        place (the draws are the same; only the allocation, and its page faults, is saved).
-        """
-        ...
-
-    def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The layer output, and what ``backward`` needs (kept small: it lives until the backward pass)."""
-        ...
-
-    def backward(self, params: tuple[np.ndarray, ...], cache: np.ndarray | None, grad: np.ndarray) -> np.ndarray:
-        """The gradient with respect to the layer input, given the one with respect to its output."""
-        ...
-
-
-@singledispatch
-def layer_step(layer: object) -> LayerStep:
-    """The numpy reader of one layer description (a registry keyed on layer classes).
-
-    Register a new layer kind with ``@layer_step.register(MyLayer)``, returning a
-    :class:`LayerStep`.
-    """
-    known = ", ".join(sorted(cls.__name__ for cls in layer_step.registry if cls is not object))
-    raise MonteCarloError(f"no Monte Carlo reader for layer {layer!r}; layers the sampler reads: {known}")
-
-
-@dataclass(frozen=True)
-class _DenseStep:
-    r""":math:`y = W x + b`, :math:`\partial\mathcal L/\partial x = W^\top \partial\mathcal L/\partial y`."""
-
-    layer: Dense
-
-    def draw(
-        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
-    ) -> tuple[np.ndarray, ...]:
-        layer = self.layer
-        buffers = reuse if reuse is not None and reuse[0].shape[0] == count else (None, None)
-        weights = _as_draw(layer.weights.sample((count, layer.fan_out, layer.fan_in), rng=rng, out=buffers[0]))
-        if layer.bias is None:
-            return (weights,)
-        bias_buffer = buffers[1] if len(buffers) > 1 else None
-        return weights, _as_draw(layer.bias.sample((count, layer.fan_out), rng=rng, out=bias_buffer))
-
-    def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, None]:
-        out = np.matmul(h, params[0].transpose(0, 2, 1))
-        if len(params) > 1:
-            out += params[1][:, None, :]
-        return out, None
-
-    def backward(self, params: tuple[np.ndarray, ...], cache: None, grad: np.ndarray) -> np.ndarray:
-        return np.matmul(grad, params[0])
-
-
-@dataclass(frozen=True)
-class _NonlinearityStep:
-    r""":math:`x = \phi(y)`, :math:`\partial\mathcal L/\partial y = \phi'(y)\,\partial\mathcal L/\partial x`."""
-
-    layer: Nonlinearity
-
-    def draw(
-        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
-    ) -> tuple[np.ndarray, ...]:
-        return ()
-
-    def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        activation = self.layer.activation
-        return activation.numpy(h), activation.numpy_derivative(h[:, :1, :])
-
-    def backward(self, params: tuple[np.ndarray, ...], cache: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        return grad * cache
-
-
-@layer_step.register
-def _(layer: Dense) -> LayerStep:
-    return _DenseStep(layer)
-
-
-@layer_step.register
-def _(layer: Nonlinearity) -> LayerStep:
-    return _NonlinearityStep(layer)
-
-
-def _as_draw(array: object) -> np.ndarray:
-    return np.asarray(array, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -293,6 +195,9 @@ class Samples:
         Networks per generator block (part of what the draws depend on) and per chunk (memory only).
     partner
         The fixed partner input, or ``None`` for fresh Gaussian partners.
+    engine
+        The engine that drew the networks: ``"full"`` or ``"conditional"``
+        (:mod:`varprop.montecarlo.engines`).
     """
 
     network: Network
@@ -310,6 +215,7 @@ class Samples:
     block_size: int
     chunk_size: int
     partner: tuple[float, ...] | None = None
+    engine: str = "full"
 
     @property
     def count(self) -> int:
@@ -351,6 +257,7 @@ class Samples:
 @dataclass(frozen=True)
 class _Plan:
     network: Network
+    engine: Engine
     steps: tuple[LayerStep, ...]
     input_law: Normal | None
     fixed_input: np.ndarray | None
@@ -363,32 +270,20 @@ class _Plan:
     mixing: tuple[float, float] | None = None  # (c0, sqrt(1 - c0^2)): partner = c0 x + sqrt(1 - c0^2) z
 
 
-def default_sizes(network: Network) -> tuple[int, int]:
-    """The default ``(block_size, chunk_size)`` for ``network``, in networks.
+def default_sizes(network: Network, engine: Engine | str = FULL, *, paired: bool = False) -> tuple[int, int]:
+    """The default ``(block_size, chunk_size)`` for ``network`` sampled by ``engine``, in networks.
 
-    A block draws about :math:`2^{20}` parameters (a power-of-two number of networks, at least
-    one); a chunk holds about :math:`2^{20}` floats of parameters and activations (a whole number of
-    blocks, at least one). Both figures come from ``benchmarks/bench_sampler.py`` (see
-    ``benchmarks/RESULTS-sampler.md``).
+    A block draws about :math:`2^{20}` random numbers (a power-of-two number of networks, at least
+    one); a chunk holds about :math:`2^{20}` working floats (a whole number of blocks, at least
+    one), both from the engine's cost per network. Both figures come from
+    ``benchmarks/bench_sampler.py`` (see ``benchmarks/RESULTS-sampler.md``).
     """
     _check_network(network)
-    parameters, working = _floats_per_network(network)
-    block = 1 << max(0, int(math.floor(math.log2(max(1, _BLOCK_FLOATS // parameters)))))
+    engine = select_engine(engine, network, paired=paired)
+    drawn, working = engine.cost(network, paired)
+    block = 1 << max(0, int(math.floor(math.log2(max(1, _BLOCK_FLOATS // drawn)))))
     chunk = max(block, (_CHUNK_FLOATS // working) // block * block)
     return block, chunk
-
-
-def _floats_per_network(network: Network) -> tuple[int, int]:
-    """Parameters drawn, and working floats (parameters, both inputs' activations, temporaries)."""
-    width = network.widths[0]
-    parameters = 0
-    activations = 8 * width
-    for layer in network.layers:
-        if isinstance(layer, Dense):
-            parameters += layer.fan_in * layer.fan_out + (layer.fan_out if layer.bias is not None else 0)
-            width = layer.fan_out
-        activations += 8 * width
-    return max(1, parameters), parameters + activations
 
 
 def _positive_int(value: object, what: str, *, minimum: int = 1) -> int:
@@ -414,23 +309,11 @@ def _check_network(network: object) -> Network:
     return network
 
 
-def _plan(network: Network, partner: Sequence[float] | None, correlation: bool = False) -> _Plan:
+def _plan(network: Network, partner: Sequence[float] | None, correlation: bool = False,
+          engine: Engine = FULL) -> _Plan:
     network = _check_network(network)
-    probe = np.random.default_rng(0)
-    steps = []
-    for index, layer in enumerate(network.layers):
-        step = layer_step(layer)
-        try:
-            if isinstance(layer, Nonlinearity):
-                layer.activation.numpy(np.zeros(1))
-                layer.activation.numpy_derivative(np.zeros(1))
-            params = step.draw(1, probe)
-        except VarpropError as exc:
-            raise MonteCarloError(f"cannot sample layer {index} ({layer!r}): {exc}") from None
-        for array in params:
-            if array.shape[0] != 1:
-                raise MonteCarloError(f"layer {index} drew parameters of shape {array.shape} for one network")
-        steps.append(step)
+    paired = bool(correlation) or partner is not None or bool(getattr(network.inputs, "paired", False))
+    steps = engine.steps(network, paired)
     n_in = network.widths[0]
     inputs = network.inputs
     try:
@@ -470,17 +353,160 @@ def _plan(network: Network, partner: Sequence[float] | None, correlation: bool =
     dense = network.dense_layers
     return _Plan(
         network=network,
+        engine=engine,
         steps=tuple(steps),
         input_law=input_law,
         fixed_input=fixed,
         partner_law=partner_law,
         partner=partner_array,
-        paired=correlation or partner is not None or inputs.paired,
+        paired=paired,
         mixing=mixing,
         widths_in=np.array([layer.fan_in for layer in dense], dtype=np.float64),
         widths_out=np.array([layer.fan_out for layer in dense], dtype=np.float64),
         widths=np.array([network.width(p) for p in range(-1, len(network.layers))], dtype=np.float64),
     )
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """Everything a worker needs to sample any range of blocks of one request (plain data; it pickles).
+
+    Blocks are numbered from 0; block :math:`k` holds networks :math:`kB .. (k+1)B - 1`
+    (:math:`B` = ``block``) and draws from ``SeedSequence(entropy, spawn_key=(*spawn_key, k))``.
+    """
+
+    network: Network
+    engine: Engine
+    partner: tuple[float, ...] | None
+    correlation: bool
+    entropy: object
+    spawn_key: tuple[int, ...]
+    pool_size: int
+    block: int
+    chunk: int
+    count: int
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.count // self.block)
+
+    @property
+    def rows(self) -> int:
+        paired = self.correlation or self.partner is not None or bool(getattr(self.network.inputs, "paired", False))
+        return ROWS_PAIRED if paired else ROWS_UNPAIRED
+
+    def networks(self, first: int, stop: int) -> tuple[int, int]:
+        """The networks ``(start, stop)`` of blocks ``first .. stop - 1``."""
+        return first * self.block, min(self.count, stop * self.block)
+
+    def children(self, first: int, stop: int) -> list[np.random.SeedSequence]:
+        return [np.random.SeedSequence(self.entropy, spawn_key=(*self.spawn_key, k), pool_size=self.pool_size)
+                for k in range(first, stop)]
+
+
+_PLANS: dict[SampleJob, _Plan] = {}
+
+
+def _job_plan(job: SampleJob) -> _Plan:
+    """The plan of ``job``, built once per process (workers receive jobs, not plans)."""
+    plan = _PLANS.get(job)
+    if plan is None:
+        _PLANS.clear()
+        plan = _PLANS[job] = _plan(job.network, job.partner, job.correlation, job.engine)
+    return plan
+
+
+def compute_range(job: SampleJob, first: int, stop: int, sums: np.ndarray | None = None,
+                  flags: np.ndarray | None = None, workspace: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-network averages and flags of blocks ``first .. stop - 1``, chunk by chunk.
+
+    Returns ``(sums, flags)`` of shapes ``(rows, networks, positions + 1)`` and ``(3, networks,
+    positions + 1)`` (written into the given arrays when passed). Every network's values depend only
+    on its block, never on the range or the chunk it was computed in.
+    """
+    plan = _job_plan(job)
+    start, end = job.networks(first, stop)
+    columns = len(job.network.layers) + 1
+    if sums is None:
+        sums = np.empty((job.rows, end - start, columns), dtype=np.float64)
+    if flags is None:
+        flags = np.zeros((3, end - start, columns), dtype=bool)
+    workspace = {} if workspace is None else workspace
+    per_chunk = job.chunk // job.block
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for chunk_first in range(first, stop, per_chunk):
+            chunk_stop = min(stop, chunk_first + per_chunk)
+            lo, hi = (k - start for k in job.networks(chunk_first, chunk_stop))
+            run_chunk(plan, job.children(chunk_first, chunk_stop), job.block, hi - lo, sums[:, lo:hi], workspace)
+            _finish_chunk(plan, sums[:, lo:hi], flags[:, lo:hi])
+    return sums, flags
+
+
+def _sample_range(job: SampleJob, first: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    return compute_range(job, first, stop)
+
+
+def _sample_into(job: SampleJob, first: int, stop: int, path: str) -> None:
+    """Compute blocks ``first .. stop - 1`` into the shared file-backed array at ``path`` (local workers)."""
+    shared = np.load(path, mmap_mode="r+")
+    lo, hi = job.networks(first, stop)
+    sums, flags = compute_range(job, first, stop)
+    shared[: job.rows, lo:hi] = sums
+    shared[job.rows :, lo:hi] = flags
+    del shared
+
+
+def make_job(
+    network: Network,
+    samples: int,
+    *,
+    seed: int | np.random.SeedSequence,
+    chunk_size: int | None = None,
+    block_size: int | None = None,
+    partner: Sequence[float] | None = None,
+    correlation: bool = False,
+    engine: Engine | str = "full",
+) -> SampleJob:
+    """Check a sampling request and turn it into a :class:`SampleJob` (before anything is allocated)."""
+    network = _check_network(network)
+    paired = bool(correlation) or partner is not None or bool(getattr(getattr(network, "inputs", None), "paired", False))
+    chosen = select_engine(engine, network, paired=paired)
+    limits.check_sample(network, samples, block_size=block_size, chunk_size=chunk_size, engine=chosen, paired=paired)
+    plan = _plan(network, partner, bool(correlation), chosen)
+    count = _positive_int(samples, "samples (the number of networks)")
+    seed_seq = _seed_sequence(seed)
+    default_block, default_chunk = default_sizes(network, chosen, paired=paired)
+    block = default_block if block_size is None else _positive_int(block_size, "block_size")
+    if chunk_size is None:
+        chunk = max(block, default_chunk // block * block)
+    else:
+        chunk = -(-_positive_int(chunk_size, "chunk_size") // block) * block
+    job = SampleJob(network, chosen, None if plan.partner is None else tuple(float(v) for v in plan.partner),
+                    bool(correlation), seed_seq.entropy, tuple(seed_seq.spawn_key), seed_seq.pool_size,
+                    block, chunk, count)
+    _PLANS.clear()
+    _PLANS[job] = plan
+    return job
+
+
+def map_blocks(job: SampleJob, function: Callable, executor: Executor, *args: object,
+               result_bytes: int = 0, align: int | None = None) -> Iterator[tuple[int, int, object]]:
+    """``(first, stop, function(job, first, stop, *args))`` over block ranges that cover the job, in order.
+
+    Ranges are whole multiples of ``align`` blocks (default: a chunk); there are several per worker
+    (load balance), each returning at most about 64 MB (``result_bytes`` per network), and the
+    executor keeps only a bounded number in flight.
+    """
+    step = job.chunk // job.block if align is None else align
+    steps = -(-job.blocks // step)
+    per_task = max(1, -(-steps // (4 * max(1, executor.workers))))
+    if result_bytes:
+        per_task = max(1, min(per_task, (64 << 20) // max(1, result_bytes * step * job.block)))
+    ranges = [(first, min(job.blocks, first + per_task * step))
+              for first in range(0, job.blocks, per_task * step)]
+    results = executor.map(function, [(job, first, stop, *args) for first, stop in ranges])
+    for (first, stop), result in zip(ranges, results):
+        yield first, stop, result
 
 
 def sample(
@@ -492,6 +518,9 @@ def sample(
     block_size: int | None = None,
     partner: Sequence[float] | None = None,
     correlation: bool = False,
+    engine: Engine | str = "full",
+    executor: Executor | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Samples:
     r"""Draw ``samples`` independent networks and record per-network averages of the observables.
 
@@ -508,190 +537,103 @@ def sample(
         result does not depend on it. Default: :func:`default_sizes`.
     block_size
         Networks drawn from one generator. The draws depend on it (with the seed); the default,
-        from :func:`default_sizes`, depends only on the network's shape.
+        from :func:`default_sizes`, depends only on the network's shape and the engine.
     partner
         A fixed second input for the correlation observable (implies ``correlation``).
     correlation
         Also feed a partner input through every network, for ``y_correlation``: the ``partner``
         vector, or fresh iid :math:`\mathcal N(0, s)` entries, :math:`s` the input's mean square.
         Off by default: the forward pass then carries one input and is cheaper.
+    engine
+        ``"full"`` (every weight matrix drawn, the default here), ``"conditional"`` (Gaussian dense
+        networks, :math:`O(n)` per layer; see :mod:`varprop.montecarlo.engines`), ``"auto"`` (the
+        conditional engine where it is valid) or an :class:`~varprop.montecarlo.engines.Engine`.
+        The two engines sample the same law from different random numbers.
+    executor
+        Where the blocks run: ``None`` or ``"serial"`` (this process), ``"processes[=N]"``,
+        ``"dask[=ADDRESS]"`` or an :class:`~varprop.montecarlo.executors.Executor`. The result is
+        bit-identical whatever the executor and its number of workers.
+    progress
+        Called as ``progress(networks_done, networks_total)`` as blocks finish.
 
     Returns
     -------
     Samples
-        Per-network averages at every position (and per dense layer), and the counts of overflow,
-        NaN and all-zero signals.
+        Per-network averages at every position (and per dense layer), the counts of overflow,
+        NaN and all-zero signals, and the engine that drew them.
 
     Raises
     ------
     MonteCarloError
         For symbolic widths or parameters, a non-positive ``samples``, ``chunk_size`` or
-        ``block_size``, a bad seed or partner; and (a :class:`~varprop.montecarlo.limits.LimitError`)
-        before anything is allocated, for a request beyond the memory or draw bounds of
+        ``block_size``, a bad seed, partner, engine or executor, an engine that cannot serve the
+        network (with the reason); and (a :class:`~varprop.montecarlo.limits.LimitError`) before
+        anything is allocated, for a request beyond the memory or draw bounds of
         :mod:`varprop.montecarlo.limits`.
     """
-    limits.check_sample(network, samples, block_size=block_size, chunk_size=chunk_size)  # before any allocation
-    plan = _plan(network, partner, bool(correlation))
-    count = _positive_int(samples, "samples (the number of networks)")
-    seed_seq = _seed_sequence(seed)
-    default_block, default_chunk = default_sizes(network)
-    block = default_block if block_size is None else _positive_int(block_size, "block_size")
-    if chunk_size is None:
-        chunk = max(block, default_chunk // block * block)
-    else:
-        chunk = -(-_positive_int(chunk_size, "chunk_size") // block) * block
-    rows = _N_PAIRED if plan.paired else _N_UNPAIRED
-    sums = np.empty((rows, count, len(network.layers) + 1), dtype=np.float64)
-    flags = np.zeros((3, count, len(network.layers) + 1), dtype=bool)  # NaN, inf, zero signal
-    blocks = -(-count // block)
-    blocks_per_chunk = chunk // block
-    workspace: dict[int, tuple[np.ndarray, ...]] = {}
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        for first in range(0, blocks, blocks_per_chunk):
-            indices = range(first, min(blocks, first + blocks_per_chunk))
-            start = first * block
-            stop = min(count, (indices[-1] + 1) * block)
-            children = [
-                np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, k), pool_size=seed_seq.pool_size)
-                for k in indices
-            ]
-            _run_chunk(plan, children, block, stop - start, sums[:, start:stop], workspace)
-            _finish_chunk(plan, sums[:, start:stop], flags[:, start:stop])
-        per_position = _per_position(plan, sums)
-        health = _health(network, flags)
+    job = make_job(network, samples, seed=seed, chunk_size=chunk_size, block_size=block_size, partner=partner,
+                   correlation=correlation, engine=engine)
+    plan = _job_plan(job)
+    columns = len(network.layers) + 1
+    sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
+    flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
+    with executor_from(executor) as runner:
+        if runner.workers <= 1 or job.blocks * job.block <= job.chunk:
+            workspace: dict[int, tuple[np.ndarray, ...]] = {}
+            per_chunk = job.chunk // job.block
+            for first in range(0, job.blocks, per_chunk):
+                stop = min(job.blocks, first + per_chunk)
+                lo, hi = job.networks(first, stop)
+                compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi], workspace)
+                if progress is not None:
+                    progress(hi, job.count)
+        elif runner.local:
+            # Local workers write their rows straight into a file-backed array in shared memory
+            # (no result is pickled back), which is then copied into this process.
+            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
+                path = os.path.join(folder, "samples")
+                shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
+                                                   shape=(job.rows + 3, job.count, columns))
+                del shared
+                for _, stop, _ in map_blocks(job, _sample_into, runner, path):
+                    if progress is not None:
+                        progress(job.networks(0, stop)[1], job.count)
+                shared = np.load(path, mmap_mode="r")
+                sums[...] = shared[: job.rows]
+                flags[...] = shared[job.rows :] != 0
+                del shared
+        else:
+            for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
+                                                              result_bytes=8 * job.rows * columns):
+                lo, hi = job.networks(first, stop)
+                sums[:, lo:hi] = part
+                flags[:, lo:hi] = part_flags
+                if progress is not None:
+                    progress(hi, job.count)
+    return samples_from(plan, job, sums, flags)
+
+
+def samples_from(plan: _Plan, job: SampleJob, sums: np.ndarray, flags: np.ndarray) -> Samples:
+    """The :class:`Samples` of finished per-network averages ``sums`` and ``flags`` (taken over, not copied)."""
+    network = plan.network
+    per_position = _per_position(plan, sums)
+    health = _health(network, flags)
     return Samples(
         network=network,
         per_position=MappingProxyType(per_position),
         per_network=MappingProxyType(_per_network(network, per_position)),
         **{name: _read_only(array) for name, array in health.items()},
-        seed=seed_seq,
-        block_size=block,
-        chunk_size=chunk,
-        partner=None if plan.partner is None else tuple(float(v) for v in plan.partner),
+        seed=np.random.SeedSequence(job.entropy, spawn_key=job.spawn_key, pool_size=job.pool_size),
+        block_size=job.block,
+        chunk_size=job.chunk,
+        partner=job.partner,
+        engine=job.engine.name,
     )
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
-
-
-def _run_chunk(
-    plan: _Plan,
-    children: list[np.random.SeedSequence],
-    block: int,
-    used: int,
-    out: np.ndarray,
-    workspace: dict[int, tuple[np.ndarray, ...]],
-) -> None:
-    """Draw, run forward and backward, and write the raw per-network sums of one chunk into ``out``.
-
-    ``out`` has shape ``(rows, used, positions + 1)`` (rows ``_SIG_SUM`` ..; column ``p + 1`` is
-    position ``p``). Every block is drawn whole from its own generator (in the order: input,
-    partner, each layer's parameters, g) and truncated to the networks used.
-    """
-    n_in = int(plan.widths_in[0])
-    n_out = int(plan.widths[-1])
-    columns: list[list[np.ndarray]] = [[], []]
-    drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
-    losses = []
-    for position, child in enumerate(children):
-        rng = np.random.Generator(np.random.PCG64(child))
-        take = min(block, used - position * block)
-        if plan.input_law is not None:
-            columns[0].append(_as_draw(plan.input_law.sample((block, n_in), rng=rng))[:take])
-        if plan.partner_law is not None:
-            columns[1].append(_as_draw(plan.partner_law.sample((block, n_in), rng=rng))[:take])
-        for index, step in enumerate(plan.steps):
-            # A chunk of one block refills the previous chunk's parameter arrays in place.
-            arrays = step.draw(block, rng, workspace.get(index) if len(children) == 1 else None)
-            if len(children) == 1:
-                workspace[index] = arrays
-            drawn[index].append(tuple(array[:take] for array in arrays))
-        losses.append(rng.standard_normal((block, n_out))[:take])
-    first = _join(columns[0]) if plan.input_law is not None else np.broadcast_to(plan.fixed_input, (used, n_in))
-    if plan.paired:
-        second = _join(columns[1]) if plan.partner_law is not None else np.broadcast_to(plan.partner, (used, n_in))
-        if plan.mixing is not None:  # a Gaussian pair with correlation c0 per coordinate
-            second = plan.mixing[0] * first + plan.mixing[1] * second
-        h = np.stack((first, second), axis=1)
-    else:
-        h = np.array(first)[:, None, :]
-    params = [tuple(_join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
-    g = _join(losses)
-
-    _signal_sums(h, out[:, :, 0])
-    caches = []
-    for column, (step, p) in enumerate(zip(plan.steps, params), 1):
-        h, cache = step.forward(p, h)
-        _signal_sums(h, out[:, :, column])
-        caches.append(cache)
-    grad = g[:, None, :]
-    column = len(plan.steps)
-    _gradient_sums(g, out[:, :, column])
-    for step, p, cache in zip(reversed(plan.steps), reversed(params), reversed(caches)):
-        grad = step.backward(p, cache, grad)
-        column -= 1
-        _gradient_sums(grad[:, 0, :], out[:, :, column])
-
-
-def _join(arrays: list[np.ndarray]) -> np.ndarray:
-    """The blocks of one chunk as one array (no copy for a single block)."""
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
-def _signal_sums(h: np.ndarray, out: np.ndarray) -> None:
-    r"""Per-network sums over the units of a signal ``h``, shape ``(networks, 1 or 2, width)``.
-
-    Writes :math:`\sum h, \sum h^2` into rows ``_SIG_SUM, _SIG_SQ`` of ``out`` (shape
-    ``(rows, networks)``), and for a pair :math:`\sum {h'}^2, \sum h h'` into ``_SIG_PSQ,
-    _SIG_CROSS``.
-    """
-    h0 = h[:, 0]
-    if h0.shape[1] <= _NARROW:
-        if h.shape[1] == 1:
-            units = np.ascontiguousarray(h0.T)
-            out[_SIG_SUM] = _sum_units_first(units)
-            out[_SIG_SQ] = _sum_units_first(units * units)
-        else:
-            units = np.ascontiguousarray(h.transpose(2, 1, 0))
-            out[_SIG_SUM] = _sum_units_first(units[:, 0])
-            squares = _sum_units_first(units * units)
-            out[_SIG_SQ], out[_SIG_PSQ] = squares[0], squares[1]
-            out[_SIG_CROSS] = _sum_units_first(units[:, 0] * units[:, 1])
-    elif h.shape[1] == 1:
-        out[_SIG_SUM] = np.add.reduce(h0, axis=-1)
-        out[_SIG_SQ] = np.add.reduce(h0 * h0, axis=-1)
-    else:
-        out[_SIG_SUM] = np.add.reduce(h0, axis=-1)
-        squares = np.add.reduce(h * h, axis=-1)
-        out[_SIG_SQ], out[_SIG_PSQ] = squares[:, 0], squares[:, 1]
-        out[_SIG_CROSS] = np.add.reduce(h0 * h[:, 1], axis=-1)
-
-
-def _gradient_sums(a: np.ndarray, out: np.ndarray) -> None:
-    """Per-network sum and sum of squares of a gradient ``a``, shape ``(networks, width)``, into ``out``."""
-    if a.shape[1] <= _NARROW:
-        units = np.ascontiguousarray(a.T)
-        out[_GRAD_SUM] = _sum_units_first(units)
-        out[_GRAD_SQ] = _sum_units_first(units * units)
-    else:
-        out[_GRAD_SUM] = np.add.reduce(a, axis=-1)
-        out[_GRAD_SQ] = np.add.reduce(a * a, axis=-1)
-
-
-def _sum_units_first(units: np.ndarray) -> np.ndarray:
-    r"""Sum over the first (unit) axis, one unit after the other.
-
-    Each network's sum is then :math:`((a_1 + a_2) + a_3) + \dots` whatever the number of networks
-    (numpy's own reduction may switch to pairwise summation when a chunk holds a single network).
-    Wider layers use numpy's pairwise reduction along the contiguous unit axis instead, which is
-    also computed row by row. Either way a network's statistics do not depend on its chunk.
-    """
-    total = units[0].copy()
-    for row in units[1:]:
-        total += row
-    return total
 
 
 def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
@@ -702,11 +644,11 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
     the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
     is elementwise, so the result does not depend on the chunk.
     """
-    squares = sums[_SIG_SQ]
-    np.divide(squares, squares[:, :1], out=sums[_NORM])
-    sums[_SIG_SUM : _GRAD_SQ + 1] /= plan.widths
+    squares = sums[SIG_SQ]
+    np.divide(squares, squares[:, :1], out=sums[NORM])
+    sums[SIG_SUM : GRAD_SQ + 1] /= plan.widths
     if plan.paired:
-        sums[_SIG_PSQ:] /= plan.widths
+        sums[SIG_PSQ:] /= plan.widths
     np.equal(squares, 0, out=flags[2])
     if not np.isfinite(sums).all():  # classify only the networks with some non-finite value
         bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 2)))

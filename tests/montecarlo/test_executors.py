@@ -1,0 +1,104 @@
+"""Results are bit-identical whatever the executor, the number of workers and the chunking.
+
+The Dask test runs a LocalCluster of two worker processes (CI must install the ``dask`` extra:
+``pip install -e '.[dask]'``); it is skipped only when Dask distributed is not installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from varprop.montecarlo import MonteCarloError, ProcessExecutor, estimate, executor_from, sample
+from varprop.montecarlo.streaming import Moments, stream_estimates
+from varprop.network import mlp
+from varprop.observables import Gradient, Mean, NormRatio, SecondMoment, Signal, Variance, WeightGradient
+from varprop.weights import Uniform
+
+NETWORKS = {
+    "conditional": mlp([6, 10, 3], bias_variance=0.1),
+    "full": mlp([6, 10, 3], init=Uniform(0.5)),
+}
+OBSERVABLES = (Mean(Signal(0)), SecondMoment(Gradient(-1)), Variance(Signal(2)), NormRatio(Signal(2)),
+               SecondMoment(WeightGradient(2)), Variance(WeightGradient(0)))
+COUNT = 3_000
+SIZES = {"block_size": 64, "chunk_size": 128}
+
+
+def _same(a, b) -> None:
+    assert a.engine == b.engine
+    assert a.per_position.keys() == b.per_position.keys()
+    for name in a.per_position:
+        assert np.array_equal(a.per_position[name], b.per_position[name]), name
+    assert np.array_equal(a.finite, b.finite)
+
+
+@pytest.fixture(scope="module")
+def serial():
+    return {engine: sample(network, COUNT, seed=7, engine=engine, correlation=True, **SIZES)
+            for engine, network in NETWORKS.items()}
+
+
+@pytest.mark.parametrize("engine", NETWORKS)
+def test_processes_and_chunking_give_the_serial_samples_bit_for_bit(engine, serial):
+    network = NETWORKS[engine]
+    for executor, chunk in (("processes=2", 128), (ProcessExecutor(3), 64), ("serial", 1024)):
+        with executor_from(executor) as runner:
+            other = sample(network, COUNT, seed=7, engine=engine, correlation=True, block_size=64, chunk_size=chunk,
+                           executor=runner)
+        _same(serial[engine], other)
+        if isinstance(executor, ProcessExecutor):
+            executor.close()
+
+
+@pytest.mark.parametrize("unit", [1 << 15, 256], ids=["one unit", "units of 4 blocks"])
+def test_streaming_estimates_are_those_of_the_stored_samples_and_bit_identical_across_executors(unit, monkeypatch):
+    import varprop.montecarlo.streaming as streaming
+
+    monkeypatch.setattr(streaming, "_UNIT_NETWORKS", unit)  # forked workers inherit it
+    network = NETWORKS["conditional"]
+    stored = sample(network, COUNT, seed=7, engine="conditional", **SIZES)
+    streamed = stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional", **SIZES)
+    for observable in OBSERVABLES:
+        direct = estimate(stored, observable)
+        got = streamed.estimates[observable]
+        assert got.n == direct.n
+        assert got.value == pytest.approx(direct.value, rel=1e-12)
+        assert got.se == pytest.approx(direct.se, rel=1e-10)
+    other = stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional", block_size=64,
+                             chunk_size=320, executor="processes=2")
+    assert other.estimates == streamed.estimates
+
+
+def test_moments_merge_like_the_whole_sample():
+    values = np.random.default_rng(1).standard_exponential((1001, 2))
+    merged = Moments.of(values[:300]).merge(Moments.of(values[300:])).merge(Moments.of(values[:0]))
+    whole = Moments.of(values)
+    centred = values[:, 0] - values[:, 0].mean()
+    assert merged.n == 1001
+    assert np.allclose(merged.mean, values.mean(axis=0), rtol=1e-13)
+    assert np.allclose(merged.covariance(), np.cov(values.T), rtol=1e-12)
+    assert merged.third == pytest.approx(float(np.sum(centred**3)), rel=1e-12)
+    assert merged.skewness == pytest.approx(whole.skewness, rel=1e-12)
+
+
+def test_bad_executors_are_named():
+    for spec, message in (("threads", "unknown executor 'threads'"), ("processes=0", "positive number"),
+                          (3, "executor must be a name")):
+        with pytest.raises(MonteCarloError, match=message):
+            executor_from(spec)
+
+
+def test_dask_local_cluster_of_two_workers_gives_the_serial_result_bit_for_bit(serial):
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from varprop.montecarlo import DaskExecutor
+
+    with DaskExecutor(workers=2) as cluster:
+        assert cluster.workers == 2
+        for engine, network in NETWORKS.items():
+            _same(serial[engine], sample(network, COUNT, seed=7, engine=engine, correlation=True, executor=cluster,
+                                         **SIZES))
+        network = NETWORKS["conditional"]
+        streamed = stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional", executor=cluster, **SIZES)
+    assert streamed.estimates == stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional",
+                                                  **SIZES).estimates
