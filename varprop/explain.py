@@ -30,7 +30,7 @@ from .derive.derivation import latex_text, prose, prose_latex, prose_markdown
 from .derive.gaussian import evaluate
 from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
-from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, format_z
+from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, POWER, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
@@ -176,9 +176,10 @@ class Answer:
 def tolerance_sentence(rtol: float, alpha: float, count: int) -> str:
     """``PASS means ...``: how to read a table of verdicts checked at ``rtol`` with false-alarm rate ``alpha``."""
     return (f"Tolerance: PASS means the estimate agrees with the prediction and the check resolves a relative "
-            f"error of {_percent(rtol)} (resolution ≤ {_percent(rtol)}); the {count} checks of this table hold "
-            f"their family-wise false-alarm rate at {_percent(alpha)} (Holm). Asymptotic claims pass when the "
-            "deviation shrinks at least like 1/width; approximations are MEASURED, never failed.")
+            f"error of {_percent(rtol)} (resolution ≤ {_percent(rtol)}: an error of {_percent(rtol)} would have been "
+            f"caught with at least {POWER:.0%} power); the {count} checks of this table hold "
+            f"their family-wise false-alarm rate at {_percent(alpha)} (Holm). Asymptotic claims are judged on the "
+            "limit of their deviation fitted over a width sweep; approximations are MEASURED, never failed.")
 
 
 def _percent(value: float) -> str:
@@ -188,25 +189,27 @@ def _percent(value: float) -> str:
 def reason(result: CheckResult) -> str:
     """The one-line reason for a verdict, read from the measurements (not retyped)."""
     m = result.primary
-    if result.outcome == MEASURED or m.verdict is None and result.shrink is None:
+    if result.outcome == MEASURED:
         spread = ", ".join(f"{100 * x.deviation:+.1f}% at width {x.width}" for x in sorted(result.measurements, key=lambda x: x.width))
         return f"approximation, no verdict: deviation {spread}"
-    if result.shrink is not None:
-        ordered = sorted(result.measurements, key=lambda x: x.width)
-        trend = f"{100 * ordered[0].deviation:+.1f}% at width {ordered[0].width} to {100 * ordered[-1].deviation:+.1f}% at {ordered[-1].width}"
+    if result.limit is not None:
+        fit = result.limit
+        widths = sorted(fit.widths)
+        limit = f"limit {100 * fit.limit:+.2f}% ± {100 * fit.limit_se:.2f}% (fit over widths {widths[0]} to {widths[-1]})"
         if result.outcome == PASS:
-            return f"asymptotic: deviation shrinks like 1/width ({trend})"
-        if result.shrink.rejected:
-            return f"asymptotic: deviation does not shrink like 1/width ({trend})"
+            return f"asymptotic: {limit}, within rtol"
+        if result.outcome == FAIL:
+            return f"asymptotic: {limit}, beyond rtol"
+        return f"asymptotic: {limit}, not resolved"
     v = m.verdict
     if v is None:
         return result.message
     if result.outcome == PASS:
-        return f"agrees (|z| ≤ {v.z_crit:.2f}), resolution {100 * v.resolution:.2g}%"
+        return f"agrees (|t| ≤ {v.z_crit:.2f}), resolution {100 * v.resolution:.2g}%"
     if result.outcome == FAIL:
-        return f"contradicted: |z| = {abs(v.z):.2f} > {v.z_crit:.2f}"
+        return f"contradicted: |t| = {abs(v.z):.2f} > {v.z_crit:.2f}"
     if result.outcome == INCONCLUSIVE:
-        return f"too noisy: resolution {100 * v.resolution:.2g}%; about {v.samples_needed} networks would resolve it"
+        return result.message
     return result.message
 
 

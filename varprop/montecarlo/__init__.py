@@ -15,7 +15,7 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
-from .check import MEASURED, CheckResult, Measurement, check, check_all, format_results
+from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_all, fit_limit, format_results
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .sampler import PER_NETWORK, PER_POSITION, LayerStep, Samples, default_sizes, layer_step, sample
@@ -48,5 +48,7 @@ __all__ = [
     "check_all",
     "CheckResult",
     "Measurement",
+    "LimitFit",
+    "fit_limit",
     "format_results",
 ]
