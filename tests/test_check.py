@@ -15,6 +15,7 @@ from varprop.claims import Claim, ClaimError, ClaimFamily
 from varprop.cli import main
 from varprop.montecarlo import FAIL, INCONCLUSIVE, MEASURED, PASS, MonteCarloError, check, check_all, fit_limit
 from varprop.network import mlp
+from varprop.observables import NormRatio, Signal
 from varprop.testing import assert_claim
 from varprop.weights import glorot, he
 
@@ -272,3 +273,37 @@ def test_cli_check_usage(capsys):
     capsys.readouterr()
     assert main(["check", "--list"]) == 0
     assert "he-forward-relu-normal" in capsys.readouterr().out
+
+
+def test_skew_guard_is_one_sided():
+    # The norm ratio M_L = |x_L|^2/|x_1|^2 of a width-10, depth-10 relu net is a product of layer
+    # factors: per-network values with skewness near 40, so 20,000 networks are far fewer than the
+    # Edgeworth bound asks for. A right-skewed sample makes spuriously LOW estimates (negative t)
+    # likely, high ones rarer: a contradiction with positive t FAILs, one with negative t gets no
+    # verdict, and the correct claim never FAILs.
+    net = mlp([10] * 11, activation("relu"), he())
+    correct = claim_from_derivation("E[M_L]", net, NormRatio(Signal(len(net.layers) - 1)))
+    low = correct.with_prediction(correct.prediction * sp.Rational(8, 10), name="E[M_L] x0.8")
+    high = correct.with_prediction(correct.prediction * sp.Rational(12, 10), name="E[M_L] x1.2")
+    for seed in range(4):
+        results = check_all([correct, low, high], samples=20_000, seed=seed)
+        assert results[0].outcome != FAIL, results[0].message
+        assert results[0].primary.health["skewness"] > 5
+        assert results[1].outcome == FAIL and results[1].primary.verdict.z > 0, results[1].message
+        assert results[2].outcome == INCONCLUSIVE and "direction" in results[2].message, results[2].message
+
+
+def test_too_few_samples_says_what_it_would_take_including_the_cap():
+    result = check(family("he-forward-relu-normal").at(8), samples=50, max_samples=3000)
+    assert result.outcome == INCONCLUSIVE
+    assert "90% power" in result.message
+    assert "beyond the cap of 3000 networks" in result.message and "drawn weights" in result.message
+
+
+def test_the_advised_sample_size_resolves_the_claim():
+    # "Samples needed" includes the power margin and the sizing's 15 % margin: re-running with it resolves rtol.
+    claim = family("he-forward-relu-normal").at(8)
+    advised = check(claim, samples=5000)
+    assert advised.outcome == INCONCLUSIVE
+    count = int(advised.message.split("; about ")[-1].split(" networks")[0])
+    assert check(claim, samples=count, seed=1).outcome == PASS

@@ -741,16 +741,23 @@ def _outcome(job: _Job, measurements: list[Measurement], fit: LimitFit | None, r
                               f"the skewness {worst.health['skewness']:+.2g} of the per-network values produces, with "
                               f"{worst.estimate.n} networks where the Edgeworth bound asks for "
                               f"{int(worst.health['skew_minimum'])}: no verdict either way")
-    if primary.estimate.n < primary.health.get("skew_minimum", 0):
-        return INCONCLUSIVE, (f"too skewed at n={primary.width} for the normal approximation behind a PASS "
-                              f"({_needed_text(int(primary.health['skew_minimum']), primary)} are needed by the "
-                              f"Edgeworth bound, {primary.estimate.n} drawn)")
     v = primary.verdict
     tolerance = tolerance_text(claim.value, rtol, v.rtol if claim.value == 0 else None)
-    if v.outcome == INCONCLUSIVE:
-        return INCONCLUSIVE, (f"agrees but too noisy at n={primary.width} to resolve {tolerance} with {power:.0%} power: "
-                              f"resolution {_shown(v.resolution, claim)}; {_needed_text(v.samples_needed, primary)} "
-                              "would resolve it")
+    skew_minimum = int(primary.health.get("skew_minimum", 0))
+    if v.outcome == INCONCLUSIVE or primary.estimate.n < skew_minimum:
+        # What a PASS would take: the power margin (in the resolution) and the skew minimum, against the cap.
+        # The count that resolves rtol in expectation, with the sizing's 15 % margin for the noise of the SE itself.
+        by_power = limits.networks_needed(_SAFETY * v.samples_needed, 1.0) if v.samples_needed else primary.estimate.n
+        reasons = []
+        if v.outcome == INCONCLUSIVE:
+            reasons.append(f"too noisy to resolve {tolerance} with {power:.0%} power (resolution "
+                           f"{_shown(v.resolution, claim)}; {by_power} networks would resolve it)")
+        if primary.estimate.n < skew_minimum:
+            reasons.append(f"too skewed for the normal approximation behind a PASS (skewness "
+                           f"{primary.health['skewness']:+.2g}: the Edgeworth bound asks for {skew_minimum} networks)")
+        return INCONCLUSIVE, (f"agrees at n={primary.width} (t = {format_z(v.z)}) but " + " and ".join(reasons)
+                              + f"; {_needed_text(max(by_power, skew_minimum), primary)} would give a verdict "
+                              f"({primary.estimate.n} drawn)")
     others = [m for m in measurements[1:] if m.verdict is not None]
     text = (f"agrees at n={primary.width} (t = {format_z(v.z)}, resolution {_shown(v.resolution, claim)}: an error of "
             f"{tolerance} would have been caught with at least {power:.0%} power)")
