@@ -497,7 +497,7 @@ def check(
     atol: float | None = None,
     power: float = POWER,
     max_samples: int = 2_000_000,
-    max_floats: float = 4e8,
+    max_floats: float = 1e9,
 ) -> CheckResult:
     """Check one claim or claim family (see the module docstring); equivalent to ``check_all([target])[0]``."""
     return check_all([target], samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width, atol=atol,
@@ -515,7 +515,7 @@ def check_all(
     atol: float | None = None,
     power: float = POWER,
     max_samples: int = 2_000_000,
-    max_floats: float = 4e8,
+    max_floats: float = 1e9,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[CheckResult]:
     """Check several claims together: Holm's procedure over all their tests holds the false-alarm rate at ``alpha``.
