@@ -45,7 +45,7 @@ def require_pdflatex() -> str:
     return path
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

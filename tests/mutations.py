@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import sympy as sp
 
+from varprop.activations import activation
 from varprop.catalogue import CATALOGUE
 from varprop.claims import ClaimFamily
 from varprop.derive.gaussian import evaluate
 from varprop.derive.propagate import derive
-from varprop.activations import activation
 from varprop.network import mlp
 from varprop.observables import SecondMoment, Variance, from_name
 from varprop.weights import he

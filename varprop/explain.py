@@ -195,7 +195,8 @@ def reason(result: CheckResult) -> str:
     if result.limit is not None:
         fit = result.limit
         widths = sorted(fit.widths)
-        limit = f"limit {100 * fit.limit:+.2f}% ± {100 * fit.limit_se:.2f}% (fit over widths {widths[0]} to {widths[-1]})"
+        limit = (f"deviation fitted in 1/width over widths {widths[0]} to {widths[-1]}, limit "
+                 f"{100 * fit.limit:+.2f}% ± {100 * fit.limit_se:.2f}%")
         if result.outcome == PASS:
             return f"asymptotic: {limit}, within rtol"
         if result.outcome == FAIL:
