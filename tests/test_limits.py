@@ -166,7 +166,7 @@ def _deep(tmp_path, name, variance, depth, layer):
 
 def test_deep_claim_whose_statistics_overflow_is_inconclusive_with_the_reason(tmp_path, capsys):
     path = _deep(tmp_path, "deep", "100/n_in", 100, 100)
-    code, out, err = run(capsys, "check", path, "--quiet")
+    code, out, err = run(capsys, "check", path, "--quiet", "--samples", 200)
     assert code == 3 and "INCONCLUSIVE" in out and "too large for float64 statistics" in out and "SE inf" in out
     assert "Traceback" not in err
 
@@ -175,7 +175,7 @@ def test_deep_claim_whose_networks_overflow_is_inconclusive_with_the_counts(tmp_
     # Every network overflows beyond layer 10 or so: no verdict rests on the survivors, and the text
     # output (not only --json) shows how many were excluded and why.
     path = _deep(tmp_path, "ovf", "1000/n_in", 120, 10)
-    code, out, err = run(capsys, "check", path, "--quiet")
+    code, out, err = run(capsys, "check", path, "--quiet", "--samples", 200)
     assert code == 3 and "INCONCLUSIVE" in out and "Traceback" not in err
     assert "networks excluded" in out and "overflowed (inf)" in out and "survivors" in out
     assert "excluded" in out.split("\n", 4)[4]  # the counts line under the claim

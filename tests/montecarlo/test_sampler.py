@@ -39,7 +39,8 @@ NORM2 = 5.25
 ALPHA = 1e-3
 
 
-def check(prediction: float, samples, observable: str, layer: int, rtol: float = 0.03) -> str:
+def check(prediction: float, samples, observable: str, layer: int, rtol: float = 0.05) -> str:
+    """The verdict at level ALPHA; a PASS resolves ``rtol`` with 90 % power (the checker's definition)."""
     est = estimate(samples, observable, layer)
     return judge(prediction, est.value, est.se, est.n, rtol=rtol, alpha=ALPHA).outcome
 
@@ -374,5 +375,5 @@ def test_every_layer_kind_has_a_sampler():
 def test_every_weight_law_samples_through_its_own_sample_method(law):
     # y = W x, x fixed: E[y^2] = Var[w] ||x||^2 for any zero-mean law.
     net = Network((Dense(3, 4, law),), FixedInput(X))
-    samples = sample(net, 3000, seed=30)
+    samples = sample(net, 8000, seed=30)  # enough to resolve 5 % with 90 % power
     assert check(float(law.variance) * NORM2, samples, "y_second_moment", 1, rtol=0.05) == PASS
