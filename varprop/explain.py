@@ -221,7 +221,7 @@ def _row(r: CheckResult) -> tuple[str, ...]:
             f"{m.estimate.value:.4g} ± {m.estimate.se:.2g}", z, r.outcome, reason(r))
 
 
-_HEADER = ("claim", "exactness", "width", "networks", "prediction", "estimate ± SE", "z", "verdict", "reason")
+_HEADER = ("claim", "exactness", "width", "networks", "prediction", "estimate ± SE", "t", "verdict", "reason")
 
 
 def _text_table(results: Sequence[CheckResult]) -> str:
