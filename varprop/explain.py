@@ -274,8 +274,19 @@ def _measured(result: CheckResult) -> str:
             f"width {m.width}, {result.outcome})")
 
 
-def _claim(name: str, network: Network, observable: str, layer: int, **kwargs: object) -> Claim:
-    return claim_from_derivation(name, network, observable, layer, **kwargs)
+def _claim(name: str, network: Network, observable: str, layer: int, *,
+           network_at: Callable[[int], Network] | None = None, **kwargs: object) -> Claim | ClaimFamily:
+    """The claim derived for ``network``; an asymptotic one becomes a family over widths w/4, w/2, w
+    (``network_at(n)`` builds the network at width n), since its limit is judged over a sweep."""
+    claim = claim_from_derivation(name, network, observable, layer, **kwargs)
+    if claim.exactness != "asymptotic" or network_at is None:
+        return claim
+    width = claim.width
+    sweep = tuple(sorted({max(2, width // 4), max(2, width // 2), width}))
+    return ClaimFamily(name, claim.description,
+                       lambda n: claim if n == width else claim_from_derivation(name, network_at(n), observable, layer,
+                                                                                 **kwargs),
+                       width, sweep)
 
 
 def _check(claims: Sequence[Claim | ClaimFamily], settings: Settings) -> tuple[CheckResult, ...]:
@@ -464,13 +475,17 @@ def _why_not_zero_mean(settings: Settings) -> Answer:
 def _pre_vs_post(settings: Settings) -> Answer:
     width, depth = settings.width, settings.depth
     net = mlp([width] * (depth + 1), _RELU, he())
+
+    def net_at(n: int) -> Network:
+        return mlp([n] * (depth + 1), _RELU, he())
+
     layers = tuple(sorted({2, depth - 1}))
     claims = []
     for layer in layers:
-        claims.append(_claim(f"forward E[y_{layer}^2]", net, "y_second_moment", layer))
-        claims.append(_claim(f"activations E[x_{layer}^2]", net, "x_second_moment", layer))
-        claims.append(_claim(f"activation grad E[(dL/dx_{layer})^2]", net, "dx_second_moment", layer))
-        claims.append(_claim(f"weight grad E[(dL/dW_{layer})^2]", net, "dw_second_moment", layer))
+        claims.append(_claim(f"forward E[y_{layer}^2]", net, "y_second_moment", layer, network_at=net_at))
+        claims.append(_claim(f"activations E[x_{layer}^2]", net, "x_second_moment", layer, network_at=net_at))
+        claims.append(_claim(f"activation grad E[(dL/dx_{layer})^2]", net, "dx_second_moment", layer, network_at=net_at))
+        claims.append(_claim(f"weight grad E[(dL/dW_{layer})^2]", net, "dw_second_moment", layer, network_at=net_at))
     checks = _check(claims, settings)
     weight_grads = [r for r in checks if r.claim.observable_name == "dw_second_moment"]
     spread = max(r.primary.estimate.value for r in weight_grads) / min(r.primary.estimate.value for r in weight_grads)
@@ -503,15 +518,20 @@ def _pre_vs_post(settings: Settings) -> Answer:
 def _fan_in_vs_fan_out(settings: Settings) -> Answer:
     width, depth = settings.width, settings.depth
     profile = (1, 2, 4, 2, 1, sp.Rational(1, 2))  # widths rise then fall: the two fans differ at every layer
-    widths = [max(1, int(width * profile[i % len(profile)])) for i in range(depth + 1)]
-    fan_in = mlp(widths, _RELU, he("fan_in"))
-    fan_out = mlp(widths, _RELU, he("fan_out"))
+    layers = depth
+
+    def at(n: int, mode: str) -> Network:
+        return mlp([max(1, int(n * profile[i % len(profile)])) for i in range(layers + 1)], _RELU, he(mode))
+
+    fan_in, fan_out = at(width, "fan_in"), at(width, "fan_out")
+    widths = [int(w) for w in fan_in.widths]
     depth = fan_in.depth
     claims = [
-        _claim("fan-in: forward E[y_L^2]", fan_in, "y_second_moment", depth),
-        _claim("fan-in: backward E[(dL/dx_2)^2]", fan_in, "dx_second_moment", 2),
-        _claim("fan-out: forward E[y_L^2]", fan_out, "y_second_moment", depth),
-        _claim("fan-out: backward E[(dL/dx_2)^2]", fan_out, "dx_second_moment", 2),
+        _claim("fan-in: forward E[y_L^2]", fan_in, "y_second_moment", depth, network_at=lambda n: at(n, "fan_in")),
+        _claim("fan-in: backward E[(dL/dx_2)^2]", fan_in, "dx_second_moment", 2, network_at=lambda n: at(n, "fan_in")),
+        _claim("fan-out: forward E[y_L^2]", fan_out, "y_second_moment", depth, network_at=lambda n: at(n, "fan_out")),
+        _claim("fan-out: backward E[(dL/dx_2)^2]", fan_out, "dx_second_moment", 2,
+               network_at=lambda n: at(n, "fan_out")),
     ]
     checks = _check(claims, settings)
     telescoped = ratio(_RELU)

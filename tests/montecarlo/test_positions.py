@@ -317,7 +317,7 @@ def test_measure_takes_an_observable_or_a_name():
     named = SimpleNamespace(name="named", observable="x_second_moment", layer=2, value=v * NORM2 / 2)
     wrong = SimpleNamespace(name="wrong", observable=SecondMoment(Signal(1)), layer=None, value=v * NORM2)
     drawn = sample(net, 20000, seed=1)
-    measured = [_measure_one(drawn, _observable(claim, net), claim, 3.0) for claim in (typed, named, wrong)]
+    measured = [_measure_one(drawn, _observable(claim, net), 3.0) for claim in (typed, named, wrong)]
     (est, state, note), (est_named, _, _), (est_wrong, _, _) = measured
     assert est == est_named == est_wrong and note == ""
     assert set(state) == {"excluded", "overflow", "nan", "zero_networks", "zero_input_networks", "skewness",

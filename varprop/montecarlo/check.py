@@ -363,8 +363,8 @@ def _cap(network: Network, max_samples: int, max_floats: float) -> int:
     return limits.affordable(network, cap)  # never more networks than fit in memory
 
 
-def _spread(drawn, observable: Observable, claim: Claim) -> tuple[float, float]:
-    r"""(per-network SD relative to the scale, signed skewness) of an observable in a pilot; NaN if excluded.
+def _spread(drawn, observable: Observable) -> tuple[float, float]:
+    r"""(per-network SD, signed skewness) of an observable in a pilot; NaN if networks were excluded.
 
     The SD is an upper 95 % bound, not the point estimate: the sample variance of :math:`T` values
     with kurtosis :math:`\kappa` has relative SE :math:`\sqrt{(\kappa - 1)/T}`, and heavy-tailed
@@ -377,10 +377,10 @@ def _spread(drawn, observable: Observable, claim: Claim) -> tuple[float, float]:
     if not (math.isfinite(est.value) and math.isfinite(est.se)):
         return math.nan, 0.0
     inflation = math.sqrt(1.0 + 1.645 * math.sqrt(max(_kurtosis(values) - 1.0, 0.0) / max(values.size, 1)))
-    return inflation * est.se * math.sqrt(est.n) / _scale(claim), _skewness(values)
+    return inflation * est.se * math.sqrt(est.n), _skewness(values)
 
 
-def _measure_one(drawn, observable: Observable, claim: Claim, z_plan: float) -> tuple[Estimate, dict[str, float], str]:
+def _measure_one(drawn, observable: Observable, z_plan: float) -> tuple[Estimate, dict[str, float], str]:
     """The estimate from one sample, its health and, when networks were excluded, why no verdict can rest on it."""
     finite = drawn.count - drawn.excluded
     if finite >= 2:
@@ -574,8 +574,13 @@ def check_all(
         if not network.is_numeric:
             raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
         drawn = sample(network, counts[network], seed=_seed(seed, network, 1))
+        by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
         for item in members:
-            est, state, note = _measure_one(drawn, _observable(item.claim, network), item.claim, z_plan)
+            observable = _observable(item.claim, network)
+            if observable not in by_observable:
+                by_observable[observable] = _measure_one(drawn, observable, z_plan)
+            est, shared, note = by_observable[observable]
+            state = dict(shared)
             state["cap"] = caps[network]
             state["planned"] = wanted.get((item.job, item.position), counts[network])
             measured[item.job, item.position] = (est, state, note)
@@ -597,8 +602,13 @@ def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, 
         if not network.is_numeric:
             raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
         drawn = sample(network, _PILOT, seed=_seed(seed, network, 0))
+        spreads: dict[Observable, tuple[float, float]] = {}
         for item in members:
-            pilot[item.job, item.position] = _spread(drawn, _observable(item.claim, network), item.claim)
+            observable = _observable(item.claim, network)
+            if observable not in spreads:
+                spreads[observable] = _spread(drawn, observable)
+            sigma, gamma = spreads[observable]
+            pilot[item.job, item.position] = (sigma / _scale(item.claim), gamma)
     wanted: dict[tuple[int, int], int] = {}
     for item in items:
         sigma, gamma = pilot[item.job, item.position]
