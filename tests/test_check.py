@@ -308,3 +308,18 @@ def test_the_advised_sample_size_resolves_the_claim():
     assert advised.outcome == INCONCLUSIVE
     count = int(advised.message.split("; about ")[-1].split(" networks")[0])
     assert check(claim, samples=count, seed=1).outcome == PASS
+
+
+def test_a_zero_prediction_is_judged_on_a_stated_absolute_tolerance():
+    # E[y_1] = 0 for zero-mean weights: a relative tolerance means nothing; the claim's atol (in the
+    # observable's units) is the tolerance, and the output says so.
+    net = mlp([8, 8, 8], activation("relu"), he())
+    zero = Claim("E[y_1] = 0", net, "y_mean", 1, sp.Integer(0), "exact", atol=0.02)
+    result = check(zero, samples=20_000)
+    assert result.outcome == PASS and "atol 0.02" in result.message and "observable's units" in result.message
+    assert result.to_dict()["atol"] == 0.02
+    # the checker's atol when the claim has none; too tight a one is not resolved
+    tight = check(Claim("E[y_1] = 0", net, "y_mean", 1, sp.Integer(0), "exact"), samples=20_000, atol=1e-4)
+    assert tight.outcome == INCONCLUSIVE and "atol 0.0001" in tight.message
+    with pytest.raises(ClaimError, match="atol must be a positive number"):
+        Claim("bad", net, "y_mean", 1, sp.Integer(0), "exact", atol=-1.0)
