@@ -43,3 +43,23 @@ def require_pdflatex() -> str:
             pytest.fail("VARPROP_REQUIRE_TEX=1 but pdflatex is not on PATH (install texlive-latex-base)")
         pytest.skip("pdflatex not installed (Debian: texlive-latex-base); set VARPROP_REQUIRE_TEX=1 to require it")
     return path
+
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def catalogue_verdicts():
+    """The whole catalogue and every claim's mutation siblings, checked together at the default settings.
+
+    One ``check_all``: the correct claims share their sampled networks with their siblings, so the
+    siblings cost little beyond the catalogue itself. Returns ``(siblings, results by name)``.
+    """
+    from mutations import siblings
+
+    from varprop.catalogue import CATALOGUE
+    from varprop.montecarlo import check_all
+
+    wrong = siblings()
+    results = check_all(list(CATALOGUE.values()) + wrong)
+    return wrong, {result.name: result for result in results}

@@ -11,14 +11,17 @@ import pytest
 import scipy.optimize
 import sympy as sp
 
-from varprop.claims import ClaimError
+from varprop.catalogue import claim_from_derivation
+from varprop.claims import ClaimError, ClaimFamily
 from varprop.cli import main
 from varprop.derive import Expect
-from varprop.derive.derivation import weakest, Code, Prose, citation, prose_latex, prose_markdown, to_latex
+from varprop.derive.derivation import weakest, Code, Prose, citation, prose_markdown, to_latex
 from varprop.explain import TOPICS, answer, observable_formula, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
 from varprop.observables import legacy_name
+from varprop.network import mlp
 from varprop.plot import LINESTYLES
+from varprop.weights import he
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,16 @@ def test_pre_vs_post_activation(answers):
     result = answers["pre-vs-post-activation"]
     weight = [r for r in result.checks if r.claim.observable_name == "dw_second_moment"]
     assert weight and all(r.outcome == PASS and r.claim.value == 1.0 for r in weight)
-    wrong = weight[0].claim.with_prediction(sp.Integer(2), name="Var[x] for E[x^2] in dL/dW")
+    # The asymptotic claims are checked over a width sweep; so is the wrong sibling (Var[x] for E[x^2]).
+    assert all(r.limit is not None and len(r.limit.widths) == 3 for r in weight)
+    claim = weight[0].claim
+    depth, layer = claim.network.depth, claim.layer
+
+    def wrong_at(n):
+        right = claim_from_derivation("dW", mlp([n] * (depth + 1), "relu", he()), "dw_second_moment", layer)
+        return right.with_prediction(sp.Integer(2), name="Var[x] for E[x^2] in dL/dW")
+
+    wrong = ClaimFamily("Var[x] for E[x^2] in dL/dW", "", wrong_at, claim.width, weight[0].limit.widths)
     assert check_all([wrong])[0].outcome == FAIL
 
 

@@ -7,7 +7,8 @@ value::
     name = "relu-he-forward"
     activation = "relu"            # a built-in, or an expression in x such as "max(x, 0) - 0.5"
     params = { a = 0.2 }           # activation parameters (optional)
-    widths = [32, 32, 32, 32]      # input width, hidden widths, output width
+    widths = [32, 32, 32, 32]      # input width, hidden widths, output width; or in n: ["n", "n", "2*n", "n"]
+    sweep = [8, 16, 32]            # the values of n an asymptotic claim's limit is fitted over
     init = "he"                    # he | kaiming | glorot | xavier | lecun | torch_default | keras_default
     mode = "fan_in"                # he / kaiming only: fan_in | fan_out
     slope = 0.0                    # he / kaiming only: the leaky slope a
@@ -28,7 +29,13 @@ value::
     # place = "act2"               # input, dense1, act1, dense2, ... or an integer position (-1: the input)
     prediction = "2"               # numbers, pi, e, + - * / ** and sqrt, exp, log, ...
     exactness = "exact"            # exact | gaussian-exact | asymptotic | approximation
+    tolerance = 0.05               # approximation only: the relative deviation promised (else MEASURED)
+    atol = 0.01                    # a prediction of 0: the absolute tolerance, in the observable's units
     source = "He et al. 2015, eq. (10)"
+
+An asymptotic claim is always checked over a sweep of at least three widths: write its widths in
+``n`` together with ``sweep``, or give numbers and it is checked at them and at 1/2 and 1/4 of them
+(rounded), so the given widths are the largest of its sweep.
 
 Text values (activation, prediction, weight variance) go through the whitelist parser of
 :mod:`varprop.activations`, never through ``eval`` or ``sympify``.
@@ -38,13 +45,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sympy as sp
 
 from .activations import BUILTIN_ACTIVATIONS, Activation, activation, expression, parse_expression
-from .claims import EXACTNESS, OBSERVABLES, Claim, ClaimError
+from .claims import EXACTNESS, OBSERVABLES, Claim, ClaimError, ClaimFamily
 from .derive.derivation import Derivation
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
@@ -58,7 +65,10 @@ __all__ = ["FileClaim", "load_claims"]
 
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
-             "bias_variance", "input", "correlation", "partner", "exactness", "source", "description")
+             "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol")
+_N = sp.Symbol("n", positive=True, integer=True)
+#: An asymptotic claim with numeric widths is checked at them and at these fractions of them.
+DEFAULT_SWEEP_FRACTIONS = (sp.Rational(1, 4), sp.Rational(1, 2), sp.Integer(1))
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,12 @@ class FileClaim:
     derived_exactness: str | None
     agreement: str  # "matches the derivation", "differs from the derivation", or why none was derived
     derivation: Derivation | None = None  # varprop's own derivation of the same observable
+    family: ClaimFamily | None = None  # an asymptotic claim: the claim at every width of its sweep
+
+    @property
+    def target(self) -> Claim | ClaimFamily:
+        """What the checker checks: the family (a sweep) for an asymptotic claim, else the claim."""
+        return self.family if self.family is not None else self.claim
 
 
 def load_claims(path: str | Path) -> list[FileClaim]:
@@ -101,33 +117,96 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
         raise ClaimError(f"{where}: unknown key {extra[0]!r}; accepted: {', '.join(_REQUIRED + _OPTIONAL)}")
     name = _text(table, "name", where)
     where = f"{where} ({name})"
-    try:
-        network = _network(table, where)
-        check_network(network)  # a claim is checked by sampling: refuse what cannot be, before deriving
-        exactness = _choice(table, "exactness", EXACTNESS, where, default="exact")
-        if "place" in table:
-            if "layer" in table:
-                raise ClaimError(f"{where}: give either layer (with an observable name such as y_second_moment) or "
-                                 "place (with a statistic such as second_moment), not both")
-            observable = _at_place(table, network, where)
-            layer = None
-        else:
-            if "layer" not in table:
-                raise ClaimError(f"{where}: missing key 'layer' (or 'place'); required: {', '.join(_REQUIRED)}")
-            if "tensor" in table:
-                raise ClaimError(f"{where}: tensor goes with place, not with layer")
-            observable = _choice(table, "observable", OBSERVABLES, where)
-            layer = table["layer"]
-            if isinstance(layer, bool) or not isinstance(layer, int):
-                raise ClaimError(f"{where}: layer must be an integer, got {layer!r}")
-        prediction = _number(table["prediction"], "prediction", where)
-        claim = Claim(name, network, observable, layer, prediction, exactness,
-                      source=str(table.get("source", "")), description=str(table.get("description", "")))
-    except ClaimError:
-        raise
-    except VarpropError as exc:
-        raise ClaimError(f"{where}: {exc}") from None
-    return _compare(claim)
+    exactness = _choice(table, "exactness", EXACTNESS, where, default="exact")
+    widths, sweep = _widths_and_sweep(table, exactness, where)
+    tolerance = _bound(table, "tolerance", where)
+    if tolerance is not None and exactness != "approximation":
+        raise ClaimError(f"{where}: tolerance goes with exactness = \"approximation\" (got {exactness!r}; exact and "
+                         "asymptotic claims are judged at the checker's --rtol)")
+    atol = _bound(table, "atol", where)
+
+    def build(n: int | None) -> Claim:
+        at = [int(w.subs(_N, n)) if isinstance(w, sp.Expr) else w for w in widths] if n is not None else widths
+        try:
+            network = _network(table, at, where)
+            check_network(network)  # a claim is checked by sampling: refuse what cannot be, before deriving
+            if "place" in table:
+                if "layer" in table:
+                    raise ClaimError(f"{where}: give either layer (with an observable name such as y_second_moment) "
+                                     "or place (with a statistic such as second_moment), not both")
+                observable = _at_place(table, network, where)
+                layer = None
+            else:
+                if "layer" not in table:
+                    raise ClaimError(f"{where}: missing key 'layer' (or 'place'); required: {', '.join(_REQUIRED)}")
+                if "tensor" in table:
+                    raise ClaimError(f"{where}: tensor goes with place, not with layer")
+                observable = _choice(table, "observable", OBSERVABLES, where)
+                layer = table["layer"]
+                if isinstance(layer, bool) or not isinstance(layer, int):
+                    raise ClaimError(f"{where}: layer must be an integer, got {layer!r}")
+            prediction = _number(table["prediction"], "prediction", where)
+            return Claim(name, network, observable, layer, prediction, exactness,
+                         source=str(table.get("source", "")), description=str(table.get("description", "")),
+                         tolerance=tolerance, atol=atol)
+        except ClaimError:
+            raise
+        except VarpropError as exc:
+            raise ClaimError(f"{where}: {exc}") from None
+
+    if sweep is None:
+        return _compare(build(None))
+    largest = max(sweep)
+    family = ClaimFamily(name, str(table.get("description", "")), build, largest, tuple(sweep))
+    return replace(_compare(family.at(largest)), family=family)
+
+
+def _widths_and_sweep(table: Mapping[str, object], exactness: str, where: str) -> tuple[list, list[int] | None]:
+    """The widths (numbers, or expressions in n) and the sweep of n, if the claim is checked over one."""
+    widths = table["widths"]
+    if not isinstance(widths, list) or len(widths) < 2:
+        raise ClaimError(f"{where}: widths must be a list of at least two positive integers (or expressions in n), "
+                         f"got {widths!r}")
+    symbolic = any(isinstance(w, str) for w in widths)
+    sweep = table.get("sweep")
+    if sweep is not None:
+        if not symbolic:
+            raise ClaimError(f"{where}: sweep gives values of n; write the widths in n, e.g. [\"n\", \"n\", \"n\"]")
+        valid = isinstance(sweep, list) and bool(sweep) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sweep)
+        if not valid or exactness == "asymptotic" and len(set(sweep)) < 3:
+            raise ClaimError(f"{where}: sweep must be a list of positive integers (at least three distinct for an "
+                             f"asymptotic claim), got {sweep!r}")
+    elif symbolic:
+        raise ClaimError(f"{where}: widths written in n need sweep = [...], the values of n to check at")
+    if symbolic:
+        parsed = [_number(w, "width", where, {"n": _N}) if isinstance(w, str) else w for w in widths]
+        for w in parsed:
+            if isinstance(w, sp.Expr) and not (w.free_symbols <= {_N}):
+                raise ClaimError(f"{where}: widths may use only n, got {w}")
+        return parsed, list(sweep)
+    if exactness == "asymptotic":
+        # Numbers: the given widths are the largest of a sweep at 1/4, 1/2 and 1 of them.
+        top = min(w for w in widths if isinstance(w, int) and not isinstance(w, bool) and w > 0) if all(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths) else None
+        if top is None:
+            raise ClaimError(f"{where}: widths must be positive integers, got {widths!r}")
+        scaled = [sp.Max(1, sp.floor(w * _N / top + sp.Rational(1, 2))) for w in widths]
+        sweep_values = sorted({max(1, int(f * top)) for f in DEFAULT_SWEEP_FRACTIONS})
+        if len(sweep_values) < 3:
+            raise ClaimError(f"{where}: an asymptotic claim is checked over a sweep at 1/4, 1/2 and 1 of its widths; "
+                             f"width {top} is too narrow for three distinct widths: give wider widths or a sweep")
+        return scaled, sweep_values
+    return widths, None
+
+
+def _bound(table: Mapping[str, object], key: str, where: str) -> float | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ClaimError(f"{where}: {key} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _at_place(table: Mapping[str, object], network: Network, where: str) -> Observable:
@@ -182,10 +261,7 @@ def _activation(table: Mapping[str, object], where: str) -> Activation:
     return expression(spec, **values)
 
 
-def _network(table: Mapping[str, object], where: str) -> Network:
-    widths = table["widths"]
-    if not isinstance(widths, list) or len(widths) < 2:
-        raise ClaimError(f"{where}: widths must be a list of at least two positive integers, got {widths!r}")
+def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
     distribution = _choice(table, "distribution", DISTRIBUTIONS, where, default="normal")
     if "weight_variance" in table:
         if "init" in table:
@@ -236,6 +312,9 @@ def _compare(claim: Claim) -> FileClaim:
     else:
         number = evaluate(value)
         same = abs(number.value - claim.value) <= max(number.error_estimate, 1e-12 * abs(number.value))
-    word = "matches" if same else "differs from"
-    return FileClaim(claim, value, derivation.exactness,
-                     f"{word} the derivation ({value}, {derivation.exactness})", derivation)
+    if same and derivation.exactness != claim.exactness:
+        note = (f"has the value of the derivation ({value}) but not its exactness: varprop derives it as "
+                f"{derivation.exactness}, the file says {claim.exactness}")
+    else:
+        note = f"{'matches' if same else 'differs from'} the derivation ({value}, {derivation.exactness})"
+    return FileClaim(claim, value, derivation.exactness, note, derivation)

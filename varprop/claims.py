@@ -11,8 +11,9 @@ expression and its float), *how exactly* it should hold, and *why* (assumptions,
     as the width grows, with an error that shrinks like :math:`O(1/n)`: checked over a sweep of
     widths.
 ``approximation``
-    a modelling assumption (Glorot's linear regime for tanh) not expected to hold: the check reports
-    the measured deviation instead of a verdict.
+    a modelling assumption (Glorot's linear regime for tanh) not expected to hold exactly: with a
+    ``tolerance`` the check says whether the deviation is within it; without one it reports the
+    measured deviation instead of a verdict (``MEASURED``).
 
 A claim built from a :class:`~varprop.derive.Derivation` takes its prediction and its exactness from
 it (the derivation's result and weakest step), never typed separately; a user's claim (a claim file)
@@ -80,6 +81,11 @@ class Claim:
         Why the prediction should hold, where it comes from, and what it says in words.
     derivation
         The :class:`~varprop.derive.Derivation` the prediction comes from, if any.
+    tolerance
+        For an ``approximation``: the relative deviation it promises to stay within (PASS/FAIL on it);
+        ``None`` for no verdict (``MEASURED``).
+    atol
+        For a prediction of 0: the absolute tolerance, in the observable's units.
     """
 
     name: str
@@ -94,6 +100,8 @@ class Claim:
     source: str = ""
     description: str = ""
     derivation: Derivation | None = field(default=None, compare=False, repr=False)
+    tolerance: float | None = None
+    atol: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.network, Network):
@@ -145,6 +153,16 @@ class Claim:
             raise ClaimError(f"claim {self.name!r}: the predicted value {value} is not finite")
         object.__setattr__(self, "value", float(value))
         object.__setattr__(self, "assumptions", tuple(self.assumptions))
+        for key in ("tolerance", "atol"):
+            bound = getattr(self, key)
+            if bound is None:
+                continue
+            if isinstance(bound, bool) or not isinstance(bound, int | float) or not (math.isfinite(bound) and bound > 0):
+                raise ClaimError(f"claim {self.name!r}: {key} must be a positive number, got {bound!r}")
+            object.__setattr__(self, key, float(bound))
+        if self.tolerance is not None and self.exactness != "approximation":
+            raise ClaimError(f"claim {self.name!r}: a tolerance goes with exactness 'approximation', got exactness "
+                             f"{self.exactness!r} (exact and asymptotic claims are judged at the checker's rtol)")
 
     @property
     def observable_name(self) -> str | None:
@@ -164,10 +182,12 @@ class Claim:
 
         The result carries no derivation: it is a hypothesis, not something varprop derived.
         """
+        exactness = exactness or self.exactness
         return Claim(
             name or self.name, self.network, self.observable, self.layer, prediction,
-            exactness or self.exactness, value, 0.0 if value is None else self.value_error,
+            exactness, value, 0.0 if value is None else self.value_error,
             self.assumptions, self.source, self.description,
+            tolerance=self.tolerance if exactness == "approximation" else None, atol=self.atol,
         )
 
 
@@ -180,8 +200,9 @@ def _abbreviated(expr: object, limit: int = 60) -> str:
 class ClaimFamily:
     """A claim at every width: ``build(n)`` returns the claim for hidden width n.
 
-    ``width`` is the default width; ``sweep`` the widths an asymptotic claim is checked over (or the
-    small widths an exact claim must also hold at).
+    ``width`` is the default width; ``sweep`` the widths an asymptotic claim is checked over together
+    with ``width`` (at least three in all; the checker fits the limit over them), or the small widths
+    an exact claim must also hold at.
     """
 
     name: str

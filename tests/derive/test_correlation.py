@@ -16,7 +16,7 @@ from varprop.activations import activation
 from varprop.derive import derive
 from varprop.derive.derivation import U, V, BivariateIntegral, Phi, Rule, _Builder
 from varprop.errors import DerivationError
-from varprop.network import Dense, FixedInput, GaussianInput, Network, Nonlinearity, mlp
+from varprop.network import Dense, FixedInput, GaussianInput, Network, mlp
 from varprop.observables import Correlation, CrossMoment, Signal
 from varprop.weights import Normal, he, lecun
 

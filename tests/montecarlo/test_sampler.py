@@ -39,7 +39,8 @@ NORM2 = 5.25
 ALPHA = 1e-3
 
 
-def check(prediction: float, samples, observable: str, layer: int, rtol: float = 0.03) -> str:
+def check(prediction: float, samples, observable: str, layer: int, rtol: float = 0.05) -> str:
+    """The verdict at level ALPHA; a PASS resolves ``rtol`` with 90 % power (the checker's definition)."""
     est = estimate(samples, observable, layer)
     return judge(prediction, est.value, est.se, est.n, rtol=rtol, alpha=ALPHA).outcome
 
@@ -192,16 +193,33 @@ NETWORKS = {
 @pytest.mark.parametrize("name", NETWORKS)
 def test_bit_identical_whatever_the_chunk_size(name):
     net = NETWORKS[name]
-    runs = [sample(net, 150, seed=5, block_size=1, chunk_size=c, correlation=True) for c in (1, 7, 1000)]
-    runs += [sample(net, 150, seed=5, block_size=4, chunk_size=c, correlation=True) for c in (4, 28, 1000)]
-    runs += [sample(net, 150, seed=5, block_size=4, chunk_size=c) for c in (4, 28, 1000)]
-    for first, other in ((runs[0], runs[1]), (runs[0], runs[2]), (runs[3], runs[4]), (runs[3], runs[5])):
-        for key, values in first.per_network.items():
-            assert np.array_equal(values, other.per_network[key], equal_nan=True), key
-        for key, values in first.per_position.items():
-            assert np.array_equal(values, other.per_position[key], equal_nan=True), key
+    # Three groups of runs that differ only in chunking: paired with blocks of 1, paired with blocks
+    # of 4, and unpaired (what check() samples) with blocks of 4. Every run is compared with the
+    # first of its group, every recorded array.
+    groups = [
+        [sample(net, 150, seed=5, block_size=1, chunk_size=c, correlation=True) for c in (1, 7, 1000)],
+        [sample(net, 150, seed=5, block_size=4, chunk_size=c, correlation=True) for c in (4, 28, 1000)],
+        [sample(net, 150, seed=5, block_size=4, chunk_size=c) for c in (4, 28, 1000)],
+    ]
+    compared = 0
+    for first, *others in groups:
+        for other in others:
+            assert first.per_network.keys() == other.per_network.keys()
+            assert first.per_position.keys() == other.per_position.keys()
+            for key, values in first.per_network.items():
+                assert np.array_equal(values, other.per_network[key], equal_nan=True), key
+            for key, values in first.per_position.items():
+                assert np.array_equal(values, other.per_position[key], equal_nan=True), key
+            assert np.array_equal(first.finite, other.finite)
+            compared += 1
+    assert compared == sum(len(group) - 1 for group in groups)  # every run built is compared
+    unpaired = groups[2][0]
     for observable in OBSERVABLES:
-        assert estimate(runs[0], observable, 2) == estimate(runs[2], observable, 2)
+        if observable == "y_correlation":  # needs paired inputs
+            assert estimate(groups[0][0], observable, 2) == estimate(groups[0][2], observable, 2)
+            continue
+        assert estimate(groups[0][0], observable, 2) == estimate(groups[0][2], observable, 2)
+        assert estimate(unpaired, observable, 2) == estimate(groups[2][2], observable, 2)
 
 
 def test_default_sizes_and_prefix_property():
@@ -357,5 +375,5 @@ def test_every_layer_kind_has_a_sampler():
 def test_every_weight_law_samples_through_its_own_sample_method(law):
     # y = W x, x fixed: E[y^2] = Var[w] ||x||^2 for any zero-mean law.
     net = Network((Dense(3, 4, law),), FixedInput(X))
-    samples = sample(net, 3000, seed=30)
+    samples = sample(net, 8000, seed=30)  # enough to resolve 5 % with 90 % power
     assert check(float(law.variance) * NORM2, samples, "y_second_moment", 1, rtol=0.05) == PASS

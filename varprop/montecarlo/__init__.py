@@ -15,7 +15,7 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
-from .check import MEASURED, CheckResult, Measurement, check, check_all, format_results
+from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_all, fit_limit, format_results
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
@@ -61,5 +61,7 @@ __all__ = [
     "check_all",
     "CheckResult",
     "Measurement",
+    "LimitFit",
+    "fit_limit",
     "format_results",
 ]

@@ -1,32 +1,56 @@
-r"""Check claims against sampled networks: one verdict per claim, with a known error rate.
+r"""Check claims against sampled networks: one verdict per claim, with a known error rate and stated power.
 
 A claim (:class:`~varprop.claims.Claim`) or a claim family (:class:`~varprop.claims.ClaimFamily`) is
 checked according to its exactness class:
 
 ``exact`` and ``gaussian-exact``
-    a z-test of the prediction at the family's width *and* at the small widths of its sweep
+    a t-test of the prediction at the family's width *and* at the small widths of its sweep
     (n = 2..8): an exact claim must hold at every width, so any test that fails fails the claim.
-    The claim passes when it is resolved (resolution :math:`\le` ``rtol``) at its own width; at the
-    narrow widths, where per-network values are heavy-tailed and millions of networks would be needed
-    to resolve 1 %, it must not be contradicted, and the resolution reached is reported.
+    The claim passes when it is resolved (resolution :math:`\le` ``rtol``, see
+    :mod:`varprop.montecarlo.verdict`: an error of ``rtol`` is caught with 90 % power) at its own
+    width; at the narrow widths, where per-network values are heavy-tailed and millions of networks
+    would be needed to resolve 1 %, it must not be contradicted, and the resolution reached is reported.
 ``asymptotic``
-    the relative deviation :math:`d(n) = (\hat\mu_n - \mu_0)/|\mu_0|` is measured at every width of
-    the sweep; the claim fails when the deviation does not shrink at least like :math:`1/n`: with
-    :math:`n_1` the smallest and :math:`n_k` the largest width, the one-sided test of
-    :math:`|d(n_k)| \le (n_1/n_k)\,|d(n_1)|` rejects. It passes when that holds and the deviation is
-    resolved at :math:`n_k` (resolution :math:`\le` ``rtol``).
+    judged on its limit, always over a sweep of at least three widths. The relative deviation
+    :math:`d(n) = (\hat\mu_n - \mu_0(n))/|\mu_0(n)|` measured at every width is fitted by weighted
+    least squares (weights :math:`1/\operatorname{SE}(d(n))^2`) with
+
+    .. math:: d(n) = c + \frac{a}{n} \quad\Bigl(+ \frac{b}{n^2} \text{ with four or more widths}\Bigr),
+
+    the standard errors of :math:`c, a, b` from the per-width SEs, :math:`(X^\top W X)^{-1}`; the
+    fit's :math:`\chi^2` on its :math:`\nu` degrees of freedom is reported. The claim FAILs when the limit :math:`c` is significantly different from 0
+    (the test of :math:`c = 0` is rejected within the Holm family) *and* :math:`|\hat c| >`
+    ``rtol``; it PASSes when :math:`|\hat c| \le` ``rtol`` and the limit is resolved,
+    :math:`(z_\text{crit} + z_{0.9})\operatorname{SE}(c) \le` ``rtol`` (a limit off by ``rtol``
+    is caught with 90 % power); it is INCONCLUSIVE otherwise. The samples are allocated over the
+    widths to reach that resolution at the least cost (below).
 ``approximation``
-    no verdict: the deviation at each width is reported (outcome ``MEASURED``).
+    with a ``tolerance`` on the claim: at every width, FAIL when :math:`|d|` is significantly beyond
+    the tolerance (the test of :math:`|d| \le` tolerance rejects within the Holm family), PASS when
+    :math:`|d| + z_\text{crit}\operatorname{SE}(d) \le` tolerance at every width; without one, no
+    verdict: the deviation at each width is reported (outcome ``MEASURED``).
 
 All tests of the claims checked together form one family: Holm's step-down procedure holds the
-family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value, so a PASS
-always means a prediction off by more than ``rtol`` would have been caught.
+family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value.
 
-When ``samples`` is not given, a pilot of 2,000 networks (from its own seed stream, then discarded)
-estimates the per-network spread and the main sample is sized to resolve ``rtol`` (twice ``rtol``
-at an exact claim's narrow widths), up to ``max_samples`` networks and ``max_floats`` drawn weights
-per claim and width; if the main sample shows a larger spread than the pilot, it is enlarged once.
-The sample size depends only on spreads, never on how far the estimate is from the prediction.
+**Guards.** A claim with excluded networks (overflow to inf, NaN) at any width is ``INCONCLUSIVE``,
+with the counts: a verdict never rests on a silently filtered sample. Per-network values of narrow
+networks are skewed; for a right-skewed sample the studentized mean has a heavy *left* tail, so a
+contradiction in that direction with fewer networks than the Edgeworth bound asks for (see
+:func:`_skew_minimum`) is ``INCONCLUSIVE``; a contradiction in the direction skewness makes rarer
+stands (the normal test is conservative there).
+
+**Sample sizes.** When ``samples`` is not given, a pilot of 2,000 networks per network (from its own
+seed stream, then discarded) estimates each observable's per-network spread and skewness; the main
+sample is sized from the pilot alone, never from the main sample (a size chosen from the sample's
+own spread would correlate with its mean when the values are skewed). A claim at one width needs
+:math:`T = 1.15\,((z_\text{crit} + z_{0.9})\,\sigma/(\text{rtol}\,|\mu_0|))^2` networks (twice
+``rtol`` at an exact claim's narrow widths), at least the Edgeworth skew minimum, up to
+``max_samples`` networks and ``max_floats`` drawn weights per network and width. An asymptotic sweep
+needs :math:`\operatorname{SE}(c) \le \text{rtol}/(z_\text{crit} + z_{0.9})`: with :math:`c = \sum_i
+\lambda_i d_i` the fitted limit, :math:`\sigma_i` the per-network spread at width :math:`n_i` and
+:math:`\kappa_i` the weights drawn per network there, the cheapest allocation is
+:math:`T_i \propto |\lambda_i|\sigma_i/\sqrt{\kappa_i}`.
 """
 
 from __future__ import annotations
@@ -49,19 +73,25 @@ from .errors import MonteCarloError
 from .estimators import Estimate, estimate, health, per_network_values
 from .executors import Executor, executor_from
 from .sampler import sample
-from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, format_z, holm, holm_critical_values, judge
+from .verdict import (
+    FAIL, INCONCLUSIVE, PASS, POWER, Verdict, format_z, holm, holm_critical_values, judge, t_p_value,
+    tolerance_text, z_power,
+)
 
-__all__ = ["MEASURED", "Measurement", "ShrinkTest", "CheckResult", "check", "check_all", "format_results", "DEFAULT_RTOL"]
+__all__ = ["MEASURED", "Measurement", "LimitFit", "fit_limit", "CheckResult", "check", "check_all", "format_results",
+           "DEFAULT_RTOL", "MIN_SWEEP"]
 
 MEASURED = "MEASURED"
 DEFAULT_RTOL = 0.01
+#: The fewest widths an asymptotic claim is checked over (two parameters, c and a, and one degree of freedom).
+MIN_SWEEP = 3
 _PILOT = 2_000
 _SAFETY = 1.15
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One claim at one width: the estimate, the relative deviation and (if tested) the verdict."""
+    """One claim at one width: the estimate, the relative deviation and (if tested alone) the verdict."""
 
     width: int
     claim: Claim
@@ -69,49 +99,159 @@ class Measurement:
     deviation: float
     deviation_se: float
     verdict: Verdict | None
-    health: Mapping[str, int]
+    health: Mapping[str, float]
+    note: str = ""  # why the networks here cannot be judged (exclusions), empty when they can
     engine: str = "full"  # the sampling engine that drew the networks of this estimate
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
             "width": self.width,
             "prediction": self.claim.value,
-            "estimate": self.estimate.value,
-            "se": self.estimate.se,
+            "estimate": _json_number(self.estimate.value),
+            "se": _json_number(self.estimate.se),
             "n": self.estimate.n,
             "networks": self.estimate.n,  # the same count, in the report's vocabulary ("n" is kept for old readers)
-            "deviation": self.deviation,
-            "deviation_se": self.deviation_se,
+            "deviation": _json_number(self.deviation),
+            "deviation_se": _json_number(self.deviation_se),
             "engine": self.engine,
-            **dict(self.health),
+            **{key: _json_number(value) for key, value in self.health.items()},
         }
+        if self.note:
+            out["note"] = self.note
         if self.verdict is not None:
             v = self.verdict
             out.update(z=v.z, p_value=v.p_value, z_crit=v.z_crit, resolution=v.resolution, outcome=v.outcome,
-                       samples_needed=v.samples_needed)
+                       samples_needed=v.samples_needed, power=v.power)
         return out
 
 
-@dataclass(frozen=True)
-class ShrinkTest:
-    r"""Does the deviation shrink at least like :math:`1/n` between the smallest and largest width?"""
+def _json_number(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
-    small_width: int
-    large_width: int
-    statistic: float  # |d(n_k)| - (n_1/n_k) |d(n_1)|
-    se: float
-    p_value: float  # one-sided
+
+@dataclass(frozen=True)
+class LimitFit:
+    r"""The relative deviation fitted over a width sweep, :math:`d(n) = c + a/n\ (+\,b/n^2)`, weighted by the SEs."""
+
+    widths: tuple[int, ...]
+    limit: float  # c
+    limit_se: float
+    slope: float  # a, the 1/n coefficient
+    slope_se: float
+    curvature: float | None  # b, the 1/n^2 coefficient (four or more widths)
+    chi2: float
+    dof: int
+    p_value: float  # two-sided, H0: c = 0
     rejected: bool = False
+
+    @property
+    def z(self) -> float:
+        """The limit in units of its SE."""
+        return self.limit / self.limit_se if self.limit_se > 0 else (0.0 if self.limit == 0 else math.inf)
+
+    def describe(self) -> str:
+        """``limit c = +0.03% ± 0.21%, 1/n coefficient a = -0.41 ± 0.05 (fit over n = 8, 16, 32)``."""
+        widths = ", ".join(map(str, sorted(self.widths)))
+        text = (f"fitted limit c = {100 * self.limit:+.2f}% ± {100 * self.limit_se:.2f}%, 1/n coefficient "
+                f"a = {self.slope:+.3g} ± {self.slope_se:.2g}")
+        if self.curvature is not None:
+            text += f", 1/n^2 coefficient b = {self.curvature:+.3g}"
+        return text + f" (weighted fit over n = {widths}; chi2 = {self.chi2:.2g} on {self.dof} dof)"
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "small_width": self.small_width,
-            "large_width": self.large_width,
-            "statistic": self.statistic,
-            "se": self.se,
+            "widths": list(self.widths),
+            "limit": self.limit,
+            "limit_se": self.limit_se,
+            "slope": self.slope,
+            "slope_se": self.slope_se,
+            "curvature": self.curvature,
+            "chi2": self.chi2,
+            "dof": self.dof,
             "p_value": self.p_value,
             "rejected": self.rejected,
         }
+
+
+def _design(widths: Sequence[int]) -> np.ndarray:
+    x = 1.0 / np.asarray(widths, dtype=float)
+    return np.vander(x, 3 if len(widths) >= 4 else 2, increasing=True)
+
+
+def fit_limit(widths: Sequence[int], deviations: Sequence[float], ses: Sequence[float]) -> LimitFit:
+    r"""Weighted least squares of :math:`d(n) = c + a/n` (:math:`+\,b/n^2` with four or more widths).
+
+    Parameters
+    ----------
+    widths
+        At least :data:`MIN_SWEEP` distinct widths.
+    deviations, ses
+        The relative deviation at each width and its standard error.
+
+    Returns
+    -------
+    LimitFit
+        :math:`\hat c` and its SE from :math:`(X^\top W X)^{-1}`, :math:`W = \operatorname{diag}(1/\operatorname{SE}^2)`;
+        the p-value of :math:`c = 0` (normal reference: each deviation is a mean over thousands of networks).
+    """
+    n = np.asarray(widths, dtype=float)
+    d = np.asarray(deviations, dtype=float)
+    s = np.asarray(ses, dtype=float)
+    if len(set(widths)) < MIN_SWEEP or not (len(n) == len(d) == len(s)):
+        raise MonteCarloError(f"a limit is fitted over at least {MIN_SWEEP} distinct widths, got {list(widths)}")
+    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(s)) and np.all(s >= 0)):
+        raise MonteCarloError(f"deviations and SEs must be finite (SEs non-negative), got {d.tolist()}, {s.tolist()}")
+    s = np.maximum(s, 1e-15 * max(1.0, float(np.max(np.abs(d)))))
+    X = _design(widths)
+    w = 1.0 / s**2
+    cov = np.linalg.inv(X.T @ (w[:, None] * X))
+    beta = cov @ (X.T @ (w * d))
+    chi2 = float(np.sum(w * (d - X @ beta) ** 2))
+    dof = len(d) - X.shape[1]
+    se = np.sqrt(np.diag(cov))
+    limit, limit_se = float(beta[0]), float(se[0])
+    z = limit / limit_se if limit_se > 0 else (0.0 if limit == 0 else math.inf)
+    return LimitFit(tuple(int(w_) for w_ in widths), limit, limit_se, float(beta[1]), float(se[1]),
+                    float(beta[2]) if X.shape[1] == 3 else None, chi2, dof, t_p_value(z, None))
+
+
+def _limit_coefficients(widths: Sequence[int], sigmas: Sequence[float]) -> np.ndarray:
+    r""":math:`\lambda` with :math:`\hat c = \sum_i \lambda_i d_i` for the fit weighted by :math:`1/\sigma_i^2`."""
+    X = _design(widths)
+    w = 1.0 / np.maximum(np.asarray(sigmas, dtype=float), 1e-12) ** 2
+    return (np.linalg.inv(X.T @ (w[:, None] * X)) @ (X.T * w))[0]
+
+
+def _sweep_counts(widths: Sequence[int], sigmas: Sequence[float], costs: Sequence[float], target: float,
+                  caps: Sequence[int] | None = None) -> list[int]:
+    r"""Networks per width so that :math:`\operatorname{SE}(\hat c) \le` ``target`` at the least drawn weights.
+
+    Minimising :math:`\sum_i \kappa_i T_i` subject to :math:`\sum_i \lambda_i^2\sigma_i^2/T_i = V` (Lagrange)
+    gives :math:`T_i = S\,|\lambda_i|\sigma_i/(\sqrt{\kappa_i}\,V)` with
+    :math:`S = \sum_j |\lambda_j|\sigma_j\sqrt{\kappa_j}`. A width whose count exceeds its cap is held at the
+    cap and the rest of the variance budget is spread over the others the same way. The weighted fit
+    is the best linear unbiased estimator of :math:`c`, so its SE is at most that of this combination.
+    """
+    lam = np.abs(_limit_coefficients(widths, sigmas))
+    sig = np.asarray(sigmas, dtype=float)
+    kappa = np.asarray(costs, dtype=float)
+    cap = np.full(len(sig), np.inf) if caps is None else np.asarray(caps, dtype=float)
+    fixed = np.zeros(len(sig), dtype=bool)
+    counts = np.zeros(len(sig))
+    for _ in range(len(sig)):
+        budget = target * target / _SAFETY - float(np.sum(lam[fixed] ** 2 * sig[fixed] ** 2 / cap[fixed]))
+        free = ~fixed & (lam * sig > 0)
+        if budget <= 0 or not np.any(free):
+            counts[free] = cap[free]
+            break
+        total = float(np.sum((lam * sig * np.sqrt(kappa))[free]))
+        counts[free] = total * (lam * sig)[free] / (np.sqrt(kappa[free]) * budget)
+        over = free & (counts > cap)
+        if not np.any(over):
+            break
+        fixed |= over
+        counts[over] = cap[over]
+    return [int(min(limits.MAX_NEEDED, math.ceil(c))) if math.isfinite(c) else limits.MAX_NEEDED for c in counts]
 
 
 @dataclass(frozen=True)
@@ -123,7 +263,7 @@ class CheckResult:
     outcome: str
     measurements: tuple[Measurement, ...]
     message: str
-    shrink: ShrinkTest | None = None
+    limit: LimitFit | None = None
     claim: Claim = field(repr=False, default=None)  # type: ignore[assignment]
 
     @property
@@ -144,12 +284,14 @@ class CheckResult:
             "prediction_expr": str(claim.prediction),
             "prediction": claim.value,
             "exactness": self.exactness,
+            "tolerance": claim.tolerance,
+            "atol": claim.atol,
             "source": claim.source,
             "assumptions": list(claim.assumptions),
             "outcome": self.outcome,
             "message": self.message,
             "measurements": [m.to_dict() for m in self.measurements],
-            "shrink": None if self.shrink is None else self.shrink.to_dict(),
+            "limit": None if self.limit is None else self.limit.to_dict(),
             **({"derivation": claim.derivation.to_dict()} if claim.derivation is not None else {}),
         }
 
@@ -162,19 +304,35 @@ class _Job:
     index: int  # which target
     family: ClaimFamily | None
     claim: Claim
-    widths: tuple[int, ...]  # widths[0] is the primary width
+    widths: tuple[int, ...]  # widths[0] is the primary width (the largest for a sweep)
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.claim.exactness == "asymptotic" and len(self.widths) >= MIN_SWEEP
+
+
+def scaled_sweep(widths: Sequence[int], largest: int, name: str = "") -> tuple[int, ...]:
+    """``widths`` scaled so the largest becomes ``largest`` (rounded, distinct, largest first)."""
+    top = max(widths)
+    scaled = tuple(sorted({max(1, round(n * largest / top)) for n in widths}, reverse=True))
+    if len(scaled) < MIN_SWEEP:
+        raise MonteCarloError(
+            f"claim {name!r}: width {largest} is too small for a sweep of {MIN_SWEEP} distinct widths scaled from "
+            f"{sorted(widths)} (it gives {sorted(scaled)}); an asymptotic claim is judged on its limit over a sweep"
+        )
+    return scaled
 
 
 def _plan(target: Claim | ClaimFamily, index: int, width: int | None) -> _Job:
     if isinstance(target, ClaimFamily):
+        default = target.at()
+        widths_all = tuple(sorted(set(target.sweep) | {target.width}, reverse=True))
+        if default.exactness in ("asymptotic", "approximation"):
+            widths = widths_all if width is None else scaled_sweep(widths_all, width, target.name)
+            return _Job(index, target, target.at(widths[0]), widths)
         if width is not None:
             return _Job(index, target, target.at(width), (width,))
-        claim = target.at()
-        if claim.exactness in ("asymptotic", "approximation"):
-            widths = tuple(sorted(set(target.sweep) | {target.width}, reverse=True))
-        else:
-            widths = (target.width, *[n for n in target.sweep if n != target.width])
-        return _Job(index, target, claim, widths)
+        return _Job(index, target, default, (target.width, *[n for n in target.sweep if n != target.width]))
     if isinstance(target, Claim):
         return _Job(index, None, target, (target.width,))
     raise MonteCarloError(f"check needs a Claim or a ClaimFamily, got {target!r}")
@@ -191,7 +349,17 @@ def _seed(seed: int, network: Network, phase: int) -> np.random.SeedSequence:
 
 def _draws_per_network(network: Network, engine: Engine) -> int:
     """Random numbers one network costs the engine (all its weights for the full engine, O(n) per layer otherwise)."""
-    return engine.cost(network, False)[0]
+    return max(1, engine.cost(network, bool(getattr(network.inputs, "paired", False)))[0])
+
+
+def _engine_for(network: Network, claims: Sequence[Claim], engine: Engine | str) -> Engine:
+    """The engine that samples ``network`` for ``claims`` (an explicit engine it cannot serve: an error naming the claim)."""
+    if not network.is_numeric:
+        raise MonteCarloError(f"claim {claims[0].name!r}: its network has symbolic widths; give integers to check it")
+    try:
+        return select_engine(engine, network, paired=bool(getattr(network.inputs, "paired", False)))
+    except MonteCarloError as exc:
+        raise MonteCarloError(f"claim {claims[0].name!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -205,71 +373,61 @@ class _Item:
     rtol: float
 
 
-def _measure(
-    network: Network,
-    items: Sequence[_Item],
-    *,
-    samples: int | None,
-    seed: int,
-    z_plan: float,
-    max_samples: int,
-    max_floats: float,
-    engine: Engine | str = "auto",
-    executor: Executor | None = None,
-) -> list[tuple[Estimate, Mapping[str, int]]]:
-    """Sample ``network`` once (pilot, main, at most one enlargement) and estimate every item's claim."""
-    engine = _engine_for(network, items, engine)
-    cap = max(_PILOT, min(max_samples, int(max_floats // max(1, _draws_per_network(network, engine)))))
-    cap = limits.affordable(network, cap, engine)  # never more networks than fit in memory
+def _cap(network: Network, max_samples: int, max_floats: float, engine: Engine) -> int:
+    cap = max(_PILOT, min(max_samples, int(max_floats // _draws_per_network(network, engine))))
+    return limits.affordable(network, cap, engine)  # never more networks than fit in memory
 
-    def needed(item: _Item, est: Estimate) -> int:
-        scale = _scale(item.claim)
-        spread = est.se * math.sqrt(est.n)
-        return limits.networks_needed(_SAFETY, z_plan * spread / (item.rtol * scale)) if spread > 0 else _PILOT
 
-    observables = [_observable(item.claim, network) for item in items]
+def _spread(drawn, observable: Observable) -> tuple[float, float]:
+    r"""(per-network SD, signed skewness) of an observable in a pilot; NaN if networks were excluded.
 
-    def measure_all(drawn) -> list[tuple[Estimate, int]]:
-        out = []
-        for item, observable in zip(items, observables):
-            est = limits.quiet(estimate, drawn, observable)
-            limits.require_finite([item], [est], drawn)  # overflowed networks: an error, never a biased verdict
-            out.append((est, _skew_minimum(per_network_values(drawn, observable), z_plan)))
-        return out
+    The SD is an upper 95 % bound, not the point estimate: the sample variance of :math:`T` values
+    with kurtosis :math:`\kappa` has relative SE :math:`\sqrt{(\kappa - 1)/T}`, and heavy-tailed
+    per-network values (narrow relu networks) make a pilot's variance low more often than not.
+    """
+    if drawn.excluded:
+        return math.nan, 0.0
+    values = per_network_values(drawn, observable)
+    est = limits.quiet(estimate, drawn, observable)
+    if not (math.isfinite(est.value) and math.isfinite(est.se)):
+        return math.nan, 0.0
+    inflation = math.sqrt(1.0 + 1.645 * math.sqrt(max(_kurtosis(values) - 1.0, 0.0) / max(values.size, 1)))
+    return inflation * est.se * math.sqrt(est.n), _skewness(values)
 
-    main_seed = _seed(seed, network, 1)
-    if samples is None:
-        pilot = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engine, executor=executor)
-        pilot_estimates = [limits.quiet(estimate, pilot, observable) for observable in observables]
-        limits.require_finite(items, pilot_estimates, pilot)
-        count = int(min(cap, max(_PILOT, *(needed(item, est) for item, est in zip(items, pilot_estimates)))))
+
+def _measure_one(drawn, observable: Observable, z_plan: float) -> tuple[Estimate, dict[str, float], str]:
+    """The estimate from one sample, its health and, when networks were excluded, why no verdict can rest on it."""
+    finite = drawn.count - drawn.excluded
+    if finite >= 2:
+        est = limits.quiet(estimate, drawn, observable)
     else:
-        count = samples
-    drawn = sample(network, count, seed=main_seed, engine=engine, executor=executor)
-    results = measure_all(drawn)
-    wanted = max(max(needed(item, est), minimum) for item, (est, minimum) in zip(items, results))
-    if samples is None and count < cap and wanted > count:
-        # The pilot underestimated a heavy-tailed spread or skew: enlarge the sample once. The first
-        # networks of a larger sample are the same networks, and the size depends on spreads and
-        # skewness, never on the means.
-        drawn = sample(network, int(min(cap, wanted)), seed=main_seed, engine=engine, executor=executor)
-        results = measure_all(drawn)
-    # Health at the observable's own position(s): excluded (any non-finite value), overflow and NaN
-    # there, and the finite networks whose observed tensor is identically zero.
-    # "zero_input_networks" is the key's name since the first version (JSON output): kept beside "zero_networks".
-    return [(est, {**(state := health(drawn, observable)), "zero_input_networks": state["zero_networks"],
-                   "skew_minimum": minimum})
-            for observable, (est, minimum) in zip(observables, results)]
+        est = Estimate(math.nan, math.nan, finite, drawn.excluded)
+    state: dict[str, float] = dict(health(drawn, observable))
+    state["zero_input_networks"] = state["zero_networks"]  # the key's name since the first version (JSON output)
+    note = ""
+    if drawn.excluded:
+        note = _exclusion_text(drawn)
+    elif not (math.isfinite(est.value) and math.isfinite(est.se)):
+        note = (f"the per-network values are too large for float64 statistics (estimate {est.value:.3g}, "
+                f"SE {est.se:.3g})")
+    if note:
+        state.update(skewness=0.0, skew_minimum=0)
+    else:
+        gamma = _skewness(per_network_values(drawn, observable))
+        state.update(skewness=gamma, skew_minimum=_skew_minimum(gamma, z_plan))
+    return est, state, note
 
 
-def _engine_for(network: Network, items: Sequence[_Item], engine: Engine | str) -> Engine:
-    """The engine that samples ``network`` for ``items`` (an explicit engine it cannot serve: an error naming the claim)."""
-    if not network.is_numeric:
-        raise MonteCarloError(f"claim {items[0].claim.name!r}: its network has symbolic widths; give integers to check it")
-    try:
-        return select_engine(engine, network)
-    except MonteCarloError as exc:
-        raise MonteCarloError(f"claim {items[0].claim.name!r}: {exc}") from None
+def _exclusion_text(drawn) -> str:
+    overflow, nan = np.asarray(drawn.overflow), np.asarray(drawn.nan)
+    layers = [i + 1 for i in range(len(overflow)) if overflow[i] or nan[i]]
+    shown = ", ".join(map(str, layers[:5])) + (", ..." if len(layers) > 5 else "")
+    kinds = [f"{int(np.max(overflow))} overflowed (inf)"] if np.any(overflow) else []
+    kinds += [f"{int(np.max(nan))} became NaN"] if np.any(nan) else []
+    return (f"{drawn.excluded} of {drawn.count} networks excluded ({' and '.join(kinds) or 'not finite'} in float64, "
+            f"dense layer{'s' if len(layers) != 1 else ''} {shown}); the estimate would rest on the "
+            f"{drawn.count - drawn.excluded} survivors, a biased sample, so no verdict (use a smaller weight variance, "
+            f"fewer layers or a smaller input)")
 
 
 def _observable(claim: Claim, network: Network) -> Observable:
@@ -283,26 +441,42 @@ def _observable(claim: Claim, network: Network) -> Observable:
         raise MonteCarloError(f"claim {claim.name!r}: {exc}") from None
 
 
-def _skew_minimum(values: np.ndarray, z: float) -> int:
-    r"""Networks needed before the z-test's tail probability at ``z`` can be trusted despite skew.
-
-    The one-term Edgeworth expansion of the studentized mean (Hall 1992, *The Bootstrap and
-    Edgeworth Expansion*, Sec. 2.6) shifts the tail probability beyond :math:`z` by about
-    :math:`\varphi(z)\,\gamma\,(2z^2 + 1)/(6\sqrt T)`, :math:`\gamma` the skewness of the
-    per-network values; relative to the tail itself that is about :math:`z\gamma(2z^2+1)/(6\sqrt T)`.
-    Keeping it under one half (so a nominal level alpha is at most 1.5 alpha) needs
-    :math:`T \ge (z \gamma (2z^2+1)/3)^2`. At :math:`z = 1.96` this is about :math:`32\gamma^2`,
-    Cochran's rule :math:`25\gamma^2`; it grows with the extreme critical values of a Holm family. Per-network second moments of narrow
-    networks are strongly right-skewed (a product of layer factors), so this is what sizes them.
-    """
+def _skewness(values: np.ndarray) -> float:
+    """The sample skewness of ``values`` (scale-free; 0 for fewer than 3 values or no spread)."""
     if values.size < 3:
-        return 0
+        return 0.0
     values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)  # scale-free; no overflow in the cube
     centred = values - values.mean()
     variance = float(np.mean(centred**2))
     if variance <= 0:
+        return 0.0
+    return float(np.mean(centred**3)) / variance**1.5
+
+
+def _kurtosis(values: np.ndarray) -> float:
+    """The sample kurtosis m4 / m2^2 of ``values`` (3 for a normal sample; 3 when undefined)."""
+    if values.size < 4:
+        return 3.0
+    values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)
+    centred = values - values.mean()
+    variance = float(np.mean(centred**2))
+    return float(np.mean(centred**4)) / variance**2 if variance > 0 else 3.0
+
+
+def _skew_minimum(skewness: float, z: float) -> int:
+    r"""Networks needed before the t-test's tail probability at ``z`` can be trusted despite skew.
+
+    The one-term Edgeworth expansion of the studentized mean (Hall 1992, *The Bootstrap and
+    Edgeworth Expansion*, Sec. 2.6) moves the tail probability beyond :math:`z` by about
+    :math:`\varphi(z)\,\gamma\,(2z^2 + 1)/(6\sqrt T)`, :math:`\gamma` the skewness of the
+    per-network values: up in the tail opposite to the skew (the left tail for right-skewed values)
+    and down in the other. Relative to the tail itself that is about
+    :math:`z\gamma(2z^2+1)/(6\sqrt T)`; keeping it under one half (a nominal level alpha is at most
+    1.5 alpha on the heavy side) needs :math:`T \ge (z \gamma (2z^2+1)/3)^2`. At :math:`z = 1.96`
+    this is about :math:`32\gamma^2`, Cochran's rule :math:`25\gamma^2`.
+    """
+    if not math.isfinite(skewness):
         return 0
-    skewness = float(np.mean(centred**3)) / variance**1.5
     return math.ceil((z * abs(skewness) * (2 * z * z + 1) / 3) ** 2)
 
 
@@ -316,6 +490,14 @@ def _deviation(claim: Claim, est: Estimate) -> tuple[float, float]:
     return (est.value - claim.value) / scale, est.se / scale
 
 
+def _tolerance(claim: Claim, rtol: float, atol: float | None) -> float:
+    """The tolerance on the (relative, or absolute for a zero prediction) deviation."""
+    if claim.value != 0:
+        return rtol
+    own = claim.atol if claim.atol is not None else atol
+    return own if own is not None else rtol
+
+
 # --- the checker -------------------------------------------------------------------------------
 
 
@@ -327,14 +509,17 @@ def check(
     rtol: float = DEFAULT_RTOL,
     alpha: float = 0.05,
     width: int | None = None,
+    atol: float | None = None,
+    power: float = POWER,
     max_samples: int = 2_000_000,
-    max_floats: float = 4e8,
+    max_floats: float = 1e9,
     engine: Engine | str = "auto",
     executor: Executor | str | None = None,
 ) -> CheckResult:
     """Check one claim or claim family (see the module docstring); equivalent to ``check_all([target])[0]``."""
-    return check_all([target], samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width,
-                     max_samples=max_samples, max_floats=max_floats, engine=engine, executor=executor)[0]
+    return check_all([target], samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width, atol=atol,
+                     power=power, max_samples=max_samples, max_floats=max_floats, engine=engine,
+                     executor=executor)[0]
 
 
 def check_all(
@@ -345,8 +530,10 @@ def check_all(
     rtol: float = DEFAULT_RTOL,
     alpha: float = 0.05,
     width: int | None = None,
+    atol: float | None = None,
+    power: float = POWER,
     max_samples: int = 2_000_000,
-    max_floats: float = 4e8,
+    max_floats: float = 1e9,
     progress: Callable[[str, int, int], None] | None = None,
     engine: Engine | str = "auto",
     executor: Executor | str | None = None,
@@ -354,7 +541,11 @@ def check_all(
     """Check several claims together: Holm's procedure over all their tests holds the false-alarm rate at ``alpha``.
 
     Claims about the same network (at the same width) are estimated from the same sampled networks.
-    ``progress(name, done, total)`` is called after each network is sampled.
+    ``width`` checks an exact claim at that width only, and sets the largest width of an asymptotic
+    claim's sweep (the others scaled with it). ``atol`` is the absolute tolerance, in the
+    observable's units, for claims that predict 0 (a claim's own ``atol`` comes first; ``rtol`` read
+    as an absolute number when neither is given). ``power`` is what a PASS guarantees against an
+    error of the tolerance. ``progress(name, done, total)`` is called after each network is sampled.
 
     ``engine`` samples the networks: ``"auto"`` (the default: the exact conditional-Gaussian engine
     wherever it is valid, full weight matrices elsewhere), ``"full"`` or ``"conditional"`` (refused,
@@ -367,6 +558,9 @@ def check_all(
         raise MonteCarloError(f"rtol must be a positive number, got {rtol!r}")
     if not (isinstance(alpha, float | int) and 0 < alpha < 1):
         raise MonteCarloError(f"alpha must be in (0, 1), got {alpha!r}")
+    if atol is not None and not (isinstance(atol, float | int) and atol > 0 and math.isfinite(atol)):
+        raise MonteCarloError(f"atol must be a positive number, got {atol!r}")
+    margin_power = z_power(power)
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
         raise MonteCarloError(f"samples must be an integer of at least 2, got {abbreviate(samples)}")
     seed = limits.check_seed(seed)
@@ -377,159 +571,339 @@ def check_all(
         raise MonteCarloError("nothing to check: give at least one claim")
     tests = sum(_test_count(job) for job in jobs)
     z_plan = holm_critical_values(alpha, max(tests, 1))[0]
+    margin = z_plan + margin_power
     # Every (claim, width) to estimate; an exact claim is resolved at its own width, while at its narrow
     # widths it must not be contradicted and the sample is sized for twice rtol (heavy tails there make
-    # 1 % cost millions of networks).
-    items = [
-        _Item(j, position, n, _claim_at(job, n),
-              2 * rtol if position > 0 and job.claim.exactness in ("exact", "gaussian-exact") else rtol)
-        for j, job in enumerate(jobs)
-        for position, n in enumerate(job.widths)
-    ]
+    # 1 % cost millions of networks). An approximation with a tolerance is sized for that tolerance.
+    items = []
+    for j, job in enumerate(jobs):
+        for position, n in enumerate(job.widths):
+            claim = _claim_at(job, n)
+            tol = _tolerance(claim, rtol, atol)
+            if job.claim.exactness == "approximation" and claim.tolerance is not None:
+                tol = claim.tolerance
+            elif position > 0 and job.claim.exactness in ("exact", "gaussian-exact"):
+                tol = 2 * tol
+            items.append(_Item(j, position, n, claim, tol))
     limits.check_claims([item.claim for item in items], samples, _PILOT, engine)  # refuse what cannot fit, before sampling
     groups: dict[Network, list[_Item]] = {}
     for item in items:
         groups.setdefault(item.claim.network, []).append(item)
-    measured: dict[tuple[int, int], tuple[Estimate, Mapping[str, int]]] = {}
-    engines: dict[tuple[int, int], str] = {}
+    engines = {network: _engine_for(network, [i.claim for i in members], engine) for network, members in groups.items()}
+    caps = {network: _cap(network, max_samples, max_floats, engines[network]) for network in groups}
     with executor_from(executor) as runner:
-        for done, (network, members) in enumerate(groups.items(), 1):
-            chosen = _engine_for(network, members, engine)
-            results = _measure(network, members, samples=samples, seed=seed, z_plan=z_plan,
-                               max_samples=max_samples, max_floats=max_floats, engine=chosen, executor=runner)
-            for item, result in zip(members, results):
-                measured[item.job, item.position] = result
-                engines[item.job, item.position] = chosen.name
-            if progress is not None:
-                progress(members[0].claim.name, done, len(groups))
+        return _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed, margin=margin,
+                                 z_plan=z_plan, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
+                                 progress=progress)
+
+
+def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]],
+                      engines: Mapping[Network, Engine], caps: Mapping[Network, int], runner: Executor, *,
+                      samples: int | None, seed: int, margin: float, z_plan: float, rtol: float, alpha: float,
+                      atol: float | None, tests: int, power: float,
+                      progress: Callable[[str, int, int], None] | None) -> list[CheckResult]:
+    """Pilots (for the sizes), the main samples of every network, and the verdicts."""
+    wanted: dict[tuple[int, int], int] = {}
+    if samples is None:
+        wanted = _plan_counts(jobs, items, groups, seed=seed, margin=margin, z_plan=z_plan, caps=caps,
+                              engines=engines, runner=runner)
+        counts = {network: int(min(caps[network], max(_PILOT, *(wanted[i.job, i.position] for i in members))))
+                  for network, members in groups.items()}
+    else:
+        counts = {network: samples for network in groups}
+    measured: dict[tuple[int, int], tuple[Estimate, dict[str, float], str]] = {}
+    for done, (network, members) in enumerate(groups.items(), 1):
+        if not network.is_numeric:
+            raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
+        drawn = sample(network, counts[network], seed=_seed(seed, network, 1), engine=engines[network], executor=runner)
+        by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
+        for item in members:
+            observable = _observable(item.claim, network)
+            if observable not in by_observable:
+                by_observable[observable] = _measure_one(drawn, observable, z_plan)
+            est, shared, note = by_observable[observable]
+            state = dict(shared)
+            state["cap"] = caps[network]
+            state["planned"] = wanted.get((item.job, item.position), counts[network])
+            measured[item.job, item.position] = (est, state, note)
+        if progress is not None:
+            progress(members[0].claim.name, done, len(groups))
     claims = {(item.job, item.position): item.claim for item in items}
     raw = [
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
         for j, job in enumerate(jobs)
     ]
-    results = _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
-    return [replace(result, measurements=tuple(replace(m, engine=engines[j, r]) for r, m in enumerate(result.measurements)))
-            for j, result in enumerate(results)]
+    results = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power)
+    return [replace(result, measurements=tuple(replace(m, engine=engines[m.claim.network].name)
+                                               for m in result.measurements))
+            for result in results]
+
+
+def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]], *, seed: int,
+                 margin: float, z_plan: float, caps: Mapping[Network, int], engines: Mapping[Network, Engine],
+                 runner: Executor) -> dict[tuple[int, int], int]:
+    """Networks each (claim, width) needs, from pilots of independent seed streams (never from the main sample)."""
+    pilot: dict[tuple[int, int], tuple[float, float]] = {}
+    for network, members in groups.items():
+        if not network.is_numeric:
+            raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
+        drawn = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engines[network], executor=runner)
+        spreads: dict[Observable, tuple[float, float]] = {}
+        for item in members:
+            observable = _observable(item.claim, network)
+            if observable not in spreads:
+                spreads[observable] = _spread(drawn, observable)
+            sigma, gamma = spreads[observable]
+            pilot[item.job, item.position] = (sigma / _scale(item.claim), gamma)
+    wanted: dict[tuple[int, int], int] = {}
+    for item in items:
+        sigma, gamma = pilot[item.job, item.position]
+        if not math.isfinite(sigma):  # networks overflowed in the pilot: no verdict will rest on them anyway
+            wanted[item.job, item.position] = _PILOT
+            continue
+        # An exact claim's narrow widths must not be contradicted; the power statement is about its own width.
+        narrow = item.position > 0 and jobs[item.job].claim.exactness in ("exact", "gaussian-exact")
+        count = limits.networks_needed(_SAFETY, (z_plan if narrow else margin) * sigma / item.rtol) if sigma > 0 else _PILOT
+        wanted[item.job, item.position] = max(count, _skew_minimum(gamma, z_plan))
+    for j, job in enumerate(jobs):
+        if not job.is_sweep:
+            continue
+        sigmas = [pilot[j, p][0] for p in range(len(job.widths))]
+        if not all(math.isfinite(s) for s in sigmas):
+            continue
+        costs = [_draws_per_network(_claim_at(job, n).network, engines[_claim_at(job, n).network]) for n in job.widths]
+        target = _primary_tolerance(items, j) / margin
+        network_caps = [caps[_claim_at(job, n).network] for n in job.widths]
+        for p, count in enumerate(_sweep_counts(job.widths, sigmas, costs, target, network_caps)):
+            wanted[j, p] = max(count, _skew_minimum(pilot[j, p][1], z_plan))
+    return wanted
+
+
+def _primary_tolerance(items: Sequence[_Item], job: int) -> float:
+    """The tolerance a job's primary item is sized for."""
+    return next(item.rtol for item in items if item.job == job and item.position == 0)
 
 
 def _test_count(job: _Job) -> int:
     if job.claim.exactness == "approximation":
-        return 0
-    if job.claim.exactness == "asymptotic" and len(job.widths) > 1:
-        return 1
+        return len(job.widths) if job.claim.tolerance is not None else 0
+    if job.claim.exactness == "asymptotic":
+        return 1 if job.is_sweep else 0
     return len(job.widths)
 
 
-def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, tests: int) -> list[CheckResult]:
+def _t(est: Estimate, value: float) -> float:
+    if est.se > 0:
+        return (est.value - value) / est.se
+    return 0.0 if est.value == value else math.copysign(math.inf, est.value - value)
+
+
+def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, atol: float | None, tests: int,
+           power: float) -> list[CheckResult]:
     # Gather every test's p-value; Holm decides which are rejected.
     p_values: list[float] = []
-    owners: list[tuple[int, int | None]] = []  # (job index, width row or None for the shrink test)
-    shrinks: dict[int, ShrinkTest] = {}
+    owners: list[tuple[int, int | None]] = []  # (job index, width row or None for the fitted limit)
+    fits: dict[int, LimitFit] = {}
     for j, (job, rows) in enumerate(zip(jobs, raw)):
+        if any(note for *_, note in rows):
+            continue  # excluded networks: no test rests on them
         kind = job.claim.exactness
-        if kind == "approximation":
+        if kind == "asymptotic":
+            if job.is_sweep:
+                deviations = [_deviation(claim, est) for _, claim, est, _, _ in rows]
+                fit = fit_limit([row[0] for row in rows], [d for d, _ in deviations], [s for _, s in deviations])
+                fits[j] = fit
+                p_values.append(fit.p_value)
+                owners.append((j, None))
             continue
-        if kind == "asymptotic" and len(rows) > 1:
-            shrink = _shrink_test(rows)
-            shrinks[j] = shrink
-            p_values.append(shrink.p_value)
-            owners.append((j, None))
-            continue
-        for r, (_, claim, est, _) in enumerate(rows):
-            z = (est.value - claim.value) / est.se if est.se > 0 else (0.0 if est.value == claim.value else math.inf)
-            p_values.append(float(2 * ndtr(-abs(z))))
+        for r, (_, claim, est, _, _) in enumerate(rows):
+            if kind == "approximation":
+                if claim.tolerance is None:
+                    continue
+                d, s = _deviation(claim, est)
+                beyond = (abs(d) - claim.tolerance) / s if s > 0 else (math.inf if abs(d) > claim.tolerance else -math.inf)
+                p_values.append(float(ndtr(-beyond)))
+            else:
+                p_values.append(t_p_value(_t(est, claim.value), est.n))
             owners.append((j, r))
     rejected = holm(p_values, alpha) if p_values else []
     rejected_rows = {owner for owner, flag in zip(owners, rejected) if flag}
     m = max(tests, 1)
+    z_bonferroni = holm_critical_values(alpha, m)[0]
 
     results = []
     for j, (job, rows) in enumerate(zip(jobs, raw)):
         measurements = []
-        for r, (n, claim, est, state) in enumerate(rows):
+        for r, (n, claim, est, state, note) in enumerate(rows):
             deviation, deviation_se = _deviation(claim, est)
             verdict = None
-            if job.claim.exactness != "approximation":
-                verdict = judge(claim.value, est.value, est.se, est.n, rtol=rtol, alpha=alpha, m=m)
+            if job.claim.exactness in ("exact", "gaussian-exact") and not note:
+                verdict = judge(claim.value, est.value, est.se, est.n, rtol=rtol, alpha=alpha, m=m, power=power,
+                                atol=_tolerance(claim, rtol, atol) if claim.value == 0 else None)
                 if (j, r) in rejected_rows and verdict.outcome != FAIL:
-                    verdict = replace(verdict, outcome=FAIL,
-                                      message=f"rejected by Holm's procedure over {m} tests (z = {format_z(verdict.z)})")
-            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state))
-        shrink = shrinks.get(j)
-        if shrink is not None:
-            shrink = replace(shrink, rejected=(j, None) in rejected_rows)
-        outcome, message = _outcome(job.claim, measurements, shrink)
+                    verdict = replace(verdict, outcome=FAIL, samples_needed=None,
+                                      message=f"rejected by Holm's procedure over {m} tests (t = {format_z(verdict.z)})")
+                if verdict.samples_needed is not None:
+                    verdict = replace(verdict, samples_needed=max(verdict.samples_needed, int(state["skew_minimum"])))
+            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state, note))
+        fit = fits.get(j)
+        if fit is not None:
+            fit = replace(fit, rejected=(j, None) in rejected_rows)
+        outcome, message = _outcome(job, measurements, fit, rejected_rows, j, rtol=rtol, atol=atol,
+                                    z_crit=z_bonferroni, power=power)
         results.append(CheckResult(job.claim.name, job.claim.exactness, outcome, tuple(measurements), message,
-                                   shrink, job.claim))
+                                   fit, job.claim))
     return results
 
 
-def _shrink_test(rows: list[tuple]) -> ShrinkTest:
-    by_width = sorted(rows, key=lambda row: row[0])
-    (small, claim_s, est_s, _), (large, claim_l, est_l, _) = by_width[0], by_width[-1]
-    d_s, se_s = _deviation(claim_s, est_s)
-    d_l, se_l = _deviation(claim_l, est_l)
-    ratio = small / large
-    statistic = abs(d_l) - ratio * abs(d_s)
-    se = math.hypot(se_l, ratio * se_s)
-    p = float(ndtr(-statistic / se)) if se > 0 else (0.0 if statistic > 0 else 1.0)
-    return ShrinkTest(small, large, statistic, se, p)
+def _needed_text(count: int, m: Measurement) -> str:
+    """``about N networks at width W`` and, beyond the cap, that the cap is reached and what it would take."""
+    cap = int(m.health.get("cap", 0))
+    text = f"about {count} networks at width {m.width}"
+    if cap and count > cap:
+        draws = count * _draws_per_network(m.claim.network, select_engine(m.engine, m.claim.network,
+                                                                            paired=bool(getattr(m.claim.network.inputs, "paired", False))))
+        text += (f" (beyond the cap of {cap} networks there, set by max_samples / max_floats and memory: it would "
+                 f"take {draws:.2g} random draws with the {m.engine} engine)")
+    return text
 
 
-def _outcome(claim: Claim, measurements: list[Measurement], shrink: ShrinkTest | None) -> tuple[str, str]:
+def _outcome(job: _Job, measurements: list[Measurement], fit: LimitFit | None, rejected_rows: set, j: int, *,
+             rtol: float, atol: float | None, z_crit: float, power: float) -> tuple[str, str]:
+    claim = job.claim
     primary = measurements[0]
+    excluded = [m for m in measurements if m.note]
+    if excluded:
+        return INCONCLUSIVE, f"at width {excluded[0].width}: {excluded[0].note}"
     if claim.exactness == "approximation":
-        parts = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}% (SE {100 * m.deviation_se:.2f}%)" for m in measurements)
-        return MEASURED, f"approximation, not expected to hold; measured deviation at {parts}"
-    if shrink is not None:
-        deviations = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}%" for m in sorted(measurements, key=lambda m: m.width))
-        if shrink.rejected:
-            return FAIL, (f"the deviation does not shrink like O(1/width) ({deviations}; one-sided p = {shrink.p_value:.2g})")
-        if primary.verdict is not None and primary.verdict.resolution > primary.verdict.rtol:
-            return INCONCLUSIVE, (f"deviation {deviations}; not resolved at width {primary.width}: about "
-                                  f"{primary.verdict.samples_needed} networks would resolve rtol")
-        settled = "" if primary.verdict is None or abs(primary.verdict.z) <= primary.verdict.z_crit else (
-            f"; a finite-width deviation remains measurable at width {primary.width}")
-        return PASS, f"deviation shrinks at least like O(1/width) ({deviations}){settled}"
-    skewed = [m for m in measurements if m.verdict is not None and m.estimate.n < m.health.get("skew_minimum", 0)]
-    if skewed:
-        worst = max(skewed, key=lambda m: m.health["skew_minimum"] / m.estimate.n)
-        return INCONCLUSIVE, (f"too skewed at width {worst.width} for the normal approximation behind z "
-                              f"({worst.health['skew_minimum']} networks needed by the Edgeworth bound, "
-                              f"{worst.estimate.n} drawn): no verdict either way")
-    failed = [m for m in measurements if m.verdict is not None and m.verdict.outcome == FAIL]
+        return _approximation_outcome(claim, measurements, rejected_rows, j, z_crit)
+    if claim.exactness == "asymptotic":
+        return _limit_outcome(job, measurements, fit, rtol=rtol, z_crit=z_crit, power=power)
+    guarded, failed = [], []
+    for r, m in enumerate(measurements):
+        if (j, r) not in rejected_rows:
+            continue
+        gamma = float(m.health.get("skewness", 0.0))
+        if m.estimate.n < m.health.get("skew_minimum", 0) and m.verdict.z * gamma < 0:
+            guarded.append(m)
+        else:
+            failed.append(m)
     if failed:
         worst = max(failed, key=lambda m: abs(m.verdict.z))
         return FAIL, (f"contradicted at width {worst.width}: estimate {worst.estimate.value:.6g} +- {worst.estimate.se:.2g}, "
-                      f"prediction {claim.value:.6g}, z = {format_z(worst.verdict.z)}")
-    if primary.verdict is not None and primary.verdict.outcome == INCONCLUSIVE:
-        return INCONCLUSIVE, (f"agrees but too noisy at width {primary.width} to resolve rtol: about "
-                              f"{primary.verdict.samples_needed} networks would")
+                      f"prediction {worst.claim.value:.6g}, t = {format_z(worst.verdict.z)}")
+    if guarded:
+        worst = max(guarded, key=lambda m: abs(m.verdict.z))
+        return INCONCLUSIVE, (f"contradicted at width {worst.width} (t = {format_z(worst.verdict.z)}), but in the direction "
+                              f"the skewness {worst.health['skewness']:+.2g} of the per-network values produces, with "
+                              f"{worst.estimate.n} networks where the Edgeworth bound asks for "
+                              f"{int(worst.health['skew_minimum'])}: no verdict either way")
+    v = primary.verdict
+    tolerance = tolerance_text(claim.value, rtol, v.rtol if claim.value == 0 else None)
+    skew_minimum = int(primary.health.get("skew_minimum", 0))
+    if v.outcome == INCONCLUSIVE or primary.estimate.n < skew_minimum:
+        # What a PASS would take: the power margin (in the resolution) and the skew minimum, against the cap.
+        # The count that resolves rtol in expectation, with the sizing's 15 % margin for the noise of the SE itself.
+        by_power = limits.networks_needed(_SAFETY * v.samples_needed, 1.0) if v.samples_needed else primary.estimate.n
+        reasons = []
+        if v.outcome == INCONCLUSIVE:
+            reasons.append(f"too noisy to resolve {tolerance} with {power:.0%} power (resolution "
+                           f"{_shown(v.resolution, claim)}; {by_power} networks would resolve it)")
+        if primary.estimate.n < skew_minimum:
+            reasons.append(f"too skewed for the normal approximation behind a PASS (skewness "
+                           f"{primary.health['skewness']:+.2g}: the Edgeworth bound asks for {skew_minimum} networks)")
+        return INCONCLUSIVE, (f"agrees at width {primary.width} (t = {format_z(v.z)}) but " + " and ".join(reasons)
+                              + f"; {_needed_text(max(by_power, skew_minimum), primary)} would give a verdict "
+                              f"({primary.estimate.n} drawn)")
     others = [m for m in measurements[1:] if m.verdict is not None]
-    text = (f"agrees at width {primary.width} (z = {format_z(primary.verdict.z)}, resolution "
-            f"{100 * primary.verdict.resolution:.2f}%)")
+    text = (f"agrees at width {primary.width} (t = {format_z(v.z)}, resolution {_shown(v.resolution, claim)}: an error of "
+            f"{tolerance} would have been caught with at least {power:.0%} power)")
     if others:
         text += "; not contradicted at widths " + ", ".join(
-            f"{m.width} (z = {format_z(m.verdict.z)}, resolution {100 * m.verdict.resolution:.2f}%)" for m in others
+            f"{m.width} (t = {format_z(m.verdict.z)}, resolution {_shown(m.verdict.resolution, m.claim)})" for m in others
         )
     return PASS, text
 
 
+def _shown(resolution: float, claim: Claim) -> str:
+    return f"{resolution:.3g} (absolute)" if claim.value == 0 else f"{100 * resolution:.2f}%"
+
+
+def _limit_outcome(job: _Job, measurements: list[Measurement], fit: LimitFit | None, *, rtol: float, z_crit: float,
+                   power: float) -> tuple[str, str]:
+    deviations = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}% ± {100 * m.deviation_se:.2f}%"
+                           for m in sorted(measurements, key=lambda m: m.width))
+    if fit is None:
+        return INCONCLUSIVE, (f"an asymptotic claim is judged on its limit over a sweep of at least {MIN_SWEEP} widths; "
+                              f"one network at one width gives none (check its ClaimFamily, or give a sweep); "
+                              f"deviation {deviations}")
+    resolution = (z_crit + z_power(power)) * fit.limit_se
+    head = f"{fit.describe()}; deviations {deviations}"
+    if fit.rejected and abs(fit.limit) > rtol:
+        skewed = [m for m in measurements if m.estimate.n < m.health.get("skew_minimum", 0)]
+        if skewed:
+            worst = skewed[0]
+            return INCONCLUSIVE, (f"{head}: the limit is off, but at width {worst.width} the per-network values are too "
+                                  f"skewed ({worst.estimate.n} networks, the Edgeworth bound asks for "
+                                  f"{int(worst.health['skew_minimum'])}): no verdict either way")
+        return FAIL, f"{head}: the limit differs from the prediction beyond rtol {rtol:.3g} (p = {fit.p_value:.2g})"
+    if resolution <= rtol and abs(fit.limit) <= rtol:
+        note = "" if not fit.rejected else "; the limit differs measurably from the prediction, but within rtol"
+        return PASS, (f"{head}: the limit is resolved within rtol {rtol:.3g} (resolution {100 * resolution:.2f}%: a limit "
+                      f"off by rtol would have been caught with at least {power:.0%} power){note}")
+    factor = (resolution / rtol) ** 2
+    needed = ", ".join(_needed_text(limits.networks_needed(factor, math.sqrt(m.estimate.n)), m)
+                       for m in sorted(measurements, key=lambda m: m.width))
+    return INCONCLUSIVE, (f"{head}: the limit is not resolved (resolution {100 * resolution:.2f}% > rtol {rtol:.3g} at "
+                          f"{power:.0%} power); {needed} would resolve it")
+
+
+def _approximation_outcome(claim: Claim, measurements: list[Measurement], rejected_rows: set, j: int,
+                           z_crit: float) -> tuple[str, str]:
+    parts = ", ".join(f"width {m.width}: {100 * m.deviation:+.2f}% (SE {100 * m.deviation_se:.2f}%)" for m in measurements)
+    if claim.tolerance is None:
+        return MEASURED, f"approximation with no tolerance, so no verdict; measured deviation {parts}"
+    tol = claim.tolerance
+    failed = [m for r, m in enumerate(measurements) if (j, r) in rejected_rows]
+    if failed:
+        worst = max(failed, key=lambda m: abs(m.deviation) / max(m.deviation_se, 1e-300))
+        return FAIL, (f"the deviation at width {worst.width}, {100 * worst.deviation:+.2f}% ± {100 * worst.deviation_se:.2f}%, "
+                      f"is significantly beyond the tolerance {100 * tol:.3g}%; measured {parts}")
+    if all(abs(m.deviation) + z_crit * m.deviation_se <= tol for m in measurements):
+        return PASS, f"the deviation is within the tolerance {100 * tol:.3g}% at every width (at level alpha); {parts}"
+    return INCONCLUSIVE, f"not resolved within the tolerance {100 * tol:.3g}%; measured {parts}"
+
+
 def format_results(results: Sequence[CheckResult]) -> str:
-    """A plain-text table of results (one line per claim, then its message), readable in a terminal."""
+    """A plain-text table of results (one line per claim, then its message), readable in a terminal.
+
+    For an asymptotic claim the t column is the fitted limit over its SE. Excluded networks
+    (overflow, NaN) and networks whose tensor is identically zero (a dead layer, or underflow) are
+    shown under the claim whenever there are any.
+    """
     header = (f"{'claim':<38} {'exactness':<14} {'width':>5} {'networks':>8} {'prediction':>12} {'estimate +- SE':>24} "
-              f"{'z':>7}  outcome")
+              f"{'t':>7}  outcome")
     lines = [header, "-" * len(header)]
     for result in results:
         m = result.primary
-        z = "" if m.verdict is None else format_z(m.verdict.z, 7)
+        if result.limit is not None:
+            z = format_z(result.limit.z, 7)
+        else:
+            z = "" if m.verdict is None else format_z(m.verdict.z, 7)
         estimate_text = f"{m.estimate.value:.6g} +- {m.estimate.se:.2g}"
         lines.append(f"{result.name:<38} {result.exactness:<14} {m.width:>5} {m.estimate.n:>8} {m.claim.value:>12.6g} "
                      f"{estimate_text:>24} {z:>7}  {result.outcome}")
         lines.append(f"    {result.message}")
+        for x in result.measurements:
+            counts = [f"{int(x.health.get(key, 0))} {label}" for key, label in
+                      (("excluded", "excluded"), ("overflow", "overflowed (inf)"), ("nan", "NaN"),
+                       ("zero_networks", "identically zero (a dead layer, or underflow)")) if x.health.get(key, 0)]
+            if counts:
+                lines.append(f"    width {x.width}: of {x.estimate.n + int(x.health.get('excluded', 0))} networks, "
+                             + ", ".join(counts))
         used = sorted({m.engine for m in result.measurements})
         lines.append(f"    sampled by the {' and '.join(used)} engine{'s' if len(used) > 1 else ''}")
-    counts = {}
+    counts: dict[str, int] = {}
     for result in results:
         counts[result.outcome] = counts.get(result.outcome, 0) + 1
     lines.append("")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from numbers import Integral
 from typing import TypeVar
 
@@ -61,7 +61,6 @@ __all__ = [
     "affordable",
     "networks_needed",
     "quiet",
-    "require_finite",
     "format_bytes",
 ]
 
@@ -311,39 +310,6 @@ def networks_needed(factor: float, ratio: float) -> int:
 
 def quiet(function: Callable[..., T], *args: object) -> T:
     """``function(*args)`` with numpy's floating-point warnings off: overflow shows in the result
-    (inf or NaN), which :func:`require_finite` turns into one clear error instead of a stray warning."""
+    (inf or NaN), which the checker reports with its counts (an INCONCLUSIVE claim), never as a stray warning."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         return function(*args)
-
-
-def require_finite(items: Sequence[object], estimates: Sequence[object], drawn: object) -> None:
-    """Refuse to judge claims from samples where networks overflowed or an estimate is not finite.
-
-    Leaving overflowed networks out would bias the estimate towards small values, and an infinite
-    standard error cannot be tested: both are reported as an error naming the claim, the counts and
-    the layers, never turned into a silent NaN or a verdict.
-    """
-    excluded = int(getattr(drawn, "excluded", 0))
-    count = int(getattr(drawn, "count", 0))
-    for item, est in zip(items, estimates):
-        claim = item.claim
-        overflow = getattr(drawn, "overflow", None)
-        nan = getattr(drawn, "nan", None)
-        if excluded:
-            layers = [i + 1 for i in range(len(overflow)) if overflow[i] or nan[i]]
-            shown = ", ".join(map(str, layers[:5])) + (", ..." if len(layers) > 5 else "")
-            kinds = " and ".join(k for k, v in (("overflowed (inf)", int(sum(overflow))), ("became NaN", int(sum(nan)))) if v)
-            kinds = kinds or "overflowed or became NaN"
-            raise MonteCarloError(
-                f"claim {claim.name!r}: {excluded} of {count} sampled networks {kinds} in float64 at dense "
-                f"layer{'s' if len(layers) != 1 else ''} {shown}; leaving them out would bias the estimate, so "
-                f"the claim cannot be checked (use a smaller weight variance, fewer layers or a smaller input)"
-            )
-        value, se = float(est.value), float(est.se)
-        if not (math.isfinite(value) and math.isfinite(se)):
-            raise MonteCarloError(
-                f"claim {claim.name!r}: the per-network values of {getattr(claim, 'observable_name', None) or claim.observable} "
-                f"at layer {claim.layer} are too "
-                f"large for float64 statistics (estimate {value:.3g}, standard error {se:.3g}); the claim cannot be "
-                f"checked (use a smaller weight variance, fewer layers or a smaller input)"
-            )

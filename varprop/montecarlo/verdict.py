@@ -1,24 +1,31 @@
-r"""Verdicts: does a Monte Carlo estimate agree with a prediction, to a given tolerance?
+r"""Verdicts: does a Monte Carlo estimate agree with a prediction, to a given tolerance, with stated power?
 
 For an estimate :math:`\hat\mu` with standard error :math:`\operatorname{SE}` from :math:`n`
 networks and a prediction :math:`\mu_0`,
 
-.. math:: z = \frac{\hat\mu - \mu_0}{\operatorname{SE}}, \qquad p = 2\,(1 - \Phi(|z|)), \qquad
-          \text{resolution} = \frac{z_\text{crit}\,\operatorname{SE}}{|\mu_0|},
+.. math:: t = \frac{\hat\mu - \mu_0}{\operatorname{SE}}, \qquad p = 2\,F_{n-1}(-|t|), \qquad
+          \text{resolution} = \frac{(t_\text{crit} + z_{\text{power}})\,\operatorname{SE}}{|\mu_0|},
 
-and the outcome is
+with :math:`F_{n-1}` Student's t distribution with :math:`n - 1` degrees of freedom (the reference
+for a studentized mean of :math:`n` values; indistinguishable from the normal beyond a few hundred
+networks, and the honest one for ``samples = 20``) and :math:`z_\text{power} = \Phi^{-1}(0.9)`. The
+outcome is
 
-* ``FAIL`` if :math:`|z| > z_\text{crit}`: the estimate contradicts the prediction;
-* ``PASS`` if :math:`|z| \le z_\text{crit}` and resolution :math:`\le` ``rtol``: the estimate agrees,
-  and was precise enough that a prediction off by more than ``rtol`` would have been caught;
+* ``FAIL`` if :math:`|t| > t_\text{crit}`: the estimate contradicts the prediction;
+* ``PASS`` if :math:`|t| \le t_\text{crit}` and resolution :math:`\le` ``rtol``: the estimate agrees,
+  and a prediction off by ``rtol`` would have been contradicted with probability at least
+  ``power`` (90 %): the power of the two-sided test against an error of ``rtol`` is
+  :math:`\Phi(\text{rtol}\,|\mu_0|/\operatorname{SE} - t_\text{crit}) \ge \Phi(z_\text{power})`;
 * ``INCONCLUSIVE`` otherwise: the estimate agrees but is too noisy; since SE shrinks as
   :math:`1/\sqrt n`, about :math:`\lceil n\,(\text{resolution}/\text{rtol})^2 \rceil` networks
-  would resolve ``rtol`` (``samples_needed``).
+  would resolve ``rtol`` with that power (``samples_needed``).
 
 When :math:`\mu_0 = 0` a relative tolerance means nothing: the resolution is then the absolute
-:math:`z_\text{crit}\operatorname{SE}` and ``rtol`` is read as an absolute tolerance.
+:math:`(t_\text{crit} + z_\text{power})\operatorname{SE}` and the tolerance is the absolute ``atol``
+(in the observable's units; ``rtol`` read as an absolute number when no ``atol`` is given), stated
+in the message.
 
-:math:`z_\text{crit} = \Phi^{-1}(1 - \alpha'/2)` for a two-sided test at level :math:`\alpha'`.
+:math:`t_\text{crit} = F_{n-1}^{-1}(1 - \alpha'/2)` for a two-sided test at level :math:`\alpha'`.
 With :math:`m` claims checked together the family-wise error rate is held at :math:`\alpha` by
 Holm's step-down procedure (Holm 1979): sort the p-values
 :math:`p_{(1)} \le \dots \le p_{(m)}`, reject :math:`H_{(k)}` while
@@ -32,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 
-from scipy.special import ndtri
+from scipy.special import ndtri, stdtr, stdtrit
 
 from .errors import MonteCarloError
 from .estimators import Estimate
@@ -47,11 +54,16 @@ __all__ = [
     "judge_all",
     "holm",
     "holm_critical_values",
+    "POWER",
+    "z_power",
+    "t_p_value",
 ]
 
 PASS = "PASS"
 FAIL = "FAIL"
 INCONCLUSIVE = "INCONCLUSIVE"
+#: The power a PASS guarantees against an error of exactly the tolerance.
+POWER = 0.9
 
 
 @dataclass(frozen=True)
@@ -65,14 +77,17 @@ class Verdict:
     prediction
         The predicted value.
     z, p_value
-        The z-score of the estimate under the prediction and its two-sided normal p-value.
+        The studentized deviation of the estimate from the prediction and its two-sided p-value
+        (Student's t with ``n - 1`` degrees of freedom).
     z_crit
-        The critical value used (after the Holm-Bonferroni correction).
+        The critical value used (after the Holm-Bonferroni correction; a t quantile).
     resolution
-        :math:`z_\\text{crit}\\,SE/|\\text{prediction}|` (absolute :math:`z_\\text{crit} SE` when the
-        prediction is 0).
+        :math:`(t_\\text{crit} + z_\\text{power})\\,SE/|\\text{prediction}|` (absolute when the
+        prediction is 0): the smallest relative error caught with probability ``power``.
     rtol
-        The tolerance asked for (absolute when the prediction is 0).
+        The tolerance asked for (the absolute ``atol`` when the prediction is 0).
+    power
+        The power a PASS guarantees against an error of ``rtol``.
     outcome
         ``"PASS"``, ``"FAIL"`` or ``"INCONCLUSIVE"``.
     samples_needed
@@ -93,6 +108,7 @@ class Verdict:
     outcome: str
     samples_needed: int | None
     message: str
+    power: float = POWER
 
     @property
     def passed(self) -> bool:
@@ -125,20 +141,42 @@ def _check_count(value: object, what: str) -> int:
     return int(value)
 
 
-def _z_crit(level: float) -> float:
-    """Two-sided critical value at level ``level``: :math:`\\Phi^{-1}(1 - level/2)`."""
-    return float(-ndtri(level / 2.0))
+def _z_crit(level: float, df: float | None = None) -> float:
+    """Two-sided critical value at level ``level``: :math:`\\Phi^{-1}(1 - level/2)`, or the t quantile with ``df``."""
+    if df is None or not math.isfinite(df):
+        return float(-ndtri(level / 2.0))
+    return float(-stdtrit(df, level / 2.0))
 
 
-def holm_critical_values(alpha: float, m: int) -> tuple[float, ...]:
-    r"""The z critical values of Holm's steps: :math:`\Phi^{-1}(1 - \alpha / (2 (m - k + 1)))`, k = 1..m.
+def z_power(power: float = POWER) -> float:
+    r""":math:`\Phi^{-1}(\text{power})`: the margin added to the critical value so an error of the tolerance is
+    caught with probability ``power`` (1.2816 for 90 %)."""
+    value = _finite(power, "power")
+    if not 0.5 <= value < 1.0:
+        raise MonteCarloError(f"power must be in [0.5, 1), got {power!r}")
+    return float(ndtri(value))
+
+
+def t_p_value(z: float, n: int | None) -> float:
+    r"""Two-sided p-value of a studentized mean ``z`` of ``n`` values: Student's t with ``n - 1`` degrees of
+    freedom (the normal when ``n`` is ``None``)."""
+    if math.isinf(z):
+        return 0.0
+    if n is None:
+        return math.erfc(abs(z) / math.sqrt(2.0))
+    return float(2.0 * stdtr(max(n - 1, 1), -abs(z)))
+
+
+def holm_critical_values(alpha: float, m: int, df: float | None = None) -> tuple[float, ...]:
+    r"""The critical values of Holm's steps: :math:`\Phi^{-1}(1 - \alpha / (2 (m - k + 1)))`, k = 1..m
+    (Student's t quantiles with ``df`` degrees of freedom when given).
 
     The first is the Bonferroni value :math:`\Phi^{-1}(1 - \alpha/(2m))`, the last the uncorrected
     :math:`\Phi^{-1}(1 - \alpha/2)`.
     """
     alpha = _check_alpha(alpha)
     m = _check_count(m, "m (the number of claims)")
-    return tuple(_z_crit(alpha / (m - k)) for k in range(m))
+    return tuple(_z_crit(alpha / (m - k), df) for k in range(m))
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
@@ -166,36 +204,49 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
     return rejected
 
 
-def _z_and_p(estimate: float, se: float, prediction: float) -> tuple[float, float]:
+def _z_and_p(estimate: float, se: float, prediction: float, n: int | None = None) -> tuple[float, float]:
     if se == 0.0:
         z = 0.0 if estimate == prediction else math.copysign(math.inf, estimate - prediction)
     else:
         z = (estimate - prediction) / se
-    return z, math.erfc(abs(z) / math.sqrt(2.0))
+    return z, t_p_value(z, n)
+
+
+def tolerance_text(prediction: float, rtol: float, atol: float | None) -> str:
+    """How the tolerance reads in a message: ``rtol 1%``, or the absolute ``atol`` for a zero prediction."""
+    if prediction != 0.0:
+        return f"rtol {rtol:.3g}"
+    if atol is None:
+        return f"atol {rtol:.3g} (prediction 0: rtol read as an absolute tolerance in the observable's units)"
+    return f"atol {atol:.3g} (prediction 0: an absolute tolerance in the observable's units)"
 
 
 def _verdict(
-    estimate: float, se: float, n: int, prediction: float, rtol: float, z_crit: float, rejected: bool
+    estimate: float, se: float, n: int, prediction: float, rtol: float, z_crit: float, rejected: bool,
+    power: float = POWER, atol: float | None = None,
 ) -> Verdict:
-    z, p_value = _z_and_p(estimate, se, prediction)
+    z, p_value = _z_and_p(estimate, se, prediction, n)
     absolute = prediction == 0.0
-    resolution = z_crit * se if absolute else z_crit * se / abs(prediction)
-    tolerance = f"atol {rtol:.3g} (prediction 0)" if absolute else f"rtol {rtol:.3g}"
+    margin = z_crit + z_power(power)
+    tolerance = (atol if atol is not None else rtol) if absolute else rtol
+    resolution = margin * se if absolute else margin * se / abs(prediction)
+    described = tolerance_text(prediction, rtol, atol)
     shown = f"{resolution:.3g}" if absolute else f"{resolution:.3%}"
-    head = f"estimate {estimate:.6g} ± {se:.3g} (n={n}) vs prediction {prediction:.6g}: z = {z:.3g}"
+    head = f"estimate {estimate:.6g} ± {se:.3g} (n={n}) vs prediction {prediction:.6g}: t = {z:.3g}"
     needed = None
     if rejected:
         outcome = FAIL
-        message = f"{head}, |z| > z_crit = {z_crit:.3g} (p = {p_value:.3g}): the prediction is contradicted"
-    elif resolution <= rtol:
+        message = f"{head}, |t| > t_crit = {z_crit:.3g} (p = {p_value:.3g}): the prediction is contradicted"
+    elif resolution <= tolerance:
         outcome = PASS
-        message = f"{head}, |z| <= z_crit = {z_crit:.3g}, and the resolution {shown} is within {tolerance}"
+        message = (f"{head}, |t| <= t_crit = {z_crit:.3g}, and the resolution {shown} is within {described}: an error "
+                   f"of the tolerance would have been caught with at least {power:.0%} power")
     else:
         outcome = INCONCLUSIVE
-        needed = networks_needed(n, resolution / rtol)  # saturates instead of overflowing
+        needed = networks_needed(n, resolution / tolerance)  # saturates instead of overflowing
         message = (
-            f"{head}, |z| <= z_crit = {z_crit:.3g}, but the resolution {shown} exceeds {tolerance}: "
-            f"about {needed} networks are needed to resolve it"
+            f"{head}, |t| <= t_crit = {z_crit:.3g}, but the resolution {shown} exceeds {described}: "
+            f"about {needed} networks are needed to resolve it with {power:.0%} power"
         )
     return Verdict(
         estimate=estimate,
@@ -206,10 +257,11 @@ def _verdict(
         p_value=p_value,
         z_crit=z_crit,
         resolution=resolution,
-        rtol=rtol,
+        rtol=tolerance,
         outcome=outcome,
         samples_needed=needed,
         message=message,
+        power=power,
     )
 
 
@@ -226,13 +278,23 @@ def _check_inputs(prediction: object, estimate: object, se: object, n: object, r
     return prediction, estimate, se, n, rtol
 
 
+def _check_atol(atol: object) -> float | None:
+    if atol is None:
+        return None
+    value = _finite(atol, "atol")
+    if value <= 0:
+        raise MonteCarloError(f"atol must be positive, got {atol!r}")
+    return value
+
+
 def judge(
-    prediction: float, estimate: float, se: float, n: int, *, rtol: float, alpha: float = 0.05, m: int = 1
+    prediction: float, estimate: float, se: float, n: int, *, rtol: float, alpha: float = 0.05, m: int = 1,
+    power: float = POWER, atol: float | None = None,
 ) -> Verdict:
     r"""The verdict on one prediction, as one of ``m`` claims checked together.
 
     A claim judged on its own against ``m`` uses the Bonferroni critical value
-    :math:`\Phi^{-1}(1 - \alpha/(2m))` (Holm's first, most conservative step); to judge ``m``
+    :math:`F_{n-1}^{-1}(1 - \alpha/(2m))` (Holm's first, most conservative step); to judge ``m``
     claims together with Holm's step-down, use :func:`judge_all`.
 
     Parameters
@@ -242,26 +304,33 @@ def judge(
     estimate, se, n
         The estimate, its standard error and the number of networks.
     rtol
-        Relative tolerance to resolve (absolute when ``prediction == 0``).
+        Relative tolerance to resolve.
     alpha
         Family-wise significance level.
     m
         Number of claims checked together.
+    power
+        The probability with which an error of ``rtol`` must be caught for a PASS (default 0.9).
+    atol
+        Absolute tolerance (in the observable's units) used when ``prediction == 0``; ``rtol`` is read as
+        one when it is not given.
     """
     prediction, estimate, se, n, rtol = _check_inputs(prediction, estimate, se, n, rtol)
-    z_crit = holm_critical_values(alpha, m)[0]
-    z, _ = _z_and_p(estimate, se, prediction)
-    return _verdict(estimate, se, n, prediction, rtol, z_crit, abs(z) > z_crit)
+    atol = _check_atol(atol)
+    z_crit = holm_critical_values(alpha, m, n - 1)[0]
+    z, _ = _z_and_p(estimate, se, prediction, n)
+    return _verdict(estimate, se, n, prediction, rtol, z_crit, abs(z) > z_crit, power, atol)
 
 
 def judge_all(
-    predictions: Sequence[float], estimates: Sequence[Estimate], *, rtol: float, alpha: float = 0.05
+    predictions: Sequence[float], estimates: Sequence[Estimate], *, rtol: float, alpha: float = 0.05,
+    power: float = POWER, atol: float | None = None,
 ) -> list[Verdict]:
     r"""Verdicts on several predictions checked together, with Holm's step-down procedure.
 
     Claims rejected by :func:`holm` at family-wise level ``alpha`` ``FAIL``; each carries the
     critical value of its own Holm step. The others carry the critical value of the step where
-    the procedure stopped (so :math:`|z| \le z_\text{crit}` holds for them) and ``PASS`` or are
+    the procedure stopped (so :math:`|t| \le t_\text{crit}` holds for them) and ``PASS`` or are
     ``INCONCLUSIVE`` by their resolution.
 
     Parameters
@@ -271,9 +340,11 @@ def judge_all(
     estimates
         One :class:`~varprop.montecarlo.estimators.Estimate` per claim, in the same order.
     rtol
-        Relative tolerance (absolute for a zero prediction), the same for every claim.
+        Relative tolerance, the same for every claim.
     alpha
         Family-wise significance level.
+    power, atol
+        As for :func:`judge`.
     """
     if len(predictions) != len(estimates):
         raise MonteCarloError(
@@ -281,20 +352,21 @@ def judge_all(
         )
     if not predictions:
         raise MonteCarloError("judge_all needs at least one prediction")
+    atol = _check_atol(atol)
     checked = []
     for index, (prediction, est) in enumerate(zip(predictions, estimates)):
         if not isinstance(est, Estimate):
             raise MonteCarloError(f"estimates[{index}] must be an Estimate, got {est!r}")
         checked.append(_check_inputs(prediction, est.value, est.se, est.n, rtol))
     m = len(checked)
-    criticals = holm_critical_values(alpha, m)
-    p_values = [_z_and_p(e, s, p)[1] for p, e, s, _, _ in checked]
+    p_values = [_z_and_p(e, s, p, n)[1] for p, e, s, n, _ in checked]
     rejected = holm(p_values, alpha)
     order = sorted(range(m), key=lambda i: p_values[i])
     stop = sum(rejected)
     verdicts: list[Verdict | None] = [None] * m
     for rank, index in enumerate(order):
-        z_crit = criticals[rank] if rejected[index] else criticals[min(stop, m - 1)]
         prediction, estimate, se, n, tol = checked[index]
-        verdicts[index] = _verdict(estimate, se, n, prediction, tol, z_crit, rejected[index])
+        criticals = holm_critical_values(alpha, m, n - 1)
+        z_crit = criticals[rank] if rejected[index] else criticals[min(stop, m - 1)]
+        verdicts[index] = _verdict(estimate, se, n, prediction, tol, z_crit, rejected[index], power, atol)
     return [v for v in verdicts if v is not None]

@@ -1,0 +1,154 @@
+"""Calibration of the checker's verdicts: false FAILs, INCONCLUSIVE rate and power, over many seeds.
+
+For each seed (1000, 1001, ...) at the default settings (pilot-sized samples, rtol = 0.01,
+alpha = 0.05, 90 % power):
+
+* every correct catalogue claim is checked **alone** (``varprop check NAME``): a FAIL is a false
+  alarm, whose rate per claim should be within 2 SE of alpha;
+* the whole catalogue is checked **together** (``varprop check --all``): a run with any FAIL is a
+  false alarm, whose rate per run should be within 2 SE of alpha (Holm holds the family-wise rate);
+* optionally (``--heavy``) heavy-tailed correct claims are checked alone: the norm ratio
+  :math:`E[\\|x_L\\|^2/\\|x_1\\|^2]` of a width-10, depth-10 relu net (skewness near 40);
+* **copies** of exact and asymptotic claims whose prediction is multiplied by 1 +- 0.5 %, 1 %, 2 % and
+  5 % are checked alone: their FAIL rate is the power (the target: at least 90 % at 2 %).
+
+Every rate is printed with its binomial SE :math:`\\sqrt{p(1-p)/N}` (with Laplace's
+:math:`p = (k + 1)/(N + 2)` for a count of 0 or N, so an empty or full count still carries an SE),
+and the table is written as Markdown (``--out``). INCONCLUSIVE rates are over the correct claims checked alone (target: at most 10 %).
+
+Run (the full calibration takes hours; run it when the machine is free)::
+
+    nice python benchmarks/calibration.py --seeds 200 --workers 2 --out calibration.md
+
+and a smoke run: ``python benchmarks/calibration.py --seeds 2 --copies he-forward-relu-normal``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import sympy as sp
+
+from varprop.activations import activation
+from varprop.catalogue import CATALOGUE, claim_from_derivation, family
+from varprop.claims import ClaimFamily
+from varprop.montecarlo import check, check_all
+from varprop.network import mlp
+from varprop.observables import NormRatio, Signal
+from varprop.weights import he
+
+OFFSETS = (0.005, 0.01, 0.02, 0.05)
+#: Default claims whose copies are checked: two exact, two asymptotic (cheap at the defaults).
+DEFAULT_COPIES = ("he-forward-relu-normal", "relu-mean-fixed-input", "he-backward-fan-in-equal", "relu-mean-uniform")
+
+
+def _copy(name: str, factor: float) -> ClaimFamily:
+    entry = family(name)
+    label = f"{name} x{factor:g}"
+    ratio = sp.nsimplify(factor)
+    return ClaimFamily(label, entry.description,
+                       lambda n: entry.at(n).with_prediction(entry.at(n).prediction * ratio, name=label),
+                       entry.width, entry.sweep)
+
+
+def _heavy():
+    net = mlp([10] * 11, activation("relu"), he())
+    return [claim_from_derivation("E[M_L] relu width 10 depth 10", net, NormRatio(Signal(len(net.layers) - 1)))]
+
+
+def one_seed(job: tuple[int, tuple[str, ...], bool, bool]) -> dict[str, object]:
+    seed, copies, heavy, together = job
+    out: dict[str, object] = {"seed": seed}
+    out["alone"] = {name: check(entry, seed=seed).outcome for name, entry in CATALOGUE.items()}
+    if together:
+        out["all"] = {r.name: r.outcome for r in check_all(list(CATALOGUE.values()), seed=seed)}
+    if heavy:
+        out["heavy"] = {claim.name: check(claim, seed=seed).outcome for claim in _heavy()}
+    out["copies"] = {
+        (name, sign * offset): check(_copy(name, 1 + sign * offset), seed=seed).outcome
+        for name in copies for offset in OFFSETS for sign in (-1, 1)
+    }
+    return out
+
+
+def _rate(count: int, total: int) -> tuple[float, float]:
+    p = count / total if total else math.nan
+    q = p if 0 < p < 1 else (count + 1) / (total + 2)
+    return p, math.sqrt(q * (1 - q) / total) if total else math.nan
+
+
+def _row(label: str, count: int, total: int, alpha: float, target: str) -> str:
+    p, se = _rate(count, total)
+    return f"| {label} | {count} / {total} | {100 * p:.2f}% | {100 * se:.2f}% | {target} |"
+
+
+def table(runs: list[dict[str, object]], alpha: float, copies: tuple[str, ...]) -> str:
+    seeds = len(runs)
+    lines = [(f"Calibration over {seeds} seeds at the defaults (rtol = 0.01, alpha = {alpha}, 90 % power); "
+              "binomial SEs."), "", "| quantity | count | rate | SE | target |", "|---|---|---|---|---|"]
+    names = [n for n in CATALOGUE if CATALOGUE[n].at().exactness != "approximation"]
+    alone = [(run["alone"][n]) for run in runs for n in names]
+    lines.append(_row("false FAIL, each correct claim checked alone", alone.count("FAIL"), len(alone), alpha,
+                      f"alpha = {alpha}"))
+    lines.append(_row("INCONCLUSIVE, each correct claim checked alone", alone.count("INCONCLUSIVE"), len(alone),
+                      alpha, "<= 10%"))
+    if all("all" in run for run in runs):
+        failed = sum(any(run["all"][n] == "FAIL" for n in names) for run in runs)
+        lines.append(_row("runs of `check --all` with a false FAIL", failed, seeds, alpha, f"alpha = {alpha}"))
+        together = [run["all"][n] for run in runs for n in names]
+        lines.append(_row("INCONCLUSIVE within `check --all`", together.count("INCONCLUSIVE"), len(together),
+                          alpha, "<= 10%"))
+    if all("heavy" in run for run in runs):
+        heavy = [o for run in runs for o in run["heavy"].values()]
+        lines.append(_row("false FAIL, heavy-tailed claims alone", heavy.count("FAIL"), len(heavy), alpha,
+                          f"alpha = {alpha}"))
+    for kind in ("exact", "gaussian-exact", "asymptotic"):
+        chosen = [n for n in copies if CATALOGUE[n].at().exactness == kind]
+        if not chosen:
+            continue
+        for offset in OFFSETS:
+            outcomes = [run["copies"][(n, sign * offset)] for run in runs for n in chosen for sign in (-1, 1)]
+            target = ">= 90%" if offset == 0.02 else ""
+            lines.append(_row(f"FAIL of {kind} copies off by {100 * offset:g}% ({', '.join(chosen)})",
+                              outcomes.count("FAIL"), len(outcomes), alpha, target))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=200, help="seeds to run (at least 200 for the published table)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--copies", nargs="*", default=list(DEFAULT_COPIES), metavar="NAME",
+                        help="catalogue claims whose off-by-x%% copies are checked")
+    parser.add_argument("--heavy", action="store_true", help="also check heavy-tailed claims alone")
+    parser.add_argument("--no-all", action="store_true", help="skip the `check --all` runs")
+    parser.add_argument("--out", default=None, help="write the Markdown table here")
+    args = parser.parse_args()
+    if args.seeds < 1 or args.workers < 1:
+        parser.error("--seeds and --workers must be at least 1")
+    unknown = [n for n in args.copies if n not in CATALOGUE]
+    if unknown:
+        parser.error(f"unknown claim {unknown[0]!r}; known: {', '.join(CATALOGUE)}")
+    start = time.perf_counter()
+    jobs = [(seed, tuple(args.copies), args.heavy, not args.no_all) for seed in range(1000, 1000 + args.seeds)]
+    runs = []
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for done, run in enumerate(pool.map(one_seed, jobs), 1):
+            runs.append(run)
+            print(f"  {done}/{args.seeds} seeds, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    text = table(runs, 0.05, tuple(args.copies))
+    text += f"\n\n{args.seeds} seeds in {time.perf_counter() - start:.0f} s with {args.workers} worker(s): " \
+            f"`python benchmarks/calibration.py --seeds {args.seeds}`.\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
