@@ -298,7 +298,7 @@ def test_too_few_samples_says_what_it_would_take_including_the_cap():
     result = check(family("he-forward-relu-normal").at(8), samples=50, max_samples=3000)
     assert result.outcome == INCONCLUSIVE
     assert "90% power" in result.message
-    assert "beyond the cap of 3000 networks" in result.message and "drawn weights" in result.message
+    assert "beyond the cap of 3000 networks" in result.message and "random draws with the conditional engine" in result.message
 
 
 def test_the_advised_sample_size_resolves_the_claim():

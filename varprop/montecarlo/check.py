@@ -633,10 +633,7 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
         for j, job in enumerate(jobs)
     ]
-    results = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power)
-    return [replace(result, measurements=tuple(replace(m, engine=engines[m.claim.network].name)
-                                               for m in result.measurements))
-            for result in results]
+    return _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power, engines=engines)
 
 
 def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]], *, seed: int,
@@ -699,7 +696,7 @@ def _t(est: Estimate, value: float) -> float:
 
 
 def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, atol: float | None, tests: int,
-           power: float) -> list[CheckResult]:
+           power: float, engines: Mapping[Network, Engine] | None = None) -> list[CheckResult]:
     # Gather every test's p-value; Holm decides which are rejected.
     p_values: list[float] = []
     owners: list[tuple[int, int | None]] = []  # (job index, width row or None for the fitted limit)
@@ -745,7 +742,8 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
                                       message=f"rejected by Holm's procedure over {m} tests (t = {format_z(verdict.z)})")
                 if verdict.samples_needed is not None:
                     verdict = replace(verdict, samples_needed=max(verdict.samples_needed, int(state["skew_minimum"])))
-            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state, note))
+            engine_name = engines[claim.network].name if engines and claim.network in engines else "full"
+            measurements.append(Measurement(n, claim, est, deviation, deviation_se, verdict, state, note, engine_name))
         fit = fits.get(j)
         if fit is not None:
             fit = replace(fit, rejected=(j, None) in rejected_rows)
