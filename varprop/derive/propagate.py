@@ -1154,19 +1154,24 @@ class LayerPrediction:
 
 
 def predict(network: Network, *, finite_width: bool = False) -> tuple[LayerPrediction, ...]:
-    """Every claim-file observable at every dense layer of ``network``, read off :func:`derive`.
+    """Every claim-file observable at every dense layer of ``network`` (those of a pair of inputs only when the
+    network has one), read off :func:`derive`.
 
     A view for tables and plots: each :class:`Prediction` holds the derivation its value comes from.
     """
-    from ..observables import LEGACY_NAMES, from_name
+    from ..observables import LEGACY_NAMES, PAIR_OBSERVABLES, from_name
 
     if not isinstance(network, Network):
         raise DerivationError(f"predict needs a Network, got {_short(network)}")
+    paired = getattr(network.inputs, "paired", False)
     out = []
     for layer in range(1, network.depth + 1):
         values = {}
         for name in LEGACY_NAMES:
-            d = derive(network, from_name(name, layer, network), finite_width=finite_width)
+            observable = from_name(name, layer, network)
+            if isinstance(observable, PAIR_OBSERVABLES) and not paired:  # a pair's observables need a pair
+                continue
+            d = derive(network, observable, finite_width=finite_width)
             values[name] = Prediction(d.result, d.exactness, _reason(d), d)
         out.append(LayerPrediction(layer, values))
     return tuple(out)
