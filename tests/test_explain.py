@@ -5,7 +5,6 @@ A wrong formula fed through the same networks FAILs, so the PASSes below are not
 
 import dataclasses
 import math
-import re
 
 import pytest
 import scipy.optimize
@@ -15,13 +14,15 @@ from varprop.catalogue import claim_from_derivation
 from varprop.claims import ClaimError, ClaimFamily
 from varprop.cli import main
 from varprop.derive import Expect
-from varprop.derive.derivation import weakest, Code, Prose, citation, prose_markdown, to_latex
+from varprop.derive.derivation import weakest, Prose, citation, prose_markdown, to_latex
 from varprop.explain import TOPICS, answer, observable_formula, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
 from varprop.observables import legacy_name
 from varprop.network import mlp
 from varprop.plot import LINESTYLES
 from varprop.weights import he
+
+from tests.prose_words import ASCII_MATH as _ASCII_MATH, words as _words
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +223,6 @@ def test_edge_of_chaos_wrong_sibling_fails(edge):
 
 
 def _edge_words(text) -> str:
-    from varprop.derive.derivation import Prose
 
     parts = text.parts if isinstance(text, Prose) else (text,)
     return "".join(p for p in parts if isinstance(p, str))
@@ -276,17 +276,6 @@ def test_width_and_depth_are_the_users(capsys):
         assert main(["explain", "why-half", *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("varprop: topic 'why-half':") and "got" in err
-
-
-#: ASCII math in words: powers, products, roots, brackets of moments, subscripts, a Gaussian law written
-#: "~ N(", a fraction of numbers ("1/2"), a layer written "l+1", and the letters of formulas standing alone.
-_ASCII_MATH = re.compile(r"\^|\*|sqrt\(|\b(?:E|Var)\[|_|~|\bN\(|\d/\d|\b[lL][+-]\d|(?<![\w'’-])[wxyzqnlLk](?![\w'’-])")
-
-
-def _words(text) -> str:
-    """The words of a sentence: formulas (sympy) and code identifiers left out."""
-    parts = text.parts if isinstance(text, Prose) else (text,)
-    return "".join(p for p in parts if isinstance(p, str) and not isinstance(p, Code))
 
 
 def _texts(result):

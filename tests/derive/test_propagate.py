@@ -221,3 +221,66 @@ def test_every_observable_everywhere_derives_and_verifies(name):
                 assert not [r for r in d.verify() if r.ok is False]
                 assert d.exactness in ("exact", "gaussian-exact", "asymptotic")
     assert derived >= 4 * len(net.layers)
+
+
+# --- the words of the steps: formulas are sympy parts, never ASCII math in the words (issue 13) ----
+
+from varprop.derive.derivation import Rule, prose_latex  # noqa: E402
+
+from tests.prose_words import ASCII_MATH, words  # noqa: E402
+
+#: Networks (and walk options) that between them reach every rule of the walk: the symmetry lemmas and
+#: the Gaussian integrals, the finite-width factor and He's value without it, the row-flip argument,
+#: the linear regime, biases, a quadrature carried as a number, and both kinds of input pair.
+PROSE_NETWORKS = {
+    "relu, Gaussian input, finite width": (mlp([3, 4, 4, 4, 2], "relu", he()), True, False),
+    "relu, Gaussian input, He's value": (mlp([3, 4, 4, 4, 2], "relu", he()), False, False),
+    "tanh, fixed pair, bias": (mlp([3, 4, 2], "tanh", glorot(), bias_variance=0.1,
+                                   inputs=FixedInput((1.0, -2.0, 1.0), partner=(0.5, 1.0, 1.0))), False, False),
+    "leaky relu, Gaussian pair": (mlp([2, 3, 3], activation("leaky_relu", a=0.2), he(a=0.2), output_activation=True,
+                                      inputs=GaussianInput(correlation=sp.Rational(3, 10))), False, False),
+    "relu, orthogonal fixed pair": (mlp([2, 4, 4, 2], "relu", he(), inputs=FixedInput((1.0, 0.0), partner=(0.0, 1.0))),
+                                    True, False),
+    "tanh, linear regime": (mlp([3, 4, 4, 2], "tanh", glorot()), False, True),
+    "tanh, two layers": (mlp([3, 3, 3, 2], "tanh", glorot()), False, False),
+}
+
+
+def _sentences(net, finite_width, linear_regime):
+    """Title, summary, assumptions and every step's justification of the derivation of every observable."""
+    from varprop.observables import OBSERVABLES, Gradient, Signal, WeightGradient
+
+    walk = propagate(net, finite_width=finite_width, linear_regime=linear_regime)
+    for cls in OBSERVABLES:
+        for position in range(-1, len(net.layers)):
+            for tensor in (Signal(position), Gradient(position), WeightGradient(position)):
+                try:
+                    d = walk.derivation(cls(tensor))
+                except VarpropError:  # what does not exist here (covered by the test above)
+                    continue
+                yield d.title, None
+                yield d.summary, None
+                yield from ((a, None) for a in d.assumptions)
+                yield from ((s.justification, s.rule) for s in d.steps)
+
+
+def test_step_words_have_no_ascii_math():
+    rules = set()
+    for name, (net, finite_width, linear_regime) in PROSE_NETWORKS.items():
+        for text, rule in _sentences(net, finite_width, linear_regime):
+            found = ASCII_MATH.search(words(text))
+            assert found is None, (name, found.group(), words(text))
+            assert prose_latex(text)  # every formula part typesets
+            rules.add(rule)
+    # Every rule the walk writes a justification for was seen, so the scan covered all of them.
+    assert {Rule.DEFINITION, Rule.CHAIN_RULE, Rule.INDEPENDENCE, Rule.ZERO_MEAN, Rule.SYMMETRY, Rule.GAUSSIAN_INTEGRAL,
+            Rule.LINEAR_REGIME, Rule.SUBSTITUTION, Rule.VARIANCE_DEFINITION} <= rules
+
+
+def test_the_step_words_scan_sees_the_old_ascii_justifications():
+    # The justifications this module wrote as f-strings before issue 13: the scan above would have failed on them.
+    for old in ("y_1 is a sum of n terms w x, uncorrelated because E[w] = 0 and w is independent of x", "phi(z) ~ z",
+                "phi'(y)^2 + phi'(-y)^2 = 1 for y != 0 (sympy)", "dL/dW_2 = (Delta_y_2) x^T",
+                "R = |y_2|^2 / |x_1|^2", "the fixed pair: (1/n) <x, x'>", "weights of dense1: Normal(var=1/16)",
+                "substitute the moments of y_1", "(y, y') is exactly jointly Gaussian"):
+        assert ASCII_MATH.search(words(old)), old

@@ -817,6 +817,9 @@ class _ProseTextPrinter(_TextPrinter):
     def _print_Pi(self, expr: sp.Expr) -> str:
         return "π"
 
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"|{self._print(expr.args[0])}|"
+
     def _print_Relational(self, expr: sp.Basic) -> str:
         op = "=" if expr.rel_op == "==" else expr.rel_op
         return f"{self._print(expr.lhs)} {op} {self._print(expr.rhs)}"

@@ -83,6 +83,7 @@ from .derivation import (
     Integral,
     Lemma,
     Numeric,
+    NormalLaw,
     Phi,
     Rule,
     Variance,
@@ -152,6 +153,20 @@ A_DERIV_INDEP = prose(DPhi(sp.Symbol("y")), " is independent of the gradient arr
 A_DY_X_INDEP = "the gradient with respect to the pre-activation is independent of the layer input"
 A_LINEAR_REGIME = prose(Phi(sp.Symbol("z")), " is linear near 0 with ", sp.Eq(Phi(0), 0), " and ", sp.Eq(DPhi(0), 1),
                         " (Glorot's linear regime)")
+
+
+#: Symbols that only appear in the words of steps: the weight matrix, the loss direction g ~ N(0, I), the
+#: input correlation c0 and variance v, and entry indices.
+_W = sp.IndexedBase("W")
+_G, _IDENTITY = sp.Symbol("g"), sp.Symbol("I")
+_C0, _V_WORD = sp.Symbol("c_0"), sp.Symbol("v")
+_I, _J = sp.symbols("i j", integer=True)
+_WIDTH = sp.Symbol("n", integer=True, positive=True)
+
+
+def _entry(symbol: sp.Indexed, index: sp.Expr) -> sp.Indexed:
+    """Entry ``index`` of a layer's signal or gradient: :math:`y_2 \\to y_{2,i}`."""
+    return symbol.base[(*symbol.indices, index)]
 
 
 def _gaussian_assumption(gaussian: bool) -> str:
@@ -368,7 +383,7 @@ def _input_signal(walk: _Walk) -> _Signal:
         why = f"the fixed input ({len(inputs.values)} entries): its mean and mean square"
     else:
         mean_value = sp.Integer(0)
-        why = f"the input: iid N(0, {inputs.variance}) entries"
+        why = prose("the input: iid entries ", NormalLaw(_entry(symbol, _J), 0, sp.sympify(inputs.variance)))
     second = walk.define(Expect(symbol**2), inputs.second_moment, why)
     mean = walk.define(Expect(symbol), mean_value, why)
     fixed = isinstance(inputs, FixedInput)
@@ -395,13 +410,13 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     out = walk.signal_symbol(position)
     X_in = signal.symbol
     i_n = walk.define(n[k], layer.fan_in, f"fan-in of {name}")
-    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
-    i_ew = walk.define(Expect(w[k]), law.mean, f"weights of {name}: {law}")
+    i_vw = walk.define(Variance(w[k]), law.variance, prose(f"weights of {name}: ", Code(str(law))))
+    i_ew = walk.define(Expect(w[k]), law.mean, prose(f"weights of {name}: ", Code(str(law))))
     uses_b: tuple[int, ...] = ()
     bias_mean, bias_second = sp.Integer(0), sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, f"bias of {name}: {bias}"),
-                  walk.define(Expect(b[k]), bias.mean, f"bias of {name}: {bias}"))
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),
+                  walk.define(Expect(b[k]), bias.mean, prose(f"bias of {name}: ", Code(str(bias)))))
         bias_mean, bias_second = Expect(b[k]), Expect(b[k] ** 2)
     builder = walk.builder
     general_mean = builder.model(Expect(out), n[k] * Expect(w[k]) * Expect(X_in) + bias_mean, Rule.INDEPENDENCE,
@@ -411,7 +426,8 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
                                  uses=(general_mean, i_ew, *uses_b[1:]))
     general = builder.model(
         Expect(out**2), n[k] * Variance(w[k]) * Expect(X_in**2) + bias_second, Rule.INDEPENDENCE,
-        f"{_t(out)} is a sum of n terms w x, uncorrelated because E[w] = 0 and w is independent of x",
+        prose(out, " is a sum of ", n[k], " terms ", w[k] * X_in, ", uncorrelated because ", sp.Eq(Expect(w[k]), 0),
+              " and ", w[k], " is independent of ", X_in),
         assumptions=(A_IID, A_ZERO_MEAN), source=f"{HE}, eq. (7)")
     value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.variance if bias is not None else 0))
     second_step = builder.identity(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
@@ -454,7 +470,8 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
     index = walk.builder.add(
-        lhs, rhs, Rule.GAUSSIAN_INTEGRAL, prose(_WHAT.get(what, what), ", z ~ N(0, ", q_symbol, f") ({expectation.route})"),
+        lhs, rhs, Rule.GAUSSIAN_INTEGRAL,
+        prose(_WHAT[what], ", ", NormalLaw(_Z_WORD, 0, q_symbol), f" ({expectation.route})"),
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
     q_value, q_uses = walk.plain(signal.second)
@@ -469,17 +486,19 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
     out = walk.signal_symbol(position)
     Y = signal.symbol
     builder = walk.builder
-    walk.define(Phi(Y), act.expr.subs(X, Y), f"the activation {act}")
-    i_x2 = walk.define(Expect(out**2), Expect(Phi(Y) ** 2), f"{_t(out)} = phi({_t(Y)})")
-    i_x1 = walk.define(Expect(out), Expect(Phi(Y)), f"{_t(out)} = phi({_t(Y)})")
+    walk.define(Phi(Y), act.expr.subs(X, Y), prose("the activation ", Code(str(act))))
+    i_x2 = walk.define(Expect(out**2), Expect(Phi(Y) ** 2), prose(sp.Eq(out, Phi(Y), evaluate=False)))
+    i_x1 = walk.define(Expect(out), Expect(Phi(Y)), prose(sp.Eq(out, Phi(Y), evaluate=False)))
     lemma = symmetry_lemma(act)
     odd = odd_lemma(act)
     is_linear = sp.simplify(act.expr - X) == 0
     if walk.linear_regime and not is_linear:
         _check_linear_regime(act)
-        s2 = builder.model(Expect(Phi(Y) ** 2), Expect(Y**2), Rule.LINEAR_REGIME, "phi(z) ~ z keeps the whole second moment",
+        s2 = builder.model(Expect(Phi(Y) ** 2), Expect(Y**2), Rule.LINEAR_REGIME,
+                           prose(Phi(_Z_WORD), " ≈ ", _Z_WORD, " keeps the whole second moment"),
                            assumptions=(A_LINEAR_REGIME,), exactness="approximation", source="Glorot & Bengio 2010, eq. (5)")
-        s1 = builder.model(Expect(Phi(Y)), Expect(Y), Rule.LINEAR_REGIME, "phi(z) ~ z", assumptions=(A_LINEAR_REGIME,),
+        s1 = builder.model(Expect(Phi(Y)), Expect(Y), Rule.LINEAR_REGIME, prose(Phi(_Z_WORD), " ≈ ", _Z_WORD),
+                           assumptions=(A_LINEAR_REGIME,),
                            exactness="approximation")
         second_value, second_uses = signal.second.value, (signal.second.step,)
         mean_value, mean_uses = signal.mean.value, (signal.mean.step,)
@@ -489,7 +508,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
             s2 = builder.add(
                 Expect(Phi(Y) ** 2), c / 2 * Expect(Y**2), Rule.SYMMETRY,
                 prose(sp.Eq(Phi(_Y_WORD) ** 2 + Phi(-_Y_WORD) ** 2, c * _Y_WORD**2, evaluate=False),
-                      " (sympy), so a symmetric y keeps the fraction ", c / 2, " of its second moment"),
+                      " (sympy), so a symmetric ", _Y_WORD, " keeps the fraction ", c / 2, " of its second moment"),
                 proof=lemma.proof(LEMMA_CONSTANT / 2 * Expect(Y**2)), assumptions=(A_SYMMETRIC,),
                 source=f"{HE}, eq. (8)" if act.name in ("relu", "leaky_relu") else "")
             second_value, second_uses = sp.expand(c / 2 * signal.second.value), (signal.second.step,)
@@ -498,15 +517,17 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
                                                            moments(act).second_moment, signal, "E[phi(z)^2]")
         if odd.holds and signal.symmetric:
             c0 = odd.constant
-            s1 = builder.add(Expect(Phi(Y)), c0 / 2, Rule.SYMMETRY, f"phi(y) + phi(-y) = {c0} and y is symmetric",
+            s1 = builder.add(Expect(Phi(Y)), c0 / 2, Rule.SYMMETRY,
+                             prose(sp.Eq(Phi(_Y_WORD) + Phi(-_Y_WORD), c0, evaluate=False), " and ", _Y_WORD,
+                                   " is symmetric"),
                              proof=odd.proof(LEMMA_CONSTANT / 2), assumptions=(A_SYMMETRIC,))
             mean_value, mean_uses = c0 / 2, ()
         else:
             s1, mean_value, mean_uses = _gaussian_step(walk, Expect(Phi(Y)), act.expr, moments(act).mean, signal,
                                                        "E[phi(z)]")
-    second_step = builder.identity(Expect(out**2), second_value, Rule.SUBSTITUTION, f"substitute the moments of {_t(Y)}",
+    second_step = builder.identity(Expect(out**2), second_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
                                    uses=(i_x2, s2, *second_uses))
-    mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, f"substitute the moments of {_t(Y)}",
+    mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
                                  uses=(i_x1, s1, *mean_uses))
     if _zero_on_negatives(act):
         # Unless y is forced to zero, its entries are independent given the layer input (independent
@@ -531,7 +552,8 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
 def _output_gradient(walk: _Walk) -> _Gradient:
     last = len(walk.network.layers) - 1
     symbol = walk.gradient_symbol(last)
-    why = "the loss L = <g, output> with g ~ N(0, I) independent of the network: dL/d(output) = g"
+    why = prose("the loss is the inner product of the output with ", NormalLaw(_G, 0, _IDENTITY),
+                ", independent of the network, so ", sp.Eq(symbol, _G, evaluate=False))
     second = walk.define(Expect(symbol**2), sp.Integer(1), why)
     mean = walk.define(Expect(symbol), sp.Integer(0), why)
     return _Gradient(last, symbol, Quantity(Expect(symbol), sp.Integer(0), mean),
@@ -540,8 +562,9 @@ def _output_gradient(walk: _Walk) -> _Gradient:
 
 def _zero_mean_gradient(walk: _Walk, symbol: sp.Expr) -> Quantity:
     index = walk.builder.model(Expect(symbol), sp.Integer(0), Rule.ZERO_MEAN,
-                               "the gradient is linear in g, and g is symmetric and independent of the network",
-                               assumptions=("g ~ N(0, I) is independent of the network",))
+                               prose("the gradient is linear in ", _G, ", and ", _G,
+                                     " is symmetric and independent of the network"),
+                               assumptions=(prose(NormalLaw(_G, 0, _IDENTITY), " is independent of the network"),))
     return Quantity(Expect(symbol), sp.Integer(0), index)
 
 
@@ -551,11 +574,12 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
     builder = walk.builder
     Y, D_out = below.symbol, gradient.symbol
     D_in = walk.gradient_symbol(position - 1)
-    chain = walk.define(D_in, DPhi(Y) * D_out, f"chain rule through {_t(walk.signal_symbol(position))} = phi({_t(Y)})",
+    chain = walk.define(D_in, DPhi(Y) * D_out,
+                        prose("chain rule through ", sp.Eq(walk.signal_symbol(position), Phi(Y), evaluate=False)),
                         rule=Rule.CHAIN_RULE)
     factor = builder.model(
         Expect(D_in**2), Expect(DPhi(Y) ** 2) * Expect(D_out**2), Rule.INDEPENDENCE,
-        f"phi'({_t(Y)}) is independent of {_t(D_out)}" + ("" if gradient.independent else " (He et al.'s assumption)"),
+        prose(DPhi(Y), " is independent of ", D_out, "" if gradient.independent else " (He et al.'s assumption)"),
         assumptions=(A_DERIV_INDEP,), exactness="exact" if gradient.independent else "asymptotic", uses=(chain,),
         source=f"{HE}, eq. (12)")
     lemma = derivative_symmetry_lemma(act)
@@ -563,7 +587,8 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
     slope_uses: tuple[int, ...] = ()
     if walk.linear_regime and not is_linear:
         _check_linear_regime(act)
-        slope_step = builder.model(Expect(DPhi(Y) ** 2), sp.Integer(1), Rule.LINEAR_REGIME, "phi'(z) ~ 1",
+        slope_step = builder.model(Expect(DPhi(Y) ** 2), sp.Integer(1), Rule.LINEAR_REGIME,
+                                   prose(DPhi(_Z_WORD), " ≈ ", sp.Integer(1)),
                                    assumptions=(A_LINEAR_REGIME,), exactness="approximation",
                                    source="Glorot & Bengio 2010, eq. (6)")
         slope = sp.Integer(1)
@@ -571,18 +596,22 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
         c = lemma.constant
         p = below.p_nonzero
         at_zero = act.derivative.subs(X, 0) ** 2
+        lemma_words = prose(sp.Eq(DPhi(_Y_WORD) ** 2 + DPhi(-_Y_WORD) ** 2, c, evaluate=False), " for ",
+                            sp.Ne(_Y_WORD, 0), " (sympy)")
         if p == 1 or walk.finite_width:
             conclusion = sp.expand(LEMMA_CONSTANT / 2 * p + at_zero * (1 - p))
             slope = sp.expand(c / 2 * p + at_zero * (1 - p))
             exactness = "exact" if below.p_exact else "asymptotic"
-            why = f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy)"
+            why = prose(lemma_words)
             if p != 1:
-                why += (f"; {_t(Y)} is identically zero (a relu layer below is all zero) with probability "
-                        f"1 - {p}, where phi'(0)^2 = {at_zero}")
+                why = prose(why, "; ", Y, " is identically zero (a relu layer below is all zero) with probability ",
+                            1 - p, ", where ",
+                            sp.Eq(DPhi(sp.Integer(0)) ** 2, at_zero, evaluate=False))
         else:
             conclusion, slope, exactness = LEMMA_CONSTANT / 2, c / 2, "asymptotic"
-            why = (f"phi'(y)^2 + phi'(-y)^2 = {c} for y != 0 (sympy); He et al.'s value, which ignores that {_t(Y)} "
-                   "is identically zero when a relu layer below is all zero (probability 2^-n each)")
+            why = prose(lemma_words, "; He et al.'s value, which ignores that ", Y, " is identically zero when a relu "
+                        "layer below is all zero (probability ", sp.Pow(2, -_WIDTH, evaluate=False),
+                        " each, for a layer of width ", _WIDTH, ")")
         slope_step = builder.add(Expect(DPhi(Y) ** 2), slope, Rule.SYMMETRY, why, proof=lemma.proof(conclusion),
                                  assumptions=(A_SYMMETRIC,), exactness=exactness, source=f"{HE}, eq. (12)")
     else:
@@ -606,18 +635,21 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
     name = walk.network.place_name(position)
     D_out, D_in = gradient.symbol, walk.gradient_symbol(position - 1)
     i_nhat = walk.define(nhat[k], layer.fan_out, f"fan-out of {name}")
-    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    i_vw = walk.define(Variance(w[k]), law.variance, prose(f"weights of {name}: ", Code(str(law))))
     exact = gradient.independent or gradient.flip
     if gradient.independent:
-        why = f"{_t(D_out)} is independent of W_{k}"
+        why = prose(D_out, " is independent of ", _W[k])
     elif gradient.flip:
-        why = (f"flipping the sign of row i of W_{k} flips y_i but not phi'(y_i)^2: E[w_ij^2 (dL/dy_i)^2] = "
-               "E[w^2] E[(dL/dy)^2] exactly")
+        out_i = _entry(walk.signal_symbol(position), _I)
+        why = prose("flipping the sign of row ", _I, " of ", _W[k], " flips ", out_i, " but not ", DPhi(out_i) ** 2,
+                    ", so ", sp.Eq(Expect(w[k, _I, _J] ** 2 * _entry(D_out, _I) ** 2),
+                                   Expect(w[k] ** 2) * Expect(D_out**2), evaluate=False), " exactly")
     else:
-        why = f"{_t(D_out)} treated as independent of W_{k} (He et al.'s assumption)"
+        why = prose(D_out, " treated as independent of ", _W[k], " (He et al.'s assumption)")
     general = builder.model(
         Expect(D_in**2), nhat[k] * Variance(w[k]) * Expect(D_out**2), Rule.INDEPENDENCE,
-        f"dL/dx = W^T dL/dy is a sum of nhat terms; {why}",
+        prose(sp.Eq(D_in, sp.Symbol(f"W_{k}^T") * D_out, evaluate=False), " is a sum of ", nhat[k], " terms ",
+              w[k] * D_out, "; ", why),
         assumptions=(A_IID, A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
         exactness="exact" if exact else "asymptotic", source=f"{HE}, eq. (11)")
     value = sp.expand(layer.fan_out * law.variance * gradient.second.value)
@@ -627,8 +659,8 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
     X_in = below.symbol
     dw_general = builder.model(
         Expect(dW[k] ** 2), Expect(D_out**2) * Expect(X_in**2), Rule.INDEPENDENCE,
-        f"dL/dW_{k} = ({_t(D_out)}) x^T; " + (f"{_t(D_out)} is independent of {_t(X_in)}" if gradient.independent
-                                           else f"{_t(D_out)} treated as independent of {_t(X_in)}"),
+        prose(dW[k], " is the outer product of ", D_out, " and ", X_in, "; ", D_out,
+              " is independent of " if gradient.independent else " treated as independent of ", X_in),
         assumptions=(A_DY_X_INDEP,), exactness="exact" if gradient.independent else "asymptotic")
     dw_value = sp.expand(gradient.second.value * below.second.value)
     dw_second = builder.identity(Expect(dW[k] ** 2), dw_value, Rule.SUBSTITUTION, "substitute",
@@ -688,13 +720,15 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     if first.second.value == 0:
         raise DerivationError("the norm ratio is undefined for an input that is identically zero")
     exact = first.deterministic or state.homogeneous
-    why = ("the input is fixed, so the ratio's mean is E[|h|^2] / |x_1|^2" if first.deterministic else
-           "given the input, E[|h|^2] = |x_1|^2 times a constant (zero-mean symmetric weights, no bias, homogeneous "
-           "activations)" if state.homogeneous else "the ratio of expectations stands for the expectation of the ratio "
-           "(the norms concentrate as widths grow)")
+    norm, norm_in = sp.Abs(state.symbol) ** 2, sp.Abs(first.symbol) ** 2
+    why = (prose("the input is fixed, so the ratio's mean is ", Expect(norm) / norm_in) if first.deterministic else
+           prose("given the input, ", Expect(norm), " is ", norm_in, " times a constant (zero-mean symmetric weights, "
+                 "no bias, homogeneous activations)") if state.homogeneous else
+           "the ratio of expectations stands for the expectation of the ratio (the norms concentrate as widths grow)")
     general = walk.builder.model(
         symbol, state.width * state.second.symbol / (first.width * first.second.symbol), Rule.INDEPENDENCE,
-        f"R = |{_t(state.symbol)}|^2 / |{_t(first.symbol)}|^2: {why}", exactness="exact" if exact else "asymptotic")
+        prose(sp.Eq(ratio_base[position + 1], norm / norm_in, evaluate=False), ": ", why),
+        exactness="exact" if exact else "asymptotic")
     value = state.width * state.second.value / (first.width * first.second.value)
     if walk.builder.steps[general].rhs == value:  # the input itself: the ratio is 1 by definition
         return Quantity(symbol, value, general)
@@ -738,8 +772,11 @@ def _partner_input(walk: _Walk) -> _Signal:
         why = f"the fixed partner input ({len(inputs.partner)} entries): its mean and mean square"
     else:
         mean_value = sp.Integer(0)
-        why = (f"the partner input x' = c0 x + sqrt(1 - c0^2) z with z iid N(0, {inputs.variance}): "
-               f"iid N(0, {inputs.variance}) entries")
+        first, variance = walk.signals[-1].symbol, sp.sympify(inputs.variance)
+        why = prose("the partner input ",
+                    sp.Eq(symbol, _C0 * first + sp.sqrt(1 - _C0**2) * _Z_WORD, evaluate=False), ", with ", _Z_WORD,
+                    " independent of ", first, " and iid entries ", NormalLaw(sp.IndexedBase("z")[_J], 0, variance),
+                    ", has iid entries ", NormalLaw(_entry(symbol, _J), 0, variance))
     second = walk.define(Expect(symbol**2), inputs.partner_second_moment, why)
     mean = walk.define(Expect(symbol), mean_value, why)
     return _Signal(
@@ -756,9 +793,12 @@ def _input_cross(walk: _Walk) -> Quantity:
     first, second = walk.signals[-1].symbol, walk.partners[-1].symbol
     lhs = Expect(first * second)
     if isinstance(inputs, FixedInput):
-        why = "the fixed pair: (1/n) <x, x'>"
+        why = prose("the fixed pair: the mean of ", _entry(first, _J) * _entry(second, _J),
+                    f" over its {len(inputs.values)} entries")
     else:
-        why = f"the Gaussian pair: E[x x'] = c0 v with c0 = {inputs.correlation}, v = {inputs.variance}"
+        why = prose("the Gaussian pair: ", sp.Eq(lhs, _C0 * _V_WORD, evaluate=False), " with ",
+                    sp.Eq(_C0, sp.sympify(inputs.correlation), evaluate=False), " and ",
+                    sp.Eq(_V_WORD, sp.sympify(inputs.variance), evaluate=False))
     return Quantity(lhs, inputs.cross_moment, walk.define(lhs, inputs.cross_moment, why))
 
 
@@ -781,17 +821,18 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
     out, out_pair = walk.signals[position].symbol, walk.partners[position].symbol
     below, below_pair = walk.signals[position - 1].symbol, walk.partners[position - 1].symbol
     i_n = walk.define(n[k], layer.fan_in, f"fan-in of {name}")
-    i_vw = walk.define(Variance(w[k]), law.variance, f"weights of {name}: {law}")
+    i_vw = walk.define(Variance(w[k]), law.variance, prose(f"weights of {name}: ", Code(str(law))))
     uses_b: tuple[int, ...] = ()
     bias_term = sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, f"bias of {name}: {bias}"),)
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),)
         bias_term = Expect(b[k] ** 2)
     general = walk.builder.model(
         Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
-        prose(_t(out), " ", _t(out_pair), " is a double sum of the terms w_j w_k x_j x'_k (plus the shared bias ",
-              b[k] ** 2, " and terms linear in it): ", Expect(sp.Symbol("w_j") * sp.Symbol("w_k")), " = ",
-              Variance(w[k]), " if j = k and 0 otherwise, at every width"),
+        prose(out * out_pair, " is a double sum of the terms ",
+              w[k, _I] * w[k, _J] * _entry(below, _I) * _entry(below_pair, _J), " (plus the shared bias ", b[k] ** 2,
+              " and terms linear in it): ", sp.Eq(Expect(w[k, _I] * w[k, _J]), Variance(w[k]), evaluate=False),
+              " if ", sp.Eq(_I, _J, evaluate=False), " and ", sp.Integer(0), " otherwise, at every width"),
         assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
     value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
     step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
@@ -799,11 +840,14 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
     return Quantity(Expect(out * out_pair), value, step)
 
 
+_PAIR_WORDS = sp.Tuple(sp.Symbol("y"), sp.Symbol("y'"))
+
+
 def _pair_assumption(gaussian: bool) -> str:
     if gaussian:
-        return "(y, y') is exactly jointly Gaussian (a fixed pair of inputs through Gaussian weights)"
-    return ("(y, y') is jointly Gaussian with the expected covariance (wide layers: central limit theorem, and the "
-            "empirical covariance of the layer below concentrates at its mean)")
+        return prose(_PAIR_WORDS, " is exactly jointly Gaussian (a fixed pair of inputs through Gaussian weights)")
+    return prose(_PAIR_WORDS, " is jointly Gaussian with the expected covariance (wide layers: central limit theorem, "
+                 "and the empirical covariance of the layer below concentrates at its mean)")
 
 
 @cross_rule.register
@@ -820,7 +864,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
                 f"{state.mean.value} (a nonlinearity applied to the output of another nonlinearity)"
             )
     lhs = Expect(Phi(Y) * Phi(Yp))
-    i_def = walk.define(Expect(out * out_pair), lhs, f"{_t(out)} = phi({_t(Y)}), {_t(out_pair)} = phi({_t(Yp)})")
+    i_def = walk.define(Expect(out * out_pair), lhs, prose(sp.Eq(out, Phi(Y), evaluate=False), ", ",
+                                                           sp.Eq(out_pair, Phi(Yp), evaluate=False)))
     q1, q2, q12 = signal.second.symbol, partner.second.symbol, cross.symbol
     gaussian = signal.gaussian and partner.gaussian
     exactness = "gaussian-exact" if gaussian else "asymptotic"
@@ -835,7 +880,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
         # covariance; with symbols (symbolic widths) it rests on the theorem alone.
         step = builder.add(
             lhs, mean.symbol * mean_pair.symbol, Rule.INDEPENDENCE,
-            prose(sp.Eq(q12, 0), f": ({_t(Y)}, {_t(Yp)}) is uncorrelated and jointly Gaussian, hence independent, "
+            prose(sp.Eq(q12, 0), ": ", sp.Tuple(Y, Yp), " is uncorrelated and jointly Gaussian, hence independent, "
                   "and ", sp.Eq(lhs, Expect(Phi(Y)) * Expect(Phi(Yp)), evaluate=False)),
             proof=BivariateIntegral(integrand, q1, q2, q12) if numeric else Modelling(),
             assumptions=(_pair_assumption(gaussian),), exactness=exactness, uses=facts,
@@ -845,7 +890,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
                                  "substitute the means", uses=(i_def, step, *uses, *uses_pair))
         return Quantity(Expect(out * out_pair), value * value_pair, index)
     kernel = _kernel(act, q1, q2, q12)
-    why = prose(Expect(Phi(_U2) * Phi(_V2)), ", (u, v) centred jointly Gaussian with variances ", q1, ", ", q2,
+    why = prose(Expect(Phi(_U2) * Phi(_V2)), ", ", sp.Tuple(_U2, _V2), " centred jointly Gaussian with variances ", q1,
+                ", ", q2,
                 " and covariance ", q12)
     source = f"{POOLE}, eq. (5)"
     if kernel is not None:
@@ -860,7 +906,7 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
             uses.extend(quantity_uses)
         value = expr.xreplace(dict(zip((q1, q2, q12), values)))
         index = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION,
-                                 f"substitute the moments of {_t(Y)}, {_t(Yp)}", uses=(i_def, step, *uses))
+                                 prose("substitute the moments of ", Y, " and ", Yp), uses=(i_def, step, *uses))
         return Quantity(Expect(out * out_pair), value, index)
     # No closed form: the kernel evaluated by quadrature at the numeric moments.
     numbers, uses = [], []
@@ -1108,19 +1154,24 @@ class LayerPrediction:
 
 
 def predict(network: Network, *, finite_width: bool = False) -> tuple[LayerPrediction, ...]:
-    """Every claim-file observable at every dense layer of ``network``, read off :func:`derive`.
+    """Every claim-file observable at every dense layer of ``network`` (those of a pair of inputs only when the
+    network has one), read off :func:`derive`.
 
     A view for tables and plots: each :class:`Prediction` holds the derivation its value comes from.
     """
-    from ..observables import LEGACY_NAMES, from_name
+    from ..observables import LEGACY_NAMES, PAIR_OBSERVABLES, from_name
 
     if not isinstance(network, Network):
         raise DerivationError(f"predict needs a Network, got {_short(network)}")
+    paired = getattr(network.inputs, "paired", False)
     out = []
     for layer in range(1, network.depth + 1):
         values = {}
         for name in LEGACY_NAMES:
-            d = derive(network, from_name(name, layer, network), finite_width=finite_width)
+            observable = from_name(name, layer, network)
+            if isinstance(observable, PAIR_OBSERVABLES) and not paired:  # a pair's observables need a pair
+                continue
+            d = derive(network, observable, finite_width=finite_width)
             values[name] = Prediction(d.result, d.exactness, _reason(d), d)
         out.append(LayerPrediction(layer, values))
     return tuple(out)
