@@ -607,6 +607,7 @@ _i = sp.Symbol("i", positive=True, integer=True)
 _D = sp.Symbol("D", positive=True, integer=True)   # layers above l: D = L - l
 _G = sp.Symbol("G_l", nonnegative=True)   # ||dL/dx_l||^2
 _GW = sp.Symbol("G_W_l", nonnegative=True)  # ||dL/dW_l||_F^2
+_A_BELOW_TOP = prose(sp.Symbol("l"), " < L: at the output the gradient is g itself, with ", sp.Eq(Expect(sp.Symbol("||g||^2")), _nw[_L]))
 _A_LOSS = prose("the loss gradient g at the output x_L is independent of the network with ", sp.Eq(Expect(sp.Symbol("g g^T")), sp.Symbol("I")))
 
 
@@ -622,7 +623,7 @@ def backward() -> Derivation:
 
     .. math::
 
-        E\|\partial\mathcal L/\partial x_l\|^2 = P(x_l \ne 0)\, n_l \prod_{i=1}^{D}\frac{n_{l+i}s_{l+i}}{2},
+        E\|\partial\mathcal L/\partial x_l\|^2 = P(x_l \ne 0)\, n_l \prod_{i=1}^{D}\frac{n_{l+i}s_{l+i}}{2} \quad (l < L),
         \qquad
         E\|\partial\mathcal L/\partial W_l\|_F^2 = \|x_0\|^2\,\frac{n_l}{2}\prod_{k \ne l}\frac{n_k s_k}{2},
 
@@ -645,7 +646,7 @@ def backward() -> Derivation:
     frob = b.model(Expect(_G), Prob(_Alive[_l]) * _nw[_l] * Expect(_T[_D]), Rule.INDEPENDENCE,
                    prose("averaging over g gives the squared Frobenius norm of the Jacobian, a sum over the ",
                          _nw[_l], " unit tangents; it is 0 when ", sp.Symbol("x_l"), " = 0 (every D_(l+1) entry is 0)"),
-                   assumptions=(_A_LOSS, _A_SYM, _A_CONT))
+                   assumptions=(_A_LOSS, _A_SYM, _A_CONT, _A_BELOW_TOP))
     alive = b.model(Prob(_Alive[_l]), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)), Rule.INDEPENDENCE,
                     "the dead-layer derivation, step 2, at depth l", assumptions=(_A_SYM, _A_CONT))
     dx = b.identity(Expect(_G), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)) * _nw[_l] * sp.Product(factor, (_i, 1, _D)),
@@ -685,7 +686,8 @@ def gradient_moments(widths: Sequence[int], variances: Sequence[object] | None =
     d = backward()
     values = {_nw[i]: w for i, w in enumerate(widths)} | {_sw[i + 1]: v for i, v in enumerate(variances)}
     values[_X[0]] = sp.nsimplify(input_norm, rational=True)
-    dx = tuple(sp.nsimplify(d.extras["dx"].subs({_l: l, _D: depth - l}).doit().xreplace(values)) for l in range(depth + 1))
+    dx = tuple(sp.nsimplify(d.extras["dx"].subs({_l: l, _D: depth - l}).doit().xreplace(values)) for l in range(depth))
+    dx += (sp.Integer(widths[-1]),)   # the loss gradient itself
     dw = tuple(sp.nsimplify(d.extras["dw"].subs({_l: l, _D: depth - l}).doit().xreplace(values)) for l in range(1, depth + 1))
     return dx, dw
 
