@@ -18,14 +18,17 @@ tensor                     what it is
 :class:`WeightGradient`    :math:`\partial\mathcal L/\partial W` of the dense layer at a position
 =========================  ==================================================================
 
-=========================  ==================================================================
-statistic                  per unit, in expectation over random networks
-=========================  ==================================================================
-:class:`Mean`              :math:`E[t]` (one unit)
-:class:`SecondMoment`      :math:`E[t^2]`
-:class:`Variance`          :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
-:class:`NormRatio`         :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
-=========================  ==================================================================
+=================================  ==================================================================
+statistic                          per unit, in expectation over random networks
+=================================  ==================================================================
+:class:`Mean`                      :math:`E[t]` (one unit)
+:class:`SecondMoment`              :math:`E[t^2]`
+:class:`Variance`                  :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
+:class:`NormRatio`                 :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
+:class:`NormRatioSecondMoment`     :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]` (signals only)
+:class:`LogNormRatio`              :math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`
+:class:`DeadFraction`              :math:`P(h_p = 0)`, the fraction of networks with a dead layer
+=================================  ==================================================================
 
 :data:`OBSERVABLES` is the one registry of statistic classes: ``varprop.derive`` registers a rule
 for each (the derivation whose result is the prediction), ``varprop.montecarlo`` an estimator, and a
@@ -58,6 +61,9 @@ __all__ = [
     "SecondMoment",
     "Variance",
     "NormRatio",
+    "NormRatioSecondMoment",
+    "LogNormRatio",
+    "DeadFraction",
     "OBSERVABLES",
     "LEGACY_NAMES",
     "ObservableError",
@@ -152,8 +158,40 @@ class NormRatio(Observable):
             raise ObservableError(f"NormRatio is defined for signals only, got {self.tensor!r}")
 
 
+class _SignalOnly(Observable):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.tensor, Signal):
+            raise ObservableError(f"{type(self).__name__} is defined for signals only, got {self.tensor!r}")
+
+
+@dataclass(frozen=True)
+class NormRatioSecondMoment(_SignalOnly):
+    r""":math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]`: the spread of one network's squared length
+    (finite-width law, :func:`varprop.derive.finite.product_law`)."""
+
+    statistic = "norm ratio second moment"
+
+
+@dataclass(frozen=True)
+class LogNormRatio(_SignalOnly):
+    r""":math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`: the typical network's squared
+    length, over the networks whose signal at ``p`` is not identically zero (the others have
+    :math:`\log 0 = -\infty`; :class:`DeadFraction` counts them)."""
+
+    statistic = "log norm ratio"
+
+
+@dataclass(frozen=True)
+class DeadFraction(_SignalOnly):
+    r""":math:`P(h_p = 0)`: the fraction of networks whose signal at ``p`` is identically zero (a dead layer)."""
+
+    statistic = "dead fraction"
+
+
 #: The statistic classes; each engine registers one rule per class.
-OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio)
+OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio, NormRatioSecondMoment,
+                                             LogNormRatio, DeadFraction)
 
 #: Claim-file names: name -> (statistic class, tensor letter) at dense layer l.
 _LEGACY: dict[str, tuple[type[Observable], str]] = {
@@ -252,6 +290,9 @@ STATISTICS: dict[str, type[Observable]] = {
     "second_moment": SecondMoment,
     "variance": Variance,
     "norm_ratio": NormRatio,
+    "norm_ratio_second_moment": NormRatioSecondMoment,
+    "log_norm_ratio": LogNormRatio,
+    "dead_fraction": DeadFraction,
 }
 #: Tensor names for an observable addressed by place (claim files: ``tensor = "gradient"``).
 TENSORS: dict[str, type] = {"signal": Signal, "gradient": Gradient, "weight_gradient": WeightGradient}

@@ -63,6 +63,8 @@ __all__ = [
     "log_moment",
     "backward",
     "FINITE_DERIVATIONS",
+    "relu_chain",
+    "gradient_moments",
     "mean_square",
     "fourth_moment",
     "dead_probability",
@@ -701,3 +703,127 @@ FINITE_DERIVATIONS = {
     "log-moment": log_moment,
     "backward": backward,
 }
+
+
+# --- rules for the finite-width observables (both engines: varprop.montecarlo.estimators) ---------
+
+from ..network import Dense, Nonlinearity  # noqa: E402
+from ..observables import DeadFraction, LogNormRatio, NormRatioSecondMoment  # noqa: E402
+from .propagate import Quantity, observable_rules  # noqa: E402
+
+_NW = sp.IndexedBase("N")   # widths n_0..n_L of the walked network, named apart from the walk's fan-ins
+_SW = sp.IndexedBase("S")   # the weight variance of each of its dense layers
+_RATIO = sp.IndexedBase("R")
+
+
+def relu_chain(network: object, position: int, *, gaussian: bool) -> tuple[tuple[int, ...], tuple[sp.Expr, ...]]:
+    """Widths n_0..n_L and weight variances of the zero-bias relu chain Dense, relu, ..., Dense, relu ending at
+    ``position`` of ``network``; a :class:`DerivationError` naming what breaks it otherwise."""
+    layers = network.layers[: position + 1]
+    what = f"the finite-width laws need a zero-bias relu chain Dense, relu, ..., Dense, relu up to position {position}"
+    if position < 1 or len(layers) % 2:
+        raise DerivationError(f"{what}; position {position} is not the output of a relu after a dense layer")
+    widths, variances = [], []
+    for dense, act in zip(layers[::2], layers[1::2]):
+        if not isinstance(dense, Dense) or not isinstance(act, Nonlinearity) or act.activation.name != "relu":
+            raise DerivationError(f"{what}; found {type(dense).__name__}, {type(act).__name__}")
+        if dense.bias is not None:
+            raise DerivationError(f"{what}; a dense layer has a bias ({dense.bias})")
+        if not all(isinstance(w, int) for w in (dense.fan_in, dense.fan_out)):
+            raise DerivationError(f"{what} with integer widths; got {dense.fan_in} -> {dense.fan_out}")
+        law = dense.weights
+        if not law.symmetric or (gaussian and not law.gaussian):
+            need = "Gaussian" if gaussian else "symmetric"
+            raise DerivationError(f"{what} with {need} weights; got {law} (for other laws the second moment depends on "
+                                  "the input's fourth powers: varprop.derive.finite.fourth_moment)")
+        if not widths:
+            widths.append(dense.fan_in)
+        widths.append(dense.fan_out)
+        variances.append(law.variance)
+    return tuple(widths), tuple(variances)
+
+
+def _walk_values(walk: object, widths: tuple[int, ...], variances: tuple[sp.Expr, ...]) -> list[int]:
+    steps = [walk.define(_NW[i], w, f"width n_{i} of the relu chain") for i, w in enumerate(widths)]
+    steps += [walk.define(_SW[i + 1], v, f"weight variance of its dense layer {i + 1}") for i, v in enumerate(variances)]
+    return steps
+
+
+def _rename(expr: sp.Expr) -> sp.Expr:
+    return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base in (_nw, _sw),
+                        lambda e: (_NW if e.base == _nw else _SW)[e.indices])
+
+
+@observable_rules.register
+def _(observable: NormRatioSecondMoment, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, variances = relu_chain(walk.network, position, gaussian=True)
+    depth = len(widths) - 1
+    symbol = Expect(_RATIO[position + 1] ** 2)
+    general = _rename(product_law().extras["second_moment"].subs(_L, depth).doit()) * (_NW[depth] / _NW[0]) ** 2
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE,
+                             prose("the ratio is ", (_NW[depth] / _NW[0]), " times the product of independent factors ",
+                                   "(the finite-width product law)"),
+                             assumptions=(_A_GAUSS, "biases are zero"), exactness="gaussian-exact",
+                             source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = sp.nsimplify(general.xreplace({_NW[i]: w for i, w in enumerate(widths)}
+                                          | {_SW[i + 1]: v for i, v in enumerate(variances)}))
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the widths and variances",
+                                  uses=(law, *_walk_values(walk, widths, variances)))
+    return Quantity(symbol, value, index)
+
+
+@observable_rules.register
+def _(observable: DeadFraction, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, variances = relu_chain(walk.network, position, gaussian=False)
+    depth = len(widths) - 1
+    symbol = Prob(sp.Eq(_RATIO[position + 1], 0))
+    general = _rename(dead_layer().result.subs(_L, depth).doit())
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE, "a layer with a live input dies with probability 2^-n",
+                             assumptions=(_A_SYM, _A_CONT, "biases are zero"), source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = sp.nsimplify(general.xreplace({_NW[i]: w for i, w in enumerate(widths)}))
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the widths",
+                                  uses=(law, *_walk_values(walk, widths, ())))
+    return Quantity(symbol, value, index)
+
+
+@observable_rules.register
+def _(observable: LogNormRatio, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, variances = relu_chain(walk.network, position, gaussian=True)
+    depth = len(widths) - 1
+    symbol = Expect(sp.log(_RATIO[position + 1]))
+    terms = [_log_factor_sum(_NW[j], _SW[j] * _NW[j - 1] / _NW[j]) for j in range(1, depth + 1)]
+    general = sp.log(_NW[depth] / _NW[0]) + sp.Add(*terms)
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE,
+                             prose("given no dead layer, a sum over layers of the mean log of ", _SW[_j] * _NW[_j - 1] / _NW[_j],
+                                   " chi-square(K), K ~ Binomial(", _NW[_j], ", 1/2) given K >= 1 (the finite-width log law)"),
+                             assumptions=(_A_GAUSS, "biases are zero", "no layer is entirely inactive"),
+                             exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = general.xreplace({_NW[i]: w for i, w in enumerate(widths)} | {_SW[i + 1]: v for i, v in enumerate(variances)})
+    value = sp.Float(sp.N(value.doit(), 30), 30)
+    index = walk.builder.add(symbol, value, Rule.SUBSTITUTION, "substitute the widths and variances; the digamma sum "
+                             "evaluated to 30 digits", proof=_DigammaSum(general, widths, variances),
+                             uses=(law, *_walk_values(walk, widths, variances)))
+    return Quantity(symbol, value, index)
+
+
+@dataclass(frozen=True)
+class _DigammaSum(Check):
+    """The stated number re-computed with mpmath from the binomial law term by term (mpmath's digamma), to 1e-20."""
+
+    general: sp.Expr
+    widths: tuple[int, ...]
+    variances: tuple[sp.Expr, ...]
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        with mpmath.workdps(30):
+            total = mpmath.log(mpmath.mpf(self.widths[-1]) / self.widths[0])
+            for a, n, s in zip(self.widths[:-1], self.widths[1:], self.variances):
+                c = mpmath.mpf(str(sp.N(s, 35))) * a / n
+                total += mpmath.log(2 * c) + sum(mpmath.binomial(n, k) * mpmath.digamma(mpmath.mpf(k) / 2)
+                                                 for k in range(1, n + 1)) / (mpmath.mpf(2) ** n - 1)
+            ok = abs(total - mpmath.mpf(str(step.rhs))) < mpmath.mpf(10) ** -20
+        return ok, f"mpmath re-sums the binomial law with its own digamma: {mpmath.nstr(total, 15)}"

@@ -49,6 +49,7 @@ from .errors import MonteCarloError
 from .estimators import Estimate, estimate, health, per_network_values
 from .executors import Executor, executor_from
 from .sampler import sample
+from . import laws
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, format_z, holm, holm_critical_values, judge
 
 __all__ = ["MEASURED", "Measurement", "ShrinkTest", "CheckResult", "check", "check_all", "format_results", "DEFAULT_RTOL"]
@@ -234,7 +235,8 @@ def _measure(
         for item, observable in zip(items, observables):
             est = limits.quiet(estimate, drawn, observable)
             limits.require_finite([item], [est], drawn)  # overflowed networks: an error, never a biased verdict
-            out.append((est, _skew_minimum(per_network_values(drawn, observable), z_plan)))
+            out.append((est, max(_skew_minimum(per_network_values(drawn, observable), z_plan),
+                                 laws.exact_skew_minimum(observable, network, z_plan))))
         return out
 
     main_seed = _seed(seed, network, 1)
@@ -407,7 +409,7 @@ def check_all(
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
         for j, job in enumerate(jobs)
     ]
-    results = _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)
+    results = [laws.annotate(result) for result in _judge(jobs, raw, rtol=rtol, alpha=alpha, tests=tests)]
     return [replace(result, measurements=tuple(replace(m, engine=engines[j, r]) for r, m in enumerate(result.measurements)))
             for j, result in enumerate(results)]
 

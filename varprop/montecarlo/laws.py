@@ -325,11 +325,15 @@ class MomentTails:
         return networks >= self.networks_for_normality
 
     def message(self, networks: int) -> str:
+        lower = ""
+        if self.order > 1:
+            first = moment_tails(self.widths, 1)
+            lower = f", E[M_L] = {first.value:.6g} (about {first.networks_for_normality:.2g} networks by Cochran's rule)"
         return (f"the per-network M_L^{self.order} has skewness {self.skewness:.3g} (exact, from the law), so a plain "
                 f"mean over {networks} networks is not approximately normal (Cochran's rule asks for "
                 f"{self.networks_for_normality:.3g}); its standard error understates the error. Checkable instead: "
-                f"the law of M_L (a law claim), E[log M_L], lower moments such as E[M_L] = 1, and the "
-                f"Rao-Blackwellised estimate of E[M_L^{self.order}] given the active counts")
+                f"the law of M_L (a law claim), E[log M_L]{lower}, and the Rao-Blackwellised estimate of "
+                f"E[M_L^{self.order}] given the active counts (varprop.montecarlo.laws.rao_blackwell)")
 
 
 def moment_tails(widths: Sequence[int], order: int = 2) -> MomentTails:
@@ -375,3 +379,59 @@ def sample_counts(widths: Sequence[int], networks: int, *, seed: int) -> tuple[n
             x = np.maximum(y, 0.0)
         m[start:stop] = (x**2).mean(axis=1) / first
     return m, counts
+
+
+# --- hooks for the checker ---------------------------------------------------------------------
+
+
+def _tail_order(observable: object) -> int | None:
+    from ..observables import NormRatio, NormRatioSecondMoment
+
+    return {NormRatio: 1, NormRatioSecondMoment: 2}.get(type(observable))
+
+
+def _chain_widths(observable: object, network: object) -> tuple[int, ...] | None:
+    from ..derive.finite import relu_chain
+    from ..errors import DerivationError
+
+    try:
+        widths, variances = relu_chain(network, observable.tensor.position, gaussian=True)
+    except DerivationError:
+        return None
+    if any(abs(float(v) - 2 / a) > 1e-12 * (2 / a) for v, a in zip(variances, widths[:-1])):
+        return None
+    return widths
+
+
+def exact_skew_minimum(observable: object, network: object, z: float) -> int:
+    r"""Networks needed before a z-test of ``observable`` can be trusted, from the *exact* skewness of its
+    per-network values where the finite-width law gives it (the norm ratio and its square on a zero-bias relu
+    chain with Gaussian weights at He's variance), else 0. Same Edgeworth bound as the checker's sample-based
+    one, :math:`T \ge (z\gamma(2z^2+1)/3)^2`; the sample skewness of a heavy-tailed value is biased low,
+    the exact one is not."""
+    order = _tail_order(observable)
+    widths = None if order is None else _chain_widths(observable, network)
+    if widths is None:
+        return 0
+    skew = moment_tails(widths, order).skewness
+    needed = (z * abs(skew) * (2 * z * z + 1) / 3) ** 2
+    return int(min(math.ceil(needed), 10**18))
+
+
+def annotate(result: object) -> object:
+    """A check result on a heavy-tailed moment that is ``INCONCLUSIVE`` gets a pointer to what can be checked
+    instead (the law, E[log M_L], lower moments, the Rao-Blackwellised estimate); other results are returned as they are."""
+    from dataclasses import replace
+
+    claim = getattr(result, "claim", None)
+    if claim is None or result.outcome != INCONCLUSIVE:
+        return result
+    order = _tail_order(claim.observable)
+    widths = None if order is None else _chain_widths(claim.observable, claim.network)
+    if widths is None:
+        return result
+    tails = moment_tails(widths, order)
+    networks = result.primary.estimate.n
+    if tails.trusted(networks):
+        return result
+    return replace(result, message=result.message + "; " + tails.message(networks))
