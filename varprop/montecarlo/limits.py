@@ -11,8 +11,13 @@ Memory
     :func:`max_memory`: the environment variable ``VARPROP_MAX_MEMORY`` (bytes, or a number with
     a unit such as ``8GB``, ``512MiB``), by default half of the machine's physical memory (4 GB
     when it cannot be read).
+Engines
+    The memory and work bounds use the sampling engine's cost per network
+    (:class:`~varprop.montecarlo.engines.Engine` ``cost``): every weight for the full engine,
+    :math:`O(\text{width})` random numbers per layer for the conditional one, which therefore
+    checks widths whose weight matrices could never be held (:func:`check_width`).
 Work
-    A call draws at most :func:`max_draws` weights (``VARPROP_MAX_DRAWS``, default
+    A call draws at most :func:`max_draws` random numbers (``VARPROP_MAX_DRAWS``, default
     :math:`10^{10}`, some minutes at the sampler's :math:`10^8` weights per second), so a request
     that would run for hours is refused rather than left to look like a hang.
 Seeds
