@@ -27,7 +27,12 @@ from varprop.montecarlo.laws import (
 )
 from varprop.montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, judge
 from varprop.network import mlp
-from varprop.observables import DeadFraction, LogNormRatio, NormRatioSecondMoment, Signal
+from varprop.observables import (
+    DeadFraction,
+    LogNormRatio,
+    NormRatioSecondMoment,
+    Signal,
+)
 from varprop.weights import he
 
 NETWORKS = 20_000
@@ -47,7 +52,7 @@ def test_two_layer_cdf_by_quadrature():
     law = ExactLaw((2, 3, 2))
     one, two = ExactLaw((2, 3)), ExactLaw((3, 2))
     for u in (-3.0, -0.5, 1.0):
-        value = integrate.quad(lambda a: one.pdf_log(a) * two.cdf_log(u - a), -60, 12, limit=400, points=[-1, 0, 1])[0]
+        value = integrate.quad(lambda a, u=u: one.pdf_log(a) * two.cdf_log(u - a), -60, 12, limit=400, points=[-1, 0, 1])[0]
         assert abs(law.cdf_log(u) - value) < 5 * law.accuracy + 1e-7
     assert law.accuracy < 1e-4
 

@@ -44,15 +44,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from fractions import Fraction
 from typing import ClassVar
 
 import mpmath
 import sympy as sp
 
 from ..errors import DerivationError
-from .derivation import (LEMMA_CONSTANT, Check, Derivation, Expect, Lemma, Rule, Step, Unrolled, _Builder, prose,
-                         to_text)
+from ..network import Dense, Nonlinearity
+from ..observables import DeadFraction, LogNormRatio, NormRatioSecondMoment
+from .derivation import (
+    LEMMA_CONSTANT,
+    Check,
+    Derivation,
+    Expect,
+    Lemma,
+    Rule,
+    Step,
+    Unrolled,
+    _Builder,
+    prose,
+    to_text,
+)
+from .propagate import Quantity, observable_rules
 
 __all__ = [
     "HANIN_ROLNICK",
@@ -70,7 +83,6 @@ __all__ = [
     "dead_probability",
     "expected_log",
     "expected_log_asymptotic",
-    "log_factor_pmf",
     "conditional_second_moment",
     "MomentFromMGF",
     "Linearity",
@@ -144,7 +156,7 @@ class MomentFromMGF(Check):
     mgf: sp.Expr
     variable: sp.Symbol
     order: int
-    scale: sp.Expr = sp.Integer(1)
+    scale: sp.Expr = sp.S.One
     kind: ClassVar[str] = "mgf"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
@@ -208,7 +220,7 @@ class Quadrature(Check):
         with mpmath.workdps(30):
             for value in range(1, 9):
                 f = sp.lambdify(_u, (self.integrand * self.density).subs(self.variable, value), "mpmath")
-                numeric = mpmath.quad(lambda v: 2 * v * f(v * v), [0, 1, mpmath.inf])  # u = v^2: no endpoint singularity
+                numeric = mpmath.quad(lambda v, f=f: 2 * v * f(v * v), [0, 1, mpmath.inf])  # u = v^2: no endpoint singularity
                 stated = sp.N(step.rhs.subs(self.variable, value), 30)
                 if abs(numeric - mpmath.mpf(str(stated))) > mpmath.mpf(10) ** -20:
                     return False, f"fails at {self.variable} = {value}: quadrature {numeric}, formula {stated}"
@@ -493,7 +505,7 @@ class MixtureQuadrature(Check):
                 for k in range(1, n + 1):
                     density = sp.lambdify(_u, _chi2_density(sp.Integer(k)), "mpmath")
                     total += mpmath.binomial(n, k) / (2**n - 1) * mpmath.quad(  # u = v^2
-                        lambda v: 2 * v * mpmath.log(c * v * v) * density(v * v), [0, 1, mpmath.inf])
+                        lambda v, density=density: 2 * v * mpmath.log(c * v * v) * density(v * v), [0, 1, mpmath.inf])
                 stated = sp.N(step.rhs.subs({self.width: n, self.scale: sp.Rational(1, 3)}).doit(), 30)
                 if abs(total - mpmath.mpf(str(stated))) > mpmath.mpf(10) ** -20:
                     return False, f"fails at width {n}: quadrature {total}, formula {stated}"
@@ -707,9 +719,6 @@ FINITE_DERIVATIONS = {
 
 # --- rules for the finite-width observables (both engines: varprop.montecarlo.estimators) ---------
 
-from ..network import Dense, Nonlinearity  # noqa: E402
-from ..observables import DeadFraction, LogNormRatio, NormRatioSecondMoment  # noqa: E402
-from .propagate import Quantity, observable_rules  # noqa: E402
 
 _NW = sp.IndexedBase("N")   # widths n_0..n_L of the walked network, named apart from the walk's fan-ins
 _SW = sp.IndexedBase("S")   # the weight variance of each of its dense layers
@@ -776,7 +785,7 @@ def _(observable: NormRatioSecondMoment, walk: object) -> Quantity:
 @observable_rules.register
 def _(observable: DeadFraction, walk: object) -> Quantity:
     position = observable.tensor.position
-    widths, variances = relu_chain(walk.network, position, gaussian=False)
+    widths, _ = relu_chain(walk.network, position, gaussian=False)
     depth = len(widths) - 1
     symbol = Prob(sp.Eq(_RATIO[position + 1], 0))
     general = _rename(dead_layer().result.subs(_L, depth).doit())
