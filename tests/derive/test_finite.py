@@ -238,3 +238,19 @@ def test_bad_widths_are_refused():
         finite.mean_square([3])
     with pytest.raises(DerivationError, match="variances"):
         finite.mean_square([3, 3], [-1])
+
+
+def test_the_catalogue_last_layers_claim_is_a_special_case():
+    """He's backward claim at narrow width (catalogue 'he-backward-last-layers-finite-width') is the finite-width
+    backward law with the last, linear layer's g' = W_L^T g as the loss gradient: per unit of y_(L-1),
+    E[(dL/dy)^2] = (n_L s_L / 2) P(no dead layer among 1..L-2), the dead-layer derivation's product."""
+    from varprop.catalogue import family
+
+    for width in (2, 4):
+        claim = family("he-backward-last-layers-finite-width").at(width)
+        widths = [layer.fan_in for layer in claim.network.dense_layers] + [claim.network.dense_layers[-1].fan_out]
+        last = claim.network.dense_layers[-1]
+        alive = 1 - finite.dead_probability(widths[:-2]) if len(widths) > 3 else 1
+        special = last.fan_out * last.weights.variance / 2 * alive
+        assert sp.simplify(claim.prediction - special) == 0
+        assert sp.simplify(claim.prediction - last.fan_out * last.weights.variance / 2) != 0   # the factor matters
