@@ -183,3 +183,22 @@ def test_checker_on_the_dead_fraction():
                  seed=3).outcome == PASS
     assert check(Claim("dead", net, observable, prediction=sp.Rational(1, 4), exactness="exact"), samples=100_000,
                  seed=3).outcome == FAIL
+
+
+def test_law_claims_from_a_claim_file_through_the_cli(tmp_path, capsys):
+    from varprop.cli import main
+
+    path = tmp_path / "laws.toml"
+    path.write_text('[[claim]]\nname = "dead"\nactivation = "relu"\nwidths = [3, 3, 3]\nplace = "act1"\n'
+                    'observable = "dead_fraction"\nprediction = "1/8"\n\n'
+                    '[[law]]\nname = "M_L at width 3"\nwidths = [3, 3, 3]\ntolerance = 0.05\nnetworks = 20000\n\n'
+                    '[[law]]\nname = "wrong law"\nwidths = [3, 3, 3]\nactive = 0.45\ntolerance = 0.05\nnetworks = 20000\n')
+    code = main(["check", str(path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1   # the wrong law FAILs
+    lines = [line for line in out.splitlines() if line.startswith(("M_L at width 3", "wrong law"))]
+    assert lines[0].endswith("PASS") and lines[1].endswith("FAIL"), out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[law]]\nname = "x"\nwidths = [3, 3]\ntolerance = 3\n')
+    assert main(["check", str(bad)]) == 2
+    assert "tolerance" in capsys.readouterr().err

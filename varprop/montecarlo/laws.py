@@ -61,6 +61,9 @@ __all__ = [
     "exact_power_moment",
     "rao_blackwell",
     "sample_counts",
+    "LawClaim",
+    "check_laws",
+    "format_laws",
 ]
 
 #: The power the law tests are required to have against a departure of ``tolerance``.
@@ -272,7 +275,8 @@ def judge_laws(tests: Sequence[LawTest], *, alpha: float = 0.05, other_p_values:
         if ks_rejected or dead_rejected:
             which = " and ".join(w for w, r in (("the KS test", ks_rejected), ("the dead-network count", dead_rejected)) if r)
             outcome = FAIL
-            message = (f"{which} rejects the law (KS D = {test.statistic:.4f}, p = {test.p_value:.2g}; "
+            verb = "reject" if ks_rejected and dead_rejected else "rejects"
+            message = (f"{which} {verb} the law (KS D = {test.statistic:.4f}, p = {test.p_value:.2g}; "
                        f"{test.dead_count} dead networks, {test.dead_expected:.1f} expected, p = {test.dead_p_value:.2g})")
         elif detectable <= test.tolerance:
             outcome = PASS
@@ -435,3 +439,60 @@ def annotate(result: object) -> object:
     if tails.trusted(networks):
         return result
     return replace(result, message=result.message + "; " + tails.message(networks))
+
+
+# --- law claims --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LawClaim:
+    r"""A claim that :math:`M_L` of a zero-bias relu network at He's variance follows the exact law.
+
+    ``widths`` are :math:`n_0..n_L`; ``distribution`` the weight law the networks are *sampled* with
+    (``normal``, ``uniform`` or ``truncated_normal``); ``active`` the claimed probability that a unit is
+    active (1/2 is the derived law); ``tolerance`` the sup-distance between CDFs the test must resolve
+    with 90% power; ``networks`` how many networks are sampled.
+    """
+
+    name: str
+    widths: tuple[int, ...]
+    distribution: str = "normal"
+    active: float = 0.5
+    tolerance: float = 0.02
+    networks: int = 50_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", _check_widths(self.widths))
+        if self.distribution not in ("normal", "uniform", "truncated_normal"):
+            raise MonteCarloError(f"law claim {self.name!r}: distribution must be normal, uniform or truncated_normal, "
+                                  f"got {self.distribution!r}")
+        if not 0 < self.tolerance < 1:
+            raise MonteCarloError(f"law claim {self.name!r}: tolerance must be in (0, 1), got {self.tolerance!r}")
+        if isinstance(self.networks, bool) or not isinstance(self.networks, int) or not 2 <= self.networks <= 10**7:
+            raise MonteCarloError(f"law claim {self.name!r}: networks must be an integer from 2 to 10^7, got {self.networks!r}")
+        ExactLaw(self.widths, active=self.active)  # validates active
+
+
+def check_laws(claims: Sequence[LawClaim], *, seed: int = 0, alpha: float = 0.05,
+               other_p_values: Sequence[float] = ()) -> list[LawVerdict]:
+    """Sample each law claim's networks and judge all of them together (Holm, with ``other_p_values`` of the
+    family's other claims)."""
+    tests = []
+    for index, claim in enumerate(claims):
+        values = sample_norms(claim.widths, claim.networks, seed=seed + 1000 * (index + 1),
+                              distribution=claim.distribution)
+        tests.append(law_test(ExactLaw(claim.widths, active=claim.active), values, tolerance=claim.tolerance,
+                              name=claim.name))
+    return judge_laws(tests, alpha=alpha, other_p_values=other_p_values) if tests else []
+
+
+def format_laws(verdicts: Sequence[LawVerdict]) -> str:
+    """One block per law claim: name, networks, KS statistic and p-value, outcome, and the reason."""
+    lines = [f"{'law claim':<38} {'networks':>9} {'KS D':>8} {'p':>9} {'dead':>7} {'expected':>9}  outcome",
+             "-" * 95]
+    for v in verdicts:
+        t = v.test
+        lines.append(f"{t.name:<38} {t.networks + t.dead_count:>9} {t.statistic:>8.4f} {t.p_value:>9.2g} "
+                     f"{t.dead_count:>7} {t.dead_expected:>9.1f}  {v.outcome}")
+        lines.append(f"    {v.message}")
+    return "\n".join(lines)
