@@ -139,7 +139,10 @@ class Prob(sp.Function):
         return r"P\left(%s\right)" % printer._print(self.args[0])
 
     def _sympystr(self, printer: object) -> str:
-        return "P(%s)" % printer._print(self.args[0])
+        event = self.args[0]
+        if isinstance(event, sp.Eq):
+            return f"P({printer._print(event.lhs)} = {printer._print(event.rhs)})"
+        return f"P({printer._print(event)})"
 
 
 # --- checks ------------------------------------------------------------------------------------
