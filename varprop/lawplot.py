@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .montecarlo.laws import ExactLaw, sample_norms
+from .plot import _PAGE_WIDTH
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -76,7 +77,7 @@ def law_figure(series: Sequence[LawData], *, title: str = "") -> Figure:
     r"""Histograms of the sampled :math:`\log M_L` (given no dead layer) with the exact density drawn over each."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.0, 4.2), layout="constrained")
+    figure = Figure(figsize=(_PAGE_WIDTH, 3.8), dpi=100, layout="constrained")  # the report's text width
     ax = figure.add_subplot()
     ax.set_gid("log_norm_ratio_law")
     colours = ("C0", "C1", "C2", "C3", "C4", "C5")

@@ -165,6 +165,15 @@ class _Run:
         return rows
 
 
+_COUNT_WORDS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten", "Eleven", "Twelve")
+
+
+def questions_heading(count: int) -> str:
+    """``Seven questions, seven answers``: the summary's heading for ``count`` topics."""
+    word = _COUNT_WORDS[count] if 0 <= count < len(_COUNT_WORDS) else str(count)
+    return f"{word} questions, {word.lower()} answers"
+
+
 def _span(values) -> str:
     values = sorted(set(values))
     if not values:
@@ -185,7 +194,7 @@ def _write_markdown(out: Path, run: _Run, appendix) -> Path:
              "Each answer below is built from sympy derivations and Monte Carlo checks of real random networks; "
              "every number is computed, none is typed in.", "", "## How this report was made", ""]
     lines += [f"- **{what}**: {value}" for what, value in run.settings_rows()]
-    lines += ["", "## Six questions, six answers", ""]
+    lines += ["", f"## {questions_heading(len(run.answers))}", ""]
     for a, key in _summary_rows(run):
         lines += [f"**{a.topic.title}** — *{prose_markdown(a.topic.question)}*  ", prose_markdown(a.headline) +
                   f" Verdict: **{key.outcome}** ({reason(key)}). [Answer and derivation](#{_anchor(a.topic.title)})", ""]
@@ -248,7 +257,7 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
         LATEX_PREAMBLE,
         f"\\title{{varprop report}}\\author{{varprop {__version__}}}\\date{{}}",
         "\\begin{document}", "\\maketitle", "\\thispagestyle{empty}",
-        "\\section*{Six questions, six answers}",
+        f"\\section*{{{questions_heading(len(run.answers))}}}",
         "Each answer is built from sympy derivations and Monte Carlo checks of real random networks; every "
         "number is computed, none is typed in. The key number quoted is the Monte Carlo estimate $\\pm$ its "
         "standard error.",
