@@ -565,12 +565,13 @@ def log_moment() -> Derivation:
                     "log of a product of factors, independent given that no layer dies (a product event)",
                     assumptions=(_A_GAUSS, "no layer is entirely inactive"), exactness="gaussian-exact")
     he_factor = _log_factor_sum(_n, 2 / _n)
-    c_he = b.define(c, 2 / _n, "He's variance: the scale of F is s n_(j-1)/n_j = 2/n_j")
+    c_he = b.define(c, 2 / _n, prose("He's variance: the scale of F is ", sp.Eq(_sw[_j] * _nw[_j - 1] / _nw[_j],
+                                                                             2 / _nw[_j], evaluate=False)))
     he_step = b.identity(sp.Symbol("E[log F | K >= 1]"), he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
     expansion = _log_expansion()
     b.add(sp.Symbol("E[log F | K >= 1]"), expansion, Rule.ALGEBRA,
           prose("large ", _n, ": digamma's asymptotic series, the binomial's central moments, and ",
-                "P(K = 0) = 2^-n dropped (exponentially small)"),
+                sp.Eq(Prob(sp.Eq(_K, 0)), 2**-_n), " dropped (exponentially small)"),
           proof=AsymptoticDecay(he_factor, _n, 2), exactness="asymptotic", uses=(he_step,))
     result = sp.Sum(he_factor.subs(_n, _nw[_j]), (_j, 1, _L))
     b.model(Expect(sp.log(_M[_L])), result, Rule.SUBSTITUTION, prose(f"step ({he_step + 1}) with ", _n, " = ", _nw[_j],
@@ -792,7 +793,8 @@ def _(observable: DeadFraction, walk: object) -> Quantity:
     depth = len(widths) - 1
     symbol = Prob(sp.Eq(_RATIO[position + 1], 0))
     general = _rename(dead_layer().result.subs(_L, depth).doit())
-    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE, "a layer with a live input dies with probability 2^-n",
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE, prose("a layer of width ", _n, " with a live input dies with probability ",
+                                                                     2**-_n),
                              assumptions=(_A_SYM, _A_CONT, "biases are zero"), source=f"{HANIN_ROLNICK}, Sec. 5")
     value = sp.nsimplify(general.xreplace({_NW[i]: w for i, w in enumerate(widths)}))
     index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the widths",
