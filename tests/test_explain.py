@@ -345,7 +345,7 @@ def test_does_the_mean_matter_numbers(mean_matters):
     assert result.numbers["shifted_correlation_fixed_point"] == 1.0
     assert result.numbers["shifted_chi_c_at_one"] == pytest.approx(1.0, abs=1e-12)  # 2 E[step(z)^2] = 1: critical
     assert all(check.outcome == PASS for check in result.checks)
-    assert result.checks[1].exactness == "asymptotic" and result.checks[1].shrink is not None
+    assert result.checks[1].exactness == "asymptotic" and result.checks[1].limit is not None
 
 
 def test_does_the_mean_matter_wrong_siblings_fail(mean_matters):
@@ -377,3 +377,44 @@ def test_does_the_mean_matter_prose_has_no_ascii_math(mean_matters):
         words = "".join(p for p in paragraph.parts if isinstance(p, str))
         for ascii_math in ("^", "**", "sqrt(", "Var[", "E[", "_{", "q_star", "*"):
             assert ascii_math not in words, (ascii_math, words)
+
+
+# --- does width matter: the finite-width laws ------------------------------------------------------
+
+
+def test_does_width_matter_checks_and_wrong_siblings(answers):
+    from varprop.derive import finite
+    from varprop.montecarlo.verdict import judge
+
+    result = answers["does-width-matter"]
+    assert all(r.outcome == PASS for r in result.checks)
+    second = _by_name(result, "E[M_L^2], width 4, depth 2")
+    assert second.claim.value == pytest.approx((1 + 5 / 4) ** 2, rel=1e-15)
+    assert check_all([second.claim.with_prediction(sp.Integer(4), name="prod(1 + 4/n)")])[0].outcome == FAIL
+    log = _by_name(result, "E[log M_L], width 8, depth 4")
+    assert log.claim.value == pytest.approx(float(finite.expected_log([8] * 5)), abs=1e-12)
+    assert check_all([log.claim.with_prediction(sp.Rational(-5, 4), name="large-width form")])[0].outcome == FAIL
+    dead = _by_name(result, "dead layer, width 3, depth 3")
+    assert dead.claim.value == pytest.approx(1 - (7 / 8) ** 3, rel=1e-15)
+    assert check_all([dead.claim.with_prediction(1 - sp.Rational(7, 8) ** 4, name="input counted")])[0].outcome == FAIL
+    # the Rao-Blackwellised estimate of E[M_L^2] = 1.5^10 quoted in the text, judged by the checker's verdict
+    numbers = result.numbers
+    assert judge(1.5**10, numbers["rao_blackwell"], numbers["rao_blackwell_se"], 20_000, rtol=0.1).outcome == PASS
+    assert judge(1.4**10, numbers["rao_blackwell"], numbers["rao_blackwell_se"], 20_000, rtol=0.1).outcome == FAIL
+    assert numbers["deep_skewness"] > 1e5
+    assert "INCONCLUSIVE" in result.text(data=()) and "PASS" in result.paragraphs[-1]
+
+
+def test_does_width_matter_figure_draws_the_exact_density(answers):
+    import numpy as np
+
+    from varprop.montecarlo.laws import ExactLaw
+
+    result = answers["does-width-matter"]
+    data = result.figure_data(samples=300)
+    assert {sum(1 / w for w in d.widths[1:]) for d in data} == {0.5}   # equal sum of reciprocal widths
+    figure = result.figure(data)
+    for d in data:
+        (line,) = [l for ax in figure.axes for l in ax.lines if l.get_gid() == f"exact:{d.network_label}"]
+        assert np.allclose(line.get_ydata(), ExactLaw(d.widths).pdf_log(d.grid))
+        assert abs(np.trapezoid(d.density, d.grid) - 1) < 1e-3

@@ -39,6 +39,17 @@ An asymptotic claim is always checked over a sweep of at least three widths: wri
 
 Text values (activation, prediction, weight variance) go through the whitelist parser of
 :mod:`varprop.activations`, never through ``eval`` or ``sympify``.
+
+A ``[[law]]`` table is a law claim (:class:`varprop.montecarlo.laws.LawClaim`): the normalised squared
+length :math:`M_L` of a zero-bias relu network at He's variance follows the exact finite-width law::
+
+    [[law]]
+    name = "M_L at width 4"
+    widths = [4, 4, 4]             # n_0..n_L: relu after every dense layer, no bias
+    distribution = "normal"        # the weights the networks are sampled with
+    active = 0.5                   # the claimed probability that a unit is active (0.5: the derived law)
+    tolerance = 0.02               # the sup-distance between CDFs to resolve with 90% power
+    networks = 50000
 """
 
 from __future__ import annotations
@@ -61,7 +72,7 @@ from .network import FixedInput, GaussianInput, Network, mlp
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
 
-__all__ = ["FileClaim", "load_claims"]
+__all__ = ["FileClaim", "load_claims", "load_laws"]
 
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
@@ -100,12 +111,52 @@ def load_claims(path: str | Path) -> list[FileClaim]:
     except tomllib.TOMLDecodeError as exc:
         raise ClaimError(f"claim file {str(path)!r} is not valid TOML: {exc}") from None
     tables = data.get("claim")
-    unknown = sorted(set(data) - {"claim"})
+    unknown = sorted(set(data) - {"claim", "law"})
     if unknown:
-        raise ClaimError(f"claim file {str(path)!r}: unknown top-level key {unknown[0]!r}; write [[claim]] tables")
+        raise ClaimError(f"claim file {str(path)!r}: unknown top-level key {unknown[0]!r}; write [[claim]] or [[law]] tables")
+    if tables is None and isinstance(data.get("law"), list) and data["law"]:
+        return []  # a file of law claims only (load_laws reads them)
     if not isinstance(tables, list) or not tables:
         raise ClaimError(f"claim file {str(path)!r} has no [[claim]] table")
     return [_read(table, f"{path.name}, claim {index + 1}") for index, table in enumerate(tables)]
+
+
+_LAW_KEYS = ("name", "widths", "distribution", "active", "tolerance", "networks")
+
+
+def load_laws(path: str | Path) -> list[object]:
+    """Read every ``[[law]]`` table of a TOML file as a :class:`~varprop.montecarlo.laws.LawClaim`."""
+    from .montecarlo.laws import LawClaim
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ClaimError(f"cannot read claim file {str(path)!r}: {exc}") from None
+    tables = data.get("law", [])
+    if not isinstance(tables, list):
+        raise ClaimError(f"claim file {str(path)!r}: law must be [[law]] tables")
+    laws = []
+    for index, table in enumerate(tables):
+        where = f"{path.name}, law {index + 1}"
+        extra = sorted(set(table) - set(_LAW_KEYS))
+        if extra or "name" not in table or "widths" not in table:
+            what = f"unknown key {extra[0]!r}" if extra else "missing key 'name' or 'widths'"
+            raise ClaimError(f"{where}: {what}; accepted: {', '.join(_LAW_KEYS)}")
+        widths = table["widths"]
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+            raise ClaimError(f"{where}: widths must be a list of integers, got {widths!r}")
+        numbers = {key: table[key] for key in ("active", "tolerance", "networks") if key in table}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ClaimError(f"{where}: {key} must be a number, got {value!r}")
+        try:
+            laws.append(LawClaim(_text(table, "name", where), tuple(widths), str(table.get("distribution", "normal")),
+                                 float(numbers.get("active", 0.5)), float(numbers.get("tolerance", 0.02)),
+                                 numbers.get("networks", 50_000)))
+        except VarpropError as exc:
+            raise ClaimError(f"{where}: {exc}") from None
+    return laws
 
 
 def _read(table: Mapping[str, object], where: str) -> FileClaim:

@@ -339,6 +339,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 0
     notes: dict[str, str] = {}
     derived: dict[str, object] = {}
+    laws: list = []  # law claims of a claim file ([[law]] tables)
     if args.all:
         if args.target is not None:
             raise _UsageError(f"give either --all or a claim name / FILE.toml, not both (got {args.target!r})")
@@ -346,7 +347,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     elif args.target is None:
         raise _UsageError("give a claim name, a FILE.toml or --all (varprop check --list shows the names)")
     elif args.target.endswith(".toml"):
+        from .claimfile import load_laws
+
         file_claims = load_claims(args.target)
+        laws = load_laws(args.target)
         targets = [fc.target for fc in file_claims]
         notes = {fc.claim.name: fc.agreement for fc in file_claims}
         derived = {fc.claim.name: fc.derivation for fc in file_claims}
@@ -360,17 +364,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .montecarlo.executors import parse_executor
 
     parse_executor(args.executor)  # a bad name fails before any work
-    with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="group") as progress:
-        results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
-                            width=args.width, atol=args.atol, progress=progress, engine=args.engine, executor=args.executor)
+    results = []
+    if targets:
+        with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="group") as progress:
+            results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
+                                width=args.width, atol=args.atol, progress=progress, engine=args.engine, executor=args.executor)
+    law_verdicts = []
+    if laws:  # judged in one Holm family with the claims' tests
+        from .montecarlo.laws import check_laws
+
+        others = [m.verdict.p_value for r in results for m in r.measurements if m.verdict is not None]
+        law_verdicts = check_laws(laws, seed=args.seed, alpha=args.alpha, other_p_values=others)
     if args.json:
         payload = [dict(r.to_dict(), derivation=notes[r.name], **({"derived": derived[r.name].to_dict()}
                                                                    if derived.get(r.name) is not None else {}))
                    if r.name in notes else r.to_dict() for r in results]
-        print(json.dumps({"rtol": args.rtol, "atol": args.atol, "alpha": args.alpha, "power": POWER, "seed": args.seed,
-                          "results": payload}, indent=2))
+        laws_payload = [{"name": v.test.name, "outcome": v.outcome, "message": v.message, "ks_statistic": v.test.statistic,
+                         "p_value": v.test.p_value, "dead": v.test.dead_count, "dead_expected": v.test.dead_expected,
+                         "dead_p_value": v.test.dead_p_value, "detectable": v.detectable,
+                         "networks_needed": v.networks_needed, "cdf_accuracy": v.test.accuracy} for v in law_verdicts]
+        print(json.dumps({"rtol": args.rtol, "atol": args.atol, "alpha": args.alpha, "power": POWER, "seed": args.seed, "results": payload,
+                          **({"laws": laws_payload} if laws_payload else {})}, indent=2))
     else:
-        print(format_results(results))
+        if results:
+            print(format_results(results))
+        if law_verdicts:
+            from .montecarlo.laws import format_laws
+
+            print(format_laws(law_verdicts))
         for name, note in notes.items():  # the claim file's own prediction against varprop's derivation
             outcome = next((r.outcome for r in results if r.name == name), None)
             if outcome == "FAIL" and note.startswith("matches"):
@@ -380,7 +401,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 print(f"{name}: {note}")
                 continue
             print(f"{name}: your prediction {note}" if derived.get(name) is not None else f"{name}: {note}")
-    outcomes = {r.outcome for r in results}
+    outcomes = {r.outcome for r in results} | {v.outcome for v in law_verdicts}
     if "FAIL" in outcomes:
         return 1
     if "INCONCLUSIVE" in outcomes:
@@ -638,8 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a question about initialisation: derivation, Monte Carlo evidence, plot",
         description="Answer a question about initialisation in plain words, with the derivation behind it, a "
         "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
-        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, pytorch-default, "
-        "edge-of-chaos.",
+        "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, does-the-mean-matter, "
+        "pytorch-default, "
+        "edge-of-chaos, does-width-matter.",
     )
     explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
     explain_parser.add_argument("--list", action="store_true", help="list the topics")

@@ -25,7 +25,7 @@ import sympy as sp
 from .activations import activation
 from .catalogue import claim_from_derivation
 from .claims import Claim, ClaimError, ClaimFamily
-from .derive import Derivation, Expect, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
+from .derive import Derivation, Expect, derive, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
 from .derive.derivation import Code, Prose, latex_text, prose, prose_latex, prose_markdown, to_latex
 from .derive.gaussian import evaluate
 from .derive.meanfield import mean_field
@@ -35,6 +35,7 @@ from .montecarlo import MEASURED, CheckResult, check_all
 from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, POWER, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
 from .observables import Correlation, Signal, describe
+from .lawplot import LawData, law_data, law_figure
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
 from .weights import N_IN, he, lecun, torch_linear_default
@@ -112,10 +113,15 @@ class Answer:
     headline: str = ""
     key: int = 0
     settings: Settings | None = None
+    laws: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (label, widths): the figure shows these laws instead
 
-    def figure_data(self, *, samples: int = FIGURE_SAMPLES, seed: int | None = None) -> tuple[PropagationData, ...]:
-        """The numbers behind the answer's figure: theory and Monte Carlo per layer, for every series."""
+    def figure_data(self, *, samples: int = FIGURE_SAMPLES, seed: int | None = None) -> tuple[PropagationData | LawData, ...]:
+        """The numbers behind the answer's figure: theory and Monte Carlo per layer for every series, or,
+        for an answer about laws, the sampled values and the exact density of each law."""
         seed = (self.settings.seed if self.settings else 0) if seed is None else seed
+        if self.laws:
+            return tuple(law_data(label, widths, samples=samples, seed=seed + index)
+                         for index, (label, widths) in enumerate(self.laws))
         return tuple(
             propagation_data(series.network, observable, samples=samples, seed=seed, label=series.label,
                              linear_regime=series.linear_regime)
@@ -125,6 +131,9 @@ class Answer:
 
     def figure(self, data: Sequence[PropagationData] | None = None, **kwargs: int) -> Figure:
         """The answer's figure (matplotlib), from ``data`` or freshly sampled."""
+        data = data if data is not None else self.figure_data(**kwargs)
+        if data and isinstance(data[0], LawData):
+            return law_figure(data, title=self.topic.title)
         return propagation_figure(data if data is not None else self.figure_data(**kwargs), title=self.topic.title)
 
     @property
@@ -266,6 +275,12 @@ def _series_table(data: Sequence[PropagationData]) -> str:
     """The plotted numbers as text: per series, layer by layer, theory against estimate +- SE."""
     lines = []
     for d in data:
+        if isinstance(d, LawData):
+            lines.append(f"{d.network_label}: log M_L of {d.logs.size} live networks ({d.dead} of {d.samples} had a dead "
+                         f"layer, {d.dead_expected * d.samples:.1f} expected)")
+            lines.append(f"  {'quantile':>8}  {'exact':>10}  {'sampled':>10}")
+            lines += [f"  {q:>8.2f}  {exact:>10.4f}  {sampled:>10.4f}" for q, exact, sampled in d.quantiles()]
+            continue
         lines.append(f"{d.network_label}: {d.observable} ({d.samples} networks; theory {d.exactness})")
         lines.append(f"  {'layer':>5}  {'theory':>12}  {'Monte Carlo ± SE':>26}")
         for layer, predicted, estimated, se in zip(d.layers, d.predicted, d.estimated, d.se):
@@ -944,6 +959,107 @@ def _edge_of_chaos(settings: Settings) -> Answer:
                   + (Series("relu, He", he_net, ("dx_second_moment",)),), numbers, headline, 1, settings)
 
 
+def _finite_claim(name: str, network: Network, observable: object) -> Claim:
+    d = derive(network, observable)
+    return Claim(name, network, observable, prediction=d.result, exactness=d.exactness, assumptions=d.assumptions,
+                 source=d.sources[0] if d.sources else "", derivation=d)
+
+
+def _law_pairs(settings: Settings) -> tuple[tuple[int, int], ...]:
+    """(width, depth) pairs with the same sum of reciprocal widths: (n, L), (2n, 2L), (4n, 4L) within the bounds."""
+    n, depth = max(2, settings.width // 4), settings.depth
+    return tuple((k * n, k * depth) for k in (1, 2, 4) if k * depth <= MAX_DEPTH and k * n <= MAX_WIDTH)
+
+
+def _does_width_matter(settings: Settings) -> Answer:
+    import math
+
+    from .derive import finite
+    from .montecarlo.laws import ExactLaw, judge_laws, law_test, moment_tails, rao_blackwell, sample_counts, sample_norms
+    from .observables import DeadFraction, LogNormRatio, NormRatio, NormRatioSecondMoment, Signal
+
+    pairs = _law_pairs(settings)
+    nets = {pair: mlp([pair[0]] * (pair[1] + 1), _RELU, he(), output_activation=True) for pair in pairs}
+    last = {pair: Signal(len(net.layers) - 1) for pair, net in nets.items()}
+    narrow = mlp([3] * 4, _RELU, he(), output_activation=True)
+    short = mlp([4] * 3, _RELU, he(), output_activation=True)
+    first = pairs[0]
+    claims = [_finite_claim(f"E[log M_L], width {n}, depth {L}", nets[(n, L)], LogNormRatio(last[(n, L)]))
+              for n, L in pairs]
+    claims += [
+        _finite_claim(f"E[M_L] = 1, width {first[0]}, depth {first[1]}", nets[first], NormRatio(last[first])),
+        _finite_claim("E[M_L^2], width 4, depth 2", short, NormRatioSecondMoment(Signal(len(short.layers) - 1))),
+        _finite_claim("dead layer, width 3, depth 3", narrow, DeadFraction(Signal(len(narrow.layers) - 1))),
+    ]
+    checks = _check(claims, settings)
+    n, L = sp.Symbol("n", positive=True, integer=True), sp.Symbol("L", positive=True, integer=True)
+    M = sp.Symbol("M_L")
+    reciprocal = sp.Rational(first[1], first[0])
+    seconds = {pair: finite.mean_square([pair[0]] * (pair[1] + 1)) for pair in pairs}
+    logs = {pair: float(finite.expected_log([pair[0]] * (pair[1] + 1))) for pair in pairs}
+    limit = sp.exp(5 * reciprocal)
+    # the law itself, by a KS test per pair at the figure's sample size
+    law_verdicts = judge_laws([law_test(ExactLaw(tuple([n_] * (L_ + 1))),
+                                        sample_norms([n_] * (L_ + 1), 4 * FIGURE_SAMPLES, seed=settings.seed + 100 + i),
+                                        tolerance=0.05, name=f"width {n_}, depth {L_}")
+                               for i, (n_, L_) in enumerate(pairs)], alpha=settings.alpha,
+                              other_p_values=[c.primary.verdict.p_value for c in checks if c.primary.verdict])
+    # heavy tails at n = L = 10: the exact skewness and the Rao-Blackwellised estimate
+    deep = (10,) * 11
+    tails = moment_tails(deep, 2)
+    values, counts = sample_counts(deep, 10 * FIGURE_SAMPLES, seed=settings.seed + 11)
+    rb = rao_blackwell(counts, deep)
+    rb_mean, rb_se = float(rb.mean()), float(rb.std(ddof=1) / math.sqrt(rb.size))
+    plain, plain_se = float((values**2).mean()), float((values**2).std(ddof=1) / math.sqrt(values.size))
+    chi, K = sp.Symbol("chi^2_K"), sp.Symbol("K")
+    paragraphs = (
+        prose("He's variance keeps the mean squared length of the signal: for ",
+              sp.Eq(M, (sp.Abs(sp.Symbol("x_L")) ** 2 / sp.Symbol("n_L")) / (sp.Abs(sp.Symbol("x_0")) ** 2 / sp.Symbol("n_0")),
+                    evaluate=False),
+              ", ", sp.Eq(Expect(M), 1), f" at every width (measured {_measured(checks[len(pairs)])}). One network is "
+              "another matter. Given its input, a relu layer of width ", n, " multiplies the squared length by ",
+              2 / n * chi, " with ", K, " ~ Binomial(", n, ", 1/2) active units, independently from layer to layer, so ",
+              sp.Eq(Expect(M**2), sp.Product(1 + 5 / sp.Indexed("n", sp.Symbol("j")), (sp.Symbol("j"), 1, L))),
+              f" (exact, Hanin & Rolnick 2018). For width {first[0]} and depth {first[1]} that is "
+              f"{float(seconds[first]):.4g}; keeping the sum of reciprocal widths at ", reciprocal,
+              " while widening and deepening gives " + ", ".join(f"{float(seconds[p]):.4g} (width {p[0]}, depth {p[1]})"
+                                                                  for p in pairs[1:]),
+              ", towards ", sp.Eq(sp.exp(5 * sp.Symbol("S")), limit), f" = {float(limit):.4g} where S is that sum."),
+        prose("The typical network shrinks: given no dead layer, ", Expect(sp.log(M)), " is a finite sum of digamma values "
+              "over the binomial law, about ", -sp.Rational(5, 2) * sp.Symbol("S"), " at large widths. Exact values: "
+              + "; ".join(f"{logs[p]:.4f} at width {p[0]}, depth {p[1]} (measured {_measured(c)})"
+                          for p, c in zip(pairs, checks)) + "."),
+        prose("Whole layers die: a layer of width ", n, " with a live input is entirely inactive with probability ",
+              2**-n, ", for any symmetric weight law, and then every later layer is zero and, because relu'(0) = 0, so "
+              "is every gradient below it. At width 3 and depth 3 the exact fraction of dead networks is ",
+              finite.dead_probability([3] * 4), f"; measured {_measured(checks[-1])}."),
+        prose("Second moments of one network's length are heavy-tailed. At width 10 and depth 10, ",
+              sp.Eq(Expect(M**2), sp.Rational(3, 2) ** 10), f" = {float(finite.mean_square(list(deep))):.5g}, but the "
+              f"per-network value has skewness {tails.skewness:.3g} (exact, from the law), so a plain mean over "
+              f"{values.size} networks, here {plain:.4g} ± {plain_se:.2g}, has an untrustworthy standard error; the "
+              f"checker calls such a claim INCONCLUSIVE and never FAILs it. Conditioning on the active counts gives "
+              f"the Rao-Blackwellised estimate {rb_mean:.4g} ± {rb_se:.2g}, whose error is honest."),
+        prose("The law itself is checkable: the sampled ", sp.log(M), " against the exact law (Kolmogorov-Smirnov, with the "
+              "dead count tested exactly, in one Holm family with the table's checks): "
+              + "; ".join(f"{v.test.name}: {v.outcome} (KS D = {v.test.statistic:.3f} over {v.test.networks} networks; "
+                          f"a sup-distance of {v.detectable:.3f} would be detected with probability 0.9)"
+                          for v in law_verdicts) + "."),
+    )
+    numbers = {"second_moment_first": float(seconds[first]), "second_moment_limit": float(limit),
+               "rao_blackwell": rb_mean, "rao_blackwell_se": rb_se, "plain_second_moment": plain,
+               "plain_second_moment_se": plain_se, "deep_skewness": tails.skewness,
+               **{f"log_moment_{p[0]}_{p[1]}": logs[p] for p in pairs}}
+    total = sp.Sum(1 / sp.Indexed("n", sp.Symbol("j")), (sp.Symbol("j"), 1, L))
+    headline = prose("He's condition fixes the mean, ", sp.Eq(Expect(M), 1), ", not one network: ", Expect(M**2),
+                     " grows like ", sp.exp(5 * total), " and a layer of width ", n, " dies with probability ", 2**-n,
+                     ". Measured ", Expect(sp.log(M)), f" = {_measured(checks[0])}.")
+    derivations = (finite.product_law(), finite.log_moment(), finite.dead_layer(), finite.backward())
+    series = tuple(Series(f"width {p[0]}, depth {p[1]}", nets[p], ("x_norm_ratio",)) for p in pairs)
+    laws = tuple((f"width {p[0]}, depth {p[1]}", tuple([p[0]] * (p[1] + 1))) for p in pairs)
+    return Answer(TOPICS["does-width-matter"], paragraphs, derivations, checks, series, numbers, headline, 0, settings,
+                  laws)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -970,6 +1086,9 @@ TOPICS: dict[str, Topic] = {
         Topic("edge-of-chaos", "The edge of chaos",
               "What is the edge of chaos of a tanh network, how deep do signals travel near it, and why does relu "
               "with He's init sit exactly on it?", _edge_of_chaos, 6, 4),
+        Topic("does-width-matter", "Does width matter? One network is not the average",
+              "He's initialisation keeps the mean squared length of a relu network's signal at 1 at every width. "
+              "Why is that not enough for deep, narrow networks?", _does_width_matter, 4, 2),
     )
 }
 

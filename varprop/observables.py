@@ -18,18 +18,21 @@ tensor                     what it is
 :class:`WeightGradient`    :math:`\partial\mathcal L/\partial W` of the dense layer at a position
 =========================  ==================================================================
 
-=========================  ==================================================================
-statistic                  per unit, in expectation over random networks
-=========================  ==================================================================
-:class:`Mean`              :math:`E[t]` (one unit)
-:class:`SecondMoment`      :math:`E[t^2]`
-:class:`Variance`          :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
-:class:`NormRatio`         :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
-:class:`CrossMoment`       :math:`E[\tfrac1{n_p}\langle h_p, h'_p\rangle]` for a pair of inputs
-                           (signals only)
-:class:`Correlation`       :math:`E[\langle h_p, h'_p\rangle] / \sqrt{E[\|h_p\|^2]\,
-                           E[\|h'_p\|^2]}`, a ratio of expectations (signals only)
-=========================  ==================================================================
+=================================  ==================================================================
+statistic                          per unit, in expectation over random networks
+=================================  ==================================================================
+:class:`Mean`                      :math:`E[t]` (one unit)
+:class:`SecondMoment`              :math:`E[t^2]`
+:class:`Variance`                  :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
+:class:`NormRatio`                 :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
+:class:`NormRatioSecondMoment`     :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]` (signals only)
+:class:`LogNormRatio`              :math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`
+:class:`DeadFraction`              :math:`P(h_p = 0)`, the fraction of networks with a dead layer
+:class:`CrossMoment`               :math:`E[\tfrac1{n_p}\langle h_p, h'_p\rangle]` for a pair of inputs
+                                   (signals only)
+:class:`Correlation`               :math:`E[\langle h_p, h'_p\rangle] / \sqrt{E[\|h_p\|^2]\,
+                                   E[\|h'_p\|^2]}`, a ratio of expectations (signals only)
+=================================  ==================================================================
 
 :math:`h'_p` is the signal of the *partner* input at the same place of the same network: the
 network's input description holds the pair (``GaussianInput(correlation=c0)`` or a
@@ -70,6 +73,9 @@ __all__ = [
     "CrossMoment",
     "Correlation",
     "PAIR_OBSERVABLES",
+    "NormRatioSecondMoment",
+    "LogNormRatio",
+    "DeadFraction",
     "OBSERVABLES",
     "LEGACY_NAMES",
     "ObservableError",
@@ -198,9 +204,44 @@ class Correlation(Observable):
 
 
 #: The statistic classes; each engine registers one rule per class.
-OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio, CrossMoment, Correlation)
 #: The statistics of a pair of inputs: they need a network whose input description holds a pair.
 PAIR_OBSERVABLES: tuple[type[Observable], ...] = (CrossMoment, Correlation)
+
+
+class _SignalOnly(Observable):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.tensor, Signal):
+            raise ObservableError(f"{type(self).__name__} is defined for signals only, got {self.tensor!r}")
+
+
+@dataclass(frozen=True)
+class NormRatioSecondMoment(_SignalOnly):
+    r""":math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]`: the spread of one network's squared length
+    (finite-width law, :func:`varprop.derive.finite.product_law`)."""
+
+    statistic = "norm ratio second moment"
+
+
+@dataclass(frozen=True)
+class LogNormRatio(_SignalOnly):
+    r""":math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`: the typical network's squared
+    length, over the networks whose signal at ``p`` is not identically zero (the others have
+    :math:`\log 0 = -\infty`; :class:`DeadFraction` counts them)."""
+
+    statistic = "log norm ratio"
+
+
+@dataclass(frozen=True)
+class DeadFraction(_SignalOnly):
+    r""":math:`P(h_p = 0)`: the fraction of networks whose signal at ``p`` is identically zero (a dead layer)."""
+
+    statistic = "dead fraction"
+
+
+#: The statistic classes; each engine registers one rule per class.
+OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio, CrossMoment, Correlation,
+                                             NormRatioSecondMoment, LogNormRatio, DeadFraction)
 
 #: Claim-file names: name -> (statistic class, tensor letter) at dense layer l.
 _LEGACY: dict[str, tuple[type[Observable], str]] = {
@@ -308,6 +349,11 @@ STATISTICS: dict[str, type[Observable]] = {
     "norm_ratio": NormRatio,
     "cross_moment": CrossMoment,
     "correlation": Correlation,
+
+
+    "norm_ratio_second_moment": NormRatioSecondMoment,
+    "log_norm_ratio": LogNormRatio,
+    "dead_fraction": DeadFraction,
 }
 #: Tensor names for an observable addressed by place (claim files: ``tensor = "gradient"``).
 TENSORS: dict[str, type] = {"signal": Signal, "gradient": Gradient, "weight_gradient": WeightGradient}

@@ -184,13 +184,13 @@ def _latex_settings(run: _Run) -> str:
     return "\n".join(rows) + "\n}"
 
 
-_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+_COUNT_WORDS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten", "Eleven", "Twelve")
 
 
-def _questions(count: int) -> str:
-    """``six questions, six answers`` (words up to twelve)."""
-    word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
-    return f"{word} questions, {word} answers"
+def questions_heading(count: int) -> str:
+    """``Seven questions, seven answers``: the summary's heading for ``count`` topics."""
+    word = _COUNT_WORDS[count] if 0 <= count < len(_COUNT_WORDS) else str(count)
+    return f"{word} questions, {word.lower()} answers"
 
 
 def _span(values) -> str:
@@ -213,7 +213,7 @@ def _write_markdown(out: Path, run: _Run, appendix) -> Path:
              "Each answer below is built from sympy derivations and Monte Carlo checks of real random networks; "
              "every number is computed, none is typed in.", "", "## How this report was made", ""]
     lines += [f"- **{what}**: {value}" for what, value in run.settings_rows()]
-    lines += ["", f"## {_questions(len(run.answers)).capitalize()}", ""]
+    lines += ["", f"## {questions_heading(len(run.answers))}", ""]
     for a, key in _summary_rows(run):
         lines += [f"**{a.topic.title}** — *{prose_markdown(a.topic.question)}*  ", prose_markdown(a.headline) +
                   f" Verdict: **{key.outcome}** ({prose_markdown(reason(key))}). [Answer and derivation](#{a.topic.name})", ""]
@@ -276,7 +276,7 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
         LATEX_PREAMBLE,
         f"\\hypersetup{{pdftitle={{varprop report}}, pdfsubject={{varprop {__version__}}}}}",
         "\\begin{document}", "\\thispagestyle{empty}",
-        f"{{\\Large\\bfseries varprop report: {_questions(len(run.answers))}}}\\hfill varprop {__version__}\\par",
+        f"{{\\Large\\bfseries varprop report: {questions_heading(len(run.answers)).lower()}}}\\hfill varprop {__version__}\\par",
         "\\medskip\\noindent Each answer is built from sympy derivations and Monte Carlo checks of real random "
         "networks; every number is computed, none is typed in. The key number quoted is the Monte Carlo estimate "
         "$\\pm$ its standard error.",

@@ -215,7 +215,8 @@ def test_every_observable_everywhere_derives_and_verifies(name):
                     d = derive(net, observable)
                 except VarpropError as exc:
                     unpaired = "needs a pair of inputs" in str(exc) and not net.inputs.paired
-                    assert "dense layer" in str(exc) or "signals only" in str(exc) or unpaired, exc
+                    # the finite-width observables exist only on zero-bias relu chains: the error names the chain
+                    assert any(w in str(exc) for w in ("dense layer", "signals only", "relu chain")) or unpaired, exc
                     continue
                 derived += 1
                 assert not [r for r in d.verify() if r.ok is False]

@@ -39,6 +39,7 @@ from .propagate import (
     propagate,
     symmetry_lemma,
 )
+from . import finite  # noqa: F401  (registers the finite-width observables' rules)
 from .textbook import DERIVATIONS, Q_STAR, backward, condition, forward, glorot, ratio, weight_gradient
 
 __all__ = [

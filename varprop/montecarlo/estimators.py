@@ -88,7 +88,10 @@ from ..observables import (
     CrossMoment,
     Gradient,
     Mean,
+    DeadFraction,
+    LogNormRatio,
     NormRatio,
+    NormRatioSecondMoment,
     Observable,
     SecondMoment,
     Signal,
@@ -275,6 +278,24 @@ def ratio_correlation(cross: np.ndarray, own: np.ndarray, partner: np.ndarray) -
     return value, float(np.std(influence, ddof=1) / np.sqrt(cross.shape[0]))
 
 
+@network_values.register
+def _(observable: NormRatioSecondMoment, samples: Samples) -> np.ndarray:
+    return network_values(NormRatio(observable.tensor), samples) ** 2
+
+
+@network_values.register
+def _(observable: LogNormRatio, samples: Samples) -> np.ndarray:
+    """The log of each network's norm ratio; NaN where the signal is identically zero (log 0)."""
+    ratio = network_values(NormRatio(observable.tensor), samples)
+    with np.errstate(divide="ignore"):
+        return np.where(ratio > 0, np.log(np.where(ratio > 0, ratio, 1.0)), np.nan)
+
+
+@network_values.register
+def _(observable: DeadFraction, samples: Samples) -> np.ndarray:
+    return (network_values(NormRatio(observable.tensor), samples) == 0).astype(np.float64)
+
+
 @singledispatch
 def _combine(observable: Observable, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
     """Value and SE from the finite networks: by default the mean of :func:`network_values` and its SE."""
@@ -292,6 +313,16 @@ def _(observable: Variance, samples: Samples, finite: np.ndarray) -> tuple[float
     first = _tensor_values(samples, observable.tensor, "mean")[finite]
     second = _tensor_values(samples, observable.tensor, "second_moment")[finite]
     return _variance(first, second)
+
+
+@_combine.register
+def _(observable: LogNormRatio, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    values = network_values(observable, samples)[finite]
+    live = values[~np.isnan(values)]
+    if live.size < 2:
+        raise MonteCarloError(f"the log norm ratio needs at least two networks whose signal is not identically zero, "
+                              f"got {live.size}")
+    return _mean_and_se(live)
 
 
 def _variance(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
@@ -432,7 +463,8 @@ def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:
     """The per-network values of the finite networks whose mean estimates ``observable``.
 
     For a :class:`~varprop.observables.Variance`, its second-moment part (what sizes a sample by its
-    skewness). Shape ``(n,)``, ``n`` the number of finite networks.
+    skewness). Shape ``(n,)``, ``n`` the number of finite networks (for a
+    :class:`~varprop.observables.LogNormRatio`, of those whose signal is not identically zero).
 
     Raises
     ------
@@ -441,7 +473,8 @@ def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:
     """
     samples = _check_samples(samples)
     observable = _resolve(samples, observable)
-    return network_values(observable, samples)[samples.finite]
+    values = network_values(observable, samples)[samples.finite]
+    return values[~np.isnan(values)] if isinstance(observable, LogNormRatio) else values
 
 
 def health(samples: Samples, observable: Observable) -> dict[str, int]:

@@ -1,0 +1,256 @@
+"""Finite-width laws: each result against an independent computation (exact enumeration over the
+binomial or over Rademacher weights, quadrature, Monte Carlo of real networks judged by the checker's
+verdict), and each with a wrong sibling that fails."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+import pytest
+import sympy as sp
+from scipy import integrate, stats
+
+from varprop.derive import finite
+from varprop.derive.derivation import Expect, _Builder
+from varprop.errors import DerivationError
+from varprop.montecarlo.verdict import FAIL, PASS, judge
+
+n, s, t, K = sp.Symbol("n", positive=True, integer=True), sp.Symbol("s", positive=True), sp.Symbol("t"), finite._K
+
+
+@pytest.mark.parametrize("name", sorted(finite.FINITE_DERIVATIONS))
+def test_every_step_is_checked_or_marked(name):
+    d = finite.FINITE_DERIVATIONS[name]()
+    reports = d.verify()
+    assert all(r.ok is not False for r in reports), [r for r in reports if r.ok is False]
+    assert any(r.ok for r in reports)
+    assert d.text() and d.latex() and d.markdown()
+
+
+# --- one layer -----------------------------------------------------------------------------------
+
+
+def _binomial_average(width, f):
+    return sum(Fraction(math.comb(width, k), 2**width) * f(k) for k in range(width + 1))
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 8])
+def test_one_layer_moments_by_enumeration(width):
+    d = finite.one_layer()
+    mean = _binomial_average(width, lambda k: Fraction(k))               # E[chi2_k] = k
+    second = _binomial_average(width, lambda k: Fraction(k * k + 2 * k))  # E[chi2_k^2] = k^2 + 2k
+    assert d.extras["mean"].subs({n: width, s: 1}) == sp.Rational(mean.numerator, mean.denominator)
+    assert d.result.subs({n: width, s: 1}) == sp.Rational(second.numerator, second.denominator)
+    assert d.exactness == "gaussian-exact"
+
+
+def test_one_layer_second_moment_by_quadrature_at_width_two():
+    """E[(relu(y1)^2 + relu(y2)^2)^2], y iid N(0, 1), by 2-d quadrature: n(n+5)/4 = 7/2 at n = 2."""
+    def f(a, b):
+        return (max(a, 0) ** 2 + max(b, 0) ** 2) ** 2 * stats.norm.pdf(a) * stats.norm.pdf(b)
+
+    quadrants = [integrate.dblquad(f, x0, x1, y0, y1) for x0, x1 in ((-12, 0), (0, 12)) for y0, y1 in ((-12, 0), (0, 12))]
+    total = sum(value for value, _ in quadrants)
+    assert abs(total - 3.5) < 1e-6 + 10 * sum(error for _, error in quadrants)
+    assert abs(total - 3.0) > 0.4   # the wrong sibling n(n+4)/4 = 3
+
+
+def test_wrong_moment_is_refused():
+    b = _Builder("wrong")
+    with pytest.raises(DerivationError, match="does not hold"):
+        b.add(Expect(K**2), n**2 / 4, finite.Rule.DEFINITION, proof=finite.MomentFromMGF(((1 + sp.exp(t)) / 2) ** n, t, 2))
+
+
+# --- the product law ---------------------------------------------------------------------------
+
+
+def _enumerate_second_moment(widths, variances):
+    """E[M_L^2] by summing prod_j c_j^2 (k_j^2 + 2 k_j) over every vector of counts, with its probability."""
+    total = Fraction(0)
+    layers = list(zip(widths[:-1], widths[1:], variances))
+    for counts in itertools.product(*(range(b + 1) for _, b, _ in layers)):
+        p, value = Fraction(1), Fraction(1)
+        for (a, b, v), k in zip(layers, counts):
+            p *= Fraction(math.comb(b, k), 2**b)
+            value *= (v * a / b) ** 2 * (k * k + 2 * k)
+        total += p * value
+    return total
+
+
+@pytest.mark.parametrize("widths", [(3, 2, 5), (2, 2, 2, 2), (4, 1, 3), (5, 8)])
+def test_second_moment_by_enumeration(widths):
+    he = [Fraction(2, a) for a in widths[:-1]]
+    assert finite.mean_square(widths) == _enumerate_second_moment(widths, he)
+    odd = [Fraction(1, 3)] * (len(widths) - 1)
+    assert finite.mean_square(widths, odd) == _enumerate_second_moment(widths, odd)
+
+
+def test_second_moment_equal_widths_is_the_issue_product():
+    assert finite.mean_square([10] * 11) == sp.Rational(3, 2) ** 10
+    assert finite.mean_square([4] * 4) == sp.Rational(9, 4) ** 3
+    assert finite.mean_square([4] * 4) != sp.Rational(8, 4) ** 3     # prod(1 + 4/n): wrong
+
+
+def test_mean_is_one_for_unequal_widths_at_he():
+    d = finite.product_law()
+    L, nw, sw = finite._L, finite._nw, finite._sw
+    mean = d.extras["mean"].subs(L, 3).doit().xreplace({nw[0]: 7, nw[1]: 2, nw[2]: 9, sw[1]: sp.Rational(2, 7),
+                                                       sw[2]: 1, sw[3]: sp.Rational(2, 9)})
+    assert mean == 1
+
+
+# --- non-Gaussian weights ------------------------------------------------------------------------
+
+
+def _rademacher_second_moment(widths, x0):
+    """E[M_L^2] with weights +-sqrt(s_j), s_j = 2/n_(j-1), by enumerating every sign pattern."""
+    shapes = [(b, a) for a, b in zip(widths[:-1], widths[1:])]
+    scale = Fraction(1)
+    for a in widths[:-1]:
+        scale *= Fraction(2, a)          # ||x_L||^2 = prod s_j * (the same with +-1 weights)
+    patterns = [list(itertools.product((-1, 1), repeat=b * a)) for b, a in shapes]
+    norm0 = sum(Fraction(v) ** 2 for v in x0)
+    total, count = Fraction(0), 0
+    for choice in itertools.product(*patterns):
+        x = [Fraction(v) for v in x0]
+        for (b, a), flat in zip(shapes, choice):
+            # with weights +-1 the scale is dropped, and restored at the end (relu is homogeneous)
+            x = [max(sum(flat[r * a + c] * x[c] for c in range(a)), Fraction(0)) for r in range(b)]
+        m = scale * sum(v * v for v in x) / widths[-1] / (norm0 / widths[0])
+        total += m * m
+        count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("widths, x0", [((2, 2, 2), (1, 2)), ((2, 3, 2), (3, -1)), ((3, 2), (1, 0, 2))])
+def test_fourth_moment_recursion_by_rademacher_enumeration(widths, x0):
+    exact = _rademacher_second_moment(widths, x0)
+    variances = [Fraction(2, a) for a in widths[:-1]]
+    m4 = [v * v for v in variances]   # a +-sqrt(s) weight has E[w^4] = s^2
+    assert finite.fourth_moment(widths, x0, m4) == sp.Rational(exact.numerator, exact.denominator)
+    assert finite.mean_square(widths) != sp.Rational(exact.numerator, exact.denominator)  # the Gaussian law is wrong here
+
+
+def test_fourth_moment_reduces_to_gaussian_and_depends_on_input():
+    widths = (3, 4, 2)
+    gauss = [3 * Fraction(2, a) ** 2 for a in widths[:-1]]
+    assert finite.fourth_moment(widths, (1, 5, -2), gauss) == finite.mean_square(widths)
+    uniform = [Fraction(9, 5) * Fraction(2, a) ** 2 for a in widths[:-1]]   # E[w^4] = 9 s^2 / 5
+    assert finite.fourth_moment(widths, (1, 0, 0), uniform) != finite.fourth_moment(widths, (1, 1, 1), uniform)
+
+
+def test_kurtosis_free_expansion_is_refused():
+    b = _Builder("wrong")
+    with pytest.raises(DerivationError):
+        b.add(finite.Given(finite._y**4, finite._x), 3 * s**2 * finite._Q**2, finite.Rule.INDEPENDENCE,
+              proof=finite.ExpandedMoment(4))
+
+
+# --- Monte Carlo of real networks ----------------------------------------------------------------
+
+
+def _networks(widths, count, rng, law="normal"):
+    """Forward and backward passes of ``count`` zero-bias relu networks at He's variance, x_0 = (1, ..., 1)."""
+    x = np.ones((count, widths[0]))
+    xs, masks, ws = [x], [], []
+    for a, b in zip(widths[:-1], widths[1:]):
+        std = math.sqrt(2 / a)
+        w = rng.standard_normal((count, b, a)) * std if law == "normal" else rng.uniform(-1, 1, (count, b, a)) * std * math.sqrt(3)
+        y = np.einsum("nij,nj->ni", w, x)
+        masks.append(y > 0)
+        x = np.where(y > 0, y, 0.0)
+        xs.append(x)
+        ws.append(w)
+    g = rng.standard_normal((count, widths[-1]))
+    grads, wgrads = [g], []
+    for w, mask, x_in in zip(reversed(ws), reversed(masks), reversed(xs[:-1])):
+        delta = np.where(mask, g, 0.0)
+        wgrads.append((delta**2).sum(1) * (x_in**2).sum(1))
+        g = np.einsum("nij,ni->nj", w, delta)
+        grads.append(g)
+    m = (xs[-1] ** 2).sum(1) / widths[-1] / ((xs[0] ** 2).sum(1) / widths[0])
+    return m, [(q**2).sum(1) for q in reversed(grads)], list(reversed(wgrads))
+
+
+def _verdict(prediction, values, rtol=0.1):
+    return judge(float(prediction), float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size)),
+                 values.size, rtol=rtol).outcome
+
+
+def test_dead_layer_probability_monte_carlo():
+    widths = (2, 2, 3, 2)
+    m, _, _ = _networks(widths, 100_000, np.random.default_rng(10))
+    dead = (m == 0).astype(float)
+    assert _verdict(finite.dead_probability(widths), dead) == PASS
+    assert float(finite.dead_probability(widths)) == pytest.approx(1 - 0.75 * 0.875 * 0.75)
+    wrong = 1 - sp.prod([1 - sp.Rational(1, 2**w) for w in widths])   # counting the input layer too
+    assert _verdict(wrong, dead) == FAIL
+
+
+def test_log_moment_against_quadrature_and_monte_carlo():
+    widths = (3, 2, 3)
+    exact = finite.expected_log(widths)
+    by_quad = 0.0
+    for w in widths[1:]:
+        for k in range(1, w + 1):
+            mean_log = integrate.quad(lambda u, k=k: math.log(u) * stats.chi2.pdf(u, k), 0, np.inf, limit=200)[0]
+            by_quad += math.comb(w, k) / (2**w - 1) * (math.log(2 / w) + mean_log)
+    assert float(exact) == pytest.approx(by_quad, abs=1e-7)
+    m, _, _ = _networks(widths, 100_000, np.random.default_rng(11))
+    logs = np.log(m[m > 0])
+    assert _verdict(exact, logs, rtol=0.05) == PASS
+    assert _verdict(float(finite.expected_log_asymptotic(widths).subs({})), logs, rtol=0.05) == FAIL  # large-width form at width 2
+
+
+def test_log_expansion_is_minus_five_halves_per_width():
+    expansion = finite.log_moment().extras["expansion"]
+    assert sp.limit(expansion * n, n, sp.oo) == sp.Rational(-5, 2)
+    with mpmath.workdps(30):
+        gap = abs(finite.expected_log([400, 400]) - mpmath.mpf(str(sp.N(expansion.subs(n, 400), 30))))
+    assert gap < 400.0**-2   # the kept orders are right: what remains is O(n^-3)
+
+
+def test_gradients_monte_carlo_with_the_dead_layer_factor():
+    widths = (2, 2, 2, 2)
+    _, grads, wgrads = _networks(widths, 200_000, np.random.default_rng(12))
+    dx, dw = finite.gradient_moments(widths, input_norm=2)
+    for predicted, values in zip(dx, grads):
+        assert _verdict(predicted, values) == PASS
+    for predicted, values in zip(dw, wgrads):
+        assert _verdict(predicted, values) == PASS
+    assert dx[-1] == widths[-1] and dx[2] == sp.Rational(9, 16) * widths[-1]
+    assert _verdict(widths[-1], grads[2]) == FAIL      # the infinite-width value, without P(x_2 != 0)
+    assert _verdict(dx[2], grads[3]) == FAIL           # the dead-layer factor applied at the output, where it does not act
+
+
+def test_gradient_formula_holds_for_uniform_weights():
+    widths = (2, 3, 2)
+    _, grads, wgrads = _networks(widths, 200_000, np.random.default_rng(13), law="uniform")
+    dx, dw = finite.gradient_moments(widths, input_norm=2)
+    assert all(_verdict(p, v) == PASS for p, v in zip(dx, grads))
+    assert all(_verdict(p, v) == PASS for p, v in zip(dw, wgrads))
+
+
+def test_bad_widths_are_refused():
+    with pytest.raises(DerivationError, match="widths"):
+        finite.mean_square([3])
+    with pytest.raises(DerivationError, match="variances"):
+        finite.mean_square([3, 3], [-1])
+
+
+def test_the_catalogue_last_layers_claim_is_a_special_case():
+    """He's backward claim at narrow width (catalogue 'he-backward-last-layers-finite-width') is the finite-width
+    backward law with the last, linear layer's g' = W_L^T g as the loss gradient: per unit of y_(L-1),
+    E[(dL/dy)^2] = (n_L s_L / 2) P(no dead layer among 1..L-2), the dead-layer derivation's product."""
+    from varprop.catalogue import family
+
+    for width in (2, 4):
+        claim = family("he-backward-last-layers-finite-width").at(width)
+        widths = [layer.fan_in for layer in claim.network.dense_layers] + [claim.network.dense_layers[-1].fan_out]
+        last = claim.network.dense_layers[-1]
+        alive = 1 - finite.dead_probability(widths[:-2]) if len(widths) > 3 else 1
+        special = last.fan_out * last.weights.variance / 2 * alive
+        assert sp.simplify(claim.prediction - special) == 0
+        assert sp.simplify(claim.prediction - last.fan_out * last.weights.variance / 2) != 0   # the factor matters

@@ -1,0 +1,843 @@
+r"""Exact finite-width laws of zero-bias relu networks (Hanin & Rolnick 2018; Hanin 2018).
+
+Network: :math:`x_0 \in \mathbb R^{n_0}` fixed and nonzero, :math:`x_j = \mathrm{relu}(W_j x_{j-1})`
+for :math:`j = 1..L`, every entry of :math:`W_j` iid from a law symmetric about 0 with variance
+:math:`s_j` (He's variance :math:`s_j = 2/n_{j-1}`), no bias. The quantity studied is the
+*normalised* squared length
+
+.. math::
+
+    M_L = \frac{\|x_L\|^2 / n_L}{\|x_0\|^2 / n_0}
+        = \prod_{j=1}^{L} F_j, \qquad F_j = \frac{n_{j-1}}{n_j}\,\frac{\|x_j\|^2}{\|x_{j-1}\|^2},
+
+the ratio of mean squares, which is what has mean 1 at He's variance for *unequal* widths
+(:math:`\|x_L\|^2/\|x_0\|^2` itself has mean :math:`n_L/n_0` there).
+
+What is derived here, each as a :class:`~varprop.derive.derivation.Derivation` whose steps sympy
+checks:
+
+* :func:`one_layer`: given :math:`x \ne 0`, :math:`\|\mathrm{relu}(Wx)\|^2/\|x\|^2 = s\,\chi^2_K`,
+  :math:`K \sim \mathrm{Binomial}(n, 1/2)` (Gaussian weights), its mean :math:`sn/2` and second moment
+  :math:`s^2 n(n+5)/4`.
+* :func:`product_law`: :math:`M_L` is a product of independent factors
+  :math:`F_j = (s_j n_{j-1}/n_j)\chi^2_{K_j}`; :math:`E[M_L] = \prod_j s_j n_{j-1}/2` and
+  :math:`E[M_L^2] = \prod_j s_j^2 n_{j-1}^2 (n_j + 5)/(4 n_j)`, so :math:`\prod_j (1 + 5/n_j)` at He's
+  variance (Hanin & Rolnick 2018, Thm. 5 states the exponential of :math:`5\sum_j 1/n_j` as bounds).
+* :func:`fourth_moment_recursion`: for *any* symmetric iid law with fourth moment :math:`m_4`, the
+  pair :math:`(E\|x_j\|^4, E\sum_i x_{j,i}^4)` obeys an exact linear recursion; the input enters
+  through :math:`\sum_i x_{0,i}^4`, so :math:`E[M_L^2]` is not a function of the widths alone unless
+  the law is Gaussian (excess kurtosis 0).
+* :func:`dead_layer`: :math:`P(\text{some layer is } 0) = 1 - \prod_j (1 - 2^{-n_j})` for any symmetric
+  law without atoms.
+* :func:`log_moment`: :math:`E[\log M_L \mid \text{no dead layer}]` as a finite sum of digamma
+  values over the binomial law, and its large-width expansion :math:`-\tfrac52 \sum_j 1/n_j`.
+* :func:`backward`: the exact second moments of :math:`\partial\mathcal L/\partial x_l` and
+  :math:`\partial\mathcal L/\partial W_l` at every width, with the dead-layer factor.
+
+Numeric companions (exact rationals, or mpmath at a stated precision) evaluate the results for
+concrete widths: :func:`mean_square`, :func:`fourth_moment`, :func:`dead_probability`,
+:func:`expected_log`, :func:`log_law_cdf`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import ClassVar
+
+import mpmath
+import sympy as sp
+
+from ..errors import DerivationError
+from ..network import Dense, Nonlinearity
+from ..observables import DeadFraction, LogNormRatio, NormRatioSecondMoment
+from .derivation import (
+    LEMMA_CONSTANT,
+    Check,
+    Derivation,
+    Expect,
+    Lemma,
+    Rule,
+    Step,
+    Unrolled,
+    _Builder,
+    prose,
+    to_text,
+)
+from .propagate import Quantity, observable_rules
+
+__all__ = [
+    "HANIN_ROLNICK",
+    "one_layer",
+    "product_law",
+    "fourth_moment_recursion",
+    "dead_layer",
+    "log_moment",
+    "backward",
+    "FINITE_DERIVATIONS",
+    "relu_chain",
+    "gradient_moments",
+    "mean_square",
+    "fourth_moment",
+    "dead_probability",
+    "expected_log",
+    "expected_log_asymptotic",
+    "conditional_second_moment",
+    "MomentFromMGF",
+    "Linearity",
+    "ExpandedMoment",
+    "Quadrature",
+]
+
+HANIN_ROLNICK = "Hanin & Rolnick 2018"
+HANIN = "Hanin 2018"
+
+# --- symbols -----------------------------------------------------------------------------------
+
+_n = sp.Symbol("n", positive=True, integer=True)          # a layer's output width
+_m = sp.Symbol("m", positive=True, integer=True)          # its input width
+_s = sp.Symbol("s", positive=True)                        # the weight variance
+_m4 = sp.Symbol("m_4", positive=True)                     # the weight law's fourth moment
+_t = sp.Symbol("t")
+_k = sp.Symbol("k", nonnegative=True, integer=True)
+_K = sp.Symbol("K", nonnegative=True, integer=True)       # the number of active units
+_R = sp.Symbol("R", nonnegative=True)                     # ||relu(W x)||^2 / ||x||^2
+_C = sp.Symbol("chi^2_K", nonnegative=True)
+_Q = sp.Symbol("Q", positive=True)                        # ||x||^2 of the layer input
+_P = sp.Symbol("P", positive=True)                        # sum_i x_i^4 of the layer input
+_y = sp.Symbol("y")
+_u = sp.Symbol("u")
+_j = sp.Symbol("j", positive=True, integer=True)
+_l = sp.Symbol("l", positive=True, integer=True)
+_L = sp.Symbol("L", positive=True, integer=True)
+_nw = sp.IndexedBase("n")
+_sw = sp.IndexedBase("s")
+_F = sp.IndexedBase("F")
+_M = sp.IndexedBase("M")
+
+
+class Given(sp.Function):
+    r"""A conditional expectation :math:`E[X \mid Y]`, kept unevaluated."""
+
+    nargs = 2
+
+    def _latex(self, printer: object, exp: object = None) -> str:
+        tex = r"\mathbb{E}\left[%s \mid %s\right]" % (printer._print(self.args[0]), printer._print(self.args[1]))
+        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+
+    def _sympystr(self, printer: object) -> str:
+        return "E[%s | %s]" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+
+class Prob(sp.Function):
+    r"""A probability :math:`P(A)` of an event named by a symbol, kept unevaluated."""
+
+    nargs = 1
+
+    def _latex(self, printer: object, exp: object = None) -> str:
+        return r"P\left(%s\right)" % printer._print(self.args[0])
+
+    def _sympystr(self, printer: object) -> str:
+        event = self.args[0]
+        if isinstance(event, sp.Eq):
+            return f"P({printer._print(event.lhs)} = {printer._print(event.rhs)})"
+        return f"P({printer._print(event)})"
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MomentFromMGF(Check):
+    r"""``rhs`` is ``scale`` times the ``order``-th derivative at 0 of a moment generating function.
+
+    The law's MGF is the independent route: e.g. :math:`((1+e^t)/2)^n` for
+    :math:`\mathrm{Binomial}(n, 1/2)`, :math:`(1-2t)^{-k/2}` for :math:`\chi^2_k`.
+    """
+
+    mgf: sp.Expr
+    variable: sp.Symbol
+    order: int
+    scale: sp.Expr = sp.S.One
+    kind: ClassVar[str] = "mgf"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        value = self.scale * sp.diff(self.mgf, self.variable, self.order).subs(self.variable, 0)
+        ok = sp.simplify(value - step.rhs) == 0
+        detail = f"d^{self.order}/dt^{self.order} of the MGF {to_text(self.mgf)} at t = 0 gives {to_text(sp.factor(value))}"
+        return ok, detail
+
+
+@dataclass(frozen=True)
+class Linearity(Check):
+    r"""Linearity of expectation: ``rhs`` is ``conditional`` (a polynomial in ``variable``) with each
+    power :math:`K^p` replaced by :math:`E[K^p]` (the tower property :math:`E[E[X|K]] = E[X]`)."""
+
+    conditional: sp.Expr
+    variable: sp.Symbol
+    kind: ClassVar[str] = "linearity"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        poly = sp.Poly(sp.expand(self.conditional), self.variable)
+        value = sum((c * (Expect(self.variable**p[0]) if p[0] else 1) for p, c in poly.terms()), sp.Integer(0))
+        ok = sp.expand(value - step.rhs) == 0
+        return ok, f"E of {to_text(self.conditional)} term by term gives {to_text(value)}"
+
+
+@dataclass(frozen=True)
+class ExpandedMoment(Check):
+    r"""A moment of :math:`y = \sum_{i \le m} w_i x_i` (iid symmetric :math:`w_i`), re-computed by
+    expanding :math:`y^p` for m = 1..4 explicit inputs and taking each monomial's expectation
+    (:math:`E[w] = E[w^3] = 0`, :math:`E[w^2] = s`, :math:`E[w^4] = m_4`); ``Q`` and ``P`` in ``rhs``
+    stand for :math:`\sum x_i^2` and :math:`\sum x_i^4`."""
+
+    power: int
+    kind: ClassVar[str] = "expansion"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        for size in range(1, 5):
+            xs = sp.symbols(f"x1:{size + 1}", real=True)
+            ws = sp.symbols(f"w1:{size + 1}", real=True)
+            poly = sp.Poly(sp.expand(sum(w * x for w, x in zip(ws, xs)) ** self.power), *ws)
+            moments = {0: 1, 1: 0, 2: _s, 3: 0, 4: _m4}
+            value = sum((c * sp.Mul(*(moments.get(e, sp.nan) for e in exps)) for exps, c in poly.terms()), sp.Integer(0))
+            stated = step.rhs.subs({_Q: sum(x**2 for x in xs), _P: sum(x**4 for x in xs)})
+            if sp.expand(value - stated) != 0:
+                return False, f"fails for {size} inputs: the expansion gives {sp.factor(value)}"
+        return True, f"E[y^{self.power}] re-computed by expanding y^{self.power} over 1..4 inputs"
+
+
+@dataclass(frozen=True)
+class Quadrature(Check):
+    r"""``rhs`` (a formula in ``variable``) equals :math:`\int g(u)\,f(u)\,du` over :math:`(0, \infty)`
+    computed by mpmath quadrature (30 digits) for ``variable`` = 1..8, with ``density`` :math:`f` and
+    ``integrand`` :math:`g` in the symbol ``u``."""
+
+    integrand: sp.Expr
+    density: sp.Expr
+    variable: sp.Symbol
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        with mpmath.workdps(30):
+            for value in range(1, 9):
+                f = sp.lambdify(_u, (self.integrand * self.density).subs(self.variable, value), "mpmath")
+                numeric = mpmath.quad(lambda v, f=f: 2 * v * f(v * v), [0, 1, mpmath.inf])  # u = v^2: no endpoint singularity
+                stated = sp.N(step.rhs.subs(self.variable, value), 30)
+                if abs(numeric - mpmath.mpf(str(stated))) > mpmath.mpf(10) ** -20:
+                    return False, f"fails at {self.variable} = {value}: quadrature {numeric}, formula {stated}"
+        return True, f"mpmath quadrature (30 digits) agrees to 1e-20 for {self.variable} = 1..8"
+
+
+# --- assumptions -------------------------------------------------------------------------------
+
+_A_GAUSS = prose("the entries of W are iid N(0, ", _s, ") and independent of x")
+_A_SYM = prose("the entries of W are iid from a law symmetric about 0 with variance ", _s, ", independent of x")
+_A_CONT = "the weight law has no atom (a continuous law), so W x has no atom at 0 when x is not 0"
+_A_X = "the layer input x is fixed and nonzero"
+_A_M4 = prose("the weight law has a finite fourth moment ", _m4)
+
+# --- one layer ---------------------------------------------------------------------------------
+
+
+def _chi2_density(k: sp.Expr) -> sp.Expr:
+    return _u ** (k / 2 - 1) * sp.exp(-_u / 2) / (2 ** (k / 2) * sp.gamma(k / 2))
+
+
+@cache
+def one_layer() -> Derivation:
+    r"""One relu layer at width :math:`n`: the law of :math:`R = \|\mathrm{relu}(Wx)\|^2/\|x\|^2` and its two moments.
+
+    Given :math:`x \ne 0` and Gaussian weights of variance :math:`s`, the :math:`y_i = (Wx)_i` are iid
+    :math:`N(0, s\|x\|^2)`; :math:`K = \#\{i: y_i > 0\} \sim \mathrm{Binomial}(n, 1/2)`; given K the
+    positive :math:`y_i^2/(s\|x\|^2)` are K independent :math:`\chi^2_1` (a half-normal squared is a
+    normal squared), so :math:`R = s\chi^2_K` with :math:`\chi^2_0 = 0`.
+    """
+    b = _Builder("One relu layer at finite width: a binomial mixture of chi-squares")
+    law = b.model(_R, _s * _C, Rule.SYMMETRY,
+                  prose("given x, the ", _y, " = (W x)_i are iid N(0, ", _s * _Q, "); the sign of each is a fair coin "
+                        "independent of its square, so the squares of the K positive ones are K independent ", _s * _Q,
+                        " chi-square(1), with ", _K, " ~ Binomial(", _n, ", 1/2)"),
+                  assumptions=(_A_GAUSS, _A_X), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+    k1 = b.add(Expect(_K), _n / 2, Rule.DEFINITION, "mean of Binomial(n, 1/2)",
+               proof=MomentFromMGF(((1 + sp.exp(_t)) / 2) ** _n, _t, 1))
+    k2 = b.add(Expect(_K**2), _n * (_n + 1) / 4, Rule.DEFINITION, "second moment of Binomial(n, 1/2)",
+               proof=MomentFromMGF(((1 + sp.exp(_t)) / 2) ** _n, _t, 2))
+    c1 = b.add(Given(_R, _K), _s * _K, Rule.SUBSTITUTION, prose("mean of ", _s, " chi-square(K)"),
+               proof=MomentFromMGF((1 - 2 * _t) ** (-_K / 2), _t, 1, _s), uses=(law,))
+    c2 = b.add(Given(_R**2, _K), _s**2 * (_K**2 + 2 * _K), Rule.SUBSTITUTION, prose("second moment of ", _s, " chi-square(K)"),
+               proof=MomentFromMGF((1 - 2 * _t) ** (-_K / 2), _t, 2, _s**2), uses=(law,))
+    e1 = b.add(Expect(_R), _s * Expect(_K), Rule.ALGEBRA, "tower property", proof=Linearity(_s * _K, _K), uses=(c1,))
+    b.identity(Expect(_R), _s * _n / 2, Rule.SUBSTITUTION, uses=(e1, k1))
+    e2 = b.add(Expect(_R**2), _s**2 * (Expect(_K**2) + 2 * Expect(_K)), Rule.ALGEBRA, "tower property",
+               proof=Linearity(_s**2 * (_K**2 + 2 * _K), _K), uses=(c2,))
+    last = b.identity(Expect(_R**2), _s**2 * _n * (_n + 5) / 4, Rule.SUBSTITUTION, uses=(e2, k1, k2))
+    return b.build(b.steps[last].rhs, prose("At width ", _n, " the squared-length ratio of one relu layer is ", _s,
+                                             " chi-square(K), K ~ Binomial(", _n, ", 1/2)."),
+                   mean=_s * _n / 2, second_moment=_s**2 * _n * (_n + 5) / 4)
+
+
+@cache
+def product_law() -> Derivation:
+    r""":math:`M_L` as a product of independent factors, and its first two moments for any widths.
+
+    :math:`F_j = (n_{j-1}/n_j)\|x_j\|^2/\|x_{j-1}\|^2 = (s_j n_{j-1}/n_j)\chi^2_{K_j}` by
+    :func:`one_layer`; its law does not depend on :math:`x_{j-1}` (Gaussian weights are rotation
+    invariant), so the factors are independent. A dead layer (:math:`K_j = 0`) makes :math:`M_L = 0`,
+    which the factor :math:`\chi^2_0 = 0` already says.
+    """
+    b = _Builder("The squared length of a deep relu network at finite width")
+    mean_j = _sw[_j] * _nw[_j - 1] / 2
+    second_j = _sw[_j] ** 2 * _nw[_j - 1] ** 2 * (_nw[_j] + 5) / (4 * _nw[_j])
+    f = b.model(_F[_j], _sw[_j] * _nw[_j - 1] / _nw[_j] * sp.Symbol("chi^2_(K_j)"), Rule.INDEPENDENCE,
+                prose("one layer (previous derivation) with ", _s, " = ", _sw[_j], " and ", _n, " = ", _nw[_j],
+                      ", times ", _nw[_j - 1] / _nw[_j], "; its law given x_(j-1) does not depend on x_(j-1), "
+                      "so the factors are independent"),
+                assumptions=(_A_GAUSS, "x_0 is not 0"), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+    mixture = ((1 + (1 - 2 * _t) ** sp.Rational(-1, 2)) / 2) ** _nw[_j]
+    scale = _sw[_j] * _nw[_j - 1] / _nw[_j]
+    why = prose("the MGF of the binomial mixture of chi-squares is ", Expect((1 - 2 * _t) ** (-_K / 2)), " = ", mixture)
+    ef = b.add(Expect(_F[_j]), mean_j, Rule.SUBSTITUTION, why, proof=MomentFromMGF(mixture, _t, 1, scale), uses=(f,))
+    ef2 = b.add(Expect(_F[_j] ** 2), second_j, Rule.SUBSTITUTION, why, proof=MomentFromMGF(mixture, _t, 2, scale**2),
+                uses=(f,))
+    rec1 = b.model(Expect(_M[_L]), Expect(_M[_L - 1]) * Expect(_F[_L]), Rule.INDEPENDENCE,
+                   prose(_M[_L], " = ", _M[_L - 1] * _F[_L], " with independent factors"), assumptions=(_A_GAUSS,),
+                   exactness="gaussian-exact")
+    mean = b.add(Expect(_M[_L]), sp.Product(mean_j, (_j, 1, _L)), Rule.UNROLLING, "with M_0 = 1",
+                 proof=Unrolled(sp.Integer(1), mean_j, _j, 1, _L), uses=(rec1, ef))
+    rec2 = b.model(Expect(_M[_L] ** 2), Expect(_M[_L - 1] ** 2) * Expect(_F[_L] ** 2), Rule.INDEPENDENCE,
+                   prose(_M[_L] ** 2, " = ", _M[_L - 1] ** 2 * _F[_L] ** 2, " with independent factors"),
+                   assumptions=(_A_GAUSS,), exactness="gaussian-exact")
+    second = b.add(Expect(_M[_L] ** 2), sp.Product(second_j, (_j, 1, _L)), Rule.UNROLLING, "with M_0 = 1",
+                   proof=Unrolled(sp.Integer(1), second_j, _j, 1, _L), uses=(rec2, ef2))
+    he = {_sw[_j]: 2 / _nw[_j - 1]}
+    he_step = b.define(_sw[_j], he[_sw[_j]], "He's variance (fan-in)")
+    b.identity(Expect(_M[_L]), sp.Integer(1), Rule.SUBSTITUTION, "at He's variance", uses=(mean, he_step))
+    he_second = sp.Product(second_j.xreplace(he), (_j, 1, _L))
+    b.identity(Expect(_M[_L] ** 2), he_second, Rule.SUBSTITUTION, "at He's variance", uses=(second, he_step))
+    return b.build(b.steps[second].rhs, prose("M_L is a product of independent factors ", _F[_j], "; ",
+                                              sp.Eq(Expect(_M[_L]), b.steps[mean].rhs), "."),
+                   mean=b.steps[mean].rhs, second_moment=b.steps[second].rhs, he_second_moment=he_second)
+
+
+# --- non-Gaussian weights: the fourth moment enters ----------------------------------------------
+
+_x = sp.Symbol("x")
+_Q1 = sp.Symbol("Q'", positive=True)
+_P1 = sp.Symbol("P'", positive=True)
+
+
+class Relu(sp.Function):
+    r""":math:`\mathrm{relu}(y)`, kept unevaluated in displayed equations."""
+
+    nargs = 1
+
+    def _latex(self, printer: object, exp: object = None) -> str:
+        base = r"\mathrm{relu}" if exp is None else r"\mathrm{relu}^{%s}" % exp
+        return r"%s\left(%s\right)" % (base, printer._print(self.args[0]))
+
+    def _sympystr(self, printer: object) -> str:
+        return "relu(%s)" % printer._print(self.args[0])
+
+
+def _relu(arg: sp.Expr) -> sp.Expr:
+    return sp.Max(arg, 0)
+
+
+@cache
+def fourth_moment_recursion() -> Derivation:
+    r"""One relu layer with any symmetric iid weight law: the exact linear map on
+    :math:`(\|x\|^4, \sum_i x_i^4)`.
+
+    With :math:`Q = \|x\|^2`, :math:`P = \sum_i x_i^4`, :math:`y = (Wx)_i` and
+    :math:`\kappa = m_4 - 3s^2` (the weight law's fourth cumulant; 0 for Gaussian weights):
+    :math:`E[y^4 \mid x] = 3s^2Q^2 + \kappa P`, and the next layer's
+    :math:`Q' = \|\mathrm{relu}(Wx)\|^2`, :math:`P' = \sum_i \mathrm{relu}(y_i)^4` satisfy
+
+    .. math::
+
+        E[Q'^2 \mid x] = \tfrac{s^2 n(n+5)}{4} Q^2 + \tfrac{n\kappa}{2} P, \qquad
+        E[P' \mid x] = \tfrac{n}{2}(3 s^2 Q^2 + \kappa P).
+
+    Both are linear in :math:`(Q^2, P)`, so :math:`E[Q_L^2]` is the first entry of a product of 2x2
+    matrices applied to :math:`(Q_0^2, P_0)`: exact for every symmetric iid law with a finite fourth
+    moment (no Gaussian step), and dependent on the input through :math:`P_0/Q_0^2 \in [1/n_0, 1]`
+    unless :math:`\kappa = 0`.
+    """
+    b = _Builder("One relu layer with a symmetric non-Gaussian weight law: fourth moments")
+    kappa = _m4 - 3 * _s**2
+    y2 = b.add(Given(_y**2, _x), _s * _Q, Rule.INDEPENDENCE, "iid zero-mean weights: only squares survive",
+               proof=ExpandedMoment(2), assumptions=(_A_SYM,))
+    y4 = b.add(Given(_y**4, _x), 3 * _s**2 * _Q**2 + kappa * _P, Rule.INDEPENDENCE,
+               "iid symmetric weights: odd moments vanish, fourth powers and pairs of squares survive",
+               proof=ExpandedMoment(4), assumptions=(_A_SYM, _A_M4))
+    r2 = b.add(Given(Relu(_y) ** 2, _x), Given(_y**2, _x) / 2, Rule.SYMMETRY, "y is symmetric about 0 given x",
+               proof=Lemma(_relu(_u) ** 2 + _relu(-_u) ** 2, 2, LEMMA_CONSTANT / 2 * Given(_y**2, _x)))
+    r4 = b.add(Given(Relu(_y) ** 4, _x), Given(_y**4, _x) / 2, Rule.SYMMETRY, "y is symmetric about 0 given x",
+               proof=Lemma(_relu(_u) ** 4 + _relu(-_u) ** 4, 4, LEMMA_CONSTANT / 2 * Given(_y**4, _x)))
+    q2 = b.model(Given(_Q1**2, _x), _n * Given(Relu(_y) ** 4, _x) + _n * (_n - 1) * Given(Relu(_y) ** 2, _x) ** 2,
+                 Rule.INDEPENDENCE, prose("the ", _n, " rows of W are independent, so given x the units are iid"),
+                 assumptions=(_A_SYM,))
+    p1 = b.model(Given(_P1, _x), _n * Given(Relu(_y) ** 4, _x), Rule.IDENTICAL_DISTRIBUTION,
+                 prose("the ", _n, " units are identically distributed given x"), assumptions=(_A_SYM,))
+    q2 = b.identity(Given(_Q1**2, _x), _s**2 * _n * (_n + 5) / 4 * _Q**2 + _n * kappa / 2 * _P, Rule.SUBSTITUTION,
+                    uses=(q2, r4, r2, y4, y2))
+    p1 = b.identity(Given(_P1, _x), _n * (3 * _s**2 * _Q**2 + kappa * _P) / 2, Rule.SUBSTITUTION, uses=(p1, r4, y4))
+    return b.build(b.steps[q2].rhs, prose("The next layer's ", _Q1**2, " and ", _P1, " are linear in ", _Q**2,
+                                          " and ", _P, "; the fourth cumulant ", kappa, " couples them."),
+                   next_q2=b.steps[q2].rhs, next_p=b.steps[p1].rhs, kappa=kappa)
+
+
+def _as_widths(widths: Sequence[int], what: str = "widths") -> tuple[int, ...]:
+    values = tuple(widths)
+    if len(values) < 2 or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in values):
+        raise DerivationError(f"{what} must be at least two positive integers n_0..n_L, got {values!r}")
+    return values
+
+
+def _as_variances(widths: tuple[int, ...], variances: Sequence[object] | None) -> tuple[sp.Expr, ...]:
+    if variances is None:
+        return tuple(sp.Rational(2, w) for w in widths[:-1])
+    values = tuple(sp.nsimplify(v, rational=True) for v in variances)
+    if len(values) != len(widths) - 1 or any(not (v.is_number and v > 0) for v in values):
+        raise DerivationError(f"variances must be {len(widths) - 1} positive numbers, one per layer, got {variances!r}")
+    return values
+
+
+def fourth_moment(widths: Sequence[int], x0: Sequence[object], fourth_moments: Sequence[object],
+                  variances: Sequence[object] | None = None) -> sp.Rational:
+    r""":math:`E[M_L^2]` for any symmetric iid weight laws, exactly, by the recursion of
+    :func:`fourth_moment_recursion` (``fourth_moments[j]`` is :math:`E[w^4]` of layer j+1's law; the
+    Gaussian's is :math:`3s^2`). ``x0`` is the fixed input; the result is a rational when every
+    number is."""
+    widths = _as_widths(widths)
+    variances = _as_variances(widths, variances)
+    x0 = [sp.nsimplify(v, rational=True) for v in x0]
+    if len(x0) != widths[0] or all(v == 0 for v in x0):
+        raise DerivationError(f"x0 must be a nonzero vector of {widths[0]} numbers, got {len(x0)}")
+    if len(fourth_moments) != len(widths) - 1:
+        raise DerivationError(f"fourth_moments must give one E[w^4] per layer ({len(widths) - 1}), got {len(fourth_moments)}")
+    d = fourth_moment_recursion()
+    q2, p = sum(v**2 for v in x0) ** 2, sum(v**4 for v in x0)
+    start = q2
+    for n, s, m4 in zip(widths[1:], variances, fourth_moments):
+        values = {_n: n, _s: s, _m4: sp.nsimplify(m4, rational=True), _Q: sp.sqrt(q2), _P: p}
+        q2, p = d.extras["next_q2"].subs(values), d.extras["next_p"].subs(values)
+    return sp.nsimplify(q2 / start * sp.Rational(widths[0], widths[-1]) ** 2)
+
+
+def mean_square(widths: Sequence[int], variances: Sequence[object] | None = None) -> sp.Rational:
+    r""":math:`E[M_L^2]` for Gaussian weights (default: He's variance), exactly, from :func:`product_law`."""
+    widths = _as_widths(widths)
+    variances = _as_variances(widths, variances)
+    formula = product_law().extras["second_moment"]
+    values = {_nw[i]: w for i, w in enumerate(widths)} | {_sw[i + 1]: v for i, v in enumerate(variances)}
+    return sp.nsimplify(formula.subs(_L, len(widths) - 1).doit().xreplace(values))
+
+
+def conditional_second_moment(counts: object, widths: Sequence[int],
+                              variances: Sequence[object] | None = None) -> object:
+    r""":math:`E[M_L^2 \mid K_1..K_L] = \prod_j c_j^2 (K_j^2 + 2K_j)` with :math:`c_j = s_j n_{j-1}/n_j`
+    (step 5 of :func:`one_layer`), for an integer array ``counts`` of shape ``(networks, L)``."""
+    import numpy as np
+
+    widths = _as_widths(widths)
+    variances = _as_variances(widths, variances)
+    k = np.asarray(counts, dtype=np.float64)
+    c = np.array([float(s * a / b) for s, a, b in zip(variances, widths[:-1], widths[1:])])
+    if k.ndim != 2 or k.shape[1] != len(c):
+        raise DerivationError(f"counts must have shape (networks, {len(c)}), got {k.shape}")
+    return np.prod(c**2 * (k**2 + 2 * k), axis=1)
+
+
+# --- dead layers ---------------------------------------------------------------------------------
+
+_Alive = sp.IndexedBase("A")   # A_l: no layer among 1..l is entirely inactive
+_Dead = sp.Symbol("D_L")       # some layer among 1..L is entirely inactive
+
+
+@cache
+def dead_layer() -> Derivation:
+    r"""The probability that some layer of a zero-bias relu network is entirely inactive.
+
+    Given :math:`x_{j-1} \ne 0`, the :math:`n_j` pre-activations are independent (one row each),
+    symmetric and without atom, so all are :math:`\le 0` with probability :math:`2^{-n_j}` whatever
+    :math:`x_{j-1}` is; a dead layer zeroes every later one. Exact for every symmetric weight law
+    without atoms (Gaussian, uniform, truncated normal).
+    """
+    b = _Builder("Dead layers: the probability that a relu network outputs 0")
+    step = b.model(Prob(_Alive[_L]), Prob(_Alive[_L - 1]) * (1 - 2 ** -_nw[_L]), Rule.INDEPENDENCE,
+                   prose("given a nonzero ", sp.Symbol("x_(L-1)"), ", each of the ", _nw[_L], " pre-activations is "
+                         "positive with probability 1/2 independently (one row of W each), whatever its value"),
+                   assumptions=(_A_SYM, _A_CONT, "biases are zero"), source=f"{HANIN_ROLNICK}, Sec. 5")
+    alive_j = 1 - 2 ** -_nw[_j]
+    alive = b.add(Prob(_Alive[_L]), sp.Product(alive_j, (_j, 1, _L)), Rule.UNROLLING, "with P(A_0) = 1",
+                  proof=Unrolled(sp.Integer(1), alive_j, _j, 1, _L), uses=(step,))
+    complement = b.define(Prob(_Dead), 1 - Prob(_Alive[_L]), "complement: some layer dies iff not all live")
+    last = b.identity(Prob(_Dead), 1 - sp.Product(alive_j, (_j, 1, _L)), Rule.SUBSTITUTION, uses=(complement, alive))
+    return b.build(b.steps[last].rhs, prose("A layer of width ", _nw[_j], " dies with probability ", 2 ** -_nw[_j],
+                                            " given a live input."), alive=b.steps[alive].rhs)
+
+
+def dead_probability(widths: Sequence[int]) -> sp.Rational:
+    r""":math:`1 - \prod_{j=1}^L (1 - 2^{-n_j})`, exactly, from :func:`dead_layer` (``widths`` = n_0..n_L)."""
+    widths = _as_widths(widths)
+    formula = dead_layer().result.subs(_L, len(widths) - 1).doit()
+    return sp.nsimplify(formula.xreplace({_nw[i]: w for i, w in enumerate(widths)}))
+
+
+# --- the log of the squared length ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixtureQuadrature(Check):
+    r"""``rhs`` (a formula in the width ``width`` and the scale ``scale``) equals
+    :math:`\sum_{k=1}^{n} P(K = k \mid K \ge 1)\int \log(c\,u)\, f_{\chi^2_k}(u)\,du` by mpmath
+    quadrature (30 digits) for n = 1..5 and c = 1/3 (no digamma function used)."""
+
+    width: sp.Symbol
+    scale: sp.Expr
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        with mpmath.workdps(30):
+            c = mpmath.mpf(1) / 3
+            for n in range(1, 6):
+                total = mpmath.mpf(0)
+                for k in range(1, n + 1):
+                    density = sp.lambdify(_u, _chi2_density(sp.Integer(k)), "mpmath")
+                    total += mpmath.binomial(n, k) / (2**n - 1) * mpmath.quad(  # u = v^2
+                        lambda v, density=density: 2 * v * mpmath.log(c * v * v) * density(v * v), [0, 1, mpmath.inf])
+                stated = sp.N(step.rhs.subs({self.width: n, self.scale: sp.Rational(1, 3)}).doit(), 30)
+                if abs(total - mpmath.mpf(str(stated))) > mpmath.mpf(10) ** -20:
+                    return False, f"fails at width {n}: quadrature {total}, formula {stated}"
+        return True, "mpmath quadrature of the mixture (30 digits) agrees to 1e-20 for widths 1..5"
+
+
+@dataclass(frozen=True)
+class AsymptoticDecay(Check):
+    r"""``rhs`` is an expansion in ``1/width`` of ``exact`` up to :math:`O(\text{width}^{-(\text{order}+1)})`:
+    the gap, computed with 40-digit mpmath at widths 25, 50, 100, 200, shrinks by at least 4x per
+    doubling (i.e. faster than the last kept order)."""
+
+    exact: sp.Expr
+    width: sp.Symbol
+    order: int
+    kind: ClassVar[str] = "asymptotic"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        gaps = []
+        with mpmath.workdps(40):
+            for n in (25, 50, 100, 200):
+                exact = sp.N(self.exact.subs(self.width, n).doit(), 40)
+                gaps.append(abs(mpmath.mpf(str(exact)) - mpmath.mpf(str(sp.N(step.rhs.subs(self.width, n), 40)))))
+        ratios = [float(a / b) for a, b in zip(gaps, gaps[1:])]
+        ok = all(r >= 2 ** (self.order + 1) * 0.8 for r in ratios)
+        return ok, f"gap to the exact sum at widths 25..200: {', '.join(f'{float(g):.2e}' for g in gaps)} (ratios {', '.join(f'{r:.1f}' for r in ratios)})"
+
+
+def _log_factor_sum(n: sp.Expr, scale: sp.Expr) -> sp.Expr:
+    return sp.log(scale) + sp.log(2) + sp.Sum(sp.binomial(n, _k) * sp.polygamma(0, _k / 2), (_k, 1, n)) / (2**n - 1)
+
+
+@cache
+def log_moment() -> Derivation:
+    r""":math:`E[\log M_L \mid \text{no dead layer}]` as a finite sum, and its large-width expansion.
+
+    :math:`E[\log\chi^2_k] = \psi(k/2) + \log 2`; given that no layer dies, the :math:`K_j` are
+    independent with :math:`P(K_j = k) = \binom{n_j}{k}/(2^{n_j} - 1)` for :math:`k \ge 1` (the event is
+    a product of events, one per factor). Without the conditioning the mean is :math:`-\infty`:
+    :math:`M_L = 0` with the probability of :func:`dead_layer`.
+    """
+    b = _Builder("The mean log squared length at finite width")
+    kk = sp.Symbol("k", positive=True, integer=True)
+    logchi = b.add(Expect(sp.log(sp.Symbol("chi^2_k"))), sp.polygamma(0, kk / 2) + sp.log(2), Rule.GAUSSIAN_INTEGRAL,
+                   "the mean of a log chi-square", proof=Quadrature(sp.log(_u), _chi2_density(kk), kk))
+    c = sp.Symbol("c", positive=True)
+    alive_law = b.model(Prob(sp.Eq(_K, _k)), sp.binomial(_n, _k) / (2**_n - 1), Rule.CONDITION,
+                        prose("K ~ Binomial(", _n, ", 1/2) conditioned on ", sp.Ge(_K, 1), " (a live layer)"),
+                        assumptions=(_A_SYM, _A_CONT))
+    factor = b.add(sp.Symbol("E[log F | K >= 1]"), _log_factor_sum(_n, c), Rule.SUBSTITUTION,
+                   prose("F = ", c, f" chi-square(K): average of step ({logchi + 1}) over the conditioned binomial"),
+                   proof=MixtureQuadrature(_n, c), uses=(logchi, alive_law))
+    total = b.model(Expect(sp.log(_M[_L])), sp.Sum(sp.Symbol("E[log F_j | K_j >= 1]"), (_j, 1, _L)), Rule.INDEPENDENCE,
+                    "log of a product of factors, independent given that no layer dies (a product event)",
+                    assumptions=(_A_GAUSS, "no layer is entirely inactive"), exactness="gaussian-exact")
+    he_factor = _log_factor_sum(_n, 2 / _n)
+    c_he = b.define(c, 2 / _n, prose("He's variance: the scale of F is ", sp.Eq(_sw[_j] * _nw[_j - 1] / _nw[_j],
+                                                                             2 / _nw[_j], evaluate=False)))
+    he_step = b.identity(sp.Symbol("E[log F | K >= 1]"), he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
+    expansion = _log_expansion()
+    b.add(sp.Symbol("E[log F | K >= 1]"), expansion, Rule.ALGEBRA,
+          prose("large ", _n, ": digamma's asymptotic series, the binomial's central moments, and ",
+                sp.Eq(Prob(sp.Eq(_K, 0)), 2**-_n), " dropped (exponentially small)"),
+          proof=AsymptoticDecay(he_factor, _n, 2), exactness="asymptotic", uses=(he_step,))
+    result = sp.Sum(he_factor.subs(_n, _nw[_j]), (_j, 1, _L))
+    b.model(Expect(sp.log(_M[_L])), result, Rule.SUBSTITUTION, prose(f"step ({he_step + 1}) with ", _n, " = ", _nw[_j],
+                                                                       f" in each term of step ({total + 1})"),
+            uses=(total, he_step), assumptions=(_A_GAUSS, "no layer is entirely inactive"), exactness="gaussian-exact")
+    return b.build(result, prose("Given no dead layer, ", Expect(sp.log(_M[_L])), " is a sum over layers of a finite "
+                                 "binomial sum of digamma values; at large widths about ",
+                                 sp.Sum(expansion.subs(_n, _nw[_j]), (_j, 1, _L)), "."),
+                   expansion=expansion, factor=he_factor)
+
+
+def _log_expansion() -> sp.Expr:
+    r"""The large-width expansion of :math:`\log(2/n) + \log 2 + E[\psi(K/2)]` to :math:`O(n^{-2})`.
+
+    :math:`K = \tfrac n2(1+\delta)` with :math:`E\delta^2 = 1/n`, :math:`E\delta^3 = 0`,
+    :math:`E\delta^4 = 3/n^2 - 2/n^3`; :math:`\psi(z) = \log z - 1/(2z) - 1/(12 z^2) + O(z^{-4})`.
+    """
+    d, eps = sp.Symbol("delta"), sp.Symbol("epsilon", positive=True)   # eps = 1/n
+    z = (1 + d) / (4 * eps)                                            # K/2
+    psi = sp.log(z) - 1 / (2 * z) - 1 / (12 * z**2)
+    value = sp.log(2 * eps) + sp.log(2) + psi
+    series = sp.series(value, d, 0, 5).removeO()
+    moments = {d**4: 3 * eps**2 - 2 * eps**3, d**3: 0, d**2: eps, d: 0}
+    poly = sp.Poly(sp.expand(series), d)
+    mean = sum((c * (moments[d ** e[0]] if e[0] else 1) for e, c in poly.terms()), sp.Integer(0))
+    truncated = sp.series(sp.expand(mean), eps, 0, 3).removeO()
+    return sp.expand(truncated.subs(eps, 1 / _n))
+
+
+def expected_log(widths: Sequence[int], dps: int = 30) -> mpmath.mpf:
+    r""":math:`E[\log M_L \mid \text{no dead layer}]` at He's variance, from :func:`log_moment`, to ``dps`` digits."""
+    widths = _as_widths(widths)
+    factor = log_moment().extras["factor"]
+    with mpmath.workdps(dps + 5):
+        total = sum(mpmath.mpf(str(sp.N(factor.subs(_n, w).doit(), dps + 5))) for w in widths[1:])
+    return +total
+
+
+def expected_log_asymptotic(widths: Sequence[int]) -> sp.Expr:
+    r"""The large-width expansion of :func:`expected_log`: :math:`\sum_j (-\tfrac{5}{2n_j} + \dots)`."""
+    widths = _as_widths(widths)
+    expansion = log_moment().extras["expansion"]
+    return sp.Add(*(expansion.subs(_n, w) for w in widths[1:]))
+
+
+# --- the backward pass -------------------------------------------------------------------------
+
+_T = sp.IndexedBase("T")        # E||t_k||^2 of a tangent t pushed from layer l through k layers
+_X = sp.IndexedBase("X")        # E||x_k||^2
+_i = sp.Symbol("i", positive=True, integer=True)
+_D = sp.Symbol("D", positive=True, integer=True)   # layers above l: D = L - l
+_G = sp.Symbol("G_l", nonnegative=True)   # ||dL/dx_l||^2
+_GW = sp.Symbol("G_W_l", nonnegative=True)  # ||dL/dW_l||_F^2
+_A_BELOW_TOP = prose(sp.Symbol("l"), " < L: at the output the gradient is g itself, with ", sp.Eq(Expect(sp.Symbol("||g||^2")), _nw[_L]))
+_A_LOSS = prose("the loss gradient g at the output x_L is independent of the network with ", sp.Eq(Expect(sp.Symbol("g g^T")), sp.Symbol("I")))
+
+
+@cache
+def backward() -> Derivation:
+    r"""Exact second moments of :math:`\partial\mathcal L/\partial x_l` and :math:`\partial\mathcal L/\partial W_l` at any widths.
+
+    A tangent :math:`t` at layer :math:`l` moves as :math:`t_k = D_k W_k t_{k-1}` with
+    :math:`D_k = \mathrm{diag}(\mathbf 1\{y_k > 0\})` (relu'(0) = 0). Flipping the sign of row i of
+    :math:`W_k` negates both :math:`y_{k,i}` and :math:`(W_k t)_i` and keeps the law, so
+    :math:`E[\mathbf 1\{y_{k,i}>0\}(W_kt)_i^2] = \tfrac12 E[(W_kt)_i^2]` whenever :math:`y_{k,i} \ne 0`
+    almost surely; when :math:`x_{k-1} = 0` both sides vanish. Hence, with :math:`D = L - l`,
+
+    .. math::
+
+        E\|\partial\mathcal L/\partial x_l\|^2 = P(x_l \ne 0)\, n_l \prod_{i=1}^{D}\frac{n_{l+i}s_{l+i}}{2} \quad (l < L),
+        \qquad
+        E\|\partial\mathcal L/\partial W_l\|_F^2 = \|x_0\|^2\,\frac{n_l}{2}\prod_{k \ne l}\frac{n_k s_k}{2},
+
+    exact for every symmetric weight law without atoms (Hanin 2018, Thm. 1, gives the same mean for
+    the path sums). A dead layer below :math:`l` zeroes :math:`x_l` and, because relu'(0) = 0, the
+    gradient: that is the factor :math:`P(x_l \ne 0) = \prod_{j \le l}(1 - 2^{-n_j})`; the weight
+    gradient carries no such factor because :math:`\|x_{l-1}\|^2` already averages over dead layers.
+    """
+    b = _Builder("The backward pass at finite width")
+    step_t = b.add(Expect(_T[_i]), _nw[_l + _i] * _sw[_l + _i] / 2 * Expect(_T[_i - 1]), Rule.SYMMETRY,
+                   prose("relu'(y) = ", sp.Heaviside(_y, 0), "; ", sp.Eq(sp.Heaviside(_u, 0) + sp.Heaviside(-_u, 0), 1),
+                         " for u not 0 and a row's sign flip keeps the law, so half of ", Expect(_T[_i - 1]),
+                         " times the row variance survives; a zero layer input gives 0 on both sides"),
+                   proof=Lemma(sp.Heaviside(_u, 0) + sp.Heaviside(-_u, 0), 0,
+                               LEMMA_CONSTANT / 2 * _nw[_l + _i] * _sw[_l + _i] * Expect(_T[_i - 1])),
+                   assumptions=(_A_SYM, _A_CONT), source=f"{HANIN}, Sec. 3")
+    factor = _nw[_l + _i] * _sw[_l + _i] / 2
+    t_all = b.add(Expect(_T[_D]), sp.Product(factor, (_i, 1, _D)), Rule.UNROLLING, "a unit tangent: T_0 = 1",
+                  proof=Unrolled(sp.Integer(1), factor, _i, 1, _D), uses=(step_t,))
+    frob = b.model(Expect(_G), Prob(_Alive[_l]) * _nw[_l] * Expect(_T[_D]), Rule.INDEPENDENCE,
+                   prose("averaging over g gives the squared Frobenius norm of the Jacobian, a sum over the ",
+                         _nw[_l], " unit tangents; it is 0 when ", sp.Symbol("x_l"), " = 0 (every D_(l+1) entry is 0)"),
+                   assumptions=(_A_LOSS, _A_SYM, _A_CONT, _A_BELOW_TOP))
+    alive = b.model(Prob(_Alive[_l]), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)), Rule.INDEPENDENCE,
+                    "the dead-layer derivation, step 2, at depth l", assumptions=(_A_SYM, _A_CONT))
+    dx = b.identity(Expect(_G), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)) * _nw[_l] * sp.Product(factor, (_i, 1, _D)),
+                    Rule.SUBSTITUTION, uses=(frob, alive, t_all))
+    he = b.define(_sw[_l + _i], 2 / _nw[_l + _i - 1], "He's variance (fan-in)")
+    he_t = b.add(Expect(_T[_D]), _nw[_l + _D] / _nw[_l], Rule.TELESCOPING, "at He's variance the factors telescope",
+                 proof=Unrolled(sp.Integer(1), factor.xreplace({_sw[_l + _i]: 2 / _nw[_l + _i - 1]}), _i, 1, _D),
+                 uses=(t_all, he))
+    dx_he = b.identity(Expect(_G), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)) * _nw[_l + _D], Rule.SUBSTITUTION,
+                       uses=(frob, alive, he_t))
+    # weight gradient: dL/dW_l = (D_l dL/dx_l) x_(l-1)^T
+    fwd = b.add(Expect(_X[_j]), _nw[_j] * _sw[_j] / 2 * Expect(_X[_j - 1]), Rule.SYMMETRY,
+                prose("the forward pass: ", sp.Eq(Relu(_u) ** 2 + Relu(-_u) ** 2, _u**2)),
+                proof=Lemma(_relu(_u) ** 2 + _relu(-_u) ** 2, 2, LEMMA_CONSTANT / 2 * _nw[_j] * _sw[_j] * Expect(_X[_j - 1])),
+                assumptions=(_A_SYM,), source="He et al. 2015, eq. (8)")
+    x_all = b.add(Expect(_X[_l - 1]), _X[0] * sp.Product(_nw[_j] * _sw[_j] / 2, (_j, 1, _l - 1)), Rule.UNROLLING,
+                  prose(_X[0], " is the fixed input's squared length"),
+                  proof=Unrolled(_X[0], _nw[_j] * _sw[_j] / 2, _j, 1, _l - 1), uses=(fwd,))
+    w_model = b.model(Expect(_GW), _nw[_l] / 2 * Expect(_X[_l - 1]) * Expect(_T[_D]), Rule.INDEPENDENCE,
+                      prose(sp.Symbol("||D_l dL/dx_l||^2"), " averages to K_l unit tangents, K_l ~ Binomial(", _nw[_l],
+                            ", 1/2) independent of ", sp.Symbol("||x_(l-1)||^2"), " given a live x_(l-1) (0 otherwise)"),
+                      assumptions=(_A_LOSS, _A_SYM, _A_CONT))
+    dw = b.identity(Expect(_GW), _nw[_l] / 2 * _X[0] * sp.Product(_nw[_j] * _sw[_j] / 2, (_j, 1, _l - 1))
+                    * sp.Product(factor, (_i, 1, _D)), Rule.SUBSTITUTION, uses=(w_model, x_all, t_all))
+    return b.build(b.steps[dx].rhs, prose("Gradients keep their infinite-width mean at every width, except that a dead "
+                                          "layer below ", sp.Symbol("x_l"), " zeroes them (relu'(0) = 0)."),
+                   dx=b.steps[dx].rhs, dx_he=b.steps[dx_he].rhs, dw=b.steps[dw].rhs)
+
+
+def gradient_moments(widths: Sequence[int], variances: Sequence[object] | None = None,
+                     input_norm: object = 1) -> tuple[tuple[sp.Rational, ...], tuple[sp.Rational, ...]]:
+    r"""``(E||dL/dx_l||^2 for l = 0..L, E||dL/dW_l||_F^2 for l = 1..L)``, exactly, from :func:`backward`
+    (``input_norm`` is :math:`\|x_0\|^2`; the loss gradient has identity covariance)."""
+    widths = _as_widths(widths)
+    variances = _as_variances(widths, variances)
+    depth = len(widths) - 1
+    d = backward()
+    values = {_nw[i]: w for i, w in enumerate(widths)} | {_sw[i + 1]: v for i, v in enumerate(variances)}
+    values[_X[0]] = sp.nsimplify(input_norm, rational=True)
+    dx = tuple(sp.nsimplify(d.extras["dx"].subs({_l: l, _D: depth - l}).doit().xreplace(values)) for l in range(depth))
+    dx += (sp.Integer(widths[-1]),)   # the loss gradient itself
+    dw = tuple(sp.nsimplify(d.extras["dw"].subs({_l: l, _D: depth - l}).doit().xreplace(values)) for l in range(1, depth + 1))
+    return dx, dw
+
+
+#: The finite-width derivations, by name.
+FINITE_DERIVATIONS = {
+    "one-layer": one_layer,
+    "product-law": product_law,
+    "fourth-moment": fourth_moment_recursion,
+    "dead-layer": dead_layer,
+    "log-moment": log_moment,
+    "backward": backward,
+}
+
+
+# --- rules for the finite-width observables (both engines: varprop.montecarlo.estimators) ---------
+
+
+_NW = sp.IndexedBase("N")   # widths n_0..n_L of the walked network, named apart from the walk's fan-ins
+_SW = sp.IndexedBase("S")   # the weight variance of each of its dense layers
+_RATIO = sp.IndexedBase("R")
+
+
+def relu_chain(network: object, position: int, *, gaussian: bool) -> tuple[tuple[int, ...], tuple[sp.Expr, ...]]:
+    """Widths n_0..n_L and weight variances of the zero-bias relu chain Dense, relu, ..., Dense, relu ending at
+    ``position`` of ``network``; a :class:`DerivationError` naming what breaks it otherwise."""
+    layers = network.layers[: position + 1]
+    what = f"the finite-width laws need a zero-bias relu chain Dense, relu, ..., Dense, relu up to position {position}"
+    if position < 1 or len(layers) % 2:
+        raise DerivationError(f"{what}; position {position} is not the output of a relu after a dense layer")
+    widths, variances = [], []
+    for dense, act in zip(layers[::2], layers[1::2]):
+        if not isinstance(dense, Dense) or not isinstance(act, Nonlinearity) or act.activation.name != "relu":
+            raise DerivationError(f"{what}; found {type(dense).__name__}, {type(act).__name__}")
+        if dense.bias is not None:
+            raise DerivationError(f"{what}; a dense layer has a bias ({dense.bias})")
+        if not all(isinstance(w, int) for w in (dense.fan_in, dense.fan_out)):
+            raise DerivationError(f"{what} with integer widths; got {dense.fan_in} -> {dense.fan_out}")
+        law = dense.weights
+        if not law.symmetric or (gaussian and not law.gaussian):
+            need = "Gaussian" if gaussian else "symmetric"
+            raise DerivationError(f"{what} with {need} weights; got {law} (for other laws the second moment depends on "
+                                  "the input's fourth powers: varprop.derive.finite.fourth_moment)")
+        if not widths:
+            widths.append(dense.fan_in)
+        widths.append(dense.fan_out)
+        variances.append(law.variance)
+    return tuple(widths), tuple(variances)
+
+
+def _walk_values(walk: object, widths: tuple[int, ...], variances: tuple[sp.Expr, ...]) -> list[int]:
+    steps = [walk.define(_NW[i], w, f"width n_{i} of the relu chain") for i, w in enumerate(widths)]
+    steps += [walk.define(_SW[i + 1], v, f"weight variance of its dense layer {i + 1}") for i, v in enumerate(variances)]
+    return steps
+
+
+def _rename(expr: sp.Expr) -> sp.Expr:
+    return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base in (_nw, _sw),
+                        lambda e: (_NW if e.base == _nw else _SW)[e.indices])
+
+
+@observable_rules.register
+def _(observable: NormRatioSecondMoment, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, variances = relu_chain(walk.network, position, gaussian=True)
+    depth = len(widths) - 1
+    symbol = Expect(_RATIO[position + 1] ** 2)
+    general = _rename(product_law().extras["second_moment"].subs(_L, depth).doit()) * (_NW[depth] / _NW[0]) ** 2
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE,
+                             prose("the ratio is ", (_NW[depth] / _NW[0]), " times the product of independent factors ",
+                                   "(the finite-width product law)"),
+                             assumptions=(_A_GAUSS, "biases are zero"), exactness="gaussian-exact",
+                             source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = sp.nsimplify(general.xreplace({_NW[i]: w for i, w in enumerate(widths)}
+                                          | {_SW[i + 1]: v for i, v in enumerate(variances)}))
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the widths and variances",
+                                  uses=(law, *_walk_values(walk, widths, variances)))
+    return Quantity(symbol, value, index)
+
+
+@observable_rules.register
+def _(observable: DeadFraction, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, _ = relu_chain(walk.network, position, gaussian=False)
+    depth = len(widths) - 1
+    symbol = Prob(sp.Eq(_RATIO[position + 1], 0))
+    general = _rename(dead_layer().result.subs(_L, depth).doit())
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE, prose("a layer of width ", _n, " with a live input dies with probability ",
+                                                                     2**-_n),
+                             assumptions=(_A_SYM, _A_CONT, "biases are zero"), source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = sp.nsimplify(general.xreplace({_NW[i]: w for i, w in enumerate(widths)}))
+    index = walk.builder.identity(symbol, value, Rule.SUBSTITUTION, "substitute the widths",
+                                  uses=(law, *_walk_values(walk, widths, ())))
+    return Quantity(symbol, value, index)
+
+
+@observable_rules.register
+def _(observable: LogNormRatio, walk: object) -> Quantity:
+    position = observable.tensor.position
+    widths, variances = relu_chain(walk.network, position, gaussian=True)
+    depth = len(widths) - 1
+    symbol = Expect(sp.log(_RATIO[position + 1]))
+    terms = [_log_factor_sum(_NW[j], _SW[j] * _NW[j - 1] / _NW[j]) for j in range(1, depth + 1)]
+    general = sp.log(_NW[depth] / _NW[0]) + sp.Add(*terms)
+    law = walk.builder.model(symbol, general, Rule.INDEPENDENCE,
+                             prose("given no dead layer, a sum over layers of the mean log of ", _SW[_j] * _NW[_j - 1] / _NW[_j],
+                                   " chi-square(K), K ~ Binomial(", _NW[_j], ", 1/2) given K >= 1 (the finite-width log law)"),
+                             assumptions=(_A_GAUSS, "biases are zero", "no layer is entirely inactive"),
+                             exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = general.xreplace({_NW[i]: w for i, w in enumerate(widths)} | {_SW[i + 1]: v for i, v in enumerate(variances)})
+    value = sp.Float(sp.N(value.doit(), 30), 30)
+    index = walk.builder.add(symbol, value, Rule.SUBSTITUTION, "substitute the widths and variances; the digamma sum "
+                             "evaluated to 30 digits", proof=_DigammaSum(general, widths, variances),
+                             uses=(law, *_walk_values(walk, widths, variances)))
+    return Quantity(symbol, value, index)
+
+
+@dataclass(frozen=True)
+class _DigammaSum(Check):
+    """The stated number re-computed with mpmath from the binomial law term by term (mpmath's digamma), to 1e-20."""
+
+    general: sp.Expr
+    widths: tuple[int, ...]
+    variances: tuple[sp.Expr, ...]
+    kind: ClassVar[str] = "integral"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        with mpmath.workdps(30):
+            total = mpmath.log(mpmath.mpf(self.widths[-1]) / self.widths[0])
+            for a, n, s in zip(self.widths[:-1], self.widths[1:], self.variances):
+                c = mpmath.mpf(str(sp.N(s, 35))) * a / n
+                total += mpmath.log(2 * c) + sum(mpmath.binomial(n, k) * mpmath.digamma(mpmath.mpf(k) / 2)
+                                                 for k in range(1, n + 1)) / (mpmath.mpf(2) ** n - 1)
+            ok = abs(total - mpmath.mpf(str(step.rhs))) < mpmath.mpf(10) ** -20
+        return ok, f"mpmath re-sums the binomial law with its own digamma: {mpmath.nstr(total, 15)}"
