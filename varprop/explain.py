@@ -736,16 +736,16 @@ def _does_the_mean_matter(settings: Settings) -> Answer:
     checked = min(depth, 4)
     family_width = 4 * width
     sweep = (width, 2 * width, family_width)
-    deep_name = f"relu, He: correlation of y_{checked}"
+    deep_name = f"relu, He, after {checked - 1} relu layers"
     deep_family = ClaimFamily(
         deep_name, "the relu c-map iterated from 0 (infinite width)",
         lambda n: claim_from_derivation(deep_name, mlp([n] * (checked + 1), _RELU, he(), inputs=FixedInput.pair(n, 0)),
                                         Correlation(Signal(2 * (checked - 1)))),
         width=family_width, sweep=sweep)
     claims = [
-        claim_from_derivation("relu, He: correlation of y_2", relu_net, Correlation(Signal(2))),
+        claim_from_derivation("relu, He, after one relu layer", relu_net, Correlation(Signal(2))),
         deep_family,
-        claim_from_derivation("tanh, LeCun: correlation of y_2", tanh_net, Correlation(Signal(2))),
+        claim_from_derivation("tanh, LeCun, after one tanh layer", tanh_net, Correlation(Signal(2))),
     ]
     checks = _check(claims, settings)
     q = sp.Symbol("q", positive=True)
@@ -863,8 +863,8 @@ def _edge_of_chaos(settings: Settings) -> Answer:
     width, depth = settings.width, settings.depth
     sb2 = float(_EDGE_BIAS)
     critical = edge_of_chaos("tanh", [sb2])[0]
-    # asymptotic claims: judged at the width (the figure's networks) against half of it (the shrink test)
-    sweep = (max(2, width // 2), width)
+    # asymptotic claims: judged on the limit fitted over a sweep of a quarter, a half and all of the width
+    sweep = tuple(sorted({max(2, width // 4), max(2, width // 2), width}))
     phases, families = {}, []
     for label, sw2 in (("ordered", float(_EDGE_ORDERED)), ("critical", critical.weight_variance),
                        ("chaotic", float(_EDGE_CHAOTIC))):
@@ -880,14 +880,14 @@ def _edge_of_chaos(settings: Settings) -> Answer:
         families.append(ClaimFamily(
             name, f"the gradient's second moment at layer 2 of a tanh network in the {label} phase",
             lambda n, name=name, network_at=network_at: _claim(name, network_at(n), "dx_second_moment", 2),
-            width=sweep[-1], sweep=sweep[:1]))
+            width=sweep[-1], sweep=sweep[:-1]))
         phases[label] = (analysis, network_at(width))
         if label == "critical":  # the length stays at its fixed point: E[y_L^2] = q* at the last layer
             length_name = f"tanh, critical: length at layer {depth}"
             length = ClaimFamily(
                 length_name, "the pre-activation length stays at the fixed point of the q-map",
                 lambda n, network_at=network_at, length_name=length_name: _claim(length_name, network_at(n), "y_second_moment", depth),
-                width=sweep[-1], sweep=sweep[:1])
+                width=sweep[-1], sweep=sweep[:-1])
     he_net = mlp([width] * (depth + 1), _RELU, he())
     claims = [*families, _claim("relu, He: gradient at layer 2", he_net, "dx_second_moment", 2), length]
     checks = _check(claims, settings)
