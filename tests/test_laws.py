@@ -168,8 +168,11 @@ def test_checker_passes_the_log_moment_and_fails_a_wrong_one():
     d = derive(net, observable)
     with mpmath.workdps(30):
         assert float(d.result) == pytest.approx(float(finite.expected_log([4, 4, 4, 4])), abs=1e-14)
-    right = check(Claim("log", net, observable, prediction=d.result, exactness=d.exactness), samples=100_000, seed=2)
-    wrong = check(Claim("log", net, observable, prediction=sp.Rational(-5, 2) * 3 / 4, exactness=d.exactness), samples=100_000, seed=2)
+    # 100000 networks resolve 2%, not 1%, with the checker's 90% power: checked at rtol 2%
+    right = check(Claim("log", net, observable, prediction=d.result, exactness=d.exactness), samples=100_000, seed=2,
+                  rtol=0.02)
+    wrong = check(Claim("log", net, observable, prediction=sp.Rational(-5, 2) * 3 / 4, exactness=d.exactness),
+                  samples=100_000, seed=2, rtol=0.02)
     assert right.outcome == PASS, right.message
     assert wrong.outcome == FAIL, wrong.message
 
@@ -179,10 +182,12 @@ def test_checker_on_the_dead_fraction():
     observable = DeadFraction(Signal(len(net.layers) - 1))
     d = derive(net, observable)
     assert d.result == 1 - (1 - sp.Rational(1, 4)) ** 2
-    assert check(Claim("dead", net, observable, prediction=d.result, exactness=d.exactness), samples=100_000,
-                 seed=3).outcome == PASS
+    # 100000 networks resolve a few percent of 7/16 with the checker's 90% power: checked at rtol 2%
+    right = check(Claim("dead", net, observable, prediction=d.result, exactness=d.exactness), samples=100_000, seed=3,
+                  rtol=0.02)
+    assert right.outcome == PASS, right.message
     assert check(Claim("dead", net, observable, prediction=sp.Rational(1, 4), exactness="exact"), samples=100_000,
-                 seed=3).outcome == FAIL
+                 seed=3, rtol=0.02).outcome == FAIL
 
 
 def test_law_claims_from_a_claim_file_through_the_cli(tmp_path, capsys):

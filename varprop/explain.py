@@ -889,7 +889,8 @@ def _edge_of_chaos(settings: Settings) -> Answer:
                 lambda n, network_at=network_at, length_name=length_name: _claim(length_name, network_at(n), "y_second_moment", depth),
                 width=sweep[-1], sweep=sweep[:-1])
     he_net = mlp([width] * (depth + 1), _RELU, he())
-    claims = [*families, _claim("relu, He: gradient at layer 2", he_net, "dx_second_moment", 2), length]
+    claims = [*families, _claim("relu, He: gradient at layer 2", he_net, "dx_second_moment", 2,
+                     network_at=lambda n: mlp([n] * (depth + 1), _RELU, he())), length]
     checks = _check(claims, settings)
     # the measured per-layer factor at the widest width: E[(dL/dx_2)^2] against the top layer's sigma_w^2
     factors = {}
