@@ -567,7 +567,7 @@ def log_moment() -> Derivation:
                         prose(BinomialLaw(_K, _n, _half), " conditioned on ", sp.Ge(_K, 1), " (a live layer)"),
                         assumptions=(_A_SYM, _A_CONT))
     factor = b.add(sp.Symbol("E[log F | K >= 1]"), _log_factor_sum(_n, c), Rule.SUBSTITUTION,
-                   prose("F = ", c, f" chi-square(K): average of step ({logchi + 1}) over the conditioned binomial"),
+                   prose(sp.Eq(sp.Symbol("F"), c * _C), f": average of step ({logchi + 1}) over the conditioned binomial"),
                    proof=MixtureQuadrature(_n, c), uses=(logchi, alive_law))
     total = b.model(Expect(sp.log(_M[_L])), sp.Sum(sp.Symbol("E[log F_j | K_j >= 1]"), (_j, 1, _L)), Rule.INDEPENDENCE,
                     "log of a product of factors, independent given that no layer dies (a product event)",
