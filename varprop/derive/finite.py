@@ -549,6 +549,10 @@ def _log_factor_sum(n: sp.Expr, scale: sp.Expr) -> sp.Expr:
     return sp.log(scale) + sp.log(2) + sp.Sum(sp.binomial(n, _k) * sp.polygamma(0, _k / 2), (_k, 1, n)) / (2**n - 1)
 
 
+#: The mean log factor of one live layer, :math:`E[\log F \mid K \ge 1]`.
+_LOG_LIVE = Given(sp.log(sp.Symbol("F")), sp.Ge(_K, 1))
+
+
 @cache
 def log_moment() -> Derivation:
     r""":math:`E[\log M_L \mid \text{no dead layer}]` as a finite sum, and its large-width expansion.
@@ -566,18 +570,18 @@ def log_moment() -> Derivation:
     alive_law = b.model(Prob(sp.Eq(_K, _k)), sp.binomial(_n, _k) / (2**_n - 1), Rule.CONDITION,
                         prose(BinomialLaw(_K, _n, _half), " conditioned on ", sp.Ge(_K, 1), " (a live layer)"),
                         assumptions=(_A_SYM, _A_CONT))
-    factor = b.add(sp.Symbol("E[log F | K >= 1]"), _log_factor_sum(_n, c), Rule.SUBSTITUTION,
+    factor = b.add(_LOG_LIVE, _log_factor_sum(_n, c), Rule.SUBSTITUTION,
                    prose(sp.Eq(sp.Symbol("F"), c * _C), f": average of step ({logchi + 1}) over the conditioned binomial"),
                    proof=MixtureQuadrature(_n, c), uses=(logchi, alive_law))
-    total = b.model(Expect(sp.log(_M[_L])), sp.Sum(sp.Symbol("E[log F_j | K_j >= 1]"), (_j, 1, _L)), Rule.INDEPENDENCE,
+    total = b.model(Expect(sp.log(_M[_L])), sp.Sum(Given(sp.log(_F[_j]), sp.Ge(sp.Indexed("K", _j), 1)), (_j, 1, _L)), Rule.INDEPENDENCE,
                     "log of a product of factors, independent given that no layer dies (a product event)",
                     assumptions=(_A_GAUSS, "no layer is entirely inactive"), exactness="gaussian-exact")
     he_factor = _log_factor_sum(_n, 2 / _n)
     c_he = b.define(c, 2 / _n, prose("He's variance: the scale of F is ", sp.Eq(_sw[_j] * _nw[_j - 1] / _nw[_j],
                                                                              2 / _nw[_j], evaluate=False)))
-    he_step = b.identity(sp.Symbol("E[log F | K >= 1]"), he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
+    he_step = b.identity(_LOG_LIVE, he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
     expansion = _log_expansion()
-    b.add(sp.Symbol("E[log F | K >= 1]"), expansion, Rule.ALGEBRA,
+    b.add(_LOG_LIVE, expansion, Rule.ALGEBRA,
           prose("large ", _n, ": digamma's asymptotic series, the binomial's central moments, and ",
                 sp.Eq(Prob(sp.Eq(_K, 0)), 2**-_n), " dropped (exponentially small)"),
           proof=AsymptoticDecay(he_factor, _n, 2), exactness="asymptotic", uses=(he_step,))
