@@ -388,7 +388,7 @@ def test_does_width_matter_checks_and_wrong_siblings(answers):
 
     result = answers["does-width-matter"]
     assert all(r.outcome == PASS for r in result.checks)
-    second = _by_name(result, "second moment of the length ratio, width 4, depth 2")
+    second = _by_name(result, "second moment, width 4, depth 2")
     assert second.claim.value == pytest.approx((1 + 5 / 4) ** 2, rel=1e-15)
     assert check_all([second.claim.with_prediction(sp.Integer(4), name="prod(1 + 4/n)")])[0].outcome == FAIL
     log = _by_name(result, "log length ratio, width 8, depth 4")

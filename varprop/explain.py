@@ -988,7 +988,7 @@ def _does_width_matter(settings: Settings) -> Answer:
               for n, L in pairs]
     claims += [
         _finite_claim(f"mean length ratio, width {first[0]}, depth {first[1]}", nets[first], NormRatio(last[first])),
-        _finite_claim("second moment of the length ratio, width 4, depth 2", short, NormRatioSecondMoment(Signal(len(short.layers) - 1))),
+        _finite_claim("second moment, width 4, depth 2", short, NormRatioSecondMoment(Signal(len(short.layers) - 1))),
         _finite_claim("dead layer, width 3, depth 3", narrow, DeadFraction(Signal(len(narrow.layers) - 1))),
     ]
     checks = _check(claims, settings)
