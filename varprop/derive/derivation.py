@@ -54,6 +54,7 @@ __all__ = [
     "Expect",
     "Variance",
     "NormalLaw",
+    "BinomialLaw",
     "Phi",
     "DPhi",
     "Rule",
@@ -83,7 +84,6 @@ __all__ = [
     "prose",
     "prose_text",
     "prose_latex",
-    "BinomialLaw",
     "prose_markdown",
     "citation",
 ]
