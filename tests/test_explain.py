@@ -403,10 +403,10 @@ def test_does_width_matter_checks_and_wrong_siblings(answers):
 
     result = answers["does-width-matter"]
     assert all(r.outcome == PASS for r in result.checks)
-    second = _by_name(result, "E[M_L^2], width 4, depth 2")
+    second = _by_name(result, "second moment, width 4, depth 2")
     assert second.claim.value == pytest.approx((1 + 5 / 4) ** 2, rel=1e-15)
     assert check_all([second.claim.with_prediction(sp.Integer(4), name="prod(1 + 4/n)")])[0].outcome == FAIL
-    log = _by_name(result, "E[log M_L], width 8, depth 4")
+    log = _by_name(result, "log length ratio, width 8, depth 4")
     assert log.claim.value == pytest.approx(float(finite.expected_log([8] * 5)), abs=1e-12)
     assert check_all([log.claim.with_prediction(sp.Rational(-5, 4), name="large-width form")])[0].outcome == FAIL
     dead = _by_name(result, "dead layer, width 3, depth 3")

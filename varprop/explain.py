@@ -26,7 +26,7 @@ from .activations import activation
 from .catalogue import claim_from_derivation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive import Derivation, Expect, derive, Q, Variance, symmetry_lemma, backward, condition, forward, glorot, moments, ratio, weight_gradient
-from .derive.derivation import Code, Prose, latex_text, prose, prose_latex, prose_markdown, to_latex
+from .derive.derivation import BinomialLaw, Code, Prose, latex_text, prose, prose_latex, prose_markdown, to_latex
 from .derive.gaussian import evaluate
 from .derive.meanfield import mean_field
 from .derive.propagate import derive as derive_observable
@@ -985,11 +985,11 @@ def _does_width_matter(settings: Settings) -> Answer:
     narrow = mlp([3] * 4, _RELU, he(), output_activation=True)
     short = mlp([4] * 3, _RELU, he(), output_activation=True)
     first = pairs[0]
-    claims = [_finite_claim(f"E[log M_L], width {n}, depth {L}", nets[(n, L)], LogNormRatio(last[(n, L)]))
+    claims = [_finite_claim(f"log length ratio, width {n}, depth {L}", nets[(n, L)], LogNormRatio(last[(n, L)]))
               for n, L in pairs]
     claims += [
-        _finite_claim(f"E[M_L] = 1, width {first[0]}, depth {first[1]}", nets[first], NormRatio(last[first])),
-        _finite_claim("E[M_L^2], width 4, depth 2", short, NormRatioSecondMoment(Signal(len(short.layers) - 1))),
+        _finite_claim(f"mean length ratio, width {first[0]}, depth {first[1]}", nets[first], NormRatio(last[first])),
+        _finite_claim("second moment, width 4, depth 2", short, NormRatioSecondMoment(Signal(len(short.layers) - 1))),
         _finite_claim("dead layer, width 3, depth 3", narrow, DeadFraction(Signal(len(narrow.layers) - 1))),
     ]
     checks = _check(claims, settings)
@@ -1019,20 +1019,21 @@ def _does_width_matter(settings: Settings) -> Answer:
                     evaluate=False),
               ", ", sp.Eq(Expect(M), 1), f" at every width (measured {_measured(checks[len(pairs)])}). One network is "
               "another matter. Given its input, a relu layer of width ", n, " multiplies the squared length by ",
-              2 / n * chi, " with ", K, " ~ Binomial(", n, ", 1/2) active units, independently from layer to layer, so ",
+              2 / n * chi, " with ", BinomialLaw(K, n, sp.Rational(1, 2)), " active units, independently from layer to layer, so ",
               sp.Eq(Expect(M**2), sp.Product(1 + 5 / sp.Indexed("n", sp.Symbol("j")), (sp.Symbol("j"), 1, L))),
               f" (exact, Hanin & Rolnick 2018). For width {first[0]} and depth {first[1]} that is "
               f"{float(seconds[first]):.4g}; keeping the sum of reciprocal widths at ", reciprocal,
               " while widening and deepening gives " + ", ".join(f"{float(seconds[p]):.4g} (width {p[0]}, depth {p[1]})"
                                                                   for p in pairs[1:]),
-              ", towards ", sp.Eq(sp.exp(5 * sp.Symbol("S")), limit), f" = {float(limit):.4g} where S is that sum."),
+              ", towards ", sp.Eq(sp.exp(5 * sp.Symbol("S")), limit), f" = {float(limit):.4g} where ", sp.Symbol("S"),
+              " is that sum."),
         prose("The typical network shrinks: given no dead layer, ", Expect(sp.log(M)), " is a finite sum of digamma values "
               "over the binomial law, about ", -sp.Rational(5, 2) * sp.Symbol("S"), " at large widths. Exact values: "
               + "; ".join(f"{logs[p]:.4f} at width {p[0]}, depth {p[1]} (measured {_measured(c)})"
                           for p, c in zip(pairs, checks)) + "."),
         prose("Whole layers die: a layer of width ", n, " with a live input is entirely inactive with probability ",
-              2**-n, ", for any symmetric weight law, and then every later layer is zero and, because relu'(0) = 0, so "
-              "is every gradient below it. At width 3 and depth 3 the exact fraction of dead networks is ",
+              2**-n, ", for any symmetric weight law, and then every later layer is zero and so "
+              "is every gradient below it (the relu derivative is 0 at 0). At width 3 and depth 3 the exact fraction of dead networks is ",
               finite.dead_probability([3] * 4), f"; measured {_measured(checks[-1])}."),
         prose("Second moments of one network's length are heavy-tailed. At width 10 and depth 10, ",
               sp.Eq(Expect(M**2), sp.Rational(3, 2) ** 10), f" = {float(finite.mean_square(list(deep))):.5g}, but the "

@@ -168,7 +168,7 @@ class _Run:
 
 def _latex_settings(run: _Run) -> str:
     """The front page's settings as one small table: a row per topic, then the catalogue, seed and time."""
-    rows = ["{\\footnotesize\\noindent\\begin{tabularx}{\\linewidth}{@{}lrrlll>{\\raggedleft\\arraybackslash}X@{}}", "\\toprule",
+    rows = ["{\\scriptsize\\noindent\\begin{tabularx}{\\linewidth}{@{}lrrlll>{\\raggedleft\\arraybackslash}X@{}}", "\\toprule",
             "topic & hidden width & depth & checked at widths & networks per check & tolerance & networks per figure series \\\\",
             "\\midrule"]
     for a in run.answers:
@@ -275,21 +275,23 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
     body = [
         LATEX_PREAMBLE,
         f"\\hypersetup{{pdftitle={{varprop report}}, pdfsubject={{varprop {__version__}}}}}",
-        "\\begin{document}", "\\thispagestyle{empty}",
+        # The front page is one page a teacher can hand out, for nine topics and more: narrower margins there only,
+        # the answers in \\small and the settings table in \\scriptsize.
+        "\\begin{document}", "\\newgeometry{margin=1.4cm,top=1.2cm,bottom=1.2cm}", "\\thispagestyle{empty}",
         f"{{\\Large\\bfseries varprop report: {questions_heading(len(run.answers)).lower()}}}\\hfill varprop {__version__}\\par",
         "\\medskip\\noindent Each answer is built from sympy derivations and Monte Carlo checks of real random "
         "networks; every number is computed, none is typed in. The key number quoted is the Monte Carlo estimate "
         "$\\pm$ its standard error.",
-        "\\begin{description}\\setlength{\\itemsep}{2pt}",
+        "{\\small\\begin{description}\\setlength{\\itemsep}{1pt}\\setlength{\\parsep}{0pt}\\setlength{\\topsep}{2pt}",
     ]
     for a, key in _summary_rows(run):
         body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{prose_latex(a.topic.question)}}}\\\\")
-        body.append(f"{prose_latex(a.headline)} Verdict: \\textbf{{{key.outcome}}} ({prose_latex(reason(key))}). "
+        body.append(f"{prose_latex(a.headline)} \\textbf{{{key.outcome}}} ({prose_latex(reason(key))}). "
                     f"Answer p.~\\pageref{{topic:{a.topic.name}}}, derivation p.~\\pageref{{derivation:{a.topic.name}}}.")
-    body += ["\\end{description}", "\\subsection*{How this report was made}", _latex_settings(run),
+    body += ["\\end{description}}", "\\subsection*{How this report was made}", _latex_settings(run),
              # The summary is one page a teacher can hand out: say so in the log when it is not.
              f"\\par\\ifnum\\value{{page}}>1 \\typeout{{{SUMMARY_OVERFLOW}}}\\fi"]
-    body += ["\\clearpage",
+    body += ["\\clearpage\\restoregeometry",
              "\\section*{Catalogue of claims}", prose_latex(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
                                                                               len(run.catalogue))), "",
              _latex_table(run.catalogue)]

@@ -54,6 +54,7 @@ __all__ = [
     "Expect",
     "Variance",
     "NormalLaw",
+    "BinomialLaw",
     "Phi",
     "DPhi",
     "Rule",
@@ -127,6 +128,20 @@ class NormalLaw(sp.Function):
     def _sympystr(self, printer: StrPrinter) -> str:
         z, m, v = (printer._print(a) for a in self.args)
         return f"{z} ~ N({m}, {v})"
+
+
+class BinomialLaw(sp.Function):
+    r"""``BinomialLaw(k, n, p)``: :math:`k \sim \mathrm{Binomial}(n, p)`, a count and its binomial law, for the words of a step."""
+
+    nargs = 3
+
+    def _latex(self, printer: LatexPrinter, exp: object = None) -> str:
+        k, n, p = (printer._print(a) for a in self.args)
+        return rf"{k} \sim \operatorname{{Binomial}}\left({n}, {p}\right)"
+
+    def _sympystr(self, printer: StrPrinter) -> str:
+        k, n, p = (printer._print(a) for a in self.args)
+        return f"{k} ~ Binomial({n}, {p})"
 
 
 class _Applied(sp.Function):

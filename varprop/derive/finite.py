@@ -57,7 +57,10 @@ from .derivation import (
     Check,
     Derivation,
     Expect,
+    BinomialLaw,
+    Code,
     Lemma,
+    NormalLaw,
     Rule,
     Step,
     Unrolled,
@@ -107,6 +110,10 @@ _C = sp.Symbol("chi^2_K", nonnegative=True)
 _Q = sp.Symbol("Q", positive=True)                        # ||x||^2 of the layer input
 _P = sp.Symbol("P", positive=True)                        # sum_i x_i^4 of the layer input
 _y = sp.Symbol("y")
+_xv = sp.Symbol("x")                                       # the layer input
+_W = sp.Symbol("W")                                        # the layer's weight matrix
+_half = sp.Rational(1, 2)
+_w = sp.Symbol("w")                                        # one weight
 _u = sp.Symbol("u")
 _j = sp.Symbol("j", positive=True, integer=True)
 _l = sp.Symbol("l", positive=True, integer=True)
@@ -232,10 +239,10 @@ class Quadrature(Check):
 
 # --- assumptions -------------------------------------------------------------------------------
 
-_A_GAUSS = prose("the entries of W are iid N(0, ", _s, ") and independent of x")
-_A_SYM = prose("the entries of W are iid from a law symmetric about 0 with variance ", _s, ", independent of x")
-_A_CONT = "the weight law has no atom (a continuous law), so W x has no atom at 0 when x is not 0"
-_A_X = "the layer input x is fixed and nonzero"
+_A_GAUSS = prose("the entries of ", _W, " are iid, each ", NormalLaw(_w, 0, _s), ", and independent of ", _xv)
+_A_SYM = prose("the entries of ", _W, " are iid from a law symmetric about 0 with variance ", _s, ", independent of ", _xv)
+_A_CONT = prose("the weight law has no atom (a continuous law), so ", _W * _xv, " has no atom at 0 when ", sp.Ne(_xv, 0))
+_A_X = prose("the layer input ", _xv, " is fixed and nonzero")
 _A_M4 = prose("the weight law has a finite fourth moment ", _m4)
 
 # --- one layer ---------------------------------------------------------------------------------
@@ -256,25 +263,26 @@ def one_layer() -> Derivation:
     """
     b = _Builder("One relu layer at finite width: a binomial mixture of chi-squares")
     law = b.model(_R, _s * _C, Rule.SYMMETRY,
-                  prose("given x, the ", _y, " = (W x)_i are iid N(0, ", _s * _Q, "); the sign of each is a fair coin "
-                        "independent of its square, so the squares of the K positive ones are K independent ", _s * _Q,
-                        " chi-square(1), with ", _K, " ~ Binomial(", _n, ", 1/2)"),
+                  prose("given ", _xv, ", the entries ", _y, " of ", _W * _xv, " are iid, each ", NormalLaw(_y, 0, _s * _Q),
+                        "; the sign of each is a fair coin independent of its square, so the squares of the ", _K,
+                        " positive ones are ", _K, " independent ", _s * _Q * sp.Symbol("chi^2_1"), ", with ",
+                        BinomialLaw(_K, _n, _half)),
                   assumptions=(_A_GAUSS, _A_X), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
-    k1 = b.add(Expect(_K), _n / 2, Rule.DEFINITION, "mean of Binomial(n, 1/2)",
+    k1 = b.add(Expect(_K), _n / 2, Rule.DEFINITION, prose("the mean of ", BinomialLaw(_K, _n, _half)),
                proof=MomentFromMGF(((1 + sp.exp(_t)) / 2) ** _n, _t, 1))
-    k2 = b.add(Expect(_K**2), _n * (_n + 1) / 4, Rule.DEFINITION, "second moment of Binomial(n, 1/2)",
+    k2 = b.add(Expect(_K**2), _n * (_n + 1) / 4, Rule.DEFINITION, prose("the second moment of ", BinomialLaw(_K, _n, _half)),
                proof=MomentFromMGF(((1 + sp.exp(_t)) / 2) ** _n, _t, 2))
-    c1 = b.add(Given(_R, _K), _s * _K, Rule.SUBSTITUTION, prose("mean of ", _s, " chi-square(K)"),
+    c1 = b.add(Given(_R, _K), _s * _K, Rule.SUBSTITUTION, prose("the mean of ", _s * _C),
                proof=MomentFromMGF((1 - 2 * _t) ** (-_K / 2), _t, 1, _s), uses=(law,))
-    c2 = b.add(Given(_R**2, _K), _s**2 * (_K**2 + 2 * _K), Rule.SUBSTITUTION, prose("second moment of ", _s, " chi-square(K)"),
+    c2 = b.add(Given(_R**2, _K), _s**2 * (_K**2 + 2 * _K), Rule.SUBSTITUTION, prose("the second moment of ", _s * _C),
                proof=MomentFromMGF((1 - 2 * _t) ** (-_K / 2), _t, 2, _s**2), uses=(law,))
     e1 = b.add(Expect(_R), _s * Expect(_K), Rule.ALGEBRA, "tower property", proof=Linearity(_s * _K, _K), uses=(c1,))
     b.identity(Expect(_R), _s * _n / 2, Rule.SUBSTITUTION, uses=(e1, k1))
     e2 = b.add(Expect(_R**2), _s**2 * (Expect(_K**2) + 2 * Expect(_K)), Rule.ALGEBRA, "tower property",
                proof=Linearity(_s**2 * (_K**2 + 2 * _K), _K), uses=(c2,))
     last = b.identity(Expect(_R**2), _s**2 * _n * (_n + 5) / 4, Rule.SUBSTITUTION, uses=(e2, k1, k2))
-    return b.build(b.steps[last].rhs, prose("At width ", _n, " the squared-length ratio of one relu layer is ", _s,
-                                             " chi-square(K), K ~ Binomial(", _n, ", 1/2)."),
+    return b.build(b.steps[last].rhs, prose("At width ", _n, " the squared-length ratio of one relu layer is ", _s * _C,
+                                             " with ", BinomialLaw(_K, _n, _half), "."),
                    mean=_s * _n / 2, second_moment=_s**2 * _n * (_n + 5) / 4)
 
 
@@ -292,9 +300,9 @@ def product_law() -> Derivation:
     second_j = _sw[_j] ** 2 * _nw[_j - 1] ** 2 * (_nw[_j] + 5) / (4 * _nw[_j])
     f = b.model(_F[_j], _sw[_j] * _nw[_j - 1] / _nw[_j] * sp.Symbol("chi^2_(K_j)"), Rule.INDEPENDENCE,
                 prose("one layer (previous derivation) with ", _s, " = ", _sw[_j], " and ", _n, " = ", _nw[_j],
-                      ", times ", _nw[_j - 1] / _nw[_j], "; its law given x_(j-1) does not depend on x_(j-1), "
-                      "so the factors are independent"),
-                assumptions=(_A_GAUSS, "x_0 is not 0"), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+                      ", times ", _nw[_j - 1] / _nw[_j], "; its law given ", sp.Symbol("x_(j-1)"), " does not depend on ",
+                      sp.Symbol("x_(j-1)"), ", so the factors are independent"),
+                assumptions=(_A_GAUSS, prose("the input is not 0: ", sp.Ne(sp.Symbol("x_0"), 0))), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
     mixture = ((1 + (1 - 2 * _t) ** sp.Rational(-1, 2)) / 2) ** _nw[_j]
     scale = _sw[_j] * _nw[_j - 1] / _nw[_j]
     why = prose("the MGF of the binomial mixture of chi-squares is ", Expect((1 - 2 * _t) ** (-_K / 2)), " = ", mixture)
@@ -304,19 +312,19 @@ def product_law() -> Derivation:
     rec1 = b.model(Expect(_M[_L]), Expect(_M[_L - 1]) * Expect(_F[_L]), Rule.INDEPENDENCE,
                    prose(_M[_L], " = ", _M[_L - 1] * _F[_L], " with independent factors"), assumptions=(_A_GAUSS,),
                    exactness="gaussian-exact")
-    mean = b.add(Expect(_M[_L]), sp.Product(mean_j, (_j, 1, _L)), Rule.UNROLLING, "with M_0 = 1",
+    mean = b.add(Expect(_M[_L]), sp.Product(mean_j, (_j, 1, _L)), Rule.UNROLLING, prose("with ", sp.Eq(_M[0], 1)),
                  proof=Unrolled(sp.Integer(1), mean_j, _j, 1, _L), uses=(rec1, ef))
     rec2 = b.model(Expect(_M[_L] ** 2), Expect(_M[_L - 1] ** 2) * Expect(_F[_L] ** 2), Rule.INDEPENDENCE,
                    prose(_M[_L] ** 2, " = ", _M[_L - 1] ** 2 * _F[_L] ** 2, " with independent factors"),
                    assumptions=(_A_GAUSS,), exactness="gaussian-exact")
-    second = b.add(Expect(_M[_L] ** 2), sp.Product(second_j, (_j, 1, _L)), Rule.UNROLLING, "with M_0 = 1",
+    second = b.add(Expect(_M[_L] ** 2), sp.Product(second_j, (_j, 1, _L)), Rule.UNROLLING, prose("with ", sp.Eq(_M[0], 1)),
                    proof=Unrolled(sp.Integer(1), second_j, _j, 1, _L), uses=(rec2, ef2))
     he = {_sw[_j]: 2 / _nw[_j - 1]}
     he_step = b.define(_sw[_j], he[_sw[_j]], "He's variance (fan-in)")
     b.identity(Expect(_M[_L]), sp.Integer(1), Rule.SUBSTITUTION, "at He's variance", uses=(mean, he_step))
     he_second = sp.Product(second_j.xreplace(he), (_j, 1, _L))
     b.identity(Expect(_M[_L] ** 2), he_second, Rule.SUBSTITUTION, "at He's variance", uses=(second, he_step))
-    return b.build(b.steps[second].rhs, prose("M_L is a product of independent factors ", _F[_j], "; ",
+    return b.build(b.steps[second].rhs, prose(_M[_L], " is a product of independent factors ", _F[_j], "; ",
                                               sp.Eq(Expect(_M[_L]), b.steps[mean].rhs), "."),
                    mean=b.steps[mean].rhs, second_moment=b.steps[second].rhs, he_second_moment=he_second)
 
@@ -469,10 +477,10 @@ def dead_layer() -> Derivation:
     b = _Builder("Dead layers: the probability that a relu network outputs 0")
     step = b.model(Prob(_Alive[_L]), Prob(_Alive[_L - 1]) * (1 - 2 ** -_nw[_L]), Rule.INDEPENDENCE,
                    prose("given a nonzero ", sp.Symbol("x_(L-1)"), ", each of the ", _nw[_L], " pre-activations is "
-                         "positive with probability 1/2 independently (one row of W each), whatever its value"),
+                         "positive with probability one half, independently (one row of W each), whatever its value"),
                    assumptions=(_A_SYM, _A_CONT, "biases are zero"), source=f"{HANIN_ROLNICK}, Sec. 5")
     alive_j = 1 - 2 ** -_nw[_j]
-    alive = b.add(Prob(_Alive[_L]), sp.Product(alive_j, (_j, 1, _L)), Rule.UNROLLING, "with P(A_0) = 1",
+    alive = b.add(Prob(_Alive[_L]), sp.Product(alive_j, (_j, 1, _L)), Rule.UNROLLING, prose("with ", sp.Eq(Prob(_Alive[0]), 1)),
                   proof=Unrolled(sp.Integer(1), alive_j, _j, 1, _L), uses=(step,))
     complement = b.define(Prob(_Dead), 1 - Prob(_Alive[_L]), "complement: some layer dies iff not all live")
     last = b.identity(Prob(_Dead), 1 - sp.Product(alive_j, (_j, 1, _L)), Rule.SUBSTITUTION, uses=(complement, alive))
@@ -541,6 +549,10 @@ def _log_factor_sum(n: sp.Expr, scale: sp.Expr) -> sp.Expr:
     return sp.log(scale) + sp.log(2) + sp.Sum(sp.binomial(n, _k) * sp.polygamma(0, _k / 2), (_k, 1, n)) / (2**n - 1)
 
 
+#: The mean log factor of one live layer, :math:`E[\log F \mid K \ge 1]`.
+_LOG_LIVE = Given(sp.log(sp.Symbol("F")), sp.Ge(_K, 1))
+
+
 @cache
 def log_moment() -> Derivation:
     r""":math:`E[\log M_L \mid \text{no dead layer}]` as a finite sum, and its large-width expansion.
@@ -556,20 +568,20 @@ def log_moment() -> Derivation:
                    "the mean of a log chi-square", proof=Quadrature(sp.log(_u), _chi2_density(kk), kk))
     c = sp.Symbol("c", positive=True)
     alive_law = b.model(Prob(sp.Eq(_K, _k)), sp.binomial(_n, _k) / (2**_n - 1), Rule.CONDITION,
-                        prose("K ~ Binomial(", _n, ", 1/2) conditioned on ", sp.Ge(_K, 1), " (a live layer)"),
+                        prose(BinomialLaw(_K, _n, _half), " conditioned on ", sp.Ge(_K, 1), " (a live layer)"),
                         assumptions=(_A_SYM, _A_CONT))
-    factor = b.add(sp.Symbol("E[log F | K >= 1]"), _log_factor_sum(_n, c), Rule.SUBSTITUTION,
-                   prose("F = ", c, f" chi-square(K): average of step ({logchi + 1}) over the conditioned binomial"),
+    factor = b.add(_LOG_LIVE, _log_factor_sum(_n, c), Rule.SUBSTITUTION,
+                   prose(sp.Eq(sp.Symbol("F"), c * _C), f": average of step ({logchi + 1}) over the conditioned binomial"),
                    proof=MixtureQuadrature(_n, c), uses=(logchi, alive_law))
-    total = b.model(Expect(sp.log(_M[_L])), sp.Sum(sp.Symbol("E[log F_j | K_j >= 1]"), (_j, 1, _L)), Rule.INDEPENDENCE,
+    total = b.model(Expect(sp.log(_M[_L])), sp.Sum(Given(sp.log(_F[_j]), sp.Ge(sp.Indexed("K", _j), 1)), (_j, 1, _L)), Rule.INDEPENDENCE,
                     "log of a product of factors, independent given that no layer dies (a product event)",
                     assumptions=(_A_GAUSS, "no layer is entirely inactive"), exactness="gaussian-exact")
     he_factor = _log_factor_sum(_n, 2 / _n)
     c_he = b.define(c, 2 / _n, prose("He's variance: the scale of F is ", sp.Eq(_sw[_j] * _nw[_j - 1] / _nw[_j],
                                                                              2 / _nw[_j], evaluate=False)))
-    he_step = b.identity(sp.Symbol("E[log F | K >= 1]"), he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
+    he_step = b.identity(_LOG_LIVE, he_factor, Rule.SUBSTITUTION, uses=(factor, c_he))
     expansion = _log_expansion()
-    b.add(sp.Symbol("E[log F | K >= 1]"), expansion, Rule.ALGEBRA,
+    b.add(_LOG_LIVE, expansion, Rule.ALGEBRA,
           prose("large ", _n, ": digamma's asymptotic series, the binomial's central moments, and ",
                 sp.Eq(Prob(sp.Eq(_K, 0)), 2**-_n), " dropped (exponentially small)"),
           proof=AsymptoticDecay(he_factor, _n, 2), exactness="asymptotic", uses=(he_step,))
@@ -625,8 +637,8 @@ _i = sp.Symbol("i", positive=True, integer=True)
 _D = sp.Symbol("D", positive=True, integer=True)   # layers above l: D = L - l
 _G = sp.Symbol("G_l", nonnegative=True)   # ||dL/dx_l||^2
 _GW = sp.Symbol("G_W_l", nonnegative=True)  # ||dL/dW_l||_F^2
-_A_BELOW_TOP = prose(sp.Symbol("l"), " < L: at the output the gradient is g itself, with ", sp.Eq(Expect(sp.Symbol("||g||^2")), _nw[_L]))
-_A_LOSS = prose("the loss gradient g at the output x_L is independent of the network with ", sp.Eq(Expect(sp.Symbol("g g^T")), sp.Symbol("I")))
+_A_BELOW_TOP = prose(sp.Lt(_l, _L), ": at the output the gradient is ", sp.Symbol("g"), " itself, with ", sp.Eq(Expect(sp.Symbol("||g||^2")), _nw[_L]))
+_A_LOSS = prose("the loss gradient ", sp.Symbol("g"), " at the output ", sp.Symbol("x_L"), " is independent of the network with ", sp.Eq(Expect(sp.Symbol("g g^T")), sp.Symbol("I")))
 
 
 @cache
@@ -652,21 +664,21 @@ def backward() -> Derivation:
     """
     b = _Builder("The backward pass at finite width")
     step_t = b.add(Expect(_T[_i]), _nw[_l + _i] * _sw[_l + _i] / 2 * Expect(_T[_i - 1]), Rule.SYMMETRY,
-                   prose("relu'(y) = ", sp.Heaviside(_y, 0), "; ", sp.Eq(sp.Heaviside(_u, 0) + sp.Heaviside(-_u, 0), 1),
-                         " for u not 0 and a row's sign flip keeps the law, so half of ", Expect(_T[_i - 1]),
+                   prose("the relu derivative at ", _y, " is ", sp.Heaviside(_y, 0), "; ",
+                         sp.Eq(sp.Heaviside(_u, 0) + sp.Heaviside(-_u, 0), 1), " for ", sp.Ne(_u, 0), " and a row's sign flip keeps the law, so half of ", Expect(_T[_i - 1]),
                          " times the row variance survives; a zero layer input gives 0 on both sides"),
                    proof=Lemma(sp.Heaviside(_u, 0) + sp.Heaviside(-_u, 0), 0,
                                LEMMA_CONSTANT / 2 * _nw[_l + _i] * _sw[_l + _i] * Expect(_T[_i - 1])),
                    assumptions=(_A_SYM, _A_CONT), source=f"{HANIN}, Sec. 3")
     factor = _nw[_l + _i] * _sw[_l + _i] / 2
-    t_all = b.add(Expect(_T[_D]), sp.Product(factor, (_i, 1, _D)), Rule.UNROLLING, "a unit tangent: T_0 = 1",
+    t_all = b.add(Expect(_T[_D]), sp.Product(factor, (_i, 1, _D)), Rule.UNROLLING, prose("a unit tangent: ", sp.Eq(_T[0], 1)),
                   proof=Unrolled(sp.Integer(1), factor, _i, 1, _D), uses=(step_t,))
     frob = b.model(Expect(_G), Prob(_Alive[_l]) * _nw[_l] * Expect(_T[_D]), Rule.INDEPENDENCE,
                    prose("averaging over g gives the squared Frobenius norm of the Jacobian, a sum over the ",
-                         _nw[_l], " unit tangents; it is 0 when ", sp.Symbol("x_l"), " = 0 (every D_(l+1) entry is 0)"),
+                         _nw[_l], " unit tangents; it is 0 when ", sp.Eq(sp.Symbol("x_l"), 0), " (every entry of ", sp.Symbol("D_(l+1)"), " is 0)"),
                    assumptions=(_A_LOSS, _A_SYM, _A_CONT, _A_BELOW_TOP))
     alive = b.model(Prob(_Alive[_l]), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)), Rule.INDEPENDENCE,
-                    "the dead-layer derivation, step 2, at depth l", assumptions=(_A_SYM, _A_CONT))
+                    prose("the dead-layer derivation, step 2, at depth ", _l), assumptions=(_A_SYM, _A_CONT))
     dx = b.identity(Expect(_G), sp.Product(1 - 2 ** -_nw[_j], (_j, 1, _l)) * _nw[_l] * sp.Product(factor, (_i, 1, _D)),
                     Rule.SUBSTITUTION, uses=(frob, alive, t_all))
     he = b.define(_sw[_l + _i], 2 / _nw[_l + _i - 1], "He's variance (fan-in)")
@@ -684,13 +696,14 @@ def backward() -> Derivation:
                   prose(_X[0], " is the fixed input's squared length"),
                   proof=Unrolled(_X[0], _nw[_j] * _sw[_j] / 2, _j, 1, _l - 1), uses=(fwd,))
     w_model = b.model(Expect(_GW), _nw[_l] / 2 * Expect(_X[_l - 1]) * Expect(_T[_D]), Rule.INDEPENDENCE,
-                      prose(sp.Symbol("||D_l dL/dx_l||^2"), " averages to K_l unit tangents, K_l ~ Binomial(", _nw[_l],
-                            ", 1/2) independent of ", sp.Symbol("||x_(l-1)||^2"), " given a live x_(l-1) (0 otherwise)"),
+                      prose(sp.Symbol("||D_l dL/dx_l||^2"), " averages to ", sp.Symbol("K_l"), " unit tangents, ", BinomialLaw(sp.Symbol("K_l"), _nw[_l], _half),
+                            " independent of ", sp.Symbol("||x_(l-1)||^2"), " given a live ", sp.Symbol("x_(l-1)"),
+                            " (0 otherwise)"),
                       assumptions=(_A_LOSS, _A_SYM, _A_CONT))
     dw = b.identity(Expect(_GW), _nw[_l] / 2 * _X[0] * sp.Product(_nw[_j] * _sw[_j] / 2, (_j, 1, _l - 1))
                     * sp.Product(factor, (_i, 1, _D)), Rule.SUBSTITUTION, uses=(w_model, x_all, t_all))
     return b.build(b.steps[dx].rhs, prose("Gradients keep their infinite-width mean at every width, except that a dead "
-                                          "layer below ", sp.Symbol("x_l"), " zeroes them (relu'(0) = 0)."),
+                                          "layer below ", sp.Symbol("x_l"), " zeroes them (the relu derivative is 0 at 0)."),
                    dx=b.steps[dx].rhs, dx_he=b.steps[dx_he].rhs, dw=b.steps[dw].rhs)
 
 
@@ -757,7 +770,7 @@ def relu_chain(network: object, position: int, *, gaussian: bool) -> tuple[tuple
 
 
 def _walk_values(walk: object, widths: tuple[int, ...], variances: tuple[sp.Expr, ...]) -> list[int]:
-    steps = [walk.define(_NW[i], w, f"width n_{i} of the relu chain") for i, w in enumerate(widths)]
+    steps = [walk.define(_NW[i], w, prose("width ", sp.Symbol(f"n_{i}"), " of the relu chain")) for i, w in enumerate(widths)]
     steps += [walk.define(_SW[i + 1], v, f"weight variance of its dense layer {i + 1}") for i, v in enumerate(variances)]
     return steps
 
@@ -811,8 +824,9 @@ def _(observable: LogNormRatio, walk: object) -> Quantity:
     terms = [_log_factor_sum(_NW[j], _SW[j] * _NW[j - 1] / _NW[j]) for j in range(1, depth + 1)]
     general = sp.log(_NW[depth] / _NW[0]) + sp.Add(*terms)
     law = walk.builder.model(symbol, general, Rule.INDEPENDENCE,
-                             prose("given no dead layer, a sum over layers of the mean log of ", _SW[_j] * _NW[_j - 1] / _NW[_j],
-                                   " chi-square(K), K ~ Binomial(", _NW[_j], ", 1/2) given K >= 1 (the finite-width log law)"),
+                             prose("given no dead layer, a sum over layers of the mean log of ", _SW[_j] * _NW[_j - 1] / _NW[_j] * _C,
+                                   " with ", BinomialLaw(_K, _NW[_j], _half), " given ", sp.Ge(_K, 1),
+                                   " (the finite-width log law)"),
                              assumptions=(_A_GAUSS, "biases are zero", "no layer is entirely inactive"),
                              exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
     value = general.xreplace({_NW[i]: w for i, w in enumerate(widths)} | {_SW[i + 1]: v for i, v in enumerate(variances)})
