@@ -166,6 +166,8 @@ def figure_data(answers):
 def test_every_figure_draws_the_prediction_its_table_checks(answers, figure_data, name):
     result = answers[name]
     assert _disagreements(result, figure_data[name]) == []
+    if result.laws:  # a law figure: exact densities against sampled values, tested in test_does_width_matter_*
+        return
     figure = result.figure(figure_data[name])
     for d in figure_data[name]:
         (line,) = [l for ax in figure.axes for l in ax.lines if l.get_gid() == f"theory:{d.network_label}"
