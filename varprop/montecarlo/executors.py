@@ -25,6 +25,7 @@ left open for the caller to reuse).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -51,11 +52,11 @@ def _call(task: tuple) -> Any:
     return function(*args)
 
 
-class Executor:
+class Executor(ABC):
     """Runs ``function(*args)`` for each task and yields the results in task order.
 
-    Subclasses implement :meth:`_submit` and :meth:`_result`; :meth:`map` keeps a bounded window of
-    tasks in flight. Use as a context manager (or call :meth:`close`) to release workers.
+    Subclasses implement :meth:`map` (pools: :class:`_Pooled`'s ``_submit`` and ``_result``). Use as a
+    context manager (or call :meth:`close`) to release workers.
     """
 
     name = "executor"
@@ -63,21 +64,9 @@ class Executor:
     #: True when the workers run on this machine (they may then share memory with this process).
     local = True
 
+    @abstractmethod
     def map(self, function: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
-        """``function(*task)`` for every task, in order, with at most ``2 * workers`` in flight."""
-        window: deque = deque()
-        for task in tasks:
-            window.append(self._submit(function, task))
-            if len(window) >= 2 * self.workers:
-                yield self._result(window.popleft())
-        while window:
-            yield self._result(window.popleft())
-
-    def _submit(self, function: Callable, task: tuple) -> Any:
-        raise NotImplementedError  # pragma: no cover - every executor defines it
-
-    def _result(self, handle: Any) -> Any:
-        raise NotImplementedError  # pragma: no cover
+        """``function(*task)`` for every task, in task order."""
 
     def close(self) -> None:
         """Release the workers (a no-op for the serial executor)."""
@@ -102,7 +91,29 @@ class SerialExecutor(Executor):
             yield function(*task)
 
 
-class ProcessExecutor(Executor):
+class _Pooled(Executor):
+    """An executor with workers: :meth:`map` keeps a window of at most ``2 * workers`` tasks in flight."""
+
+    def map(self, function: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
+        """``function(*task)`` for every task, in order, with at most ``2 * workers`` in flight."""
+        window: deque = deque()
+        for task in tasks:
+            window.append(self._submit(function, task))
+            if len(window) >= 2 * self.workers:
+                yield self._result(window.popleft())
+        while window:
+            yield self._result(window.popleft())
+
+    @abstractmethod
+    def _submit(self, function: Callable, task: tuple) -> Any:
+        """Start ``function(*task)`` on a worker; a handle for :meth:`_result`."""
+
+    @abstractmethod
+    def _result(self, handle: Any) -> Any:
+        """Wait for a started task and return its result."""
+
+
+class ProcessExecutor(_Pooled):
     """Ranges on ``workers`` local processes (default: the CPUs available to this process)."""
 
     name = "processes"
@@ -127,7 +138,7 @@ class ProcessExecutor(Executor):
             self._pool = None
 
 
-class DaskExecutor(Executor):
+class DaskExecutor(_Pooled):
     """Ranges on a Dask distributed cluster: the scheduler at ``address``, or a new ``LocalCluster``.
 
     Needs the optional extra ``dask`` (``pip install 'varprop[dask]'``). Results come back in range
