@@ -20,13 +20,19 @@ Run (the full calibration takes hours; run it when the machine is free)::
 
     nice python benchmarks/calibration.py --seeds 200 --workers 2 --out calibration.md
 
+With ``--log FILE`` every finished seed is appended to FILE as a JSON line, and a run started again
+with the same log skips the seeds already there, so the calibration can be spread over several
+sittings; the table is always made from every seed in the log.
+
 and a smoke run: ``python benchmarks/calibration.py --seeds 2 --copies he-forward-relu-normal``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -73,6 +79,25 @@ def one_seed(job: tuple[int, tuple[str, ...], bool, bool]) -> dict[str, object]:
         for name in copies for offset in OFFSETS for sign in (-1, 1)
     }
     return out
+
+
+def _encode(run: dict[str, object]) -> str:
+    copies = [[name, offset, outcome] for (name, offset), outcome in run["copies"].items()]
+    return json.dumps({**run, "copies": copies})
+
+
+def _decode(line: str) -> dict[str, object]:
+    run = json.loads(line)
+    run["copies"] = {(name, offset): outcome for name, offset, outcome in run["copies"]}
+    return run
+
+
+def read_log(path: str) -> list[dict[str, object]]:
+    """Every seed's outcomes recorded in the JSON-lines log at ``path`` (none if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [_decode(line) for line in handle if line.strip()]
 
 
 def _rate(count: int, total: int) -> tuple[float, float]:
@@ -127,6 +152,8 @@ def main() -> int:
     parser.add_argument("--heavy", action="store_true", help="also check heavy-tailed claims alone")
     parser.add_argument("--no-all", action="store_true", help="skip the `check --all` runs")
     parser.add_argument("--out", default=None, help="write the Markdown table here")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="append each seed's outcomes to FILE (JSON lines) and skip seeds already there")
     args = parser.parse_args()
     if args.seeds < 1 or args.workers < 1:
         parser.error("--seeds and --workers must be at least 1")
@@ -134,15 +161,23 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown claim {unknown[0]!r}; known: {', '.join(CATALOGUE)}")
     start = time.perf_counter()
-    jobs = [(seed, tuple(args.copies), args.heavy, not args.no_all) for seed in range(1000, 1000 + args.seeds)]
-    runs = []
+    runs = read_log(args.log) if args.log else []
+    logged = {run["seed"] for run in runs}
+    jobs = [(seed, tuple(args.copies), args.heavy, not args.no_all)
+            for seed in range(1000, 1000 + args.seeds) if seed not in logged]
+    if logged:
+        print(f"  {len(logged)} seeds read from {args.log}; {len(jobs)} to run", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for done, run in enumerate(pool.map(one_seed, jobs), 1):
             runs.append(run)
-            print(f"  {done}/{args.seeds} seeds, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            if args.log:
+                with open(args.log, "a", encoding="utf-8") as handle:
+                    handle.write(_encode(run) + "\n")
+            print(f"  {done}/{len(jobs)} seeds, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    runs = [run for run in runs if run["seed"] < 1000 + args.seeds]
     text = table(runs, 0.05, tuple(args.copies))
-    text += f"\n\n{args.seeds} seeds in {time.perf_counter() - start:.0f} s with {args.workers} worker(s): " \
-            f"`python benchmarks/calibration.py --seeds {args.seeds}`.\n"
+    text += f"\n\n{len(runs)} seeds; the last {len(jobs)} in {time.perf_counter() - start:.0f} s with " \
+            f"{args.workers} worker(s): `python benchmarks/calibration.py --seeds {args.seeds}`.\n"
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
