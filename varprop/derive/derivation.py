@@ -829,6 +829,11 @@ class _ProseTextPrinter(_TextPrinter):
     def _print_Mul(self, expr: sp.Mul) -> str:
         return super()._print_Mul(expr).replace("*", " ")
 
+    def _print(self, expr: object, **kwargs: object) -> str:
+        if isinstance(expr, sp.IndexedBase) and str(expr.label).startswith("Delta_"):
+            return "Δ" + str(expr.label).removeprefix("Delta_")  # He et al.'s gradient notation, as in LaTeX
+        return super()._print(expr, **kwargs)
+
     def _print_Pi(self, expr: sp.Expr) -> str:
         return "π"
 
