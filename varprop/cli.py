@@ -366,7 +366,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     parse_executor(args.executor)  # a bad name fails before any work
     results = []
     if targets:
-        with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="group") as progress:
+        with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="network") as progress:
             results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
                                 width=args.width, atol=args.atol, progress=progress, engine=args.engine, executor=args.executor)
     law_verdicts = []

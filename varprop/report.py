@@ -111,7 +111,7 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
 
     catalogue = tuple(check_all(
         list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
-        progress=None if progress is None else lambda name, k, n: progress(f"catalogue: {name} ({k}/{n})", done, steps),
+        progress=None if progress is None else lambda name, k, n: progress(f"catalogue: {name} ({k}/{n} networks)", done, steps),
     ))
     step("catalogue checked")
     answers, figure_files, figure_data = [], {}, {}

@@ -73,3 +73,18 @@ def test_progress_bar_only_on_a_terminal_and_not_under_quiet():
             progress("claim", done, 3)
     shown = terminal.getvalue()
     assert "3/3" in shown and "group/s" in shown and "<" in shown  # count, rate and time left
+
+
+def test_progress_counts_networks_and_moves_inside_one_large_sample():
+    calls: list[tuple[str, int, int]] = []
+    (result,) = check_all([family(UNIFORM)], seed=3, width=8, progress=lambda *call: calls.append(call))
+    pilots = [c for c in calls if c[0].startswith("pilot: ")]
+    main_calls = [c for c in calls if not c[0].startswith("pilot: ")]
+    assert pilots and main_calls
+    assert pilots[-1][1] == pilots[-1][2]  # every pilot network counted
+    total = main_calls[-1][2]
+    assert all(c[2] == total for c in main_calls) and main_calls[-1][1] == total  # the bar ends full
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)  # never moves back
+    sampled = pilots[-1][2] + sum(m.estimate.n + m.estimate.excluded for m in result.measurements)
+    assert total == sampled  # the networks of every sample, pilots included
+    assert len(main_calls) > len({c[0] for c in main_calls})  # blocks of one large sample move it, not whole samples only

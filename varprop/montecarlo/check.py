@@ -548,7 +548,9 @@ def check_all(
     claim's sweep (the others scaled with it). ``atol`` is the absolute tolerance, in the
     observable's units, for claims that predict 0 (a claim's own ``atol`` comes first; ``rtol`` read
     as an absolute number when neither is given). ``power`` is what a PASS guarantees against an
-    error of the tolerance. ``progress(name, done, total)`` is called after each network is sampled.
+    error of the tolerance. ``progress(label, done, total)`` is called as blocks of networks finish:
+    ``done`` and ``total`` count networks over every sample of the run (the pilots first, then the
+    main samples they size).
 
     ``engine`` samples the networks: ``"auto"`` (the default: the exact conditional-Gaussian engine
     wherever it is valid, full weight matrices elsewhere), ``"full"`` or ``"conditional"`` (refused,
@@ -607,18 +609,23 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
                       progress: Callable[[str, int, int], None] | None) -> list[CheckResult]:
     """Pilots (for the sizes), the main samples of every network, and the verdicts."""
     wanted: dict[tuple[int, int], int] = {}
+    piloted = 0
     if samples is None:
         wanted = _plan_counts(jobs, items, groups, seed=seed, margin=margin, z_plan=z_plan, caps=caps,
-                              engines=engines, runner=runner)
+                              engines=engines, runner=runner, progress=progress)
         counts = {network: int(min(caps[network], max(_PILOT, *(wanted[i.job, i.position] for i in members))))
                   for network, members in groups.items()}
+        piloted = _PILOT * len(groups)
     else:
         counts = {network: samples for network in groups}
+    total = piloted + sum(counts.values())
     measured: dict[tuple[int, int], tuple[Estimate, dict[str, float], str]] = {}
-    for done, (network, members) in enumerate(groups.items(), 1):
+    for network, members in groups.items():
         if not network.is_numeric:
             raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
-        drawn = sample(network, counts[network], seed=_seed(seed, network, 1), engine=engines[network], executor=runner)
+        drawn = sample(network, counts[network], seed=_seed(seed, network, 1), engine=engines[network], executor=runner,
+                       progress=_networks_progress(progress, members[0].claim.name, piloted, total))
+        piloted += counts[network]
         by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
         for item in members:
             observable = _observable(item.claim, network)
@@ -629,8 +636,6 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
             state["cap"] = caps[network]
             state["planned"] = wanted.get((item.job, item.position), counts[network])
             measured[item.job, item.position] = (est, state, note)
-        if progress is not None:
-            progress(members[0].claim.name, done, len(groups))
     claims = {(item.job, item.position): item.claim for item in items}
     raw = [
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
@@ -642,13 +647,16 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
 
 def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]], *, seed: int,
                  margin: float, z_plan: float, caps: Mapping[Network, int], engines: Mapping[Network, Engine],
-                 runner: Executor) -> dict[tuple[int, int], int]:
+                 runner: Executor, progress: Callable[[str, int, int], None] | None = None
+                 ) -> dict[tuple[int, int], int]:
     """Networks each (claim, width) needs, from pilots of independent seed streams (never from the main sample)."""
     pilot: dict[tuple[int, int], tuple[float, float]] = {}
-    for network, members in groups.items():
+    for done, (network, members) in enumerate(groups.items()):
         if not network.is_numeric:
             raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
-        drawn = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engines[network], executor=runner)
+        drawn = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engines[network], executor=runner,
+                       progress=_networks_progress(progress, f"pilot: {members[0].claim.name}", done * _PILOT,
+                                                   _PILOT * len(groups)))
         spreads: dict[Observable, tuple[float, float]] = {}
         for item in members:
             observable = _observable(item.claim, network)
@@ -679,6 +687,18 @@ def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, 
         for p, count in enumerate(_sweep_counts(job.widths, sigmas, costs, target, network_caps)):
             wanted[j, p] = max(count, _planned_skew_minimum(pilot[j, p][1], z_plan))
     return wanted
+
+
+def _networks_progress(progress: Callable[[str, int, int], None] | None, label: str, before: int,
+                       total: int) -> Callable[[int, int], None] | None:
+    """The sampler's ``progress(done, count)`` for one network, as ``progress(label, networks so far, total)``.
+
+    The bar counts networks over every sample of the run (pilots first, whose total is known before
+    the main samples are sized), so it moves inside one large sample as its blocks finish.
+    """
+    if progress is None:
+        return None
+    return lambda done, count: progress(label, before + done, total)
 
 
 def _primary_tolerance(items: Sequence[_Item], job: int) -> float:
