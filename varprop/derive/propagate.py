@@ -233,6 +233,12 @@ def odd_lemma(act: Activation) -> SymmetryLemma:
 
 
 @lru_cache(maxsize=256)
+def _is_identity(act: Activation) -> bool:
+    """True when phi(y) = y (a linear network): simplify of a Piecewise is slow, so once per activation."""
+    return sp.simplify(act.expr - X) == 0
+
+
+@lru_cache(maxsize=256)
 def _zero_on_negatives(act: Activation) -> bool:
     """True when phi vanishes on y < 0 (relu): then a whole layer is zero with probability 2^-n."""
     probe = sp.Symbol("probe", negative=True)
@@ -491,7 +497,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
     i_x1 = walk.define(Expect(out), Expect(Phi(Y)), prose(sp.Eq(out, Phi(Y), evaluate=False)))
     lemma = symmetry_lemma(act)
     odd = odd_lemma(act)
-    is_linear = sp.simplify(act.expr - X) == 0
+    is_linear = _is_identity(act)
     if walk.linear_regime and not is_linear:
         _check_linear_regime(act)
         s2 = builder.model(Expect(Phi(Y) ** 2), Expect(Y**2), Rule.LINEAR_REGIME,
@@ -583,7 +589,7 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
         assumptions=(A_DERIV_INDEP,), exactness="exact" if gradient.independent else "asymptotic", uses=(chain,),
         source=f"{HE}, eq. (12)")
     lemma = derivative_symmetry_lemma(act)
-    is_linear = sp.simplify(act.expr - X) == 0
+    is_linear = _is_identity(act)
     slope_uses: tuple[int, ...] = ()
     if walk.linear_regime and not is_linear:
         _check_linear_regime(act)

@@ -450,10 +450,11 @@ def _skewness(values: np.ndarray) -> float:
         return 0.0
     values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)  # scale-free; no overflow in the cube
     centred = values - values.mean()
-    variance = float(np.mean(centred**2))
+    squares = centred * centred  # products, not the generic **3 power (several times slower on millions of values)
+    variance = float(np.mean(squares))
     if variance <= 0:
         return 0.0
-    return float(np.mean(centred**3)) / variance**1.5
+    return float(np.dot(squares, centred)) / values.size / variance**1.5
 
 
 def _kurtosis(values: np.ndarray) -> float:
@@ -462,8 +463,9 @@ def _kurtosis(values: np.ndarray) -> float:
         return 3.0
     values = values / max(float(np.max(np.abs(values))), np.finfo(float).tiny)
     centred = values - values.mean()
-    variance = float(np.mean(centred**2))
-    return float(np.mean(centred**4)) / variance**2 if variance > 0 else 3.0
+    squares = centred * centred
+    variance = float(np.mean(squares))
+    return float(np.dot(squares, squares)) / values.size / variance**2 if variance > 0 else 3.0
 
 
 def _skew_minimum(skewness: float, z: float) -> int:
