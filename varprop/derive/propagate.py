@@ -297,6 +297,7 @@ class _Walk:
     partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
     crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
     prime: bool = False  # while walking the partner input: signal symbols are primed
+    blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
 
     # -- naming --
 
