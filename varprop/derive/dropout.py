@@ -68,7 +68,7 @@ def _keep(walk: _Walk, layer: Dropout, position: int) -> tuple[sp.Expr, sp.Expr,
     name = walk.network.place_name(position)
     i_p = walk.define(p, layer.keep, prose(f"keep probability of {name}: ", Code(f"Dropout(keep={layer.keep})")))
     i_m = walk.define(Expect(m), p, prose(m, " is Bernoulli with mean ", p), uses=(i_p,))
-    i_m2 = walk.define(Expect(m**2), p, prose(sp.Eq(m**2, m, evaluate=False), " for a 0/1 entry"), uses=(i_p,))
+    i_m2 = walk.define(Expect(m**2), p, prose(sp.Eq(m**2, m, evaluate=False), " for an entry that is 0 or 1"), uses=(i_p,))
     return p, m, i_m, i_m2
 
 
@@ -78,7 +78,7 @@ def _(layer: Dropout, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     out, X_in = walk.signal_symbol(position), signal.symbol
     p, m, i_m, i_m2 = _keep(walk, layer, position)
     i_p = walk.definitions[p]
-    walk.define(out, m * X_in / p, "inverted dropout: the kept units are scaled by 1/p", source=SOURCE)
+    walk.define(out, m * X_in / p, prose("inverted dropout: the kept units are scaled by ", 1 / p), source=SOURCE)
     general_mean = builder.model(Expect(out), Expect(m) * Expect(X_in) / p, Rule.INDEPENDENCE,
                                  prose(m, " is independent of ", X_in), assumptions=(_mask_assumption(),),
                                  source=SOURCE)
@@ -118,8 +118,8 @@ def _(layer: Dropout, walk: _Walk, gradient: _Gradient, below: _Signal, position
     D_out, D_in = gradient.symbol, walk.gradient_symbol(position - 1)
     p, m, _, i_m2 = _keep(walk, layer, position)
     i_p = walk.definitions[p]
-    chain = walk.define(D_in, m * D_out / p, prose("chain rule through ", walk.signal_symbol(position), ": the same "
-                                                   "mask as the forward pass"), rule=Rule.CHAIN_RULE)
+    chain = walk.define(D_in, m * D_out / p, prose("through ", walk.signal_symbol(position), ": the same mask as the "
+                                                   "forward pass"), rule=Rule.CHAIN_RULE)
     exact = gradient.independent
     why = (prose(D_out, " is independent of the mask") if exact else
            prose(D_out, " treated as independent of the mask (He et al.'s assumption: the layers above see ", m,

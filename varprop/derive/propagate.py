@@ -317,7 +317,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and (position == -1 or self.dense_index(position) > 0):  # not the input's x_1 again
             return x[self.dense_index(position) + 1]
         return h[position]
 
@@ -325,7 +325,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return dy[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and (position == -1 or self.dense_index(position) > 0):
             return dx[self.dense_index(position) + 1]
         return dh[position]
 

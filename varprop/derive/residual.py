@@ -61,6 +61,8 @@ __all__: list[str] = []
 
 #: The branch scale alpha of each block, by the block's name.
 ALPHA = sp.IndexedBase("alpha")
+#: The Jacobian of the branch's signal below its last layer with respect to the block input, by block name.
+JACOBIAN = sp.IndexedBase("J")
 SOURCE = "He et al. 2016 (residual networks); Hanin & Rolnick 2018, Sec. 3"
 A_LAST = prose("the branch ends with a dense layer whose zero-mean weights and bias are independent of the block "
                "input and of the branch's own signal below it")
@@ -224,7 +226,7 @@ def _(layer: Residual, walk: _Walk, gradient: _Gradient, below: _Signal, positio
     D_out, D_in = gradient.symbol, walk.gradient_symbol(position - 1)
     A, i_a = _alpha(walk, layer, position)
     D_f = child.gradient_symbol(last)
-    i_df = walk.define(D_f, A * D_out, prose("chain rule: the branch output enters the block output scaled by ", A),
+    i_df = walk.define(D_f, A * D_out, prose("the branch output enters the block output scaled by ", A),
                        rule=Rule.CHAIN_RULE)
     general_f = builder.model(Expect(D_f**2), A**2 * Expect(D_out**2), Rule.ALGEBRA, "linearity of expectation",
                               uses=(i_df,))
@@ -239,7 +241,7 @@ def _(layer: Residual, walk: _Walk, gradient: _Gradient, below: _Signal, positio
         child.gradients[state.position] = state
     D_b = state.symbol
     chain = walk.define(D_in, D_out + D_b,
-                        prose("chain rule: the skip connection passes ", D_out, " through unchanged and the branch adds ",
+                        prose("the skip connection passes ", D_out, " through unchanged and the branch adds ",
                               D_b), rule=Rule.CHAIN_RULE)
     k = child.label_of(last)
     z = child.signal_symbol(last - 1)
@@ -248,8 +250,9 @@ def _(layer: Residual, walk: _Walk, gradient: _Gradient, below: _Signal, positio
     why = (prose(D_out, " is independent of the branch (the block feeds the loss)") if exact else
            prose(D_out, " treated as independent of the branch's last weights (He et al.'s assumption)"))
     general_cross = builder.model(
-        Expect(D_out * D_b), A * n[k] * Expect(w[k]) * Expect(D_out**2 * sp.Derivative(z, X_in)), Rule.INDEPENDENCE,
-        prose(D_b, " is ", A, " times the gradient through the branch, linear in the last weights ", w[k], "; ", why),
+        Expect(D_out * D_b), A * n[k] * Expect(w[k]) * Expect(D_out**2 * JACOBIAN[sp.Symbol(child.name)]), Rule.INDEPENDENCE,
+        prose(D_b, " is ", A, " times the gradient through the branch, linear in the last weights ", w[k], " (",
+              JACOBIAN[sp.Symbol(child.name)], " is the Jacobian of ", z, " with respect to ", X_in, "); ", why),
         assumptions=(A_LAST,), exactness="exact" if exact else "asymptotic", source=SOURCE)
     cross = builder.identity(Expect(D_out * D_b), sp.Integer(0), Rule.ZERO_MEAN,
                              "the last layer of the branch has zero-mean weights",
