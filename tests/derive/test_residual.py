@@ -197,3 +197,73 @@ def test_prose_of_residual_and_dropout_steps_has_no_ascii_math():
             found = ASCII_MATH.search(words(text))
             assert found is None, (found.group(), words(text))
             assert prose_latex(text)
+
+
+# --- the length of the signal (Hanin & Rolnick 2018) and the depth scalings ----------------------------
+
+
+def _length_moment_by_mixture(n: int, blocks: int, alpha_squared: Fraction) -> Fraction:
+    """E[R^2] from another route: given j of the m = n hidden units active, K is chi-square with j degrees of
+    freedom (E[K] = j, E[K^2] = j (j + 2)), j ~ Binomial(n, 1/2); F = 1 + 2 a sqrt(K) g_1 + a^2 K |g|^2."""
+    from math import comb
+
+    s = Fraction(2, n)  # He variance of every layer
+    a2 = alpha_squared * s * s
+    second = Fraction(0)
+    for j in range(n + 1):
+        weight = Fraction(comb(n, j), 2**n)
+        k1, k2 = Fraction(j), Fraction(j * (j + 2))
+        # E[F^2 | j] = 1 + 4 a^2 E[K] E[g_1^2] + 2 a^2 E[K] E|g|^2 + a^4 E[K^2] E|g|^4
+        second += weight * (1 + 4 * a2 * k1 + 2 * a2 * k1 * n + a2 * a2 * k2 * n * (n + 2))
+    return s * s * n * (n + 2) * second**blocks
+
+
+@pytest.mark.parametrize("n,blocks", [(4, 1), (4, 3), (16, 2)])
+def test_length_second_moment_against_the_binomial_mixture(n, blocks):
+    from varprop.observables import NormRatioSecondMoment
+
+    net = residual_network(n, blocks, 1 / sp.sqrt(blocks))
+    d = derive(net, NormRatioSecondMoment(Signal(blocks)))
+    assert _rational(d.result) == _length_moment_by_mixture(n, blocks, Fraction(1, blocks))
+    assert d.exactness == "gaussian-exact" and _verified(d)
+
+
+def test_length_second_moment_refuses_other_branches():
+    from varprop.observables import NormRatioSecondMoment
+
+    law = Uniform(1)
+    net = Network((Dense(4, 4, law), Residual((Dense(4, 4, law), Nonlinearity(RELU), Dense(4, 4, law)), 1)))
+    with pytest.raises(DerivationError, match="Gaussian dense layer without bias"):
+        derive(net, NormRatioSecondMoment(Signal(1)))
+
+
+def test_relative_length_variance_stays_bounded_with_sum_of_alpha_squared_bounded():
+    # Hanin & Rolnick 2018, Thm. 5.4: E[R^2]/E[R]^2 stays bounded over the depth when sum alpha_l^2 is bounded
+    # (alpha = 1/sqrt(L)) and grows geometrically at alpha = 1. Exact values from the mixture route above.
+    def relative(blocks, alpha_squared):
+        mean = Fraction(2) * (1 + 2 * alpha_squared) ** blocks  # E[R] = n E[h^2] / (n E[x^2])
+        return _length_moment_by_mixture(8, blocks, alpha_squared) / mean**2
+
+    scaled = [relative(L, Fraction(1, L)) for L in (1, 4, 16, 64)]
+    unscaled = [relative(L, Fraction(1)) for L in (1, 4, 16)]
+    assert max(scaled) < 2 * scaled[0] and scaled[-1] - scaled[-2] < scaled[1] - scaled[0]
+    assert unscaled[2] > 10 * unscaled[1] > 10 * unscaled[0]
+
+
+def test_depth_scalings_and_their_limits():
+    from varprop.derive.derivation import Limit, Step
+    from varprop.derive.residual import GAIN, depth_scaling, fixup_alpha
+
+    depth = sp.Symbol("L", positive=True, integer=True)
+    scaled = depth_scaling(1 / sp.sqrt(depth))
+    assert scaled.result == sp.exp(GAIN) and _verified(scaled)
+    assert depth_scaling(sp.Integer(1)).result == sp.oo
+    assert sp.simplify(depth_scaling(sp.Integer(1)).extras["ratio"].subs(GAIN, 1) - 2**depth) == 0
+    for m in (2, 3, 4):
+        fixup = depth_scaling(fixup_alpha(m))
+        assert fixup.result == 1 and _verified(fixup)
+    # the limit check refuses a wrong limit
+    step = Step(sp.Symbol("lhs"), sp.exp(2 * GAIN), scaled.steps[-1].rule, "", scaled.steps[-1].proof)
+    assert isinstance(step.proof, Limit) and step.proof.run(step, ())[0] is False
+    with pytest.raises(DerivationError, match="at least 2 layers"):
+        fixup_alpha(1)

@@ -125,3 +125,19 @@ def test_a_residual_block_of_width_mismatch_in_the_sampler_is_a_spec_error():
 def test_claim_from_derivation_reads_the_block_output():
     claim = claim_from_derivation("res", residual_network(4, 1, 1), SecondMoment(Signal(1)))
     assert claim.prediction == 6 and claim.exactness == "exact"
+
+
+def test_length_second_moment_passes_and_its_wrong_sibling_fails():
+    # E[R^2] through two blocks at width 16: gaussian-exact; the fourth moment of a length is heavy-tailed, so it is
+    # resolved at rtol 0.05. The wrong sibling drops the cross term 4 a^2 E[K] of E[F^2] (<x, f> taken as 0 per network).
+    from varprop.observables import NormRatioSecondMoment
+
+    n, blocks = 16, 2
+    claim = claim_from_derivation("length", residual_network(n, blocks, 1 / sp.sqrt(blocks)),
+                                  NormRatioSecondMoment(Signal(blocks)))
+    assert claim.exactness == "gaussian-exact"
+    assert check(claim, rtol=0.05).outcome == PASS
+    a2 = sp.Rational(1, blocks) * sp.Rational(2, n) ** 2
+    factor = 1 + 2 * n * a2 * sp.Rational(n, 2) + n * (n + 2) * a2**2 * sp.Rational(n * n + 5 * n, 4)
+    wrong = sp.Rational(2, n) ** 2 * n * (n + 2) * factor**blocks
+    assert check(claim.with_prediction(wrong, name="length (no cross term)"), rtol=0.05).outcome == FAIL

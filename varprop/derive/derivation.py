@@ -71,6 +71,7 @@ __all__ = [
     "Numeric",
     "BivariateIntegral",
     "Unrolled",
+    "Limit",
     "Solve",
     "CHECKS",
     "Step",
@@ -544,9 +545,25 @@ class Solve(Check):
         return ok, f"sympy.solve({to_text(self.equation.lhs)} = {to_text(self.equation.rhs)}) gives {to_text(solutions[0])}"
 
 
+@dataclass(frozen=True)
+class Limit(Check):
+    r"""``rhs`` is :math:`\lim_{v \to \text{point}}` of ``expression``, found again by ``sympy.limit``."""
+
+    expression: sp.Expr
+    variable: sp.Symbol
+    point: sp.Expr = sp.oo
+    kind: ClassVar[str] = "limit"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        value = sp.limit(self.expression, self.variable, self.point)
+        infinite = value.has(sp.oo, -sp.oo, sp.zoo) or step.rhs.has(sp.oo, -sp.oo, sp.zoo)
+        ok = value == step.rhs if infinite else _is_zero(value - step.rhs)
+        return ok, f"sympy.limit({to_text(self.expression)}, {self.variable} -> {self.point}) gives {to_text(value)}"
+
+
 #: The check kinds, by name.
 CHECKS: dict[str, type[Check]] = {
-    cls.kind: cls for cls in (Identity, Definition, Lemma, Integral, Unrolled, Solve, Modelling)
+    cls.kind: cls for cls in (Identity, Definition, Lemma, Integral, Unrolled, Solve, Limit, Modelling)
 }
 _CHECKS = tuple(CHECKS)
 

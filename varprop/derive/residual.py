@@ -39,7 +39,7 @@ import sympy as sp
 
 from ..errors import DerivationError
 from ..network import _PLACE_PREFIX, Dense, Residual
-from .derivation import Code, Expect, Rule, prose
+from .derivation import Code, Derivation, Expect, Integral, Limit, Phi, Rule, Unrolled, _Builder, prose
 from .propagate import (
     Quantity,
     _Gradient,
@@ -57,7 +57,7 @@ from .propagate import (
     b,
 )
 
-__all__: list[str] = []
+__all__ = ["depth_scaling", "fixup_alpha", "length_second_moment", "GAIN"]
 
 #: The branch scale alpha of each block, by the block's name.
 ALPHA = sp.IndexedBase("alpha")
@@ -294,3 +294,162 @@ def _(layer: Residual, walk: _Walk, cross: Quantity, position: int) -> Quantity:
     step = builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the cross moments",
                             uses=(general, zero_1, zero_2, i_a, *uses_x, *uses_f))
     return Quantity(Expect(out * out_pair), value, step)
+
+
+# --- the length of the signal through residual blocks (Hanin & Rolnick 2018) ------------------------
+
+_RATIO = sp.IndexedBase("R")
+_FACTOR, _K, _A2 = sp.IndexedBase("F"), sp.IndexedBase("K"), sp.IndexedBase("a")
+_Z = sp.Symbol("z")
+_NOUT, _NIN = sp.IndexedBase("n"), sp.IndexedBase("m")
+HANIN_ROLNICK = "Hanin & Rolnick 2018"
+_A_ROTATION = prose("Gaussian weights without biases: given the block input, the branch's pre-activation is ",
+                    "rotation invariant, so the factor by which a block multiplies the squared length is independent "
+                    "of that length and of the blocks below")
+
+
+def _gaussian_no_bias(layer: Dense) -> bool:
+    return layer.bias is None and layer.weights.gaussian and layer.weights.mean == 0
+
+
+def _length_chain(network, position: int) -> list[Residual]:
+    """The residual blocks of ``network`` up to ``position``, checked to be Dense, relu, Dense with Gaussian weights
+    and no bias, after one such dense layer; a :class:`DerivationError` naming what breaks it otherwise."""
+    layers = network.layers[: position + 1]
+    what = ("the second moment of the length ratio through residual blocks needs a Gaussian dense layer without bias, "
+            "then blocks x + alpha f(x) with f = Dense, relu, Dense (Gaussian weights, no biases)")
+    first = layers[0] if layers else None
+    if position < 0 or not isinstance(first, Dense) or not _gaussian_no_bias(first):
+        raise DerivationError(f"{what}; the network starts with {first!r}")
+    blocks = []
+    for index, layer in enumerate(layers[1:], 1):
+        branch = getattr(layer, "branch", ())
+        ok = (isinstance(layer, Residual) and len(branch) == 3 and isinstance(branch[0], Dense)
+              and isinstance(branch[2], Dense) and all(_gaussian_no_bias(d) for d in (branch[0], branch[2]))
+              and getattr(getattr(branch[1], "activation", None), "name", "") == "relu")
+        if not ok:
+            raise DerivationError(f"{what}; layer {index} ({network.place_name(index)}) is not such a block")
+        blocks.append(layer)
+    return blocks
+
+
+def length_second_moment(observable, walk: _Walk) -> Quantity:
+    r""":math:`E[R_p^2]`, :math:`R_p = \|h_p\|^2/\|x\|^2`, through residual blocks with Gaussian weights.
+
+    The first dense layer gives :math:`R_0 = \sigma_0^2 \chi^2_{n}`. A block with branch
+    :math:`f = W_2 \operatorname{relu}(W_1 x)`, :math:`W_1` of shape :math:`m \times n` and variance
+    :math:`\sigma_1^2`, :math:`W_2` of variance :math:`\sigma_2^2`, multiplies the squared length by
+
+    .. math:: F = 1 + 2 a \sqrt K g_1 + a^2 K \|g\|^2, \qquad a = \alpha\sigma_1\sigma_2,
+
+    :math:`K = \sum_{i \le m} \operatorname{relu}(z_i)^2`, :math:`z, g` standard Gaussian vectors of
+    widths m and n, independent of each other and of everything below (rotation invariance). Hence
+    :math:`E[R_p^2] = E[R_0^2] \prod_l E[F_l^2]` with
+    :math:`E[F^2] = 1 + (2n + 4) a^2 E[K] + n(n + 2) a^4 E[K^2]`, exactly at every width. The
+    relative variance :math:`E[R^2]/E[R]^2` is then a product of factors :math:`1 + O(\alpha_l^2)`:
+    bounded when :math:`\sum_l \alpha_l^2` is (Hanin & Rolnick 2018, Thm. 5.4: the length's variance
+    does not blow up with the depth in residual networks so scaled).
+    """
+    position = observable.tensor.position
+    blocks = _length_chain(walk.network, position)
+    builder = walk.builder
+    first = walk.network.layers[0]
+    ratio0 = Expect(_RATIO[1] ** 2)
+    s0 = walk.define(sp.Symbol("sigma_0") ** 2, first.weights.variance, "weight variance of dense1")
+    n0 = walk.define(_NOUT[0], first.fan_out, "fan-out of dense1")
+    chi = builder.model(ratio0, sp.Symbol("sigma_0") ** 4 * _NOUT[0] * (_NOUT[0] + 2), Rule.INDEPENDENCE,
+                        prose(_RATIO[1], " is ", sp.Symbol("sigma_0") ** 2, " times a chi-square with ", _NOUT[0],
+                              " degrees of freedom (a Gaussian layer at a nonzero input)"),
+                        exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+    value = first.weights.variance**2 * first.fan_out * (first.fan_out + 2)
+    current = builder.identity(ratio0, value, Rule.SUBSTITUTION, "substitute", uses=(chi, s0, n0))
+    relu2, relu4 = Expect(Phi(_Z) ** 2), Expect(Phi(_Z) ** 4)
+    relu = blocks[0].branch[1].activation.expr if blocks else None
+    if blocks:
+        i2 = builder.add(relu2, sp.Rational(1, 2), Rule.GAUSSIAN_INTEGRAL, prose(relu2, " at a standard normal ", _Z),
+                         proof=Integral(relu**2, sp.Integer(1)))
+        i4 = builder.add(relu4, sp.Rational(3, 2), Rule.GAUSSIAN_INTEGRAL, prose(relu4, " at a standard normal ", _Z),
+                         proof=Integral(relu**4, sp.Integer(1)))
+    for offset, block in enumerate(blocks, 1):
+        label = sp.Symbol(walk.network.place_name(offset))
+        inner, outer = block.branch[0], block.branch[2]
+        width, hidden = outer.fan_out, inner.fan_out
+        n_, m_, a2, K, F = _NOUT[label], _NIN[label], _A2[label] ** 2, _K[label], _FACTOR[label]
+        defs = (walk.define(n_, width, f"width of {label}"), walk.define(m_, hidden, f"hidden width of the branch of {label}"),
+                walk.define(a2, block.alpha**2 * inner.weights.variance * outer.weights.variance,
+                            prose("alpha squared times the two weight variances of the branch of ", Code(str(label)))))
+        k1 = builder.model(Expect(K), m_ * relu2, Rule.INDEPENDENCE, prose(K, " is a sum of ", m_, " iid terms"))
+        k2 = builder.model(Expect(K**2), m_ * relu4 + m_ * (m_ - 1) * relu2**2, Rule.INDEPENDENCE,
+                           prose(K, " is a sum of ", m_, " iid terms"))
+        general = builder.model(
+            Expect(F**2), 1 + (2 * n_ + 4) * a2 * Expect(K) + n_ * (n_ + 2) * a2**2 * Expect(K**2), Rule.INDEPENDENCE,
+            prose(sp.Eq(F, 1 + 2 * _A2[label] * sp.sqrt(K) * sp.Symbol("g_1") + a2 * K * sp.Symbol("G"),
+                        evaluate=False), " with ", sp.Symbol("G"), " the squared length of a standard Gaussian vector ",
+                  "of width ", n_, " and ", sp.Symbol("g_1"), " its first entry; the odd terms vanish"),
+            assumptions=(_A_ROTATION,), exactness="gaussian-exact", source=f"{HANIN_ROLNICK}, Sec. 5")
+        factor_value = sp.expand(1 + (2 * width + 4) * block.alpha**2 * inner.weights.variance * outer.weights.variance
+                                 * hidden / 2 + width * (width + 2) * (block.alpha**2 * inner.weights.variance
+                                                                       * outer.weights.variance) ** 2
+                                 * (hidden * sp.Rational(3, 2) + sp.Rational(hidden * (hidden - 1), 4)))
+        factor = builder.identity(Expect(F**2), factor_value, Rule.SUBSTITUTION, "substitute",
+                                  uses=(general, k1, k2, i2, i4, *defs))
+        lhs = Expect(_RATIO[offset + 1] ** 2)
+        product = builder.model(lhs, Expect(_RATIO[offset] ** 2) * Expect(F**2), Rule.INDEPENDENCE,
+                                prose(sp.Eq(_RATIO[offset + 1], _RATIO[offset] * F, evaluate=False), " with ", F,
+                                      " independent of ", _RATIO[offset]),
+                                assumptions=(_A_ROTATION,), exactness="gaussian-exact",
+                                source=f"{HANIN_ROLNICK}, Sec. 5")
+        value = sp.expand(value * factor_value)
+        current = builder.identity(lhs, value, Rule.SUBSTITUTION, "substitute", uses=(product, current, factor))
+    return Quantity(Expect(_RATIO[position + 1] ** 2), value, current)
+
+
+# --- consequences over the depth: alpha = 1/sqrt(L), alpha = 1, Fixup ----------------------------------
+
+GAIN = sp.Symbol("c", positive=True)
+_DEPTH = sp.Symbol("L", positive=True, integer=True)
+_M = sp.Symbol("m", positive=True, integer=True)
+_l = sp.Symbol("l", positive=True, integer=True)
+_v = sp.IndexedBase("v")
+
+
+def depth_scaling(alpha: sp.Expr, *, title: str = "") -> Derivation:
+    r"""The second moment after L residual blocks of gain c with branch scale ``alpha`` (an expression in
+    :data:`~varprop.derive.propagate.DEPTH`-like L), and its limit as the depth grows.
+
+    .. math:: v_L = v_0 (1 + c\alpha^2)^L
+
+    (the forward rule, with :math:`E[f^2] = c\,v_l`). :math:`\alpha = 1/\sqrt L` gives
+    :math:`(1 + c/L)^L \to e^c`; :math:`\alpha = 1` gives :math:`(1 + c)^L`, :math:`2^L` for a branch of
+    gain 1; Fixup (Zhang, Dauphin & Ma 2019) scales each of the m weight layers of a branch by
+    :math:`L^{-1/(2m-2)}`, so the branch's gain becomes :math:`c L^{-m/(m-1)}` and
+    :math:`v_L/v_0 \to 1` (its zero-initialised last layer makes every block the identity at init:
+    :math:`v_L = v_0` exactly).
+    """
+    alpha = sp.sympify(alpha)
+    builder = _Builder(title or "second moment over L residual blocks")
+    a = sp.Symbol("alpha")
+    i_a = builder.define(a, alpha, "the branch scale")
+    step = builder.model(_v[_l], _v[_l - 1] * (1 + GAIN * a**2), Rule.INDEPENDENCE,
+                         prose("the residual rule with ", sp.Eq(Expect(sp.Symbol("x") * sp.Symbol("f")), 0,
+                                                                evaluate=False),
+                               " and a branch of gain ", GAIN, ": ",
+                               sp.Eq(Expect(sp.Symbol("f") ** 2), GAIN * _v[_l - 1], evaluate=False)),
+                         assumptions=(A_LAST,), source=SOURCE)
+    factor = 1 + GAIN * alpha**2
+    unrolled = builder.add(_v[_DEPTH], _v[0] * factor**_DEPTH, Rule.UNROLLING, "unroll over the L blocks",
+                           proof=Unrolled(_v[0], factor, _l, 1, _DEPTH), uses=(step, i_a))
+    ratio = factor**_DEPTH
+    limit = sp.limit(ratio, _DEPTH, sp.oo)
+    builder.add(sp.Limit(_v[_DEPTH] / _v[0], _DEPTH, sp.oo), limit, Rule.ALGEBRA, "the limit of deep networks",
+                proof=Limit(ratio, _DEPTH), uses=(unrolled,))
+    return builder.build(limit, ratio=ratio)
+
+
+def fixup_alpha(layers: int) -> sp.Expr:
+    r"""The branch scale that Fixup's per-layer factor :math:`L^{-1/(2m-2)}` amounts to for m layers of a
+    homogeneous branch: :math:`L^{-m/(2m-2)}` (Zhang, Dauphin & Ma 2019, Sec. 3)."""
+    m = sp.Integer(layers)
+    if m < 2:
+        raise DerivationError(f"Fixup's scaling needs at least 2 layers per branch, got {layers}")
+    return _DEPTH ** (-m / (2 * m - 2))
