@@ -701,7 +701,8 @@ class Derivation:
         """The number (1-based) of the last step whose right side is the result, ``None`` when no step states it
         as it is (the result then rewrites a step, e.g. with the widths named ``n_in``)."""
         for number in range(len(self.steps), 0, -1):
-            if _is_zero(self.steps[number - 1].rhs - self.result):
+            rhs = self.steps[number - 1].rhs
+            if rhs == self.result or _is_zero(rhs - self.result):  # == first: oo - oo is nan
                 return number
         return None
 
@@ -1142,6 +1143,8 @@ def _is_zero(expr: sp.Expr, *, quick: bool = False) -> bool:
     """
     if expr == 0:
         return True
+    if expr is sp.nan:  # oo - oo: not a proof of anything
+        return False
     expanded = sp.expand(expr)
     if expanded == 0:
         return True

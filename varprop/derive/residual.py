@@ -437,7 +437,7 @@ def depth_scaling(alpha: sp.Expr, *, title: str = "") -> Derivation:
                                sp.Eq(Expect(sp.Symbol("f") ** 2), GAIN * _v[_l - 1], evaluate=False)),
                          assumptions=(A_LAST,), source=SOURCE)
     factor = 1 + GAIN * alpha**2
-    unrolled = builder.add(_v[_DEPTH], _v[0] * factor**_DEPTH, Rule.UNROLLING, "unroll over the L blocks",
+    unrolled = builder.add(_v[_DEPTH], _v[0] * factor**_DEPTH, Rule.UNROLLING, prose("unroll over the ", _DEPTH, " blocks"),
                            proof=Unrolled(_v[0], factor, _l, 1, _DEPTH), uses=(step, i_a))
     ratio = factor**_DEPTH
     limit = sp.limit(ratio, _DEPTH, sp.oo)
