@@ -1049,10 +1049,15 @@ class Propagation:
         )
 
 
+def _all_layers(layers: tuple) -> list:
+    """Every layer, those inside residual branches included."""
+    return [inner for layer in layers for inner in (layer, *_all_layers(getattr(layer, "branch", ())))]
+
+
 def _network_summary(network: Network) -> Prose:
-    dense = network.dense_layers
-    laws = sorted({str(layer.weights) for layer in dense})
-    acts = sorted({str(layer.activation) for layer in network.layers if isinstance(layer, Nonlinearity)})
+    every = _all_layers(network.layers)
+    laws = sorted({str(layer.weights) for layer in every if isinstance(layer, Dense)})
+    acts = sorted({str(layer.activation) for layer in every if isinstance(layer, Nonlinearity)})
     inputs = network.inputs
     parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]
     parts += _joined([Code(a) for a in acts]) or ["none"]
