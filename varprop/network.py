@@ -112,6 +112,10 @@ def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Wi
 class Residual:
     r"""A residual block :math:`x \mapsto x + \alpha f(x)`, the branch :math:`f` a sub-network.
 
+    The block is one position of the network (its output :math:`x + \alpha f(x)` and the gradient
+    there are observable, named ``res1``, ``res2``, ...); the branch's own signals are walked by both
+    engines but are not places of the network.
+
     Parameters
     ----------
     branch
@@ -121,10 +125,6 @@ class Residual:
     alpha
         The branch scale :math:`\alpha`: a finite real number or a sympy expression
         (:math:`1/\sqrt L` over L blocks; Fixup's :math:`L^{-1/(2m-2)}`, Zhang, Dauphin & Ma 2019).
-
-    The block is one position of the network (its output :math:`x + \alpha f(x)` and the gradient
-    there are observable, named ``res1``, ``res2``, ...); the branch's own signals are walked by both
-    engines but are not places of the network.
     """
 
     branch: tuple[Layer, ...]
