@@ -7,7 +7,7 @@ import sympy as sp
 
 from varprop.claims import ClaimError
 from varprop.claimfile import load_claims
-from varprop.network import Dropout, Residual
+from varprop.network import Dropout
 from varprop.observables import Gradient, SecondMoment, Signal
 
 CLAIMS = '''

@@ -13,7 +13,7 @@ from varprop.montecarlo import FAIL, PASS, MonteCarloError, check, sample
 from varprop.montecarlo.engines import CONDITIONAL, FULL, select_engine
 from varprop.network import Dense, Dropout, Network, Nonlinearity, Residual
 from varprop.observables import SecondMoment, Signal
-from varprop.weights import Normal, Uniform, he
+from varprop.weights import Normal, Uniform
 
 RELU = activation("relu")
 

@@ -113,6 +113,11 @@ class _Unsized:
     def sized(self, width: int) -> ResidualStep:
         return ResidualStep.build(self.layer, self.inputs, self.reader, width)
 
+    def _unsized(self, *args: object, **kwargs: object) -> None:
+        raise MonteCarloError("a residual step must be sized (told its input width, engines.sized) before it runs")
+
+    draw = draw_backward = forward = backward = _unsized
+
 
 @layer_step.register
 def _(layer: Residual, inputs: int = 1) -> _Unsized:
