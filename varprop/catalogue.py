@@ -275,7 +275,7 @@ def _dropout_entries() -> list[ClaimFamily]:
                "the same mask forward and backward",
                network, SecondMoment(Gradient(1)), None, source="Srivastava et al. 2014", width=8, sweep=(4,)),
         _entry("dropout-correlation",
-               "two orthogonal-free fixed inputs (correlation 1/2) with independent masks: dropout keeps the cross "
+               "two fixed inputs with correlation 1/2, each with its own mask: dropout keeps the cross "
                "moment and divides the second moments by p, so the correlation after it is p times the one before",
                lambda n: network(n, FixedInput.pair(n, sp.Rational(1, 2))), Correlation(Signal(2)), None,
                source="Srivastava et al. 2014", width=16, sweep=(8,)),
