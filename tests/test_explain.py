@@ -18,7 +18,8 @@ from varprop.derive.derivation import weakest, Prose, citation, prose_markdown, 
 from varprop.explain import TOPICS, answer, observable_formula, reason
 from varprop.montecarlo import FAIL, MEASURED, PASS, check_all
 from varprop.observables import legacy_name
-from varprop.network import mlp
+from varprop.network import Residual, mlp
+from varprop.observables import SecondMoment, Signal
 from varprop.plot import LINESTYLES
 from varprop.weights import he
 
@@ -133,6 +134,11 @@ def _disagreements(result, data):
     for check in result.checks:
         claim = check.claim
         named = legacy_name(claim.observable, claim.network) if claim.layer is None else (claim.observable_name, claim.layer)
+        blocks = [p for p, layer in enumerate(claim.network.layers) if isinstance(layer, Residual)]
+        if named is None and type(claim.observable) is SecondMoment and claim.observable.tensor.position in blocks:
+            # a residual network's figure follows its block outputs (block l is layer l of the series)
+            kind = "y_second_moment" if isinstance(claim.observable.tensor, Signal) else "dy_second_moment"
+            named = kind, blocks.index(claim.observable.tensor.position) + 1
         if named is None:  # an observable with no per-layer series (a law, E[log M_L]): not drawn as a line
             continue
         name, layer = named
@@ -435,3 +441,24 @@ def test_does_width_matter_figure_draws_the_exact_density(answers):
         (line,) = [l for ax in figure.axes for l in ax.lines if l.get_gid() == f"exact:{d.network_label}"]
         assert np.allclose(line.get_ydata(), ExactLaw(d.widths).pdf_log(d.grid))
         assert abs(np.trapezoid(d.density, d.grid) - 1) < 1e-3
+
+
+# --- residual scaling --------------------------------------------------------------------------------
+
+
+def test_residual_scaling_numbers_checks_and_a_wrong_sibling(answers):
+    from varprop.montecarlo import check
+
+    result = answers["residual-scaling"]
+    depth = result.settings.depth
+    assert all(r.outcome == PASS for r in result.checks)
+    # the numbers of the text against exact arithmetic: (1 + 2/L)^L, 3^L, (1 + 2/L^2)^L, e^2
+    assert result.numbers["scaled"] == pytest.approx((1 + 2 / depth) ** depth, rel=1e-12)
+    assert result.numbers["unscaled"] == pytest.approx(3.0**depth, rel=1e-12)
+    assert result.numbers["fixup"] == pytest.approx((1 + 2 / depth**2) ** depth, rel=1e-12)
+    assert result.numbers["limit"] == pytest.approx(math.e**2, rel=1e-12)
+    assert result.numbers["spread_scaled"] < result.numbers["spread_unscaled"]
+    # the scaled claim with the alpha^2 of the recursion dropped (alpha in its place) fails
+    scaled = result.checks[0].claim
+    wrong = scaled.with_prediction(sp.Integer(2) * (1 + 2 / sp.sqrt(depth)) ** depth, name="alpha for alpha squared")
+    assert check(wrong, rtol=result.settings.rtol).outcome == FAIL

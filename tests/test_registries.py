@@ -39,8 +39,8 @@ def test_the_check_itself_catches_a_missing_rule():
     class Skewness(Observable):
         statistic = "skewness"
 
-    class Dropout:
+    class Pooling:
         pass
 
     assert not _registered(observable_rules, Skewness) and not _registered(network_values, Skewness)
-    assert not any(_registered(f, Dropout) for f in ENGINES.values())
+    assert not any(_registered(f, Pooling) for f in ENGINES.values())

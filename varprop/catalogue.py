@@ -18,8 +18,8 @@ from .activations import activation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
-from .network import FixedInput, Network, mlp
-from .observables import Correlation, Observable, ObservableError, Signal, from_name
+from .network import Dense, Dropout, FixedInput, Network, Nonlinearity, Residual, mlp
+from .observables import Correlation, Gradient, Observable, ObservableError, SecondMoment, Signal, from_name
 from .weights import glorot, he, lecun, torch_linear_default
 
 __all__ = ["CATALOGUE", "claim_from_derivation", "family"]
@@ -176,6 +176,8 @@ def _catalogue() -> dict[str, ClaimFamily]:
                _last, source="PyTorch nn.Linear.reset_parameters", width=16, sweep=(8,)),
         _glorot_tanh(),
         *_correlation_entries(),
+        *_residual_entries(),
+        *_dropout_entries(),
     ]
     return {entry.name: entry for entry in entries}
 
@@ -210,6 +212,73 @@ def _correlation_entries() -> list[ClaimFamily]:
                "(bivariate kernel by quadrature)",
                lambda n: mlp(_widths(n, depth=2), tanh, lecun(), inputs=FixedInput.pair(n, half)),
                Correlation(Signal(1)), None, source=f"{SCHOENHOLZ}, eq. (5)", width=16),
+    ]
+
+
+#: Residual blocks in the catalogue's residual networks (each Dense, relu, Dense under He).
+RESIDUAL_BLOCKS = 4
+
+
+def residual_network(n: int, blocks: int, alpha: object, inputs: FixedInput | None = None,
+                     activation_: str = "relu") -> Network:
+    """Dense(n, n), then ``blocks`` residual blocks x + alpha f(x), f = Dense, relu, Dense, every weight He normal.
+
+    The branch's gain is :math:`E[f^2]/E[x^2] = 2` (He's pair Dense, relu keeps :math:`E[y^2]` and the
+    first dense layer doubles :math:`E[x^2]`), so block l multiplies the second moment by
+    :math:`1 + 2\alpha^2`.
+    """
+    act = activation(activation_)
+    law = he().law(n, n)
+    block = Residual((Dense(n, n, law), Nonlinearity(act), Dense(n, n, law)), alpha)
+    layers = (Dense(n, n, law),) + (block,) * blocks
+    return Network(layers, inputs) if inputs is not None else Network(layers)
+
+
+def _residual_entries() -> list[ClaimFamily]:
+    """Residual blocks (He et al. 2016): the forward recursion v_{l+1} = v_l (1 + 2 alpha^2), and the backward one."""
+    blocks = RESIDUAL_BLOCKS
+    scaled = 1 / sp.sqrt(blocks)
+    return [
+        _entry("residual-forward-scaled",
+               f"{blocks} residual blocks x + f(x)/sqrt(L), f = Dense, relu, Dense under He: E[x^2] grows by "
+               "(1 + 2/L)^L (towards e^2, not 3^L): exact at every width",
+               lambda n: residual_network(n, blocks, scaled), SecondMoment(Signal(blocks)), None,
+               source="He et al. 2016; Hanin & Rolnick 2018, Sec. 3", width=8, sweep=(4,)),
+        _entry("residual-forward-unscaled",
+               f"the same {blocks} blocks with alpha = 1: every block multiplies E[x^2] by 3",
+               lambda n: residual_network(n, blocks, 1), SecondMoment(Signal(blocks)), None,
+               source="He et al. 2016; Hanin & Rolnick 2018, Sec. 3", width=8, sweep=(4,)),
+        _entry("residual-backward-last-block",
+               "the gradient at the input of the last block: E[(dL/dx)^2] (1 + 2 alpha^2), exact (the loss "
+               "direction is independent of the branch, so the cross term vanishes)",
+               lambda n: residual_network(n, blocks, scaled), SecondMoment(Gradient(blocks - 1)), None,
+               source="He et al. 2016", width=8, sweep=(4,)),
+    ]
+
+
+def _dropout_entries() -> list[ClaimFamily]:
+    """Inverted dropout at initialisation (keep probability p): E[y^2] = E[x^2]/p, forward and backward."""
+    keep = sp.Rational(4, 5)
+    relu = activation("relu")
+
+    def network(n: int, inputs: FixedInput | None = None) -> Network:
+        layers = (Dense(n, n, he().law(n, n)), Nonlinearity(relu), Dropout(keep), Dense(n, n, he().law(n, n)))
+        return Network(layers, inputs) if inputs is not None else Network(layers)
+
+    return [
+        _entry("dropout-forward",
+               "Dense, relu, Dropout(keep = 0.8), Dense under He: E[y_2^2] = 2/0.8, the 1/p of inverted dropout",
+               network, "y_second_moment", 2, source="Srivastava et al. 2014; PyTorch nn.Dropout", width=8,
+               sweep=(4,)),
+        _entry("dropout-backward",
+               "the same network: the gradient before the dropout layer, E[(dL/dx)^2] = nhat Var[w] / p, "
+               "the same mask forward and backward",
+               network, SecondMoment(Gradient(1)), None, source="Srivastava et al. 2014", width=8, sweep=(4,)),
+        _entry("dropout-correlation",
+               "two fixed inputs with correlation 1/2, each with its own mask: dropout keeps the cross "
+               "moment and divides the second moments by p, so the correlation after it is p times the one before",
+               lambda n: network(n, FixedInput.pair(n, sp.Rational(1, 2))), Correlation(Signal(2)), None,
+               source="Srivastava et al. 2014", width=16, sweep=(8,)),
     ]
 
 

@@ -27,6 +27,12 @@ value::
     #                              # (cross_moment and correlation: of the pair of inputs; need correlation/partner)
     # tensor = "gradient"          # signal (default) | gradient | weight_gradient
     # place = "act2"               # input, dense1, act1, dense2, ... or an integer position (-1: the input)
+    # residual = { blocks = 4, alpha = "1/sqrt(L)", layers = 2 }
+    #                              # after the MLP: blocks x + alpha f(x), f = dense, activation, dense (layers
+    #                              # dense layers of the last width, the init's weights); alpha may use L, the
+    #                              # number of blocks; address them by place: res1, res2, ...
+    # dropout_keep = 0.9           # inverted dropout after every activation of the MLP, keep probability p
+    #                              # (PyTorch's nn.Dropout(0.1)); places drop1, drop2, ...
     prediction = "2"               # numbers, pi, e, + - * / ** and sqrt, exp, log, ...
     exactness = "exact"            # exact | gaussian-exact | asymptotic | approximation
     tolerance = 0.05               # approximation only: the relative deviation promised (else MEASURED)
@@ -68,15 +74,19 @@ from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .errors import VarpropError
 from .montecarlo.limits import check_network
-from .network import FixedInput, GaussianInput, Network, mlp
+from .network import Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, mlp
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
-from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, explicit, init_scheme
+from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, Normal, explicit, init_scheme
 
 __all__ = ["FileClaim", "load_claims", "load_laws"]
 
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
-             "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol")
+             "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol",
+             "residual", "dropout_keep")
+#: The keys of a ``residual = { ... }`` table, and the largest number of blocks a claim may ask for.
+_RESIDUAL_KEYS = ("blocks", "alpha", "layers")
+MAX_BLOCKS = 200
 _N = sp.Symbol("n", positive=True, integer=True)
 #: An asymptotic claim with numeric widths is checked at them and at these fractions of them.
 DEFAULT_SWEEP_FRACTIONS = (sp.Rational(1, 4), sp.Rational(1, 2), sp.Integer(1))
@@ -326,7 +336,50 @@ def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
     bias = table.get("bias_variance")
     bias_variance = None if bias is None else _number(bias, "bias_variance", where)
     inputs = _inputs(table, widths[0], where)
-    return mlp(widths, _activation(table, where), scheme, bias_variance=bias_variance, inputs=inputs)
+    act = _activation(table, where)
+    network = mlp(widths, act, scheme, bias_variance=bias_variance, inputs=inputs)
+    layers = list(network.layers)
+    if "dropout_keep" in table:
+        dropout = Dropout(_number(table["dropout_keep"], "dropout_keep", where))
+        if not any(isinstance(layer, Nonlinearity) for layer in layers):
+            raise ClaimError(f"{where}: dropout_keep puts a dropout layer after every activation of the MLP, and "
+                             f"widths {widths} give none (give at least one hidden width)")
+        layers = [item for layer in layers
+                  for item in ((layer, dropout) if isinstance(layer, Nonlinearity) else (layer,))]
+    if "residual" in table:
+        bias_law = None if bias_variance is None else Normal(bias_variance)
+        layers += _residual_blocks(table["residual"], widths[-1], act, scheme, bias_law, where)
+    return Network(tuple(layers), network.inputs) if len(layers) != len(network.layers) else network
+
+
+def _residual_blocks(spec: object, width: int, act: Activation, scheme: object, bias_law: object,
+                     where: str) -> list[Residual]:
+    """``residual = { blocks = 4, alpha = "1/sqrt(L)", layers = 2 }``: blocks x + alpha f(x) after the MLP, each
+    branch ``layers`` dense layers of the last width with the activation between them (the init scheme's weights);
+    ``alpha`` may use ``L``, the number of blocks."""
+    if not isinstance(spec, dict):
+        raise ClaimError(f"{where}: residual must be a table such as {{ blocks = 4, alpha = \"1/sqrt(L)\" }}, "
+                         f"got {spec!r}")
+    extra = sorted(set(spec) - set(_RESIDUAL_KEYS))
+    if extra or "blocks" not in spec:
+        what = f"unknown key {extra[0]!r}" if extra else "missing key 'blocks'"
+        raise ClaimError(f"{where}: residual: {what}; accepted: {', '.join(_RESIDUAL_KEYS)}")
+    counts = {}
+    for key, default, top in (("blocks", None, MAX_BLOCKS), ("layers", 2, 20)):
+        value = spec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ClaimError(f"{where}: residual {key} must be an integer from 1 to {top}, got {value!r}")
+        counts[key] = value
+    depth = sp.Symbol("L", positive=True, integer=True)
+    alpha = _number(spec.get("alpha", 1), "residual alpha", where, {"L": depth}).subs(depth, counts["blocks"])
+    law = scheme.law(width, width) if hasattr(scheme, "law") else scheme
+    bias = bias_law if bias_law is not None else scheme.bias_law(width, width) if hasattr(scheme, "bias_law") else None
+    branch: list = []
+    for index in range(counts["layers"]):
+        if index:
+            branch.append(Nonlinearity(act))
+        branch.append(Dense(width, width, law, bias))
+    return [Residual(tuple(branch), alpha)] * counts["blocks"]
 
 
 def _inputs(table: Mapping[str, object], width: object, where: str) -> GaussianInput | FixedInput:

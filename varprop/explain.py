@@ -1062,6 +1062,97 @@ def _does_width_matter(settings: Settings) -> Answer:
                   laws)
 
 
+def _fixup_network(width: int, blocks: int) -> Network:
+    """Dense, then residual blocks of Dense, relu, Dense under He with each branch layer's weights scaled by
+    :math:`L^{-1/(2m-2)}` (Fixup, m = 2 layers per branch: the variance by :math:`1/L`), and alpha = 1."""
+    from .network import Dense, Nonlinearity, Residual
+    from .weights import Normal
+
+    scaled = Normal(he().law(width, width).variance / blocks)
+    block = Residual((Dense(width, width, scaled), Nonlinearity(_RELU), Dense(width, width, scaled)), 1)
+    return Network((Dense(width, width, he().law(width, width)),) + (block,) * blocks)
+
+
+def _residual_scaling(settings: Settings) -> Answer:
+    from .catalogue import residual_network
+    from .derive.residual import GAIN, depth_scaling, fixup_alpha
+    from .observables import NormRatio, NormRatioSecondMoment, SecondMoment
+
+    width, blocks = settings.width, settings.depth
+    depth = sp.Symbol("L", positive=True, integer=True)
+    alpha, c, v = sp.Symbol("alpha"), GAIN, sp.IndexedBase("v")
+    scaled_alpha, small = 1 / sp.sqrt(blocks), sp.Rational(1, 10)
+    scaled, unscaled = residual_network(width, blocks, scaled_alpha), residual_network(width, blocks, 1)
+    tenth, fixup = residual_network(width, blocks, small), _fixup_network(width, blocks)
+    last = SecondMoment(Signal(blocks))
+    claims = [
+        _claim("branches scaled by one over root depth", scaled, last, None),
+        _claim("unscaled branches", unscaled, last, None),
+        _claim("branches scaled by a tenth", tenth, last, None),
+        _claim("Fixup-scaled branches", fixup, last, None),
+        _claim("spread of the squared length, scaled branches", scaled, NormRatioSecondMoment(Signal(blocks)), None),
+    ]
+    checks = _check(claims, settings)
+    derivations = (depth_scaling(1 / sp.sqrt(depth), title="branches scaled by one over the square root of the depth"),
+                   depth_scaling(sp.Integer(1), title="unscaled branches"),
+                   depth_scaling(fixup_alpha(2), title="Fixup's scaling, two layers per branch"))
+    gain = sp.Integer(2)  # dense, relu, dense under He: E[f^2] = 2 E[x^2] (the derivation's branch steps)
+    branch_gain = derive_observable(residual_network(width, 1, 1), SecondMoment(Signal(1))).result / 2 - 1
+    if branch_gain != gain:
+        raise DerivationError(f"the He branch's gain is {branch_gain}, not {gain}")
+    limit = derivations[0].result.subs(c, gain)
+    ratio_scaled = derivations[0].extras["ratio"].subs({c: gain, depth: blocks})
+    ratio_unscaled = derivations[1].extras["ratio"].subs({c: gain, depth: blocks})
+    ratio_fixup = derivations[2].extras["ratio"].subs({c: gain, depth: blocks})
+    spread = {}
+    for label, net in (("scaled", scaled), ("unscaled", unscaled)):
+        second = derive_observable(net, NormRatioSecondMoment(Signal(blocks))).result
+        mean = derive_observable(net, NormRatio(Signal(blocks))).result
+        spread[label] = float(second / mean**2)
+    first_spread = float(derive_observable(scaled, NormRatioSecondMoment(Signal(0))).result
+                         / derive_observable(scaled, NormRatio(Signal(0))).result ** 2)
+    f, x = sp.Symbol("f"), sp.Symbol("x")
+    paragraphs = (
+        prose("A residual block adds a scaled branch to its input, ", sp.Eq(sp.Symbol("h"), x + alpha * sp.Function("f")(x)),
+              ". When the branch ends with a dense layer of zero-mean weights independent of its input, ",
+              sp.Eq(_E(x * f), 0), " at every width (a checked step of every residual derivation), so ",
+              sp.Eq(v[sp.Symbol("l") + 1], v[sp.Symbol("l")] + alpha**2 * _E(f**2)),
+              ". A branch of gain ", c, ", ", sp.Eq(_E(f**2), c * v[sp.Symbol("l")]), ", multiplies the second moment "
+              "by ", 1 + c * alpha**2, " per block; dense, relu, dense under He has ", sp.Eq(c, gain),
+              " (the first dense layer doubles the second moment, the relu halves it, the second dense layer doubles "
+              "it again)."),
+        prose("Over ", depth, " blocks that multiplies the second moment ", sp.Eq(v[0], 2), " after the first dense "
+              "layer by ", (1 + c * alpha**2) ** depth, ". With ", sp.Eq(alpha, 1 / sp.sqrt(depth)), " it is ",
+              derivations[0].extras["ratio"], ", which tends to ", sp.exp(c), " however deep the network: ",
+              sp.Eq(sp.exp(gain), sp.Float(float(limit), 4), evaluate=False), " for this branch, ",
+              sp.Float(float(ratio_scaled), 4), f" at {blocks} blocks. Unscaled, ", sp.Eq(alpha, 1),
+              ", it is ", (1 + c) ** depth, " (", 2**depth, " for a branch of gain 1), ",
+              sp.Float(float(ratio_unscaled), 4), f" at {blocks} blocks: the residual connection alone does not stop "
+              "the growth. Measured on networks of hidden width ", sp.Integer(width), ": scaled, ",
+              f"{_measured(checks[0])}; unscaled, {_measured(checks[1])}; scaled by a tenth, {_measured(checks[2])}."),
+        prose("Fixup (Zhang, Dauphin and Ma 2019) scales each of the ", sp.Symbol("m"), " weight layers of a branch by ",
+              depth ** (-1 / (2 * sp.Symbol("m") - 2)), " and starts the last one at zero, so every block is the identity "
+              "at initialisation and the second moment is kept exactly. The scaling alone makes the branch's gain ",
+              c * depth ** (-sp.Symbol("m") / (sp.Symbol("m") - 1)), " and the growth over the depth ",
+              derivations[2].extras["ratio"], " for two layers per branch, which tends to 1: ",
+              sp.Float(float(ratio_fixup), 4), f" at {blocks} blocks, measured {_measured(checks[3])}."),
+        prose("One network is not the average. Hanin and Rolnick (2018) show that the squared length of a residual "
+              "network's signal does not spread out with the depth when the sum of the ", alpha**2,
+              " is bounded. varprop derives its second moment exactly for Gaussian weights: each block multiplies the "
+              "squared length by a factor independent of it and of the blocks below, so the relative spread ",
+              _E(sp.Symbol("R") ** 2) / _E(sp.Symbol("R")) ** 2, f" is {_fmt(first_spread)} after the first layer and "
+              f"{_fmt(spread['scaled'])} after {blocks} scaled blocks, against {_fmt(spread['unscaled'])} unscaled. "
+              f"Measured (scaled): {_measured(checks[4])}."),
+    )
+    numbers = {"limit": float(limit), "scaled": float(ratio_scaled), "unscaled": float(ratio_unscaled),
+               "fixup": float(ratio_fixup), "spread_scaled": spread["scaled"], "spread_unscaled": spread["unscaled"]}
+    headline = prose("Scale each branch by ", 1 / sp.sqrt(depth), ": the second moment then grows by ",
+                     (1 + c / depth) ** depth, " (at most ", sp.exp(c), "), not ", (1 + c) ** depth,
+                     f"; measured at {blocks} blocks: {_measured(checks[0])}.")
+    series = (Series("α = 1", unscaled), Series(f"α = 1/√{blocks}", scaled), Series("α = 0.1", tenth))
+    return Answer(TOPICS["residual-scaling"], paragraphs, derivations, checks, series, numbers, headline, 0, settings)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -1091,6 +1182,10 @@ TOPICS: dict[str, Topic] = {
         Topic("does-width-matter", "Does width matter? One network is not the average",
               "He's initialisation keeps the mean squared length of a relu network's signal at 1 at every width. "
               "Why is that not enough for deep, narrow networks?", _does_width_matter, 4, 2),
+        Topic("residual-scaling", "Scaling residual branches",
+              prose("Why scale each residual branch by ", 1 / sp.sqrt(sp.Symbol("L")), " over ", sp.Symbol("L"),
+                    " blocks, what happens without it, and what does Fixup's scaling do at initialisation?"),
+              _residual_scaling, 8, 2),
     )
 }
 

@@ -26,6 +26,8 @@ from .weights import InitScheme, Normal, WeightLaw, he
 __all__ = [
     "Dense",
     "Nonlinearity",
+    "Residual",
+    "Dropout",
     "Layer",
     "LAYER_CLASSES",
     "GaussianInput",
@@ -80,9 +82,109 @@ class Nonlinearity:
             raise SpecError(f"Nonlinearity needs an Activation, got {self.activation!r}")
 
 
-Layer = Dense | Nonlinearity
+def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Width | None]:
+    """Check that consecutive dense layers of ``layers`` agree on widths and that every residual block keeps
+    the width it receives; return the width the layers take and the width they give (``None``: no dense layer)."""
+    first = current = None
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, LAYER_CLASSES):
+            accepted = ", ".join(cls.__name__ for cls in LAYER_CLASSES)
+            raise SpecError(f"{where} {index} is {abbreviate(layer)}; accepted layers: {accepted}")
+        if isinstance(layer, Dense):
+            if current is not None and sp.simplify(current - layer.fan_in) != 0:
+                raise SpecError(
+                    f"{where} {index} has fan_in {layer.fan_in} but the previous dense layer has fan_out {current}"
+                )
+            first = layer.fan_in if first is None else first
+            current = layer.fan_out
+        elif isinstance(layer, Residual) and layer.width is not None:
+            if current is not None and sp.simplify(current - layer.width) != 0:
+                raise SpecError(
+                    f"{where} {index} is a residual block of width {layer.width} but it receives a signal of "
+                    f"width {current} (the previous dense layer's fan_out)"
+                )
+            first = layer.width if first is None else first
+            current = layer.width
+    return first, current
+
+
+@dataclass(frozen=True)
+class Residual:
+    r"""A residual block :math:`x \mapsto x + \alpha f(x)`, the branch :math:`f` a sub-network.
+
+    The block is one position of the network (its output :math:`x + \alpha f(x)` and the gradient
+    there are observable, named ``res1``, ``res2``, ...); the branch's own signals are walked by both
+    engines but are not places of the network.
+
+    Parameters
+    ----------
+    branch
+        The layers of :math:`f`, in order (any layer kinds; a residual block may hold another). Dense
+        widths must chain, and the branch must give back the width it takes (the skip connection adds
+        its output to its input).
+    alpha
+        The branch scale :math:`\alpha`: a finite real number or a sympy expression
+        (:math:`1/\sqrt L` over L blocks; Fixup's :math:`L^{-1/(2m-2)}`, Zhang, Dauphin & Ma 2019).
+    """
+
+    branch: tuple[Layer, ...]
+    alpha: sp.Expr = sp.Integer(1)
+
+    def __post_init__(self) -> None:
+        branch = self.branch
+        if isinstance(branch, LAYER_CLASSES):
+            branch = (branch,)
+        if isinstance(branch, str | bytes | Mapping) or not isinstance(branch, Iterable):
+            raise SpecError(f"a residual branch must be a sequence of layers, got {abbreviate(branch)}")
+        branch = tuple(branch)
+        if not branch:
+            raise SpecError("a residual branch needs at least one layer (an empty branch is the identity)")
+        object.__setattr__(self, "branch", branch)
+        first, last = _check_chain(branch, "branch layer")
+        if first is not None and sp.simplify(first - last) != 0:
+            raise SpecError(
+                f"a residual branch must give back the width it takes: it takes {first} and gives {last} "
+                "(x + alpha f(x) adds vectors of the same width)"
+            )
+        alpha = as_sympy_number(self.alpha, "residual alpha")
+        if alpha.is_extended_real is False:
+            raise SpecError(f"residual alpha must be real, got {alpha}")
+        object.__setattr__(self, "alpha", sp.nsimplify(alpha, rational=True) if isinstance(alpha, sp.Float) else alpha)
+
+    @property
+    def width(self) -> Width | None:
+        """The width the block takes and gives (``None`` when its branch has no dense layer)."""
+        return _check_chain(self.branch, "branch layer")[0]
+
+
+@dataclass(frozen=True)
+class Dropout:
+    r"""Inverted dropout at initialisation, in training mode: :math:`y = m \odot x / p`.
+
+    ``keep`` is the keep probability :math:`p \in (0, 1]`; every unit of every network (and of each
+    input of a pair) gets its own mask entry :math:`m \sim \mathrm{Bernoulli}(p)`, independent of
+    everything else, so :math:`E[y] = E[x]` and :math:`E[y^2] = E[x^2]/p`. PyTorch's
+    ``nn.Dropout(p)`` takes the *drop* probability: ``nn.Dropout(0.1)`` is ``Dropout(keep=0.9)``.
+    ``keep = 1`` is the identity.
+    """
+
+    keep: sp.Expr
+
+    def __post_init__(self) -> None:
+        keep = as_sympy_number(self.keep, "dropout keep probability")
+        if isinstance(keep, sp.Float):
+            keep = sp.nsimplify(keep, rational=True)
+        if keep.is_extended_real is False or keep.is_nonpositive or (keep - 1).is_positive:
+            raise SpecError(
+                f"dropout keep probability must be in (0, 1], got {abbreviate(self.keep)} (PyTorch's nn.Dropout(p) "
+                "takes the drop probability: keep = 1 - p)"
+            )
+        object.__setattr__(self, "keep", keep)
+
+
+Layer = Dense | Nonlinearity | Residual | Dropout
 #: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
+LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity, Residual, Dropout)
 
 
 def _check_correlation(value: object) -> sp.Expr:
@@ -248,7 +350,16 @@ class FixedInput:
 
 InputSpec = GaussianInput | FixedInput
 
-_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act"}
+
+def _nested_dense(layers: Sequence[Layer]) -> Iterable[Dense]:
+    """Every dense layer of ``layers``, those inside residual branches included, in order."""
+    for layer in layers:
+        if isinstance(layer, Dense):
+            yield layer
+        elif isinstance(layer, Residual):
+            yield from _nested_dense(layer.branch)
+
+_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act", Residual: "res", Dropout: "drop"}
 
 
 @dataclass(frozen=True)
@@ -267,17 +378,7 @@ class Network:
         object.__setattr__(self, "layers", layers)
         if not any(isinstance(layer, Dense) for layer in layers):
             raise SpecError("a network needs at least one Dense layer")
-        previous = None
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, Dense | Nonlinearity):
-                raise SpecError(f"layer {index} is {layer!r}; accepted layers: Dense, Nonlinearity")
-            if isinstance(layer, Dense):
-                if previous is not None and sp.simplify(previous.fan_out - layer.fan_in) != 0:
-                    raise SpecError(
-                        f"layer {index} has fan_in {layer.fan_in} but the previous dense layer has fan_out "
-                        f"{previous.fan_out}"
-                    )
-                previous = layer
+        _check_chain(layers, "layer")
         if not isinstance(self.inputs, GaussianInput | FixedInput):
             raise SpecError(f"inputs must be GaussianInput or FixedInput, got {self.inputs!r}")
         first = self.dense_layers[0]
@@ -304,8 +405,9 @@ class Network:
 
     @property
     def is_numeric(self) -> bool:
-        """True when every width is an integer (needed to sample)."""
-        return all(isinstance(width, int) for width in self.widths)
+        """True when every width, residual branches' included, is an integer (needed to sample)."""
+        return all(isinstance(width, int) for width in self.widths) and all(
+            isinstance(layer.fan_in, int) and isinstance(layer.fan_out, int) for layer in _nested_dense(self.layers))
 
     @property
     def dense_positions(self) -> tuple[int, ...]:

@@ -42,9 +42,9 @@ import numpy as np
 from . import montecarlo
 from .observables import LEGACY_NAMES as OBSERVABLES
 from .derive import EXACTNESS, derive, evaluate, weakest
-from .observables import Correlation, CrossMoment, Observable, Signal, from_name
+from .observables import Correlation, CrossMoment, Gradient, Observable, SecondMoment, Signal, from_name
 from .errors import VarpropError
-from .network import Network, Nonlinearity
+from .network import Network, Nonlinearity, Residual
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing it costs 0.3 s
     from matplotlib.figure import Figure
@@ -188,7 +188,8 @@ def propagation_data(
     network: Network, observable: str, *, samples: int = 2000, seed: int = 0, label: str = "",
     linear_regime: bool = False,
 ) -> PropagationData:
-    r"""Theory and Monte Carlo estimate of ``observable`` at every dense layer of ``network``.
+    r"""Theory and Monte Carlo estimate of ``observable`` at every dense layer of ``network`` (at every residual
+    block's output, for a network that has residual blocks: :math:`l` counts the blocks).
 
     The theory is :func:`varprop.derive.derive` at every layer (the same derivation a claim built by
     :func:`varprop.catalogue.claim_from_derivation` checks: textbook, infinite-width values where no
@@ -233,7 +234,7 @@ def propagation_data(
         raise PlotError(f"propagation_data needs integer widths to sample, got widths {network.widths}")
     label = str(label) or _default_label(network)
     try:
-        targets = [_observable_at(observable, layer, network) for layer in range(1, network.depth + 1)]
+        targets = _targets(observable, network, label)
         derivations = [derive(network, target, linear_regime=bool(linear_regime)) for target in targets]
         predicted = tuple(evaluate(d.result).value for d in derivations)
         drawn = montecarlo.sample(network, samples, seed=seed)
@@ -249,13 +250,29 @@ def propagation_data(
     return PropagationData(
         network_label=label,
         observable=observable,
-        layers=tuple(range(1, network.depth + 1)),
+        layers=tuple(range(1, len(targets) + 1)),
         predicted=predicted,
         estimated=tuple(e.value for e in estimates),
         se=tuple(e.se for e in estimates),
         samples=int(samples),
         exactness=weakest(*(d.exactness for d in derivations)),
     )
+
+
+#: What a figure follows over the residual blocks of a network that has them: the block output's second moment,
+#: or that of the gradient there.
+_BLOCK_PANELS = {"y_second_moment": Signal, "dy_second_moment": Gradient}
+
+
+def _targets(observable: str, network: Network, label: str) -> list[Observable]:
+    """The observable at every dense layer, or, in a network with residual blocks, at every block's output."""
+    blocks = [p for p, layer in enumerate(network.layers) if isinstance(layer, Residual)]
+    if not blocks:
+        return [_observable_at(observable, layer, network) for layer in range(1, network.depth + 1)]
+    if observable not in _BLOCK_PANELS:
+        raise PlotError(f"{label!r} has residual blocks: its figure follows the block outputs, with "
+                        f"{' or '.join(_BLOCK_PANELS)}; got {observable}")
+    return [SecondMoment(_BLOCK_PANELS[observable](p)) for p in blocks]
 
 
 def _observable_at(observable: str, layer: int, network: Network) -> Observable:

@@ -19,7 +19,7 @@ from varprop.activations import activation
 from varprop.montecarlo import FAIL, PASS, MonteCarloError, estimate, judge, layer_step, network_values, per_network_values, sample
 from varprop.montecarlo.check import _measure_one, _observable
 from varprop.montecarlo.estimators import health
-from varprop.network import LAYER_CLASSES, Dense, FixedInput, GaussianInput, Network, Nonlinearity, mlp
+from varprop.network import LAYER_CLASSES, Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, mlp
 from varprop.observables import (
     OBSERVABLES,
     Gradient,
@@ -59,11 +59,14 @@ def test_every_observable_and_layer_class_has_a_monte_carlo_rule():
     assert _missing(layer_step, LAYER_CLASSES) == []
     # and each rule runs: every statistic at the last position of a network holding every layer kind
     # a pair of fixed inputs, so that the pair statistics (cross moment, correlation) run too
-    net = Network((Dense(3, 4, Normal(0.5)), Nonlinearity(activation("tanh"))), FixedInput(X, partner=(0.5, 1.0, -1.0)))
+    net = Network((Dense(3, 4, Normal(0.5)), Nonlinearity(activation("tanh")),
+                   Residual((Dense(4, 4, Normal(0.25)), Nonlinearity(activation("relu")), Dense(4, 4, Normal(0.5))), 0.5),
+                   Dropout(0.75)), FixedInput(X, partner=(0.5, 1.0, -1.0)))
     assert {type(layer) for layer in net.layers} == set(LAYER_CLASSES)
     samples = sample(net, 20, seed=0)
     for cls in OBSERVABLES:
-        assert np.isfinite(estimate(samples, cls(Signal(1))).value), cls
+        for position in (1, 3):
+            assert np.isfinite(estimate(samples, cls(Signal(position))).value), cls
 
 
 def test_the_registry_check_catches_a_class_without_a_rule():
@@ -72,11 +75,11 @@ def test_the_registry_check_catches_a_class_without_a_rule():
     class Skewness(Observable):
         statistic = "skewness"
 
-    class Dropout:
+    class Pooling:
         pass
 
     assert _missing(network_values, (*OBSERVABLES, Skewness)) == ["Skewness"]
-    assert _missing(layer_step, (*LAYER_CLASSES, Dropout)) == ["Dropout"]
+    assert _missing(layer_step, (*LAYER_CLASSES, Pooling)) == ["Pooling"]
     samples = sample(mlp([3, 4, 2]), 5, seed=0)
     with pytest.raises(MonteCarloError, match="Skewness.*Mean, SecondMoment, Variance, NormRatio"):
         network_values(Skewness(Signal(0)), samples)

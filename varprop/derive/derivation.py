@@ -71,6 +71,7 @@ __all__ = [
     "Numeric",
     "BivariateIntegral",
     "Unrolled",
+    "Limit",
     "Solve",
     "CHECKS",
     "Step",
@@ -544,9 +545,25 @@ class Solve(Check):
         return ok, f"sympy.solve({to_text(self.equation.lhs)} = {to_text(self.equation.rhs)}) gives {to_text(solutions[0])}"
 
 
+@dataclass(frozen=True)
+class Limit(Check):
+    r"""``rhs`` is :math:`\lim_{v \to \text{point}}` of ``expression``, found again by ``sympy.limit``."""
+
+    expression: sp.Expr
+    variable: sp.Symbol
+    point: sp.Expr = sp.oo
+    kind: ClassVar[str] = "limit"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        value = sp.limit(self.expression, self.variable, self.point)
+        infinite = value.has(sp.oo, -sp.oo, sp.zoo) or step.rhs.has(sp.oo, -sp.oo, sp.zoo)
+        ok = value == step.rhs if infinite else _is_zero(value - step.rhs)
+        return ok, f"sympy.limit({to_text(self.expression)}, {self.variable} -> {self.point}) gives {to_text(value)}"
+
+
 #: The check kinds, by name.
 CHECKS: dict[str, type[Check]] = {
-    cls.kind: cls for cls in (Identity, Definition, Lemma, Integral, Unrolled, Solve, Modelling)
+    cls.kind: cls for cls in (Identity, Definition, Lemma, Integral, Unrolled, Solve, Limit, Modelling)
 }
 _CHECKS = tuple(CHECKS)
 
@@ -684,7 +701,8 @@ class Derivation:
         """The number (1-based) of the last step whose right side is the result, ``None`` when no step states it
         as it is (the result then rewrites a step, e.g. with the widths named ``n_in``)."""
         for number in range(len(self.steps), 0, -1):
-            if _is_zero(self.steps[number - 1].rhs - self.result):
+            rhs = self.steps[number - 1].rhs
+            if rhs == self.result or _is_zero(rhs - self.result):  # == first: oo - oo is nan
                 return number
         return None
 
@@ -1130,6 +1148,8 @@ def _is_zero(expr: sp.Expr, *, quick: bool = False) -> bool:
     """
     if expr == 0:
         return True
+    if expr is sp.nan:  # oo - oo: not a proof of anything
+        return False
     expanded = sp.expand(expr)
     if expanded == 0:
         return True

@@ -50,7 +50,7 @@ import mpmath
 import sympy as sp
 
 from ..errors import DerivationError
-from ..network import Dense, Nonlinearity
+from ..network import Dense, Nonlinearity, Residual
 from ..observables import DeadFraction, LogNormRatio, NormRatioSecondMoment
 from .derivation import (
     LEMMA_CONSTANT,
@@ -783,6 +783,10 @@ def _rename(expr: sp.Expr) -> sp.Expr:
 @observable_rules.register
 def _(observable: NormRatioSecondMoment, walk: object) -> Quantity:
     position = observable.tensor.position
+    if any(isinstance(layer, Residual) for layer in walk.network.layers):
+        from .residual import length_second_moment
+
+        return length_second_moment(observable, walk)
     widths, variances = relu_chain(walk.network, position, gaussian=True)
     depth = len(widths) - 1
     symbol = Expect(_RATIO[position + 1] ** 2)

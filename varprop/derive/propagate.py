@@ -303,6 +303,7 @@ class _Walk:
     partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
     crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
     prime: bool = False  # while walking the partner input: signal symbols are primed
+    blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
 
     # -- naming --
 
@@ -322,7 +323,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and (position == -1 or self.dense_index(position) > 0):  # not the input's x_1 again
             return x[self.dense_index(position) + 1]
         return h[position]
 
@@ -330,7 +331,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return dy[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and (position == -1 or self.dense_index(position) > 0):
             return dx[self.dense_index(position) + 1]
         return dh[position]
 
@@ -1054,10 +1055,15 @@ class Propagation:
         )
 
 
+def _all_layers(layers: tuple) -> list:
+    """Every layer, those inside residual branches included."""
+    return [inner for layer in layers for inner in (layer, *_all_layers(getattr(layer, "branch", ())))]
+
+
 def _network_summary(network: Network) -> Prose:
-    dense = network.dense_layers
-    laws = sorted({str(layer.weights) for layer in dense})
-    acts = sorted({str(layer.activation) for layer in network.layers if isinstance(layer, Nonlinearity)})
+    every = _all_layers(network.layers)
+    laws = sorted({str(layer.weights) for layer in every if isinstance(layer, Dense)})
+    acts = sorted({str(layer.activation) for layer in every if isinstance(layer, Nonlinearity)})
     inputs = network.inputs
     parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]
     parts += _joined([Code(a) for a in acts]) or ["none"]

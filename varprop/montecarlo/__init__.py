@@ -20,6 +20,7 @@ from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
 from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, executor_from
+from . import dropout, residual  # noqa: F401  (register the Dropout and Residual layer steps)
 from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
 

@@ -27,8 +27,9 @@ per-network statistics (:mod:`varprop.montecarlo.statistics`), so every estimato
 
     The joint law of every per-layer quantity (signals, gradients, hence every observable) is
     exactly that of the full engine; the proof is in ``docs/engines.rst``. Served: networks of
-    :class:`~varprop.network.Dense` layers with :class:`~varprop.weights.Normal` weights and
-    :class:`~varprop.network.Nonlinearity` layers, one input or an input pair.
+    :class:`~varprop.network.Dense` layers with :class:`~varprop.weights.Normal` weights,
+    :class:`~varprop.network.Nonlinearity` and :class:`~varprop.network.Dropout` layers and
+    :class:`~varprop.network.Residual` blocks of those, one input or an input pair.
 
 :func:`select_engine` picks the conditional engine wherever it is valid (``"auto"``), and refuses
 an explicit ``"conditional"`` for a network it cannot serve, saying why.
@@ -321,6 +322,22 @@ def _(layer: Nonlinearity, inputs: int = 1) -> LayerStep:
 # --- engines ---------------------------------------------------------------------------------------
 
 
+def _flat(layers: tuple) -> list:
+    """The layers in the order the sampler runs them, residual branches expanded (their widths chain)."""
+    out = []
+    for layer in layers:
+        branch = getattr(layer, "branch", None)
+        out.extend(_flat(branch) if branch is not None else [layer])
+    return out
+
+
+def sized(step: LayerStep, width: int) -> LayerStep:
+    """``step`` told the width of its input, for steps that draw per unit but whose layer does not know its
+    width (dropout): such a step has a ``sized(width)`` method returning the sized step."""
+    bind = getattr(step, "sized", None)
+    return step if bind is None else bind(width)
+
+
 def _full_unsupported(network: Network, paired: bool) -> str | None:
     for index, layer in enumerate(network.layers):
         if layer_step.dispatch(type(layer)) is layer_step.registry[object]:
@@ -333,9 +350,11 @@ def _conditional_unsupported(network: Network, paired: bool) -> str | None:
         place = network.place_name(index)
         if conditional_step.dispatch(type(layer)) is conditional_step.registry[object]:
             return f"layer {index} ({place}) is a {type(layer).__name__}, which the conditional engine does not read"
-        if isinstance(layer, Dense) and not isinstance(layer.weights, Normal):
-            return (f"layer {index} ({place}) has {layer.weights} weights; the conditional engine needs iid "
-                    f"Gaussian (Normal) weights, for which the part of W a network sees is Gaussian given its input")
+        for inner in _flat((layer,)):
+            if isinstance(inner, Dense) and not isinstance(inner.weights, Normal):
+                where = "has" if inner is layer else "has a dense layer in its branch with"
+                return (f"layer {index} ({place}) {where} {inner.weights} weights; the conditional engine needs iid "
+                        f"Gaussian (Normal) weights, for which the part of W a network sees is Gaussian given its input")
     return None
 
 
@@ -344,7 +363,7 @@ def _full_cost(network: Network, paired: bool) -> tuple[int, int]:
     width = int(network.widths[0])
     drawn = 0
     activations = 8 * width
-    for layer in network.layers:
+    for layer in _flat(network.layers):
         if isinstance(layer, Dense):
             drawn += int(layer.fan_in) * int(layer.fan_out) + (int(layer.fan_out) if layer.bias is not None else 0)
             width = int(layer.fan_out)
@@ -358,7 +377,7 @@ def _conditional_cost(network: Network, paired: bool) -> tuple[int, int]:
     width = int(network.widths[0])
     drawn = 0
     working = 8 * width
-    for layer in network.layers:
+    for layer in _flat(network.layers):
         if isinstance(layer, Dense):
             n_in, n_out = int(layer.fan_in), int(layer.fan_out)
             drawn += k * n_out + n_in + (n_out if layer.bias is not None else 0)
@@ -401,7 +420,7 @@ class Engine:
         steps = []
         for index, layer in enumerate(network.layers):
             try:
-                step = self.step(layer, inputs)
+                step = sized(self.step(layer, inputs), int(network.width(index - 1)))
                 if isinstance(layer, Nonlinearity):
                     layer.activation.numpy(np.zeros(1))
                     layer.activation.numpy_derivative(np.zeros(1))
