@@ -40,6 +40,7 @@ from .propagate import (
     symmetry_lemma,
 )
 from . import finite  # noqa: F401  (registers the finite-width observables' rules)
+from . import convolution  # noqa: F401  (registers the convolution rules)
 from .textbook import DERIVATIONS, Q_STAR, backward, condition, forward, glorot, ratio, weight_gradient
 
 __all__ = [
