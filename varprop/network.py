@@ -464,9 +464,11 @@ class Network:
             if isinstance(layer, WEIGHTED_LAYERS):
                 if previous is not None and sp.simplify(layer_widths(previous)[1] - layer_widths(layer)[0]) != 0:
                     what = "fan_in" if isinstance(layer, Dense) else "input width (in_channels * prod(input_size))"
+                    before = ("dense layer has fan_out" if isinstance(previous, Dense) else
+                              "convolution has output width (out_channels * prod(output_size))")
                     raise SpecError(
-                        f"layer {index} has {what} {layer_widths(layer)[0]} but the previous layer with weights has "
-                        f"output width {layer_widths(previous)[1]}"
+                        f"layer {index} has {what} {layer_widths(layer)[0]} but the previous {before} "
+                        f"{layer_widths(previous)[1]}"
                     )
                 if isinstance(previous, Conv) and isinstance(layer, Conv) and (
                         previous.out_channels, previous.output_size) != (layer.in_channels, layer.input_size):

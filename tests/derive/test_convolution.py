@@ -108,7 +108,7 @@ def test_a_conv_needs_a_weight_law_and_matching_neighbours():
     # Same width (4 x 8 = 8 x 4) but not the same channels and positions.
     with pytest.raises(SpecError, match="previous convolution puts out"):
         Network((Conv(1, 4, 1, 8, weights=Normal(1)), Conv(8, 8, 1, 4, weights=Normal(1))))
-    with pytest.raises(SpecError, match="input width"):
+    with pytest.raises(SpecError, match="input width .* but the previous convolution has output width"):
         Network((Conv(1, 4, 1, 8, weights=Normal(1)), Conv(4, 4, 1, 9, weights=Normal(1))))
     # A dense layer flattens the channels and positions of the convolution before it.
     net = Network((Conv(1, 4, 3, 8, weights=Normal(1)), Dense(24, 5, Normal(1))))
