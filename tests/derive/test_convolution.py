@@ -231,3 +231,58 @@ def test_pairs_through_an_unpadded_conv_and_refused_through_a_padded_one():
     padded = Network((conv(2, 3, 3, 8, padding=1),), FixedInput.pair(16, 0))
     with pytest.raises(DerivationError, match="padding=0 for a pair"):
         derive(padded, SecondMoment(Signal(0)))
+
+
+# --- claim files --------------------------------------------------------------------------------
+
+CONV_FILE = """
+[[claim]]
+name = "conv-padded"
+activation = "relu"
+widths = [2, 4, 4]
+conv = { kernel_size = 3, input_size = 6, padding = 1 }
+observable = "second_moment"
+place = "conv2"
+prediction = "44/27"
+
+[[claim]]
+name = "conv2d-backward"
+activation = "linear"
+widths = [3, 2]
+init = "he"
+mode = "fan_out"
+conv = { kernel_size = [3, 3], input_size = [6, 6], stride = 2, padding = 1 }
+observable = "second_moment"
+tensor = "gradient"
+place = "input"
+prediction = "2"
+"""
+
+
+def test_a_claim_file_writes_conv_layers(tmp_path):
+    from varprop.claimfile import load_claims
+
+    path = tmp_path / "conv.toml"
+    path.write_text(CONV_FILE)
+    padded, strided = load_claims(path)
+    assert padded.claim.network == cnn([2, 4, 4], 3, 6, "relu", he(), padding=1)
+    assert padded.agreement.startswith("matches the derivation")
+    assert strided.claim.network == cnn([3, 2], (3, 3), (6, 6), "linear", he("fan_out"), stride=2, padding=1)
+    assert strided.agreement.startswith("differs from the derivation")  # fan-out mode's 2 ignores the stride
+    assert strided.derived == derive(strided.claim.network, SecondMoment(Gradient(-1))).result
+
+
+@pytest.mark.parametrize("replace, match", [
+    ("conv = { kernel_size = 3, input_size = 6, padding = 1 }", "conv = { kernel_size = 3 }"),
+    ("conv = { kernel_size = 3, input_size = 6, padding = 1 }", "conv = { kernel_size = 3, input_size = 6, dilation = 2 }"),
+    ("conv = { kernel_size = 3, input_size = 6, padding = 1 }", "conv = { kernel_size = 9, input_size = 6 }"),
+    ('place = "conv2"', "layer = 2"),
+])
+def test_bad_conv_tables_are_refused_with_the_reason(tmp_path, replace, match):
+    from varprop.claimfile import load_claims
+    from varprop.claims import ClaimError
+
+    path = tmp_path / "conv.toml"
+    path.write_text(CONV_FILE.split("[[claim]]")[1].join(["[[claim]]", ""]).replace(replace, match))
+    with pytest.raises(ClaimError, match="kernel_size and input_size|unknown key 'dilation'|larger than the padded|by place"):
+        load_claims(path)
