@@ -140,3 +140,13 @@ def test_per_position_profiles_through_tanh_agree_with_the_sampler():
     assert claim.exactness == "exact"
     assert check(claim, seed=14, rtol=RTOL).outcome == "PASS"
     assert check(claim.with_prediction(claim.prediction * sp.Rational(6, 5)), seed=14, rtol=RTOL).outcome == "FAIL"
+
+
+def test_grouped_conv_backward_has_the_groups_that_pytorchs_fan_out_leaves_out():
+    layer = conv(4, 6, 3, 8, he("fan_out"), groups=2)
+    net = Network((layer,))
+    claim = claim_from_derivation("grouped", net, SecondMoment(Gradient(-1)))
+    assert claim.exactness == "exact"
+    assert check(claim, seed=15, rtol=RTOL).outcome == "PASS"
+    # Wrong: PyTorch's fan-out (out_channels * K, not / groups) taken as the number of terms.
+    assert check(claim.with_prediction(claim.prediction * layer.groups), seed=15, rtol=RTOL).outcome == "FAIL"
