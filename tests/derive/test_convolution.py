@@ -17,19 +17,32 @@ import sympy as sp
 
 from varprop.activations import activation
 from varprop.derive import derive
-from varprop.derive.convolution import index_map, input_multiplicity, position_profile, tap_counts
+from varprop.derive.convolution import (
+    index_map,
+    input_multiplicity,
+    position_profile,
+    tap_counts,
+)
 from varprop.errors import DerivationError, SpecError
 from varprop.network import (
-    Conv, Dense, FixedInput, GaussianInput, Network, Nonlinearity, cnn, conv, layer_widths,
+    Conv,
+    Dense,
+    FixedInput,
+    GaussianInput,
+    Network,
+    Nonlinearity,
+    cnn,
+    conv,
+    layer_widths,
 )
 from varprop.observables import CrossMoment, Gradient, SecondMoment, Signal
 from varprop.weights import Normal, Uniform, he
 
 CASES = [
-    dict(in_channels=3, out_channels=6, kernel_size=3, input_size=10),
-    dict(in_channels=4, out_channels=6, kernel_size=4, input_size=11, stride=3, padding=2, groups=2),
-    dict(in_channels=2, out_channels=4, kernel_size=(3, 2), input_size=(7, 6), stride=(2, 1), padding=(1, 1)),
-    dict(in_channels=6, out_channels=3, kernel_size=3, input_size=(5, 5), stride=2, padding=1, groups=3),
+    {"in_channels": 3, "out_channels": 6, "kernel_size": 3, "input_size": 10},
+    {"in_channels": 4, "out_channels": 6, "kernel_size": 4, "input_size": 11, "stride": 3, "padding": 2, "groups": 2},
+    {"in_channels": 2, "out_channels": 4, "kernel_size": (3, 2), "input_size": (7, 6), "stride": (2, 1), "padding": (1, 1)},
+    {"in_channels": 6, "out_channels": 3, "kernel_size": 3, "input_size": (5, 5), "stride": 2, "padding": 1, "groups": 3},
 ]
 
 
@@ -84,18 +97,18 @@ def test_index_map_reads_the_receptive_field_in_c_order():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(in_channels=3, groups=2), "divisible by groups"),
-    (dict(kernel_size=9, padding=0), "larger than the padded input"),
-    (dict(input_size=(4, 4, 4)), "1-D.*2-D"),
-    (dict(stride=0), "stride"),
-    (dict(kernel_size=(3, 3)), "tuple of 1 integers"),
-    (dict(padding=-1), "padding"),
-    (dict(in_channels=0), "in_channels"),
-    (dict(input_size=(100, 100)), "at most 4096"),
-    (dict(out_channels=2.5), "out_channels"),
+    ({"in_channels": 3, "groups": 2}, "divisible by groups"),
+    ({"kernel_size": 9, "padding": 0}, "larger than the padded input"),
+    ({"input_size": (4, 4, 4)}, "1-D.*2-D"),
+    ({"stride": 0}, "stride"),
+    ({"kernel_size": (3, 3)}, "tuple of 1 integers"),
+    ({"padding": -1}, "padding"),
+    ({"in_channels": 0}, "in_channels"),
+    ({"input_size": (100, 100)}, "at most 4096"),
+    ({"out_channels": 2.5}, "out_channels"),
 ])
 def test_bad_convolutions_are_refused_with_the_value(bad, match):
-    spec = dict(in_channels=4, out_channels=4, kernel_size=3, input_size=8) | bad
+    spec = {"in_channels": 4, "out_channels": 4, "kernel_size": 3, "input_size": 8} | bad
     with pytest.raises(SpecError, match=match):
         Conv(**spec, weights=Normal(1))
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import sympy as sp
 
+from varprop.activations import activation
 from varprop.catalogue import claim_from_derivation
 from varprop.montecarlo import check, select_engine
 from varprop.montecarlo.convolution import ConvStep
 from varprop.montecarlo.errors import MonteCarloError
 from varprop.network import Conv, Network, Nonlinearity, cnn, conv
-from varprop.activations import activation
 from varprop.observables import Gradient, SecondMoment, Signal
 from varprop.weights import Normal, he
 

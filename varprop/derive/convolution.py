@@ -66,9 +66,9 @@ from ..errors import DerivationError
 from ..network import Conv, Dense, Network
 from .derivation import Code, Expect, Rule, Variance, prose
 from .propagate import (
+    A_GRAD_INDEP,
     A_IID,
     A_ZERO_MEAN,
-    A_GRAD_INDEP,
     HE,
     Quantity,
     _Gradient,
@@ -81,7 +81,7 @@ from .propagate import (
     propagate,
 )
 
-__all__ = ["index_map", "tap_counts", "input_multiplicity", "position_profile"]
+__all__ = ["index_map", "input_multiplicity", "position_profile", "tap_counts"]
 
 #: The notation of a convolution's steps, indexed by the convolution's ordinal (conv1, conv2, ...).
 n_conv = sp.IndexedBase("n^c")  # PyTorch's fan-in C_in K / g
@@ -187,7 +187,7 @@ def _definitions(walk: _Walk, layer: Conv, position: int) -> tuple[int, sp.Expr,
 
 
 def _shape_words(layer: Conv) -> str:
-    size = lambda t: "x".join(map(str, t))  # noqa: E731
+    size = lambda t: "x".join(map(str, t))
     return (f"{layer.in_channels} -> {layer.out_channels} channels, kernel {size(layer.kernel_size)}, input "
             f"{size(layer.input_size)}, output {size(layer.output_size)}, stride {size(layer.stride)}, padding "
             f"{size(layer.padding)}, groups {layer.groups}")
@@ -229,7 +229,7 @@ def _(layer: Conv, walk: _Walk, signal: _Signal, position: int) -> _Signal:
             Expect(out**2), n_conv[k] * Variance(w_conv[k]) * tau[k] * Expect(X_in**2) + bias_second,
             Rule.INDEPENDENCE, per_unit, assumptions=(A_IID, A_ZERO_MEAN), source=f"{HE}, eq. (7), per position")
         facts = (general, i_n, i_vw, i_tau, *uses_b[:1], signal.second.step)
-        value = sp.expand(layer.fan_in * layer.weights.variance * tau_value(walk, i_tau) * signal.second.value
+        value = sp.expand(layer.fan_in * layer.weights.variance * walk.builder.steps[i_tau].rhs * signal.second.value
                           + bias_value)
     else:
         multiplicity = input_multiplicity(layer).ravel()
@@ -264,10 +264,6 @@ def _(layer: Conv, walk: _Walk, signal: _Signal, position: int) -> _Signal:
         # probability 2^-n that a rectifier zeroes all n of them (the dense rule) is not exact here.
         independent_units=False,
     )
-
-
-def tau_value(walk: _Walk, index: int) -> sp.Expr:
-    return walk.builder.steps[index].rhs
 
 
 @backward_rule.register
