@@ -444,8 +444,10 @@ _PLACE_PREFIX = {Dense: "dense", Conv: "conv", Nonlinearity: "act"}
 class Network:
     """An ordered tuple of layers and a description of the inputs.
 
-    Consecutive dense layers must agree on widths (``fan_out`` of one equals ``fan_in`` of the next),
-    and a fixed input must have the first layer's fan-in.
+    Consecutive layers with weights must agree on widths (``fan_out`` of one dense layer equals
+    ``fan_in`` of the next; a convolution counts with its flattened widths, and two consecutive
+    convolutions must also agree on channels and spatial size), and a fixed input must have the first
+    layer's input width.
     """
 
     layers: tuple[Layer, ...]
