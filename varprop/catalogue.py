@@ -18,7 +18,7 @@ from .activations import activation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
-from .network import Dense, Dropout, FixedInput, Network, Nonlinearity, Residual, mlp
+from .network import Dense, Dropout, FixedInput, Network, Nonlinearity, Residual, cnn, conv, mlp
 from .observables import Correlation, Gradient, Observable, ObservableError, SecondMoment, Signal, from_name
 from .weights import glorot, he, lecun, torch_linear_default
 
@@ -178,6 +178,7 @@ def _catalogue() -> dict[str, ClaimFamily]:
         *_correlation_entries(),
         *_residual_entries(),
         *_dropout_entries(),
+        *_convolution_entries(),
     ]
     return {entry.name: entry for entry in entries}
 
@@ -279,6 +280,32 @@ def _dropout_entries() -> list[ClaimFamily]:
                "moment and divides the second moments by p, so the correlation after it is p times the one before",
                lambda n: network(n, FixedInput.pair(n, sp.Rational(1, 2))), Correlation(Signal(2)), None,
                source="Srivastava et al. 2014", width=16, sweep=(8,)),
+    ]
+
+
+def _convolution_entries() -> list[ClaimFamily]:
+    """Convolutions (:mod:`varprop.derive.convolution`), indexed by their channel count n.
+
+    Every observable covers all units of the layer, border positions included; small spatial sizes
+    keep the border's share (and its effect) large and the networks cheap.
+    """
+    relu = activation("relu")
+    return [
+        _entry("he-conv1d-relu-interior",
+               "He fan-in (n = C_in K) through a 1-D conv relu net without padding: every position is interior and "
+               "E[h^2] stays at 2 Var[x], as for a dense net",
+               lambda n: cnn([n, n, n], 3, 8, relu, he()), SecondMoment(Signal(2)), None,
+               source=f"{HE}, eq. (10), with PyTorch's convolution fan-in"),
+        _entry("conv1d-padded-border",
+               "the same with zero padding 1 on 6 positions: the border positions see 2 of the 3 taps, and the layer "
+               "average falls below He's 2 by the exact per-position recursion",
+               lambda n: cnn([n, n, n], 3, 6, relu, he(), padding=1), SecondMoment(Signal(2)), None,
+               source=f"{HE}, eq. (7), per position"),
+        _entry("conv2d-strided-backward",
+               "He fan-out (n-hat = C_out K) on a stride-2 3x3 2-D conv: input positions are reached by 1, 2 or 4 of "
+               "the 9 taps, so E[(dL/dx)^2] is about 2/s^2 (less at the padded border), not the 2 fan-out mode promises",
+               lambda n: Network((conv(n, n, 3, (6, 6), he("fan_out"), stride=2, padding=1),)),
+               SecondMoment(Gradient(-1)), None, source=f"{HE}, eq. (14), per position"),
     ]
 
 

@@ -39,6 +39,20 @@ value::
     atol = 0.01                    # a prediction of 0: the absolute tolerance, in the observable's units
     source = "He et al. 2015, eq. (10)"
 
+A convolutional network (:func:`varprop.network.cnn`) is written with a ``conv`` table; ``widths``
+are then channel counts (the input's, then each convolution's output channels), the init scheme
+is evaluated at PyTorch's convolution fans, and the observable is addressed by ``place``
+(``conv1``, ``act1``, ``conv2``, ...)::
+
+    [[claim]]
+    name = "conv-he-padded"
+    activation = "relu"
+    widths = [2, 8, 8]             # channels: input, then each convolution's output
+    conv = { kernel_size = 3, input_size = 16, padding = 1 }   # also stride, groups; 2-D: [8, 8]
+    observable = "second_moment"
+    place = "conv2"
+    prediction = "..."
+
 An asymptotic claim is always checked over a sweep of at least three widths: write its widths in
 ``n`` together with ``sweep``, or give numbers and it is checked at them and at 1/2 and 1/4 of them
 (rounded), so the given widths are the largest of its sweep.
@@ -74,7 +88,7 @@ from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .errors import VarpropError
 from .montecarlo.limits import check_network
-from .network import Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, mlp
+from .network import Conv, Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, cnn, mlp
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, Normal, explicit, init_scheme
 
@@ -83,10 +97,11 @@ __all__ = ["FileClaim", "load_claims", "load_laws"]
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
              "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol",
-             "residual", "dropout_keep")
+             "residual", "dropout_keep", "conv")
 #: The keys of a ``residual = { ... }`` table, and the largest number of blocks a claim may ask for.
 _RESIDUAL_KEYS = ("blocks", "alpha", "layers")
 MAX_BLOCKS = 200
+_CONV_KEYS = ("kernel_size", "input_size", "stride", "padding", "groups")
 _N = sp.Symbol("n", positive=True, integer=True)
 #: An asymptotic claim with numeric widths is checked at them and at these fractions of them.
 DEFAULT_SWEEP_FRACTIONS = (sp.Rational(1, 4), sp.Rational(1, 2), sp.Integer(1))
@@ -335,6 +350,8 @@ def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
         scheme = init_scheme(name, mode=str(table.get("mode", "fan_in")), a=slope, distribution=distribution)
     bias = table.get("bias_variance")
     bias_variance = None if bias is None else _number(bias, "bias_variance", where)
+    if "conv" in table:
+        return _conv_network(table, widths, scheme, bias_variance, where)
     inputs = _inputs(table, widths[0], where)
     act = _activation(table, where)
     network = mlp(widths, act, scheme, bias_variance=bias_variance, inputs=inputs)
@@ -380,6 +397,28 @@ def _residual_blocks(spec: object, width: int, act: Activation, scheme: object, 
             branch.append(Nonlinearity(act))
         branch.append(Dense(width, width, law, bias))
     return [Residual(tuple(branch), alpha)] * counts["blocks"]
+
+
+def _conv_network(table: Mapping[str, object], channels: list, scheme: object, bias_variance: object,
+                  where: str) -> Network:
+    """The ``conv`` table: a :func:`~varprop.network.cnn` with ``widths`` as its channel counts."""
+    spec = table["conv"]
+    if not isinstance(spec, dict) or "kernel_size" not in spec or "input_size" not in spec:
+        raise ClaimError(f"{where}: conv must be a table with kernel_size and input_size (and optionally stride, "
+                         f"padding, groups), got {spec!r}")
+    extra = sorted(set(spec) - set(_CONV_KEYS))
+    if extra:
+        raise ClaimError(f"{where}: unknown key {extra[0]!r} in conv; accepted: {', '.join(_CONV_KEYS)}")
+    sizes = {key: tuple(value) if isinstance(value, list) else value for key, value in spec.items()}
+    if "layer" in table:
+        raise ClaimError(f"{where}: a convolutional network's observables are addressed by place (conv1, act1, ...), "
+                         "not by dense layer")
+    first = Conv(channels[0], channels[1], sizes["kernel_size"], sizes["input_size"], sizes.get("stride", 1),
+                 sizes.get("padding", 0), sizes.get("groups", 1), weights=Normal(1))
+    inputs = _inputs(table, first.in_width, where)
+    return cnn(channels, sizes["kernel_size"], sizes["input_size"], _activation(table, where), scheme,
+               stride=sizes.get("stride", 1), padding=sizes.get("padding", 0), groups=sizes.get("groups", 1),
+               bias_variance=bias_variance, inputs=inputs)
 
 
 def _inputs(table: Mapping[str, object], width: object, where: str) -> GaussianInput | FixedInput:

@@ -12,8 +12,10 @@ layer's input is :math:`x_{l+1} = \phi(y_l)`. :math:`n_l` is the fan-in of layer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from numbers import Integral
 
 import numpy as np
 import sympy as sp
@@ -25,6 +27,8 @@ from .weights import InitScheme, Normal, WeightLaw, he
 
 __all__ = [
     "Dense",
+    "Conv",
+    "conv",
     "Nonlinearity",
     "Residual",
     "Dropout",
@@ -35,6 +39,9 @@ __all__ = [
     "InputSpec",
     "Network",
     "mlp",
+    "cnn",
+    "WEIGHTED_LAYERS",
+    "layer_widths",
 ]
 
 
@@ -82,29 +89,227 @@ class Nonlinearity:
             raise SpecError(f"Nonlinearity needs an Activation, got {self.activation!r}")
 
 
+#: Bounds on a convolution's sizes, checked before any work starts (the derivation walks every position).
+MAX_CONV_POSITIONS = 4096
+MAX_CONV_CHANNELS = 4096
+MAX_CONV_KERNEL = 64
+
+
+def _int_tuple(value: object, dims: int, what: str, *, minimum: int, maximum: int) -> tuple[int, ...]:
+    """``value`` (an int, or a tuple of ``dims`` ints) as a tuple of ``dims`` ints in [minimum, maximum]."""
+    items = (value,) * dims if isinstance(value, Integral) and not isinstance(value, bool) else value
+    if not isinstance(items, tuple | list) or len(items) != dims:
+        raise SpecError(f"{what} must be an integer or a tuple of {dims} integers (one per spatial dimension), "
+                        f"got {abbreviate(value)}")
+    out = []
+    for item in items:
+        if isinstance(item, sp.Integer):
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, Integral) or not minimum <= int(item) <= maximum:
+            raise SpecError(f"{what} must hold integers from {minimum} to {maximum}, got {abbreviate(value)}")
+        out.append(int(item))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Conv:
+    r"""A 1-D or 2-D convolution (PyTorch's ``nn.Conv1d`` / ``nn.Conv2d``, no dilation) with iid weights.
+
+    .. math:: y_{c, p} = \sum_{c' \in G(c)} \sum_{t} w_{c, c', t}\, x_{c', s p + t - \text{pad}} + b_c
+
+    over the taps :math:`t` of the kernel whose input position :math:`s p + t - \text{pad}` lies inside
+    the input (the others read the zero padding). One class serves both dimensions: ``input_size``
+    an integer (or a 1-tuple) is a 1-D convolution, a pair a 2-D one; ``kernel_size``, ``stride``
+    and ``padding`` are an integer (the same in every dimension) or a tuple of that length.
+
+    A signal is flattened channels first, then positions (C order, as ``tensor.reshape(N, -1)`` of a
+    PyTorch ``(N, C, L)`` or ``(N, C, H, W)`` tensor): its width is
+    ``channels * prod(spatial size)``. The output size per dimension is PyTorch's
+    :math:`\lfloor (L + 2\,\text{pad} - k)/s \rfloor + 1`.
+
+    :attr:`fan_in` and :attr:`fan_out` are the fans of ``torch.nn.init._calculate_fan_in_and_fan_out``
+    for a weight of shape ``(out_channels, in_channels / groups, *kernel_size)``:
+    :math:`n = C_\text{in} K / g` and :math:`\hat n = C_\text{out} K`, :math:`K` the kernel's
+    number of taps. PyTorch's fan-out is *not* divided by the groups (it is ``weight.size(0)``
+    times the kernel), although an input unit reaches only the :math:`C_\text{out}/g` output
+    channels of its group: the backward rule (:mod:`varprop.derive.convolution`) has the
+    :math:`1/g`. The fans are *not* the layer's widths (:attr:`in_width`, :attr:`out_width`).
+
+    Parameters
+    ----------
+    in_channels, out_channels
+        Channel counts, each divisible by ``groups``.
+    kernel_size, input_size
+        Kernel and input spatial size (integers).
+    stride, padding
+        Stride (at least 1) and zero padding on each side (at least 0).
+    groups
+        Grouped convolution: each output channel reads ``in_channels / groups`` input channels.
+    weights
+        Law of every entry of the weight tensor (keyword only).
+    bias
+        Law of every entry of the bias (one per output channel, shared by its positions), or ``None``.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int | tuple[int, ...]
+    input_size: int | tuple[int, ...]
+    stride: int | tuple[int, ...] = 1
+    padding: int | tuple[int, ...] = 0
+    groups: int = 1
+    weights: WeightLaw = field(default=None, kw_only=True)
+    bias: WeightLaw | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, Integral) and not isinstance(size, bool):
+            size = (size,)
+        if not isinstance(size, tuple | list) or len(size) not in (1, 2):
+            raise SpecError(f"input_size must be an integer (1-D) or a pair of integers (2-D), got {abbreviate(self.input_size)}")
+        dims = len(size)
+        size = _int_tuple(tuple(size), dims, "input_size", minimum=1, maximum=MAX_CONV_POSITIONS)
+        kernel = _int_tuple(self.kernel_size, dims, "kernel_size", minimum=1, maximum=MAX_CONV_KERNEL)
+        stride = _int_tuple(self.stride, dims, "stride", minimum=1, maximum=MAX_CONV_POSITIONS)
+        padding = _int_tuple(self.padding, dims, "padding", minimum=0, maximum=MAX_CONV_KERNEL)
+        for what, value in (("in_channels", self.in_channels), ("out_channels", self.out_channels),
+                            ("groups", self.groups)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or not 1 <= int(value) <= MAX_CONV_CHANNELS:
+                raise SpecError(f"{what} must be an integer from 1 to {MAX_CONV_CHANNELS}, got {abbreviate(value)}")
+        groups = int(self.groups)
+        if self.in_channels % groups or self.out_channels % groups:
+            raise SpecError(f"in_channels ({self.in_channels}) and out_channels ({self.out_channels}) must both be "
+                            f"divisible by groups ({groups})")
+        for d in range(dims):
+            if kernel[d] > size[d] + 2 * padding[d]:
+                raise SpecError(f"kernel_size {kernel[d]} is larger than the padded input "
+                                f"({size[d]} + 2 * {padding[d]} = {size[d] + 2 * padding[d]}) in dimension {d}")
+        positions = math.prod((n + 2 * p - k) // s + 1 for n, p, k, s in zip(size, padding, kernel, stride))
+        if math.prod(size) > MAX_CONV_POSITIONS or positions > MAX_CONV_POSITIONS:
+            raise SpecError(f"a convolution may have at most {MAX_CONV_POSITIONS} input and output positions, got "
+                            f"{math.prod(size)} input and {positions} output positions")
+        for name, value in (("in_channels", int(self.in_channels)), ("out_channels", int(self.out_channels)),
+                            ("input_size", size), ("kernel_size", kernel), ("stride", stride),
+                            ("padding", padding), ("groups", groups)):
+            object.__setattr__(self, name, value)
+        if self.weights is None:
+            raise SpecError("Conv needs weights=<a weight law>; use varprop.network.conv(...) to build one from an "
+                            "init scheme")
+        _check_law(self.weights, "weights")
+        if self.bias is not None:
+            _check_law(self.bias, "bias")
+
+    @property
+    def dims(self) -> int:
+        """1 or 2: the number of spatial dimensions."""
+        return len(self.input_size)
+
+    @property
+    def output_size(self) -> tuple[int, ...]:
+        r"""PyTorch's :math:`\lfloor (L + 2\,\text{pad} - k)/s \rfloor + 1` per dimension."""
+        return tuple((n + 2 * p - k) // s + 1
+                     for n, p, k, s in zip(self.input_size, self.padding, self.kernel_size, self.stride))
+
+    @property
+    def taps(self) -> int:
+        """:math:`K`, the number of taps of the kernel (the product of ``kernel_size``)."""
+        return math.prod(self.kernel_size)
+
+    @property
+    def fan_in(self) -> int:
+        r"""PyTorch's fan-in :math:`C_\text{in} K / g` (``_calculate_fan_in_and_fan_out``)."""
+        return self.in_channels // self.groups * self.taps
+
+    @property
+    def fan_out(self) -> int:
+        r"""PyTorch's fan-out :math:`C_\text{out} K`, not divided by the groups (``_calculate_fan_in_and_fan_out``)."""
+        return self.out_channels * self.taps
+
+    @property
+    def in_width(self) -> int:
+        """Width of the flattened input: ``in_channels * prod(input_size)``."""
+        return self.in_channels * math.prod(self.input_size)
+
+    @property
+    def out_width(self) -> int:
+        """Width of the flattened output: ``out_channels * prod(output_size)``."""
+        return self.out_channels * math.prod(self.output_size)
+
+
+def conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, ...],
+    input_size: int | tuple[int, ...],
+    init: InitScheme | WeightLaw | None = None,
+    *,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    groups: int = 1,
+) -> Conv:
+    """A :class:`Conv` whose weight (and bias) law comes from an init scheme at PyTorch's fans.
+
+    ``init`` is an :class:`~varprop.weights.InitScheme` (default: He fan-in, normal), evaluated at
+    :attr:`Conv.fan_in` and :attr:`Conv.fan_out` (``in_channels * K / groups`` and
+    ``out_channels * K``, as ``torch.nn.init`` computes them), or a weight law used as it is.
+    """
+    scheme = he() if init is None else init
+    probe = Conv(in_channels, out_channels, kernel_size, input_size, stride, padding, groups, weights=Normal(1))
+    if isinstance(scheme, InitScheme):
+        law, bias = scheme.law(probe.fan_in, probe.fan_out), scheme.bias_law(probe.fan_in, probe.fan_out)
+    else:
+        law, bias = _check_law(scheme, "init"), None
+    return Conv(in_channels, out_channels, kernel_size, input_size, stride, padding, groups, weights=law, bias=bias)
+
+
+Layer = Dense | Conv | Nonlinearity | Residual | Dropout
+#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
+LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout)
+#: Layers with weights, which set the width of the signal: (layer) -> (input width, output width).
+WEIGHTED_LAYERS: tuple[type, ...] = (Dense, Conv)
+
+
+def layer_widths(layer: Dense | Conv) -> tuple[Width, Width]:
+    """The input and output widths of a layer with weights (a dense layer's fans; a convolution's flattened sizes)."""
+    if isinstance(layer, Conv):
+        return layer.in_width, layer.out_width
+    return layer.fan_in, layer.fan_out
+
+
 def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Width | None]:
-    """Check that consecutive dense layers of ``layers`` agree on widths and that every residual block keeps
-    the width it receives; return the width the layers take and the width they give (``None``: no dense layer)."""
+    """Check that consecutive layers with weights of ``layers`` agree on widths (two consecutive
+    convolutions also on channels and spatial size) and that every residual block keeps the width it
+    receives; return the width the layers take and the width they give (``None``: no layer with weights)."""
     first = current = None
+    previous = None
     for index, layer in enumerate(layers):
         if not isinstance(layer, LAYER_CLASSES):
             accepted = ", ".join(cls.__name__ for cls in LAYER_CLASSES)
             raise SpecError(f"{where} {index} is {abbreviate(layer)}; accepted layers: {accepted}")
-        if isinstance(layer, Dense):
-            if current is not None and sp.simplify(current - layer.fan_in) != 0:
+        if isinstance(layer, WEIGHTED_LAYERS):
+            fan_in, fan_out = layer_widths(layer)
+            if current is not None and sp.simplify(current - fan_in) != 0:
+                what = "fan_in" if isinstance(layer, Dense) else "input width (in_channels * prod(input_size))"
+                before = ("the previous layer gives a signal of width" if previous is None else
+                          "the previous dense layer has fan_out" if isinstance(previous, Dense) else
+                          "the previous convolution has output width (out_channels * prod(output_size))")
+                raise SpecError(f"{where} {index} has {what} {fan_in} but {before} {current}")
+            if isinstance(previous, Conv) and isinstance(layer, Conv) and (
+                    previous.out_channels, previous.output_size) != (layer.in_channels, layer.input_size):
                 raise SpecError(
-                    f"{where} {index} has fan_in {layer.fan_in} but the previous dense layer has fan_out {current}"
+                    f"{where} {index} reads {layer.in_channels} channels of size {layer.input_size} but the "
+                    f"previous convolution puts out {previous.out_channels} channels of size {previous.output_size}"
                 )
-            first = layer.fan_in if first is None else first
-            current = layer.fan_out
+            first = fan_in if first is None else first
+            current, previous = fan_out, layer
         elif isinstance(layer, Residual) and layer.width is not None:
             if current is not None and sp.simplify(current - layer.width) != 0:
                 raise SpecError(
                     f"{where} {index} is a residual block of width {layer.width} but it receives a signal of "
-                    f"width {current} (the previous dense layer's fan_out)"
+                    f"width {current}"
                 )
             first = layer.width if first is None else first
-            current = layer.width
+            current, previous = layer.width, None
     return first, current
 
 
@@ -181,10 +386,6 @@ class Dropout:
             )
         object.__setattr__(self, "keep", keep)
 
-
-Layer = Dense | Nonlinearity | Residual | Dropout
-#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity, Residual, Dropout)
 
 
 def _check_correlation(value: object) -> sp.Expr:
@@ -359,15 +560,18 @@ def _nested_dense(layers: Sequence[Layer]) -> Iterable[Dense]:
         elif isinstance(layer, Residual):
             yield from _nested_dense(layer.branch)
 
-_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act", Residual: "res", Dropout: "drop"}
+
+_PLACE_PREFIX = {Dense: "dense", Conv: "conv", Nonlinearity: "act", Residual: "res", Dropout: "drop"}
 
 
 @dataclass(frozen=True)
 class Network:
     """An ordered tuple of layers and a description of the inputs.
 
-    Consecutive dense layers must agree on widths (``fan_out`` of one equals ``fan_in`` of the next),
-    and a fixed input must have the first layer's fan-in.
+    Consecutive layers with weights must agree on widths (``fan_out`` of one dense layer equals
+    ``fan_in`` of the next; a convolution counts with its flattened widths, and two consecutive
+    convolutions must also agree on channels and spatial size), and a fixed input must have the first
+    layer's input width.
     """
 
     layers: tuple[Layer, ...]
@@ -376,16 +580,20 @@ class Network:
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
         object.__setattr__(self, "layers", layers)
-        if not any(isinstance(layer, Dense) for layer in layers):
-            raise SpecError("a network needs at least one Dense layer")
+        if not any(isinstance(layer, WEIGHTED_LAYERS) for layer in layers):
+            raise SpecError("a network needs at least one Dense or Conv layer")
         _check_chain(layers, "layer")
         if not isinstance(self.inputs, GaussianInput | FixedInput):
             raise SpecError(f"inputs must be GaussianInput or FixedInput, got {self.inputs!r}")
-        first = self.dense_layers[0]
-        if isinstance(self.inputs, FixedInput) and len(self.inputs.values) != first.fan_in:
+        if isinstance(self.inputs, FixedInput) and len(self.inputs.values) != self.widths[0]:
             raise SpecError(
-                f"fixed input has {len(self.inputs.values)} entries but the first layer has fan_in {first.fan_in}"
+                f"fixed input has {len(self.inputs.values)} entries but the first layer has fan_in {self.widths[0]}"
             )
+
+    @property
+    def weighted_layers(self) -> tuple[Dense | Conv, ...]:
+        """The layers with weights (dense and convolution layers), in order."""
+        return tuple(layer for layer in self.layers if isinstance(layer, WEIGHTED_LAYERS))
 
     @property
     def dense_layers(self) -> tuple[Dense, ...]:
@@ -399,9 +607,12 @@ class Network:
 
     @property
     def widths(self) -> tuple[Width, ...]:
-        """``(n_1, ..., n_L, n_out)``: every dense layer's fan-in, then the last fan-out."""
-        dense = self.dense_layers
-        return tuple(layer.fan_in for layer in dense) + (dense[-1].fan_out,)
+        """``(n_1, ..., n_L, n_out)``: every dense layer's fan-in, then the last fan-out.
+
+        A convolution counts with its flattened input and output widths (:func:`layer_widths`).
+        """
+        weighted = self.weighted_layers
+        return tuple(layer_widths(layer)[0] for layer in weighted) + (layer_widths(weighted[-1])[1],)
 
     @property
     def is_numeric(self) -> bool:
@@ -443,10 +654,10 @@ class Network:
 
     def width(self, position: int) -> int | sp.Symbol:
         """The width of the signal at ``position`` (-1: the input)."""
-        width = self.dense_layers[0].fan_in
+        width = self.widths[0]
         for layer in self.layers[: position + 1]:
-            if isinstance(layer, Dense):
-                width = layer.fan_out
+            if isinstance(layer, WEIGHTED_LAYERS):
+                width = layer_widths(layer)[1]
         return width
 
 
@@ -500,6 +711,51 @@ def mlp(
         else:
             law, bias = scheme, None
         layers.append(Dense(fan_in, fan_out, law, bias_law if bias_law is not None else bias))
+    if output_activation:
+        layers.append(Nonlinearity(act))
+    return Network(tuple(layers), inputs if inputs is not None else GaussianInput())
+
+
+def cnn(
+    channels: Sequence[int],
+    kernel_size: int | tuple[int, ...],
+    input_size: int | tuple[int, ...],
+    activation_: Activation | str = "relu",
+    init: InitScheme | WeightLaw | None = None,
+    *,
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] = 0,
+    groups: int = 1,
+    bias_variance: object | None = None,
+    inputs: InputSpec | None = None,
+    output_activation: bool = False,
+) -> Network:
+    r"""A convolutional network ``Conv, Nonlinearity, ..., Conv`` (1-D or 2-D), the analogue of :func:`mlp`.
+
+    ``channels`` is ``(C_0, C_1, ..., C_L)``: the input channels, then each convolution's output
+    channels. Every convolution has the same ``kernel_size``, ``stride``, ``padding`` and
+    ``groups``; the first reads ``input_size`` (an integer: 1-D, a pair: 2-D) and each next one the
+    previous output size. ``init`` is evaluated at PyTorch's fans (:func:`conv`).
+    """
+    if isinstance(channels, str | bytes | Mapping) or not isinstance(channels, Iterable):
+        raise SpecError(f"channels must be a sequence of at least two channel counts, such as [3, 16, 16], "
+                        f"got {abbreviate(channels)}")
+    channels = list(channels)
+    if len(channels) < 2:
+        raise SpecError(f"a convolutional network needs at least two channel counts (input and output), got {len(channels)}")
+    act = activation(activation_) if isinstance(activation_, str) else activation_
+    bias_law = None if bias_variance is None else Normal(check_nonnegative(bias_variance, "bias variance"))
+    layers: list[Layer] = []
+    size = input_size
+    for index, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        if index > 0:
+            layers.append(Nonlinearity(act))
+        layer = conv(c_in, c_out, kernel_size, size, init, stride=stride, padding=padding, groups=groups)
+        if bias_law is not None:
+            layer = Conv(c_in, c_out, layer.kernel_size, layer.input_size, layer.stride, layer.padding, groups,
+                         weights=layer.weights, bias=bias_law)
+        layers.append(layer)
+        size = layer.output_size
     if output_activation:
         layers.append(Nonlinearity(act))
     return Network(tuple(layers), inputs if inputs is not None else GaussianInput())

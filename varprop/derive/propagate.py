@@ -49,6 +49,7 @@ Exactness:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache, singledispatch
 
@@ -56,7 +57,7 @@ import sympy as sp
 
 from ..activations import X, Activation
 from ..errors import DerivationError, VarpropError
-from ..network import Dense, FixedInput, Network, Nonlinearity
+from ..network import WEIGHTED_LAYERS, Dense, FixedInput, Network, Nonlinearity
 from ..observables import (
     Correlation,
     CrossMoment,
@@ -272,6 +273,9 @@ class _Signal:
     homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
     p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
     p_exact: bool = True  # whether p_nonzero is exact
+    # units independent given the layer input (independent rows of W): a rectifier zeroes all n of them with
+    # probability 2^-n; not so for a convolution's units, which share weights
+    independent_units: bool = True
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,11 @@ class _Walk:
     numeric: dict[int, tuple[int, sp.Expr]]
     derived: dict[Observable, Quantity]
     partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
+    # Per-position second moments where they differ between positions (a convolution's zero padding or
+    # stride): (prime, position) -> E[h^2] at every spatial position (channels alike; prime: the partner
+    # input's); gradients: position -> E[(dL/dh)^2] per spatial position. Absent means uniform.
+    profiles: dict[tuple[bool, int], tuple[sp.Expr, ...]] = field(default_factory=dict)
+    gradient_profiles: dict[int, tuple[sp.Expr, ...]] = field(default_factory=dict)
     crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
     prime: bool = False  # while walking the partner input: signal symbols are primed
     blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
@@ -313,6 +322,8 @@ class _Walk:
 
     def _after(self, position: int) -> bool:
         layers = self.network.layers
+        if any(not isinstance(layer, Dense | Nonlinearity) for layer in layers[: position + 1]):
+            return False  # after a convolution (or another layer kind) signals are named by position: h_p
         return position == -1 or position + 1 == len(layers) or isinstance(layers[position + 1], Dense)
 
     def signal_symbol(self, position: int) -> sp.Expr:
@@ -384,7 +395,7 @@ def backward_rule(layer: object, walk: _Walk, gradient: _Gradient, below: _Signa
 def _input_signal(walk: _Walk) -> _Signal:
     inputs = walk.network.inputs
     symbol = walk.signal_symbol(-1)
-    width = walk.network.dense_layers[0].fan_in
+    width = walk.network.widths[0]
     if isinstance(inputs, FixedInput):
         mean_value = sp.nsimplify(sum(inputs.values) / len(inputs.values), rational=True)
         why = f"the fixed input ({len(inputs.values)} entries): its mean and mean square"
@@ -466,8 +477,33 @@ _WHAT = {"E[phi(z)^2]": Expect(Phi(_Z_WORD) ** 2), "E[phi(z)]": Expect(Phi(_Z_WO
          "E[phi'(z)^2]": Expect(DPhi(_Z_WORD) ** 2)}
 
 
+A_POSITIONS = ("the layer average of the per-position values: positions of a convolution's output differ in "
+               "second moment near its zero padding (varprop.derive.convolution)")
+
+
+def _plain_values(values: Iterable[sp.Expr]) -> tuple[sp.Expr, ...]:
+    """``values``, with any quadrature evaluated to a 17-digit number (per-position integrals would nest otherwise)."""
+    return tuple(sp.Float(evaluate(v).value, 17) if v.has(sp.Integral) else v for v in values)
+
+
+def _position_average(walk: _Walk, lhs: sp.Expr, index: int, per_position: tuple[sp.Expr, ...],
+                      exactness: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
+    """``lhs`` averaged over positions whose second moments differ: the mean of ``per_position``."""
+    per_position = _plain_values(per_position)
+    value = sp.Add(*per_position) / len(per_position)
+    step = walk.builder.model(lhs, value, Rule.SUBSTITUTION,
+                              f"the step above at each of the {len(per_position)} positions' own second moment, "
+                              "averaged over the positions (every unit of the layer counts once)",
+                              assumptions=(A_POSITIONS,), exactness=exactness, uses=(index,))
+    return step, value, ()
+
+
 def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
-    """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment."""
+    """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment.
+
+    Where the second moment differs between positions (:attr:`_Walk.profiles`), the value is the
+    average over positions of the integral at each position's second moment.
+    """
     if signal.mean.value != 0:
         raise DerivationError(
             f"the Gaussian route needs a centred pre-activation; {_t(signal.symbol)} has mean {signal.mean.value} "
@@ -481,6 +517,9 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
         prose(_WHAT[what], ", ", NormalLaw(_Z_WORD, 0, q_symbol), f" ({expectation.route})"),
         proof=Integral(integrand, q_symbol), assumptions=(_gaussian_assumption(signal.gaussian),),
         exactness=exactness, source=f"{HE}, eq. (7)" if what.startswith("E[phi(z)^2]") else "")
+    profile = walk.profiles.get((walk.prime, signal.position))
+    if profile is not None:
+        return _position_average(walk, lhs, index, tuple(expectation.expr.subs(Q, q) for q in profile), exactness)
     q_value, q_uses = walk.plain(signal.second)
     # The value exactly as the identity check will rebuild it (rhs, then the variance's value), so that
     # the check is structural and cheap even for nested closed forms (gelu, erf through many layers).
@@ -536,11 +575,20 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
                                    uses=(i_x2, s2, *second_uses))
     mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
                                  uses=(i_x1, s1, *mean_uses))
+    profile = walk.profiles.get((walk.prime, position - 1))
+    if profile is not None:
+        if walk.linear_regime and not is_linear:
+            walk.profiles[walk.prime, position] = profile
+        elif lemma.holds and signal.symmetric:
+            walk.profiles[walk.prime, position] = tuple(sp.expand(lemma.constant / 2 * q) for q in profile)
+        else:
+            walk.profiles[walk.prime, position] = _plain_values(moments(act).second_moment.expr.subs(Q, q)
+                                                                for q in profile)
     if _zero_on_negatives(act):
         # Unless y is forced to zero, its entries are independent given the layer input (independent
         # rows of W), symmetric and continuous, so the whole vector is <= 0 with probability 2^-n.
         p_nonzero = signal.p_nonzero * (1 - sp.Integer(2) ** (-signal.width))
-        p_exact = signal.p_exact and signal.symmetric
+        p_exact = signal.p_exact and signal.symmetric and signal.independent_units
     else:
         p_nonzero, p_exact = signal.p_nonzero, signal.p_exact
     return _Signal(
@@ -624,9 +672,23 @@ def _(layer: Nonlinearity, walk: _Walk, gradient: _Gradient, below: _Signal, pos
     else:
         slope_step, slope, slope_uses = _gaussian_step(walk, Expect(DPhi(Y) ** 2), act.derivative**2,
                                                        moments(act).derivative_second_moment, below, "E[phi'(z)^2]")
-    value = sp.expand(slope * gradient.second.value)
-    second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute",
-                              uses=(factor, slope_step, *slope_uses, gradient.second.step))
+    forward_profile, backward_profile = walk.profiles.get((False, position - 1)), walk.gradient_profiles.get(position)
+    if (forward_profile is not None or backward_profile is not None) and not (
+            walk.linear_regime or (lemma.holds and below.symmetric)):
+        # phi'(y)^2 differs between positions: the per-position products, averaged.
+        slopes = (moments(act).derivative_second_moment.expr.subs(Q, q)
+                  for q in (forward_profile or (below.second.value,) * len(backward_profile)))
+        gradients = backward_profile or (gradient.second.value,) * len(forward_profile)
+        per_position = _plain_values(s_p * g_p for s_p, g_p in zip(slopes, gradients))
+        second, value, _ = _position_average(walk, Expect(D_in**2), factor, per_position,
+                                             walk.builder.steps[slope_step].exactness)
+        walk.gradient_profiles[position - 1] = per_position
+    else:
+        value = sp.expand(slope * gradient.second.value)
+        second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute",
+                                  uses=(factor, slope_step, *slope_uses, gradient.second.step))
+        if backward_profile is not None:
+            walk.gradient_profiles[position - 1] = tuple(sp.expand(slope * g) for g in backward_profile)
     return _Gradient(
         position - 1, D_in, _zero_mean_gradient(walk, D_in), Quantity(Expect(D_in**2), value, second),
         independent=gradient.independent and X not in act.derivative.free_symbols,
@@ -772,7 +834,7 @@ def _pair_walk(walk: _Walk) -> None:
 def _partner_input(walk: _Walk) -> _Signal:
     inputs = walk.network.inputs
     symbol = walk.signal_symbol(-1)
-    width = walk.network.dense_layers[0].fan_in
+    width = walk.network.widths[0]
     fixed = isinstance(inputs, FixedInput)
     if fixed:
         mean_value = sp.nsimplify(sum(inputs.partner) / len(inputs.partner), rational=True)
@@ -1062,7 +1124,7 @@ def _all_layers(layers: tuple) -> list:
 
 def _network_summary(network: Network) -> Prose:
     every = _all_layers(network.layers)
-    laws = sorted({str(layer.weights) for layer in every if isinstance(layer, Dense)})
+    laws = sorted({str(layer.weights) for layer in every if isinstance(layer, WEIGHTED_LAYERS)})
     acts = sorted({str(layer.activation) for layer in every if isinstance(layer, Nonlinearity)})
     inputs = network.inputs
     parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]

@@ -19,6 +19,7 @@ from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_al
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
+from . import convolution  # noqa: F401  (registers the convolution step)
 from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, executor_from
 from . import dropout, residual  # noqa: F401  (register the Dropout and Residual layer steps)
 from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample

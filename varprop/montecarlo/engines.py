@@ -51,7 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import VarpropError
-from ..network import Dense, Network, Nonlinearity
+from ..network import WEIGHTED_LAYERS, Dense, Network, Nonlinearity, layer_widths
 from ..weights import Normal
 from .errors import MonteCarloError
 from .statistics import gradient_sums, join, row_sums, signal_sums
@@ -64,6 +64,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
     "layer_step",
+    "layer_cost",
     "conditional_step",
     "select_engine",
     "check_engine",
@@ -338,6 +339,17 @@ def sized(step: LayerStep, width: int) -> LayerStep:
     return step if bind is None else bind(width)
 
 
+@singledispatch
+def layer_cost(layer: object) -> tuple[int, int]:
+    """(random numbers drawn, extra working floats) per network for one layer in the full engine (0, 0 by default)."""
+    return 0, 0
+
+
+@layer_cost.register
+def _(layer: Dense) -> tuple[int, int]:
+    return int(layer.fan_in) * int(layer.fan_out) + (int(layer.fan_out) if layer.bias is not None else 0), 0
+
+
 def _full_unsupported(network: Network, paired: bool) -> str | None:
     for index, layer in enumerate(network.layers):
         if layer_step.dispatch(type(layer)) is layer_step.registry[object]:
@@ -355,6 +367,10 @@ def _conditional_unsupported(network: Network, paired: bool) -> str | None:
                 where = "has" if inner is layer else "has a dense layer in its branch with"
                 return (f"layer {index} ({place}) {where} {inner.weights} weights; the conditional engine needs iid "
                         f"Gaussian (Normal) weights, for which the part of W a network sees is Gaussian given its input")
+        try:
+            conditional_step(layer, 2 if paired else 1)
+        except MonteCarloError as exc:  # a reader that refuses the layer says why
+            return f"layer {index} ({place}): {exc}"
     return None
 
 
@@ -364,9 +380,11 @@ def _full_cost(network: Network, paired: bool) -> tuple[int, int]:
     drawn = 0
     activations = 8 * width
     for layer in _flat(network.layers):
-        if isinstance(layer, Dense):
-            drawn += int(layer.fan_in) * int(layer.fan_out) + (int(layer.fan_out) if layer.bias is not None else 0)
-            width = int(layer.fan_out)
+        numbers, working = layer_cost(layer)
+        drawn += numbers
+        activations += working
+        if isinstance(layer, WEIGHTED_LAYERS):
+            width = int(layer_widths(layer)[1])
         activations += 8 * width
     return max(1, drawn), drawn + activations
 
@@ -490,7 +508,7 @@ def run_chunk(
     ``p``). Every block is drawn whole from its own generator (in the order of the module
     docstring) and truncated to the networks used.
     """
-    n_in = int(plan.widths_in[0])
+    n_in = int(plan.widths[0])
     n_out = int(plan.widths[-1])
     columns: list[list[np.ndarray]] = [[], []]
     drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]

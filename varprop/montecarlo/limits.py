@@ -183,7 +183,7 @@ def _floats(network: Network, engine: Engine | str = FULL, paired: bool = False)
 def sample_bytes(network: Network, count: int, chunk: int, engine: Engine | str = FULL, paired: bool = False) -> int:
     """Bytes one call of the sampler needs: the per-network results and one chunk of networks."""
     _, working = _floats(network, engine, paired)
-    return 8 * (_RESULT_FLOATS * count * network.depth + min(chunk, count) * working)
+    return 8 * (_RESULT_FLOATS * count * max(network.depth, 1) + min(chunk, count) * working)
 
 
 def _default_sizes(network: Network, engine: Engine | str = FULL, paired: bool = False) -> tuple[int, int]:
@@ -222,7 +222,7 @@ def _refuse(network: Network, count: int, chunk: int, drawn: int, *, what: str, 
     needed = sample_bytes(network, count, chunk, engine, paired)
     allowed = max_memory()
     if needed > allowed:
-        results = 8 * _RESULT_FLOATS * count * network.depth
+        results = 8 * _RESULT_FLOATS * count * max(network.depth, 1)
         raise LimitError(
             f"{what} of {_shape(network)} needs about {format_bytes(needed)} (results "
             f"{format_bytes(results)}, one chunk of {chunk} network{'s' if chunk != 1 else ''} "
@@ -291,7 +291,7 @@ def affordable(network: Network, cap: int, engine: Engine | str = FULL) -> int:
     parameters, working = _floats(network, engine)
     block, chunk = _default_sizes(network, engine)
     room = max_memory() - 8 * chunk * working
-    by_memory = room // (8 * _RESULT_FLOATS * network.depth) if room > 0 else 1
+    by_memory = room // (8 * _RESULT_FLOATS * max(network.depth, 1)) if room > 0 else 1
     by_draws = max_draws() // parameters
     return int(max(1, min(cap, by_memory, by_draws)))
 
