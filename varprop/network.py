@@ -262,18 +262,6 @@ def conv(
     return Conv(in_channels, out_channels, kernel_size, input_size, stride, padding, groups, weights=law, bias=bias)
 
 
-Layer = Dense | Conv | Nonlinearity | Residual | Dropout
-#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout)
-#: Layers with weights, which set the width of the signal: (layer) -> (input width, output width).
-WEIGHTED_LAYERS: tuple[type, ...] = (Dense, Conv)
-
-
-def layer_widths(layer: Dense | Conv) -> tuple[Width, Width]:
-    """The input and output widths of a layer with weights (a dense layer's fans; a convolution's flattened sizes)."""
-    if isinstance(layer, Conv):
-        return layer.in_width, layer.out_width
-    return layer.fan_in, layer.fan_out
 
 
 def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Width | None]:
@@ -385,6 +373,20 @@ class Dropout:
                 "takes the drop probability: keep = 1 - p)"
             )
         object.__setattr__(self, "keep", keep)
+
+
+Layer = Dense | Conv | Nonlinearity | Residual | Dropout
+#: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
+LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout)
+#: Layers with weights, which set the width of the signal: (layer) -> (input width, output width).
+WEIGHTED_LAYERS: tuple[type, ...] = (Dense, Conv)
+
+
+def layer_widths(layer: Dense | Conv) -> tuple[Width, Width]:
+    """The input and output widths of a layer with weights (a dense layer's fans; a convolution's flattened sizes)."""
+    if isinstance(layer, Conv):
+        return layer.in_width, layer.out_width
+    return layer.fan_in, layer.fan_out
 
 
 
