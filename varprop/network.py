@@ -26,6 +26,9 @@ from .weights import InitScheme, Normal, WeightLaw, he
 __all__ = [
     "Dense",
     "Nonlinearity",
+    "LayerNorm",
+    "RMSNorm",
+    "NORMALISERS",
     "Layer",
     "LAYER_CLASSES",
     "GaussianInput",
@@ -80,9 +83,75 @@ class Nonlinearity:
             raise SpecError(f"Nonlinearity needs an Activation, got {self.activation!r}")
 
 
-Layer = Dense | Nonlinearity
+def _check_eps(value: object, what: str) -> sp.Expr:
+    """A normaliser's epsilon: a non-negative number (floats become exact rationals) or a sympy expression."""
+    expr = check_nonnegative(value, what)
+    return sp.nsimplify(expr, rational=True) if isinstance(expr, sp.Float) else expr
+
+
+def _check_affine(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be True or False, got {abbreviate(value)}")
+    return value
+
+
+#: float64 machine epsilon, :math:`2^{-52}`: ``torch.nn.RMSNorm``'s ``eps=None`` for float64 tensors.
+FLOAT64_EPS = sp.Rational(1, 2**52)
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    r"""Layer normalisation over the units of one example (Ba et al. 2016, eq. 4), at initialisation.
+
+    .. math:: y_i = \gamma_i \frac{x_i - \bar x}{\sqrt{\sigma^2 + \epsilon}} + \beta_i, \qquad
+              \bar x = \frac1n \sum_j x_j, \quad \sigma^2 = \frac1n \sum_j (x_j - \bar x)^2
+
+    (the biased variance, as ``torch.nn.LayerNorm`` computes it). With ``affine=True`` the gain
+    :math:`\gamma` and bias :math:`\beta` are at PyTorch's initial values, 1 and 0
+    (``elementwise_affine=True``), so at initialisation the layer computes the same as without them;
+    the flag records that the layer has them. ``eps`` defaults to PyTorch's ``1e-5`` (kept as the
+    exact rational 1/100000).
+    """
+
+    width: Width
+    eps: sp.Expr = sp.Rational(1, 100000)
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", check_width(self.width, "LayerNorm width"))
+        object.__setattr__(self, "eps", _check_eps(self.eps, "LayerNorm eps"))
+        _check_affine(self.affine, "LayerNorm affine")
+
+
+@dataclass(frozen=True)
+class RMSNorm:
+    r"""Root-mean-square normalisation over the units of one example (Zhang & Sennrich 2019, eq. 4), at init.
+
+    .. math:: y_i = \gamma_i \frac{x_i}{\sqrt{\frac1n \sum_j x_j^2 + \epsilon}}
+
+    as ``torch.nn.RMSNorm`` computes it (no centring, no bias). ``eps=None``, PyTorch's default,
+    means the machine epsilon of the tensor's dtype; varprop computes in float64, so ``None`` is
+    :data:`FLOAT64_EPS` :math:`= 2^{-52}` (stored as that number). With ``affine=True`` the gain
+    :math:`\gamma` is at its initial value 1 (``elementwise_affine=True``).
+    """
+
+    width: Width
+    eps: sp.Expr | None = None
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", check_width(self.width, "RMSNorm width"))
+        eps = FLOAT64_EPS if self.eps is None else self.eps
+        object.__setattr__(self, "eps", _check_eps(eps, "RMSNorm eps"))
+        _check_affine(self.affine, "RMSNorm affine")
+
+
+#: Layers that normalise each example over its units (no weights; the signal width is unchanged).
+NORMALISERS: tuple[type, ...] = (LayerNorm, RMSNorm)
+
+Layer = Dense | Nonlinearity | LayerNorm | RMSNorm
 #: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity)
+LAYER_CLASSES: tuple[type, ...] = (Dense, Nonlinearity, LayerNorm, RMSNorm)
 
 
 def _check_correlation(value: object) -> sp.Expr:
@@ -248,7 +317,7 @@ class FixedInput:
 
 InputSpec = GaussianInput | FixedInput
 
-_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act"}
+_PLACE_PREFIX = {Dense: "dense", Nonlinearity: "act", LayerNorm: "layernorm", RMSNorm: "rmsnorm"}
 
 
 @dataclass(frozen=True)
@@ -269,8 +338,17 @@ class Network:
             raise SpecError("a network needs at least one Dense layer")
         previous = None
         for index, layer in enumerate(layers):
-            if not isinstance(layer, Dense | Nonlinearity):
-                raise SpecError(f"layer {index} is {layer!r}; accepted layers: Dense, Nonlinearity")
+            if not isinstance(layer, LAYER_CLASSES):
+                accepted = ", ".join(cls.__name__ for cls in LAYER_CLASSES)
+                raise SpecError(f"layer {index} is {layer!r}; accepted layers: {accepted}")
+            if isinstance(layer, NORMALISERS):
+                signal = (previous or next(lay for lay in layers if isinstance(lay, Dense)))
+                width = signal.fan_out if previous is not None else signal.fan_in
+                if sp.simplify(sp.sympify(width) - layer.width) != 0:
+                    raise SpecError(
+                        f"layer {index} is a {type(layer).__name__} of width {layer.width} but the signal there "
+                        f"has width {width}"
+                    )
             if isinstance(layer, Dense):
                 if previous is not None and sp.simplify(previous.fan_out - layer.fan_in) != 0:
                     raise SpecError(

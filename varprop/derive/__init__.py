@@ -40,6 +40,7 @@ from .propagate import (
     symmetry_lemma,
 )
 from . import finite  # noqa: F401  (registers the finite-width observables' rules)
+from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm rules)
 from .textbook import DERIVATIONS, Q_STAR, backward, condition, forward, glorot, ratio, weight_gradient
 
 __all__ = [

@@ -316,7 +316,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and not self._before_first_dense(position):
             return x[self.dense_index(position) + 1]
         return h[position]
 
@@ -324,9 +324,13 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return dy[self.dense_index(position)]
-        if self._after(position):
+        if self._after(position) and not self._before_first_dense(position):
             return dx[self.dense_index(position) + 1]
         return dh[position]
+
+    def _before_first_dense(self, position: int) -> bool:
+        """A layer ahead of the first dense layer (a normaliser on the input): its output is not x_1, the input."""
+        return position >= 0 and self.dense_index(position) == 0
 
     # -- steps --
 
