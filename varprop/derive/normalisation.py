@@ -52,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
+from functools import lru_cache
 from typing import ClassVar
 
 import sympy as sp
@@ -121,9 +121,16 @@ class SumIdentity(Check):
         if _is_zero(difference, quick=True):
             return True, f"lhs - rhs simplifies to 0 using {used}"
         difference = _constants(sp.expand(_apply(step.lhs - step.rhs, facts)).doit())
-        if _is_zero(difference) or _is_zero(sp.factor_terms(sp.simplify(difference))):
+        if _sums_vanish(difference):
             return True, f"lhs - rhs simplifies to 0 using {used} (sums over the units done by sympy)"
         return False, f"lhs - rhs = {to_text(difference)} using {used}"
+
+
+@lru_cache(maxsize=256)
+def _sums_vanish(difference: sp.Expr) -> bool:
+    """``simplify`` proves ``difference`` is 0 (cached: the per-network identities do not depend on the width,
+    so every width of a claim family asks the same question)."""
+    return _is_zero(difference) or _is_zero(sp.factor_terms(sp.simplify(difference)))
 
 
 def _test_values(unknown: Sequence[sp.Expr]) -> dict[sp.Expr, sp.Expr]:

@@ -22,6 +22,7 @@ from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_
 from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, executor_from
 from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
+from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm sampler steps)
 
 __all__ = [
     "MonteCarloError",

@@ -28,7 +28,10 @@ per-network statistics (:mod:`varprop.montecarlo.statistics`), so every estimato
     The joint law of every per-layer quantity (signals, gradients, hence every observable) is
     exactly that of the full engine; the proof is in ``docs/engines.rst``. Served: networks of
     :class:`~varprop.network.Dense` layers with :class:`~varprop.weights.Normal` weights and
-    :class:`~varprop.network.Nonlinearity` layers, one input or an input pair.
+    :class:`~varprop.network.Nonlinearity` layers and the normalisers
+    :class:`~varprop.network.LayerNorm` and :class:`~varprop.network.RMSNorm` (deterministic
+    functions of their layer's input, :mod:`varprop.montecarlo.normalisation`), one input or an
+    input pair.
 
 :func:`select_engine` picks the conditional engine wherever it is valid (``"auto"``), and refuses
 an explicit ``"conditional"`` for a network it cannot serve, saying why.
