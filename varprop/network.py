@@ -84,9 +84,17 @@ class Nonlinearity:
 
 
 def _check_eps(value: object, what: str) -> sp.Expr:
-    """A normaliser's epsilon: a non-negative number (floats become exact rationals) or a sympy expression."""
+    """A normaliser's epsilon: a non-negative number or a sympy expression.
+
+    A float becomes the shortest rational that rounds to it (``1e-5`` -> 1/100000), or its exact binary
+    value when there is none nearby (``numpy.finfo(float).eps`` -> 2**-52): the sampler then uses
+    the very float given.
+    """
     expr = check_nonnegative(value, what)
-    return sp.nsimplify(expr, rational=True) if isinstance(expr, sp.Float) else expr
+    if not isinstance(expr, sp.Float):
+        return expr
+    simple = sp.nsimplify(expr, rational=True)
+    return simple if float(simple) == float(expr) else sp.Rational(float(expr))
 
 
 def _check_affine(value: object, what: str) -> bool:
