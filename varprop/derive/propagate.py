@@ -1059,6 +1059,9 @@ def _network_summary(network: Network) -> Prose:
     inputs = network.inputs
     parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]
     parts += _joined([Code(a) for a in acts]) or ["none"]
+    others = sorted({str(layer) for layer in network.layers if not isinstance(layer, Dense | Nonlinearity)})
+    if others:  # normalisers and the other layers without weights, as described
+        parts += [", layers "] + _joined([Code(other) for other in others], "; ")
     parts += [", weights "]
     parts += _joined([Code(law) for law in laws], "; ") if len(laws) <= 2 else [f"{len(laws)} laws"]
     if isinstance(inputs, FixedInput):
