@@ -9,7 +9,15 @@ import sympy as sp
 
 from varprop.catalogue import CATALOGUE, claim_from_derivation
 from varprop.claims import Claim
-from varprop.montecarlo import FAIL, INCONCLUSIVE, PASS, MonteCarloError, check, sample, select_engine
+from varprop.montecarlo import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    MonteCarloError,
+    check,
+    sample,
+    select_engine,
+)
 from varprop.montecarlo.engines import layer_step
 from varprop.network import Dense, LayerNorm, Network, RMSNorm
 from varprop.observables import Gradient, Mean, SecondMoment, Signal

@@ -49,6 +49,7 @@ they change neither pass.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +59,18 @@ from typing import ClassVar
 import sympy as sp
 
 from ..errors import DerivationError
-from ..network import FixedInput, GaussianInput, LayerNorm, RMSNorm
-from .derivation import Check, Code, Expect, Rule, Step, _apply, _is_zero, prose, to_text
+from ..network import GaussianInput, LayerNorm, RMSNorm
+from .derivation import (
+    Check,
+    Code,
+    Expect,
+    Rule,
+    Step,
+    _apply,
+    _is_zero,
+    prose,
+    to_text,
+)
 from .propagate import (
     Quantity,
     _entry,
@@ -72,7 +83,7 @@ from .propagate import (
     forward_rule,
 )
 
-__all__ = ["chi_square_inverse", "SumIdentity", "ChiSquare", "TraceCheck"]
+__all__ = ["ChiSquare", "SumIdentity", "TraceCheck", "chi_square_inverse"]
 
 _WIDTH = sp.IndexedBase("N")  # N_p: the width the normaliser at position p acts on
 _EPS = sp.IndexedBase("epsilon")
@@ -155,7 +166,6 @@ class ChiSquare(Check):
     kind: ClassVar[str] = "integral"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
-        import numpy as np
         from scipy import integrate, special
 
         facts = {steps[i].lhs: steps[i].rhs for i in step.uses}
@@ -173,7 +183,7 @@ class ChiSquare(Check):
 
         # Breakpoints in log X: far below the bulk, its start, the mean k, and far beyond it (40 sd).
         cuts = sorted({-700.0, -5.0, 0.0, math.log(max(k, 2.0)), math.log(k + 40 * math.sqrt(2 * k) + 50)})
-        pieces = [integrate.quad(density_log, a, b, epsabs=0, epsrel=1e-12, limit=200) for a, b in zip(cuts, cuts[1:])]
+        pieces = [integrate.quad(density_log, a, b, epsabs=0, epsrel=1e-12, limit=200) for a, b in itertools.pairwise(cuts)]
         value = sum(p[0] for p in pieces)
         stated = float(sp.N(rhs, 30))
         ok = abs(value - stated) <= 1e-8 * max(1.0, abs(value))
@@ -240,10 +250,6 @@ def _iid_gaussian(walk: _Walk, signal: _Signal) -> str | None:
     return None
 
 
-def _is_zero_eps(eps: sp.Expr) -> bool:
-    return bool(eps == 0)
-
-
 @dataclass(frozen=True)
 class _Parts:
     """The per-layer definitions shared by the forward and backward rules."""
@@ -265,27 +271,24 @@ def _definitions(layer: LayerNorm | RMSNorm, walk: _Walk, signal: _Signal, posit
     X_in = signal.symbol
     # The sums defining the per-network mean and mean square run over the same dummy index as the
     # output's sums, so that sympy recognises them inside those sums.
-    xj, xi = _entry(X_in, _I), _entry(X_in, _I)
+    xi = _entry(X_in, _I)
     out_i = _entry(walk.signal_symbol(position), _I)
     i_n = walk.define(N, layer.width, f"width of {name}")
     i_eps = walk.define(_EPS[p], layer.eps, prose(f"epsilon of {name}"))
     sigma = sp.sqrt(_base(walk, _M)[p] + _EPS[p])
     if centred:
-        i_bar = walk.define(_base(walk, _XBAR)[p], sp.Sum(xj, (_I, 1, N)) / N, "the mean of the layer input over its units")
-        i_m = walk.define(_base(walk, _M)[p], sp.Sum((xj - _base(walk, _XBAR)[p]) ** 2, (_I, 1, N)) / N,
+        i_bar = walk.define(_base(walk, _XBAR)[p], sp.Sum(xi, (_I, 1, N)) / N, "the mean of the layer input over its units")
+        i_m = walk.define(_base(walk, _M)[p], sp.Sum((xi - _base(walk, _XBAR)[p]) ** 2, (_I, 1, N)) / N,
                           "the (biased) variance of the layer input over its units, per network", uses=(i_bar,))
         i_y = walk.define(out_i, (xi - _base(walk, _XBAR)[p]) / sigma,
                           prose(Code(kind), ": centred, divided by ", sp.sqrt(_base(walk, _M)[p] + _EPS[p]),
                                 "; gain 1 and bias 0 at initialisation"), source=BA)
-        uses_m: tuple[int, ...] = (i_bar, i_m)
     else:
-        i_m = walk.define(_base(walk, _M)[p], sp.Sum(xj**2, (_I, 1, N)) / N, "the mean square of the layer input over its units, "
+        i_m = walk.define(_base(walk, _M)[p], sp.Sum(xi**2, (_I, 1, N)) / N, "the mean square of the layer input over its units, "
                           "per network")
         i_y = walk.define(out_i, xi / sigma,
                           prose(Code(kind), ": divided by ", sp.sqrt(_base(walk, _M)[p] + _EPS[p]), "; gain 1 at initialisation"),
                           source=ZHANG)
-        uses_m = (i_m,)
-    del uses_m
     dof = (layer.width - 1) if centred else layer.width
     return _Parts(i_n, i_eps, i_m, i_y, centred, sp.sympify(dof))
 
@@ -299,7 +302,6 @@ def _forward(layer: LayerNorm | RMSNorm, walk: _Walk, signal: _Signal, position:
     p, N = position, _WIDTH[position]
     out = walk.signal_symbol(position)
     yi = _entry(out, _I)
-    X_in = signal.symbol
     ratio = _base(walk, _M)[p] / (_base(walk, _M)[p] + _EPS[p])
     eps = layer.eps
     # The identity holds for every width and epsilon: N and epsilon stay symbols here (fast, and general).
@@ -317,7 +319,7 @@ def _forward(layer: LayerNorm | RMSNorm, walk: _Walk, signal: _Signal, position:
                        "the layer input is not constant over its units",
                        " (else 0/0: the sampler excludes such a network)")
     q_sym = signal.second.symbol
-    if _is_zero_eps(eps):
+    if eps == 0:
         value = sp.Integer(1)
         second_step = builder.add(Expect(out**2), value, Rule.SUBSTITUTION,
                                   prose(sp.Eq(_EPS[p], 0, evaluate=False), ": the mean square is 1 for every network"),
@@ -510,7 +512,7 @@ def _chi_square_backward(layer: LayerNorm | RMSNorm, walk: _Walk, parts: _Parts,
         integrand = (k - 1) / (q_sym * CHI)
         closed = (k - 1) / (q_sym * (k - 2))
     else:
-        i_c = walk.define(_CPAR[p], N * eps_p / q_sym, "the scaled epsilon")
+        walk.define(_CPAR[p], N * eps_p / q_sym, "the scaled epsilon")
         c = _CPAR[p]
         integrand = ((k - 1) / (CHI + c) + c**2 / (CHI + c) ** 3) / q_sym
         F = chi_square_inverse(k, SHIFT)
