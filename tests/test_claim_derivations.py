@@ -118,3 +118,49 @@ def test_every_catalogue_entry_is_built_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
     assert len(CATALOGUE) == len(list(CATALOGUE))
+
+
+NORM_FILE = """
+[[claim]]
+name = "rmsnorm-in-a-file"
+activation = "relu"
+widths = [8, 8, 8]
+norm = "rmsnorm"
+norm_eps = 0
+observable = "second_moment"
+place = "rmsnorm1"
+prediction = "1"
+exactness = "exact"
+
+[[claim]]
+name = "layernorm-in-a-file"
+activation = "relu"
+widths = [8, 8, 8]
+norm = "layernorm"
+observable = "mean"
+place = "layernorm1"
+prediction = "0"
+"""
+
+
+def test_a_claim_file_writes_normalisers(tmp_path):
+    from varprop.montecarlo import check
+    from varprop.network import LayerNorm, RMSNorm
+
+    path = tmp_path / "claims.toml"
+    path.write_text(NORM_FILE)
+    rms, layer = load_claims(path)
+    kinds = [type(lay).__name__ for lay in rms.claim.network.layers]
+    assert kinds == ["Dense", "RMSNorm", "Nonlinearity", "Dense"]  # Linear, Norm, act; none after the last
+    assert rms.claim.network.layers[1] == RMSNorm(8, eps=0)
+    assert layer.claim.network.layers[1] == LayerNorm(8)  # PyTorch's eps 1e-5 by default
+    assert rms.agreement.startswith("matches") and layer.agreement.startswith("matches")
+    assert check(rms.claim, seed=1, samples=200).outcome == "PASS"
+    wrong = rms.claim.with_prediction(sp.Rational(99, 100))
+    assert check(wrong, seed=1, samples=200).outcome == "FAIL"
+    path.write_text(NORM_FILE.replace('norm = "rmsnorm"', 'norm = "batchnorm"'))
+    with pytest.raises(ClaimError, match="accepted: layernorm, rmsnorm"):
+        load_claims(path)
+    path.write_text(NORM_FILE.replace('norm = "rmsnorm"\n', ''))
+    with pytest.raises(ClaimError, match="norm_eps goes with norm"):
+        load_claims(path)

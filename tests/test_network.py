@@ -51,3 +51,24 @@ def test_inconsistent_layers_and_inputs():
     with pytest.raises(SpecError, match="non-negative"):
         GaussianInput(-1)
     assert FixedInput((1.0, 2.0)).second_moment == sp.Rational(5, 2)
+
+
+def test_normalisers_spec():
+    import numpy as np
+
+    from varprop.network import FLOAT64_EPS, LayerNorm, Network, RMSNorm
+    from varprop.weights import Normal
+
+    assert LayerNorm(4).eps == sp.Rational(1, 100000) and LayerNorm(4, eps=1e-5).eps == sp.Rational(1, 100000)
+    assert RMSNorm(4).eps == FLOAT64_EPS == sp.Rational(1, 2**52)  # torch's eps=None: finfo(float64).eps
+    assert RMSNorm(4, eps=float(np.finfo(np.float64).eps)).eps == FLOAT64_EPS
+    dense = Dense(4, 4, Normal(1))
+    network = Network((dense, LayerNorm(4), RMSNorm(4), dense))
+    assert [network.place_name(p) for p in range(4)] == ["dense1", "layernorm1", "rmsnorm1", "dense2"]
+    assert network.width(1) == 4 and network.depth == 2
+    for bad, fragment in [(lambda: LayerNorm(4, eps=-1), "non-negative"), (lambda: RMSNorm(0), "width"),
+                          (lambda: LayerNorm(4, affine=1), "True or False"),
+                          (lambda: Network((dense, RMSNorm(3), dense)), "width 3 but the signal there has width 4"),
+                          (lambda: Network((LayerNorm(5), dense)), "width 5")]:
+        with pytest.raises(SpecError, match=fragment):
+            bad()

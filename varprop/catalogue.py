@@ -18,8 +18,8 @@ from .activations import activation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
-from .network import Dense, Dropout, FixedInput, Network, Nonlinearity, Residual, cnn, conv, mlp
-from .observables import Correlation, Gradient, Observable, ObservableError, SecondMoment, Signal, from_name
+from .network import Dense, Dropout, FixedInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm, cnn, conv, mlp
+from .observables import Correlation, Gradient, Mean, Observable, ObservableError, SecondMoment, Signal, from_name
 from .weights import glorot, he, lecun, torch_linear_default
 
 __all__ = ["CATALOGUE", "claim_from_derivation", "family"]
@@ -28,6 +28,8 @@ HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
 CHO_SAUL = "Cho & Saul 2009 (arc-cosine kernel)"
 SCHOENHOLZ = "Schoenholz et al. 2017"
+BA = "Ba et al. 2016, eq. (4)"
+ZHANG = "Zhang & Sennrich 2019, eq. (4)"
 _DEPTH = 3
 _SMALL = (2, 4)  # an exact claim must hold at narrow widths too
 # Widths an asymptotic claim's limit is fitted over: from 8 up, where the 2^-n of a dead relu layer
@@ -179,6 +181,7 @@ def _catalogue() -> dict[str, ClaimFamily]:
         *_residual_entries(),
         *_dropout_entries(),
         *_convolution_entries(),
+        *_normaliser_entries(),
     ]
     return {entry.name: entry for entry in entries}
 
@@ -306,6 +309,45 @@ def _convolution_entries() -> list[ClaimFamily]:
                "the 9 taps, so E[(dL/dx)^2] is about 2/s^2 (less at the padded border), not the 2 fan-out mode promises",
                lambda n: Network((conv(n, n, 3, (6, 6), he("fan_out"), stride=2, padding=1),)),
                SecondMoment(Gradient(-1)), None, source=f"{HE}, eq. (14), per position"),
+    ]
+
+
+def _normaliser_entries() -> list[ClaimFamily]:
+    """LayerNorm and RMSNorm (PyTorch's layers at initialisation): exact where the normalisation makes it exact.
+
+    Place ``rmsnorm1``/``layernorm1`` is position 1 of ``dense, norm, relu, dense`` and position 0 of
+    ``norm, dense`` (a normaliser on the Gaussian input, whose mean square is a scaled chi-square).
+    """
+    relu = activation("relu")
+
+    def normed(norm: type, n: int) -> Network:
+        law = he().law(n, n)
+        return Network((Dense(n, n, law), norm(n, eps=0), Nonlinearity(relu), Dense(n, n, law)))
+
+    def on_input(norm: LayerNorm | RMSNorm) -> Network:
+        return Network((norm, Dense(norm.width, norm.width, he().law(norm.width, norm.width))))
+
+    return [
+        _entry("rmsnorm-unit-mean-square",
+               "RMSNorm with eps = 0 after a dense layer: the mean square over the units is 1 for every network "
+               "(zero variance across networks)",
+               lambda n: normed(RMSNorm, n), SecondMoment(Signal(1)), None, source=ZHANG),
+        _entry("layernorm-unit-variance",
+               "LayerNorm with eps = 0 after a dense layer: the mean square over the units is 1 for every network",
+               lambda n: normed(LayerNorm, n), SecondMoment(Signal(1)), None, source=BA),
+        _entry("layernorm-zero-mean",
+               "LayerNorm: the mean over the units is 0 for every network, whatever eps",
+               lambda n: normed(LayerNorm, n), Mean(Signal(1)), None, source=BA),
+        _entry("rmsnorm-eps-gaussian-input",
+               "RMSNorm with eps = 1 on a Gaussian input: E[y^2] = E[X/(X + n)], X chi-square with n degrees of "
+               "freedom (incomplete gamma function), not the mean-field 1/2",
+               lambda n: on_input(RMSNorm(n, eps=1)), SecondMoment(Signal(0)), None,
+               source=f"{ZHANG}; Gradshteyn & Ryzhik 3.383.10"),
+        _entry("layernorm-backward-gaussian-input",
+               "LayerNorm with eps = 1/2 on a Gaussian input: the gradient's second moment through the Jacobian "
+               "(I - 11^T/n - yy^T/n)/sigma, a chi-square expectation with n - 1 degrees of freedom",
+               lambda n: on_input(LayerNorm(n, eps=sp.Rational(1, 2))), SecondMoment(Gradient(-1)), None,
+               source=f"{BA}; Gradshteyn & Ryzhik 3.383.10"),
     ]
 
 

@@ -15,6 +15,9 @@ value::
     distribution = "normal"        # normal | uniform | truncated_normal
     # weight_variance = "2/n_in"   # instead of init: a variance in n_in and n_out
     bias_variance = 0.0            # optional Gaussian bias
+    # norm = "layernorm"           # layernorm | rmsnorm: a normaliser after every dense layer but the last
+    # norm_eps = 0                 # its epsilon (default PyTorch's: 1e-5 for layernorm, 2^-52 for rmsnorm);
+    #                              # places: layernorm1, layernorm2, ... (dense1, layernorm1, act1, dense2, ...)
     input = "gaussian"             # "gaussian" (iid N(0, 1)), "fixed-pair", or a list of numbers (a fixed input)
     # correlation = 0.5            # a pair of inputs with this correlation c0 in [-1, 1], through the same
     #                              # weights: with "gaussian", fresh Gaussian pairs (x' = c0 x + sqrt(1 - c0^2) z);
@@ -88,7 +91,8 @@ from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .errors import VarpropError
 from .montecarlo.limits import check_network
-from .network import Conv, Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, cnn, mlp
+from .network import (Conv, Dense, Dropout, FixedInput, GaussianInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm,
+                      cnn, mlp)
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
 from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, Normal, explicit, init_scheme
 
@@ -97,7 +101,7 @@ __all__ = ["FileClaim", "load_claims", "load_laws"]
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
              "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol",
-             "residual", "dropout_keep", "conv")
+             "residual", "dropout_keep", "conv", "norm", "norm_eps")
 #: The keys of a ``residual = { ... }`` table, and the largest number of blocks a claim may ask for.
 _RESIDUAL_KEYS = ("blocks", "alpha", "layers")
 MAX_BLOCKS = 200
@@ -354,7 +358,7 @@ def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
         return _conv_network(table, widths, scheme, bias_variance, where)
     inputs = _inputs(table, widths[0], where)
     act = _activation(table, where)
-    network = mlp(widths, act, scheme, bias_variance=bias_variance, inputs=inputs)
+    network = _normalised(table, mlp(widths, act, scheme, bias_variance=bias_variance, inputs=inputs), where)
     layers = list(network.layers)
     if "dropout_keep" in table:
         dropout = Dropout(_number(table["dropout_keep"], "dropout_keep", where))
@@ -419,6 +423,27 @@ def _conv_network(table: Mapping[str, object], channels: list, scheme: object, b
     return cnn(channels, sizes["kernel_size"], sizes["input_size"], _activation(table, where), scheme,
                stride=sizes.get("stride", 1), padding=sizes.get("padding", 0), groups=sizes.get("groups", 1),
                bias_variance=bias_variance, inputs=inputs)
+
+
+#: The normalisers a claim file can put after its dense layers (``norm = "..."``).
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def _normalised(table: Mapping[str, object], network: Network, where: str) -> Network:
+    """``network`` with the ``norm`` layer (``norm_eps``) after every dense layer but the last (Linear, Norm, act)."""
+    if "norm" not in table:
+        if "norm_eps" in table:
+            raise ClaimError(f"{where}: norm_eps goes with norm = \"layernorm\" or \"rmsnorm\"")
+        return network
+    kind = NORMS[_choice(table, "norm", tuple(NORMS), where)]
+    options = {} if "norm_eps" not in table else {"eps": _number(table["norm_eps"], "norm_eps", where)}
+    last = network.dense_positions[-1]
+    layers = []
+    for position, layer in enumerate(network.layers):
+        layers.append(layer)
+        if isinstance(layer, Dense) and position != last:
+            layers.append(kind(layer.fan_out, **options))
+    return Network(tuple(layers), network.inputs)
 
 
 def _inputs(table: Mapping[str, object], width: object, where: str) -> GaussianInput | FixedInput:

@@ -32,6 +32,9 @@ __all__ = [
     "Nonlinearity",
     "Residual",
     "Dropout",
+    "LayerNorm",
+    "RMSNorm",
+    "NORMALISERS",
     "Layer",
     "LAYER_CLASSES",
     "GaussianInput",
@@ -290,6 +293,12 @@ def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Wi
                 )
             first = fan_in if first is None else first
             current, previous = fan_out, layer
+        elif isinstance(layer, NORMALISERS):
+            width = current if current is not None else next(
+                (layer_widths(later)[0] for later in layers[index + 1:] if isinstance(later, WEIGHTED_LAYERS)), None)
+            if width is not None and sp.simplify(sp.sympify(width) - layer.width) != 0:
+                raise SpecError(f"{where} {index} is a {type(layer).__name__} of width {layer.width} but the signal "
+                                f"there has width {width}")
         elif isinstance(layer, Residual) and layer.width is not None:
             if current is not None and sp.simplify(current - layer.width) != 0:
                 raise SpecError(
@@ -375,9 +384,83 @@ class Dropout:
         object.__setattr__(self, "keep", keep)
 
 
-Layer = Dense | Conv | Nonlinearity | Residual | Dropout
+def _check_eps(value: object, what: str) -> sp.Expr:
+    """A normaliser's epsilon: a non-negative number or a sympy expression.
+
+    A float becomes the shortest rational that rounds to it (``1e-5`` -> 1/100000), or its exact binary
+    value when there is none nearby (``numpy.finfo(float).eps`` -> 2**-52): the sampler then uses
+    the very float given.
+    """
+    expr = check_nonnegative(value, what)
+    if not isinstance(expr, sp.Float):
+        return expr
+    simple = sp.nsimplify(expr, rational=True)
+    return simple if float(simple) == float(expr) else sp.Rational(float(expr))
+
+
+def _check_affine(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be True or False, got {abbreviate(value)}")
+    return value
+
+
+#: float64 machine epsilon, :math:`2^{-52}`: ``torch.nn.RMSNorm``'s ``eps=None`` for float64 tensors.
+FLOAT64_EPS = sp.Rational(1, 2**52)
+
+
+@dataclass(frozen=True)
+class LayerNorm:
+    r"""Layer normalisation over the units of one example (Ba et al. 2016, eq. 4), at initialisation.
+
+    .. math:: y_i = \gamma_i \frac{x_i - \bar x}{\sqrt{\sigma^2 + \epsilon}} + \beta_i, \qquad
+              \bar x = \frac1n \sum_j x_j, \quad \sigma^2 = \frac1n \sum_j (x_j - \bar x)^2
+
+    (the biased variance, as ``torch.nn.LayerNorm`` computes it). With ``affine=True`` the gain
+    :math:`\gamma` and bias :math:`\beta` are at PyTorch's initial values, 1 and 0
+    (``elementwise_affine=True``), so at initialisation the layer computes the same as without them;
+    the flag records that the layer has them. ``eps`` defaults to PyTorch's ``1e-5`` (kept as the
+    exact rational 1/100000).
+    """
+
+    width: Width
+    eps: sp.Expr = sp.Rational(1, 100000)
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", check_width(self.width, "LayerNorm width"))
+        object.__setattr__(self, "eps", _check_eps(self.eps, "LayerNorm eps"))
+        _check_affine(self.affine, "LayerNorm affine")
+
+
+@dataclass(frozen=True)
+class RMSNorm:
+    r"""Root-mean-square normalisation over the units of one example (Zhang & Sennrich 2019, eq. 4), at init.
+
+    .. math:: y_i = \gamma_i \frac{x_i}{\sqrt{\frac1n \sum_j x_j^2 + \epsilon}}
+
+    as ``torch.nn.RMSNorm`` computes it (no centring, no bias). ``eps=None``, PyTorch's default,
+    means the machine epsilon of the tensor's dtype; varprop computes in float64, so ``None`` is
+    :data:`FLOAT64_EPS` :math:`= 2^{-52}` (stored as that number). With ``affine=True`` the gain
+    :math:`\gamma` is at its initial value 1 (``elementwise_affine=True``).
+    """
+
+    width: Width
+    eps: sp.Expr | None = None
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", check_width(self.width, "RMSNorm width"))
+        eps = FLOAT64_EPS if self.eps is None else self.eps
+        object.__setattr__(self, "eps", _check_eps(eps, "RMSNorm eps"))
+        _check_affine(self.affine, "RMSNorm affine")
+
+
+#: Layers that normalise each example over its units (no weights; the signal width is unchanged).
+NORMALISERS: tuple[type, ...] = (LayerNorm, RMSNorm)
+
+Layer = Dense | Conv | Nonlinearity | Residual | Dropout | LayerNorm | RMSNorm
 #: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout)
+LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout, LayerNorm, RMSNorm)
 #: Layers with weights, which set the width of the signal: (layer) -> (input width, output width).
 WEIGHTED_LAYERS: tuple[type, ...] = (Dense, Conv)
 
@@ -563,7 +646,8 @@ def _nested_dense(layers: Sequence[Layer]) -> Iterable[Dense]:
             yield from _nested_dense(layer.branch)
 
 
-_PLACE_PREFIX = {Dense: "dense", Conv: "conv", Nonlinearity: "act", Residual: "res", Dropout: "drop"}
+_PLACE_PREFIX = {Dense: "dense", Conv: "conv", Nonlinearity: "act", Residual: "res", Dropout: "drop",
+                 LayerNorm: "layernorm", RMSNorm: "rmsnorm"}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from varprop.activations import activation
 from varprop.montecarlo import FAIL, PASS, MonteCarloError, estimate, judge, layer_step, network_values, per_network_values, sample
 from varprop.montecarlo.check import _measure_one, _observable
 from varprop.montecarlo.estimators import health
-from varprop.network import LAYER_CLASSES, Conv, Dense, Dropout, FixedInput, GaussianInput, Network, Nonlinearity, Residual, mlp
+from varprop.network import (LAYER_CLASSES, Conv, Dense, Dropout, FixedInput, GaussianInput, LayerNorm, Network, Nonlinearity,
+                             Residual, RMSNorm, mlp)
 from varprop.observables import (
     OBSERVABLES,
     Gradient,
@@ -62,11 +63,11 @@ def test_every_observable_and_layer_class_has_a_monte_carlo_rule():
     net = Network((Conv(1, 1, 2, 3, padding=1, weights=Normal(0.5)), Dense(4, 4, Normal(0.5)),
                    Nonlinearity(activation("tanh")),
                    Residual((Dense(4, 4, Normal(0.25)), Nonlinearity(activation("relu")), Dense(4, 4, Normal(0.5))), 0.5),
-                   Dropout(0.75)), FixedInput(X, partner=(0.5, 1.0, -1.0)))
+                   Dropout(0.75), LayerNorm(4), RMSNorm(4)), FixedInput(X, partner=(0.5, 1.0, -1.0)))
     assert {type(layer) for layer in net.layers} == set(LAYER_CLASSES)
     samples = sample(net, 20, seed=0)
     for cls in OBSERVABLES:
-        for position in (0, 2, 4):
+        for position in (0, 2, 4, 6):
             assert np.isfinite(estimate(samples, cls(Signal(position))).value), cls
 
 

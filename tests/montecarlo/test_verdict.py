@@ -127,3 +127,14 @@ def test_bad_verdict_values():
         holm([0.1, 1.5], 0.05)
     with pytest.raises(MonteCarloError, match="2 predictions but 1 estimates"):
         judge_all([1.0, 2.0], [Estimate(1.0, 0.1, 10)], rtol=0.1)
+
+
+def test_a_rounding_level_deviation_is_no_contradiction():
+    # A zero-variance observable (the mean square after RMSNorm with eps = 0): SE is rounding noise
+    # (1e-18) and the estimate differs from the prediction by one ulp; t would be about -100.
+    rounded = judge(1.0, 1.0 - 2.0**-52, 1e-18, 5000, rtol=0.01)
+    assert rounded.outcome == PASS and rounded.z == 0.0
+    # beyond rounding, the same tiny SE contradicts the prediction, and SE = 0 gives an infinite t, not a ZeroDivision
+    assert judge(1.0, 1.0 - 1e-9, 1e-18, 5000, rtol=0.01).outcome == FAIL
+    zero = judge(1.0, 1.0 - 1e-9, 0.0, 5000, rtol=0.01)
+    assert zero.outcome == FAIL and math.isinf(zero.z)

@@ -334,7 +334,7 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return y[self.dense_index(position)]
-        if self._after(position) and (position == -1 or self.dense_index(position) > 0):  # not the input's x_1 again
+        if self._after(position) and not self._before_first_dense(position):
             return x[self.dense_index(position) + 1]
         return h[position]
 
@@ -342,9 +342,13 @@ class _Walk:
         layers = self.network.layers
         if position >= 0 and isinstance(layers[position], Dense):
             return dy[self.dense_index(position)]
-        if self._after(position) and (position == -1 or self.dense_index(position) > 0):
+        if self._after(position) and not self._before_first_dense(position):
             return dx[self.dense_index(position) + 1]
         return dh[position]
+
+    def _before_first_dense(self, position: int) -> bool:
+        """A layer ahead of the first dense layer (a normaliser on the input): its output is not x_1, the input."""
+        return position >= 0 and self.dense_index(position) == 0
 
     # -- steps --
 
@@ -1129,6 +1133,9 @@ def _network_summary(network: Network) -> Prose:
     inputs = network.inputs
     parts: list[str | sp.Basic] = [f"Network: widths {list(network.widths)}, activations "]
     parts += _joined([Code(a) for a in acts]) or ["none"]
+    others = sorted({str(layer) for layer in network.layers if not isinstance(layer, Dense | Nonlinearity)})
+    if others:  # normalisers and the other layers without weights, as described
+        parts += [", layers "] + _joined([Code(other) for other in others], "; ")
     parts += [", weights "]
     parts += _joined([Code(law) for law in laws], "; ") if len(laws) <= 2 else [f"{len(laws)} laws"]
     if isinstance(inputs, FixedInput):

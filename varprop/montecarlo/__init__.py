@@ -24,6 +24,7 @@ from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, 
 from . import dropout, residual  # noqa: F401  (register the Dropout and Residual layer steps)
 from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
+from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm sampler steps)
 
 __all__ = [
     "MonteCarloError",

@@ -75,7 +75,7 @@ from .executors import Executor, executor_from
 from .sampler import sample
 from . import laws
 from .verdict import (
-    FAIL, INCONCLUSIVE, PASS, POWER, Verdict, format_z, holm, holm_critical_values, judge, t_p_value,
+    FAIL, INCONCLUSIVE, PASS, POWER, Verdict, _z_and_p, format_z, holm, holm_critical_values, judge, t_p_value,
     tolerance_text, z_power,
 )
 
@@ -717,9 +717,7 @@ def _test_count(job: _Job) -> int:
 
 
 def _t(est: Estimate, value: float) -> float:
-    if est.se > 0:
-        return (est.value - value) / est.se
-    return 0.0 if est.value == value else math.copysign(math.inf, est.value - value)
+    return _z_and_p(est.value, est.se, value)[0]  # SE = 0 and rounding-level deviations as the verdict treats them
 
 
 def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, atol: float | None, tests: int,

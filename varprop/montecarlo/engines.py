@@ -28,7 +28,9 @@ per-network statistics (:mod:`varprop.montecarlo.statistics`), so every estimato
     The joint law of every per-layer quantity (signals, gradients, hence every observable) is
     exactly that of the full engine; the proof is in ``docs/engines.rst``. Served: networks of
     :class:`~varprop.network.Dense` layers with :class:`~varprop.weights.Normal` weights,
-    :class:`~varprop.network.Nonlinearity` and :class:`~varprop.network.Dropout` layers and
+    :class:`~varprop.network.Nonlinearity` and :class:`~varprop.network.Dropout` layers, the normalisers
+    :class:`~varprop.network.LayerNorm` and :class:`~varprop.network.RMSNorm` (deterministic
+    functions of their layer's input, :mod:`varprop.montecarlo.normalisation`) and
     :class:`~varprop.network.Residual` blocks of those, one input or an input pair.
 
 :func:`select_engine` picks the conditional engine wherever it is valid (``"auto"``), and refuses

@@ -204,11 +204,28 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
     return rejected
 
 
+#: Relative difference below which an estimate equals its prediction to float64 rounding (``2**-40``,
+#: about 1e-12: the rounding of a per-network average over thousands of units, and of the mean of
+#: those over millions of networks, stays far below it).
+ROUNDING = 2.0**-40
+
+
 def _z_and_p(estimate: float, se: float, prediction: float, n: int | None = None) -> tuple[float, float]:
-    if se == 0.0:
-        z = 0.0 if estimate == prediction else math.copysign(math.inf, estimate - prediction)
+    r"""The studentized deviation and its p-value.
+
+    An observable can have no spread at all across networks (the mean square after an RMSNorm with
+    :math:`\epsilon = 0` is 1 for every network): then SE is 0, or rounding noise, and the estimate
+    equals the prediction up to rounding. A deviation within :data:`ROUNDING` of the values' size is
+    no deviation (t = 0); a larger one with SE = 0 is an infinite t (a contradiction), never a
+    division by zero.
+    """
+    difference = estimate - prediction
+    if abs(difference) <= ROUNDING * max(abs(estimate), abs(prediction)):
+        z = 0.0
+    elif se == 0.0:
+        z = math.copysign(math.inf, difference)
     else:
-        z = (estimate - prediction) / se
+        z = difference / se
     return z, t_p_value(z, n)
 
 
