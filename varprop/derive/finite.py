@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import ClassVar
 
 import mpmath
@@ -1014,6 +1014,8 @@ FINITE_DERIVATIONS = {
     "dead-layer": dead_layer,
     "log-moment": log_moment,
     "backward": backward,
+    "power-moment-3": partial(power_moment, 3),
+    "log-power-moment-2": partial(log_power_moment, 2),
 }
 
 
