@@ -398,3 +398,11 @@ def test_wrong_log_moment_number_is_refused():
     with pytest.raises(DerivationError, match="does not hold"):
         b.add(Expect(sp.Symbol("X")), value, finite.Rule.SUBSTITUTION,
               proof=finite._LogMomentRecursion(widths, variances, 2, False))
+
+
+def test_log_variance_is_about_five_over_the_width():
+    """Var[log M_L | no dead layer] ~ sum_j 5/n_j (Hanin & Rolnick 2018's exp(5 sum 1/n_j) spread): n Var - 5 at
+    widths 50, 100, 200 shrinks like 1/n (halves per doubling), so the limit is 5 and not, say, 4 (E[psi'(K/2)] alone)."""
+    gaps = [float(finite.log_moments([n, n], 2)[1]) * n - 5 for n in (50, 100, 200)]
+    assert all(0 < g < 0.5 for g in gaps)
+    assert all(1.8 < a / b < 2.2 for a, b in zip(gaps, gaps[1:]))
