@@ -99,3 +99,17 @@ def test_rao_blackwell_of_order_three_is_honest_and_refuses_the_wrong_binomial()
     se = rb.std(ddof=1) / math.sqrt(rb.size)
     assert judge(exact, rb.mean(), se, rb.size, rtol=0.05).outcome == PASS
     assert judge(wrong, rb.mean(), se, rb.size, rtol=0.05).outcome == FAIL
+
+
+def test_streamed_estimates_of_the_finite_width_moments_match_the_sampled_ones():
+    from varprop.montecarlo import estimate, sample
+    from varprop.montecarlo.streaming import stream_estimates
+
+    net = _network(3, 2)
+    last = Signal(len(net.layers) - 1)
+    observables = (NormRatioMoment(last, 3), LogNormRatioMoment(last, 2), LogNormRatioVariance(last), LogNormRatio(last))
+    streamed = stream_estimates(net, observables, 20_000, seed=3, engine="conditional").estimates
+    drawn = sample(net, 20_000, seed=3, engine="conditional")
+    for observable in observables:
+        one, other = streamed[observable], estimate(drawn, observable)
+        assert one.value == pytest.approx(other.value, rel=1e-9) and one.se == pytest.approx(other.se, rel=1e-6), observable
