@@ -1065,8 +1065,9 @@ def _rename(expr: sp.Expr) -> sp.Expr:
                         lambda e: (_NW if e.base == _nw else _SW)[e.indices])
 
 
-@observable_rules.register
-def _(observable: NormRatioMoment, walk: object) -> Quantity:
+@observable_rules.register(NormRatioSecondMoment)   # order 2 (its own class since the first version)
+@observable_rules.register(NormRatioMoment)
+def _norm_ratio_moment(observable: NormRatioMoment, walk: object) -> Quantity:
     position, k = observable.tensor.position, observable.order
     widths, variances = relu_chain(walk.network, position, gaussian=True)
     depth = len(widths) - 1
