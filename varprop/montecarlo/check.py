@@ -31,7 +31,10 @@ checked according to its exactness class:
     verdict: the deviation at each width is reported (outcome ``MEASURED``).
 
 All tests of the claims checked together form one family: Holm's step-down procedure holds the
-family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value.
+family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value. Law claims
+(:class:`~varprop.montecarlo.laws.LawClaim`) checked with :func:`check_family` join the same family
+with two tests each (the Kolmogorov-Smirnov test and the exact test of the dead count); ``varprop
+check --all`` checks the catalogue's law claims (:func:`varprop.catalogue.law_claims`) this way.
 
 **Guards.** A claim with excluded networks (overflow to inf, NaN) at any width is ``INCONCLUSIVE``,
 with the counts: a verdict never rests on a silently filtered sample. Per-network values of narrow
