@@ -314,7 +314,7 @@ def _log_moments_by_quadrature(widths, orders=4, active=0.5):
         layer = [0.0] * (orders + 1)
         for k, w in zip(range(1, n + 1), weights):
             for r in range(orders + 1):
-                f = lambda v, r=r, k=k: (math.log(s_) + v) ** r * math.exp(stats.chi2.logpdf(math.exp(v), k) + v)
+                f = lambda v, r=r, k=k, s_=s_: (math.log(s_) + v) ** r * math.exp(stats.chi2.logpdf(math.exp(v), k) + v)
                 layer[r] += w * integrate.quad(f, -80, 8, limit=400, points=[-2, 0, 2])[0]
         total = [sum(math.comb(r, i) * total[r - i] * layer[i] for i in range(r + 1)) for r in range(orders + 1)]
     return total

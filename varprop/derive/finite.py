@@ -854,9 +854,9 @@ def log_power_moment(order: int) -> Derivation:
     return _log_power_moment(_order(order))
 
 
-def _layer_log_moments(width: int, scale: sp.Expr, order: int, dps: int) -> list[mpmath.mpf]:
+def _layer_log_moments(width: int, scale: sp.Expr, order: int) -> list[mpmath.mpf]:
     """``[E[(log F)^r | K >= 1] for r = 1..order]`` of one layer of ``width`` and scale ``scale``, evaluated
-    from :func:`log_power_moment`'s formulas (the finite sum term by term, mpmath at ``dps`` digits)."""
+    from :func:`log_power_moment`'s formulas (the finite sum term by term, mpmath at the working precision)."""
     d = log_power_moment(order)
     out = []
     for r in range(1, order + 1):
@@ -871,19 +871,15 @@ def _log_cumulants(widths: Sequence[int], variances: Sequence[sp.Expr], order: i
     r"""The cumulants :math:`\kappa_1..\kappa_k` of :math:`\log(\|x_L\|^2/\|x_0\|^2)` given no dead layer: sums over
     layers of :func:`log_power_moment`'s per-layer cumulants (each layer's scale is its weight variance)."""
     d = log_power_moment(order)
+    mus = [_mu[_j, i] for i in range(1, order + 1)]
+    functions = [sp.lambdify(mus, d.extras[f"cumulant_{r}"], "mpmath") for r in range(1, order + 1)]
     totals = [mpmath.mpf(0)] * order
     with mpmath.workdps(dps + 10):
         cache: dict[tuple[int, sp.Expr], list[mpmath.mpf]] = {}
         for n, s in zip(widths[1:], variances):
             if (n, s) not in cache:
-                mus = _layer_log_moments(n, s, order, dps + 10)
-                values = {_mu[_j, r]: mpmath.mpf(0) for r in range(1, order + 1)}
-                cumulants = []
-                for r in range(1, order + 1):
-                    f = sp.lambdify([_mu[_j, i] for i in range(1, order + 1)], d.extras[f"cumulant_{r}"], "mpmath")
-                    cumulants.append(f(*mus))
-                del values
-                cache[n, s] = cumulants
+                mus = _layer_log_moments(n, s, order)
+                cache[n, s] = [functions[r](*mus) for r in range(order)]
             totals = [a + b for a, b in zip(totals, cache[n, s])]
     return totals
 
@@ -1143,7 +1139,6 @@ class _DigammaSum(Check):
         return ok, f"mpmath re-sums the binomial law with its own digamma: {mpmath.nstr(total, 15)}"
 
 
-_KAPPA_LOG = sp.IndexedBase("kappa")
 
 
 def _log_rule(observable: object, walk: object, variance: bool) -> Quantity:
@@ -1210,7 +1205,7 @@ class _LogMomentRecursion(Check):
                 layer = [mpmath.mpf(0)] * (order + 1)
                 for k in range(1, n + 1):
                     half = mpmath.mpf(k) / 2
-                    raw = mpmath.diffs(lambda th, half=half: mpmath.exp(th * mpmath.log(2 * c) + mpmath.loggamma(half + th)
+                    raw = mpmath.diffs(lambda th, half=half, c=c: mpmath.exp(th * mpmath.log(2 * c) + mpmath.loggamma(half + th)
                                                                         - mpmath.loggamma(half)), 0, order)
                     weight = mpmath.binomial(n, k) / (mpmath.mpf(2) ** n - 1)
                     layer = [a + weight * b for a, b in zip(layer, raw)]
