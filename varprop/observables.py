@@ -25,7 +25,7 @@ statistic                          per unit, in expectation over random networks
 :class:`SecondMoment`              :math:`E[t^2]`
 :class:`Variance`                  :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
 :class:`NormRatio`                 :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
-:class:`NormRatioMoment`          :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^k]`, order :math:`k \le 8`
+:class:`NormRatioMoment`           :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^k]`, order :math:`k \le 8`
                                    (signals only)
 :class:`NormRatioSecondMoment`     :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]` (signals only)
 :class:`LogNormRatio`              :math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`
