@@ -164,3 +164,65 @@ def test_a_claim_file_writes_normalisers(tmp_path):
     path.write_text(NORM_FILE.replace('norm = "rmsnorm"\n', ''))
     with pytest.raises(ClaimError, match="norm_eps goes with norm"):
         load_claims(path)
+
+
+ORDER_FILE = """
+[[claim]]
+name = "third moment"
+activation = "relu"
+widths = [4, 4, 4, 4]
+place = "act2"
+observable = "norm_ratio_moment"
+order = 3
+prediction = "(15/2)**2"
+exactness = "gaussian-exact"
+
+[[claim]]
+name = "log second moment"
+activation = "relu"
+widths = [4, 4, 4, 4]
+place = "act2"
+observable = "log_norm_ratio_moment"
+prediction = "6"
+exactness = "gaussian-exact"
+"""
+
+
+def test_claim_files_name_moments_with_an_order(tmp_path):
+    """A relu layer of width 4 at He's variance multiplies the squared length by (1/2) chi^2_K: E[R^3] = (1/8) *
+    E[K(K+2)(K+4)] = (1/8) * 60 = 15/2 per layer (an exact binomial sum), two layers up to act2."""
+    from varprop.derive import finite
+    from varprop.observables import LogNormRatioMoment, NormRatioMoment
+
+    path = tmp_path / "claims.toml"
+    path.write_text(ORDER_FILE)
+    third, log2 = load_claims(path)
+    assert third.claim.observable == NormRatioMoment(Signal(3), 3)
+    assert sum(sp.binomial(4, k) * k * (k + 2) * (k + 4) for k in range(5)) / sp.Integer(16) == 60
+    assert third.agreement.startswith("matches the derivation") and third.derivation.result == sp.Rational(15, 2) ** 2
+    assert log2.claim.observable == LogNormRatioMoment(Signal(3), 2)   # the default order
+    assert log2.agreement.startswith("differs") and float(log2.derivation.result) == pytest.approx(
+        float(finite.log_moments([4, 4, 4], 2)[0]), abs=1e-20)
+
+
+@pytest.mark.parametrize("fragment, message", [
+    ("order = 3", "order = 9"),
+    ("order = 3", 'order = "3"'),
+    ('observable = "norm_ratio_moment"\norder = 3', 'observable = "second_moment"\norder = 3'),
+    ('place = "act2"', 'layer = 2'),
+])
+def test_bad_orders_are_refused(tmp_path, capsys, fragment, message):
+    path = tmp_path / "claims.toml"
+    path.write_text(ORDER_FILE.split("\n\n[[claim]]")[0].replace(fragment, message, 1))
+    assert main(["check", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("varprop: ") and err.count("\n") == 1 and "order" in err
+
+
+def test_at_place_takes_an_order_for_moments_only():
+    net = mlp([4, 4, 4], "relu", he(), output_activation=True)
+    assert at_place("norm_ratio_moment", "signal", "act2", net, 5).order == 5
+    with pytest.raises(VarpropError, match="order goes with a moment statistic"):
+        at_place("norm_ratio", "signal", "act2", net, 2)
+    with pytest.raises(VarpropError, match="from 1 to 8, got 0"):
+        at_place("log_norm_ratio_moment", "signal", "act2", net, 0)

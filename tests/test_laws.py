@@ -11,6 +11,7 @@ from scipy import integrate, stats
 
 from varprop.claims import Claim
 from varprop.derive import derive, finite
+from varprop.derive.derivation import Expect
 from varprop.montecarlo.check import check
 from varprop.montecarlo.errors import MonteCarloError
 from varprop.montecarlo.laws import (
@@ -34,6 +35,8 @@ from varprop.observables import (
     Signal,
 )
 from varprop.weights import he
+
+from tests.prose_words import ASCII_MATH, words
 
 NETWORKS = 20_000
 
@@ -159,7 +162,11 @@ def test_checker_never_fails_the_heavy_tailed_moment_and_says_why(seed):
     result = check(Claim("m2", net, observable, prediction=d.result, exactness=d.exactness, derivation=d),
                    samples=20_000, seed=seed)
     assert result.outcome == INCONCLUSIVE
-    assert "exact, from the law" in result.message and "E[log M_L]" in result.message
+    m = sp.Symbol("M_L")
+    assert "exact, from the law" in result.message
+    assert Expect(sp.log(m)) in result.message.parts and Expect(m**2) in result.message.parts   # formulas, typeset
+    own = moment_tails(DEEP, 2).message(20_000)      # the heavy-tail part of the message: words and formulas
+    assert own in result.message and ASCII_MATH.search(words(own)) is None, words(own)
 
 
 def test_checker_passes_the_log_moment_and_fails_a_wrong_one():
@@ -207,3 +214,57 @@ def test_law_claims_from_a_claim_file_through_the_cli(tmp_path, capsys):
     bad.write_text('[[law]]\nname = "x"\nwidths = [3, 3]\ntolerance = 3\n')
     assert main(["check", str(bad)]) == 2
     assert "tolerance" in capsys.readouterr().err
+
+
+# --- law claims in the claims' Holm family -----------------------------------------------------
+
+
+def _cheap_claim():
+    """One exact claim at one width: the dead fraction of a width-3 relu network (two tests in the family)."""
+    from varprop.catalogue import claim_from_derivation
+
+    net = mlp([3, 3, 3], "relu", he(), output_activation=True)
+    return claim_from_derivation("dead", net, DeadFraction(Signal(len(net.layers) - 1)))
+
+
+def test_law_claims_join_the_claims_holm_family():
+    from varprop.catalogue import law_claims
+    from varprop.montecarlo.check import check_all, check_family
+    from varprop.montecarlo.laws import LawClaim, law_p_values, law_tests
+    from varprop.montecarlo.verdict import holm
+
+    catalogue = law_claims()
+    wrong = LawClaim("wrong binomial", (4, 4, 4), active=0.45)
+    laws = [*catalogue, wrong]
+    claim = _cheap_claim()
+    family = check_family([claim], laws, samples=50_000, seed=7, rtol=0.05)
+    assert family.tests == 1 + 2 * len(laws)          # the claim's t-test and two tests per law claim
+    assert [v.outcome for v in family.laws] == [PASS, PASS, FAIL], [v.message for v in family.laws]
+    assert all(f"Holm over {family.tests} tests" in v.message for v in family.laws)
+    # one Holm step over every p-value: the claims' first, then the laws' (KS, dead count), in order
+    claim_p = [m.verdict.p_value for r in family.results for m in r.measurements]
+    decided = holm(claim_p + law_p_values(law_tests(laws, seed=7)), 0.05)
+    assert [flag for v in family.laws for flag in v.rejected] == decided[len(claim_p):]
+    # a law claim in the family makes the moment claim's test stricter (Holm's critical value over more tests)
+    alone = check_all([claim], samples=50_000, seed=7, rtol=0.05)[0]
+    assert family.results[0].primary.verdict.z_crit > alone.primary.verdict.z_crit
+    assert family.outcomes == {family.results[0].outcome, PASS, FAIL}
+
+
+def test_catalogue_law_claims_are_exact_laws():
+    from varprop.catalogue import law_claims
+
+    claims = law_claims()
+    assert [c.widths for c in claims] == [(4, 4), (4, 4, 4)] and all(c.active == 0.5 for c in claims)
+    assert ExactLaw((4, 4)).dead == pytest.approx(1 / 16)   # one layer: the chi-square-binomial mixture's atom
+
+
+def test_a_file_of_law_claims_only_is_judged_alone(tmp_path, capsys):
+    from varprop.cli import main
+    import json
+
+    path = tmp_path / "laws.toml"
+    path.write_text('[[law]]\nname = "M_L at width 3"\nwidths = [3, 3]\ntolerance = 0.05\nnetworks = 20000\n')
+    assert main(["check", str(path), "--quiet", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["family_size"] == 2 and payload["laws"][0]["outcome"] == PASS and payload["results"] == []

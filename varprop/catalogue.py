@@ -22,7 +22,7 @@ from .network import Dense, Dropout, FixedInput, LayerNorm, Network, Nonlinearit
 from .observables import Correlation, Gradient, Mean, Observable, ObservableError, SecondMoment, Signal, from_name
 from .weights import glorot, he, lecun, torch_linear_default
 
-__all__ = ["CATALOGUE", "claim_from_derivation", "family"]
+__all__ = ["CATALOGUE", "claim_from_derivation", "family", "law_claims"]
 
 HE = "He et al. 2015"
 GLOROT = "Glorot & Bengio 2010"
@@ -407,3 +407,14 @@ def family(name: str) -> ClaimFamily:
 def _short(name: object) -> str:
     text = repr(name)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def law_claims() -> tuple[object, ...]:
+    r"""The catalogue's law claims (:class:`~varprop.montecarlo.laws.LawClaim`): the exact finite-width law of
+    :math:`M_L` (Hanin & Rolnick 2018, Sec. 5) for one relu layer at width 4 (a binomial mixture of
+    chi-squares) and for two layers at width 4 (a product of two independent such factors), He's normal
+    weights. ``varprop check --all`` judges them in one Holm family with :data:`CATALOGUE`'s claims."""
+    from .montecarlo.laws import LawClaim
+
+    return (LawClaim("law-one-layer-width-4", (4, 4)),
+            LawClaim("law-two-layers-width-4", (4, 4, 4)))

@@ -28,6 +28,10 @@ value::
     # or, by place (works for any layer kind):
     # observable = "second_moment" # mean | second_moment | variance | norm_ratio | cross_moment | correlation
     #                              # (cross_moment and correlation: of the pair of inputs; need correlation/partner)
+    #                              # zero-bias relu chains (finite width): norm_ratio_moment | log_norm_ratio_moment
+    #                              # (with order), norm_ratio_second_moment | log_norm_ratio | log_norm_ratio_variance
+    #                              # | dead_fraction
+    # order = 3                    # the order k = 1..8 of norm_ratio_moment / log_norm_ratio_moment (default 2)
     # tensor = "gradient"          # signal (default) | gradient | weight_gradient
     # place = "act2"               # input, dense1, act1, dense2, ... or an integer position (-1: the input)
     # residual = { blocks = 4, alpha = "1/sqrt(L)", layers = 2 }
@@ -101,7 +105,7 @@ __all__ = ["FileClaim", "load_claims", "load_laws"]
 _REQUIRED = ("name", "activation", "widths", "observable", "prediction")
 _OPTIONAL = ("layer", "place", "tensor", "params", "init", "mode", "slope", "distribution", "weight_variance",
              "bias_variance", "input", "correlation", "partner", "exactness", "source", "description", "sweep", "tolerance", "atol",
-             "residual", "dropout_keep", "conv", "norm", "norm_eps")
+             "residual", "dropout_keep", "conv", "norm", "norm_eps", "order")
 #: The keys of a ``residual = { ... }`` table, and the largest number of blocks a claim may ask for.
 _RESIDUAL_KEYS = ("blocks", "alpha", "layers")
 MAX_BLOCKS = 200
@@ -219,8 +223,9 @@ def _read(table: Mapping[str, object], where: str) -> FileClaim:
             else:
                 if "layer" not in table:
                     raise ClaimError(f"{where}: missing key 'layer' (or 'place'); required: {', '.join(_REQUIRED)}")
-                if "tensor" in table:
-                    raise ClaimError(f"{where}: tensor goes with place, not with layer")
+                if "tensor" in table or "order" in table:
+                    which = "tensor" if "tensor" in table else "order"
+                    raise ClaimError(f"{where}: {which} goes with place, not with layer")
                 observable = _choice(table, "observable", OBSERVABLES, where)
                 layer = table["layer"]
                 if isinstance(layer, bool) or not isinstance(layer, int):
@@ -296,8 +301,9 @@ def _at_place(table: Mapping[str, object], network: Network, where: str) -> Obse
     place = table["place"]
     if isinstance(place, bool) or not isinstance(place, int | str):
         raise ClaimError(f"{where}: place must be a place name such as 'act2' or an integer position, got {place!r}")
+    order = table.get("order")
     try:
-        return at_place(statistic, tensor, place, network)
+        return at_place(statistic, tensor, place, network, order)
     except ObservableError as exc:
         raise ClaimError(f"{where}: {exc}") from None
 

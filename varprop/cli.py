@@ -328,9 +328,9 @@ def _cmd_meanfield(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .catalogue import CATALOGUE, family
+    from .catalogue import CATALOGUE, family, law_claims
     from .claimfile import load_claims
-    from .montecarlo import check_all, format_results
+    from .montecarlo import check_family, format_results
     from .montecarlo.verdict import POWER
 
     if args.list:
@@ -344,6 +344,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if args.target is not None:
             raise _UsageError(f"give either --all or a claim name / FILE.toml, not both (got {args.target!r})")
         targets = list(CATALOGUE.values())
+        laws = list(law_claims())
     elif args.target is None:
         raise _UsageError("give a claim name, a FILE.toml or --all (varprop check --list shows the names)")
     elif args.target.endswith(".toml"):
@@ -364,17 +365,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .montecarlo.executors import parse_executor
 
     parse_executor(args.executor)  # a bad name fails before any work
-    results = []
-    if targets:
-        with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="network") as progress:
-            results = check_all(targets, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
-                                width=args.width, atol=args.atol, progress=progress, engine=args.engine, executor=args.executor)
-    law_verdicts = []
-    if laws:  # judged in one Holm family with the claims' tests
-        from .montecarlo.laws import check_laws
-
-        others = [m.verdict.p_value for r in results for m in r.measurements if m.verdict is not None]
-        law_verdicts = check_laws(laws, seed=args.seed, alpha=args.alpha, other_p_values=others)
+    with progress_bar("varprop check: networks sampled", quiet=args.quiet, unit="network") as progress:
+        # the claims' tests and the law claims' tests form one Holm family
+        checked = check_family(targets, laws, samples=args.samples, seed=args.seed, rtol=args.rtol, alpha=args.alpha,
+                               width=args.width, atol=args.atol, progress=progress, engine=args.engine,
+                               executor=args.executor)
+    results, law_verdicts = checked.results, checked.laws
     if args.json:
         payload = [dict(r.to_dict(), derivation=notes[r.name], **({"derived": derived[r.name].to_dict()}
                                                                    if derived.get(r.name) is not None else {}))
@@ -383,7 +379,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                          "p_value": v.test.p_value, "dead": v.test.dead_count, "dead_expected": v.test.dead_expected,
                          "dead_p_value": v.test.dead_p_value, "detectable": v.detectable,
                          "networks_needed": v.networks_needed, "cdf_accuracy": v.test.accuracy} for v in law_verdicts]
-        print(json.dumps({"rtol": args.rtol, "atol": args.atol, "alpha": args.alpha, "power": POWER, "seed": args.seed, "results": payload,
+        print(json.dumps({"rtol": args.rtol, "atol": args.atol, "alpha": args.alpha, "power": POWER, "seed": args.seed,
+                          "family_size": checked.tests, "results": payload,
                           **({"laws": laws_payload} if laws_payload else {})}, indent=2))
     else:
         if results:

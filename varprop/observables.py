@@ -25,8 +25,13 @@ statistic                          per unit, in expectation over random networks
 :class:`SecondMoment`              :math:`E[t^2]`
 :class:`Variance`                  :math:`\operatorname{Var}[t] = E[t^2] - E[t]^2`
 :class:`NormRatio`                 :math:`E[\|h_p\|^2 / \|h_{\text{input}}\|^2]` (signals only)
+:class:`NormRatioMoment`           :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^k]`, order :math:`k \le 8`
+                                   (signals only)
 :class:`NormRatioSecondMoment`     :math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]` (signals only)
 :class:`LogNormRatio`              :math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`
+:class:`LogNormRatioMoment`        :math:`E[(\log(\|h_p\|^2 / \|h_{\text{input}}\|^2))^k \mid h_p \ne 0]`,
+                                   order :math:`k \le 8`
+:class:`LogNormRatioVariance`      :math:`\operatorname{Var}[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`
 :class:`DeadFraction`              :math:`P(h_p = 0)`, the fraction of networks with a dead layer
 :class:`CrossMoment`               :math:`E[\tfrac1{n_p}\langle h_p, h'_p\rangle]` for a pair of inputs
                                    (signals only)
@@ -51,7 +56,7 @@ dense layer ``l``, ...) are kept: :func:`from_name` turns ``(name, l)`` into an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 from typing import TYPE_CHECKING
 
@@ -73,8 +78,12 @@ __all__ = [
     "CrossMoment",
     "Correlation",
     "PAIR_OBSERVABLES",
+    "NormRatioMoment",
     "NormRatioSecondMoment",
+    "LogNormRatioMoment",
     "LogNormRatio",
+    "LogNormRatioVariance",
+    "MAX_ORDER",
     "DeadFraction",
     "OBSERVABLES",
     "LEGACY_NAMES",
@@ -86,6 +95,7 @@ __all__ = [
     "STATISTICS",
     "TENSORS",
     "at_place",
+    "ORDERED",
 ]
 
 
@@ -215,21 +225,82 @@ class _SignalOnly(Observable):
             raise ObservableError(f"{type(self).__name__} is defined for signals only, got {self.tensor!r}")
 
 
+#: The highest order of a moment observable (:class:`NormRatioMoment`, :class:`LogNormRatioMoment`): the
+#: moment of order k of a narrow network's norm ratio needs its law's moments up to 3k to size a sample.
+MAX_ORDER = 8
+
+
+def _check_order(observable: Observable) -> None:
+    order = observable.order
+    if isinstance(order, bool) or not isinstance(order, Integral) or not 1 <= int(order) <= MAX_ORDER:
+        raise ObservableError(f"{type(observable).__name__}: order must be an integer from 1 to {MAX_ORDER}, "
+                              f"got {order!r}")
+
+
 @dataclass(frozen=True)
-class NormRatioSecondMoment(_SignalOnly):
+class NormRatioMoment(_SignalOnly):
+    r""":math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^k]`, ``order`` :math:`k = 1..8`: the moments of one network's
+    squared length (finite-width law, :func:`varprop.derive.finite.power_moment`)."""
+
+    order: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_order(self)
+
+    @property
+    def statistic(self) -> str:  # type: ignore[override]
+        return f"norm ratio moment of order {self.order}"
+
+
+@dataclass(frozen=True)
+class NormRatioSecondMoment(NormRatioMoment):
     r""":math:`E[(\|h_p\|^2 / \|h_{\text{input}}\|^2)^2]`: the spread of one network's squared length
-    (finite-width law, :func:`varprop.derive.finite.product_law`)."""
+    (finite-width law, :func:`varprop.derive.finite.product_law`); :class:`NormRatioMoment` of order 2."""
 
-    statistic = "norm ratio second moment"
+    order: int = field(default=2, init=False)
+
+    @property
+    def statistic(self) -> str:  # type: ignore[override]
+        return "norm ratio second moment"
 
 
 @dataclass(frozen=True)
-class LogNormRatio(_SignalOnly):
+class LogNormRatioMoment(_SignalOnly):
+    r""":math:`E[(\log(\|h_p\|^2 / \|h_{\text{input}}\|^2))^k \mid h_p \ne 0]`, ``order`` :math:`k = 1..8`, over
+    the networks whose signal at ``p`` is not identically zero (finite-width law,
+    :func:`varprop.derive.finite.log_power_moment`)."""
+
+    order: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_order(self)
+
+    @property
+    def statistic(self) -> str:  # type: ignore[override]
+        return f"log norm ratio moment of order {self.order}"
+
+
+@dataclass(frozen=True)
+class LogNormRatio(LogNormRatioMoment):
     r""":math:`E[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`: the typical network's squared
     length, over the networks whose signal at ``p`` is not identically zero (the others have
-    :math:`\log 0 = -\infty`; :class:`DeadFraction` counts them)."""
+    :math:`\log 0 = -\infty`; :class:`DeadFraction` counts them); :class:`LogNormRatioMoment` of order 1."""
 
-    statistic = "log norm ratio"
+    order: int = field(default=1, init=False)
+
+    @property
+    def statistic(self) -> str:  # type: ignore[override]
+        return "log norm ratio"
+
+
+@dataclass(frozen=True)
+class LogNormRatioVariance(_SignalOnly):
+    r""":math:`\operatorname{Var}[\log(\|h_p\|^2 / \|h_{\text{input}}\|^2) \mid h_p \ne 0]`: the spread of the
+    log squared length over the networks whose signal at ``p`` is not identically zero."""
+
+    statistic = "log norm ratio variance"
 
 
 @dataclass(frozen=True)
@@ -241,7 +312,8 @@ class DeadFraction(_SignalOnly):
 
 #: The statistic classes; each engine registers one rule per class.
 OBSERVABLES: tuple[type[Observable], ...] = (Mean, SecondMoment, Variance, NormRatio, CrossMoment, Correlation,
-                                             NormRatioSecondMoment, LogNormRatio, DeadFraction)
+                                             NormRatioMoment, NormRatioSecondMoment, LogNormRatioMoment, LogNormRatio,
+                                             LogNormRatioVariance, DeadFraction)
 
 #: Claim-file names: name -> (statistic class, tensor letter) at dense layer l.
 _LEGACY: dict[str, tuple[type[Observable], str]] = {
@@ -349,18 +421,26 @@ STATISTICS: dict[str, type[Observable]] = {
     "norm_ratio": NormRatio,
     "cross_moment": CrossMoment,
     "correlation": Correlation,
-
-
     "norm_ratio_second_moment": NormRatioSecondMoment,
+    "norm_ratio_moment": NormRatioMoment,
     "log_norm_ratio": LogNormRatio,
+    "log_norm_ratio_moment": LogNormRatioMoment,
+    "log_norm_ratio_variance": LogNormRatioVariance,
     "dead_fraction": DeadFraction,
 }
 #: Tensor names for an observable addressed by place (claim files: ``tensor = "gradient"``).
 TENSORS: dict[str, type] = {"signal": Signal, "gradient": Gradient, "weight_gradient": WeightGradient}
 
 
-def at_place(statistic: str, tensor: str, place: int | str, network: Network) -> Observable:
+#: The statistics that take an ``order`` (claim files: ``order = 3``).
+ORDERED: tuple[type[Observable], ...] = (NormRatioMoment, LogNormRatioMoment)
+
+
+def at_place(statistic: str, tensor: str, place: int | str, network: Network, order: int | None = None) -> Observable:
     """The observable ``statistic`` of ``tensor`` at ``place`` (a position or a name such as ``act2``).
+
+    ``order`` is the order of a moment statistic (``norm_ratio_moment``, ``log_norm_ratio_moment``: 1 to
+    :data:`MAX_ORDER`, default 2); the other statistics take none.
 
     >>> at_place("second_moment", "gradient", "act1", network)  # doctest: +SKIP
     SecondMoment(tensor=Gradient(position=1))
@@ -373,4 +453,9 @@ def at_place(statistic: str, tensor: str, place: int | str, network: Network) ->
         position = network.position(place)
     except SpecError as exc:
         raise ObservableError(str(exc)) from None
-    return resolve(STATISTICS[statistic](TENSORS[tensor](position)), network)
+    cls = STATISTICS[statistic]
+    if order is not None and cls not in ORDERED:
+        names = ", ".join(name for name, c in STATISTICS.items() if c in ORDERED)
+        raise ObservableError(f"order goes with a moment statistic ({names}), not with {statistic!r}")
+    made = cls(TENSORS[tensor](position)) if order is None else cls(TENSORS[tensor](position), order)
+    return resolve(made, network)

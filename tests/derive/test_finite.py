@@ -254,3 +254,155 @@ def test_the_catalogue_last_layers_claim_is_a_special_case():
         special = last.fan_out * last.weights.variance / 2 * alive
         assert sp.simplify(claim.prediction - special) == 0
         assert sp.simplify(claim.prediction - last.fan_out * last.weights.variance / 2) != 0   # the factor matters
+
+
+# --- moments of every order ----------------------------------------------------------------------
+
+
+def _enumerate_power_moment(widths, order, variances=None, active=Fraction(1, 2)):
+    """E[(||x_L||^2/||x_0||^2 * n_0/n_L)^k] by summing prod_j c_j^k k_j(k_j+2)...(k_j+2k-2) over every vector of
+    counts, with its binomial probability (``active``: the probability that a unit is active)."""
+    variances = variances or [Fraction(2, a) for a in widths[:-1]]
+    layers = list(zip(widths[:-1], widths[1:], variances))
+    total = Fraction(0)
+    for counts in itertools.product(*(range(b + 1) for _, b, _ in layers)):
+        p, value = Fraction(1), Fraction(1)
+        for (a, b, v), k in zip(layers, counts):
+            p *= math.comb(b, k) * active**k * (1 - active) ** (b - k)
+            value *= (v * a / b) ** order * math.prod(k + 2 * i for i in range(order))
+        total += p * value
+    return total
+
+
+@pytest.mark.parametrize("widths, order", [((3, 2, 5), 3), ((2, 2, 2, 2), 4), ((4, 1, 3), 5), ((5, 8), 8), ((2, 3), 1),
+                                           ((3, 3, 3), 2)])
+def test_power_moment_by_enumeration(widths, order):
+    exact = _enumerate_power_moment(widths, order)
+    assert finite.power_moment_value(widths, order) == sp.Rational(exact.numerator, exact.denominator)
+    odd = [Fraction(1, 3)] * (len(widths) - 1)
+    exact = _enumerate_power_moment(widths, order, odd)
+    assert finite.power_moment_value(widths, order, odd) == sp.Rational(exact.numerator, exact.denominator)
+    wrong = _enumerate_power_moment(widths, order, active=Fraction(45, 100))   # the binomial's 1/2 replaced by 0.45
+    assert finite.power_moment_value(widths, order) != sp.Rational(wrong.numerator, wrong.denominator)
+
+
+def test_power_moment_orders_one_and_two_are_the_product_law():
+    for widths in ((3, 2, 5), (10,) * 11):
+        assert finite.power_moment_value(widths, 2) == finite.mean_square(widths)
+        assert finite.power_moment_value(widths, 1) == 1
+
+
+@pytest.mark.parametrize("order", [3, 5])
+def test_chi_square_moment_by_quadrature(order):
+    """E[(chi^2_k)^p] = k(k+2)...(k+2p-2), the conditional step of power_moment, by scipy quadrature."""
+    d = finite.power_moment(order)
+    given = next(step for step in d.steps if step.lhs == finite.Given(finite._R**order, K))
+    for k in (1, 2, 5):
+        value = integrate.quad(lambda u, k=k: u**order * stats.chi2.pdf(u, k), 0, np.inf, limit=200)[0]
+        assert float(given.rhs.subs({s: 1, K: k})) == pytest.approx(value, rel=1e-8)
+    assert given.rhs.subs({s: 1, K: 3}) != 3 ** order   # not the k-th power of the mean
+
+
+def _log_moments_by_quadrature(widths, orders=4, active=0.5):
+    """Raw moments E[(log R)^r | no dead layer], r = 0..orders, R = ||x_L||^2/||x_0||^2 at He's variance:
+    each layer's moments by scipy quadrature of log(s u)^r against the chi-square density (v = log u), mixed over
+    the binomial conditioned on K >= 1, and the layers combined by the binomial theorem."""
+    total = [1.0] + [0.0] * orders
+    for a, n in zip(widths[:-1], widths[1:]):
+        s_ = 2 / a
+        weights = [stats.binom.pmf(k, n, active) / (1 - (1 - active) ** n) for k in range(1, n + 1)]
+        layer = [0.0] * (orders + 1)
+        for k, w in zip(range(1, n + 1), weights):
+            for r in range(orders + 1):
+                f = lambda v, r=r, k=k, s_=s_: (math.log(s_) + v) ** r * math.exp(stats.chi2.logpdf(math.exp(v), k) + v)
+                layer[r] += w * integrate.quad(f, -80, 8, limit=400, points=[-2, 0, 2])[0]
+        total = [sum(math.comb(r, i) * total[r - i] * layer[i] for i in range(r + 1)) for r in range(orders + 1)]
+    return total
+
+
+@pytest.mark.parametrize("widths", [(3, 2, 3), (4, 4, 4, 4), (2, 5)])
+def test_log_moments_by_quadrature(widths):
+    raw = _log_moments_by_quadrature(widths)
+    for order in (1, 2, 3, 4):
+        moment, variance = finite.log_moments(widths, order)
+        assert float(moment) == pytest.approx(raw[order], rel=1e-7, abs=1e-9)
+        assert float(variance) == pytest.approx(raw[2] - raw[1] ** 2, rel=1e-7)
+    assert float(finite.log_moments(widths, 1)[0]) == pytest.approx(float(finite.expected_log(widths))
+                                                                    + math.log(widths[-1] / widths[0]), abs=1e-20)
+    wrong = _log_moments_by_quadrature(widths, 2, active=0.45)
+    assert abs(float(finite.log_moments(widths, 2)[0]) - wrong[2]) > 1e-3
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_log_power_moment_steps_are_checked(order):
+    d = finite.log_power_moment(order)
+    reports = d.verify()
+    assert all(r.ok is not False for r in reports) and sum(1 for r in reports if r.ok) >= 2 * order + 1
+    assert d.exactness == "gaussian-exact"
+
+
+def test_wrong_log_chi_moment_is_refused():
+    """The Mellin-transform check refuses the second moment of log chi^2_k without its trigamma term."""
+    b = _Builder("wrong")
+    chi, theta, k, c = sp.Symbol("chi^2_k"), finite._theta, finite._kk, finite._c
+    mellin = 2**theta * sp.gamma(k / 2 + theta) / sp.gamma(k / 2)
+    with pytest.raises(DerivationError, match="does not hold"):
+        b.add(Expect(sp.log(c * chi) ** 2), (sp.log(2 * c) + sp.polygamma(0, k / 2)) ** 2, finite.Rule.ALGEBRA,
+              proof=finite.MomentFromMGF(c**theta * mellin, theta, 2))
+    with pytest.raises(DerivationError, match="does not hold"):
+        b.add(Expect(chi**theta), 2**theta * sp.gamma(k / 2 + theta) / sp.gamma(k / 2 + 1), finite.Rule.ALGEBRA,
+              proof=finite.MellinQuadrature(k))
+
+
+@pytest.mark.parametrize("bad", [0, 9, 2.0, True, "3"])
+def test_orders_out_of_range_are_refused(bad):
+    from varprop.errors import VarpropError
+    from varprop.observables import LogNormRatioMoment, NormRatioMoment, ObservableError, Signal
+
+    for function in (finite.power_moment, finite.log_power_moment):
+        with pytest.raises(DerivationError, match=r"order must be an integer from 1 to 8, got " + repr(bad).replace("(", r"\(")):
+            function(bad)
+    for cls in (NormRatioMoment, LogNormRatioMoment):
+        with pytest.raises(ObservableError, match=r"from 1 to 8, got") as info:
+            cls(Signal(1), bad)
+        assert isinstance(info.value, VarpropError)
+
+
+def test_derived_observables_agree_with_the_numeric_companions():
+    from varprop.derive import derive
+    from varprop.network import mlp
+    from varprop.observables import LogNormRatio, LogNormRatioMoment, LogNormRatioVariance, NormRatioMoment, Signal
+    from varprop.weights import he
+
+    widths = [3, 4, 2]
+    net = mlp(widths, "relu", he(), output_activation=True)
+    last = Signal(len(net.layers) - 1)
+    third = derive(net, NormRatioMoment(last, 3))
+    assert third.result == finite.power_moment_value(widths, 3) * sp.Rational(widths[-1], widths[0]) ** 3
+    assert third.exactness == "gaussian-exact" and all(r.ok is not False for r in third.verify())
+    log2 = derive(net, LogNormRatioMoment(last, 2))
+    moment, variance = finite.log_moments(widths, 2)
+    assert abs(float(log2.result) - float(moment)) < 1e-20 and all(r.ok is not False for r in log2.verify())
+    assert abs(float(derive(net, LogNormRatioVariance(last)).result) - float(variance)) < 1e-20
+    assert abs(float(derive(net, LogNormRatioMoment(last, 1)).result) - float(derive(net, LogNormRatio(last)).result)) < 1e-25
+    with pytest.raises(DerivationError, match="relu chain"):
+        derive(mlp(widths, "tanh", he(), output_activation=True), NormRatioMoment(last, 3))
+    with pytest.raises(DerivationError, match="Gaussian"):
+        derive(mlp(widths, "relu", he(distribution="uniform"), output_activation=True), LogNormRatioMoment(last, 2))
+
+
+def test_wrong_log_moment_number_is_refused():
+    b = _Builder("wrong")
+    widths, variances = (3, 4, 2), (sp.Rational(2, 3), sp.Rational(1, 2))
+    value = sp.Float(float(finite.log_moments(widths, 2)[0]) * 1.0001, 30)
+    with pytest.raises(DerivationError, match="does not hold"):
+        b.add(Expect(sp.Symbol("X")), value, finite.Rule.SUBSTITUTION,
+              proof=finite._LogMomentRecursion(widths, variances, 2, False))
+
+
+def test_log_variance_is_about_five_over_the_width():
+    """Var[log M_L | no dead layer] ~ sum_j 5/n_j (Hanin & Rolnick 2018's exp(5 sum 1/n_j) spread): n Var - 5 at
+    widths 50, 100, 200 shrinks like 1/n (halves per doubling), so the limit is 5 and not, say, 4 (E[psi'(K/2)] alone)."""
+    gaps = [float(finite.log_moments([n, n], 2)[1]) * n - 5 for n in (50, 100, 200)]
+    assert all(0 < g < 0.5 for g in gaps)
+    assert all(1.8 < a / b < 2.2 for a, b in zip(gaps, gaps[1:]))

@@ -15,7 +15,7 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
-from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_all, fit_limit, format_results
+from .check import MEASURED, CheckResult, FamilyResult, LimitFit, Measurement, check, check_all, check_family, fit_limit, format_results
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
@@ -62,6 +62,8 @@ __all__ = [
     "MEASURED",
     "check",
     "check_all",
+    "check_family",
+    "FamilyResult",
     "CheckResult",
     "Measurement",
     "LimitFit",

@@ -31,7 +31,10 @@ checked according to its exactness class:
     verdict: the deviation at each width is reported (outcome ``MEASURED``).
 
 All tests of the claims checked together form one family: Holm's step-down procedure holds the
-family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value.
+family-wise false-alarm rate at ``alpha``. Resolutions use the Bonferroni critical value. Law claims
+(:class:`~varprop.montecarlo.laws.LawClaim`) checked with :func:`check_family` join the same family
+with two tests each (the Kolmogorov-Smirnov test and the exact test of the dead count); ``varprop
+check --all`` checks the catalogue's law claims (:func:`varprop.catalogue.law_claims`) this way.
 
 **Guards.** A claim with excluded networks (overflow to inf, NaN) at any width is ``INCONCLUSIVE``,
 with the counts: a verdict never rests on a silently filtered sample. Per-network values of narrow
@@ -79,7 +82,8 @@ from .verdict import (
     tolerance_text, z_power,
 )
 
-__all__ = ["MEASURED", "Measurement", "LimitFit", "fit_limit", "CheckResult", "check", "check_all", "format_results",
+__all__ = ["MEASURED", "Measurement", "LimitFit", "fit_limit", "CheckResult", "check", "check_all", "check_family",
+           "FamilyResult", "format_results",
            "DEFAULT_RTOL", "MIN_SWEEP"]
 
 MEASURED = "MEASURED"
@@ -561,6 +565,49 @@ def check_all(
     ``"dask[=ADDRESS]"`` or an :class:`~varprop.montecarlo.executors.Executor`; the verdicts do not
     depend on it (the samples are bit-identical).
     """
+    return check_family(targets, samples=samples, seed=seed, rtol=rtol, alpha=alpha, width=width, atol=atol,
+                        power=power, max_samples=max_samples, max_floats=max_floats, progress=progress, engine=engine,
+                        executor=executor).results
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """Moment claims and law claims checked in one Holm family: a result per claim, a verdict per law claim."""
+
+    results: list[CheckResult]
+    laws: list[laws.LawVerdict]
+    tests: int  # the family's size: every test of the claims and two per law claim (KS, dead count)
+
+    @property
+    def outcomes(self) -> set[str]:
+        return {r.outcome for r in self.results} | {v.outcome for v in self.laws}
+
+
+def check_family(
+    targets: Sequence[Claim | ClaimFamily],
+    law_claims: Sequence[laws.LawClaim] = (),
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    rtol: float = DEFAULT_RTOL,
+    alpha: float = 0.05,
+    width: int | None = None,
+    atol: float | None = None,
+    power: float = POWER,
+    max_samples: int = 2_000_000,
+    max_floats: float = 1e9,
+    progress: Callable[[str, int, int], None] | None = None,
+    engine: Engine | str = "auto",
+    executor: Executor | str | None = None,
+) -> FamilyResult:
+    """Check claims (as :func:`check_all`) and law claims (:class:`~varprop.montecarlo.laws.LawClaim`) together.
+
+    Every test is one member of one family: the claims' t-tests and fitted limits, and each law claim's KS
+    test and dead-count test (:func:`~varprop.montecarlo.laws.law_tests`). Holm's step-down procedure runs
+    once over all of them, so the family-wise false-alarm rate is ``alpha`` for the claims and the laws
+    together; the samples of the claims are sized for the family's size, and a law claim's power statement
+    uses Holm's most demanding level in it.
+    """
     if not (isinstance(rtol, float | int) and rtol > 0 and math.isfinite(rtol)):
         raise MonteCarloError(f"rtol must be a positive number, got {rtol!r}")
     if not (isinstance(alpha, float | int) and 0 < alpha < 1):
@@ -574,9 +621,13 @@ def check_all(
     engine = check_engine(engine)
     limits.check_width(width, engine)  # before any claim is derived at that width
     jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
-    if not jobs:
+    if not jobs and not law_claims:
         raise MonteCarloError("nothing to check: give at least one claim")
-    tests = sum(_test_count(job) for job in jobs)
+    law_tests = laws.law_tests(law_claims, seed=seed)
+    tests = sum(_test_count(job) for job in jobs) + 2 * len(law_tests)
+    if not jobs:
+        rejected = holm(laws.law_p_values(law_tests), alpha)
+        return FamilyResult([], laws.verdicts_from_holm(law_tests, rejected, family=tests, alpha=alpha), tests)
     z_plan = holm_critical_values(alpha, max(tests, 1))[0]
     margin = z_plan + margin_power
     # Every (claim, width) to estimate; an exact claim is resolved at its own width, while at its narrow
@@ -599,17 +650,21 @@ def check_all(
     engines = {network: _engine_for(network, [i.claim for i in members], engine) for network, members in groups.items()}
     caps = {network: _cap(network, max_samples, max_floats, engines[network]) for network in groups}
     with executor_from(executor) as runner:
-        return _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed, margin=margin,
-                                 z_plan=z_plan, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
-                                 progress=progress)
+        results, law_rejected = _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed,
+                                                  margin=margin, z_plan=z_plan, rtol=rtol, alpha=alpha, atol=atol,
+                                                  tests=tests, power=power, progress=progress,
+                                                  extra_p_values=laws.law_p_values(law_tests))
+    return FamilyResult(results, laws.verdicts_from_holm(law_tests, law_rejected, family=tests, alpha=alpha), tests)
 
 
 def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]],
                       engines: Mapping[Network, Engine], caps: Mapping[Network, int], runner: Executor, *,
                       samples: int | None, seed: int, margin: float, z_plan: float, rtol: float, alpha: float,
                       atol: float | None, tests: int, power: float,
-                      progress: Callable[[str, int, int], None] | None) -> list[CheckResult]:
-    """Pilots (for the sizes), the main samples of every network, and the verdicts."""
+                      progress: Callable[[str, int, int], None] | None,
+                      extra_p_values: Sequence[float] = ()) -> tuple[list[CheckResult], list[bool]]:
+    """Pilots (for the sizes), the main samples of every network, and the verdicts; ``extra_p_values`` (the law
+    claims') join the Holm family, and their decisions are returned with the results."""
     wanted: dict[tuple[int, int], int] = {}
     piloted = 0
     if samples is None:
@@ -643,8 +698,10 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
         [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
         for j, job in enumerate(jobs)
     ]
+    results, extra_rejected = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
+                                     engines=engines, extra_p_values=extra_p_values)
     return [laws.annotate(result)  # a heavy-tailed moment left INCONCLUSIVE: what can be checked instead
-            for result in _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power, engines=engines)]
+            for result in results], extra_rejected
 
 
 def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]], *, seed: int,
@@ -721,7 +778,8 @@ def _t(est: Estimate, value: float) -> float:
 
 
 def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: float, atol: float | None, tests: int,
-           power: float, engines: Mapping[Network, Engine] | None = None) -> list[CheckResult]:
+           power: float, engines: Mapping[Network, Engine] | None = None,
+           extra_p_values: Sequence[float] = ()) -> tuple[list[CheckResult], list[bool]]:
     # Gather every test's p-value; Holm decides which are rejected.
     p_values: list[float] = []
     owners: list[tuple[int, int | None]] = []  # (job index, width row or None for the fitted limit)
@@ -748,8 +806,11 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
             else:
                 p_values.append(t_p_value(_t(est, claim.value), est.n))
             owners.append((j, r))
+    claims_count = len(p_values)
+    p_values += list(extra_p_values)  # the law claims' tests, in the same family
     rejected = holm(p_values, alpha) if p_values else []
-    rejected_rows = {owner for owner, flag in zip(owners, rejected) if flag}
+    extra_rejected = list(rejected[claims_count:])
+    rejected_rows = {owner for owner, flag in zip(owners, rejected[:claims_count]) if flag}
     m = max(tests, 1)
     z_bonferroni = holm_critical_values(alpha, m)[0]
 
@@ -776,7 +837,7 @@ def _judge(jobs: list[_Job], raw: list[list[tuple]], *, rtol: float, alpha: floa
                                     z_crit=z_bonferroni, power=power)
         results.append(CheckResult(job.claim.name, job.claim.exactness, outcome, tuple(measurements), message,
                                    fit, job.claim))
-    return results
+    return results, extra_rejected
 
 
 def _needed_text(count: int, m: Measurement) -> str:

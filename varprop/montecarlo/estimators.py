@@ -89,9 +89,10 @@ from ..observables import (
     Gradient,
     Mean,
     DeadFraction,
-    LogNormRatio,
+    LogNormRatioMoment,
+    LogNormRatioVariance,
     NormRatio,
-    NormRatioSecondMoment,
+    NormRatioMoment,
     Observable,
     SecondMoment,
     Signal,
@@ -279,16 +280,27 @@ def ratio_correlation(cross: np.ndarray, own: np.ndarray, partner: np.ndarray) -
 
 
 @network_values.register
-def _(observable: NormRatioSecondMoment, samples: Samples) -> np.ndarray:
-    return network_values(NormRatio(observable.tensor), samples) ** 2
+def _(observable: NormRatioMoment, samples: Samples) -> np.ndarray:
+    return network_values(NormRatio(observable.tensor), samples) ** observable.order
 
 
-@network_values.register
-def _(observable: LogNormRatio, samples: Samples) -> np.ndarray:
+def _log_ratio(observable: Observable, samples: Samples) -> np.ndarray:
     """The log of each network's norm ratio; NaN where the signal is identically zero (log 0)."""
     ratio = network_values(NormRatio(observable.tensor), samples)
     with np.errstate(divide="ignore"):
         return np.where(ratio > 0, np.log(np.where(ratio > 0, ratio, 1.0)), np.nan)
+
+
+@network_values.register
+def _(observable: LogNormRatioMoment, samples: Samples) -> np.ndarray:
+    """The power ``order`` of the log of each network's norm ratio; NaN where the signal is identically zero."""
+    return _log_ratio(observable, samples) ** observable.order
+
+
+@network_values.register
+def _(observable: LogNormRatioVariance, samples: Samples) -> np.ndarray:
+    """The square of the log norm ratio (the variance's second-moment part); NaN where the signal is zero."""
+    return _log_ratio(observable, samples) ** 2
 
 
 @network_values.register
@@ -315,14 +327,24 @@ def _(observable: Variance, samples: Samples, finite: np.ndarray) -> tuple[float
     return _variance(first, second)
 
 
-@_combine.register
-def _(observable: LogNormRatio, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
-    values = network_values(observable, samples)[finite]
-    live = values[~np.isnan(values)]
+def _live_logs(observable: Observable, samples: Samples, finite: np.ndarray) -> np.ndarray:
+    logs = _log_ratio(observable, samples)[finite]
+    live = logs[~np.isnan(logs)]
     if live.size < 2:
-        raise MonteCarloError(f"the log norm ratio needs at least two networks whose signal is not identically zero, "
-                              f"got {live.size}")
-    return _mean_and_se(live)
+        raise MonteCarloError(f"the {observable.statistic} needs at least two networks whose signal is not identically "
+                              f"zero, got {live.size}")
+    return live
+
+
+@_combine.register
+def _(observable: LogNormRatioMoment, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    return _mean_and_se(_live_logs(observable, samples, finite) ** observable.order)
+
+
+@_combine.register
+def _(observable: LogNormRatioVariance, samples: Samples, finite: np.ndarray) -> tuple[float, float]:
+    live = _live_logs(observable, samples, finite)
+    return _variance(live, live**2)
 
 
 def _variance(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
@@ -464,7 +486,8 @@ def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:
 
     For a :class:`~varprop.observables.Variance`, its second-moment part (what sizes a sample by its
     skewness). Shape ``(n,)``, ``n`` the number of finite networks (for a
-    :class:`~varprop.observables.LogNormRatio`, of those whose signal is not identically zero).
+    :class:`~varprop.observables.LogNormRatioMoment` or
+    :class:`~varprop.observables.LogNormRatioVariance`, of those whose signal is not identically zero).
 
     Raises
     ------
@@ -474,7 +497,7 @@ def per_network_values(samples: Samples, observable: Observable) -> np.ndarray:
     samples = _check_samples(samples)
     observable = _resolve(samples, observable)
     values = network_values(observable, samples)[samples.finite]
-    return values[~np.isnan(values)] if isinstance(observable, LogNormRatio) else values
+    return values[~np.isnan(values)] if isinstance(observable, LogNormRatioMoment | LogNormRatioVariance) else values
 
 
 def health(samples: Samples, observable: Observable) -> dict[str, int]:

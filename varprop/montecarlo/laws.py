@@ -53,6 +53,9 @@ __all__ = [
     "LawVerdict",
     "law_test",
     "judge_laws",
+    "law_p_values",
+    "verdicts_from_holm",
+    "law_tests",
     "detectable_departure",
     "networks_needed",
     "sample_norms",
@@ -244,7 +247,7 @@ def law_test(law: ExactLaw, values: object, *, tolerance: float = 0.02, name: st
     r"""The KS test of :math:`\log M_L` over the live networks and the exact binomial test of the dead count."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size < 2 or not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise MonteCarloError("a law test needs at least two finite, non-negative sampled values of M_L")
+        raise MonteCarloError("a law test needs at least two finite, non-negative sampled values of the normalised squared length")
     if not 0 < tolerance < 1:
         raise MonteCarloError(f"tolerance (a sup-distance between CDFs) must be in (0, 1), got {tolerance!r}")
     live = values[values > 0]
@@ -255,7 +258,7 @@ def law_test(law: ExactLaw, values: object, *, tolerance: float = 0.02, name: st
     else:
         statistic, p_value = 1.0, 0.0
     dead_p = float(stats.binomtest(dead, values.size, law.dead).pvalue) if law.dead > 0 else float(dead == 0)
-    return LawTest(name or f"law of M_L at widths {law.widths}", statistic, p_value, int(live.size), dead,
+    return LawTest(name or f"law of the squared length at widths {law.widths}", statistic, p_value, int(live.size), dead,
                    law.dead * values.size, dead_p, law.accuracy, tolerance)
 
 
@@ -266,10 +269,26 @@ def judge_laws(tests: Sequence[LawTest], *, alpha: float = 0.05, other_p_values:
     if not p_values:
         raise MonteCarloError("judge_laws needs at least one law test")
     rejected = holm(p_values, alpha)
+    return verdicts_from_holm(tests, rejected[: 2 * len(tests)], family=len(p_values), alpha=alpha)
+
+
+def law_p_values(tests: Sequence[LawTest]) -> list[float]:
+    """The family's p-values of ``tests``, two per law claim: its KS test, then its dead count."""
+    return [p for t in tests for p in (t.p_value, t.dead_p_value)]
+
+
+def verdicts_from_holm(tests: Sequence[LawTest], rejected: Sequence[bool], *, family: int,
+                       alpha: float = 0.05) -> list[LawVerdict]:
+    """Verdicts on law claims whose :func:`law_p_values` Holm's procedure has already decided (``rejected``, in the
+    same order) within a family of ``family`` tests: FAIL where a test is rejected, else PASS when the power
+    requirement holds at Holm's most demanding level, else INCONCLUSIVE."""
+    if len(rejected) != 2 * len(tests) or family < len(rejected):
+        raise MonteCarloError(f"expected two Holm decisions per law test ({2 * len(tests)}) within a family of at least "
+                              f"that many tests, got {len(rejected)} in a family of {family}")
     verdicts = []
     for index, test in enumerate(tests):
-        ks_rejected, dead_rejected = rejected[2 * index], rejected[2 * index + 1]
-        level = alpha / len(p_values)           # Holm's first (most demanding) step bounds the power statement
+        ks_rejected, dead_rejected = bool(rejected[2 * index]), bool(rejected[2 * index + 1])
+        level = alpha / family                  # Holm's first (most demanding) step bounds the power statement
         detectable = detectable_departure(test.networks, level, test.accuracy)
         needed = networks_needed(test.tolerance, level, test.accuracy)
         if ks_rejected or dead_rejected:
@@ -277,11 +296,13 @@ def judge_laws(tests: Sequence[LawTest], *, alpha: float = 0.05, other_p_values:
             outcome = FAIL
             verb = "reject" if ks_rejected and dead_rejected else "rejects"
             message = (f"{which} {verb} the law (KS D = {test.statistic:.4f}, p = {test.p_value:.2g}; "
-                       f"{test.dead_count} dead networks, {test.dead_expected:.1f} expected, p = {test.dead_p_value:.2g})")
+                       f"{test.dead_count} dead networks, {test.dead_expected:.1f} expected, p = {test.dead_p_value:.2g}; "
+                       f"Holm over {family} tests)")
         elif detectable <= test.tolerance:
             outcome = PASS
-            message = (f"consistent with the law (KS D = {test.statistic:.4f}, p = {test.p_value:.2g}); a law at "
-                       f"sup-distance {detectable:.4f} or more would have been rejected with probability 0.9")
+            message = (f"consistent with the law (KS D = {test.statistic:.4f}, p = {test.p_value:.2g}; Holm over "
+                       f"{family} tests); a law at sup-distance {detectable:.4f} or more would have been rejected with "
+                       "probability 0.9")
         else:
             outcome = INCONCLUSIVE
             message = (f"not rejected, but {test.networks} live networks only detect a sup-distance of "
@@ -329,15 +350,25 @@ class MomentTails:
         return networks >= self.networks_for_normality
 
     def message(self, networks: int) -> str:
-        lower = ""
+        """Why a plain mean over ``networks`` networks cannot be trusted, and what can be checked instead (words and
+        sympy formulas: :func:`~varprop.derive.derivation.prose`)."""
+        import sympy as sp
+
+        from ..derive.derivation import Code, Expect, prose
+
+        m = sp.Symbol("M_L")
+        power = m**self.order
+        lower = ()
         if self.order > 1:
             first = moment_tails(self.widths, 1)
-            lower = f", E[M_L] = {first.value:.6g} (about {first.networks_for_normality:.2g} networks by Cochran's rule)"
-        return (f"the per-network M_L^{self.order} has skewness {self.skewness:.3g} (exact, from the law), so a plain "
-                f"mean over {networks} networks is not approximately normal (Cochran's rule asks for "
-                f"{self.networks_for_normality:.3g}); its standard error understates the error. Checkable instead: "
-                f"the law of M_L (a law claim), E[log M_L]{lower}, and the Rao-Blackwellised estimate of "
-                f"E[M_L^{self.order}] given the active counts (varprop.montecarlo.laws.rao_blackwell)")
+            lower = (", the lower moments, such as ", sp.Eq(Expect(m), sp.Float(first.value, 6)),
+                     f" (about {first.networks_for_normality:.2g} networks by Cochran's rule)")
+        return prose("the per-network ", power, f" has skewness {self.skewness:.3g} (exact, from the law), so a plain "
+                     f"mean over {networks} networks is not approximately normal (Cochran's rule asks for "
+                     f"{self.networks_for_normality:.3g}); its standard error understates the error. Checkable instead: "
+                     "the law of ", m, " (a law claim), ", Expect(sp.log(m)), *lower,
+                     ", and the Rao-Blackwellised estimate of ", Expect(power), " given the active counts (",
+                     Code("varprop.montecarlo.laws.rao_blackwell"), ")")
 
 
 def moment_tails(widths: Sequence[int], order: int = 2) -> MomentTails:
@@ -389,9 +420,12 @@ def sample_counts(widths: Sequence[int], networks: int, *, seed: int) -> tuple[n
 
 
 def _tail_order(observable: object) -> int | None:
-    from ..observables import NormRatio, NormRatioSecondMoment
+    """The power of the norm ratio whose mean ``observable`` is (1 for the ratio, k for its moment of order k)."""
+    from ..observables import NormRatio, NormRatioMoment
 
-    return {NormRatio: 1, NormRatioSecondMoment: 2}.get(type(observable))
+    if isinstance(observable, NormRatioMoment):
+        return observable.order
+    return 1 if type(observable) is NormRatio else None
 
 
 def _chain_widths(observable: object, network: object) -> tuple[int, ...] | None:
@@ -438,7 +472,9 @@ def annotate(result: object) -> object:
     networks = result.primary.estimate.n
     if tails.trusted(networks):
         return result
-    return replace(result, message=result.message + "; " + tails.message(networks))
+    from ..derive.derivation import prose
+
+    return replace(result, message=prose(result.message, "; ", tails.message(networks)))
 
 
 # --- law claims --------------------------------------------------------------------------------
@@ -473,16 +509,25 @@ class LawClaim:
         ExactLaw(self.widths, active=self.active)  # validates active
 
 
-def check_laws(claims: Sequence[LawClaim], *, seed: int = 0, alpha: float = 0.05,
-               other_p_values: Sequence[float] = ()) -> list[LawVerdict]:
-    """Sample each law claim's networks and judge all of them together (Holm, with ``other_p_values`` of the
-    family's other claims)."""
+def law_tests(claims: Sequence[LawClaim], *, seed: int = 0) -> list[LawTest]:
+    """Sample each law claim's networks (its own seed stream) and run its two tests, before any Holm step."""
     tests = []
     for index, claim in enumerate(claims):
+        if not isinstance(claim, LawClaim):
+            raise MonteCarloError(f"expected a LawClaim, got {claim!r}")
         values = sample_norms(claim.widths, claim.networks, seed=seed + 1000 * (index + 1),
                               distribution=claim.distribution)
         tests.append(law_test(ExactLaw(claim.widths, active=claim.active), values, tolerance=claim.tolerance,
                               name=claim.name))
+    return tests
+
+
+def check_laws(claims: Sequence[LawClaim], *, seed: int = 0, alpha: float = 0.05,
+               other_p_values: Sequence[float] = ()) -> list[LawVerdict]:
+    """Sample each law claim's networks and judge all of them together (Holm, with ``other_p_values`` of the
+    family's other claims). :func:`varprop.montecarlo.check.check_family` judges law claims and moment claims in
+    one Holm family."""
+    tests = law_tests(claims, seed=seed)
     return judge_laws(tests, alpha=alpha, other_p_values=other_p_values) if tests else []
 
 

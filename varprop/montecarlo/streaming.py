@@ -4,7 +4,9 @@ r"""Estimates over any number of networks in bounded memory: a streaming reducti
 10), which is what the checker's tests need up to millions of networks. For more (a claim checked
 on :math:`10^9` networks of a cluster), :func:`stream_estimates` keeps, per block of networks and
 per observable, only the moments of the per-network values :math:`a_t` (a vector for a
-:class:`~varprop.observables.Variance`, whose estimate reads a tensor's mean and mean square):
+:class:`~varprop.observables.Variance` or :class:`~varprop.observables.LogNormRatioVariance`, whose
+estimate reads a mean and a mean square; the statistics of the log norm ratio keep only the networks
+whose signal is not identically zero, as :func:`~varprop.montecarlo.estimate` does):
 
 .. math:: n, \quad \bar a, \quad C = \sum_t (a_t - \bar a)(a_t - \bar a)^\top,
           \quad M_3 = \sum_t (a_{t,1} - \bar a_1)^3,
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..observables import Mean, Observable, SecondMoment, Variance
+from ..observables import LogNormRatioMoment, LogNormRatioVariance, Mean, Observable, SecondMoment, Variance
 from .engines import Engine
 from .errors import MonteCarloError
 from .estimators import Estimate, network_values
@@ -118,7 +120,7 @@ def _estimate(observable: Observable, moments: Moments, excluded: int) -> Estima
     if n < 2:
         raise MonteCarloError(f"an estimate needs at least 2 finite networks, got {n}")
     cov = moments.covariance()
-    if isinstance(observable, Variance):  # component 0: the mean square, 1: the mean
+    if isinstance(observable, Variance | LogNormRatioVariance):  # component 0: the mean square, 1: the mean
         m2, m1 = float(moments.mean[0]), float(moments.mean[1])
         value = m2 - m1 * m1 + float(cov[1, 1]) / n
         spread = float(cov[0, 0]) - 4.0 * m1 * float(cov[0, 1]) + 4.0 * m1 * m1 * float(cov[1, 1])
@@ -131,7 +133,14 @@ def _values(observable: Observable, samples) -> np.ndarray:
     if isinstance(observable, Variance):
         return np.stack((network_values(SecondMoment(observable.tensor), samples),
                          network_values(Mean(observable.tensor), samples)), axis=1)
+    if isinstance(observable, LogNormRatioVariance):  # NaN where the signal is identically zero (log 0)
+        logs = network_values(LogNormRatioMoment(observable.tensor, 1), samples)
+        return np.stack((logs**2, logs), axis=1)
     return network_values(observable, samples)[:, None]
+
+
+def _components(observable: Observable) -> int:
+    return 2 if isinstance(observable, Variance | LogNormRatioVariance) else 1
 
 
 def _unit_blocks(job: SampleJob) -> int:
@@ -166,8 +175,12 @@ def _reduce_range(job: SampleJob, first: int, stop: int, observables: tuple[Obse
             for parts, observable in zip(value_parts, observables):
                 parts.append(_values(observable, samples))
         finite = np.concatenate(finite_parts)
-        out.append((int(finite.size - np.count_nonzero(finite)),
-                    tuple(Moments.of(np.concatenate(parts)[finite]) for parts in value_parts)))
+        moments = []
+        for parts in value_parts:
+            values = np.concatenate(parts)[finite]
+            # the statistics of the log norm ratio are over the networks whose signal is not identically zero (NaN)
+            moments.append(Moments.of(values[~np.isnan(values).any(axis=1)]))
+        out.append((int(finite.size - np.count_nonzero(finite)), tuple(moments)))
     return out
 
 
@@ -205,7 +218,7 @@ def stream_estimates(
     observables = tuple(_resolve(probe, o) for o in observables)
     if not observables:
         raise MonteCarloError("stream_estimates needs at least one observable")
-    total = [Moments.of(np.empty((0, 2 if isinstance(o, Variance) else 1))) for o in observables]
+    total = [Moments.of(np.empty((0, _components(o)))) for o in observables]
     excluded = 0
     with executor_from(executor) as runner:
         for _, stop, blocks in map_blocks(job, _reduce_range, runner, observables, align=_unit_blocks(job)):
