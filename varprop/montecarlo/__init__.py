@@ -15,7 +15,7 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
-from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_all, fit_limit, format_results
+from .check import MEASURED, CheckResult, LimitFit, Measurement, check, check_all, fit_limit, format_results, judge_values
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
@@ -59,6 +59,7 @@ __all__ = [
     "MEASURED",
     "check",
     "check_all",
+    "judge_values",
     "CheckResult",
     "Measurement",
     "LimitFit",
