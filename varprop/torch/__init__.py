@@ -32,6 +32,8 @@ __all__ = [
     "TranslationError",
     "audit_figure",
     "instance_seeds",
+    "load_factory",
+    "FactoryError",
 ]
 
 TORCH_VERSION = "2.13.0"
@@ -62,4 +64,5 @@ from .translate import (  # noqa: E402
     translate,
 )
 from .laws import IdentifiedLaw, identify_laws  # noqa: E402
+from .loader import FactoryError, load_factory  # noqa: E402
 from .audit import AuditResult, PlaceAudit, audit, audit_figure, instance_seeds  # noqa: E402
