@@ -227,3 +227,20 @@ def test_cli_json_and_depth_plot(capsys, tmp_path):
     assert [p["place"] for p in out["places"] if p["tensor"] == "signal"][:3] == ["dense1", "act1", "dense2"]
     assert out["laws"][0]["source"] == "named" and len(out["laws"]) == DEPTH  # weights only: no bias
     assert out["crossings"]["signal_predicted"]["direction"] == "vanishes"
+
+
+def test_without_torch_the_error_names_the_extra():
+    import subprocess
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('No module named torch')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from varprop.cli import main\n"
+            "sys.exit(main(['audit', 'examples/mlp_pytorch_default.py:make_mlp']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=EXAMPLES.parent, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(EXAMPLES.parent)})
+    assert done.returncode == 2
+    assert "pip install -e '.[torch]'" in done.stderr and "torch==2.13.0" in done.stderr
