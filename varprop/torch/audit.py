@@ -255,12 +255,18 @@ class AuditResult:
         return rows
 
     def crossings(self) -> dict[str, object]:
-        """The first dense layer whose E[y^2] / E[x_1^2] (or input-gradient / output-gradient ratio) leaves [VANISH, EXPLODE]."""
+        """Where the ratios of :meth:`depth_profile` first leave [VANISH, EXPLODE].
+
+        The signal from the input up (E[y_l^2] / E[x_1^2]); the gradient from the output down (the
+        second moment of the gradient at dense layer l's input over the output gradient's).
+        """
         out: dict[str, object] = {}
+        profile = self.depth_profile()
         for kind in ("signal", "gradient"):
+            rows = profile if kind == "signal" else profile[::-1]  # the gradient travels from the output down
             for source in ("predicted", "measured"):
                 hit = None
-                for row in self.depth_profile():
+                for row in rows:
                     ratio = row[f"{kind}_{source}"]
                     if ratio > EXPLODE or ratio < VANISH:
                         hit = {"layer": row["layer"], "place": row["place"], "ratio": ratio,
@@ -390,9 +396,9 @@ def _check_shape(input_shape: object) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def _positive(value: object, what: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 2 <= value <= maximum:
-        raise AuditError(f"{what} must be an integer from 2 to {maximum}, got {abbreviate(value)}")
+def _positive(value: object, what: str, maximum: int, minimum: int = 2) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not minimum <= value <= maximum:
+        raise AuditError(f"{what} must be an integer from {minimum} to {maximum}, got {abbreviate(value)}")
     return int(value)
 
 
@@ -439,7 +445,7 @@ def audit(factory: Callable[[], nn.Module], input_shape: Sequence[int] | int | N
         raise AuditError(f"factory must be a callable returning a torch.nn.Module, got {abbreviate(factory)}")
     seed = check_seed(seed, "seed")
     networks = _positive(networks, "networks", MAX_NETWORKS)
-    batch = _positive(batch, "batch", MAX_BATCH) if batch != 1 else 1
+    batch = _positive(batch, "batch", MAX_BATCH, minimum=1)
     pilot = _positive(pilot, "pilot", MAX_NETWORKS)
     if not (isinstance(rtol, float | int) and 0 < rtol < 1):
         raise AuditError(f"rtol must be a number between 0 and 1, got {rtol!r}")
