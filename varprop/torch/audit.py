@@ -51,7 +51,7 @@ from ..network import Dense, Nonlinearity
 from ..observables import Gradient, SecondMoment, Signal
 from ..weights import WeightLaw
 from .laws import IdentifiedLaw, identify_laws
-from .translate import Translation, TranslationError, module_candidates, trace, translate
+from .translate import Translation, module_candidates, trace, translate
 
 __all__ = ["audit", "AuditResult", "PlaceAudit", "LayerFix", "instance_seeds", "audit_figure", "EXPLODE", "VANISH",
            "MAX_NETWORKS", "MAX_BATCH"]

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..activations import Activation, activation, expression
+from ..activations import activation, expression
 from ..errors import SpecError, VarpropError
 from ..network import Dense, GaussianInput, Layer, Network, Nonlinearity
 from ..weights import Normal, Uniform, WeightLaw
