@@ -707,8 +707,8 @@ def _pytorch_default(settings: Settings) -> Answer:
               f"; measured at layer {depth} of the network with biases: ", _E(_y(depth) ** 2),
               f" = {_measured(floor_check)}. The derived second moment is within 1% of the floor from layer "
               f"{first_settled} on. ", Code("varprop audit examples/mlp_pytorch_default.py:make_mlp"),
-              " shows the same floor on a real PyTorch model: every dense row of its table, derived and measured, "
-              "settles there."),
+              " shows the same floor on a real PyTorch model: the dense rows of its table, "
+              "derived and measured, approach it layer by layer."),
     )
     numbers = {"factor": float(factor), "measured_factor": per_layer, f"y{last}": measured[last],
                "bias_floor": float(fixed_point.subs(_N_SYM, width)), "bias_floor_measured": floor_check.primary.estimate.value}
