@@ -119,6 +119,27 @@ def test_pytorch_default(answers):
     assert _by_name(result, "PyTorch default, layer 15").claim.value == pytest.approx(6.0**-14 / 3, rel=1e-12)
 
 
+def test_pytorch_default_bias_floor(answers):
+    """The floor 6/5 * 1/(3n): the fixed point of q -> q/6 + 1/(3n) by exact rational arithmetic, and checked by MC."""
+    from fractions import Fraction
+
+    result = answers["pytorch-default"]
+    n = 32
+    bias_variance = Fraction(1, 3 * n)  # U(+-1/sqrt(n)): bound^2 / 3
+    floor = bias_variance / (1 - Fraction(1, 6))  # q = q/6 + Var[b]
+    assert floor == Fraction(6, 5) * bias_variance
+    q = Fraction(1, 3) + bias_variance  # E[y_1^2] = n Var[w] E[x^2] + Var[b], E[x^2] = 1
+    for _ in range(19):
+        q = q / 6 + bias_variance
+    assert abs(q / floor - 1) < Fraction(1, 10**12)
+    assert result.numbers["bias_floor"] == float(floor)
+    check = _by_name(result, "PyTorch default with bias, layer 20")
+    assert check.outcome == PASS and check.claim.value == pytest.approx(float(q), rel=1e-12)
+    # A wrong floor (the bias variance alone, as if the weights contributed nothing) fails the same networks.
+    wrong = check.claim.with_prediction(sp.Rational(1, 3 * n), name="floor without the weights")
+    assert check_all([wrong], rtol=0.05)[0].outcome == FAIL
+
+
 def test_unknown_topic():
     with pytest.raises(ClaimError, match="unknown topic 'why'; known: why-half"):
         answer("why")

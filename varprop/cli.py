@@ -459,6 +459,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .torch import audit, load_factory  # raises a VarpropError naming the extra when torch is missing
+
+    factory, label = load_factory(args.target)
+    check_seed(args.seed, "--seed")
+    figure = None if args.depth_plot is None else _figure_path(args.depth_plot)
+    with progress_bar("varprop audit", quiet=args.quiet, unit="network") as progress:
+        result = audit(factory, args.input_shape, networks=args.networks, batch=args.batch, seed=args.seed,
+                       rtol=args.rtol, name=label, progress=progress)
+    if figure is not None:
+        result.figure().savefig(figure, dpi=150)
+        print(f"varprop audit: wrote {figure}", file=sys.stderr)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text(), end="\n" if args.json else "")
+    return 1 if result.failures else 0
+
+
+def _figure_path(text: str):
+    import pathlib
+
+    path = pathlib.Path(text)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise _UsageError(f"--depth-plot must end in .png, .svg or .pdf, got {abbreviate(text)}")
+    if not path.parent.is_dir():
+        raise _UsageError(f"--depth-plot: no such directory {abbreviate(str(path.parent))}")
+    return path
+
+
 def _cmd_activations(args: argparse.Namespace) -> int:
     for name, summary in builtin_summary().items():
         print(f"  {name:<13} {summary}")
@@ -681,6 +708,33 @@ def build_parser() -> argparse.ArgumentParser:
     _size_options(report_parser)
     report_parser.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn unless stderr is a terminal)")
     report_parser.set_defaults(handler=_cmd_report)
+
+    audit_parser = commands.add_parser(
+        "audit",
+        help="audit a PyTorch model's initialisation (needs the torch extra)",
+        description="Instantiate a PyTorch model many times with its own initialisers, read each layer's weight "
+        "and bias law from what torch drew, derive every layer's forward and gradient second moment, measure them "
+        "on the real model (forward and autograd backward) and judge each with the checker; say where the signal "
+        "explodes or vanishes and which init would fix it. PATH.py:FACTORY names a function (or class) in a Python "
+        "file that returns a fresh torch.nn.Module. Needs pip install -e '.[torch]'.",
+    )
+    audit_parser.add_argument("target", metavar="PATH.py:FACTORY", help="the model file and the factory in it")
+    audit_parser.add_argument("--input-shape", type=_integer("--input-shape"), nargs="+", default=None, metavar="N",
+                              help="shape of one input without the batch dimension, e.g. 64 (default: the first "
+                              "nn.Linear's in_features)")
+    audit_parser.add_argument("--networks", type=_integer("--networks"), default=2000, metavar="N",
+                              help="instances measured (default 2000)")
+    audit_parser.add_argument("--batch", type=_integer("--batch"), default=8, metavar="B",
+                              help="Gaussian inputs per instance (default 8)")
+    audit_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
+    audit_parser.add_argument("--rtol", type=float, default=0.05, metavar="R",
+                              help="relative error a PASS resolves with 90%% power (default 0.05)")
+    audit_parser.add_argument("--json", action="store_true", help="print JSON")
+    audit_parser.add_argument("--depth-plot", metavar="FILE", default=None,
+                              help="write the predicted vs measured second moment per layer (log scale, +-2 SE) to "
+                              "FILE (.png, .svg or .pdf)")
+    audit_parser.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn unless stderr is a terminal)")
+    audit_parser.set_defaults(handler=_cmd_audit)
 
     list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")
     list_parser.set_defaults(handler=_cmd_activations)

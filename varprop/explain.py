@@ -34,7 +34,7 @@ from .errors import DerivationError
 from .montecarlo import MEASURED, CheckResult, check_all
 from .montecarlo.verdict import FAIL, INCONCLUSIVE, PASS, POWER, format_z
 from .network import FixedInput, GaussianInput, Network, mlp
-from .observables import Correlation, Signal, describe
+from .observables import Correlation, SecondMoment, Signal, describe
 from .lawplot import LawData, law_data, law_figure
 from .plot import PropagationData, propagation_data, propagation_figure
 from .weights import glorot as glorot_init
@@ -659,7 +659,12 @@ def _pytorch_default(settings: Settings) -> Answer:
     net = mlp([width] * (depth + 1), _RELU, scheme)
     layers = sorted({1, *(max(1, round(depth * k / 4)) for k in (1, 2, 3))})
     claims = [_claim(f"PyTorch default, layer {layer}", net, "y_second_moment", layer) for layer in layers]
-    checks = _check(claims, settings)
+    # The same network with nn.Linear's default bias, measured at its last layer: the bias floor.
+    biased = mlp([width] * (depth + 1), _RELU, torch_linear_default(bias=True))
+    floor_claim = _claim(f"PyTorch default with bias, layer {depth}", biased, "y_second_moment", depth)
+    all_checks = _check([*claims, floor_claim], settings)  # one Holm family
+    checks, floor_check = all_checks[:-1], all_checks[-1]
+    recursion, fixed_point, first_settled = _bias_floor(biased)
     derivation = forward(_RELU, scheme=scheme)
     factor = derivation.extras["factor"]
     measured = {r.claim.layer: r.primary.estimate.value for r in checks}
@@ -689,17 +694,64 @@ def _pytorch_default(settings: Settings) -> Answer:
               f" of the first layer's second moment. Measured on a width-{net.dense_layers[0].fan_in} network (no bias): ",
               _E(_y(first) ** 2), f" = {_measured(checks[0])}, ", _E(_y(last) ** 2), f" = {_measured(checks[-1])}; the "
               f"measured factor per layer from layer {first} to {last} is {_fmt(per_layer)} (the figure follows all "
-              f"{depth} layers). (The default bias adds a floor of ", bias_floor, " to each layer's variance, which "
-              "hides the decay in the biases rather than curing it.)"),
+              f"{depth} layers)."),
+        prose("With its default bias, ", Code("nn.Linear"), " adds ", sp.Eq(_V(sp.Symbol("b")), bias_floor),
+              " to every pre-activation, and the derived recursion from one layer to the next becomes ",
+              sp.Eq(_E(_y("{l+1}") ** 2), recursion.subs(_FLOOR_S, _E(_y("l") ** 2))),
+              ". Its fixed point, solved by sympy from that recursion, is ",
+              fixed_point, ", that is ",
+              sp.simplify(fixed_point / bias_floor.subs(N_IN, _N_SYM)),
+              " times the bias variance: the signal does not vanish, it settles at a floor set by the biases alone "
+              "and forgets the input, which hides the decay rather than curing it. At width ",
+              f"{width} the floor is ", fixed_point.subs(_N_SYM, width), " = ", sp.Float(float(fixed_point.subs(_N_SYM, width)), 4),
+              f"; measured at layer {depth} of the network with biases: ", _E(_y(depth) ** 2),
+              f" = {_measured(floor_check)}. The derived second moment is within 1% of the floor from layer "
+              f"{first_settled} on. ", Code("varprop audit examples/mlp_pytorch_default.py:make_mlp"),
+              " shows the same floor on a real PyTorch model: the dense rows of its table, "
+              "derived and measured, approach it layer by layer."),
     )
-    numbers = {"factor": float(factor), "measured_factor": per_layer, f"y{last}": measured[last]}
+    numbers = {"factor": float(factor), "measured_factor": per_layer, f"y{last}": measured[last],
+               "bias_floor": float(fixed_point.subs(_N_SYM, width)), "bias_floor_measured": floor_check.primary.estimate.value}
     headline = prose("It shrinks the signal: ", sp.Eq(_V(w), variance), " makes each relu layer multiply ", _E(_Y**2),
                      " by ", factor, f"; measured factor per layer {_fmt(per_layer)}, ", _E(_y(last) ** 2),
                      f" = {_measured(checks[-1])}.")
-    return Answer(TOPICS["pytorch-default"], paragraphs, (derivation,), checks,
+    return Answer(TOPICS["pytorch-default"], paragraphs, (derivation,), all_checks,
                   (Series("relu, PyTorch nn.Linear default", net),
+                   Series("relu, PyTorch nn.Linear default with its bias", biased),
                    Series("relu, He", mlp([width] * (depth + 1), _RELU, he()))),
                   numbers, headline, len(checks) - 1, settings)
+
+
+_FLOOR_S = sp.Symbol("s", positive=True)
+
+
+def _bias_floor(biased: Network) -> tuple[sp.Expr, sp.Expr, int]:
+    r"""The layer-to-layer recursion of a relu net with nn.Linear's default bias, its fixed point, and where it settles.
+
+    The recursion :math:`s \mapsto E[y_{l+1}^2]` as a function of :math:`s = E[y_l^2]` is read off two
+    derivations of a generic network (width :math:`n`, input variance :math:`q`): :math:`E[y_1^2](q)`
+    is solved for :math:`q` and substituted into :math:`E[y_2^2](q)`. The fixed point solves
+    :math:`s = f(s)`. Returns the recursion in :data:`_FLOOR_S` and :data:`_N_SYM`, the fixed point
+    in :data:`_N_SYM`, and the first layer of ``biased`` whose derived :math:`E[y_l^2]` is within
+    1 % of the fixed point.
+    """
+    q = sp.Symbol("q", positive=True)
+    generic = mlp([_N_SYM] * 3, _RELU, torch_linear_default(bias=True), inputs=GaussianInput(variance=q))
+    first = derive_observable(generic, SecondMoment(Signal(generic.dense_positions[0]))).result
+    second = derive_observable(generic, SecondMoment(Signal(generic.dense_positions[1]))).result
+    (inverse,) = sp.solve(sp.Eq(first, _FLOOR_S), q)
+    recursion = sp.expand(second.subs(q, inverse))
+    (fixed_point,) = sp.solve(sp.Eq(recursion, _FLOOR_S), _FLOOR_S)
+    width = biased.dense_layers[0].fan_out
+    floor = fixed_point.subs(_N_SYM, width)
+    for layer, position in enumerate(biased.dense_positions, 1):
+        value = derive_observable(biased, SecondMoment(Signal(position))).result
+        if abs(value / floor - 1) < sp.Rational(1, 100):
+            return recursion, fixed_point, layer
+    return recursion, fixed_point, biased.depth + 1
+
+
+
 
 
 def _pair_correlation(network: Network, position: int) -> Derivation:

@@ -15,7 +15,8 @@ It reads :mod:`varprop.network` descriptions and never imports :mod:`varprop.der
 'PASS'
 """
 
-from .check import MEASURED, CheckResult, FamilyResult, LimitFit, Measurement, check, check_all, check_family, fit_limit, format_results
+from .check import (MEASURED, CheckResult, FamilyResult, LimitFit, Measurement, check, check_all, check_family, fit_limit,
+                    format_results, judge_values)
 from .errors import MonteCarloError
 from .estimators import OBSERVABLES, Estimate, estimate, network_values, per_network_values
 from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_step, layer_step, select_engine
@@ -64,6 +65,7 @@ __all__ = [
     "check_all",
     "check_family",
     "FamilyResult",
+    "judge_values",
     "CheckResult",
     "Measurement",
     "LimitFit",

@@ -83,8 +83,7 @@ from .verdict import (
 )
 
 __all__ = ["MEASURED", "Measurement", "LimitFit", "fit_limit", "CheckResult", "check", "check_all", "check_family",
-           "FamilyResult", "format_results",
-           "DEFAULT_RTOL", "MIN_SWEEP"]
+           "FamilyResult", "judge_values", "format_results", "DEFAULT_RTOL", "MIN_SWEEP"]
 
 MEASURED = "MEASURED"
 DEFAULT_RTOL = 0.01
@@ -655,6 +654,58 @@ def check_family(
                                                   tests=tests, power=power, progress=progress,
                                                   extra_p_values=laws.law_p_values(law_tests))
     return FamilyResult(results, laws.verdicts_from_holm(law_tests, law_rejected, family=tests, alpha=alpha), tests)
+
+
+def judge_values(claims: Sequence[Claim], values: Sequence[np.ndarray], *, rtol: float = DEFAULT_RTOL,
+                 alpha: float = 0.05, atol: float | None = None, power: float = POWER,
+                 engine: str = "external") -> list[CheckResult]:
+    """Verdicts for claims whose per-network values were measured elsewhere (the PyTorch audit's hooks).
+
+    ``values[i]`` holds one value per independently drawn network for ``claims[i]`` (each claim at
+    its network's own width). The judging is the checker's own (:func:`check_all` after sampling):
+    the t-test of each exact claim, Holm over all the claims together, resolution at ``power``, the
+    skew guard, and ``INCONCLUSIVE`` with the counts when some values are not finite. An asymptotic
+    claim at one width has no limit to judge and is ``INCONCLUSIVE`` with its measured deviation.
+    ``engine`` names what drew the networks (every measurement records it).
+    """
+    if len(claims) != len(values):
+        raise MonteCarloError(f"judge_values needs one array of values per claim, got {len(claims)} claims and "
+                              f"{len(values)} arrays")
+    if not claims:
+        raise MonteCarloError("nothing to judge: give at least one claim")
+    margin_power = z_power(power)  # validates power
+    del margin_power
+    jobs = [_plan(claim, i, None) for i, claim in enumerate(claims)]
+    tests = sum(_test_count(job) for job in jobs)
+    z_plan = holm_critical_values(alpha, max(tests, 1))[0]
+    raw = []
+    for job, array in zip(jobs, values):
+        array = np.asarray(array, dtype=np.float64).ravel()
+        finite = np.isfinite(array)
+        kept = array[finite]
+        excluded = int(array.size - kept.size)
+        if kept.size >= 2:
+            est = Estimate(float(kept.mean()), float(kept.std(ddof=1) / math.sqrt(kept.size)), int(kept.size), excluded)
+        else:
+            est = Estimate(math.nan, math.nan, int(kept.size), excluded)
+        state: dict[str, float] = {"excluded": excluded, "overflow": int(np.count_nonzero(np.isinf(array))),
+                                   "nan": int(np.count_nonzero(np.isnan(array))),
+                                   "zero_networks": int(np.count_nonzero(kept == 0))}
+        note = ""
+        if excluded:
+            note = (f"{excluded} of {array.size} networks excluded (not finite in float64); the estimate would rest on "
+                    f"the survivors, a biased sample, so no verdict")
+        elif not (math.isfinite(est.value) and math.isfinite(est.se)):
+            note = f"the per-network values are too large for float64 statistics (estimate {est.value:.3g})"
+        if note:
+            state.update(skewness=0.0, skew_minimum=0)
+        else:
+            gamma = _skewness(kept)
+            state.update(skewness=gamma, skew_minimum=_skew_minimum(gamma, z_plan))
+        state.update(cap=0, planned=array.size)  # no cap: the caller chose the sample
+        raw.append([(job.widths[0], job.claim, est, state, note)])
+    results, _ = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power)
+    return [replace(r, measurements=tuple(replace(m, engine=engine) for m in r.measurements)) for r in results]
 
 
 def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]],
