@@ -145,6 +145,8 @@ SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_
 HE = "He et al. 2015"
 
 A_IID = prose("the entries of ", sp.Symbol("W"), " are iid, and independent of the layer input")
+A_UNCORRELATED = prose("the entries of ", sp.Symbol("W"), " are uncorrelated with equal variance (not independent: an "
+                       "orthogonal matrix), and ", sp.Symbol("W"), " is independent of the layer input")
 A_ZERO_MEAN = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights and biases)")
 A_SYMMETRIC = "the pre-activation is symmetric about 0 (symmetric weight law)"
 A_GRAD_INDEP = prose("the gradient with respect to the pre-activation is independent of ", sp.Symbol("W"),
@@ -167,6 +169,11 @@ _WIDTH = sp.Symbol("n", integer=True, positive=True)
 def _entry(symbol: sp.Indexed, index: sp.Expr) -> sp.Indexed:
     """Entry ``index`` of a layer's signal or gradient: :math:`y_2 \\to y_{2,i}`."""
     return symbol.base[(*symbol.indices, index)]
+
+
+def _weight_assumption(law: object) -> str:
+    """iid entries, or (an orthogonal matrix) uncorrelated entries: what the dense rules need is the latter."""
+    return A_IID if law.iid else A_UNCORRELATED
 
 
 def _gaussian_assumption(gaussian: bool) -> str:
@@ -239,6 +246,13 @@ def _zero_on_negatives(act: Activation) -> bool:
     return sp.simplify(act.expr.subs(X, probe)) == 0
 
 
+@lru_cache(maxsize=256)
+def _norm_scaling(act: Activation) -> sp.Expr | None:
+    """c when sympy proves phi(y)^2 = c y^2 for every y (identity, abs): then |phi(h)|^2 = c |h|^2 exactly."""
+    ratio = sp.simplify(sp.piecewise_fold(act.expr**2) / X**2)
+    return None if ratio.has(X) or ratio.has(sp.Piecewise) else ratio
+
+
 # --- states ------------------------------------------------------------------------------------
 
 
@@ -264,6 +278,7 @@ class _Signal:
     gaussian: bool = False  # exactly Gaussian entries
     symmetric: bool = False  # symmetric about zero
     homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
+    isometric: bool = True  # |h|^2 = |input|^2 * constant for every network (orthogonal weights, no bias)
     p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
     p_exact: bool = True  # whether p_nonzero is exact
 
@@ -421,14 +436,14 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     builder = walk.builder
     general_mean = builder.model(Expect(out), n[k] * Expect(w[k]) * Expect(X_in) + bias_mean, Rule.INDEPENDENCE,
                                  "linearity of expectation; the weights are independent of the layer input",
-                                 assumptions=(A_IID,))
+                                 assumptions=(_weight_assumption(law),))
     mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
                                  uses=(general_mean, i_ew, *uses_b[1:]))
     general = builder.model(
         Expect(out**2), n[k] * Variance(w[k]) * Expect(X_in**2) + bias_second, Rule.INDEPENDENCE,
         prose(out, " is a sum of ", n[k], " terms ", w[k] * X_in, ", uncorrelated because ", sp.Eq(Expect(w[k]), 0),
               " and ", w[k], " is independent of ", X_in),
-        assumptions=(A_IID, A_ZERO_MEAN), source=f"{HE}, eq. (7)")
+        assumptions=(_weight_assumption(law), A_ZERO_MEAN), source=f"{HE}, eq. (7)")
     value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.variance if bias is not None else 0))
     second_step = builder.identity(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
                                    uses=(general, i_n, i_vw, *uses_b[:1], signal.second.step))
@@ -440,6 +455,7 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
         gaussian=gaussian,
         symmetric=law.symmetric and (bias is None or bias.symmetric),
         homogeneous=signal.homogeneous and bias is None,
+        isometric=signal.isometric and bias is None and law.isometry is True,
         p_nonzero=signal.p_nonzero if bias is None else sp.Integer(1),
         p_exact=signal.p_exact or bias is not None,
     )
@@ -541,6 +557,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
         Quantity(Expect(out), mean_value, mean_step),
         Quantity(Expect(out**2), second_value, second_step),
         homogeneous=signal.homogeneous and lemma.holds and signal.symmetric and not walk.linear_regime,
+        isometric=signal.isometric and _norm_scaling(act) is not None,
         p_nonzero=p_nonzero,
         p_exact=p_exact,
     )
@@ -650,7 +667,7 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
         Expect(D_in**2), nhat[k] * Variance(w[k]) * Expect(D_out**2), Rule.INDEPENDENCE,
         prose(sp.Eq(D_in, sp.Symbol(f"W_{k}^T") * D_out, evaluate=False), " is a sum of ", nhat[k], " terms ",
               w[k] * D_out, "; ", why),
-        assumptions=(A_IID, A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
+        assumptions=(_weight_assumption(law), A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
         exactness="exact" if exact else "asymptotic", source=f"{HE}, eq. (11)")
     value = sp.expand(layer.fan_out * law.variance * gradient.second.value)
     second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
@@ -719,9 +736,13 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     symbol = Expect(ratio_base[position + 1])
     if first.second.value == 0:
         raise DerivationError("the norm ratio is undefined for an input that is identically zero")
-    exact = first.deterministic or state.homogeneous
+    exact = first.deterministic or state.homogeneous or state.isometric
     norm, norm_in = sp.Abs(state.symbol) ** 2, sp.Abs(first.symbol) ** 2
-    why = (prose("the input is fixed, so the ratio's mean is ", Expect(norm) / norm_in) if first.deterministic else
+    why = (prose("every layer below maps lengths by a constant factor (orthogonal weights with fan-out >= fan-in, "
+                 "so ", sp.Eq(sp.Abs(sp.Symbol("W") * sp.Symbol("x")), sp.Symbol("g") * sp.Abs(sp.Symbol("x")), evaluate=False),
+                 "; no bias; activations with ", sp.Eq(Phi(_Y_WORD) ** 2, sp.Symbol("c") * _Y_WORD**2, evaluate=False),
+                 "): the ratio is the same constant in every network, with zero variance") if state.isometric and position >= 0 else
+           prose("the input is fixed, so the ratio's mean is ", Expect(norm) / norm_in) if first.deterministic else
            prose("given the input, ", Expect(norm), " is ", norm_in, " times a constant (zero-mean symmetric weights, "
                  "no bias, homogeneous activations)") if state.homogeneous else
            "the ratio of expectations stands for the expectation of the ratio (the norms concentrate as widths grow)")

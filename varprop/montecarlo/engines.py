@@ -334,7 +334,8 @@ def _conditional_unsupported(network: Network, paired: bool) -> str | None:
         if conditional_step.dispatch(type(layer)) is conditional_step.registry[object]:
             return f"layer {index} ({place}) is a {type(layer).__name__}, which the conditional engine does not read"
         if isinstance(layer, Dense) and not isinstance(layer.weights, Normal):
-            return (f"layer {index} ({place}) has {layer.weights} weights; the conditional engine needs iid "
+            why = "" if layer.weights.iid else " (its entries are not independent)"
+            return (f"layer {index} ({place}) has {layer.weights} weights{why}; the conditional engine needs iid "
                     f"Gaussian (Normal) weights, for which the part of W a network sees is Gaussian given its input")
     return None
 
