@@ -327,6 +327,17 @@ def _cmd_meanfield(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gains(args: argparse.Namespace) -> int:
+    from .gains import format_gains, gains_table
+
+    rows = gains_table()
+    if args.json:
+        print(json.dumps({"rows": [row.to_dict() for row in rows]}, indent=2))
+    else:
+        print(format_gains(rows), end="")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .catalogue import CATALOGUE, family
     from .claimfile import load_claims
@@ -617,6 +628,20 @@ def build_parser() -> argparse.ArgumentParser:
     meanfield_parser.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
                                   help="output format (default text: the numbers, then the derivations)")
     meanfield_parser.set_defaults(handler=_cmd_meanfield)
+
+    gains_parser = commands.add_parser(
+        "gains",
+        help="PyTorch's calculate_gain and NFNets' gammas beside the exact gains",
+        description="For relu, leaky_relu (slopes 0.01, 0.1, 0.2 and kaiming_uniform's sqrt(5)), linear, tanh, sigmoid, "
+        "selu, elu, gelu, silu, mish and softplus: PyTorch's calculate_gain beside the exact gains 1/sqrt(E[phi(z)^2]) "
+        "(keeps the second moment) and 1/sqrt(E[phi'(z)^2]) (keeps the gradient's, chi_1 = 1) at z ~ N(0, 1) and at "
+        "the fixed point q* of q -> g^2 E[phi(sqrt(q) z)^2] a deep net with PyTorch's gain settles at; and the NFNets "
+        "gammas (Brock et al. 2021: Monte Carlo estimates of 1/sqrt(Var[phi(z)]), the variance) beside the exact "
+        "values; each difference in percent. Closed forms where they exist, quadrature otherwise.",
+    )
+    gains_parser.add_argument("--json", action="store_true", help="print JSON: one object per activation with every "
+                              "number, the closed form (expr) or quadrature error estimate, and the differences")
+    gains_parser.set_defaults(handler=_cmd_gains)
 
     check_parser = commands.add_parser(
         "check",

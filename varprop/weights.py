@@ -530,8 +530,9 @@ _DEFAULT_LAWS: dict[str, WeightLaw] = {
     "truncated_normal": TruncatedNormal(1),
     "orthogonal": Orthogonal(1),
 }
-#: Accepted distribution names for init schemes.
-DISTRIBUTIONS: tuple[str, ...] = tuple(_DEFAULT_LAWS)
+#: Distribution names of the iid families, accepted wherever a distribution is chosen (init schemes also take
+#: ``"orthogonal"``).
+DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "truncated_normal")
 
 
 def _check_distribution(distribution: str) -> str:
