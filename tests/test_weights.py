@@ -92,10 +92,10 @@ def test_bad_laws_and_schemes():
 
 # --- issue 11: absolute-bound truncated normal, orthogonal, the framework table ---------------------
 
-import mpmath  # noqa: E402
+import mpmath
 
-from varprop.montecarlo.verdict import judge  # noqa: E402
-from varprop.weights import (  # noqa: E402
+from varprop.montecarlo.verdict import judge
+from varprop.weights import (
     FRAMEWORK_INITIALISERS,
     TORCH_GAINS,
     AbsoluteTruncatedNormal,
@@ -108,7 +108,7 @@ from varprop.weights import (  # noqa: E402
 def _mp_truncated_variance(lo, hi):
     """Var of N(0, 1) truncated to [lo, hi], by mpmath quadrature (an independent route)."""
     mpmath.mp.dps = 40
-    pdf = lambda t: mpmath.exp(-t * t / 2) / mpmath.sqrt(2 * mpmath.pi)  # noqa: E731
+    pdf = lambda t: mpmath.exp(-t * t / 2) / mpmath.sqrt(2 * mpmath.pi)
     z = mpmath.quad(pdf, [lo, hi])
     m1 = mpmath.quad(lambda t: t * pdf(t), [lo, hi]) / z
     m2 = mpmath.quad(lambda t: t * t * pdf(t), [lo, hi]) / z

@@ -253,8 +253,8 @@ def format_gains(rows: tuple[GainRow, ...]) -> str:
         "the gradient's (chi_1 = 1). q* is the stable fixed point of q -> g_ref^2 E[phi(sqrt(q) z)^2], g_ref = torch's",
         "gain (or g2 at q = 1 where torch has none); chi_1 = g_ref^2 E[phi'(z)^2] at q*. Differences: torch / exact - 1.",
         "",
-        f"{'activation':<20} {'torch':>8} {'g2(q=1)':>9} {'g1(q=1)':>9} {'torch-g2':>9} {'torch-g1':>9} "
-        f"{'q*':>9} {'g1(q*)':>9} {'chi_1':>8}  route",
+        (f"{'activation':<20} {'torch':>8} {'g2(q=1)':>9} {'g1(q=1)':>9} {'torch-g2':>9} {'torch-g1':>9} "
+         f"{'q*':>9} {'g1(q*)':>9} {'chi_1':>8}  route"),
     ]
     for row in rows:
         q = "every q" if row.q_star is None and row.chi_1 is not None else None

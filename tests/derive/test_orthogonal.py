@@ -3,11 +3,17 @@
 import pytest
 import sympy as sp
 
+from varprop.activations import activation
 from varprop.derive import derive
 from varprop.errors import DerivationError
 from varprop.network import Dense, GaussianInput, Network, Nonlinearity, mlp
-from varprop.activations import activation
-from varprop.observables import Gradient, NormRatio, NormRatioSecondMoment, SecondMoment, Signal
+from varprop.observables import (
+    Gradient,
+    NormRatio,
+    NormRatioSecondMoment,
+    SecondMoment,
+    Signal,
+)
 from varprop.weights import Normal, Orthogonal
 
 
