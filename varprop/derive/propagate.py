@@ -147,6 +147,7 @@ HE = "He et al. 2015"
 A_IID = prose("the entries of ", sp.Symbol("W"), " are iid, and independent of the layer input")
 A_UNCORRELATED = prose("the entries of ", sp.Symbol("W"), " are uncorrelated with equal variance (not independent: an "
                        "orthogonal matrix), and ", sp.Symbol("W"), " is independent of the layer input")
+A_ZERO_MEAN_WEIGHTS = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights; the bias has a mean)")
 A_ZERO_MEAN = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights and biases)")
 A_SYMMETRIC = "the pre-activation is symmetric about 0 (symmetric weight law)"
 A_GRAD_INDEP = prose("the gradient with respect to the pre-activation is independent of ", sp.Symbol("W"),
@@ -176,9 +177,11 @@ def _weight_assumption(law: object) -> str:
     return A_IID if law.iid else A_UNCORRELATED
 
 
-def _gaussian_assumption(gaussian: bool) -> str:
+def _gaussian_assumption(gaussian: bool, centred: bool = True) -> str:
     if gaussian:
         return "the pre-activation is exactly Gaussian (a fixed input through Gaussian weights)"
+    if not centred:
+        return "the pre-activation is Gaussian with the bias's mean (wide layers: central limit theorem)"
     return "the pre-activation is Gaussian with mean 0 (wide layers: central limit theorem)"
 
 
@@ -279,6 +282,7 @@ class _Signal:
     symmetric: bool = False  # symmetric about zero
     homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
     isometric: bool = True  # |h|^2 = |input|^2 * constant for every network (orthogonal weights, no bias)
+    preactivation: bool = False  # a dense layer's output: a sum, Gaussian at least as widths grow (any mean)
     p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
     p_exact: bool = True  # whether p_nonzero is exact
 
@@ -417,10 +421,10 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     k = walk.dense_index(position)
     law, bias = layer.weights, layer.bias
     name = walk.network.place_name(position)
-    if law.mean != 0 or (bias is not None and bias.mean != 0):
+    if law.mean != 0:
         raise DerivationError(
-            f"per-layer predictions need zero-mean weights and biases, got {law}"
-            + (f" and bias {bias}" if bias is not None else "") + f" at {name}"
+            f"per-layer predictions need zero-mean weights, got {law} at {name} (a weight mean couples every "
+            "unit to the input's mean; a bias may have any mean)"
         )
     out = walk.signal_symbol(position)
     X_in = signal.symbol
@@ -430,27 +434,34 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     uses_b: tuple[int, ...] = ()
     bias_mean, bias_second = sp.Integer(0), sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.moment(2), prose(f"bias of {name}: ", Code(str(bias)))),
                   walk.define(Expect(b[k]), bias.mean, prose(f"bias of {name}: ", Code(str(bias)))))
         bias_mean, bias_second = Expect(b[k]), Expect(b[k] ** 2)
     builder = walk.builder
     general_mean = builder.model(Expect(out), n[k] * Expect(w[k]) * Expect(X_in) + bias_mean, Rule.INDEPENDENCE,
                                  "linearity of expectation; the weights are independent of the layer input",
                                  assumptions=(_weight_assumption(law),))
-    mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
-                                 uses=(general_mean, i_ew, *uses_b[1:]))
+    mean_value = sp.Integer(0) if bias is None else bias.mean
+    if mean_value == 0:
+        mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
+                                     uses=(general_mean, i_ew, *uses_b[1:]))
+    else:
+        mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION,
+                                     "zero-mean weights: only the bias's mean is left", uses=(general_mean, i_ew, uses_b[1]))
     general = builder.model(
         Expect(out**2), n[k] * Variance(w[k]) * Expect(X_in**2) + bias_second, Rule.INDEPENDENCE,
         prose(out, " is a sum of ", n[k], " terms ", w[k] * X_in, ", uncorrelated because ", sp.Eq(Expect(w[k]), 0),
-              " and ", w[k], " is independent of ", X_in),
-        assumptions=(_weight_assumption(law), A_ZERO_MEAN), source=f"{HE}, eq. (7)")
-    value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.variance if bias is not None else 0))
+              " and ", w[k], " is independent of ", X_in, *(() if bias is None else
+              (", plus the bias, whose cross term with them has mean zero",))),
+        assumptions=(_weight_assumption(law), A_ZERO_MEAN if bias is None or bias.mean == 0 else A_ZERO_MEAN_WEIGHTS),
+        source=f"{HE}, eq. (7)")
+    value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.moment(2) if bias is not None else 0))
     second_step = builder.identity(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
                                    uses=(general, i_n, i_vw, *uses_b[:1], signal.second.step))
     gaussian = signal.deterministic and law.gaussian and (bias is None or bias.gaussian)
     return _Signal(
         position, out, layer.fan_out,
-        Quantity(Expect(out), sp.Integer(0), mean_step),
+        Quantity(Expect(out), mean_value, mean_step),
         Quantity(Expect(out**2), value, second_step),
         gaussian=gaussian,
         symmetric=law.symmetric and (bias is None or bias.symmetric),
@@ -458,6 +469,7 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
         isometric=signal.isometric and bias is None and law.isometry is True,
         p_nonzero=signal.p_nonzero if bias is None else sp.Integer(1),
         p_exact=signal.p_exact or bias is not None,
+        preactivation=True,
     )
 
 
@@ -476,12 +488,18 @@ _WHAT = {"E[phi(z)^2]": Expect(Phi(_Z_WORD) ** 2), "E[phi(z)]": Expect(Phi(_Z_WO
 
 
 def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
-    """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment."""
+    r"""A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment.
+
+    A pre-activation with a mean (a bias with a mean) gives :math:`z \sim \mathcal N(\mu, E[y^2] - \mu^2)`,
+    :math:`\mu = E[y]`: truncated-normal moments for the rectifier family, quadrature otherwise.
+    """
     if signal.mean.value != 0:
-        raise DerivationError(
-            f"the Gaussian route needs a centred pre-activation; {_t(signal.symbol)} has mean {signal.mean.value} "
-            f"(a nonlinearity applied to the output of another nonlinearity is not derivable yet)"
-        )
+        if not signal.preactivation:
+            raise DerivationError(
+                f"the Gaussian route needs a pre-activation (a dense layer's output); {_t(signal.symbol)} has mean "
+                f"{signal.mean.value} and is not one (a nonlinearity applied to the output of another nonlinearity is "
+                "not derivable)")
+        return _shifted_gaussian_step(walk, lhs, integrand, signal, what)
     q_symbol = signal.second.symbol
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
@@ -494,6 +512,28 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     # The value exactly as the identity check will rebuild it (rhs, then the variance's value), so that
     # the check is structural and cheap even for nested closed forms (gelu, erf through many layers).
     return index, rhs.subs(q_symbol, q_value), q_uses
+
+
+def _shifted_gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, signal: _Signal,
+                           what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
+    """``lhs = E[g(z)]`` for a non-centred pre-activation, z ~ N(E[y], E[y^2] - E[y]^2)."""
+    from .gaussian import gaussian_expectation
+
+    from .derivation import GAUSSIAN_MEAN
+
+    q_symbol, m_symbol = signal.second.symbol, signal.mean.symbol
+    variance = q_symbol - m_symbol**2
+    # in the symbols q and mu first, then substituted: the form the Integral check rebuilds
+    expectation = gaussian_expectation(integrand, Q, GAUSSIAN_MEAN)
+    expr = expectation.expr.subs({Q: variance, GAUSSIAN_MEAN: m_symbol})
+    exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
+    index = walk.builder.add(
+        lhs, expr, Rule.GAUSSIAN_INTEGRAL,
+        prose(_WHAT[what], ", ", NormalLaw(_Z_WORD, m_symbol, variance), f" ({expectation.route})"),
+        proof=Integral(integrand, variance, m_symbol), assumptions=(_gaussian_assumption(signal.gaussian, centred=False),),
+        exactness=exactness)
+    (q_value, q_uses), (m_value, m_uses) = walk.plain(signal.second), walk.plain(signal.mean)
+    return index, expr.subs({q_symbol: q_value, m_symbol: m_value}), q_uses + m_uses
 
 
 @forward_rule.register
