@@ -1,8 +1,20 @@
 r"""Weight laws (with symbolic moments and a numpy sampler) and initialisation schemes.
 
 Every law answers the same questions: ``mean``, ``variance``, ``moment(k)`` (sympy) and
-``sample(shape, rng=...)`` (numpy), and ``with_variance(v)`` gives the law of the same family scaled
-to a target variance. Code handling "any law" never switches on a type name.
+``sample(shape, rng=...)`` (numpy), ``with_variance(v)`` gives the law of the same family scaled
+to a target variance, ``iid`` says whether the entries of a matrix are independent and
+``for_shape(rows, cols)`` binds a law whose entries depend on the matrix's shape
+(:class:`Orthogonal`). Code handling "any law" never switches on a type name.
+
+=================================  ======================================================  ====
+law                                what                                                    iid
+=================================  ======================================================  ====
+:class:`Normal`                    :math:`\mathcal N(\mu, \sigma^2)`                       yes
+:class:`Uniform`                   :math:`U(-b, b)`                                        yes
+:class:`TruncatedNormal`           normal cut at bounds in units of its sd (Keras, JAX)    yes
+:class:`AbsoluteTruncatedNormal`   PyTorch's ``trunc_normal_(mean, std, a, b)``            yes
+:class:`Orthogonal`                Haar orthogonal matrix times a gain (``orthogonal_``)   no
+=================================  ======================================================  ====
 
 An :class:`InitScheme` maps (fan-in, fan-out) to a law through one variance expression in the
 symbols :data:`N_IN` and :data:`N_OUT`:
@@ -16,7 +28,11 @@ glorot / xavier             :math:`2 / (n_{in} + n_{out})`                      
 lecun                       :math:`1 / n_{in}`                                      LeCun et al. 1998
 torch nn.Linear default     :math:`1 / (3 n_{in})` (kaiming_uniform, a = sqrt 5)    PyTorch ``reset_parameters``
 ==========================  ======================================================  =====================
-"""
+
+Every PyTorch, Keras and Flax initialiser is in :data:`FRAMEWORK_INITIALISERS`, by name
+(``torch.kaiming_uniform_``, ``keras.he_normal``, ``flax.lecun_normal``, ...), each taking the
+framework function's own parameters with its defaults: ``init_scheme("torch.kaiming_uniform_",
+a=5 ** 0.5)``."""
 
 from __future__ import annotations
 
