@@ -281,7 +281,7 @@ class _Signal:
     gaussian: bool = False  # exactly Gaussian entries
     symmetric: bool = False  # symmetric about zero
     homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
-    isometric: bool = True  # |h|^2 = |input|^2 * constant for every network (orthogonal weights, no bias)
+    isometric: bool = False  # |h|^2 = |input|^2 * constant for every network (orthogonal weights, no bias)
     preactivation: bool = False  # a dense layer's output: a sum, Gaussian at least as widths grow (any mean)
     p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
     p_exact: bool = True  # whether p_nonzero is exact
@@ -413,6 +413,7 @@ def _input_signal(walk: _Walk) -> _Signal:
         deterministic=fixed,
         symmetric=not fixed,
         p_nonzero=sp.Integer(0 if fixed and inputs.second_moment == 0 else 1),
+        isometric=True,  # the input itself: the ratio is 1
     )
 
 
