@@ -887,7 +887,7 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
     uses_b: tuple[int, ...] = ()
     bias_term = sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),)
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.moment(2), prose(f"bias of {name}: ", Code(str(bias)))),)
         bias_term = Expect(b[k] ** 2)
     general = walk.builder.model(
         Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
@@ -896,7 +896,7 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
               " and terms linear in it): ", sp.Eq(Expect(w[k, _I] * w[k, _J]), Variance(w[k]), evaluate=False),
               " if ", sp.Eq(_I, _J, evaluate=False), " and ", sp.Integer(0), " otherwise, at every width"),
         assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
-    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
+    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.moment(2) if bias is not None else 0))
     step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
                                  uses=(general, i_n, i_vw, *uses_b, cross.step))
     return Quantity(Expect(out * out_pair), value, step)
@@ -923,7 +923,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
         if state.mean.value != 0:
             raise DerivationError(
                 f"the bivariate Gaussian route needs centred pre-activations; {_t(state.symbol)} has mean "
-                f"{state.mean.value} (a nonlinearity applied to the output of another nonlinearity)"
+                f"{state.mean.value} (a bias with a mean, or a nonlinearity applied to the output of another "
+                "nonlinearity): the correlation of a pair is not derivable there"
             )
     lhs = Expect(Phi(Y) * Phi(Yp))
     i_def = walk.define(Expect(out * out_pair), lhs, prose(sp.Eq(out, Phi(Y), evaluate=False), ", ",
