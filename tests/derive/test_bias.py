@@ -65,3 +65,16 @@ def test_what_stays_underivable_is_refused():
     net = Network((Dense(4, 4, Uniform(1), bias=Normal(0, 1)), act, act))
     with pytest.raises(DerivationError, match="not a pre-activation|is not one"):
         derive(net, SecondMoment(Signal(2)))
+
+
+def test_a_pair_through_a_biased_layer():
+    from varprop.network import GaussianInput
+    from varprop.observables import Correlation, CrossMoment
+
+    net = Network((Dense(N, N, Normal(S / N), bias=Normal(TAU, MU)), Nonlinearity(activation("relu"))),
+                  GaussianInput(1, sp.Rational(1, 2)))
+    # both inputs share W and b: E[y y'] = n Var[w] E[x x'] + E[b^2]
+    cross = derive(net, CrossMoment(Signal(0)))
+    assert sp.simplify(cross.result - (S / 2 + TAU + MU**2)) == 0
+    with pytest.raises(DerivationError, match="bias with a mean"):
+        derive(net, Correlation(Signal(1)))

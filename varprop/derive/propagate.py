@@ -316,6 +316,7 @@ class _Walk:
     partners: dict[int, _Signal] = field(default_factory=dict)  # the partner input's signals (pairs only)
     crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
     prime: bool = False  # while walking the partner input: signal symbols are primed
+    pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
 
     # -- naming --
 
@@ -820,7 +821,11 @@ def _pair_walk(walk: _Walk) -> None:
     cross = _input_cross(walk)
     walk.crosses[-1] = cross
     for position, layer in enumerate(walk.network.layers):
-        cross = cross_rule(layer, walk, cross, position)
+        try:
+            cross = cross_rule(layer, walk, cross, position)
+        except DerivationError as exc:  # the layers below stay derivable; the pair's observables from here raise it
+            walk.pair_error = exc
+            break
         walk.crosses[position] = cross
 
 
@@ -1047,14 +1052,21 @@ def _kernel_number(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> t
     return sp.Float(number.value, 17), error, result.route
 
 
+def _require_cross(walk: _Walk, position: int) -> None:
+    if position not in walk.crosses and walk.pair_error is not None:
+        raise DerivationError(str(walk.pair_error))
+
+
 @observable_rules.register
 def _(observable: CrossMoment, walk: _Walk) -> Quantity:
+    _require_cross(walk, observable.tensor.position)
     return walk.crosses[observable.tensor.position]
 
 
 @observable_rules.register
 def _(observable: Correlation, walk: _Walk) -> Quantity:
     position = observable.tensor.position
+    _require_cross(walk, position)
     cross, first, second = walk.crosses[position], walk.signals[position].second, walk.partners[position].second
     symbol = rho(walk.signals[position].symbol, walk.partners[position].symbol)
     ratio = cross.symbol / sp.sqrt(first.symbol * second.symbol)
