@@ -36,6 +36,9 @@ REFERENCE = {
     "mish": (lambda x: x * mpmath.tanh(_softplus(x)),
              lambda x: mpmath.tanh(_softplus(x)) + x * (1 - mpmath.tanh(_softplus(x)) ** 2) * _sigmoid(x)),
     "softplus": (_softplus, _sigmoid),
+    "gelu_tanh": (lambda x: x * (1 + mpmath.tanh(mpmath.sqrt(2 / mpmath.pi) * (x + mpmath.mpf("0.044715") * x**3))) / 2,
+                  lambda x: mpmath.diff(lambda t: t * (1 + mpmath.tanh(mpmath.sqrt(2 / mpmath.pi)
+                                                                        * (t + mpmath.mpf("0.044715") * t**3))) / 2, x)),
 }
 
 
@@ -105,4 +108,5 @@ def test_nfnets_column_and_differences():
     for row in rows.values():
         if row.nfnets is not None:
             assert row.nfnets_vs_exact == pytest.approx(100 * (row.nfnets / row.variance_gain.value - 1), rel=1e-12)
-    assert rows["mish"].nfnets is None
+    assert rows["mish"].nfnets is None and rows["gelu"].nfnets is None  # NFNets' gelu is the tanh approximation
+    assert rows["gelu_tanh"].nfnets == NFNETS_GAMMA["gelu"]

@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gains",
         help="PyTorch's calculate_gain and NFNets' gammas beside the exact gains",
         description="For relu, leaky_relu (slopes 0.01, 0.1, 0.2 and kaiming_uniform's sqrt(5)), linear, tanh, sigmoid, "
-        "selu, elu, gelu, silu, mish and softplus: PyTorch's calculate_gain beside the exact gains 1/sqrt(E[phi(z)^2]) "
+        "selu, elu, gelu (and its tanh approximation), silu, mish and softplus: PyTorch's calculate_gain beside the exact gains 1/sqrt(E[phi(z)^2]) "
         "(keeps the second moment) and 1/sqrt(E[phi'(z)^2]) (keeps the gradient's, chi_1 = 1) at z ~ N(0, 1) and at "
         "the fixed point q* of q -> g^2 E[phi(sqrt(q) z)^2] a deep net with PyTorch's gain settles at; and the NFNets "
         "gammas (Brock et al. 2021: Monte Carlo estimates of 1/sqrt(Var[phi(z)]), the variance) beside the exact "

@@ -30,7 +30,7 @@ For each activation :math:`\phi` and :math:`z \sim \mathcal N(0, 1)`, one row ho
     (deepmind-research, ``nfnets/base.py``): Monte Carlo estimates of
     :math:`\gamma = 1/\sqrt{\operatorname{Var}[\phi(z)]}` -- the **variance**, not the second
     moment -- beside the exact :math:`1/\sqrt{\operatorname{Var}[\phi(z)]}`. Their ``gelu`` is JAX's
-    default tanh approximation and their ``leaky_relu`` has slope 0.01 (JAX's default).
+    default tanh approximation (the row ``gelu_tanh``) and their ``leaky_relu`` has slope 0.01 (JAX's default).
 
 Every difference is :math:`100\,(\text{published}/\text{exact} - 1)` percent. The exact values come
 from the Gaussian expectation engine (:mod:`varprop.derive.gaussian`: closed forms where they exist,
@@ -71,6 +71,8 @@ NFNETS_SOURCE = ("Brock, De & Smith 2021, arXiv:2101.08692 (deepmind-research nf
                  "gamma = 1/sqrt(Var[phi(z)]) estimated by Monte Carlo)")
 
 _MISH = "x*tanh(log(1 + exp(x)))"
+#: JAX's default ``gelu`` (``approximate=True``), the one NFNets' gamma was estimated for.
+_GELU_TANH = "0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))"
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ GAIN_ACTIVATIONS: tuple[_Entry, ...] = (
     _Entry("sigmoid", _builtin("sigmoid"), ("sigmoid", None), "sigmoid"),
     _Entry("selu", _builtin("selu"), ("selu", None), "selu"),
     _Entry("elu", _builtin("elu"), None, "elu"),
-    _Entry("gelu", _builtin("gelu"), None, "gelu"),
+    _Entry("gelu", _builtin("gelu"), None, None),
+    _Entry("gelu_tanh", lambda: expression(_GELU_TANH), None, "gelu"),
     _Entry("silu", _builtin("silu"), None, "silu"),
     _Entry("mish", lambda: expression(_MISH), None, None),
     _Entry("softplus", _builtin("softplus"), None, "softplus"),
@@ -266,7 +269,8 @@ def format_gains(rows: tuple[GainRow, ...]) -> str:
     lines += [
         "",
         "NFNets gamma = 1/sqrt(Var[phi(z)]), z ~ N(0, 1) (the variance, not the second moment): published Monte Carlo",
-        f"estimates ({NFNETS_SOURCE}) beside the exact value.",
+        "estimates beside the exact value. Source: Brock, De & Smith 2021, arXiv:2101.08692, the nonlinearities",
+        "table of deepmind-research nfnets/base.py.",
         "",
         f"{'activation':<20} {'published':>12} {'exact':>12} {'difference':>11}",
     ]
@@ -275,5 +279,5 @@ def format_gains(rows: tuple[GainRow, ...]) -> str:
             continue
         lines.append(f"{row.label:<20} {row.nfnets:>12.8f} {row.variance_gain.value:>12.8f} {_pct(row.nfnets_vs_exact, 11)}")
     lines.append("")
-    lines.append("NFNets' gelu is JAX's default tanh approximation; varprop's gelu is the exact x Phi(x).")
+    lines.append("NFNets' gelu is JAX's default tanh approximation (gelu_tanh); varprop's gelu is the exact x Phi(x).")
     return "\n".join(lines) + "\n"
