@@ -192,3 +192,20 @@ def test_meanfield_plots(capsys, tmp_path):
     assert code == 0 and (tmp_path / "c-map-erf.png").is_file() and (tmp_path / "c-map-erf.svg").is_file()
     code, _, err = run(capsys, "meanfield", "tanh", "--weight-variance", "1", "--plot", str(tmp_path))
     assert code == 2 and "q* = 0" in err
+
+
+def test_gains_text_and_json(capsys):
+    code, out, err = run(capsys, "gains")
+    assert code == 0 and err == ""
+    assert "tanh" in out and "NFNets gamma = 1/sqrt(Var[phi(z)])" in out and "leaky_relu(sqrt(5))" in out
+    code, out, _ = run(capsys, "gains", "--json")
+    rows = {row["activation"]: row for row in json.loads(out)["rows"]}
+    assert code == 0 and rows["tanh"]["torch_calculate_gain_expr"] == "5/3"
+    assert rows["gelu"]["torch_calculate_gain"] is None and rows["relu"]["forward_gain_q1"]["expr"] == "sqrt(2)"
+    assert rows["tanh"]["torch_vs_forward_percent"] == pytest.approx(
+        100 * (5 / 3 / rows["tanh"]["forward_gain_q1"]["value"] - 1), rel=1e-12)
+
+
+def test_gains_help():
+    result = subprocess.run([sys.executable, "-m", "varprop.cli", "gains", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: varprop gains" in result.stdout and "--json" in result.stdout

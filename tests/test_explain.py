@@ -483,3 +483,72 @@ def test_residual_scaling_numbers_checks_and_a_wrong_sibling(answers):
     scaled = result.checks[0].claim
     wrong = scaled.with_prediction(sp.Integer(2) * (1 + 2 / sp.sqrt(depth)) ** depth, name="alpha for alpha squared")
     assert check(wrong, rtol=result.settings.rtol).outcome == FAIL
+
+
+# --- where does 5/3 come from ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def five_thirds():
+    return answer("where-does-5-3-come-from")
+
+
+def test_5_3_checks_and_numbers(five_thirds):
+    from varprop.gains import gain_row
+
+    result = five_thirds
+    assert [r.outcome for r in result.checks] == [PASS] * 5
+    row = gain_row("tanh")
+    assert result.numbers["torch_gain"] == 5 / 3
+    assert result.numbers["forward_gain"] == row.forward.value and result.numbers["backward_gain"] == row.backward.value
+    q_star = 1.0
+    for _ in range(60):  # the map contracts with slope 0.43 at its fixed point
+        q_star = 25 / 9 * _tanh_second(q_star)
+    assert result.numbers["q_star"] == pytest.approx(q_star, rel=1e-12)
+    assert result.numbers["chi_1"] == pytest.approx(25 / 9 * _tanh_second(q_star, derivative=True), rel=1e-12)
+    # the propagation engine's E[y_L^2] under 5/3 is the q-map iterated from q = 1 (two engines agree)
+    length = _by_name(result, "tanh, five thirds: length at the last layer")
+    q = 1.0
+    for _ in range(result.settings.depth - 1):
+        q = 25 / 9 * _tanh_second(q)
+    assert length.claim.value == pytest.approx(q, rel=1e-9)
+
+
+def _tanh_second(q, derivative=False):
+    """E[tanh(sqrt(q) z)^2] (or E[tanh'(sqrt(q) z)^2]) by scipy quadrature, independent of varprop's Gauss-Legendre."""
+    from scipy.integrate import quad
+
+    def f(t):
+        value = math.tanh(math.sqrt(q) * t)
+        return (1 - value * value) ** 2 if derivative else value * value
+
+    value, _ = quad(lambda t: f(t) * math.exp(-t * t / 2) / math.sqrt(2 * math.pi), -math.inf, math.inf,
+                    epsabs=1e-15, epsrel=1e-13)
+    return value
+
+
+def test_5_3_wrong_siblings_fail(five_thirds):
+    """The belief that 5/3 keeps the unit second moment, and a gradient that does not grow, both FAIL."""
+
+    def wrong_family(check, value):
+        at = {m.width: dataclasses.replace(m.claim, value=value(m.claim)) for m in check.measurements}
+        widest = max(at)
+        return ClaimFamily(f"{check.name} (wrong)", "", lambda n: at[n], widest, tuple(n for n in at if n != widest))
+
+    length = _by_name(five_thirds, "tanh, five thirds: length at the last layer")
+    gradient = _by_name(five_thirds, "tanh, five thirds: gradient at layer 2")
+    no_growth = wrong_family(gradient, lambda c: 25 / 9)  # chi_1 = 1: the top layer's value all the way down
+    assert [r.outcome for r in check_all([wrong_family(length, lambda c: 1.0), no_growth], seed=1, rtol=0.05)] == [FAIL, FAIL]
+
+
+def test_5_3_prose_formats_and_report(five_thirds, capsys):
+    for text in _texts(five_thirds):
+        found = _ASCII_MATH.search(_words(text))
+        assert found is None, (found, _words(text))
+    assert "\\section{Where tanh's five-thirds comes from}" in five_thirds.latex()
+    assert five_thirds.markdown().startswith("## Where tanh's five-thirds comes from")
+    assert _disagreements(five_thirds, five_thirds.figure_data(samples=50)) == []
+    assert main(["explain", "--list"]) == 0 and "where-does-5-3-come-from" in capsys.readouterr().out
+    from varprop import report
+
+    assert "where-does-5-3-come-from" in report.TOPICS  # the report answers every topic of TOPICS

@@ -26,8 +26,10 @@ from .errors import (
 )
 from .network import Dense, FixedInput, GaussianInput, Network, Nonlinearity, mlp
 from .weights import (
+    AbsoluteTruncatedNormal,
     InitScheme,
     Normal,
+    Orthogonal,
     TruncatedNormal,
     Uniform,
     explicit,
@@ -71,6 +73,8 @@ __all__ = [
     "Normal",
     "Uniform",
     "TruncatedNormal",
+    "AbsoluteTruncatedNormal",
+    "Orthogonal",
     "InitScheme",
     "he",
     "kaiming",

@@ -327,6 +327,17 @@ def _cmd_meanfield(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gains(args: argparse.Namespace) -> int:
+    from .gains import format_gains, gains_table
+
+    rows = gains_table()
+    if args.json:
+        print(json.dumps({"rows": [row.to_dict() for row in rows]}, indent=2))
+    else:
+        print(format_gains(rows), end="")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .catalogue import CATALOGUE, family, law_claims
     from .claimfile import load_claims
@@ -642,6 +653,20 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="output format (default text: the numbers, then the derivations)")
     meanfield_parser.set_defaults(handler=_cmd_meanfield)
 
+    gains_parser = commands.add_parser(
+        "gains",
+        help="PyTorch's calculate_gain and NFNets' gammas beside the exact gains",
+        description="For relu, leaky_relu (slopes 0.01, 0.1, 0.2 and kaiming_uniform's sqrt(5)), linear, tanh, sigmoid, "
+        "selu, elu, gelu (and its tanh approximation), silu, mish and softplus: PyTorch's calculate_gain beside the exact gains 1/sqrt(E[phi(z)^2]) "
+        "(keeps the second moment) and 1/sqrt(E[phi'(z)^2]) (keeps the gradient's, chi_1 = 1) at z ~ N(0, 1) and at "
+        "the fixed point q* of q -> g^2 E[phi(sqrt(q) z)^2] a deep net with PyTorch's gain settles at; and the NFNets "
+        "gammas (Brock et al. 2021: Monte Carlo estimates of 1/sqrt(Var[phi(z)]), the variance) beside the exact "
+        "values; each difference in percent. Closed forms where they exist, quadrature otherwise.",
+    )
+    gains_parser.add_argument("--json", action="store_true", help="print JSON: one object per activation with every "
+                              "number, the closed form (expr) or quadrature error estimate, and the differences")
+    gains_parser.set_defaults(handler=_cmd_gains)
+
     check_parser = commands.add_parser(
         "check",
         help="check claims against sampled networks (Monte Carlo)",
@@ -685,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
         "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, does-the-mean-matter, "
         "pytorch-default, "
-        "edge-of-chaos, does-width-matter.",
+        "edge-of-chaos, does-width-matter, where-does-5-3-come-from.",
     )
     explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
     explain_parser.add_argument("--list", action="store_true", help="list the topics")

@@ -1205,6 +1205,110 @@ def _residual_scaling(settings: Settings) -> Answer:
     return Answer(TOPICS["residual-scaling"], paragraphs, derivations, checks, series, numbers, headline, 0, settings)
 
 
+def _above(percent: float) -> str:
+    """``4.65% above`` / ``13.58% below``: a signed difference in words."""
+    return f"{abs(percent):.2f}% {'above' if percent > 0 else 'below'}"
+
+
+def _number(value: float) -> sp.Expr:
+    """An integer-valued float as an Integer (the edge of chaos of tanh: 1 and 0), else 4 digits."""
+    return sp.Integer(int(value)) if float(value).is_integer() else sp.Float(value, 4)
+
+
+def _five_thirds(settings: Settings) -> Answer:
+    from .derive.meanfield import SIGMA_W, edge_of_chaos, q_fixed_point
+    from .gains import gain_row
+    from .weights import explicit, torch_gain
+
+    width, depth = settings.width, settings.depth
+    row = gain_row("tanh")
+    five_thirds = torch_gain("tanh")
+    gains = {"five thirds": five_thirds, "exact forward gain": sp.Float(row.forward.value, 17),
+             "exact backward gain": sp.Float(row.backward.value, 17)}
+    networks, fixed, claims = {}, {}, []
+    for label, gain in gains.items():
+        scheme = explicit(gain**2 / N_IN)
+        # the raw input at variance 1/gain^2 puts the first pre-activation at unit second moment
+        inputs = GaussianInput(1 / gain**2)
+
+        def network_at(n: int, scheme: object = scheme, inputs: GaussianInput = inputs) -> Network:
+            return mlp([n] * (depth + 1), "tanh", scheme, inputs=inputs)
+
+        networks[label] = network_at(width)
+        fixed[label] = q_fixed_point("tanh", float(gain) ** 2)
+        claims.append(_claim(f"tanh, {label}: length at the last layer", networks[label], "y_second_moment", depth,
+                             network_at=network_at))
+        if label != "exact backward gain":
+            claims.append(_claim(f"tanh, {label}: gradient at layer 2", networks[label], "dx_second_moment", 2,
+                                 network_at=network_at))
+    checks = _check(claims, settings)
+    by_name = {r.name: r for r in checks}
+    length = {label: by_name[f"tanh, {label}: length at the last layer"] for label in gains}
+    gradient = {label: by_name[f"tanh, {label}: gradient at layer 2"] for label in ("five thirds", "exact forward gain")}
+    analysis = fixed["five thirds"]
+    q_star, chi_1 = analysis.point.value, float(five_thirds) ** 2 * analysis.derivative_second.value
+    chi_forward = float(gains["exact forward gain"]) ** 2 * row.backward.value ** -2
+    backward_q = fixed["exact backward gain"].point.value
+    edge = edge_of_chaos("tanh", [0.0])[0]
+    z, q, g = sp.Symbol("z"), sp.Symbol("q", positive=True), sp.Symbol("g", positive=True)
+    tanh_z = sp.tanh(z)
+    second = _E(tanh_z**2)
+    slope = _E((1 - tanh_z**2) ** 2)  # tanh' = 1 - tanh^2
+    chi = sp.Symbol("chi_1")
+    q_star_symbol = sp.Symbol("q_star", positive=True)
+    gradient_symbol = sp.IndexedBase("Delta_x")
+    per_layer = {label: (gradient[label].primary.estimate.value / float(gains[label]) ** 2) ** (1 / (depth - 2))
+                 for label in gradient}
+    paragraphs = (
+        prose("PyTorch's table gives ", Code("calculate_gain('tanh')"), " the constant ", five_thirds, ". Neither "
+              "exact condition gives that number. The gain that keeps a unit second moment through a layer solves ",
+              sp.Eq(g**2 * second, 1), " with ", z, " standard normal: ",
+              sp.Eq(g, sp.Float(row.forward.value, 6), evaluate=False),
+              f" (by quadrature), so PyTorch's gain is {_above(row.torch_vs_forward)} it. The gain that keeps the "
+              "gradient's second moment solves ", sp.Eq(g**2 * slope, 1), ": ",
+              sp.Eq(g, sp.Float(row.backward.value, 6), evaluate=False),
+              f", and PyTorch's is {_above(row.torch_vs_backward)} that. For relu the two conditions give the same ", sp.sqrt(2),
+              " because relu is homogeneous; tanh is not, and no single gain keeps both."),
+        prose("What the gain does to a deep net is decided by the q-map ", sp.Eq(q, g**2 * _E(sp.tanh(sp.sqrt(q) * z) ** 2)),
+              " (Schoenholz et al. 2017, eq. 3). With ", sp.Eq(g, five_thirds), " its stable fixed point is ",
+              sp.Eq(q_star_symbol, sp.Float(q_star, 5), evaluate=False), ", not 1: the second moment of the "
+              "pre-activations settles there within a few layers whatever it starts at, and there ",
+              sp.Eq(chi, sp.Float(chi_1, 4), evaluate=False), f" (eq. 5), so each layer multiplies the gradient's "
+              "second moment by that factor: the net is in the chaotic phase, mildly. Measured on width-"
+              f"{width}, depth-{depth} networks started at unit second moment: ", _E(_y(depth) ** 2),
+              f" = {_measured(length['five thirds'])}, and the gradient at the second layer ",
+              _E(gradient_symbol[2] ** 2), f" = {_measured(gradient['five thirds'])}, a measured factor of "
+              f"{_fmt(per_layer['five thirds'])} per layer."),
+        prose("With the exact forward gain the second moment stays at 1 (", _E(_y(depth) ** 2),
+              f" = {_measured(length['exact forward gain'])}), and the gradient grows by ",
+              sp.Eq(chi, sp.Float(chi_forward, 4), evaluate=False), f" per layer (measured "
+              f"{_fmt(per_layer['exact forward gain'])}). With the exact backward gain the gradient is kept only "
+              "while the length stays at 1, which it does not: its q-map settles at ",
+              sp.Eq(q_star_symbol, sp.Float(backward_q, 4), evaluate=False), " (",
+              _E(_y(depth) ** 2), f" = {_measured(length['exact backward gain'])}). The only gain at which tanh "
+              "keeps gradients exactly through any depth is the edge of chaos, ", sp.Eq(SIGMA_W**2, _number(edge.weight_variance), evaluate=False),
+              " without bias, where the fixed point is ", sp.Eq(q_star_symbol, _number(edge.q_star), evaluate=False),
+              ": the signal itself fades. So ", five_thirds, " is a compromise: a little more than the forward gain, "
+              f"which keeps the signal up, at the price of gradients that grow by {100 * (chi_1 - 1):.0f}% per layer."),
+    )
+    numbers = {"torch_gain": float(five_thirds), "forward_gain": row.forward.value, "backward_gain": row.backward.value,
+               "q_star": q_star, "chi_1": chi_1, "chi_1_forward_gain": chi_forward, "q_star_backward_gain": backward_q,
+               **{f"gradient_factor_{label.replace(' ', '_')}": value for label, value in per_layer.items()}}
+    headline = prose(five_thirds, " is neither exact gain (forward ", sp.Float(row.forward.value, 5), ", backward ",
+                     sp.Float(row.backward.value, 5), "); under it a deep tanh net settles at ",
+                     sp.Eq(q_star_symbol, sp.Float(q_star, 4), evaluate=False), " and gradients grow by ",
+                     sp.Float(chi_1, 3), " per layer; measured ", _E(_y(depth) ** 2),
+                     f" = {_measured(length['five thirds'])}.")
+    from .derive.meanfield import mean_field
+
+    derivations = mean_field("tanh", float(five_thirds) ** 2).derivations[:3]
+    series = (Series("tanh, gain five thirds", networks["five thirds"], ("y_second_moment", "dx_second_moment")),
+              Series("tanh, exact forward gain", networks["exact forward gain"], ("y_second_moment", "dx_second_moment")),
+              Series("tanh, exact backward gain", networks["exact backward gain"], ("y_second_moment",)))
+    return Answer(TOPICS["where-does-5-3-come-from"], paragraphs, derivations, checks, series, numbers, headline,
+                  0, settings)
+
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
@@ -1238,6 +1342,9 @@ TOPICS: dict[str, Topic] = {
               prose("Why scale each residual branch by ", 1 / sp.sqrt(sp.Symbol("L")), " over ", sp.Symbol("L"),
                     " blocks, what happens without it, and what does Fixup's scaling do at initialisation?"),
               _residual_scaling, 8, 2),
+        Topic("where-does-5-3-come-from", "Where tanh's five-thirds comes from",
+              prose("PyTorch's ", Code("calculate_gain('tanh')"), " is ", sp.Rational(5, 3), ". What is it, what are the "
+                    "exact gains, and what does it do to a deep tanh network?"), _five_thirds, 6, 4),
     )
 }
 

@@ -50,7 +50,8 @@ __all__ = [
 
 def _check_law(law: object, what: str) -> WeightLaw:
     if not isinstance(law, WeightLaw):
-        raise SpecError(f"{what} must be a weight law (Normal, Uniform, TruncatedNormal), got {law!r}")
+        raise SpecError(f"{what} must be a weight law (Normal, Uniform, TruncatedNormal, AbsoluteTruncatedNormal, "
+                        f"Orthogonal), got {law!r}")
     return law
 
 
@@ -63,7 +64,8 @@ class Dense:
     fan_in, fan_out
         Widths: positive integers, or sympy symbols for derivations.
     weights
-        Law of every entry of :math:`W` (shape ``fan_out x fan_in``).
+        Law of every entry of :math:`W` (shape ``fan_out x fan_in``), or of the whole matrix
+        (:class:`~varprop.weights.Orthogonal`, bound to this shape here).
     bias
         Law of every entry of :math:`b`, or ``None`` for no bias.
     """
@@ -76,9 +78,10 @@ class Dense:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fan_in", check_width(self.fan_in, "fan_in"))
         object.__setattr__(self, "fan_out", check_width(self.fan_out, "fan_out"))
-        _check_law(self.weights, "weights")
-        if self.bias is not None:
-            _check_law(self.bias, "bias")
+        # A law whose entries depend on the matrix shape (Orthogonal) is bound to this layer's shape.
+        object.__setattr__(self, "weights", _check_law(self.weights, "weights").for_shape(self.fan_out, self.fan_in))
+        if self.bias is not None and not _check_law(self.bias, "bias").iid:
+            raise SpecError(f"a bias needs a law with independent entries, got {self.bias}")
 
 
 @dataclass(frozen=True)

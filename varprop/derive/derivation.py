@@ -310,19 +310,28 @@ class Lemma(Check):
         return ok, detail + ("" if ok else f", not {to_text(step.rhs)}")
 
 
+#: The mean of a non-centred Gaussian in an :class:`Integral` check's general form.
+GAUSSIAN_MEAN = sp.Symbol("mu", real=True)
+
+
 @dataclass(frozen=True)
 class Integral(Check):
-    r"""A Gaussian expectation: ``rhs`` is :math:`E[g(z)]`, :math:`z \sim \mathcal N(0, v)`, re-computed by the engine."""
+    r"""A Gaussian expectation: ``rhs`` is :math:`E[g(z)]`, :math:`z \sim \mathcal N(\mu, v)` (``mean`` :math:`\mu`, default 0), re-computed by the engine."""
 
     integrand: sp.Expr
     variance: sp.Expr
+    mean: sp.Expr = sp.Integer(0)
     kind: ClassVar[str] = "integral"
 
     def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
         from .gaussian import Q, gaussian_expectation
 
-        result = gaussian_expectation(self.integrand, Q)
-        value = result.expr.subs(Q, self.variance)
+        if self.mean != 0:  # computed in the symbols q and mu, then substituted (as for the centred case)
+            result = gaussian_expectation(self.integrand, Q, GAUSSIAN_MEAN)
+            value = result.expr.subs({Q: self.variance, GAUSSIAN_MEAN: self.mean})
+        else:
+            result = gaussian_expectation(self.integrand, Q)
+            value = result.expr.subs(Q, self.variance)
         ok = _is_zero(value - step.rhs)
         return ok, f"E[{to_text(self.integrand)}] re-computed by the expectation engine ({result.route})" + (
             "" if ok else f": got {value}")

@@ -1039,6 +1039,9 @@ def relu_chain(network: object, position: int, *, gaussian: bool) -> tuple[tuple
         if not all(isinstance(w, int) for w in (dense.fan_in, dense.fan_out)):
             raise DerivationError(f"{what} with integer widths; got {dense.fan_in} -> {dense.fan_out}")
         law = dense.weights
+        if not law.iid:
+            raise DerivationError(f"{what} with iid weights; got {law}, whose entries are not independent (the laws of "
+                                  "one network's length rest on independent rows)")
         if not law.symmetric or (gaussian and not law.gaussian):
             need = "Gaussian" if gaussian else "symmetric"
             raise DerivationError(f"{what} with {need} weights; got {law} (for other laws the second moment depends on "

@@ -76,6 +76,7 @@ __all__ = [
     "C",
     "EdgePoint",
     "FixedPoint",
+    "LengthFixedPoint",
     "Kernel",
     "MeanField",
     "c_map",
@@ -87,6 +88,7 @@ __all__ = [
     "kernel_derivation",
     "mean_field",
     "q_map",
+    "q_fixed_point",
     "relu_power_law",
 ]
 
@@ -647,6 +649,56 @@ def mean_field(activation: Activation | str, weight_variance: object = None, bia
         derivations.append(c_map(act, _rational(sw2), _rational(sb2), q_value))
     return MeanField(act, sw2, sb2, q_star, status, chi_1, tuple(c_points), phase, xi_q, xi_c, scale_free,
                      tuple(derivations))
+
+
+@dataclass(frozen=True)
+class LengthFixedPoint:
+    r"""The fixed point :math:`q^*` of the q-map alone, with the Gaussian averages there.
+
+    ``point`` is None when every q is a fixed point (``every_q``: a homogeneous activation at its
+    critical weight variance) or when the length grows without bound (``status`` says which).
+    ``derivative_second`` is :math:`E[\phi'(\sqrt{q^*} z)^2]` and ``second`` :math:`E[\phi(\sqrt{q^*} z)^2]`
+    (at q = 1 when every q is a fixed point: they are then proportional to q and q).
+    """
+
+    point: FixedPoint | None
+    status: str
+    every_q: bool
+    second: NumericValue | None
+    derivative_second: NumericValue | None
+
+
+def q_fixed_point(activation: Activation | str, weight_variance: object, bias_variance: object = 0.0) -> LengthFixedPoint:
+    r"""The stable fixed point of :math:`q \mapsto \sigma_w^2 E[\phi(\sqrt q z)^2] + \sigma_b^2` (Schoenholz et al. 2017, eq. 3).
+
+    The length part of :func:`mean_field` without the correlation map: cheap enough for a table over
+    many activations. The averages at :math:`q^*` come from the same Gauss-Legendre quadrature.
+    """
+    act = _as_activation(activation)
+    sw2 = _variance_value(weight_variance, "the weight variance", positive=True)
+    sb2 = _variance_value(bias_variance, "the bias variance")
+    numbers = _Moments(act)
+    kappa = _homogeneous_slope(act)
+    if kappa is not None:
+        slope = sw2 * float(kappa)
+        if abs(slope - 1.0) <= _CRITICAL_TOLERANCE and sb2 == 0:
+            return LengthFixedPoint(None, "every q is a fixed point (the q-map is the identity)", True,
+                                    numbers.second(1.0), numbers.derivative_second(1.0))
+        if slope < 1.0:
+            value = sb2 / (1.0 - slope)
+            point = FixedPoint(value, 0.0, slope, 0.0)
+        else:
+            return LengthFixedPoint(None, "none: the length grows without bound", False, None, None)
+        status = "unique, stable" if value > 0 else "q* = 0: the signal vanishes geometrically"
+    else:
+        point, status = _q_fixed_point(numbers, act, sw2, sb2)
+        if point is None:
+            return LengthFixedPoint(None, status, False, None, None)
+    q = point.value
+    if q > 0:
+        return LengthFixedPoint(point, status, False, numbers.second(q), numbers.derivative_second(q))
+    at_zero = float(act.numpy_derivative(np.array([0.0]))[0]) ** 2
+    return LengthFixedPoint(point, status, False, NumericValue(0.0, 0.0), NumericValue(at_zero, 0.0))
 
 
 def _rational(value: float) -> sp.Expr:

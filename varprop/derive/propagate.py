@@ -146,6 +146,9 @@ SYMBOLS = {"n": n, "nhat": nhat, "w": w, "b": b, "x": x, "y": y, "h": h, "Delta_
 HE = "He et al. 2015"
 
 A_IID = prose("the entries of ", sp.Symbol("W"), " are iid, and independent of the layer input")
+A_UNCORRELATED = prose("the entries of ", sp.Symbol("W"), " are uncorrelated with equal variance (not independent: an "
+                       "orthogonal matrix), and ", sp.Symbol("W"), " is independent of the layer input")
+A_ZERO_MEAN_WEIGHTS = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights; the bias has a mean)")
 A_ZERO_MEAN = prose(sp.Eq(Expect(sp.Symbol("w")), 0), " (zero-mean weights and biases)")
 A_SYMMETRIC = "the pre-activation is symmetric about 0 (symmetric weight law)"
 A_GRAD_INDEP = prose("the gradient with respect to the pre-activation is independent of ", sp.Symbol("W"),
@@ -170,9 +173,16 @@ def _entry(symbol: sp.Indexed, index: sp.Expr) -> sp.Indexed:
     return symbol.base[(*symbol.indices, index)]
 
 
-def _gaussian_assumption(gaussian: bool) -> str:
+def _weight_assumption(law: object) -> str:
+    """iid entries, or (an orthogonal matrix) uncorrelated entries: what the dense rules need is the latter."""
+    return A_IID if law.iid else A_UNCORRELATED
+
+
+def _gaussian_assumption(gaussian: bool, centred: bool = True) -> str:
     if gaussian:
         return "the pre-activation is exactly Gaussian (a fixed input through Gaussian weights)"
+    if not centred:
+        return "the pre-activation is Gaussian with the bias's mean (wide layers: central limit theorem)"
     return "the pre-activation is Gaussian with mean 0 (wide layers: central limit theorem)"
 
 
@@ -246,6 +256,13 @@ def _zero_on_negatives(act: Activation) -> bool:
     return sp.simplify(act.expr.subs(X, probe)) == 0
 
 
+@lru_cache(maxsize=256)
+def _norm_scaling(act: Activation) -> sp.Expr | None:
+    """c when sympy proves phi(y)^2 = c y^2 for every y (identity, abs): then |phi(h)|^2 = c |h|^2 exactly."""
+    ratio = sp.simplify(sp.piecewise_fold(act.expr**2) / X**2)
+    return None if ratio.has(X) or ratio.has(sp.Piecewise) else ratio
+
+
 # --- states ------------------------------------------------------------------------------------
 
 
@@ -271,6 +288,8 @@ class _Signal:
     gaussian: bool = False  # exactly Gaussian entries
     symmetric: bool = False  # symmetric about zero
     homogeneous: bool = True  # E[|h|^2 | input] = |input|^2 * constant, exactly
+    isometric: bool = False  # |h|^2 = |input|^2 * constant for every network (orthogonal weights, no bias)
+    preactivation: bool = False  # a dense layer's output: a sum, Gaussian at least as widths grow (any mean)
     p_nonzero: sp.Expr = sp.Integer(1)  # P(the vector is not identically zero)
     p_exact: bool = True  # whether p_nonzero is exact
     # units independent given the layer input (independent rows of W): a rectifier zeroes all n of them with
@@ -313,6 +332,7 @@ class _Walk:
     crosses: dict[int, Quantity] = field(default_factory=dict)  # E[h_p h'_p] (pairs only)
     prime: bool = False  # while walking the partner input: signal symbols are primed
     blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
+    pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
 
     # -- naming --
 
@@ -416,6 +436,7 @@ def _input_signal(walk: _Walk) -> _Signal:
         deterministic=fixed,
         symmetric=not fixed,
         p_nonzero=sp.Integer(0 if fixed and inputs.second_moment == 0 else 1),
+        isometric=True,  # the input itself: the ratio is 1
     )
 
 
@@ -424,10 +445,10 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     k = walk.dense_index(position)
     law, bias = layer.weights, layer.bias
     name = walk.network.place_name(position)
-    if law.mean != 0 or (bias is not None and bias.mean != 0):
+    if law.mean != 0:
         raise DerivationError(
-            f"per-layer predictions need zero-mean weights and biases, got {law}"
-            + (f" and bias {bias}" if bias is not None else "") + f" at {name}"
+            f"per-layer predictions need zero-mean weights, got {law} at {name} (a weight mean couples every "
+            "unit to the input's mean; a bias may have any mean)"
         )
     out = walk.signal_symbol(position)
     X_in = signal.symbol
@@ -437,33 +458,42 @@ def _(layer: Dense, walk: _Walk, signal: _Signal, position: int) -> _Signal:
     uses_b: tuple[int, ...] = ()
     bias_mean, bias_second = sp.Integer(0), sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.moment(2), prose(f"bias of {name}: ", Code(str(bias)))),
                   walk.define(Expect(b[k]), bias.mean, prose(f"bias of {name}: ", Code(str(bias)))))
         bias_mean, bias_second = Expect(b[k]), Expect(b[k] ** 2)
     builder = walk.builder
     general_mean = builder.model(Expect(out), n[k] * Expect(w[k]) * Expect(X_in) + bias_mean, Rule.INDEPENDENCE,
                                  "linearity of expectation; the weights are independent of the layer input",
-                                 assumptions=(A_IID,))
-    mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
-                                 uses=(general_mean, i_ew, *uses_b[1:]))
+                                 assumptions=(_weight_assumption(law),))
+    mean_value = sp.Integer(0) if bias is None else bias.mean
+    if mean_value == 0:
+        mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
+                                     uses=(general_mean, i_ew, *uses_b[1:]))
+    else:
+        mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION,
+                                     "zero-mean weights: only the bias's mean is left", uses=(general_mean, i_ew, uses_b[1]))
     general = builder.model(
         Expect(out**2), n[k] * Variance(w[k]) * Expect(X_in**2) + bias_second, Rule.INDEPENDENCE,
         prose(out, " is a sum of ", n[k], " terms ", w[k] * X_in, ", uncorrelated because ", sp.Eq(Expect(w[k]), 0),
-              " and ", w[k], " is independent of ", X_in),
-        assumptions=(A_IID, A_ZERO_MEAN), source=f"{HE}, eq. (7)")
-    value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.variance if bias is not None else 0))
+              " and ", w[k], " is independent of ", X_in, *(() if bias is None else
+              (", plus the bias, whose cross term with them has mean zero",))),
+        assumptions=(_weight_assumption(law), A_ZERO_MEAN if bias is None or bias.mean == 0 else A_ZERO_MEAN_WEIGHTS),
+        source=f"{HE}, eq. (7)")
+    value = sp.expand(layer.fan_in * law.variance * signal.second.value + (bias.moment(2) if bias is not None else 0))
     second_step = builder.identity(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
                                    uses=(general, i_n, i_vw, *uses_b[:1], signal.second.step))
     gaussian = signal.deterministic and law.gaussian and (bias is None or bias.gaussian)
     return _Signal(
         position, out, layer.fan_out,
-        Quantity(Expect(out), sp.Integer(0), mean_step),
+        Quantity(Expect(out), mean_value, mean_step),
         Quantity(Expect(out**2), value, second_step),
         gaussian=gaussian,
         symmetric=law.symmetric and (bias is None or bias.symmetric),
         homogeneous=signal.homogeneous and bias is None,
+        isometric=signal.isometric and bias is None and law.isometry is True,
         p_nonzero=signal.p_nonzero if bias is None else sp.Integer(1),
         p_exact=signal.p_exact or bias is not None,
+        preactivation=True,
     )
 
 
@@ -503,16 +533,21 @@ def _position_average(walk: _Walk, lhs: sp.Expr, index: int, per_position: tuple
 
 
 def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, signal: _Signal, what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
-    """A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment.
+    r"""A Gaussian-integral step ``lhs = E[g(z)]``, z ~ N(0, E[y^2]), and the value at the signal's second moment.
+
+    A pre-activation with a mean (a bias with a mean) gives :math:`z \sim \mathcal N(\mu, E[y^2] - \mu^2)`,
+    :math:`\mu = E[y]`: truncated-normal moments for the rectifier family, quadrature otherwise.
 
     Where the second moment differs between positions (:attr:`_Walk.profiles`), the value is the
     average over positions of the integral at each position's second moment.
     """
     if signal.mean.value != 0:
-        raise DerivationError(
-            f"the Gaussian route needs a centred pre-activation; {_t(signal.symbol)} has mean {signal.mean.value} "
-            f"(a nonlinearity applied to the output of another nonlinearity is not derivable yet)"
-        )
+        if not signal.preactivation:
+            raise DerivationError(
+                f"the Gaussian route needs a pre-activation (a dense layer's output); {_t(signal.symbol)} has mean "
+                f"{signal.mean.value} and is not one (a nonlinearity applied to the output of another nonlinearity is "
+                "not derivable)")
+        return _shifted_gaussian_step(walk, lhs, integrand, signal, what)
     q_symbol = signal.second.symbol
     rhs = expectation.expr.subs(Q, q_symbol)
     exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
@@ -528,6 +563,28 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     # The value exactly as the identity check will rebuild it (rhs, then the variance's value), so that
     # the check is structural and cheap even for nested closed forms (gelu, erf through many layers).
     return index, rhs.subs(q_symbol, q_value), q_uses
+
+
+def _shifted_gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, signal: _Signal,
+                           what: str) -> tuple[int, sp.Expr, tuple[int, ...]]:
+    """``lhs = E[g(z)]`` for a non-centred pre-activation, z ~ N(E[y], E[y^2] - E[y]^2)."""
+    from .gaussian import gaussian_expectation
+
+    from .derivation import GAUSSIAN_MEAN
+
+    q_symbol, m_symbol = signal.second.symbol, signal.mean.symbol
+    variance = q_symbol - m_symbol**2
+    # in the symbols q and mu first, then substituted: the form the Integral check rebuilds
+    expectation = gaussian_expectation(integrand, Q, GAUSSIAN_MEAN)
+    expr = expectation.expr.subs({Q: variance, GAUSSIAN_MEAN: m_symbol})
+    exactness = "gaussian-exact" if signal.gaussian else "asymptotic"
+    index = walk.builder.add(
+        lhs, expr, Rule.GAUSSIAN_INTEGRAL,
+        prose(_WHAT[what], ", ", NormalLaw(_Z_WORD, m_symbol, variance), f" ({expectation.route})"),
+        proof=Integral(integrand, variance, m_symbol), assumptions=(_gaussian_assumption(signal.gaussian, centred=False),),
+        exactness=exactness)
+    (q_value, q_uses), (m_value, m_uses) = walk.plain(signal.second), walk.plain(signal.mean)
+    return index, expr.subs({q_symbol: q_value, m_symbol: m_value}), q_uses + m_uses
 
 
 @forward_rule.register
@@ -600,6 +657,7 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
         Quantity(Expect(out), mean_value, mean_step),
         Quantity(Expect(out**2), second_value, second_step),
         homogeneous=signal.homogeneous and lemma.holds and signal.symmetric and not walk.linear_regime,
+        isometric=signal.isometric and _norm_scaling(act) is not None,
         p_nonzero=p_nonzero,
         p_exact=p_exact,
     )
@@ -723,7 +781,7 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
         Expect(D_in**2), nhat[k] * Variance(w[k]) * Expect(D_out**2), Rule.INDEPENDENCE,
         prose(sp.Eq(D_in, sp.Symbol(f"W_{k}^T") * D_out, evaluate=False), " is a sum of ", nhat[k], " terms ",
               w[k] * D_out, "; ", why),
-        assumptions=(A_IID, A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
+        assumptions=(_weight_assumption(law), A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
         exactness="exact" if exact else "asymptotic", source=f"{HE}, eq. (11)")
     value = sp.expand(layer.fan_out * law.variance * gradient.second.value)
     second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
@@ -792,9 +850,13 @@ def _(observable: NormRatio, walk: _Walk) -> Quantity:
     symbol = Expect(ratio_base[position + 1])
     if first.second.value == 0:
         raise DerivationError("the norm ratio is undefined for an input that is identically zero")
-    exact = first.deterministic or state.homogeneous
+    exact = first.deterministic or state.homogeneous or state.isometric
     norm, norm_in = sp.Abs(state.symbol) ** 2, sp.Abs(first.symbol) ** 2
-    why = (prose("the input is fixed, so the ratio's mean is ", Expect(norm) / norm_in) if first.deterministic else
+    why = (prose("every layer below maps lengths by a constant factor (orthogonal weights with fan-out >= fan-in, "
+                 "so ", sp.Eq(sp.Abs(sp.Symbol("W") * sp.Symbol("x")), sp.Symbol("g") * sp.Abs(sp.Symbol("x")), evaluate=False),
+                 "; no bias; activations with ", sp.Eq(Phi(_Y_WORD) ** 2, sp.Symbol("c") * _Y_WORD**2, evaluate=False),
+                 "): the ratio is the same constant in every network, with zero variance") if state.isometric and position >= 0 else
+           prose("the input is fixed, so the ratio's mean is ", Expect(norm) / norm_in) if first.deterministic else
            prose("given the input, ", Expect(norm), " is ", norm_in, " times a constant (zero-mean symmetric weights, "
                  "no bias, homogeneous activations)") if state.homogeneous else
            "the ratio of expectations stands for the expectation of the ratio (the norms concentrate as widths grow)")
@@ -831,7 +893,11 @@ def _pair_walk(walk: _Walk) -> None:
     cross = _input_cross(walk)
     walk.crosses[-1] = cross
     for position, layer in enumerate(walk.network.layers):
-        cross = cross_rule(layer, walk, cross, position)
+        try:
+            cross = cross_rule(layer, walk, cross, position)
+        except DerivationError as exc:  # the layers below stay derivable; the pair's observables from here raise it
+            walk.pair_error = exc
+            break
         walk.crosses[position] = cross
 
 
@@ -898,7 +964,7 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
     uses_b: tuple[int, ...] = ()
     bias_term = sp.Integer(0)
     if bias is not None:
-        uses_b = (walk.define(Expect(b[k] ** 2), bias.variance, prose(f"bias of {name}: ", Code(str(bias)))),)
+        uses_b = (walk.define(Expect(b[k] ** 2), bias.moment(2), prose(f"bias of {name}: ", Code(str(bias)))),)
         bias_term = Expect(b[k] ** 2)
     general = walk.builder.model(
         Expect(out * out_pair), n[k] * Variance(w[k]) * Expect(below * below_pair) + bias_term, Rule.INDEPENDENCE,
@@ -907,7 +973,7 @@ def _(layer: Dense, walk: _Walk, cross: Quantity, position: int) -> Quantity:
               " and terms linear in it): ", sp.Eq(Expect(w[k, _I] * w[k, _J]), Variance(w[k]), evaluate=False),
               " if ", sp.Eq(_I, _J, evaluate=False), " and ", sp.Integer(0), " otherwise, at every width"),
         assumptions=(A_PAIR_WEIGHTS,), source=f"{POOLE}, eq. (4)")
-    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.variance if bias is not None else 0))
+    value = sp.expand(layer.fan_in * law.variance * cross.value + (bias.moment(2) if bias is not None else 0))
     step = walk.builder.identity(Expect(out * out_pair), value, Rule.SUBSTITUTION, "substitute the layer's values",
                                  uses=(general, i_n, i_vw, *uses_b, cross.step))
     return Quantity(Expect(out * out_pair), value, step)
@@ -934,7 +1000,8 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
         if state.mean.value != 0:
             raise DerivationError(
                 f"the bivariate Gaussian route needs centred pre-activations; {_t(state.symbol)} has mean "
-                f"{state.mean.value} (a nonlinearity applied to the output of another nonlinearity)"
+                f"{state.mean.value} (a bias with a mean, or a nonlinearity applied to the output of another "
+                "nonlinearity): the correlation of a pair is not derivable there"
             )
     lhs = Expect(Phi(Y) * Phi(Yp))
     i_def = walk.define(Expect(out * out_pair), lhs, prose(sp.Eq(out, Phi(Y), evaluate=False), ", ",
@@ -1057,14 +1124,21 @@ def _kernel_number(act: Activation, q1: sp.Expr, q2: sp.Expr, q12: sp.Expr) -> t
     return sp.Float(number.value, 17), error, result.route
 
 
+def _require_cross(walk: _Walk, position: int) -> None:
+    if position not in walk.crosses and walk.pair_error is not None:
+        raise DerivationError(str(walk.pair_error))
+
+
 @observable_rules.register
 def _(observable: CrossMoment, walk: _Walk) -> Quantity:
+    _require_cross(walk, observable.tensor.position)
     return walk.crosses[observable.tensor.position]
 
 
 @observable_rules.register
 def _(observable: Correlation, walk: _Walk) -> Quantity:
     position = observable.tensor.position
+    _require_cross(walk, position)
     cross, first, second = walk.crosses[position], walk.signals[position].second, walk.partners[position].second
     symbol = rho(walk.signals[position].symbol, walk.partners[position].symbol)
     ratio = cross.symbol / sp.sqrt(first.symbol * second.symbol)

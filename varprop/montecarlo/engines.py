@@ -367,7 +367,8 @@ def _conditional_unsupported(network: Network, paired: bool) -> str | None:
         for inner in _flat((layer,)):
             if isinstance(inner, Dense) and not isinstance(inner.weights, Normal):
                 where = "has" if inner is layer else "has a dense layer in its branch with"
-                return (f"layer {index} ({place}) {where} {inner.weights} weights; the conditional engine needs iid "
+                why = "" if inner.weights.iid else " (its entries are not independent)"
+                return (f"layer {index} ({place}) {where} {inner.weights} weights{why}; the conditional engine needs iid "
                         f"Gaussian (Normal) weights, for which the part of W a network sees is Gaussian given its input")
         try:
             conditional_step(layer, 2 if paired else 1)

@@ -74,6 +74,8 @@ s_{a}^2/T`; the correlation is a ratio estimator, with a bias of order :math:`1/
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from functools import singledispatch
 from numbers import Integral
@@ -458,7 +460,29 @@ def estimate(samples: Samples, observable: Observable | str, layer: int | None =
         value, se = _combine(target, samples, finite)
     else:
         value, se = _extra(samples, *target, finite)
-    return Estimate(value=float(value), se=se, n=n, excluded=samples.count - n)
+    return Estimate(value=float(value), se=max(se, rounding_error(samples.network, value, n)), n=n,
+                    excluded=samples.count - n)
+
+
+def rounding_error(network: object, value: float, count: int) -> float:
+    r"""A bound on the float64 rounding error of an estimate: :math:`\gamma_K |\hat\mu|`, :math:`\gamma_K = Ku/(1 - Ku)`.
+
+    Higham (2002), *Accuracy and Stability of Numerical Algorithms*, Lemma 3.1 and Sec. 3.1: a value
+    computed with K roundings of unit roundoff :math:`u = 2^{-53}` is within :math:`\gamma_K` of the
+    exact one, relatively, when the terms do not cancel. K counts two roundings per multiply-add of
+    every dense layer's rows (its fan-in and fan-out), the norms and ratios, and the
+    :math:`\lceil\log_2 T\rceil` levels of numpy's pairwise sum over T networks. The SE of an
+    estimate is never reported below this bound: an observable that is the same constant in every
+    network (the norm ratio through orthogonal layers) then has an SE at the rounding level instead
+    of 0, so it is judged equal to its prediction up to floating point, and a formula that is off
+    by more than the rounding still FAILs.
+    """
+    if not math.isfinite(value) or value == 0.0:
+        return 0.0
+    widths = sum(int(w) for layer in network.dense_layers for w in (layer.fan_in, layer.fan_out))
+    k = 2 * widths + 8 + math.ceil(math.log2(max(count, 2)))
+    u = 2.0**-53
+    return k * u / (1.0 - k * u) * abs(value)
 
 
 def _extra(samples: Samples, name: str, layer: int, finite: np.ndarray) -> tuple[float, float]:
