@@ -137,13 +137,13 @@ def test_kaiming_normal_reinit_is_named():
     assert all("kaiming_normal_" in law.name for law in result.laws)
 
 
-class _Residual(nn.Module):
+class _Gated(nn.Module):
     def __init__(self):
         super().__init__()
         self.inner = nn.Linear(8, 8)
 
     def forward(self, x):
-        return x + self.inner(x)
+        return x * self.inner(x)
 
 
 class _Branching(nn.Module):
@@ -158,9 +158,12 @@ class _Branching(nn.Module):
 
 
 @pytest.mark.parametrize("factory, words", [
-    (lambda: nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 8)), ["'1'", "Dropout", "supported modules"]),
-    (lambda: nn.Sequential(nn.Conv1d(1, 2, 3)), ["Conv1d", "Linear"]),
-    (_Residual, ["residual addition", "not yet supported"]),
+    (lambda: nn.Sequential(nn.Linear(8, 8), nn.Dropout1d(0.1), nn.Linear(8, 8)), ["'1'", "Dropout1d",
+                                                                                  "supported modules"]),
+    (lambda: nn.Sequential(nn.Unflatten(1, (1, 8)), nn.Conv1d(1, 2, 3, dilation=2)), ["dilation"]),
+    (lambda: nn.Sequential(nn.Conv1d(1, 2, 3)), ["input shape (8,)", "Conv1d", "--input-shape 1 8"]),
+    (lambda: nn.Sequential(nn.Unflatten(1, (2, 4)), nn.Linear(4, 4)), ["shape (3, 2, 4)", "nn.Flatten"]),
+    (_Gated, ["times a number", "mul"]),
     (_Branching, ["torch.fx cannot trace", "_Branching"]),
     (lambda: nn.Sequential(nn.Linear(8, 8), nn.GELU(approximate="tanh")), ["approximate='tanh'"]),
     (lambda: 3, ["torch.nn.Module", "int"]),

@@ -6,8 +6,13 @@ r"""Audit a PyTorch model: derive every layer's second moments, measure them on 
    identifies the laws) is built by ``factory()`` under ``torch.manual_seed(s0)`` inside
    ``torch.random.fork_rng`` (the caller's RNG state is left alone), where
    ``(s0, s1) = SeedSequence(seed, spawn_key=(k, i)).generate_state(2, numpy.uint64)``
-   (:func:`instance_seeds`). The model keeps the initialisers of its own code; it is only cast to
-   float64 (exactly: every float32 is a float64) and in-place activations are run out of place.
+   (:func:`instance_seeds`). The model runs in training mode (``model.train()``, whatever the
+   factory left): dropout is active, as :class:`~varprop.network.Dropout` is derived; its masks
+   come from torch's global generator seeded, for the forward pass of network :math:`i` only, with
+   ``SeedSequence(seed, spawn_key=(2, i))`` (:func:`random_seed`). The model keeps the initialisers of its own code; it is only cast to
+   float64 (exactly: every float32 is a float64: the audit computes in float64, so an
+   ``nn.RMSNorm(eps=None)`` uses float64's machine epsilon :math:`2^{-52}`, varprop's
+   :data:`~varprop.network.FLOAT64_EPS`) and in-place activations are run out of place.
 2. **Laws.** :func:`varprop.torch.laws.identify_laws` reads every parameter's law from the pilot.
 3. **Translation and derivation.** :func:`varprop.torch.translate.translate` turns the traced model
    into a :class:`~varprop.network.Network` with those laws and a unit-variance Gaussian input;
@@ -53,7 +58,7 @@ from ..weights import WeightLaw
 from .laws import IdentifiedLaw, identify_laws
 from .translate import Translation, module_candidates, trace, translate
 
-__all__ = ["audit", "AuditResult", "PlaceAudit", "LayerFix", "instance_seeds", "audit_figure", "EXPLODE", "VANISH",
+__all__ = ["audit", "AuditResult", "PlaceAudit", "LayerFix", "instance_seeds", "random_seed", "audit_figure", "EXPLODE", "VANISH",
            "MAX_NETWORKS", "MAX_BATCH"]
 
 #: A second moment this many times the reference's has exploded; one this fraction of it has vanished.
@@ -77,6 +82,11 @@ def instance_seeds(seed: int, phase: int, index: int) -> tuple[int, int]:
     return int(state[0]), int(state[1])
 
 
+def random_seed(seed: int, index: int) -> int:
+    """The seed of torch's global generator while network ``index`` runs forward (its dropout masks)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(2, index)).generate_state(1, dtype=np.uint64)[0])
+
+
 def _build(factory: Callable[[], nn.Module], model_seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_seed)
@@ -89,6 +99,7 @@ def _build(factory: Callable[[], nn.Module], model_seed: int) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise AuditError(f"the factory must return a torch.nn.Module, got {type(model).__name__}: "
                          f"{abbreviate(repr(model))}")
+    model.train()  # the audit measures training mode: dropout active, as varprop's Dropout is derived
     for module in model.modules():
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False  # a recorded pre-activation must not be overwritten by its activation
@@ -531,7 +542,9 @@ def _measure(factory: Callable[[], nn.Module], translation: Translation, shape: 
         generator = torch.Generator().manual_seed(data_seed)
         x = torch.randn((batch, *shape), generator=generator, dtype=torch.float64, requires_grad=True)
         recorder = _Recorder(model, translation.graph, wanted)
-        out = recorder.run(x)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random_seed(seed, i))  # dropout masks: torch's global generator, seeded per network
+            out = recorder.run(x)
         if not isinstance(out, torch.Tensor):
             raise AuditError(f"the model returns {type(out).__name__}, not a tensor")
         g = torch.randn(out.shape, generator=generator, dtype=torch.float64)
