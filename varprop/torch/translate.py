@@ -428,6 +428,7 @@ def _module_entry(module: nn.Module) -> ModuleTranslation | None:
 
 def _function_name(target: object) -> str:
     module = getattr(target, "__module__", None) or ""
+    module = "operator" if module == "_operator" else module
     return f"{module}.{getattr(target, '__name__', repr(target))}".lstrip(".")
 
 
