@@ -179,7 +179,7 @@ def test_translation_registry_keys_are_torch_classes():
     from varprop.torch import MODULE_TRANSLATIONS
 
     for cls in (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus,
-                nn.Mish, nn.Identity):
+                nn.Mish, nn.Identity, nn.Conv1d, nn.Conv2d, nn.Dropout, nn.LayerNorm, nn.RMSNorm, nn.Flatten):
         assert cls in MODULE_TRANSLATIONS
 
 
