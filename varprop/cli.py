@@ -741,12 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and bias law from what torch drew, derive every layer's forward and gradient second moment, measure them "
         "on the real model (forward and autograd backward) and judge each with the checker; say where the signal "
         "explodes or vanishes and which init would fix it. PATH.py:FACTORY names a function (or class) in a Python "
-        "file that returns a fresh torch.nn.Module. Needs pip install -e '.[torch]'.",
+        "file that returns a fresh torch.nn.Module. Supported: nn.Linear, nn.Conv1d/nn.Conv2d (no dilation, zero "
+        "padding), flatten/view/reshape keeping the batch, nn.Dropout (measured in train() mode), nn.LayerNorm and "
+        "nn.RMSNorm (over the features), residual additions x + alpha * f(x), and the activation modules and "
+        "functions (docs/torch.rst). The model runs in float64. Needs pip install -e '.[torch]'.",
     )
     audit_parser.add_argument("target", metavar="PATH.py:FACTORY", help="the model file and the factory in it")
     audit_parser.add_argument("--input-shape", type=_integer("--input-shape"), nargs="+", default=None, metavar="N",
-                              help="shape of one input without the batch dimension, e.g. 64 (default: the first "
-                              "nn.Linear's in_features)")
+                              help="shape of one input without the batch dimension, e.g. 64, or 3 8 8 for a Conv2d "
+                              "of 3 channels on 8 x 8 images (default: the first nn.Linear's in_features)")
     audit_parser.add_argument("--networks", type=_integer("--networks"), default=2000, metavar="N",
                               help="instances measured (default 2000)")
     audit_parser.add_argument("--batch", type=_integer("--batch"), default=8, metavar="B",

@@ -14,7 +14,7 @@ from torch import nn  # noqa: E402
 from varprop.errors import VarpropError  # noqa: E402
 from varprop.network import FLOAT64_EPS, Dropout, LayerNorm, RMSNorm  # noqa: E402
 from varprop.torch import audit, instance_seeds  # noqa: E402
-from varprop.torch.audit import random_seed  # noqa: E402
+from varprop.torch import random_seed  # noqa: E402
 
 WIDTH = 32
 

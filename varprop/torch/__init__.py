@@ -32,6 +32,7 @@ __all__ = [
     "TranslationError",
     "audit_figure",
     "instance_seeds",
+    "random_seed",
     "load_factory",
     "FactoryError",
 ]
@@ -65,4 +66,4 @@ from .translate import (  # noqa: E402
 )
 from .laws import IdentifiedLaw, identify_laws  # noqa: E402
 from .loader import FactoryError, load_factory  # noqa: E402
-from .audit import AuditResult, PlaceAudit, audit, audit_figure, instance_seeds  # noqa: E402
+from .audit import AuditResult, PlaceAudit, audit, audit_figure, instance_seeds, random_seed  # noqa: E402

@@ -420,7 +420,9 @@ def _input_width(model: nn.Module, graph: fx.Graph) -> int:
             if isinstance(module, nn.Linear):
                 return int(module.in_features)
             break
-    raise AuditError("give input_shape: the model's first layer is not an nn.Linear, so its input width is unknown")
+    raise AuditError("give input_shape: the model's first layer is not an nn.Linear, so its input width is unknown "
+                     "(a convolution's input shape is (channels, length) or (channels, height, width), e.g. "
+                     "--input-shape 3 8 8)")
 
 
 def audit(factory: Callable[[], nn.Module], input_shape: Sequence[int] | int | None = None, *, networks: int = 2000,
