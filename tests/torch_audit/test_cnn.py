@@ -147,3 +147,12 @@ def test_wrong_sibling_conv_at_twice_the_variance_fails():
     assume = {f"{i}.weight": Uniform(1 / sp.sqrt(c * 9)) for i, c in ((0, CHANNELS[0]), (2, CHANNELS[1]))}
     result = audit(_conv_at_twice_the_variance, SHAPE, networks=400, seed=2, pilot=10, assume=assume)
     assert [p.outcome for p in result.signal] == ["FAIL"] * 5
+
+
+def test_depth_profile_and_fixes_cover_convolutions(cnn_audit):
+    assert [row["place"] for row in cnn_audit.depth_profile()] == ["conv1", "conv2", "dense1"]
+    fixes = {fix.place: fix for fix in cnn_audit.fixes()}
+    # He et al. 2015, eq. 10 at PyTorch's conv fan-in C_in * k * k: Var[w] = 2 / fan_in after relu, 1 / fan_in first
+    assert fixes["conv1"].variance == sp.Rational(1, CHANNELS[0] * 9)
+    assert fixes["conv2"].variance == sp.Rational(2, CHANNELS[1] * 9)
+    assert "kaiming_normal_(weight, nonlinearity='relu')" in fixes["conv2"].torch_call

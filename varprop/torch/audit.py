@@ -29,7 +29,8 @@ r"""Audit a PyTorch model: derive every layer's second moments, measure them on 
 5. **Verdicts.** :func:`varprop.montecarlo.check.judge_values`: the checker's own tests, Holm over
    all the places together.
 
-Then, along the depth, the ratio of each dense layer's :math:`E[y_l^2]` to the input's
+Then, along the depth, the ratio of each layer with weights' (dense, convolution) and each residual
+block's :math:`E[y_l^2]` to the input's
 :math:`E[x_1^2]` (and of each gradient to the output's) and the first layer where it crosses
 :data:`EXPLODE` or :data:`VANISH`, with the weight variance that would keep it constant.
 """
@@ -52,7 +53,7 @@ from ..derive import evaluate, moments
 from ..errors import VarpropError, abbreviate
 from ..montecarlo.check import CheckResult, judge_values
 from ..montecarlo.limits import check_seed
-from ..network import Dense, Nonlinearity
+from ..network import Conv, Dense, Nonlinearity, Residual
 from ..observables import Gradient, SecondMoment, Signal
 from ..weights import WeightLaw
 from .laws import IdentifiedLaw, identify_laws
@@ -166,7 +167,7 @@ class PlaceAudit:
 
 @dataclass(frozen=True)
 class LayerFix:
-    r"""The weight variance that keeps a dense layer's :math:`E[y^2]` equal to its input pre-activation's.
+    r"""The weight variance that keeps a dense (or convolution) layer's :math:`E[y^2]` equal to its input pre-activation's.
 
     With :math:`c = E[\phi(z)^2]` for :math:`z \sim \mathcal N(0, 1)` (:math:`\phi` the activation in
     front of the layer, the identity for the first), :math:`\operatorname{Var}[w] = \text{gain}^2/n_{in}`,
@@ -195,7 +196,7 @@ _TORCH_GAIN_NAMES = {"relu": "relu", "leaky_relu": "leaky_relu", "linear": "line
                      "sigmoid": "sigmoid", "selu": "selu"}
 
 
-def _fix(place: str, layer: Dense, act: Nonlinearity | None) -> LayerFix:
+def _fix(place: str, layer: Dense | Conv, act: Nonlinearity | None) -> LayerFix:
     if act is None:
         name, second = "the input", sp.Integer(1)
     else:
@@ -251,13 +252,15 @@ class AuditResult:
         return tuple(p for p in self.places if p.outcome == "FAIL")
 
     def depth_profile(self) -> list[dict[str, object]]:
-        """Per dense layer: E[y_l^2] and the input's gradient second moment, relative to the references, predicted and measured."""
+        """Per dense or convolution layer and residual block (top level): E[y_l^2] and the input's gradient second
+        moment, relative to the references, predicted and measured."""
         net = self.network
         signal = {p.position: p for p in self.signal}
         gradient = {p.position: p for p in self.gradient}
         output = gradient[len(net.layers) - 1]
         rows = []
-        for ordinal, position in enumerate(net.dense_positions, 1):
+        positions = [p for p, layer in enumerate(net.layers) if isinstance(layer, Dense | Conv | Residual)]
+        for ordinal, position in enumerate(positions, 1):
             s, g = signal[position], gradient[position - 1]
             rows.append({"layer": ordinal, "place": s.place,
                          "signal_predicted": s.prediction, "signal_measured": s.estimate,
@@ -269,7 +272,7 @@ class AuditResult:
         """Where the ratios of :meth:`depth_profile` first leave [VANISH, EXPLODE].
 
         The signal from the input up (E[y_l^2] / E[x_1^2]); the gradient from the output down (the
-        second moment of the gradient at dense layer l's input over the output gradient's).
+        second moment of the gradient at layer l's input over the output gradient's).
         """
         out: dict[str, object] = {}
         profile = self.depth_profile()
@@ -287,15 +290,18 @@ class AuditResult:
         return out
 
     def fixes(self) -> tuple[LayerFix, ...]:
-        """For every dense layer, the weight variance that keeps the second moment constant (see :class:`LayerFix`)."""
+        """For every dense and convolution layer (top level), the weight variance that keeps the second moment
+        constant (see :class:`LayerFix`; for a padded convolution, at its interior positions)."""
         net = self.network
         out, act = [], None
         for position, layer in enumerate(net.layers):
-            if isinstance(layer, Dense):
+            if isinstance(layer, Dense | Conv):
                 out.append(_fix(net.place_name(position), layer, act))
                 act = None
             elif isinstance(layer, Nonlinearity):
                 act = layer
+            elif isinstance(layer, Residual):
+                act = None  # the next layer reads the block's output, not an activation's
         return tuple(out)
 
     def summary(self) -> str:
@@ -317,7 +323,7 @@ class AuditResult:
                     parts.append(f"{source}: within {VANISH:g}x-{EXPLODE:g}x")
             lines.append(f"The {kind} second moment leaves {VANISH:g}x-{EXPLODE:g}x: " + "; ".join(parts) + ".")
         if any(crossing.values()):
-            lines.append("An init that keeps it constant (per dense layer, zero biases):")
+            lines.append("An init that keeps it constant (per dense or convolution layer, zero biases):")
             lines += [f"  {fix.describe()}" for fix in self.fixes()]
         return "\n".join(lines)
 
