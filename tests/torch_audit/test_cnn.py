@@ -156,3 +156,29 @@ def test_depth_profile_and_fixes_cover_convolutions(cnn_audit):
     assert fixes["conv1"].variance == sp.Rational(1, CHANNELS[0] * 9)
     assert fixes["conv2"].variance == sp.Rational(2, CHANNELS[1] * 9)
     assert "kaiming_normal_(weight, nonlinearity='relu')" in fixes["conv2"].torch_call
+
+
+def _grouped_conv1d():
+    return nn.Sequential(nn.Conv1d(2, 4, 3, padding="same", groups=2), nn.ReLU(inplace=True),
+                         nn.Conv1d(4, 4, 2, stride=2), nn.Flatten(), nn.Linear(4 * 5, 3))
+
+
+def _conv1d(q: list[Fraction], per_group: int, kernel: int, stride: int, padding: int, var: Fraction) -> list[Fraction]:
+    return [per_group * var * sum(q[j] for j in taps) + var for taps in _taps(len(q), kernel, stride, padding)]
+
+
+def test_grouped_same_padded_conv1d_translates_and_passes():
+    """Groups, padding='same', an in-place relu and a stride; judged at rtol 0.1 (the small fans make it noisy)."""
+    result = audit(_grouped_conv1d, (2, 10), networks=1500, seed=4, pilot=30, rtol=0.1)
+    first, _, second, dense = result.network.layers
+    assert (first.input_size, first.padding, first.groups, first.fan_in) == ((10,), (1,), 2, 3)
+    assert (second.input_size, second.stride, second.output_size) == ((10,), (2,), (5,))
+    assert dense.fan_in == 20
+    assert first.weights == Uniform(1 / sp.sqrt(3))  # PyTorch's fan-in in_channels / groups * K = 1 * 3
+    assert [p.outcome for p in result.signal] == ["PASS"] * 4
+    q1 = _conv1d([Fraction(1)] * 10, 1, 3, 1, 1, _default_var(3))  # each output channel reads 2 / groups = 1 channel
+    q2 = _conv1d([v / 2 for v in q1], 4, 2, 2, 0, _default_var(8))
+    expected = [sum(q1) / 10, sum(q1) / 20, sum(q2) / 5, _default_var(20) * 4 * sum(q2) + _default_var(20)]  # no relu after conv2
+    assert [sp.Rational(p.result.claim.prediction) for p in result.signal] == [
+        sp.Rational(q.numerator, q.denominator) for q in expected]
+    assert [p.outcome for p in result.signal] == ["PASS"] * 4

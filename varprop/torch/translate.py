@@ -38,7 +38,6 @@ import sympy as sp
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..activations import activation, expression
 from ..errors import SpecError, VarpropError
@@ -567,10 +566,9 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
             elif result is not current:
                 problems.append(f"the model returns {result!r}, not the last translated tensor (a chain is required)")
             continue
-        if node.name not in shapes:
-            # a size or a number computed from a tensor (x.size(0), x.shape): used by a reshape, no tensor of the chain
-            if node.op in ("call_method", "call_function") and (node.target in ("size", getattr, operator.getitem)):
-                continue
+        if node.name not in shapes and node.op in ("call_method", "call_function") \
+                and node.target in ("size", getattr, operator.getitem):
+            continue  # a size computed from a tensor (x.size(0), x.shape[0]) for a reshape: no tensor of the chain
         where, kind, build = _lookup(model, node, laws, shapes, dtype)
         if build is None:
             problems.append(f"{where} ({kind}) is not supported")
