@@ -168,3 +168,4 @@ def test_unsupported_residual_forms_are_named(factory, words):
         audit(factory, (8,), networks=4, pilot=2)
     for word in words:
         assert word in str(info.value)
+

@@ -57,7 +57,7 @@ from ..network import Conv, Dense, Nonlinearity, Residual
 from ..observables import Gradient, SecondMoment, Signal
 from ..weights import WeightLaw
 from .laws import IdentifiedLaw, identify_laws
-from .translate import Translation, module_candidates, trace, translate
+from .translate import Translation, module_candidates, run_out_of_place, trace, translate
 
 __all__ = ["audit", "AuditResult", "PlaceAudit", "LayerFix", "instance_seeds", "random_seed", "audit_figure", "EXPLODE", "VANISH",
            "MAX_NETWORKS", "MAX_BATCH"]
@@ -120,11 +120,7 @@ class _Recorder(fx.Interpreter):
         self.kept: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node) -> object:
-        if n.op == "call_function" and n.kwargs.get("inplace"):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            out = n.target(*args, **{**kwargs, "inplace": False})
-        else:
-            out = super().run_node(n)
+        out = run_out_of_place(self, n)
         if n.name in self.wanted and isinstance(out, torch.Tensor):
             if out.requires_grad and not out.is_leaf:
                 out.retain_grad()

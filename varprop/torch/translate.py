@@ -444,6 +444,18 @@ def module_candidates(model: nn.Module, graph: fx.Graph) -> dict[str, Mapping[st
     return out
 
 
+def run_out_of_place(interpreter: fx.Interpreter, n: fx.Node) -> object:
+    """Run node ``n`` as ``interpreter`` would, but a function called with ``inplace=True`` out of place.
+
+    An in-place activation would overwrite a tensor the audit keeps (a pre-activation). (``h += f(h)``
+    needs nothing: torch.fx traces it as ``operator.add``.)
+    """
+    if n.op == "call_function" and n.kwargs.get("inplace"):
+        args, kwargs = interpreter.fetch_args_kwargs_from_env(n)
+        return n.target(*args, **{**kwargs, "inplace": False})
+    return fx.Interpreter.run_node(interpreter, n)
+
+
 class _ShapeRecorder(fx.Interpreter):
     """Runs the traced graph once and keeps the shape of every tensor a node gives."""
 
@@ -452,11 +464,7 @@ class _ShapeRecorder(fx.Interpreter):
         self.shapes: dict[str, tuple[int, ...]] = {}
 
     def run_node(self, n: fx.Node) -> object:
-        if n.op == "call_function" and n.kwargs.get("inplace"):
-            args, kwargs = self.fetch_args_kwargs_from_env(n)
-            out = n.target(*args, **{**kwargs, "inplace": False})
-        else:
-            out = super().run_node(n)
+        out = run_out_of_place(self, n)
         if isinstance(out, torch.Tensor):
             self.shapes[n.name] = tuple(int(d) for d in out.shape)
         return out
