@@ -162,7 +162,8 @@ class _Branching(nn.Module):
                                                                                   "supported modules"]),
     (lambda: nn.Sequential(nn.Unflatten(1, (1, 8)), nn.Conv1d(1, 2, 3, dilation=2)), ["dilation"]),
     (lambda: nn.Sequential(nn.Conv1d(1, 2, 3)), ["input shape (8,)", "Conv1d", "--input-shape 1 8"]),
-    (lambda: nn.Sequential(nn.Unflatten(1, (2, 4)), nn.Linear(4, 4)), ["shape (3, 2, 4)", "nn.Flatten"]),
+    (lambda: nn.Sequential(nn.Unflatten(1, (1, 8)), nn.Conv1d(1, 2, 3), nn.Linear(6, 4)),
+     ["shape (3, 2, 6) after a convolution", "nn.Flatten"]),
     (_Gated, ["times a number", "mul"]),
     (_Branching, ["torch.fx cannot trace", "_Branching"]),
     (lambda: nn.Sequential(nn.Linear(8, 8), nn.GELU(approximate="tanh")), ["approximate='tanh'"]),
@@ -181,6 +182,16 @@ def test_translation_registry_keys_are_torch_classes():
     for cls in (nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.Softplus,
                 nn.Mish, nn.Identity, nn.Conv1d, nn.Conv2d, nn.Dropout, nn.LayerNorm, nn.RMSNorm, nn.Flatten):
         assert cls in MODULE_TRANSLATIONS
+
+
+def test_rows_of_a_linear_are_inputs():
+    """An input of shape (T, F) before any convolution: nn.Linear acts on each of the T rows, each an input of width F."""
+    result = audit(lambda: make_mlp(16, 3), (4, 16), networks=1000, seed=6, pilot=10)
+    expected = _pytorch_recursion(16, 3)
+    dense = [p for p in result.signal if p.place.startswith("dense")]
+    assert [sp.Rational(p.result.claim.prediction) for p in dense] == [sp.Rational(q.numerator, q.denominator)
+                                                                      for q in expected]
+    assert all(p.outcome == "PASS" for p in result.signal)
 
 
 def test_functional_and_leaky_slope_translate():

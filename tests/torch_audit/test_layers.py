@@ -113,8 +113,10 @@ def _reinitialised_norm():
 
 @pytest.mark.parametrize("factory, words", [
     (_reinitialised_norm, ["'1'", "not all ones"]),
-    (lambda: nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Unflatten(1, (4, 8)), nn.LayerNorm(8)),
-     ["normalises over (8,)", "(3, 4, 8)"]),
+    (lambda: nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Unflatten(1, (2, 16)), nn.LayerNorm((2, 16))),
+     ["normalises over (2, 16)", "(3, 2, 16)"]),
+    (lambda: nn.Sequential(nn.Unflatten(1, (1, WIDTH)), nn.Conv1d(1, 2, 3), nn.LayerNorm(WIDTH - 2)),
+     ["normalises over (30,)", "(3, 2, 30)", "after a convolution"]),
     (lambda: nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Dropout(1.0)), ["p=1.0"]),
 ])
 def test_unsupported_normalisers_are_named(factory, words):

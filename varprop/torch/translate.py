@@ -72,11 +72,17 @@ LawLookup = Callable[[str, str], WeightLaw | None]
 
 @dataclass(frozen=True)
 class Shapes:
-    """The shapes (batch dimension first) of a node's input and output tensors in the traced run, and their dtype."""
+    """The shapes (batch dimension first) of a node's input and output tensors in the traced run, and their dtype.
+
+    Before any convolution, a tensor with more than two dimensions (an input of shape (T, F)) is a
+    batch of rows that ``nn.Linear`` and the normalisers treat one by one, as varprop's layers
+    treat one input: every row is an input of width F.
+    """
 
     input: tuple[int, ...]
     output: tuple[int, ...]
     dtype: torch.dtype
+    after_conv: bool = False  # a convolution comes before the node (its tensor's last dimension is positions)
 
 
 @dataclass(frozen=True)
@@ -187,10 +193,11 @@ def _linear_candidates(module: nn.Module) -> dict[str, list[tuple[str, WeightLaw
 
 
 def _linear(module: nn.Module, path: str, laws: LawLookup, shape: Shapes) -> Layer:
-    if len(shape.input) != 2:
-        raise TranslationError(f"nn.Linear {path!r} receives a tensor of shape {tuple(shape.input)}; the audit "
-                               "translates a Linear applied to (batch, features) only (flatten a convolution's "
-                               "output first: nn.Flatten(), torch.flatten(x, 1) or x.view(x.size(0), -1))")
+    if len(shape.input) != 2 and shape.after_conv:
+        raise TranslationError(f"nn.Linear {path!r} receives a tensor of shape {tuple(shape.input)} after a "
+                               "convolution; the audit translates a Linear applied to (batch, features) there "
+                               "(flatten the convolution's output first: nn.Flatten(), torch.flatten(x, 1) or "
+                               "x.view(x.size(0), -1))")
     bias = laws(path, "bias") if module.bias is not None else None
     weights = laws(path, "weight")
     if weights is None:
@@ -248,10 +255,10 @@ def _affine_at_init(module: nn.Module, path: str) -> None:
 def _normaliser(module: nn.Module, path: str, shape: Shapes) -> tuple[int, bool]:
     kind = type(module).__name__
     normalized = tuple(module.normalized_shape)
-    if len(shape.input) != 2 or len(normalized) != 1 or normalized[0] != shape.input[-1]:
+    if (len(shape.input) != 2 and shape.after_conv) or len(normalized) != 1 or normalized[0] != shape.input[-1]:
         raise TranslationError(f"{kind} {path!r} normalises over {normalized} of a tensor of shape "
-                               f"{tuple(shape.input)}; the audit translates a normaliser over all the features of "
-                               "a (batch, features) tensor")
+                               f"{tuple(shape.input)}; the audit translates a normaliser over the last dimension, "
+                               "all the features of a (batch, features) tensor after a convolution")
     _affine_at_init(module, path)
     return int(normalized[0]), bool(module.elementwise_affine)
 
@@ -577,7 +584,8 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
         if node.name not in shapes and node.op in ("call_method", "call_function") \
                 and node.target in ("size", getattr, operator.getitem):
             continue  # a size computed from a tensor (x.size(0), x.shape[0]) for a reshape: no tensor of the chain
-        where, kind, build = _lookup(model, node, laws, shapes, dtype)
+        where, kind, build = _lookup(model, node, laws, shapes, dtype,
+                                     lambda: any(isinstance(layer, Conv) for layer in _all_layers(layers)))
         if build is None:
             problems.append(f"{where} ({kind}) is not supported")
             advance(node)
@@ -639,10 +647,16 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
         network = Network(tuple(layers), GaussianInput())
     except SpecError as exc:
         raise TranslationError(f"the translated layers do not form a varprop network: {exc}") from None
-    if network.widths[0] != math.prod(shape):
-        raise TranslationError(f"input shape {shape} has {math.prod(shape)} entries but the network's first layer "
-                               f"takes {network.widths[0]}")
     return Translation(network, graph, input_node.name, tuple(nodes), tuple(paths), tuple(kinds), tuple(parameters))
+
+
+def _all_layers(layers: Sequence[Layer]) -> list[Layer]:
+    out: list[Layer] = []
+    for layer in layers:
+        out.append(layer)
+        if isinstance(layer, Residual):
+            out += _all_layers(layer.branch)
+    return out
 
 
 def _graph_rule(rule: GraphRule, node: fx.Node, current: fx.Node | None, marks: Mapping[fx.Node, int],
@@ -694,7 +708,7 @@ def _graph_rule(rule: GraphRule, node: fx.Node, current: fx.Node | None, marks: 
 
 
 def _lookup(model: nn.Module, node: fx.Node, laws: LawLookup, shapes: Mapping[str, tuple[int, ...]],
-            dtype: torch.dtype) -> tuple[str, str, Callable[[fx.Node], Layer] | GraphRule | None]:
+            dtype: torch.dtype, after_conv: Callable[[], bool]) -> tuple[str, str, Callable[[fx.Node], Layer] | GraphRule | None]:
     """(where in the model, which torch class or function, the builder, a graph rule or None) for one fx node."""
     if node.op == "call_module":
         module = model.get_submodule(node.target)
@@ -708,7 +722,7 @@ def _lookup(model: nn.Module, node: fx.Node, laws: LawLookup, shapes: Mapping[st
         def build(n: fx.Node, m: nn.Module = module, e: ModuleTranslation = entry) -> Layer:
             source = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
             before = shapes.get(source.name, ()) if source is not None else ()
-            return e.build(m, n.target, laws, Shapes(before, shapes.get(n.name, ()), dtype))
+            return e.build(m, n.target, laws, Shapes(before, shapes.get(n.name, ()), dtype, after_conv()))
 
         return node.target, kind, build
     if node.op == "call_function":
