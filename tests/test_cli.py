@@ -209,3 +209,14 @@ def test_gains_text_and_json(capsys):
 def test_gains_help():
     result = subprocess.run([sys.executable, "-m", "varprop.cli", "gains", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: varprop gains" in result.stdout and "--json" in result.stdout
+
+
+def test_explain_help_names_every_topic(capsys):
+    """The topic list in ``varprop explain --help`` is typed (the help must not import the topics): it cannot drift."""
+    from varprop.explain import TOPICS
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at hyphens
+    missing = [name for name in TOPICS if name not in text]
+    assert missing == []

@@ -552,3 +552,12 @@ def test_5_3_prose_formats_and_report(five_thirds, capsys):
     from varprop import report
 
     assert "where-does-5-3-come-from" in report.TOPICS  # the report answers every topic of TOPICS
+
+
+def test_an_estimate_is_written_to_the_precision_its_se_allows():
+    from varprop.explain import estimate_text
+
+    assert estimate_text(2.50036, 0.0043) == "2.5 ± 0.0043"  # four significant digits at most
+    assert estimate_text(161.704, 0.46) == "161.7 ± 0.46"
+    assert estimate_text(-1.594e-18, 1.1e-18) == "-1.6e-18 ± 1.1e-18"  # rounding noise is not written out
+    assert estimate_text(0.0, 0.1) == "0 ± 0.1"

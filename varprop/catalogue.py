@@ -251,7 +251,7 @@ def _residual_entries() -> list[ClaimFamily]:
         _entry("residual-forward-unscaled",
                f"the same {blocks} blocks with alpha = 1: every block multiplies E[x^2] by 3",
                lambda n: residual_network(n, blocks, 1), SecondMoment(Signal(blocks)), None,
-               source="He et al. 2016; Hanin & Rolnick 2018, Sec. 3", width=8, sweep=(4,)),
+               source="He et al. 2016; Hanin & Rolnick 2018, Sec. 3", width=32, sweep=(8,)),  # the spread of 3^L: a wide net needs fewer networks
         _entry("residual-backward-last-block",
                "the gradient at the input of the last block: E[(dL/dx)^2] (1 + 2 alpha^2), exact (the loss "
                "direction is independent of the branch, so the cross term vanishes)",

@@ -709,8 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer a question about initialisation in plain words, with the derivation behind it, a "
         "table of Monte Carlo checks (estimate, SE, verdict) and the per-layer numbers of its figure. Topics: "
         "why-half, why-not-zero-mean, pre-vs-post-activation, fan-in-vs-fan-out, glorot-vs-he, does-the-mean-matter, "
-        "pytorch-default, "
-        "edge-of-chaos, does-width-matter, where-does-5-3-come-from.",
+        "pytorch-default, edge-of-chaos, does-width-matter, residual-scaling, where-does-5-3-come-from.",
     )
     explain_parser.add_argument("topic", nargs="?", metavar="TOPIC", help="a topic (see --list)")
     explain_parser.add_argument("--list", action="store_true", help="list the topics")

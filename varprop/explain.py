@@ -15,6 +15,7 @@ layers and the ``depth`` (number of dense layers) of the networks it measures.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,7 +248,7 @@ def _row(r: CheckResult) -> tuple[str, ...]:
     m = r.primary
     z = "" if m.verdict is None else format_z(m.verdict.z)
     return (r.name, observable_formula(r), r.exactness, str(m.width), str(m.estimate.n), f"{m.claim.value:.4g}",
-            f"{m.estimate.value:.4g} ± {m.estimate.se:.2g}", z, r.outcome, reason(r))
+            estimate_text(m.estimate.value, m.estimate.se), z, r.outcome, reason(r))
 
 
 _HEADER = ("claim", "observable", "exactness", "width", "networks", "prediction", "estimate ± SE", "t", "verdict",
@@ -300,7 +301,7 @@ def _latex_table(results: Sequence[CheckResult]) -> str:
     """A full-width table that breaks across pages: one row per claim, its exactness and reason on a line below it."""
     header = [h for h in _HEADER[:-1] if h != "exactness"]
     exactness = _HEADER.index("exactness")
-    rows = ["{\\small\\setlength{\\tabcolsep}{3.5pt}\\setlength{\\LTleft}{0pt}\\setlength{\\LTright}{0pt}",
+    rows = ["{\\small\\setlength{\\tabcolsep}{3pt}\\setlength{\\LTleft}{0pt}\\setlength{\\LTright}{0pt}",
             "\\begin{longtable}{@{\\extracolsep{\\fill}}p{0.22\\textwidth}lrrrrrl@{}}", "\\toprule",
             " & ".join(header).replace("±", "$\\pm$") + " \\\\", "\\midrule", "\\endhead", "\\bottomrule", "\\endfoot"]
     for r in results:
@@ -314,6 +315,15 @@ def _latex_table(results: Sequence[CheckResult]) -> str:
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
+
+
+def estimate_text(value: float, se: float) -> str:
+    """``2.5 ± 0.0043``: the estimate to four significant digits, or fewer when its SE makes the rest noise
+    (``-1.6e-18 ± 1.1e-18``, not ``-1.594e-18``: two digits past the SE's leading one at most)."""
+    digits = 4
+    if value != 0 and se > 0 and math.isfinite(value) and math.isfinite(se):
+        digits = max(1, min(4, math.floor(math.log10(abs(value))) - math.floor(math.log10(se)) + 2))
+    return f"{value:.{digits}g} ± {se:.2g}"
 
 
 def _measured(result: CheckResult) -> str:

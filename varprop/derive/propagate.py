@@ -559,9 +559,11 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     profile = walk.profiles.get((walk.prime, signal.position))
     if profile is not None:
         return _position_average(walk, lhs, index, tuple(expectation.expr.subs(Q, q) for q in profile), exactness)
-    q_value, q_uses = walk.plain(signal.second)
+    # A long closed form (gelu, erf through a few layers) is evaluated to a number before it is nested
+    # once more: the expansion behind the next dense layer's identity check grows exponentially with depth.
+    q_value, q_uses = _compact(walk, signal.second, _NESTED_OPS)
     # The value exactly as the identity check will rebuild it (rhs, then the variance's value), so that
-    # the check is structural and cheap even for nested closed forms (gelu, erf through many layers).
+    # the check is structural and cheap.
     return index, rhs.subs(q_symbol, q_value), q_uses
 
 
@@ -783,9 +785,12 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
               w[k] * D_out, "; ", why),
         assumptions=(_weight_assumption(law), A_ZERO_MEAN) + (() if exact else (A_GRAD_INDEP,)),
         exactness="exact" if exact else "asymptotic", source=f"{HE}, eq. (11)")
-    value = sp.expand(layer.fan_out * law.variance * gradient.second.value)
+    # A long closed form (a product of gelu's or erf's moments over the layers above) is a number first:
+    # expanding the product of such sums grows exponentially with depth.
+    g_value, g_uses = _compact(walk, gradient.second, _NESTED_OPS)
+    value = sp.expand(layer.fan_out * law.variance * g_value)
     second = builder.identity(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute the layer's values",
-                              uses=(general, i_nhat, i_vw, gradient.second.step))
+                              uses=(general, i_nhat, i_vw, *g_uses))
     # dL/dW = (dL/dy) x^T: its mean square is E[(dL/dy)^2] E[x^2] when dL/dy is independent of x.
     X_in = below.symbol
     dw_general = builder.model(
@@ -793,9 +798,10 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
         prose(dW[k], " is the outer product of ", D_out, " and ", X_in, "; ", D_out,
               " is independent of " if gradient.independent else " treated as independent of ", X_in),
         assumptions=(A_DY_X_INDEP,), exactness="exact" if gradient.independent else "asymptotic")
-    dw_value = sp.expand(gradient.second.value * below.second.value)
+    x_value, x_uses = _compact(walk, below.second, _NESTED_OPS)
+    dw_value = sp.expand(g_value * x_value)
     dw_second = builder.identity(Expect(dW[k] ** 2), dw_value, Rule.SUBSTITUTION, "substitute",
-                                 uses=(dw_general, gradient.second.step, below.second.step))
+                                 uses=(dw_general, *g_uses, *x_uses))
     walk.weight_gradients[position] = (_zero_mean_gradient(walk, dW[k]), Quantity(Expect(dW[k] ** 2), dw_value, dw_second))
     return _Gradient(position - 1, D_in, _zero_mean_gradient(walk, D_in), Quantity(Expect(D_in**2), value, second),
                      independent=gradient.independent)
@@ -1069,11 +1075,16 @@ def _(layer: Nonlinearity, walk: _Walk, cross: Quantity, position: int) -> Quant
 _COMPACT_OPS = 40
 
 
-def _compact(walk: _Walk, quantity: Quantity) -> tuple[sp.Expr, tuple[int, ...]]:
+#: Operations above which a numeric closed form is evaluated before a Gaussian moment nests it again.
+_NESTED_OPS = 120
+
+
+def _compact(walk: _Walk, quantity: Quantity, limit: int = _COMPACT_OPS) -> tuple[sp.Expr, tuple[int, ...]]:
     """The value of ``quantity`` for substitution into a kernel: quadratures evaluated (:meth:`_Walk.plain`),
-    and a long numeric closed form replaced by its value (its check re-evaluates the closed form)."""
+    and a numeric closed form longer than ``limit`` operations replaced by its value (its check
+    re-evaluates the closed form)."""
     value, uses = walk.plain(quantity)
-    if value.free_symbols or value.is_Float or sp.count_ops(value) <= _COMPACT_OPS:
+    if value.free_symbols or value.is_Float or sp.count_ops(value) <= limit:
         return value, uses
     key = -1 - quantity.step  # walk.numeric is keyed by step; negative keys: compacted closed forms
     if key not in walk.numeric:
