@@ -275,14 +275,14 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
     body = [
         LATEX_PREAMBLE,
         f"\\hypersetup{{pdftitle={{varprop report}}, pdfsubject={{varprop {__version__}}}}}",
-        # The front page is one page a teacher can hand out, for nine topics and more: narrower margins there only,
-        # the answers in \\small and the settings table in \\scriptsize.
+        # The front page is one page a teacher can hand out, for eleven topics and more: narrower margins there
+        # only, the answers in \\footnotesize and the settings table in \\scriptsize.
         "\\begin{document}", "\\newgeometry{margin=1.4cm,top=1.2cm,bottom=1.2cm}", "\\thispagestyle{empty}",
         f"{{\\Large\\bfseries varprop report: {questions_heading(len(run.answers)).lower()}}}\\hfill varprop {__version__}\\par",
         "\\medskip\\noindent Each answer is built from sympy derivations and Monte Carlo checks of real random "
         "networks; every number is computed, none is typed in. The key number quoted is the Monte Carlo estimate "
         "$\\pm$ its standard error.",
-        "{\\small\\begin{description}\\setlength{\\itemsep}{1pt}\\setlength{\\parsep}{0pt}\\setlength{\\topsep}{2pt}",
+        "{\\footnotesize\\begin{description}\\setlength{\\itemsep}{1pt}\\setlength{\\parsep}{0pt}\\setlength{\\topsep}{2pt}",
     ]
     for a, key in _summary_rows(run):
         body.append(f"\\item[{latex_text(a.topic.title)}] \\emph{{{prose_latex(a.topic.question)}}}\\\\")
