@@ -142,3 +142,19 @@ def test_pair_of_inputs_through_a_normaliser():
     assert d.exactness == "asymptotic"
     assert float(d.result) == pytest.approx(0.5)  # centred Gaussian pair with correlation 1/2, unit variances
     assert math.isfinite(float(derive(network, SecondMoment(Signal(2))).result))
+
+
+@pytest.mark.parametrize("factor", [1, sp.Rational(101, 100)])
+def test_sum_identity_proves_the_mean_square_and_refuses_a_wrong_one(factor):
+    from types import SimpleNamespace
+
+    from varprop.derive.normalisation import SumIdentity
+
+    i, n = sp.Symbol("i", integer=True), sp.Symbol("N", positive=True, integer=True)
+    x, y, m, eps = sp.IndexedBase("x"), sp.IndexedBase("y"), sp.Symbol("m", positive=True), sp.Symbol("epsilon", positive=True)
+    facts = [SimpleNamespace(lhs=y[i], rhs=x[i] / sp.sqrt(m + eps)),
+             SimpleNamespace(lhs=m, rhs=sp.Sum(x[i] ** 2, (i, 1, n)) / n)]
+    step = SimpleNamespace(lhs=sp.Sum(y[i] ** 2, (i, 1, n)) / n,
+                           rhs=factor * sp.Sum(x[i] ** 2, (i, 1, n)) / (sp.Sum(x[i] ** 2, (i, 1, n)) + n * eps), uses=(0, 1))
+    holds, detail = SumIdentity().run(step, facts)
+    assert holds is (factor == 1), detail
