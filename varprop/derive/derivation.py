@@ -755,8 +755,8 @@ class Derivation:
             "exactness": self.exactness,
             "steps": [
                 {
-                    "lhs": str(step.lhs),
-                    "rhs": str(step.rhs),
+                    "lhs": plain_text(step.lhs),
+                    "rhs": plain_text(step.rhs),
                     "latex": f"{to_latex(step.lhs)} = {to_latex(step.rhs)}",
                     "rule": step.rule.value,
                     "justification": step.justification,
@@ -768,10 +768,10 @@ class Derivation:
                 }
                 for step in self.steps
             ],
-            "result": str(self.result),
+            "result": plain_text(self.result),
             "result_latex": to_latex(self.result),
             "assumptions": list(self.assumptions),
-            **{key: str(value) for key, value in self.extras.items()},
+            **{key: plain_text(value) for key, value in self.extras.items()},
         }
 
     def json(self) -> str:
@@ -825,7 +825,28 @@ def tidy(expr: sp.Basic) -> sp.Basic:
     return expr.func(*args)
 
 
-class _TextPrinter(StrPrinter):
+class _NoNumericOrdering:
+    """Printers that order the terms of a sum without evaluating them: sympy sorts an ``Add`` by each term's
+    numeric coefficient, and a closed-form integral counts as one, so printing it ran an mpmath quadrature
+    (seconds per term, the bulk of ``varprop report``). A sum holding an integral keeps sympy's canonical
+    argument order instead."""
+
+    def _as_ordered_terms(self, expr: sp.Expr, order: str | None = None) -> list[sp.Expr]:
+        if expr.has(sp.Integral):
+            return list(expr.args)
+        return super()._as_ordered_terms(expr, order)
+
+
+class _PlainPrinter(_NoNumericOrdering, StrPrinter):
+    """sympy's ``str`` of an expression, without the numeric ordering of :class:`_NoNumericOrdering`."""
+
+
+def plain_text(expr: object) -> str:
+    """``str(expr)`` as sympy prints it (the JSON form of a formula), without evaluating integrals to order terms."""
+    return _PlainPrinter().doprint(expr) if isinstance(expr, sp.Basic) else str(expr)
+
+
+class _TextPrinter(_NoNumericOrdering, StrPrinter):
     def _print(self, expr: object, **kwargs: object) -> str:
         if isinstance(expr, sp.Indexed):  # Indexed's own _sympystr would win otherwise
             return self._print_Indexed(expr)
@@ -881,7 +902,7 @@ class _ProseTextPrinter(_TextPrinter):
 _SUPERSCRIPT_WORDS = {"star": "*"}
 
 
-class _LatexPrinter(LatexPrinter):
+class _LatexPrinter(_NoNumericOrdering, LatexPrinter):
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         name = str(expr.base.label)
         if name.startswith("Delta_"):  # gradient bases: Delta_x -> \Delta x (He et al.'s notation)
