@@ -696,10 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
                               help="sampling engine: conditional (exact, O(width) per layer, Gaussian dense networks), "
                               "full (every weight matrix drawn, any network), auto (default: conditional where valid); "
                               "each result says which engine produced it")
-    check_parser.add_argument("--executor", default="serial", metavar="serial|processes[=N]|dask[=ADDRESS]",
-                              help="where blocks of networks run: this process (default), N local processes (default "
-                              "all CPUs), or a Dask cluster (a LocalCluster without ADDRESS; needs pip install "
-                              "'varprop[dask]'); results are bit-identical whatever the executor")
+    check_parser.add_argument("--executor", default="auto", metavar="auto|serial|processes[=N]|dask[=ADDRESS]",
+                              help="where blocks of networks run: auto (default: every CPU for samples large enough "
+                              "to split), this process (serial), N local processes (default all CPUs), or a Dask "
+                              "cluster (a LocalCluster without ADDRESS; needs pip install 'varprop[dask]'); results "
+                              "are bit-identical whatever the executor")
     check_parser.add_argument("--quiet", action="store_true", help="no progress bar (none is drawn unless stderr is a terminal)")
     check_parser.set_defaults(handler=_cmd_check)
 

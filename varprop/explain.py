@@ -349,7 +349,7 @@ def _claim(name: str, network: Network, observable: str, layer: int, *,
 
 
 def _check(claims: Sequence[Claim | ClaimFamily], settings: Settings) -> tuple[CheckResult, ...]:
-    return tuple(check_all(list(claims), seed=settings.seed, rtol=settings.rtol, alpha=settings.alpha))
+    return tuple(check_all(list(claims), seed=settings.seed, rtol=settings.rtol, alpha=settings.alpha, executor="auto"))
 
 
 def _sym(name: str) -> sp.Symbol:

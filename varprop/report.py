@@ -110,7 +110,7 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
             progress(label, done, steps)
 
     catalogue = tuple(check_all(
-        list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
+        list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA, executor="auto",
         progress=None if progress is None else lambda name, k, n: progress(f"catalogue: {name} ({k}/{n} networks)", done, steps),
     ))
     step("catalogue checked")

@@ -42,7 +42,7 @@ def serial():
 @pytest.mark.parametrize("engine", NETWORKS)
 def test_processes_and_chunking_give_the_serial_samples_bit_for_bit(engine, serial):
     network = NETWORKS[engine]
-    for executor, chunk in (("processes=2", 128), (ProcessExecutor(3), 64), ("serial", 1024)):
+    for executor, chunk in (("processes=2", 128), (ProcessExecutor(3), 64), ("serial", 1024), ("auto", 128)):
         with executor_from(executor) as runner:
             other = sample(network, COUNT, seed=7, engine=engine, correlation=True, block_size=64, chunk_size=chunk,
                            executor=runner)
@@ -82,9 +82,18 @@ def test_moments_merge_like_the_whole_sample():
     assert merged.skewness == pytest.approx(whole.skewness, rel=1e-12)
 
 
+def test_auto_uses_every_cpu_and_one_cpu_serially(monkeypatch):
+    import varprop.montecarlo.executors as executors
+
+    for cpus, kind in ((2, "processes"), (1, "serial")):
+        monkeypatch.setattr(executors, "_cpus", lambda: cpus)
+        with executor_from("auto") as runner:
+            assert runner.name == kind and runner.workers == cpus
+
+
 def test_bad_executors_are_named():
     for spec, message in (("threads", "unknown executor 'threads'"), ("processes=0", "positive number"),
-                          (3, "executor must be a name")):
+                          (3, "executor must be a name"), ("auto=2", "unknown executor 'auto=2'")):
         with pytest.raises(MonteCarloError, match=message):
             executor_from(spec)
 

@@ -7,7 +7,10 @@ depends only on its block, the result is bit-identical whatever the executor, th
 and the chunking.
 
 ``serial``
-    This process, one range after the other (the default).
+    This process, one range after the other (the default of the Python API).
+``auto``
+    ``processes`` on every CPU this process may use when there is more than one, else ``serial`` (the
+    default of the command line). A sample too small to split runs in this process either way.
 ``processes[=N]``
     ``N`` local worker processes (default: the CPUs this process may use), through
     :class:`concurrent.futures.ProcessPoolExecutor`.
@@ -37,7 +40,7 @@ __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "exe
            "EXECUTOR_NAMES"]
 
 #: The executor names :func:`executor_from` accepts (with ``=N`` or ``=ADDRESS`` where shown).
-EXECUTOR_NAMES: tuple[str, ...] = ("serial", "processes[=N]", "dask[=ADDRESS]")
+EXECUTOR_NAMES: tuple[str, ...] = ("auto", "serial", "processes[=N]", "dask[=ADDRESS]")
 
 
 def _cpus() -> int:
@@ -205,7 +208,7 @@ def parse_executor(spec: object) -> tuple[str, str]:
     if not isinstance(spec, str):
         raise MonteCarloError(f"executor must be a name ({', '.join(EXECUTOR_NAMES)}) or an Executor, got {spec!r}")
     name, _, argument = spec.strip().partition("=")
-    if name == "serial" and not argument:
+    if name in ("serial", "auto") and not argument:
         return name, argument
     if name == "processes":
         if argument and (not argument.isdigit() or int(argument) < 1):
@@ -217,7 +220,7 @@ def parse_executor(spec: object) -> tuple[str, str]:
 
 
 def executor_from(spec: Executor | str | None) -> Executor:
-    """An executor from its name: ``None``/``"serial"``, ``"processes[=N]"``, ``"dask[=ADDRESS]"``, or one given.
+    """An executor from its name: ``None``/``"serial"``, ``"auto"``, ``"processes[=N]"``, ``"dask[=ADDRESS]"``, or one given.
 
     Raises
     ------
@@ -233,4 +236,6 @@ def executor_from(spec: Executor | str | None) -> Executor:
         return ProcessExecutor(int(argument) if argument else None)
     if name == "dask":
         return DaskExecutor(argument or None)
+    if name == "auto" and _cpus() > 1:
+        return ProcessExecutor()
     return SerialExecutor()
