@@ -705,14 +705,16 @@ class Derivation:
             + "\\end{document}\n"
         )
 
-    @property
+    @functools.cached_property
     def result_step(self) -> int | None:
         """The number (1-based) of the last step whose right side is the result, ``None`` when no step states it
-        as it is (the result then rewrites a step, e.g. with the widths named ``n_in``)."""
-        for number in range(len(self.steps), 0, -1):
-            rhs = self.steps[number - 1].rhs
-            if rhs == self.result or _is_zero(rhs - self.result):  # == first: oo - oo is nan
-                return number
+        as it is (the result then rewrites a step, e.g. with the widths named ``n_in``). Computed once: the
+        labels of every rendering ask for it."""
+        for quick in (True, False):  # the same expression (or its expansion) first: simplify is slow on closed forms
+            for number in range(len(self.steps), 0, -1):
+                rhs = self.steps[number - 1].rhs
+                if rhs == self.result or _is_zero(rhs - self.result, quick=quick):  # == first: oo - oo is nan
+                    return number
         return None
 
     def _result_label(self) -> str:
