@@ -285,3 +285,21 @@ def test_the_step_words_scan_sees_the_old_ascii_justifications():
                 "R = |y_2|^2 / |x_1|^2", "the fixed pair: (1/n) <x, x'>", "weights of dense1: Normal(var=1/16)",
                 "substitute the moments of y_1", "(y, y') is exactly jointly Gaussian"):
         assert ASCII_MATH.search(words(old)), old
+
+
+@pytest.mark.parametrize("integral", [False, True])
+def test_a_numeric_step_is_re_evaluated_and_refused_when_wrong(integral):
+    from varprop.derive.derivation import Expect, Numeric, Rule, _Builder
+    from varprop.derive.gaussian import evaluate
+    from varprop.errors import DerivationError
+
+    z = sp.Symbol("z", real=True)
+    closed = sp.erf(sp.Rational(1, 3)) ** 3 + sp.exp(sp.erf(1)) / 7
+    if integral:
+        closed += sp.Integral(sp.exp(-z**2 / 2) * sp.tanh(z) ** 2, (z, -sp.oo, sp.oo))
+    number = evaluate(closed)
+    builder = _Builder("test")
+    lhs = Expect(sp.Symbol("x") ** 2)
+    builder.add(lhs, sp.Float(number.value), Rule.ALGEBRA, proof=Numeric(closed, number.error_estimate))
+    with pytest.raises(DerivationError, match="re-evaluated by " + ("quadrature" if integral else "evaluation")):
+        builder.add(lhs, sp.Float(number.value * (1 + 1e-6)), Rule.ALGEBRA, proof=Numeric(closed, number.error_estimate))

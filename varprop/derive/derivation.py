@@ -352,7 +352,9 @@ class Numeric(Check):
         stated = float(step.rhs)
         tolerance = max(10 * self.error_estimate, 1e-12 * abs(value))
         ok = abs(value - stated) <= tolerance
-        return ok, f"quadrature gives {value:.15g} (error estimate {self.error_estimate:.1e})"
+        how = "quadrature of its integrals" if self.expression.has(sp.Integral) else "evaluation at raised precision"
+        return ok, (f"re-evaluated by {how}: {value:.15g} (error estimate {self.error_estimate:.1e})" +
+                    ("" if ok else f", the step states {stated:.15g}"))
 
 
 #: The two variables of a :class:`BivariateIntegral`'s integrand.
