@@ -505,28 +505,10 @@ def _cmd_activations(args: argparse.Namespace) -> int:
     return 0
 
 
-def initialisers_table() -> list[dict[str, object]]:
-    """Every init name (:data:`varprop.weights.INIT_NAMES`) with its arguments and defaults and its law at them."""
-    from .weights import INIT_NAMES, init_parameters, init_scheme
-
-    rows = []
-    for name in INIT_NAMES:
-        scheme = init_scheme(name)
-        law = str(scheme.fixed_law) if scheme.fixed_law is not None else (
-            f"{scheme.distribution}, Var[w] = {sp.sstr(scheme.variance_expr)}")
-        if scheme.bias_variance_expr is not None:
-            law += f"; bias uniform, Var[b] = {sp.sstr(scheme.bias_variance_expr)}"
-        defaults = init_parameters(name)
-        signature = ", ".join(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
-                              for key, value in defaults.items())
-        rows.append({"name": name, "call": f"{name}({signature})",
-                     "arguments": {key: value if isinstance(value, str) else str(value) for key, value in defaults.items()},
-                     "law": law, "source": scheme.source})
-    return rows
-
-
 def _cmd_initialisers(args: argparse.Namespace) -> int:
-    rows = initialisers_table()
+    from .weights import initialiser_table
+
+    rows = initialiser_table()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

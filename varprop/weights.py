@@ -68,6 +68,7 @@ __all__ = [
     "explicit",
     "init_scheme",
     "init_parameters",
+    "initialiser_table",
     "INIT_SCHEMES",
     "INIT_NAMES",
     "FRAMEWORK_INITIALISERS",
@@ -958,3 +959,27 @@ def init_scheme(name: str, *, mode: str | None = None, a: object = None, distrib
     if name == "torch_default":
         return torch_linear_default()
     return keras_default()
+
+
+def initialiser_table() -> list[dict[str, object]]:
+    r"""Every name of :data:`INIT_NAMES` with its arguments, their defaults and its law at them (``varprop initialisers``).
+
+    Each row: ``name``; ``call``, the name with its defaults (``torch.kaiming_uniform_(a=0, mode='fan_in',
+    nonlinearity='leaky_relu')``); ``arguments``, the defaults (numbers as text, exact); ``law``, the
+    distribution and :math:`\operatorname{Var}[w]` in the fans ``n_in``, ``n_out`` (or the fixed law, and
+    the bias's law where the scheme has one); ``source``.
+    """
+    rows = []
+    for name in INIT_NAMES:
+        scheme = init_scheme(name)
+        law = str(scheme.fixed_law) if scheme.fixed_law is not None else (
+            f"{scheme.distribution}, Var[w] = {sp.sstr(scheme.variance_expr)}")
+        if scheme.bias_variance_expr is not None:
+            law += f"; bias uniform, Var[b] = {sp.sstr(scheme.bias_variance_expr)}"
+        defaults = init_parameters(name)
+        signature = ", ".join(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+                              for key, value in defaults.items())
+        rows.append({"name": name, "call": f"{name}({signature})",
+                     "arguments": {key: value if isinstance(value, str) else str(value) for key, value in defaults.items()},
+                     "law": law, "source": scheme.source})
+    return rows
