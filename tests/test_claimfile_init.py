@@ -217,3 +217,13 @@ def test_check_help_names_the_initialisers_command():
     help_text = subprocess.run([sys.executable, "-m", "varprop.cli", "check", "--help"], capture_output=True, check=False,
                                text=True).stdout
     assert "varprop initialisers" in " ".join(help_text.split())
+
+
+def test_the_python_api_takes_the_names_too():
+    from varprop.errors import SpecError
+    from varprop.network import cnn, mlp
+
+    assert mlp([8, 8, 4], "relu", "torch.nn.Linear") == mlp([8, 8, 4], "relu", init_scheme("torch.nn.Linear"))
+    assert cnn([2, 4], 3, 6, "relu", "torch.nn.Conv1d") == cnn([2, 4], 3, 6, "relu", init_scheme("torch.nn.Conv1d"))
+    with pytest.raises(SpecError, match="unknown init scheme 'keras.he_norma'; did you mean 'keras.he_normal'"):
+        mlp([8, 4], "relu", "keras.he_norma")
