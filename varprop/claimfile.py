@@ -9,10 +9,13 @@ value::
     params = { a = 0.2 }           # activation parameters (optional)
     widths = [32, 32, 32, 32]      # input width, hidden widths, output width; or in n: ["n", "n", "2*n", "n"]
     sweep = [8, 16, 32]            # the values of n an asymptotic claim's limit is fitted over
-    init = "he"                    # he | kaiming | glorot | xavier | lecun | torch_default | keras_default
-    mode = "fan_in"                # he / kaiming only: fan_in | fan_out
-    slope = 0.0                    # he / kaiming only: the leaky slope a
-    distribution = "normal"        # normal | uniform | truncated_normal
+    init = "he"                    # he | kaiming | glorot | xavier | lecun | torch_default | keras_default, or a
+    #                              # framework initialiser: "torch.nn.Linear", "keras.he_normal", "flax.lecun_normal",
+    #                              # ... (varprop initialisers lists them); with arguments, a table:
+    #                              # init = { name = "torch.kaiming_uniform_", a = "sqrt(5)", mode = "fan_out" }
+    mode = "fan_in"                # init = "he" / "kaiming" only: fan_in | fan_out
+    slope = 0.0                    # init = "he" / "kaiming" only: the leaky slope a
+    distribution = "normal"        # normal | uniform | truncated_normal (a built-in init, or weight_variance)
     # weight_variance = "2/n_in"   # instead of init: a variance in n_in and n_out
     bias_variance = 0.0            # optional Gaussian bias
     # norm = "layernorm"           # layernorm | rmsnorm: a normaliser after every dense layer but the last
@@ -93,12 +96,13 @@ from .claims import EXACTNESS, OBSERVABLES, Claim, ClaimError, ClaimFamily
 from .derive.derivation import Derivation
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
-from .errors import VarpropError
+from .errors import SpecError, VarpropError
 from .montecarlo.limits import check_network
 from .network import (Conv, Dense, Dropout, FixedInput, GaussianInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm,
                       cnn, mlp)
 from .observables import STATISTICS, TENSORS, Observable, ObservableError, at_place
-from .weights import DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, Normal, explicit, init_scheme
+from .weights import (DISTRIBUTIONS, INIT_SCHEMES, N_IN, N_OUT, InitScheme, Normal, explicit,
+                      init_parameters, init_scheme)
 
 __all__ = ["FileClaim", "load_claims", "load_laws"]
 
@@ -355,9 +359,7 @@ def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
         variance = _number(table["weight_variance"], "weight_variance", where, {"n_in": N_IN, "n_out": N_OUT})
         scheme = explicit(variance, distribution)
     else:
-        name = _choice(table, "init", INIT_SCHEMES, where, default="he")
-        slope = _number(table.get("slope", 0), "slope", where)
-        scheme = init_scheme(name, mode=str(table.get("mode", "fan_in")), a=slope, distribution=distribution)
+        scheme = _init(table, distribution, where)
     bias = table.get("bias_variance")
     bias_variance = None if bias is None else _number(bias, "bias_variance", where)
     if "conv" in table:
@@ -377,6 +379,79 @@ def _network(table: Mapping[str, object], widths: list, where: str) -> Network:
         bias_law = None if bias_variance is None else Normal(bias_variance)
         layers += _residual_blocks(table["residual"], widths[-1], act, scheme, bias_law, where)
     return Network(tuple(layers), network.inputs) if len(layers) != len(network.layers) else network
+
+
+#: The keys beside ``init = "he"`` (the built-in schemes' arguments), and :func:`init_scheme`'s keyword for each.
+_SCHEME_KEYS = {"mode": "mode", "slope": "a", "distribution": "distribution"}
+
+
+def _init(table: Mapping[str, object], distribution: str, where: str) -> InitScheme:
+    """``init = "NAME"`` or ``init = { name = "NAME", ARGUMENT = VALUE, ... }``: any of :data:`INIT_NAMES`.
+
+    A built-in scheme named as text takes its arguments from the keys ``mode``, ``slope`` and
+    ``distribution`` beside it; otherwise the arguments are those of :func:`init_parameters` (the
+    framework function's own, e.g. ``a``, ``mode`` and ``nonlinearity`` of ``torch.kaiming_uniform_``),
+    written in the ``init`` table: a name-valued argument as text, a number as a number or an
+    expression (``a = "sqrt(5)"``).
+    """
+    spec = table.get("init", "he")
+    beside = [key for key in _SCHEME_KEYS if key in table]
+    if isinstance(spec, dict):
+        arguments = dict(spec)
+        name = arguments.pop("name", None)
+        if not isinstance(name, str):
+            raise ClaimError(f"{where}: an init table needs name = \"...\", the initialiser (such as "
+                             f"\"torch.kaiming_uniform_\"; varprop initialisers lists them), got {spec!r}")
+        if beside:
+            raise ClaimError(f"{where}: with an init table, write {beside[0]} inside it "
+                             f"(init = {{ name = \"{name}\", ... }}), not beside it")
+    elif isinstance(spec, str):
+        name, arguments = spec, {}
+    else:
+        raise ClaimError(f"{where}: init must be a name such as \"he\" or \"torch.nn.Linear\", or a table such as "
+                         f"{{ name = \"torch.kaiming_uniform_\", a = \"sqrt(5)\" }}, got {spec!r}")
+    try:
+        accepted = init_parameters(name)
+    except SpecError as exc:
+        raise ClaimError(f"{where}: {exc}") from None
+    if isinstance(spec, str) and name in INIT_SCHEMES:
+        stray = [key for key in beside if _SCHEME_KEYS[key] not in accepted]
+        if stray:
+            raise ClaimError(f"{where}: init {name} takes no {stray[0]}; it takes: {_arguments(accepted)}")
+        arguments = {argument: distribution if key == "distribution" else table[key]
+                     for key, argument in _SCHEME_KEYS.items() if argument in accepted and key in table}
+    elif isinstance(spec, str) and beside:
+        raise ClaimError(f"{where}: {beside[0]} goes with a built-in init ({', '.join(INIT_SCHEMES)}); {name} takes "
+                         f"its own arguments in an init table, init = {{ name = \"{name}\", ... }}: "
+                         f"{_arguments(accepted)}")
+    extra = sorted(set(arguments) - set(accepted))
+    if extra:
+        raise ClaimError(f"{where}: init {name} has no argument {extra[0]!r}; it takes: {_arguments(accepted)}")
+    values: dict[str, object] = {}
+    for key, value in arguments.items():
+        if isinstance(accepted[key], str):
+            if not isinstance(value, str):
+                raise ClaimError(f"{where}: init {name}: {key} must be a name in quotes such as "
+                                 f"{accepted[key]!r}, got {value!r}")
+            values[key] = value
+        else:
+            what = "slope" if isinstance(spec, str) and key == "a" else f"init {name}: {key}"
+            try:
+                values[key] = _number(value, what, where)
+            except ClaimError:
+                raise
+            except VarpropError as exc:
+                raise ClaimError(f"{where}: {what}: {exc}") from None
+    try:
+        return init_scheme(name, **values)
+    except SpecError as exc:
+        raise ClaimError(f"{where}: init {name}: {exc}") from None
+
+
+def _arguments(accepted: Mapping[str, object]) -> str:
+    """``a (default 0), mode (default 'fan_in')``: an initialiser's arguments, for an error message."""
+    return ", ".join(f"{key} (default {value!r})" if isinstance(value, str) else f"{key} (default {value})"
+                     for key, value in accepted.items()) or "no arguments"
 
 
 def _residual_blocks(spec: object, width: int, act: Activation, scheme: object, bias_law: object,

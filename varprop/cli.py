@@ -505,6 +505,21 @@ def _cmd_activations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_initialisers(args: argparse.Namespace) -> int:
+    from .weights import initialiser_table
+
+    rows = initialiser_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"  {row['call']}\n      {row['law']}")
+    print("\nAt the defaults; n_in and n_out are the layer's fans. In a claim file: init = \"NAME\", or with "
+          "arguments init = { name = \"NAME\", a = \"sqrt(5)\", mode = \"fan_out\" }; in Python: "
+          "varprop.weights.init_scheme(NAME, a=5 ** 0.5).")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -671,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check claims against sampled networks (Monte Carlo)",
         description="Check a catalogue claim (NAME), every catalogue claim (--all) or your own claims (FILE.toml, "
-        "format in docs/claims.rst) against independently sampled random networks. Each claim gets PASS, FAIL, "
+        "format in docs/claims.rst; a file's init names a built-in scheme or any framework initialiser, see "
+        "varprop initialisers) against independently sampled random networks. Each claim gets PASS, FAIL, "
         "INCONCLUSIVE (too noisy to resolve --rtol) or MEASURED (approximations); Holm's procedure holds the "
         "false-alarm rate of everything checked together at --alpha. Exit code 0 when all pass, 1 when one fails, "
         "3 when one is inconclusive, 2 for bad input. Samples that cannot fit in VARPROP_MAX_MEMORY (default half the "
@@ -766,6 +782,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     list_parser = commands.add_parser("activations", help="list the built-in activations", description="List the built-in activations.")
     list_parser.set_defaults(handler=_cmd_activations)
+
+    init_parser = commands.add_parser(
+        "initialisers", help="list the init schemes a claim file's init names: built-in and every framework initialiser",
+        description="List every name a claim file's init (and varprop.weights.init_scheme) accepts: the built-in "
+        "schemes and every PyTorch, Keras and Flax initialiser, with its arguments, their defaults and the weight "
+        "law they give (the framework's own formula, e.g. torch.nn.Linear: kaiming_uniform_(a=sqrt(5)), "
+        "Var[w] = 1/(3 n_in)).")
+    init_parser.add_argument("--json", action="store_true", help="print JSON: name, call (with the defaults), arguments (defaults; numbers as text), law, source")
+    init_parser.set_defaults(handler=_cmd_initialisers)
     return parser
 
 

@@ -23,7 +23,7 @@ import sympy as sp
 from ._validate import Width, as_sympy_number, check_nonnegative, check_width
 from .activations import Activation, activation
 from .errors import SpecError, abbreviate
-from .weights import InitScheme, Normal, WeightLaw, he
+from .weights import InitScheme, Normal, WeightLaw, he, init_scheme
 
 __all__ = [
     "Dense",
@@ -247,7 +247,7 @@ def conv(
     out_channels: int,
     kernel_size: int | tuple[int, ...],
     input_size: int | tuple[int, ...],
-    init: InitScheme | WeightLaw | None = None,
+    init: InitScheme | WeightLaw | str | None = None,
     *,
     stride: int | tuple[int, ...] = 1,
     padding: int | tuple[int, ...] = 0,
@@ -255,11 +255,12 @@ def conv(
 ) -> Conv:
     """A :class:`Conv` whose weight (and bias) law comes from an init scheme at PyTorch's fans.
 
-    ``init`` is an :class:`~varprop.weights.InitScheme` (default: He fan-in, normal), evaluated at
+    ``init`` is an :class:`~varprop.weights.InitScheme` (default: He fan-in, normal) or its name
+    (``"torch.nn.Conv2d"``: :func:`~varprop.weights.init_scheme` with its defaults), evaluated at
     :attr:`Conv.fan_in` and :attr:`Conv.fan_out` (``in_channels * K / groups`` and
     ``out_channels * K``, as ``torch.nn.init`` computes them), or a weight law used as it is.
     """
-    scheme = he() if init is None else init
+    scheme = he() if init is None else init_scheme(init) if isinstance(init, str) else init
     probe = Conv(in_channels, out_channels, kernel_size, input_size, stride, padding, groups, weights=Normal(1))
     if isinstance(scheme, InitScheme):
         law, bias = scheme.law(probe.fan_in, probe.fan_out), scheme.bias_law(probe.fan_in, probe.fan_out)
@@ -753,7 +754,7 @@ class Network:
 def mlp(
     widths: Sequence[Width],
     activation_: Activation | str = "relu",
-    init: InitScheme | WeightLaw | None = None,
+    init: InitScheme | WeightLaw | str | None = None,
     *,
     bias_variance: object | None = None,
     inputs: InputSpec | None = None,
@@ -769,8 +770,9 @@ def mlp(
     activation_
         An :class:`~varprop.activations.Activation` or the name of a built-in.
     init
-        An :class:`~varprop.weights.InitScheme` (default: He fan-in, normal) applied to every layer, or
-        one weight law used as it is for every layer.
+        An :class:`~varprop.weights.InitScheme` (default: He fan-in, normal) applied to every layer, a
+        name :func:`~varprop.weights.init_scheme` knows (``"torch.nn.Linear"``, ``"keras.he_normal"``)
+        with its defaults, or one weight law used as it is for every layer.
     bias_variance
         Variance of a Gaussian bias in every layer; ``None`` keeps the scheme's bias (usually none).
     inputs
@@ -787,7 +789,7 @@ def mlp(
     if len(widths) < 2:
         raise SpecError(f"an MLP needs at least two widths (input and output), got {len(widths)}")
     act = activation(activation_) if isinstance(activation_, str) else activation_
-    scheme = he() if init is None else init
+    scheme = he() if init is None else init_scheme(init) if isinstance(init, str) else init
     if not isinstance(scheme, InitScheme):
         _check_law(scheme, "init")
     bias_law = None if bias_variance is None else Normal(check_nonnegative(bias_variance, "bias variance"))
@@ -810,7 +812,7 @@ def cnn(
     kernel_size: int | tuple[int, ...],
     input_size: int | tuple[int, ...],
     activation_: Activation | str = "relu",
-    init: InitScheme | WeightLaw | None = None,
+    init: InitScheme | WeightLaw | str | None = None,
     *,
     stride: int | tuple[int, ...] = 1,
     padding: int | tuple[int, ...] = 0,

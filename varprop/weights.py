@@ -67,7 +67,10 @@ __all__ = [
     "keras_default",
     "explicit",
     "init_scheme",
+    "init_parameters",
+    "initialiser_table",
     "INIT_SCHEMES",
+    "INIT_NAMES",
     "FRAMEWORK_INITIALISERS",
     "TORCH_GAINS",
     "torch_gain",
@@ -881,34 +884,72 @@ FRAMEWORK_INITIALISERS: dict[str, object] = {
 
 #: Scheme names accepted by :func:`init_scheme` (and the CLI) besides :data:`FRAMEWORK_INITIALISERS`.
 INIT_SCHEMES: tuple[str, ...] = ("he", "kaiming", "glorot", "xavier", "lecun", "torch_default", "keras_default")
+#: Every name :func:`init_scheme` accepts: the built-in schemes, then every framework initialiser.
+INIT_NAMES: tuple[str, ...] = (*INIT_SCHEMES, *FRAMEWORK_INITIALISERS)
+
+#: The keyword arguments of each built-in scheme name, with their defaults.
+_SCHEME_PARAMETERS: dict[str, dict[str, object]] = {
+    "he": {"mode": "fan_in", "a": 0, "distribution": "normal"},
+    "kaiming": {"mode": "fan_in", "a": 0, "distribution": "normal"},
+    "glorot": {"distribution": "normal"},
+    "xavier": {"distribution": "normal"},
+    "lecun": {"distribution": "normal"},
+    "torch_default": {},
+    "keras_default": {},
+}
 
 
-def init_scheme(name: str, *, mode: str = "fan_in", a: object = 0, distribution: str = "normal", **params: object) -> InitScheme:
-    """Look an init scheme up by name.
+def _unknown_init(name: object) -> SpecError:
+    import difflib
 
-    ``he``, ``glorot``, ``lecun``, ``torch_default``, ``keras_default`` take ``mode``, ``a`` and
-    ``distribution``; a framework name from :data:`FRAMEWORK_INITIALISERS` (``torch.kaiming_uniform_``,
-    ``keras.he_normal``, ``flax.lecun_normal``, ...) takes that function's own parameters as keywords,
-    with the framework's defaults: ``init_scheme("torch.kaiming_uniform_", a=5 ** 0.5)``.
+    close = difflib.get_close_matches(str(name), INIT_NAMES, n=1) if isinstance(name, str) else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return SpecError(f"unknown init scheme {name!r}; {hint}known (`varprop initialisers` lists them with their "
+                     f"arguments): {', '.join(INIT_NAMES)}")
+
+
+def init_parameters(name: str) -> dict[str, object]:
+    """The keyword arguments :func:`init_scheme` takes for ``name``, with their defaults.
+
+    For a framework name they are the framework function's own (``torch.kaiming_uniform_``:
+    ``a=0, mode='fan_in', nonlinearity='leaky_relu'``), read from :data:`FRAMEWORK_INITIALISERS`.
+    A default that is a string marks a parameter whose value is a name (a mode, a nonlinearity,
+    a distribution); the others are numbers.
     """
     if name in FRAMEWORK_INITIALISERS:
-        given = dict(params)
-        if mode != "fan_in":
-            given["mode"] = mode
-        if a != 0:
-            given["a"] = a
-        if distribution != "normal":
-            given["distribution"] = distribution
         import inspect
 
-        builder = FRAMEWORK_INITIALISERS[name]
-        accepted = tuple(inspect.signature(builder).parameters)
+        return {p.name: p.default for p in inspect.signature(FRAMEWORK_INITIALISERS[name]).parameters.values()}
+    if isinstance(name, str) and name in _SCHEME_PARAMETERS:
+        return dict(_SCHEME_PARAMETERS[name])
+    raise _unknown_init(name)
+
+
+def init_scheme(name: str, *, mode: str | None = None, a: object = None, distribution: str | None = None,
+                **params: object) -> InitScheme:
+    """Look an init scheme up by name (any of :data:`INIT_NAMES`).
+
+    ``he``, ``glorot``, ``lecun``, ``torch_default``, ``keras_default`` take ``mode``, ``a`` and
+    ``distribution`` (``mode="fan_in", a=0, distribution="normal"`` when not given; a scheme
+    ignores those it has no use for); a framework name from :data:`FRAMEWORK_INITIALISERS`
+    (``torch.kaiming_uniform_``, ``keras.he_normal``, ``flax.lecun_normal``, ...) takes that
+    function's own parameters as keywords (:func:`init_parameters`), with the framework's
+    defaults: ``init_scheme("torch.kaiming_uniform_", a=5 ** 0.5)``.
+    """
+    accepted = init_parameters(name)  # raises for an unknown name, with the known ones
+    if name in FRAMEWORK_INITIALISERS:
+        given = dict(params)
+        given.update({key: value for key, value in (("mode", mode), ("a", a), ("distribution", distribution))
+                      if value is not None})
         stray = sorted(set(given) - set(accepted))
         if stray:
             raise SpecError(f"{name} has no parameter {', '.join(map(repr, stray))}; it takes: {', '.join(accepted) or 'none'}")
-        return builder(**given)
+        return FRAMEWORK_INITIALISERS[name](**given)
     if params:
         raise SpecError(f"init scheme {name!r} takes mode, a and distribution, not {', '.join(map(repr, sorted(params)))}")
+    mode = "fan_in" if mode is None else mode
+    a = 0 if a is None else a
+    distribution = "normal" if distribution is None else distribution
     if name in ("he", "kaiming"):
         return he(mode, a, distribution)
     if name in ("glorot", "xavier"):
@@ -917,7 +958,28 @@ def init_scheme(name: str, *, mode: str = "fan_in", a: object = 0, distribution:
         return lecun(distribution)
     if name == "torch_default":
         return torch_linear_default()
-    if name == "keras_default":
-        return keras_default()
-    known = ", ".join((*INIT_SCHEMES, *FRAMEWORK_INITIALISERS))
-    raise SpecError(f"unknown init scheme {name!r}; known: {known}")
+    return keras_default()
+
+
+def initialiser_table() -> list[dict[str, object]]:
+    r"""Every name of :data:`INIT_NAMES` with its arguments, their defaults and its law at them (``varprop initialisers``).
+
+    Each row: ``name``; ``call``, the name with its defaults (``torch.kaiming_uniform_(a=0, mode='fan_in',
+    nonlinearity='leaky_relu')``); ``arguments``, the defaults (numbers as text, exact); ``law``, the
+    distribution and :math:`\operatorname{Var}[w]` in the fans ``n_in``, ``n_out`` (or the fixed law, and
+    the bias's law where the scheme has one); ``source``.
+    """
+    rows = []
+    for name in INIT_NAMES:
+        scheme = init_scheme(name)
+        law = str(scheme.fixed_law) if scheme.fixed_law is not None else (
+            f"{scheme.distribution}, Var[w] = {sp.sstr(scheme.variance_expr)}")
+        if scheme.bias_variance_expr is not None:
+            law += f"; bias uniform, Var[b] = {sp.sstr(scheme.bias_variance_expr)}"
+        defaults = init_parameters(name)
+        signature = ", ".join(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
+                              for key, value in defaults.items())
+        rows.append({"name": name, "call": f"{name}({signature})",
+                     "arguments": {key: value if isinstance(value, str) else str(value) for key, value in defaults.items()},
+                     "law": law, "source": scheme.source})
+    return rows

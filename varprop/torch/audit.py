@@ -57,7 +57,7 @@ from ..network import Conv, Dense, Nonlinearity, Residual
 from ..observables import Gradient, SecondMoment, Signal
 from ..weights import WeightLaw
 from .laws import IdentifiedLaw, identify_laws
-from .translate import Translation, module_candidates, run_out_of_place, trace, translate
+from .translate import Translation, first_weighted, module_candidates, run_out_of_place, trace, translate
 
 __all__ = ["audit", "AuditResult", "PlaceAudit", "LayerFix", "instance_seeds", "random_seed", "audit_figure", "EXPLODE", "VANISH",
            "MAX_NETWORKS", "MAX_BATCH"]
@@ -416,15 +416,18 @@ def _positive(value: object, what: str, maximum: int, minimum: int = 2) -> int:
 
 
 def _input_width(model: nn.Module, graph: fx.Graph) -> int:
-    for node in graph.nodes:
-        if node.op == "call_module":
-            module = model.get_submodule(node.target)
-            if isinstance(module, nn.Linear):
-                return int(module.in_features)
-            break
-    raise AuditError("give input_shape: the model's first layer is not an nn.Linear, so its input width is unknown "
-                     "(a convolution's input shape is (channels, length) or (channels, height, width), e.g. "
-                     "--input-shape 3 8 8)")
+    """The input width when it is known without ``input_shape``: the first Linear's ``in_features``, when every node
+    before it (activations, dropout, normalisers) keeps the shape, however deeply the Linear is nested."""
+    path, first, why = first_weighted(model, graph)
+    if isinstance(first, nn.Linear):
+        return int(first.in_features)
+    if first is None and why == "the model has no nn.Linear or convolution":
+        raise AuditError("the model has no nn.Linear or convolution (nor a subclass keeping their forward) at any "
+                         "depth of nesting: nothing with weights for the audit to derive")
+    reason = (f"its first weighted layer {path!r} is a convolution, whose input shape is (channels, length) or "
+              "(channels, height, width)" if first is not None else f"{why}, so the input width is unknown")
+    raise AuditError(f"give input_shape: {reason} (e.g. --input-shape 3 8 8 for a convolution, --input-shape 4 4 "
+                     "before a flatten)")
 
 
 def audit(factory: Callable[[], nn.Module], input_shape: Sequence[int] | int | None = None, *, networks: int = 2000,

@@ -59,6 +59,8 @@ __all__ = [
     "register_method",
     "translate",
     "trace",
+    "first_weighted",
+    "WEIGHTED_MODULES",
 ]
 
 
@@ -402,12 +404,32 @@ class Translation:
         return f"{name} ({self.paths[position]}: {self.kinds[position]})"
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, which also keeps a user subclass of a translated torch module as one call.
+
+    fx traces into every module outside ``torch.nn`` (``nn.Sequential`` and a user's own modules,
+    however deeply nested, become the calls inside them), so a user's ``class MyLinear(nn.Linear)``
+    would be traced into ``F.linear`` on its parameters. A subclass that keeps its registered base's
+    ``forward`` computes what the base computes and is kept whole, as the base is; one that overrides
+    ``forward`` is traced into, so what it does is translated (or named as unsupported).
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        base = next((cls for cls in type(m).__mro__ if cls in MODULE_TRANSLATIONS), None)
+        if base is not None and type(m).forward is base.forward:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace(model)``, with a tracing failure turned into a :class:`TranslationError`."""
+    """``torch.fx.symbolic_trace(model)`` (with subclasses of translated modules kept whole: :class:`_Tracer`),
+    a tracing failure turned into a :class:`TranslationError`."""
     if not isinstance(model, nn.Module):
         raise TranslationError(f"the factory must return a torch.nn.Module, got {type(model).__name__}: {model!r:.80}")
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # torch.fx raises TraceError, TypeError, NotImplementedError, ... on untraceable code
         raise TranslationError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
@@ -485,23 +507,46 @@ def _dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float64)
 
 
-def _first_weighted(model: nn.Module, graph: fx.Graph) -> nn.Module | None:
-    """The nn.Linear or convolution that reads the model's input directly, if one does."""
+#: The torch module classes that translate to a layer with weights (their subclasses too).
+WEIGHTED_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def first_weighted(model: nn.Module, graph: fx.Graph) -> tuple[str | None, nn.Module | None, str]:
+    """The first ``nn.Linear`` or convolution of the traced graph, if every node before it keeps the input's shape.
+
+    Returns ``(path, module, "")``, or ``(None, None, why)`` when no weighted module is reached: the
+    first node that may change the shape (a reshape, an unsupported call), or "no weighted layer".
+    Where the module sits in the model does not matter: fx inlines ``nn.Sequential``, ``nn.ModuleList``
+    loops and the user's own modules, so a Linear nested three modules deep is a node like any other.
+    Before it, activations, dropout, normalisers and the residual rules keep the shape.
+    """
     for node in graph.nodes:
-        if node.op == "placeholder":
+        if node.op in ("placeholder", "output"):
             continue
-        if node.op == "call_module" and node.args and isinstance(node.args[0], fx.Node) \
-                and node.args[0].op == "placeholder":
+        if node.op == "call_module":
             module = model.get_submodule(node.target)
-            if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
-                return module
-        return None
-    return None
+            if isinstance(module, WEIGHTED_MODULES):
+                return node.target, module, ""
+            entry = _module_entry(module)
+            rule = None if entry is None else entry.build
+            label = f"module {node.target!r} ({type(module).__name__})"
+        elif node.op == "call_function":
+            rule = FUNCTION_TRANSLATIONS.get(node.target)
+            label = f"call {node.name!r} ({_function_name(node.target)})"
+        elif node.op == "call_method":
+            rule = METHOD_TRANSLATIONS.get(node.target)
+            label = f"method call {node.name!r} (Tensor.{node.target})"
+        else:
+            rule, label = None, f"node {node.name!r} ({node.op})"
+        if rule is None or rule is RESHAPE:
+            what = "a reshape" if rule is RESHAPE else "a call the audit does not translate"
+            return None, None, f"{label}, {what}, comes before the first nn.Linear or convolution"
+    return None, None, "the model has no nn.Linear or convolution"
 
 
 def _trace_shapes(model: nn.Module, graph: fx.Graph, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Every tensor node's shape on a batch of :data:`SHAPE_BATCH` inputs of ``shape`` (the caller's RNG untouched)."""
-    first = _first_weighted(model, graph)
+    _, first, _ = first_weighted(model, graph)
     if isinstance(first, nn.Linear) and shape[-1] != first.in_features:
         raise TranslationError(f"input shape {shape} does not fit the first Linear layer, which takes "
                                f"{first.in_features} features (the last entry of the input shape must be "
@@ -559,6 +604,7 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
     input_node = None
     marks: dict[fx.Node, int] = {}  # tensor of the chain -> the number of layers translated when it was current
     scaled: dict[fx.Node, tuple[fx.Node, sp.Expr]] = {}  # a multiplication node -> (the tensor it scales, the factor)
+    applied: set[str] = set()  # the weighted modules translated so far (a second call shares their weights)
 
     def advance(node: fx.Node) -> None:
         nonlocal current
@@ -636,6 +682,11 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
         paths.append(where)
         kinds.append(kind)
         if node.op == "call_module" and isinstance(layer, Dense | Conv):
+            if node.target in applied:
+                problems.append(f"module {node.target!r} ({kind}) is applied more than once (a loop over the same "
+                                "module): its weights are shared, and varprop's layers have independent weights; "
+                                "give each application its own module (an nn.ModuleList of copies)")
+            applied.add(node.target)
             module = model.get_submodule(node.target)
             parameters += [(node.target, name) for name, p in module.named_parameters(recurse=False) if p is not None]
         advance(node)
@@ -643,6 +694,11 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
         problems.append("the model has no input")
     if problems:
         raise TranslationError("cannot translate the model: " + "; ".join(problems) + ". " + _supported())
+    if not any(isinstance(layer, Dense | Conv) for layer in _all_layers(layers)):
+        found = ", ".join(dict.fromkeys(kinds)) or "nothing"
+        raise TranslationError(f"the model has no layer with weights for the audit to derive (it translates to: "
+                               f"{found}); the weighted layers it translates are nn.Linear, nn.Conv1d and nn.Conv2d "
+                               "(and subclasses keeping their forward), at any depth of nesting")
     try:
         network = Network(tuple(layers), GaussianInput())
     except SpecError as exc:
