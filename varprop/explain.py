@@ -19,6 +19,7 @@ import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import sympy as sp
@@ -97,6 +98,9 @@ class Series:
     linear_regime: bool = False
 
 
+_FIGURE_DATA: dict[tuple, tuple] = {}
+
+
 @dataclass(frozen=True)
 class Answer:
     """A topic's answer: plain-words paragraphs, derivations, a table of checks and the plotted series.
@@ -120,6 +124,17 @@ class Answer:
         """The numbers behind the answer's figure: theory and Monte Carlo per layer for every series, or,
         for an answer about laws, the sampled values and the exact density of each law."""
         seed = (self.settings.seed if self.settings else 0) if seed is None else seed
+        key = (self.topic.name, self.settings, samples, seed)
+        if self.settings is not None and key in _FIGURE_DATA:  # sampled from the seed: the same every time
+            return _FIGURE_DATA[key]
+        data = self._figure_data(samples, seed)
+        if self.settings is not None:
+            if len(_FIGURE_DATA) >= 64:
+                _FIGURE_DATA.pop(next(iter(_FIGURE_DATA)))
+            _FIGURE_DATA[key] = data
+        return data
+
+    def _figure_data(self, samples: int, seed: int) -> tuple[PropagationData | LawData, ...]:
         if self.laws:
             return tuple(law_data(label, widths, samples=samples, seed=seed + index)
                          for index, (label, widths) in enumerate(self.laws))
@@ -1367,6 +1382,13 @@ def answer(name: str, *, seed: int = 0, rtol: float = DEFAULT_RTOL, width: int |
     ``depth`` their number of dense layers (default: the topic's own, ``TOPICS[name].depth``).
     """
     settings = settings_for(name, seed=seed, rtol=rtol, width=width, depth=depth)
+    return _answer(name, settings)
+
+
+@lru_cache(maxsize=64)
+def _answer(name: str, settings: Settings) -> Answer:
+    """An answer is a function of its settings (every sample comes from the seed): built once per process, so
+    ``varprop report`` and a caller asking again share it."""
     return TOPICS[name].build(settings)
 
 
