@@ -429,7 +429,7 @@ def _log_raw_moments_by_quadrature(widths, count, active=0.5):
     polygamma: per number m of active units the quadrature moments of log chi^2_m, the layer's scale by the binomial
     theorem, the binomial conditioned on K >= 1 mixes, and the layers combine by the binomial theorem (floats)."""
     total = [1.0] + [0.0] * count
-    for a, n in zip(widths[:-1], widths[1:]):
+    for a, n in itertools.pairwise(widths):
         log_c = math.log(2 / a)
         layer = [0.0] * (count + 1)
         for m in range(1, n + 1):

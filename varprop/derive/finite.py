@@ -101,6 +101,7 @@ __all__ = [
     "expected_log_asymptotic",
     "power_moment_value",
     "log_moments",
+    "log_skewness",
     "conditional_second_moment",
     "MomentFromMGF",
     "Linearity",

@@ -62,7 +62,7 @@ __all__ = [
     "MomentTails",
     "moment_tails",
     "exact_power_moment",
-    "log_skewness",
+    "exact_log_skewness",
     "rao_blackwell",
     "sample_counts",
     "LawClaim",
@@ -466,7 +466,7 @@ def _edgeworth_minimum(skew: float, z: float) -> int:
     return int(min(math.ceil((z * abs(skew) * (2 * z * z + 1) / 3) ** 2), 10**18))
 
 
-def log_skewness(observable: object, network: object) -> float | None:
+def exact_log_skewness(observable: object, network: object) -> float | None:
     r"""The exact skewness of the per-network value whose mean estimates a log-moment observable
     (:class:`~varprop.observables.LogNormRatioMoment`: :math:`(\log R)^k`;
     :class:`~varprop.observables.LogNormRatioVariance`: the influence value :math:`(\log R - \mu)^2`), over the
@@ -490,9 +490,9 @@ def exact_skew_minimum(observable: object, network: object, z: float) -> int:
 
     Covered: the norm ratio and its moments :math:`E[R^k]` on a zero-bias relu chain with Gaussian weights at
     He's variance (:func:`moment_tails`), and the log moments :math:`E[(\log R)^k]` and :math:`\operatorname{Var}[\log
-    R]` on such a chain at any weight variances (:func:`log_skewness`), both given no dead layer, as the
+    R]` on such a chain at any weight variances (:func:`exact_log_skewness`), both given no dead layer, as the
     observables average over the networks whose signal is not identically zero."""
-    log_skew = log_skewness(observable, network)
+    log_skew = exact_log_skewness(observable, network)
     if log_skew is not None:
         return _edgeworth_minimum(log_skew, z)
     order = _tail_order(observable)
@@ -537,7 +537,7 @@ def annotate(result: object) -> object:
     if claim is None or result.outcome != INCONCLUSIVE:
         return result
     networks = result.primary.estimate.n
-    skew = log_skewness(claim.observable, claim.network)
+    skew = exact_log_skewness(claim.observable, claim.network)
     if skew is not None:
         z = _test_level(result)
         minimum = _edgeworth_minimum(skew, z)
