@@ -417,7 +417,7 @@ def _log_chi_moments_by_quadrature(m):
     nodes, weights = np.polynomial.legendre.leggauss(200)
     total = np.zeros(25)
     cuts = [-400, -150, -60, -20, -5, 0, 2, 4, 6]
-    for lo, hi in zip(cuts[:-1], cuts[1:]):
+    for lo, hi in itertools.pairwise(cuts):
         y = (hi - lo) / 2 * nodes + (hi + lo) / 2
         density = np.exp(m * y / 2 - np.exp(y) / 2 - (m / 2) * math.log(2) - math.lgamma(m / 2))
         total += (hi - lo) / 2 * (y[None, :] ** np.arange(25)[:, None] * (weights * density)[None, :]).sum(axis=1)
