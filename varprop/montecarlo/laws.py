@@ -63,6 +63,7 @@ __all__ = [
     "moment_tails",
     "exact_power_moment",
     "exact_log_skewness",
+    "planned_skew_networks",
     "rao_blackwell",
     "sample_counts",
     "LawClaim",
@@ -500,6 +501,19 @@ def exact_skew_minimum(observable: object, network: object, z: float) -> int:
     if widths is None:
         return 0
     return _edgeworth_minimum(moment_tails(widths, order).skewness, z)
+
+
+def planned_skew_networks(observable: object, network: object, z: float) -> int:
+    r"""Networks to *draw* so that :func:`exact_skew_minimum` is met by the networks the estimate averages: for a
+    log-moment observable only the networks without a dead layer count, a fraction
+    :math:`\prod_j (1 - 2^{-n_j})` of those drawn (:func:`varprop.derive.finite.dead_probability`), so the
+    minimum is divided by it; the other observables average every network."""
+    minimum = exact_skew_minimum(observable, network, z)
+    chain = _log_chain(observable, network) if minimum else None
+    if chain is None:
+        return minimum
+    alive = math.prod(1 - 2.0**-n for n in chain[0][1:])
+    return int(min(math.ceil(minimum / alive), 10**18))
 
 
 def _log_message(observable: object, network: object, networks: int, skew: float, minimum: int, z: float) -> object:
