@@ -14,6 +14,7 @@ frequency of t below -z and above z against the normal tail, for z = 1.96, 2.5, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 
 import mpmath
@@ -39,7 +40,7 @@ def main() -> None:
     ts = np.empty(args.repetitions)
     for r in range(args.repetitions):
         x = np.zeros(args.networks)
-        for a, n in zip(widths[:-1], widths[1:]):
+        for a, n in itertools.pairwise(widths):
             active = rng.binomial(n, 0.5, size=args.networks)
             while (dead := active == 0).any():
                 active[dead] = rng.binomial(n, 0.5, size=int(dead.sum()))
