@@ -1061,8 +1061,8 @@ def log_skewness(widths: Sequence[int], order: int | None, variances: Sequence[o
     :math:`\mu = E[X]`, whose mean the checker's delta-method SE describes. Either V is a polynomial
     :math:`P(Y)` in :math:`Y = X - \mu`; with :math:`Q = P - E[P]` the skewness is
     :math:`E[Q^3]/E[Q^2]^{3/2}`, each an exact combination of the central moments of X of order up to
-    :math:`3k` (6 for the variance), from the cumulants of log R (orders up to 24, computed from the layers' polygamma cumulants in mpmath). The
-    working precision starts at 50 digits and grows until both expectations keep at least 25 of them
+    :math:`3k` (6 for the variance), from the cumulants of log R (orders up to 24, from the layers' polygamma
+    cumulants in mpmath). The working precision starts at 50 digits and grows until both expectations keep at least 25 of them
     (the cancellation is measured: the sum of the terms' sizes over the size of the sum)."""
     widths = _as_widths(widths)
     if order is not None:
