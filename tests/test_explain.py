@@ -446,6 +446,13 @@ def test_does_width_matter_checks_and_wrong_siblings(answers):
     assert judge(1.5**10, numbers["rao_blackwell"], numbers["rao_blackwell_se"], 20_000, rtol=0.1).outcome == PASS
     assert judge(1.4**10, numbers["rao_blackwell"], numbers["rao_blackwell_se"], 20_000, rtol=0.1).outcome == FAIL
     assert numbers["deep_skewness"] > 1e5
+    # Var[log M_L] at equal sum of reciprocal widths S: the exact values (pinned by quadrature in
+    # tests/derive/test_finite.py) decrease towards 5 S as the layers widen
+    spreads = [numbers[f"log_variance_{d.widths[1]}_{len(d.widths) - 1}"] for d in result.figure_data(samples=50)]
+    pairs = [(d.widths[1], len(d.widths) - 1) for d in result.figure_data(samples=50)]
+    for (w, depth), spread in zip(pairs, spreads):
+        assert spread == pytest.approx(float(finite.log_moments([w] * (depth + 1), 2)[1]), rel=1e-12)
+    assert all(a > b > 5 * depth / w for a, b, (w, depth) in zip(spreads, spreads[1:], pairs))
     assert "INCONCLUSIVE" in result.text(data=()) and "PASS" in result.paragraphs[-1]
 
 

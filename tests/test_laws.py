@@ -268,3 +268,34 @@ def test_a_file_of_law_claims_only_is_judged_alone(tmp_path, capsys):
     assert main(["check", str(path), "--quiet", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["family_size"] == 2 and payload["laws"][0]["outcome"] == PASS and payload["results"] == []
+
+
+def test_exact_skew_minimum_covers_the_log_moments_and_the_log_variance():
+    """The guard's network count for the log observables is the Edgeworth bound at the exact skewness of the value
+    the checker averages ((log R)^k, or (log R - mu)^2 for the variance), at the chain's own weight variances; a
+    chain the law does not cover (tanh) gets 0, as before."""
+    from varprop.montecarlo import laws
+    from varprop.observables import LogNormRatioMoment, LogNormRatioVariance, NormRatioMoment
+    from varprop.weights import lecun
+
+    z = 2.5
+    for weights, variances in ((he(), None), (lecun(), (sp.Rational(1, 3), sp.Rational(1, 4)))):
+        net = mlp([3, 4, 2], "relu", weights, output_activation=True)
+        last = Signal(len(net.layers) - 1)
+        for observable, order in ((LogNormRatioMoment(last, 3), 3), (LogNormRatioVariance(last), None)):
+            skew = finite.log_skewness((3, 4, 2), order, variances)
+            assert laws.exact_log_skewness(observable, net) == skew
+            assert laws.exact_skew_minimum(observable, net, z) == math.ceil((z * abs(skew) * (2 * z * z + 1) / 3) ** 2)
+    assert finite.log_skewness((3, 4, 2), 3) != finite.log_skewness((3, 4, 2), 3, (sp.Rational(1, 3), sp.Rational(1, 4)))
+    tanh = mlp([3, 4, 2], "tanh", he(), output_activation=True)
+    assert laws.exact_skew_minimum(LogNormRatioMoment(Signal(3), 3), tanh, z) == 0
+    # the plan draws enough networks for the live ones to meet the minimum (only they enter a log moment's mean);
+    # a power moment averages every network, dead ones included
+    net = mlp([3, 2, 2, 2], "relu", he(), output_activation=True)
+    last = Signal(len(net.layers) - 1)
+    minimum = laws.exact_skew_minimum(LogNormRatioMoment(last, 3), net, z)
+    alive = 1 - finite.dead_probability([3, 2, 2, 2])
+    assert laws.planned_skew_networks(LogNormRatioMoment(last, 3), net, z) == math.ceil(minimum / float(alive))
+    assert float(alive) == pytest.approx((3 / 4) ** 3)
+    third = NormRatioMoment(last, 3)
+    assert laws.planned_skew_networks(third, net, z) == laws.exact_skew_minimum(third, net, z) > 0

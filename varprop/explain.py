@@ -1075,6 +1075,7 @@ def _does_width_matter(settings: Settings) -> Answer:
     reciprocal = sp.Rational(first[1], first[0])
     seconds = {pair: finite.mean_square([pair[0]] * (pair[1] + 1)) for pair in pairs}
     logs = {pair: float(finite.expected_log([pair[0]] * (pair[1] + 1))) for pair in pairs}
+    spreads = {pair: float(finite.log_moments([pair[0]] * (pair[1] + 1), 2)[1]) for pair in pairs}
     limit = sp.exp(5 * reciprocal)
     # the law itself, by a KS test per pair at the figure's sample size
     law_verdicts = judge_laws([law_test(ExactLaw(tuple([n_] * (L_ + 1))),
@@ -1107,7 +1108,12 @@ def _does_width_matter(settings: Settings) -> Answer:
         prose("The typical network shrinks: given no dead layer, ", Expect(sp.log(M)), " is a finite sum of digamma values "
               "over the binomial law, about ", -sp.Rational(5, 2) * sp.Symbol("S"), " at large widths. Exact values: "
               + "; ".join(f"{logs[p]:.4f} at width {p[0]}, depth {p[1]} (measured {_measured(c)})"
-                          for p, c in zip(pairs, checks)) + "."),
+                          for p, c in zip(pairs, checks)) + ". Its spread from network to network, ",
+              Variance(sp.log(M)), " given no dead layer, is a finite sum of polygamma values too, about ",
+              5 * sp.Symbol("S"), " at large widths (Hanin & Rolnick 2018), here ", 5 * reciprocal,
+              "; at equal ", sp.Symbol("S"), " the exact values approach it from above as the layers widen, "
+              + ", ".join(f"{spreads[p]:.4f} at width {p[0]}, depth {p[1]}" for p in pairs)
+              + ": narrow layers spread the networks more than the sum of reciprocal widths says."),
         prose("Whole layers die: a layer of width ", n, " with a live input is entirely inactive with probability ",
               2**-n, ", for any symmetric weight law, and then every later layer is zero and so "
               "is every gradient below it (the relu derivative is 0 at 0). At width 3 and depth 3 the exact fraction of dead networks is ",
@@ -1127,12 +1133,14 @@ def _does_width_matter(settings: Settings) -> Answer:
     numbers = {"second_moment_first": float(seconds[first]), "second_moment_limit": float(limit),
                "rao_blackwell": rb_mean, "rao_blackwell_se": rb_se, "plain_second_moment": plain,
                "plain_second_moment_se": plain_se, "deep_skewness": tails.skewness,
-               **{f"log_moment_{p[0]}_{p[1]}": logs[p] for p in pairs}}
+               **{f"log_moment_{p[0]}_{p[1]}": logs[p] for p in pairs},
+               **{f"log_variance_{p[0]}_{p[1]}": spreads[p] for p in pairs}}
     total = sp.Sum(1 / sp.Indexed("n", sp.Symbol("j")), (sp.Symbol("j"), 1, L))
     headline = prose("He's condition fixes the mean, ", sp.Eq(Expect(M), 1), ", not one network: ", Expect(M**2),
                      " grows like ", sp.exp(5 * total), " and a layer of width ", n, " dies with probability ", 2**-n,
                      ". Measured ", Expect(sp.log(M)), f" = {_measured(checks[0])}.")
-    derivations = (finite.product_law(), finite.log_moment(), finite.dead_layer(), finite.backward())
+    derivations = (finite.product_law(), finite.log_moment(), finite.log_power_moment(2), finite.dead_layer(),
+                   finite.backward())
     series = tuple(Series(f"width {p[0]}, depth {p[1]}", nets[p], ("x_norm_ratio",)) for p in pairs)
     laws = tuple((f"width {p[0]}, depth {p[1]}", tuple([p[0]] * (p[1] + 1))) for p in pairs)
     return Answer(TOPICS["does-width-matter"], paragraphs, derivations, checks, series, numbers, headline, 0, settings,

@@ -2,6 +2,7 @@
 binomial or over Rademacher weights, quadrature, Monte Carlo of real networks judged by the checker's
 verdict), and each with a wrong sibling that fails."""
 
+import functools
 import itertools
 import math
 from fractions import Fraction
@@ -406,3 +407,92 @@ def test_log_variance_is_about_five_over_the_width():
     gaps = [float(finite.log_moments([n, n], 2)[1]) * n - 5 for n in (50, 100, 200)]
     assert all(0 < g < 0.5 for g in gaps)
     assert all(1.8 < a / b < 2.2 for a, b in zip(gaps, gaps[1:]))
+
+
+@functools.cache
+def _log_chi_moments_by_quadrature(m):
+    """E[y^j], j = 0..24, for y = log chi^2_m: Gauss-Legendre quadrature (numpy, 200 nodes on each of eight pieces
+    of [-400, 6]) of y^j exp(m y/2 - e^y/2) / (2^(m/2) Gamma(m/2)), the chi-square density at u = e^y times e^y
+    (beyond [-400, 6] the integrand of order 24 is below 1e-30 of the integral)."""
+    nodes, weights = np.polynomial.legendre.leggauss(200)
+    total = np.zeros(25)
+    cuts = [-400, -150, -60, -20, -5, 0, 2, 4, 6]
+    for lo, hi in itertools.pairwise(cuts):
+        y = (hi - lo) / 2 * nodes + (hi + lo) / 2
+        density = np.exp(m * y / 2 - np.exp(y) / 2 - (m / 2) * math.log(2) - math.lgamma(m / 2))
+        total += (hi - lo) / 2 * (y[None, :] ** np.arange(25)[:, None] * (weights * density)[None, :]).sum(axis=1)
+    return tuple(float(v) for v in total)
+
+
+def _log_raw_moments_by_quadrature(widths, count, active=0.5):
+    """E[(log R)^r | no dead layer], r = 0..count, R = ||x_L||^2/||x_0||^2 at He's variance, with no cumulant and no
+    polygamma: per number m of active units the quadrature moments of log chi^2_m, the layer's scale by the binomial
+    theorem, the binomial conditioned on K >= 1 mixes, and the layers combine by the binomial theorem (floats)."""
+    total = [1.0] + [0.0] * count
+    for a, n in itertools.pairwise(widths):
+        log_c = math.log(2 / a)
+        layer = [0.0] * (count + 1)
+        for m in range(1, n + 1):
+            chi = _log_chi_moments_by_quadrature(m)
+            weight = math.comb(n, m) * active**m * (1 - active) ** (n - m) / (1 - (1 - active) ** n)
+            for r in range(count + 1):
+                layer[r] += weight * math.fsum(math.comb(r, j) * log_c ** (r - j) * chi[j] for j in range(r + 1))
+        total = [math.fsum(math.comb(r, i) * total[r - i] * layer[i] for i in range(r + 1)) for r in range(count + 1)]
+    return total
+
+
+def _skewness(m1, m2, m3):
+    return (m3 - 3 * m1 * m2 + 2 * m1**3) / (m2 - m1**2) ** 1.5
+
+
+def test_log_moments_of_order_up_to_24_by_quadrature():
+    """The guard's route (polygamma cumulants mixed over the binomial, layers' cumulants added, moments by the
+    recursion; orders up to 24 = 3 * MAX_ORDER) against quadrature with no cumulant at all, and against
+    log_moments (symbolic Bell polynomials) to 25 digits for orders 1..4; a wrong binomial (0.45) is refused."""
+    widths = (2, 3, 2)
+    raw = _log_raw_moments_by_quadrature(widths, finite._SKEW_ORDER)
+    with mpmath.workdps(30):
+        guard = finite._moments_from_cumulants(list(finite._log_cumulants_to(widths, finite._SKEW_ORDER)))
+        for order in range(1, 5):   # (orders 5..8 build their symbolic derivations for a minute)
+            assert abs(guard[order] - finite.log_moments(widths, order, dps=30)[0]) <= mpmath.mpf(10) ** -25 * abs(guard[order])
+    for r in range(1, finite._SKEW_ORDER + 1):
+        assert float(guard[r]) == pytest.approx(raw[r], rel=1e-10), r
+    wrong = _log_raw_moments_by_quadrature(widths, 3, active=0.45)
+    assert abs(float(guard[3]) - wrong[3]) > 1e-3 * abs(wrong[3])
+
+
+@pytest.mark.parametrize("widths", [(2, 3, 2), (3, 3, 3, 3, 3)])
+def test_log_skewness_of_the_per_network_values_by_quadrature(widths):
+    """The exact skewness of (log R)^k (k = 1, 3, 8: moments up to 24) and of the variance's influence value
+    (log R - mu)^2, given no dead layer, against the quadrature moments; a wrong binomial gives another number."""
+    raw = _log_raw_moments_by_quadrature(widths, 24)
+    for k in (1, 3, 8):
+        assert finite.log_skewness(widths, k) == pytest.approx(_skewness(raw[k], raw[2 * k], raw[3 * k]), rel=1e-8), k
+    mu = raw[1]
+    central = [math.fsum(math.comb(j, i) * raw[i] * (-mu) ** (j - i) for i in range(j + 1)) for j in range(7)]
+    assert finite.log_skewness(widths, None) == pytest.approx(_skewness(central[2], central[4], central[6]), rel=1e-8)
+    wrong = _log_raw_moments_by_quadrature(widths, 9, active=0.45)
+    assert abs(finite.log_skewness(widths, 3) - _skewness(wrong[3], wrong[6], wrong[9])) > 1e-2
+
+
+def test_log_skewness_keeps_its_digits_far_from_the_origin():
+    """A large weight variance moves log R far from 0 (about 3.9 per layer at s = 100/n, spread about 0.4 over two
+    layers): the raw moments of (log R)^8 then cancel in its central moments (the sum of the terms' sizes is
+    about 1e13 times the third central moment), and the working precision grows to keep 25 digits. Pinned
+    against the same computation at 120 digits throughout, and against the delta method's
+    skew(X^k) ~ skew(X) + 3 (k - 1) sigma / mu to the next order in sigma / mu."""
+    widths = (64, 64, 64)
+    variances = (sp.Rational(100, 64), sp.Rational(100, 64))
+    skew_8 = finite.log_skewness(widths, 8, variances)
+    with mpmath.workdps(120):
+        kappas = finite._log_cumulants_to(widths, 24, variances, dps=120)
+        raw = finite._moments_from_cumulants(list(kappas))
+        third = raw[24] - 3 * raw[8] * raw[16] + 2 * raw[8] ** 3
+        assert skew_8 == pytest.approx(float(third / (raw[16] - raw[8] ** 2) ** mpmath.mpf(1.5)), rel=1e-12)
+        ratio = float(mpmath.sqrt(kappas[1]) / kappas[0])
+    delta = finite.log_skewness(widths, 1, variances) + 3 * 7 * ratio
+    assert abs(skew_8 - delta) < 10 * ratio**2 * 7**2
+    with pytest.raises(DerivationError, match="at most 100 layers of width at most 4096"):
+        finite._log_cumulants_to((8192, 8192), 3)
+    with pytest.raises(DerivationError, match="from 1 to 24, got 25"):
+        finite._log_cumulants_to((2, 2), 25)

@@ -113,3 +113,32 @@ def test_streamed_estimates_of_the_finite_width_moments_match_the_sampled_ones()
     for observable in observables:
         one, other = streamed[observable], estimate(drawn, observable)
         assert one.value == pytest.approx(other.value, rel=1e-9) and one.se == pytest.approx(other.se, rel=1e-6), observable
+
+
+def _third_log_moment(depth):
+    net = _network(3, depth)
+    return claim_from_derivation("log third moment", net, LogNormRatioMoment(Signal(len(net.layers) - 1), 3))
+
+
+def test_the_exact_skewness_guards_the_third_log_moment_where_the_sample_skewness_did_not(monkeypatch):
+    """E[(log R)^3] at width 3, depth 4 (exact skewness of the per-network (log R)^3: -11.4; the Edgeworth bound at
+    z = 1.96 asks for 4171 networks). With 3000 networks the sample skewness (about -9) asked for fewer than 3000,
+    so at seeds 4, 27 and 47 the correct claim FAILed (t = +2.7, +2.3, +2.3, in the direction negative skewness
+    makes likely); the exact skewness asks for more, and the same samples are INCONCLUSIVE, saying why. At seeds
+    0..4 the correct claim never FAILs, and the prediction with a layer missing FAILs at each."""
+    from varprop.montecarlo import laws
+
+    right = _third_log_moment(4)
+    exact = laws.exact_skew_minimum(right.observable, right.network, 1.96)
+    assert exact == check(right, samples=3000, seed=0, engine="conditional").primary.health["skew_minimum"] > 3000
+    for seed in (4, 27, 47):
+        with monkeypatch.context() as patch:    # the guard before: sample skewness only, for the log moments
+            patch.setattr(laws, "exact_skew_minimum", lambda observable, network, z: 0)
+            before = check(right, samples=3000, seed=seed, engine="conditional")
+        assert before.outcome == FAIL and before.primary.health["skew_minimum"] < 3000 < exact, before.message
+        after = check(right, samples=3000, seed=seed, engine="conditional")
+        assert after.outcome == INCONCLUSIVE and "exact, from the law given no dead layer" in after.message
+    missing = right.with_prediction(_third_log_moment(3).prediction)
+    for seed in range(5):
+        assert check(right, samples=3000, seed=seed, engine="conditional").outcome != FAIL
+        assert check(missing, samples=3000, seed=seed, engine="conditional").outcome == FAIL

@@ -41,6 +41,8 @@ concrete widths: :func:`mean_square`, :func:`fourth_moment`, :func:`dead_probabi
 
 from __future__ import annotations
 
+import decimal
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, partial
@@ -99,6 +101,7 @@ __all__ = [
     "expected_log_asymptotic",
     "power_moment_value",
     "log_moments",
+    "log_skewness",
     "conditional_second_moment",
     "MomentFromMGF",
     "Linearity",
@@ -896,6 +899,193 @@ def log_moments(widths: Sequence[int], order: int, variances: Sequence[object] |
         moment = sp.lambdify([_kappa[i] for i in range(1, order + 1)], log_power_moment(order).extras["moment"],
                              "mpmath")(*kappas[:order])
     return +moment, +kappas[1]
+
+
+#: The highest order of :func:`_log_cumulants_to`: the skewness of the per-network :math:`(\log R)^k` needs
+#: :math:`E[(\log R)^{3k}]`, k up to :data:`~varprop.observables.MAX_ORDER` (an internal bound for the
+#: checker's skew guard; the derivations' public orders stay at most ``MAX_ORDER``).
+_SKEW_ORDER = 3 * MAX_ORDER
+#: The widest layer :func:`_log_cumulants_to` takes (about 2 s per distinct layer at order 24 and width 4096).
+_SKEW_MAX_WIDTH = 4096
+
+
+def _polygamma_table(low: int, high: int, count: int) -> dict[int, list[mpmath.mpf]]:
+    r"""``table[m][i]`` = :math:`\psi^{(i)}(m/2)` for m = ``low``..``high``, i = 0..``count`` - 1, at the working
+    precision.
+
+    mpmath's polygamma at the two largest arguments (one per parity of m), then downwards by
+    :math:`\psi^{(i)}(x) = \psi^{(i)}(x + 1) - (-1)^i\, i!\, x^{-(i+1)}`: each step adds a term of the
+    result's own sign and a larger size for i >= 1, so no digits cancel (upwards, from 1/2, they
+    would); digamma loses at most a few near its root."""
+    factorials = [mpmath.factorial(i) for i in range(count)]
+    table: dict[int, list[mpmath.mpf]] = {}
+    for top in {high, max(high - 1, low)}:
+        x = mpmath.mpf(top) / 2
+        values = [mpmath.polygamma(i, x) for i in range(count)]
+        m = top
+        while True:
+            table[m] = values
+            if m - 2 < low:
+                break
+            x -= 1
+            m -= 2
+            power, step = 1 / x, []
+            for i, v in enumerate(values):
+                step.append(v - (factorials[i] if i % 2 == 0 else -factorials[i]) * power)
+                power /= x
+            values = step
+    return table
+
+
+def _moments_from_cumulants(cumulants: Sequence[object]) -> list[object]:
+    r"""``[1, m_1, .., m_r]`` from :math:`\kappa_1..\kappa_r` by :math:`m_n = \sum_{i=1}^{n}\binom{n-1}{i-1}\kappa_i m_{n-i}`
+    (mpmath or :class:`decimal.Decimal` numbers, at their working precision)."""
+    moments = [cumulants[0] * 0 + 1]
+    for n in range(1, len(cumulants) + 1):
+        row = _binomial_row(n - 1)
+        moments.append(sum(row[i - 1] * cumulants[i - 1] * moments[n - i] for i in range(1, n + 1)))
+    return moments
+
+
+@cache
+def _binomial_row(n: int) -> tuple[int, ...]:
+    return tuple(math.comb(n, i) for i in range(n + 1))
+
+
+def _cumulants_from_moments(moments: Sequence[mpmath.mpf]) -> list[mpmath.mpf]:
+    r""":math:`\kappa_1..\kappa_r` from ``[1, m_1, .., m_r]`` (the same recursion solved for :math:`\kappa_n`)."""
+    cumulants: list[mpmath.mpf] = []
+    for n in range(1, len(moments)):
+        cumulants.append(moments[n] - mpmath.fsum(math.comb(n - 1, i - 1) * cumulants[i - 1] * moments[n - i]
+                                                  for i in range(1, n)))
+    return cumulants
+
+
+def _layer_log_cumulants(width: int, scale: sp.Expr, count: int) -> list[mpmath.mpf]:
+    r"""The cumulants of order 1..``count`` of :math:`\log(c\,\chi^2_K)`, :math:`P(K = m) = \binom{n}{m}/(2^n - 1)`,
+    m = 1..n, at the working precision: per m, the cumulants :math:`\psi(m/2) + \log 2c` and
+    :math:`\psi^{(i-1)}(m/2)` give the moments about the mixture's mean (so that a large :math:`\log 2c`
+    costs no digits), the binomial mixes them, and the mixture's moments give its cumulants. The mixing runs in
+    :mod:`decimal` at the same precision (ten times faster than mpmath numbers; polygamma stays mpmath's).
+
+    Terms whose binomial weight is below :math:`10^{-(\text{dps} + 80)}` are left out: a factor's moments of
+    order at most 24 about the mixture's mean are below :math:`10^{32}` (:math:`\log\chi^2_1`'s left tail,
+    :math:`E|\log\chi^2_1|^{24} \approx 24!\,2^{25}`, and a shift of at most :math:`\log 2n`), and the
+    mixture's moments of even order 2r are at least its variance to the r, above :math:`10^{-50}` at every
+    width up to :data:`_SKEW_MAX_WIDTH` (variance about :math:`5/n`): the dropped mass is below :math:`10^{-\text{dps}}` of them."""
+    dps = mpmath.mp.dps
+    log2c = mpmath.log(2 * mpmath.mpf(str(sp.N(scale, dps + 10))))
+    # log10 C(n, m) / (2^n - 1) in floats decides which m to keep (ample margin); the kept weights are exact.
+    top = math.lgamma(width + 1) / math.log(10) - width * math.log10(2)
+    kept_range = [m for m in range(1, width + 1)
+                  if top - (math.lgamma(m + 1) + math.lgamma(width - m + 1)) / math.log(10) > -(dps + 80)]
+    weights = {m: math.comb(width, m) for m in kept_range}
+    table = _polygamma_table(kept_range[0], kept_range[-1], count)
+    kept = sum(weights.values())
+    mean = mpmath.fsum(w * table[m][0] for m, w in weights.items()) / kept
+    with decimal.localcontext() as context:
+        context.prec = dps
+        total = [decimal.Decimal(0)] * (count + 1)
+        for m, w in weights.items():
+            values = [decimal.Decimal(mpmath.nstr(v, dps, strip_zeros=False)) for v in
+                      (table[m][0] - mean, *table[m][1:count])]
+            raw = _moments_from_cumulants(values)
+            weight = decimal.Decimal(w) / kept
+            total = [a + weight * b for a, b in zip(total, raw)]
+        total = [mpmath.mpf(str(t)) for t in total]
+    cumulants = _cumulants_from_moments(total)
+    cumulants[0] += mean + log2c
+    return cumulants
+
+
+@cache
+def _log_cumulants_at(widths: tuple[int, ...], variances: tuple[sp.Expr, ...], count: int,
+                      dps: int) -> tuple[mpmath.mpf, ...]:
+    with mpmath.workdps(dps):
+        layers: dict[tuple[int, sp.Expr], list[mpmath.mpf]] = {}
+        totals = [mpmath.mpf(0)] * count
+        for n, s in zip(widths[1:], variances):
+            if (n, s) not in layers:
+                layers[n, s] = _layer_log_cumulants(n, s, count)
+            totals = [a + b for a, b in zip(totals, layers[n, s])]
+        return tuple(totals)
+
+
+def _log_cumulants_to(widths: Sequence[int], count: int, variances: Sequence[object] | None = None,
+                      dps: int = 50) -> tuple[mpmath.mpf, ...]:
+    r"""The cumulants :math:`\kappa_1..\kappa_{\text{count}}` of :math:`\log R` given no dead layer,
+    :math:`R = \|x_L\|^2/\|x_0\|^2`, ``count`` up to :data:`_SKEW_ORDER` (= 24), at ``dps`` digits, without
+    symbolic Bell polynomials (:func:`_log_cumulants` builds them and stops at order 8).
+
+    Given no dead layer, :math:`\log R = \sum_j \log(s_j\chi^2_{K_j})` with independent :math:`K_j`
+    (:func:`log_power_moment`): the cumulants of :math:`\log(c\chi^2_m)` are :math:`\psi(m/2) + \log 2c` and
+    :math:`\psi^{(i-1)}(m/2)`; a layer's mixture over :math:`P(K = m) = \binom{n}{m}/(2^n - 1)` has the weighted
+    sums of the per-m moments as its moments; the layers' cumulants add. The moments follow by
+    :func:`_moments_from_cumulants`; a test pins them to :func:`log_moments` for the orders it covers and the
+    higher ones to mpmath quadrature."""
+    widths = _as_widths(widths)
+    variances = _as_variances(widths, variances)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= _SKEW_ORDER:
+        raise DerivationError(f"count must be an integer from 1 to {_SKEW_ORDER}, got {count!r}")
+    if len(widths) > 101 or max(widths) > _SKEW_MAX_WIDTH:
+        raise DerivationError(f"the log moments of high order are computed for at most 100 layers of width at most "
+                              f"{_SKEW_MAX_WIDTH}, got {widths!r}")
+    return _log_cumulants_at(widths, variances, count, dps)
+
+
+def _poly_mul(a: Sequence[mpmath.mpf], b: Sequence[mpmath.mpf]) -> list[mpmath.mpf]:
+    out = [mpmath.mpf(0)] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    return out
+
+
+def _expect(poly: Sequence[mpmath.mpf], central: Sequence[mpmath.mpf]) -> tuple[mpmath.mpf, float]:
+    """(E[poly(Y)], digits lost to cancellation) for the central moments ``central`` of Y."""
+    terms = [c * m for c, m in zip(poly, central)]
+    value = mpmath.fsum(terms)
+    size = mpmath.fsum(abs(t) for t in terms)
+    if size == 0:
+        return value, 0.0
+    return value, (math.inf if value == 0 else float(mpmath.log10(size / abs(value))))
+
+
+def log_skewness(widths: Sequence[int], order: int | None, variances: Sequence[object] | None = None) -> float:
+    r"""The exact skewness of the per-network value a Monte Carlo mean averages for a log-moment claim, given no
+    dead layer (:math:`R = \|x_L\|^2/\|x_0\|^2`, Gaussian weights, default He's variance).
+
+    For ``order`` k (:math:`E[(\log R)^k]`) the value is :math:`V = (\log R)^k`. For ``order`` None
+    (:math:`\operatorname{Var}[\log R]`) the estimate :math:`\overline{X^2} - \bar X^2` (X the per-network
+    :math:`\log R`) moves, to first order, with the mean of the influence values :math:`V = (X - \mu)^2`,
+    :math:`\mu = E[X]`, whose mean the checker's delta-method SE describes. Either V is a polynomial
+    :math:`P(Y)` in :math:`Y = X - \mu`; with :math:`Q = P - E[P]` the skewness is
+    :math:`E[Q^3]/E[Q^2]^{3/2}`, each an exact combination of the central moments of X of order up to
+    :math:`3k` (6 for the variance), from the cumulants of log R (orders up to 24, from the layers' polygamma
+    cumulants in mpmath). The working precision starts at 50 digits and grows until both expectations keep at least 25 of them
+    (the cancellation is measured: the sum of the terms' sizes over the size of the sum)."""
+    widths = _as_widths(widths)
+    if order is not None:
+        order = _order(order)
+    degree = 2 if order is None else order
+    dps = 50
+    while True:
+        kappas = _log_cumulants_to(widths, 3 * degree, variances, dps)
+        with mpmath.workdps(dps):
+            central = _moments_from_cumulants([mpmath.mpf(0), *kappas[1:]])
+            mu = kappas[0]
+            if order is None:
+                poly = [mpmath.mpf(0), mpmath.mpf(0), mpmath.mpf(1)]
+            else:
+                poly = [mpmath.binomial(order, i) * mu ** (order - i) for i in range(order + 1)]
+            poly[0] -= _expect(poly, central)[0]
+            square = _poly_mul(poly, poly)
+            var, lost2 = _expect(square, central)
+            third, lost3 = _expect(_poly_mul(square, poly), central)
+        lost = max(lost2, lost3)
+        if lost < dps - 25 or dps >= 400:
+            return float(third / var ** mpmath.mpf(1.5)) if var > 0 else 0.0
+        dps = min(int(min(lost, 1e6)) + 50, 400)
 
 
 def power_moment_value(widths: Sequence[int], order: int, variances: Sequence[object] | None = None) -> sp.Rational:

@@ -783,7 +783,7 @@ def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, 
         # An exact claim's narrow widths must not be contradicted; the power statement is about its own width.
         narrow = item.position > 0 and jobs[item.job].claim.exactness in ("exact", "gaussian-exact")
         count = limits.networks_needed(_SAFETY, (z_plan if narrow else margin) * sigma / item.rtol) if sigma > 0 else _PILOT
-        exact_minimum = laws.exact_skew_minimum(_observable(item.claim, item.claim.network), item.claim.network, z_plan)
+        exact_minimum = laws.planned_skew_networks(_observable(item.claim, item.claim.network), item.claim.network, z_plan)
         wanted[item.job, item.position] = max(count, _planned_skew_minimum(gamma, z_plan), exact_minimum)
     for j, job in enumerate(jobs):
         if not job.is_sweep:

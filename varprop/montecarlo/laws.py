@@ -62,6 +62,8 @@ __all__ = [
     "MomentTails",
     "moment_tails",
     "exact_power_moment",
+    "exact_log_skewness",
+    "planned_skew_networks",
     "rao_blackwell",
     "sample_counts",
     "LawClaim",
@@ -441,40 +443,139 @@ def _chain_widths(observable: object, network: object) -> tuple[int, ...] | None
     return widths
 
 
+def _log_chain(observable: object, network: object) -> tuple[tuple[int, ...], tuple[object, ...], int | None] | None:
+    """``(widths, variances, order)`` of a log-moment observable on a zero-bias relu chain with Gaussian weights (order
+    None for the variance), else None; also None beyond the widths the exact skewness is computed for."""
+    from ..derive.finite import _SKEW_MAX_WIDTH, relu_chain
+    from ..errors import DerivationError
+    from ..observables import LogNormRatioMoment, LogNormRatioVariance
+
+    if not isinstance(observable, LogNormRatioMoment | LogNormRatioVariance):
+        return None
+    try:
+        widths, variances = relu_chain(network, observable.tensor.position, gaussian=True)
+    except DerivationError:
+        return None
+    if len(widths) > 101 or max(widths) > _SKEW_MAX_WIDTH:
+        return None
+    return widths, variances, None if isinstance(observable, LogNormRatioVariance) else observable.order
+
+
+def _edgeworth_minimum(skew: float, z: float) -> int:
+    if not math.isfinite(skew):
+        return 0
+    return int(min(math.ceil((z * abs(skew) * (2 * z * z + 1) / 3) ** 2), 10**18))
+
+
+def exact_log_skewness(observable: object, network: object) -> float | None:
+    r"""The exact skewness of the per-network value whose mean estimates a log-moment observable
+    (:class:`~varprop.observables.LogNormRatioMoment`: :math:`(\log R)^k`;
+    :class:`~varprop.observables.LogNormRatioVariance`: the influence value :math:`(\log R - \mu)^2`), over the
+    networks without a dead layer, as the observable averages them; None where the finite-width law does not
+    give it (not a zero-bias relu chain with Gaussian weights, or wider than the computation takes).
+    From :func:`varprop.derive.finite.log_skewness`."""
+    from ..derive.finite import log_skewness as exact
+
+    chain = _log_chain(observable, network)
+    if chain is None:
+        return None
+    widths, variances, order = chain
+    return exact(widths, order, variances)
+
+
 def exact_skew_minimum(observable: object, network: object, z: float) -> int:
     r"""Networks needed before a z-test of ``observable`` can be trusted, from the *exact* skewness of its
-    per-network values where the finite-width law gives it (the norm ratio and its square on a zero-bias relu
-    chain with Gaussian weights at He's variance), else 0. Same Edgeworth bound as the checker's sample-based
-    one, :math:`T \ge (z\gamma(2z^2+1)/3)^2`; the sample skewness of a heavy-tailed value is biased low,
-    the exact one is not."""
+    per-network values where the finite-width law gives it, else 0. Same Edgeworth bound as the checker's
+    sample-based one, :math:`T \ge (z\gamma(2z^2+1)/3)^2`; the sample skewness of a heavy-tailed value is biased
+    low and scatters widely from sample to sample, the exact one does neither.
+
+    Covered: the norm ratio and its moments :math:`E[R^k]` on a zero-bias relu chain with Gaussian weights at
+    He's variance (:func:`moment_tails`), and the log moments :math:`E[(\log R)^k]` and :math:`\operatorname{Var}[\log
+    R]` on such a chain at any weight variances (:func:`exact_log_skewness`), both given no dead layer, as the
+    observables average over the networks whose signal is not identically zero."""
+    log_skew = exact_log_skewness(observable, network)
+    if log_skew is not None:
+        return _edgeworth_minimum(log_skew, z)
     order = _tail_order(observable)
     widths = None if order is None else _chain_widths(observable, network)
     if widths is None:
         return 0
-    skew = moment_tails(widths, order).skewness
-    needed = (z * abs(skew) * (2 * z * z + 1) / 3) ** 2
-    return int(min(math.ceil(needed), 10**18))
+    return _edgeworth_minimum(moment_tails(widths, order).skewness, z)
+
+
+def planned_skew_networks(observable: object, network: object, z: float) -> int:
+    r"""Networks to *draw* so that :func:`exact_skew_minimum` is met by the networks the estimate averages: for a
+    log-moment observable only the networks without a dead layer count, a fraction
+    :math:`\prod_j (1 - 2^{-n_j})` of those drawn (:func:`varprop.derive.finite.dead_probability`), so the
+    minimum is divided by it; the other observables average every network."""
+    minimum = exact_skew_minimum(observable, network, z)
+    chain = _log_chain(observable, network) if minimum else None
+    if chain is None:
+        return minimum
+    alive = math.prod(1 - 2.0**-n for n in chain[0][1:])
+    return int(min(math.ceil(minimum / alive), 10**18))
+
+
+def _log_message(observable: object, network: object, networks: int, skew: float, minimum: int, z: float) -> object:
+    """Why a log-moment claim with ``networks`` networks is left without a verdict, and what can be checked instead:
+    the law of :math:`M_L` and the lower orders whose exact skewness the sample already meets."""
+    import sympy as sp
+
+    from ..derive.derivation import Expect, prose
+    from ..observables import LogNormRatioMoment, LogNormRatioVariance
+
+    log_r = sp.log(sp.Symbol("R"))
+    if isinstance(observable, LogNormRatioVariance):
+        value, lower = (log_r - sp.Symbol("mu")) ** 2, [1]
+    else:
+        value, lower = log_r**observable.order, list(range(1, observable.order))
+    instead: list[object] = []
+    for order in lower:
+        needed = exact_skew_minimum(LogNormRatioMoment(observable.tensor, order), network, z)
+        if needed <= networks:
+            instead += [", ", Expect(log_r**order), f" (its exact skewness asks for {needed} networks)"]
+    return prose("the per-network ", value, f" has skewness {skew:+.3g} (exact, from the law given no dead layer): "
+                 f"with the exact skewness the Edgeworth bound asks for {minimum} networks, not {networks}. "
+                 "Checkable instead: the law of ", sp.Symbol("M_L"), " (a law claim)", *instead)
 
 
 def annotate(result: object) -> object:
     """A check result on a heavy-tailed moment that is ``INCONCLUSIVE`` gets a pointer to what can be checked
-    instead (the law, E[log M_L], lower moments, the Rao-Blackwellised estimate); other results are returned as they are."""
+    instead (the law, E[log M_L], lower moments, the Rao-Blackwellised estimate; for a log moment, the law and the
+    lower orders the sample suffices for); other results are returned as they are."""
     from dataclasses import replace
+
+    from ..derive.derivation import prose
 
     claim = getattr(result, "claim", None)
     if claim is None or result.outcome != INCONCLUSIVE:
         return result
+    networks = result.primary.estimate.n
+    skew = exact_log_skewness(claim.observable, claim.network)
+    if skew is not None:
+        z = _test_level(result)
+        minimum = _edgeworth_minimum(skew, z)
+        if networks >= minimum:
+            return result
+        return replace(result, message=prose(result.message, "; ", _log_message(claim.observable, claim.network,
+                                                                                networks, skew, minimum, z)))
     order = _tail_order(claim.observable)
     widths = None if order is None else _chain_widths(claim.observable, claim.network)
     if widths is None:
         return result
     tails = moment_tails(widths, order)
-    networks = result.primary.estimate.n
     if tails.trusted(networks):
         return result
-    from ..derive.derivation import prose
-
     return replace(result, message=prose(result.message, "; ", tails.message(networks)))
+
+
+def _test_level(result: object) -> float:
+    """The normal critical value the checker's skew guard used for ``result``'s primary test (Holm's first step:
+    the level of its t quantile), or 1.96 when the measurement has no verdict."""
+    verdict = result.primary.verdict
+    if verdict is None or not math.isfinite(verdict.z_crit) or verdict.n < 2:
+        return 1.96
+    return float(stats.norm.isf(stats.t.sf(verdict.z_crit, verdict.n - 1)))
 
 
 # --- law claims --------------------------------------------------------------------------------
