@@ -496,3 +496,17 @@ def test_log_skewness_keeps_its_digits_far_from_the_origin():
         finite._log_cumulants_to((8192, 8192), 3)
     with pytest.raises(DerivationError, match="from 1 to 24, got 25"):
         finite._log_cumulants_to((2, 2), 25)
+
+
+def test_log_values_keep_the_digits_asked_for():
+    import mpmath
+
+    from varprop.derive.finite import expected_log, log_moments
+
+    with mpmath.workdps(15):  # the caller's precision is the default 15 digits
+        mean = expected_log([4, 4, 4], dps=40)
+        moment, variance = log_moments([4, 4, 4], 2, dps=40)
+    with mpmath.workdps(60):
+        reference, _ = log_moments([4, 4, 4], 1, dps=55)
+        assert abs(mean - reference) < mpmath.mpf(10) ** -35
+        assert abs(moment - (variance + reference**2)) < mpmath.mpf(10) ** -35

@@ -639,7 +639,8 @@ def expected_log(widths: Sequence[int], dps: int = 30) -> mpmath.mpf:
     factor = log_moment().extras["factor"]
     with mpmath.workdps(dps + 5):
         total = sum(mpmath.mpf(str(sp.N(factor.subs(_n, w).doit(), dps + 5))) for w in widths[1:])
-    return +total
+    with mpmath.workdps(dps):  # rounded to dps digits (outside the block, + rounds to the caller's precision)
+        return +total
 
 
 def expected_log_asymptotic(widths: Sequence[int]) -> sp.Expr:
@@ -898,7 +899,8 @@ def log_moments(widths: Sequence[int], order: int, variances: Sequence[object] |
     with mpmath.workdps(dps + 10):
         moment = sp.lambdify([_kappa[i] for i in range(1, order + 1)], log_power_moment(order).extras["moment"],
                              "mpmath")(*kappas[:order])
-    return +moment, +kappas[1]
+    with mpmath.workdps(dps):  # rounded to dps digits (outside the block, + rounds to the caller's precision)
+        return +moment, +kappas[1]
 
 
 #: The highest order of :func:`_log_cumulants_to`: the skewness of the per-network :math:`(\log R)^k` needs
