@@ -195,9 +195,12 @@ def _forward(layer: BatchNorm, walk: _Walk, signal: _Signal, position: int) -> _
         integral = builder.add(Expect(CHI / (CHI + _CB[p])), closed, Rule.GAUSSIAN_INTEGRAL,
                                "the chi-square integral in closed form (upper incomplete gamma function)",
                                proof=ChiSquare(CHI / (CHI + _CB[p]), sp.Integer(k)), uses=(i_c,))
-        value = closed.xreplace({_CB[p]: layer.batch * layer.eps / scale[0]})
-        step = builder.add(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the batch size, epsilon and scale",
-                           proof=SumIdentity(), uses=(general, modelled, integral, i_c, d["B"], d["eps"], scale[1]))
+        c_value = layer.batch * layer.eps / scale[0]
+        c_step = builder.identity(_CB[p], c_value, Rule.SUBSTITUTION, "substitute the batch size, epsilon and scale",
+                                  uses=(i_c, d["B"], d["eps"], scale[1]))
+        value = closed.xreplace({_CB[p]: c_value})
+        step = builder.add(Expect(out**2), value, Rule.SUBSTITUTION, "substitute the scaled epsilon",
+                           proof=SumIdentity(), uses=(general, modelled, integral, c_step))
     return _Signal(
         position, out, signal.width,
         Quantity(Expect(out), sp.Integer(0), mean_step),
@@ -221,7 +224,7 @@ def _variance_scale(layer: BatchNorm, walk: _Walk, signal: _Signal, p: int) -> t
             f"BatchNorm {name} with eps > 0: E[y^2] needs the law of the batch variance, derived on the Gaussian input "
             "and, in the mean-field limit, behind dense layers, BatchNorms and identity activations; after another "
             "nonlinearity it needs Yang et al.'s (2019) integral transforms, which varprop does not derive "
-            "(give eps = 0, for which E[y^2] = 1 exactly)")
+            "(with eps = 0, E[y^2] = 1 exactly; torch's BatchNorm refuses eps = 0 in training mode)")
     return moment, "asymptotic", (
         "wide layers (mean-field): a unit's batch is Gaussian with the mean Gram matrix a I + b 1 1^T of the "
         "exchangeable batch; centring removes b"), ()
@@ -296,7 +299,7 @@ def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal
     if value.has(sp.zoo, sp.oo, sp.nan):
         raise DerivationError(f"the gradient's second moment below {name} is infinite")
     step = builder.add(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute", proof=SumIdentity(),
-                       uses=(reduced, *uses, walk.definitions[B], walk.definitions[eps_p], *d_uses))
+                       uses=(reduced, *uses, *d_uses))
     return _Gradient(p - 1, D_in, _zero_mean_gradient(walk, D_in), Quantity(Expect(D_in**2), value, step),
                      independent=False)
 
@@ -334,6 +337,9 @@ def _chi_square_backward(layer: BatchNorm, walk: _Walk, below: _Signal, p: int, 
         extra: tuple[int, ...] = ()
     else:
         i_c = walk.define(_CB[p], B * eps_p / a, "the scaled epsilon", uses=(a_step,))
+        c_step = builder.identity(_CB[p], layer.batch * layer.eps / a, Rule.SUBSTITUTION,
+                                  "substitute the batch size and epsilon",
+                                  uses=(i_c, walk.definitions[B], walk.definitions[eps_p]))
         c = _CB[p]
         integrand = ((k - 1) / (CHI + c) + c**2 / (CHI + c) ** 3) / a
         F = chi_square_inverse(sp.Integer(k), SHIFT)
@@ -348,8 +354,9 @@ def _chi_square_backward(layer: BatchNorm, walk: _Walk, below: _Signal, p: int, 
                            "E[1/X] = 1/(k - 2)" if layer.eps == 0 else
                            "E[1/(X + c)] = F(c) (upper incomplete gamma function) and E[1/(X + c)^3] = F''(c)/2",
                            proof=ChiSquare(integrand, sp.Integer(k)), uses=(*extra, a_step))
-    value = d_value * closed.xreplace({_CB[p]: layer.batch * layer.eps / a}) if layer.eps else d_value * closed
-    return value, (modelled, integral, *extra, a_step)
+    if layer.eps == 0:
+        return d_value * closed, (modelled, integral, a_step)
+    return d_value * closed.xreplace({_CB[p]: layer.batch * layer.eps / a}), (modelled, integral, c_step)
 
 
 def _first_dense_backward(layer: BatchNorm, walk: _Walk, dense: Dense, p: int, d_value: sp.Expr) -> tuple[sp.Expr, tuple]:
