@@ -27,6 +27,9 @@ class _Unbiased(nn.BatchNorm1d):
         return (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=True) + self.eps)
 
 
+_Unbiased.__module__ = "torch.nn.modules.batchnorm"  # a leaf for torch.fx, as torch's own modules are
+
+
 def _exact(result):
     return {(p.place, p.tensor): p for p in result.places if p.result.exactness == "exact"}
 
