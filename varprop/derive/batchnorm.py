@@ -290,7 +290,8 @@ def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal
                           uses=(traced, walk.definitions[B]))
     d_value, d_uses = walk.plain(gradient.second)
     first = walk.network.layers[0]
-    if (layer.eps == 0 and p == 1 and below.position == 0 and isinstance(first, Dense)
+    # exact only for an independent isotropic gradient; under the mean-field assumptions the n/(n-2) is no better
+    if (exact_isotropy and layer.eps == 0 and p == 1 and below.position == 0 and isinstance(first, Dense)
             and isinstance(first.weights, Normal) and first.weights.mean == 0 and _gaussian_input(walk, walk.signals[-1])):
         value, uses = _first_dense_backward(layer, walk, first, p, d_value)
     else:
