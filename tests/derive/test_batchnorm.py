@@ -93,3 +93,34 @@ def test_bad_input_gives_one_clear_error():
     after_relu = Network((Dense(4, 4, Normal(1)), relu, BatchNorm(4, 6, eps=sp.Rational(1, 10))))
     with pytest.raises(DerivationError, match="Yang et al.'s \\(2019\\) integral transforms"):
         derive(after_relu, SecondMoment(Signal(2)))
+
+
+def test_mean_field_after_a_relu_on_a_batchnorm_against_quadrature():
+    """a = n Var[w] E[y^2] (1/2 - kappa), kappa = E[relu(u) relu(v)] at correlation -1/(B-1) (the BatchNorm output's
+    direction is uniform on the centred sphere), then E[y^2] = E[X/(X + B eps/a)], X chi-square with B - 1."""
+    import math
+
+    batch, eps, n = 4, 0.5, 12
+    relu = Nonlinearity(activation("relu"))
+    net = Network((Dense(n, n, Normal(sp.Rational(1, n))), BatchNorm(n, batch, eps=0), relu,
+                   Dense(n, n, Normal(sp.Rational(2, n))), BatchNorm(n, batch, eps=sp.Rational(1, 2))))
+    d = _verified(derive(net, SecondMoment(Signal(4))))
+    rho = -1 / (batch - 1)
+    kappa = integrate.dblquad(
+        lambda v, u: u * v * math.exp(-(u * u - 2 * rho * u * v + v * v) / (2 * (1 - rho * rho)))
+        / (2 * math.pi * math.sqrt(1 - rho * rho)), 0, 12, 0, 12, epsabs=1e-13)[0]
+    a = 2 * (0.5 - kappa)  # n Var[w] = 2, E[y^2] = 1 after the first BatchNorm
+    c = batch * eps / a
+    assert float(d.result) == pytest.approx(_chi2_mean(lambda x: x / (x + c), batch - 1), rel=1e-8)
+    assert d.exactness == "asymptotic"
+
+
+def test_a_relu_between_batchnorms_stops_the_backward_walk_with_the_reason():
+    relu = Nonlinearity(activation("relu"))
+    net = Network((Dense(6, 6, Normal(sp.Rational(1, 3))), BatchNorm(6, 5, eps=0), relu, Dense(6, 6, Normal(1)),
+                   BatchNorm(6, 5, eps=0)))
+    assert derive(net, SecondMoment(Gradient(3))).exactness == "asymptotic"  # the top BatchNorm's input: derived
+    assert derive(net, SecondMoment(Gradient(2))).result == derive(net, SecondMoment(Gradient(3))).result * 6
+    with pytest.raises(DerivationError, match="its mask and that BatchNorm's Jacobian depend on the same output"):
+        derive(net, SecondMoment(Gradient(0)))
+    assert derive(net, SecondMoment(Signal(4))).result == 1  # the forward places are unaffected

@@ -20,7 +20,11 @@ exchangeability of the batch makes :math:`aI + b\mathbf 1\mathbf 1^\top`; centri
 ``asymptotic``. :math:`a` is exact in expectation: :math:`a = v` for the input, :math:`a \mapsto
 n\,\mathrm{Var}[w]\,a` through a dense layer (a bias is common to the batch and cancels), unchanged
 through the identity, and :math:`a = \frac{B}{B-1}E[y^2]` after a BatchNorm (from :math:`\sum_b y_b
-= 0`). After another nonlinearity :math:`a` needs Yang et al.'s integral transforms, not derived here.
+= 0`). After a relu on a BatchNorm output, :math:`a = E[y^2](\frac12 - \kappa)` with :math:`\kappa` the
+arc-cosine kernel :math:`E[\mathrm{relu}(u)\mathrm{relu}(v)]` at correlation :math:`-1/(B-1)` (Cho &
+Saul 2009): in the mean-field limit the output's direction over the batch is uniform on the centred
+sphere and independent of its length, and relu is positively homogeneous. After another nonlinearity
+:math:`a` needs Yang et al.'s integral transforms, not derived here.
 
 Backward. Per unit the Jacobian over the batch is :math:`J = (C - y y^\top/B)/\sigma`,
 :math:`C = I - \mathbf 1\mathbf 1^\top/B`, symmetric, with :math:`JC = J` and
@@ -36,14 +40,19 @@ through fresh weights), :math:`E[\Delta x_b^2] = \frac dB E[(B-2)/(V+\epsilon) +
   :math:`\mathcal N(0, v|w_i|^2)`, :math:`|w_i|^2 = sY`, :math:`Y \sim \chi^2_n`, so
   :math:`E[\Delta x^2] = d\,\frac{B-2}{B-3}\,\frac{1}{vs(n-2)}` (the mean-field value times
   :math:`n/(n-2)`);
-* otherwise mean-field, ``asymptotic``: :math:`V \approx (a/B)\chi^2_{B-1}`. A gradient that comes
+* otherwise mean-field, ``asymptotic``: :math:`V \approx (a/B)\chi^2_{B-1}`. From the loss the
+  gradient may pass dense layers, identities and relus (a relu's mask multiplies uncorrelated examples,
+  and :math:`E[\mathbb 1_{y>0} y^2] = E[y^2]/2` decouples it from the Jacobian's diagonal). A gradient that comes
   from a BatchNorm above through dense layers (and the identity) only is centred over the batch,
   :math:`\sum_b \delta_b = 0`; the mean-field takes it isotropic in the centred subspace,
   :math:`E[\delta\delta^\top] = d\frac{B}{B-1}C`, which multiplies the value by :math:`B/(B-1)`. In
   a deep linear BatchNorm network this gives Yang et al.'s gradient explosion: every
   dense + BatchNorm layer multiplies :math:`E[\Delta^2]` by :math:`\frac{B-2}{B-3}` at any weight
   variance (Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, "A Mean Field Theory of Batch
-  Normalization", ICLR, the linear case of their gradient analysis).
+  Normalization", ICLR, the linear case of their gradient analysis). A relu between two BatchNorms is
+  refused for the gradient below it: its mask and the lower BatchNorm's Jacobian are functions of the
+  same output, and with a centred gradient they do not factor, not even in the mean-field limit (the
+  naive product misses by 17 % at width 128 in a relu network; measured).
 
 The affine parameters are at their initial values (gain 1, bias 0), so they change neither pass.
 """
@@ -55,12 +64,17 @@ import sympy as sp
 from ..errors import DerivationError
 from ..network import BatchNorm, Dense, GaussianInput, Nonlinearity
 from ..weights import Normal
-from .derivation import Code, Expect, Rule, prose
+from ..activations import X
+from .derivation import U as _PAIR_U
+from .derivation import V as _PAIR_V
+from .derivation import BivariateIntegral, Code, Expect, Rule, prose
 from .normalisation import CHI, SHIFT, ChiSquare, SumIdentity, TraceCheck, chi_square_inverse
 from .propagate import (
     Quantity,
     _Gradient,
+    _compact,
     _is_identity,
+    _kernel,
     _Signal,
     _Walk,
     _zero_mean_gradient,
@@ -79,6 +93,7 @@ _V = sp.IndexedBase("V")  # a unit's biased batch variance
 _MU = sp.IndexedBase("mu")  # a unit's batch mean
 _A = sp.IndexedBase("a")  # E[h_b^2] - E[h_b h_c], b != c: the batch-centred second moment
 _CB = sp.IndexedBase("c")
+_KAPPA = sp.IndexedBase("kappa")  # E[relu(u) relu(v)] at correlation -1/(B-1), for the relu at position p
 _EX = sp.Symbol("b", integer=True)  # the example index within the batch
 _Y = sp.Symbol("Y", positive=True)  # |w_i|^2 / s, chi-square with n degrees of freedom
 A_NOT_CONSTANT = "the unit's B inputs are not all equal (else 0/0: the sampler excludes such a network)"
@@ -139,6 +154,18 @@ def _centred_moment(walk: _Walk, position: int) -> tuple[sp.Expr, int] | None:
             if below is None:
                 return None
             step = builder.model(key, below[0], Rule.DEFINITION, "the identity keeps every moment", uses=(below[1],))
+        elif _after_batchnorm_relu(walk, position) is not None:
+            norm = _after_batchnorm_relu(walk, position)
+            k_step, kappa = _sphere_pair_kernel(walk, norm, position)
+            second = walk.signals[position - 1].second
+            value = sp.expand(second.value * (sp.Rational(1, 2) - kappa))
+            step = builder.model(key, value, Rule.SYMMETRY,
+                                 prose("relu is positively homogeneous and the BatchNorm output's direction over the "
+                                       "batch is uniform and independent of its length, so E[relu(y_b)^2] = E[y^2]/2 and "
+                                       "E[relu(y_b) relu(y_c)] = E[y^2] kappa"),
+                                 assumptions=(A_SPHERE,), exactness="asymptotic", uses=(k_step, second.step), source=YANG)
+            if not value.is_Rational:  # kappa's arccosine and square root: carried on as a checked number
+                _, (step,) = _compact(walk, Quantity(key, value, step), limit=0)
         elif isinstance(layer, BatchNorm):
             second = walk.signals[position].second
             value = sp.expand(second.value * layer.batch / (layer.batch - 1))
@@ -233,16 +260,63 @@ def _variance_scale(layer: BatchNorm, walk: _Walk, signal: _Signal, p: int) -> t
 # --- backward ------------------------------------------------------------------------------------
 
 
-def _centred_gradient(walk: _Walk, position: int) -> bool:
-    """True when the gradient at ``position`` came from a BatchNorm above through dense layers and identities only
-    (it then sums to 0 over the batch, for every unit and network)."""
-    for layer in walk.network.layers[position + 1:]:
-        if isinstance(layer, BatchNorm):
-            return True
+def _after_batchnorm_relu(walk: _Walk, position: int) -> BatchNorm | None:
+    """The BatchNorm right below the relu at ``position``, or ``None`` when it is no relu on a BatchNorm output."""
+    layers = walk.network.layers
+    layer = layers[position]
+    if (isinstance(layer, Nonlinearity) and layer.activation.name == "relu" and not layer.activation.params
+            and position >= 1 and isinstance(layers[position - 1], BatchNorm)):
+        return layers[position - 1]
+    return None
+
+
+def _sphere_pair_kernel(walk: _Walk, norm: BatchNorm, position: int) -> tuple[int, sp.Expr]:
+    r"""The step stating :math:`\kappa = E[\mathrm{relu}(u)\mathrm{relu}(v)]` for unit Gaussians of correlation
+    :math:`\rho = -1/(B-1)` (the arc-cosine kernel, checked by two-dimensional quadrature), and :math:`\kappa`."""
+    key = _KAPPA[position]
+    if key not in walk.definitions:
+        act = walk.network.layers[position].activation
+        rho = sp.Rational(-1, norm.batch - 1)
+        kernel = _kernel(act, sp.Integer(1), sp.Integer(1), rho)
+        if kernel is None:  # relu always has one (Cho & Saul 2009)
+            raise DerivationError(f"no closed-form kernel for {act}")
+        walk.definitions[key] = walk.builder.add(
+            key, sp.simplify(kernel[0]), Rule.GAUSSIAN_INTEGRAL,
+            prose("E[relu(u) relu(v)] for unit Gaussians of correlation ", rho, f" ({kernel[1]})"),
+            proof=BivariateIntegral(act.expr.subs(X, _PAIR_U) * act.expr.subs(X, _PAIR_V), sp.Integer(1), sp.Integer(1),
+                                    rho),
+            source="Cho & Saul 2009")
+    step = walk.definitions[key]
+    return step, walk.builder.steps[step].rhs
+
+
+A_SPHERE = ("mean-field: the batch of a unit at the BatchNorm's input is Gaussian with covariance a I + b 1 1^T, so its "
+            "output over the batch is sqrt(B V/(V + eps)) times a direction uniform on the centred unit sphere, "
+            "independent of V; two coordinates of that direction are those of a Gaussian pair of correlation -1/(B-1) "
+            "divided by its norm (Yang et al. 2019)")
+
+
+def _gradient_factor(walk: _Walk, position: int) -> tuple[sp.Expr, str, tuple[int, ...]] | None:
+    r""":math:`f` with :math:`E[\delta_b^2] - E[\delta_b\delta_c] = f\,E[\delta^2]` for the gradient at ``position``
+    (mean-field, walking down from the loss, where :math:`f = 1`): a dense layer or the identity keeps it, a
+    BatchNorm makes it :math:`B/(B-1)` (its gradient sums to 0 over the batch), a relu keeps :math:`f = 1` (its mask
+    multiplies uncorrelated examples, and :math:`E[\mathbb 1_{y > 0}\, y^2] = E[y^2]/2` decouples it from the
+    Jacobian's diagonal). ``None`` otherwise: a relu above a BatchNorm whose gradient is centred masks it with the
+    signs of the very output that BatchNorm's Jacobian is built from, so the two do not factor even in the
+    mean-field limit (Yang et al.'s transforms handle it; varprop does not), and other activations correlate their
+    slope with the Jacobian's diagonal. Returns (f, what it came through, the steps used)."""
+    factor, through = sp.Integer(1), "loss"
+    for layer in walk.network.layers[position + 1:][::-1]:
         if isinstance(layer, Dense) or (isinstance(layer, Nonlinearity) and _is_identity(layer.activation)):
             continue
-        return False
-    return False
+        if isinstance(layer, BatchNorm):
+            factor, through = sp.Integer(layer.batch) / (layer.batch - 1), "batchnorm"
+            continue
+        if (isinstance(layer, Nonlinearity) and layer.activation.name == "relu" and not layer.activation.params
+                and factor == 1):
+            continue
+        return None
+    return factor, through, ()
 
 
 def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
@@ -263,10 +337,20 @@ def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal
                         rule=Rule.CHAIN_RULE, source=IOFFE)
     k = layer.batch - 1
     r = V / (V + eps_p)
-    centred = _centred_gradient(walk, p)
-    exact_isotropy = gradient.independent and not centred
-    if centred:
-        factor, iso = sp.Integer(layer.batch) / (layer.batch - 1), (
+    spread = (sp.Integer(1), "loss", ()) if gradient.independent else _gradient_factor(walk, p)
+    if spread is None:
+        raise DerivationError(
+            f"the gradient below BatchNorm {name} comes through a nonlinearity whose slope does not factor from the "
+            "BatchNorm's Jacobian (a relu above a BatchNorm: its mask and that BatchNorm's Jacobian depend on the same "
+            "output; another activation: its slope correlates with the Jacobian's diagonal), not even in the mean-field "
+            "limit; Yang et al. (2019) handle it with integral transforms, which varprop does not derive (derived: "
+            "from the loss through dense layers, identities and relus, and from a BatchNorm through dense layers and "
+            "identities)")
+    exact_isotropy = gradient.independent
+    centred = spread[1] != "loss"
+    factor_uses = spread[2]
+    if spread[1] == "batchnorm":
+        factor, iso = spread[0], (
             "the gradient came from a BatchNorm above through dense layers only, so it sums to 0 over the batch; "
             "mean-field: it is taken independent of the forward pass and isotropic in the centred subspace, "
             "E[delta delta^T] = d B/(B-1) C (Yang et al. 2019)")
@@ -282,7 +366,7 @@ def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal
         prose("per unit, one example's share of ", sp.Symbol("d tr(J^2)"), ", and ", sp.Symbol("tr(J^2)"), " = ",
               (k - 2 * sp.Symbol("r") + sp.Symbol("r") ** 2) / (V + eps_p), " with ", sp.Eq(sp.Symbol("r"), r, evaluate=False),
               ", k = B - 1 (JC = J)"),
-        proof=TraceCheck(True), uses=(chain,), assumptions=(iso, A_EXCHANGEABLE),
+        proof=TraceCheck(True), uses=(chain, *factor_uses), assumptions=(iso, A_EXCHANGEABLE),
         exactness="exact" if exact_isotropy else "asymptotic", source=YANG if centred else "")
     simpler = ((k - 1) / (V + eps_p) + eps_p**2 / (V + eps_p) ** 3) / B
     reduced = builder.add(Expect(D_in**2), factor * Expect(D_out**2) * Expect(simpler), Rule.ALGEBRA,
