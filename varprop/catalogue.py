@@ -18,7 +18,8 @@ from .activations import activation
 from .claims import Claim, ClaimError, ClaimFamily
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
-from .network import Dense, Dropout, FixedInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm, cnn, conv, mlp
+from .network import (BatchNorm, Dense, Dropout, FixedInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm, cnn, conv,
+                      mlp)
 from .observables import Correlation, Gradient, Mean, Observable, ObservableError, SecondMoment, Signal, from_name
 from .weights import glorot, he, lecun, torch_linear_default
 
@@ -30,6 +31,7 @@ CHO_SAUL = "Cho & Saul 2009 (arc-cosine kernel)"
 SCHOENHOLZ = "Schoenholz et al. 2017"
 BA = "Ba et al. 2016, eq. (4)"
 ZHANG = "Zhang & Sennrich 2019, eq. (4)"
+IOFFE = "Ioffe & Szegedy 2015, Algorithm 1"
 _DEPTH = 3
 _SMALL = (2, 4)  # an exact claim must hold at narrow widths too
 # Widths an asymptotic claim's limit is fitted over: from 8 up, where the 2^-n of a dead relu layer
@@ -182,6 +184,7 @@ def _catalogue() -> dict[str, ClaimFamily]:
         *_dropout_entries(),
         *_convolution_entries(),
         *_normaliser_entries(),
+        *_batchnorm_entries(),
     ]
     return {entry.name: entry for entry in entries}
 
@@ -348,6 +351,37 @@ def _normaliser_entries() -> list[ClaimFamily]:
                "(I - 11^T/n - yy^T/n)/sigma, a chi-square expectation with n - 1 degrees of freedom",
                lambda n: on_input(LayerNorm(n, eps=sp.Rational(1, 2))), SecondMoment(Gradient(-1)), None,
                source=f"{BA}; Gradshteyn & Ryzhik 3.383.10"),
+    ]
+
+
+def _batchnorm_entries() -> list[ClaimFamily]:
+    """BatchNorm in training mode over a batch of 8 (4 on the input): exact where the normalisation makes it exact.
+
+    ``batchnorm1`` is position 3 of ``dense, relu, dense, batchnorm``; on the Gaussian input
+    the batch of a unit is iid Gaussian and its batch variance a scaled chi-square with B - 1 degrees of
+    freedom; after a first dense layer on the Gaussian input it is a product of two independent ones.
+    """
+    relu = activation("relu")
+
+    def deep(n: int) -> Network:
+        law = he().law(n, n)
+        return Network((Dense(n, n, law), Nonlinearity(relu), Dense(n, n, law), BatchNorm(n, 8, eps=0)))
+
+    return [
+        _entry("batchnorm-unit-mean-square",
+               "BatchNorm with eps = 0 in a relu net: the batch mean square of every unit is 1, so E[y^2] = 1 for each "
+               "example (exchangeable examples), whatever comes before",
+               deep, SecondMoment(Signal(3)), None, source=IOFFE),
+        _entry("batchnorm-eps-gaussian-input",
+               "BatchNorm with eps = 1/2 over a batch of 4 Gaussian inputs: E[y^2] = E[X/(X + 2)], X chi-square with 3 "
+               "degrees of freedom (incomplete gamma function), not v/(v + eps) = 2/3",
+               lambda n: Network((BatchNorm(n, 4, eps=sp.Rational(1, 2)), Dense(n, n, he().law(n, n)))),
+               SecondMoment(Signal(0)), None, source=f"{IOFFE}; Gradshteyn & Ryzhik 3.383.10"),
+        _entry("batchnorm-backward-first-dense",
+               "BatchNorm with eps = 0 over a batch of 8 after a He dense layer on the Gaussian input: the gradient at "
+               "its input is (B-2)/(B-3) n/(2(n-2)) at every width, the mean-field value times n/(n-2)",
+               lambda n: Network((Dense(n, n, he().law(n, n)), BatchNorm(n, 8, eps=0))), SecondMoment(Gradient(0)),
+               None, source=IOFFE, width=16, sweep=(4, 8)),
     ]
 
 

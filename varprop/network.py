@@ -34,6 +34,7 @@ __all__ = [
     "Dropout",
     "LayerNorm",
     "RMSNorm",
+    "BatchNorm",
     "NORMALISERS",
     "Layer",
     "LAYER_CLASSES",
@@ -297,7 +298,7 @@ def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Wi
                 )
             first = fan_in if first is None else first
             current, previous = fan_out, layer
-        elif isinstance(layer, NORMALISERS):
+        elif isinstance(layer, (*NORMALISERS, BatchNorm)):
             width = current if current is not None else next(
                 (layer_widths(later)[0] for later in layers[index + 1:] if isinstance(later, WEIGHTED_LAYERS)), None)
             if width is not None and sp.simplify(sp.sympify(width) - layer.width) != 0:
@@ -459,12 +460,50 @@ class RMSNorm:
         _check_affine(self.affine, "RMSNorm affine")
 
 
+@dataclass(frozen=True)
+class BatchNorm:
+    r"""Batch normalisation in training mode (Ioffe & Szegedy 2015, Algorithm 1), at initialisation.
+
+    Each network carries a *batch* of :math:`B` inputs through the same weights, and each unit is
+    normalised over the batch with the biased batch variance, as ``torch.nn.BatchNorm1d`` does in
+    ``train()`` mode:
+
+    .. math:: y_{b,i} = \gamma_i \frac{x_{b,i} - \bar x_i}{\sqrt{V_i + \epsilon}} + \beta_i, \qquad
+              \bar x_i = \frac1B \sum_c x_{c,i}, \quad V_i = \frac1B \sum_c (x_{c,i} - \bar x_i)^2.
+
+    (The unbiased :math:`\frac{B}{B-1} V_i` only enters the running variance, which training mode does
+    not use for its output.) ``batch`` is :math:`B \ge 2`; every BatchNorm of a network must have the
+    same, and the network's inputs must be a single :class:`GaussianInput` (the batch is :math:`B` iid
+    draws of it). With ``affine=True`` the gain and bias are at PyTorch's initial values 1 and 0.
+    ``eps`` defaults to PyTorch's ``1e-5`` (kept as the exact rational 1/100000).
+    """
+
+    width: Width
+    batch: int
+    eps: sp.Expr = sp.Rational(1, 100000)
+    affine: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", check_width(self.width, "BatchNorm width"))
+        if isinstance(self.batch, bool) or not isinstance(self.batch, Integral) or not 2 <= int(self.batch) <= MAX_BATCH:
+            raise SpecError(f"BatchNorm batch must be an integer from 2 to {MAX_BATCH} (the number of inputs "
+                            f"normalised together), got {abbreviate(self.batch)}")
+        object.__setattr__(self, "batch", int(self.batch))
+        object.__setattr__(self, "eps", _check_eps(self.eps, "BatchNorm eps"))
+        _check_affine(self.affine, "BatchNorm affine")
+
+
+#: The largest batch a :class:`BatchNorm` accepts (the sampler carries the whole batch per network).
+MAX_BATCH = 4096
+
 #: Layers that normalise each example over its units (no weights; the signal width is unchanged).
 NORMALISERS: tuple[type, ...] = (LayerNorm, RMSNorm)
+#: Layers a network with a :class:`BatchNorm` may hold (those whose sampler steps carry a whole batch).
+BATCH_LAYERS: tuple[type, ...] = (Dense, Nonlinearity, LayerNorm, RMSNorm, BatchNorm)
 
-Layer = Dense | Conv | Nonlinearity | Residual | Dropout | LayerNorm | RMSNorm
+Layer = Dense | Conv | Nonlinearity | Residual | Dropout | LayerNorm | RMSNorm | BatchNorm
 #: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).
-LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout, LayerNorm, RMSNorm)
+LAYER_CLASSES: tuple[type, ...] = (Dense, Conv, Nonlinearity, Residual, Dropout, LayerNorm, RMSNorm, BatchNorm)
 #: Layers with weights, which set the width of the signal: (layer) -> (input width, output width).
 WEIGHTED_LAYERS: tuple[type, ...] = (Dense, Conv)
 
@@ -650,8 +689,37 @@ def _nested_dense(layers: Sequence[Layer]) -> Iterable[Dense]:
             yield from _nested_dense(layer.branch)
 
 
+def _check_batch(layers: tuple[Layer, ...], inputs: InputSpec) -> None:
+    """A network with a BatchNorm: one batch size, a single Gaussian input, only layers that carry a batch."""
+    norms = [(index, layer) for index, layer in enumerate(layers) if isinstance(layer, BatchNorm)]
+    for index, layer in enumerate(layers):
+        if isinstance(layer, Residual) and any(isinstance(inner, BatchNorm) for inner in _all_layers(layer.branch)):
+            raise SpecError(f"layer {index} is a residual block with a BatchNorm in its branch; varprop reads "
+                            "BatchNorm only outside residual blocks")
+    if not norms:
+        return
+    sizes = sorted({layer.batch for _, layer in norms})
+    if len(sizes) > 1:
+        raise SpecError(f"every BatchNorm of a network normalises the same batch, got batch sizes {sizes}")
+    if not isinstance(inputs, GaussianInput) or inputs.paired:
+        raise SpecError(f"a network with a BatchNorm needs a single GaussianInput (its batch is {sizes[0]} iid draws "
+                        f"of it), got {inputs!r}")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, BATCH_LAYERS):
+            accepted = ", ".join(cls.__name__ for cls in BATCH_LAYERS)
+            raise SpecError(f"layer {index} is a {type(layer).__name__}, which varprop does not yet carry through a "
+                            f"batch; a network with a BatchNorm may hold: {accepted}")
+
+
+def _all_layers(layers: Sequence[Layer]) -> Iterable[Layer]:
+    for layer in layers:
+        yield layer
+        if isinstance(layer, Residual):
+            yield from _all_layers(layer.branch)
+
+
 _PLACE_PREFIX = {Dense: "dense", Conv: "conv", Nonlinearity: "act", Residual: "res", Dropout: "drop",
-                 LayerNorm: "layernorm", RMSNorm: "rmsnorm"}
+                 LayerNorm: "layernorm", RMSNorm: "rmsnorm", BatchNorm: "batchnorm"}
 
 
 @dataclass(frozen=True)
@@ -679,6 +747,12 @@ class Network:
             raise SpecError(
                 f"fixed input has {len(self.inputs.values)} entries but the first layer has fan_in {self.widths[0]}"
             )
+        _check_batch(layers, self.inputs)
+
+    @property
+    def batch(self) -> int:
+        """The number of inputs each network carries through the same weights: its BatchNorm's batch, else 1."""
+        return next((layer.batch for layer in self.layers if isinstance(layer, BatchNorm)), 1)
 
     @property
     def weighted_layers(self) -> tuple[Dense | Conv, ...]:

@@ -19,10 +19,11 @@ from varprop.activations import activation
 from varprop.montecarlo import FAIL, PASS, MonteCarloError, estimate, judge, layer_step, network_values, per_network_values, sample
 from varprop.montecarlo.check import _measure_one, _observable
 from varprop.montecarlo.estimators import health
-from varprop.network import (LAYER_CLASSES, Conv, Dense, Dropout, FixedInput, GaussianInput, LayerNorm, Network, Nonlinearity,
+from varprop.network import (LAYER_CLASSES, BatchNorm, Conv, Dense, Dropout, FixedInput, GaussianInput, LayerNorm, Network, Nonlinearity,
                              Residual, RMSNorm, mlp)
 from varprop.observables import (
     OBSERVABLES,
+    PAIR_OBSERVABLES,
     Gradient,
     Mean,
     NormRatio,
@@ -64,11 +65,17 @@ def test_every_observable_and_layer_class_has_a_monte_carlo_rule():
                    Nonlinearity(activation("tanh")),
                    Residual((Dense(4, 4, Normal(0.25)), Nonlinearity(activation("relu")), Dense(4, 4, Normal(0.5))), 0.5),
                    Dropout(0.75), LayerNorm(4), RMSNorm(4)), FixedInput(X, partner=(0.5, 1.0, -1.0)))
-    assert {type(layer) for layer in net.layers} == set(LAYER_CLASSES)
+    assert {type(layer) for layer in net.layers} == set(LAYER_CLASSES) - {BatchNorm}
     samples = sample(net, 20, seed=0)
     for cls in OBSERVABLES:
         for position in (0, 2, 4, 6):
             assert np.isfinite(estimate(samples, cls(Signal(position))).value), cls
+    # BatchNorm carries a batch, not a pair: every statistic of one input runs in a network of its own
+    batched = sample(Network((Dense(3, 4, Normal(0.5)), BatchNorm(4, 3, eps=0.1), Nonlinearity(activation("relu")),
+                              LayerNorm(4))), 20, seed=0)
+    for cls in OBSERVABLES:
+        if cls not in PAIR_OBSERVABLES:
+            assert np.isfinite(estimate(batched, cls(Signal(1))).value), cls
 
 
 def test_the_registry_check_catches_a_class_without_a_rule():

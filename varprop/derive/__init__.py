@@ -43,6 +43,7 @@ from . import finite  # noqa: F401  (registers the finite-width observables' rul
 from . import dropout, residual  # noqa: F401  (register the Dropout and Residual layer rules)
 from . import convolution  # noqa: F401  (registers the convolution rules)
 from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm rules)
+from . import batchnorm  # noqa: F401  (registers the BatchNorm rules)
 from .textbook import DERIVATIONS, Q_STAR, backward, condition, forward, glorot, ratio, weight_gradient
 
 __all__ = [

@@ -333,6 +333,7 @@ class _Walk:
     prime: bool = False  # while walking the partner input: signal symbols are primed
     blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
     pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
+    gradient_error: DerivationError | None = None  # why the backward walk stops at some layer (a BatchNorm's law)
 
     # -- naming --
 
@@ -816,8 +817,12 @@ def _tensor_moments(walk: _Walk, observable: Observable) -> tuple[Quantity, Quan
         state = walk.signals[tensor.position]
         return state.mean, state.second
     if isinstance(tensor, Gradient):
+        if tensor.position not in walk.gradients and walk.gradient_error is not None:
+            raise DerivationError(str(walk.gradient_error))
         state = walk.gradients[tensor.position]
         return state.mean, state.second
+    if tensor.position not in walk.weight_gradients and walk.gradient_error is not None:
+        raise DerivationError(str(walk.gradient_error))
     return walk.weight_gradients[tensor.position]
 
 
@@ -1251,7 +1256,11 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
     gradient = _output_gradient(walk)
     walk.gradients[gradient.position] = gradient
     for position in range(len(network.layers) - 1, -1, -1):
-        gradient = backward_rule(network.layers[position], walk, gradient, walk.signals[position - 1], position)
+        try:
+            gradient = backward_rule(network.layers[position], walk, gradient, walk.signals[position - 1], position)
+        except DerivationError as exc:  # the gradients below stay underived; the forward ones are unaffected
+            walk.gradient_error = exc
+            break
         walk.gradients[gradient.position] = gradient
     if getattr(network.inputs, "paired", False):
         _pair_walk(walk)

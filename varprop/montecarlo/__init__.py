@@ -26,6 +26,7 @@ from . import dropout, residual  # noqa: F401  (register the Dropout and Residua
 from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
 from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm sampler steps)
+from . import batchnorm  # noqa: F401  (registers the BatchNorm sampler step)
 
 __all__ = [
     "MonteCarloError",

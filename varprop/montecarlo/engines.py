@@ -162,12 +162,19 @@ class _DenseStep:
                  grad: np.ndarray) -> np.ndarray:
         return np.matmul(grad, params[0])
 
+    def batched(self, rows: int) -> _DenseStep:
+        return self  # y = W x + b and W^T d act on every example alike
+
 
 @dataclass(frozen=True)
 class _NonlinearityStep:
     r""":math:`x = \phi(y)`, :math:`\partial\mathcal L/\partial y = \phi'(y)\,\partial\mathcal L/\partial x` (both engines)."""
 
     layer: Nonlinearity
+    rows: int = 1  # the examples whose gradient goes back (the whole batch in a network with a BatchNorm)
+
+    def batched(self, rows: int) -> _NonlinearityStep:
+        return _NonlinearityStep(self.layer, rows)
 
     def draw(
         self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
@@ -181,7 +188,7 @@ class _NonlinearityStep:
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         activation = self.layer.activation
-        return activation.numpy(h), activation.numpy_derivative(h[:, :1, :])
+        return activation.numpy(h), activation.numpy_derivative(h[:, :self.rows, :])
 
     def backward(self, params: tuple[np.ndarray, ...], noise: tuple[np.ndarray, ...], cache: np.ndarray,
                  grad: np.ndarray) -> np.ndarray:
@@ -341,6 +348,20 @@ def sized(step: LayerStep, width: int) -> LayerStep:
     return step if bind is None else bind(width)
 
 
+def batched(step: LayerStep, rows: int) -> LayerStep:
+    """``step`` made to carry ``rows`` examples back (a network with a BatchNorm: the batch's gradients all flow).
+
+    A step that keeps per-example state for its backward pass has a ``batched(rows)`` method returning
+    the step that keeps it for ``rows`` examples; a step without one cannot serve such a network.
+    """
+    if rows == 1:
+        return step
+    bind = getattr(step, "batched", None)
+    if bind is None:
+        raise MonteCarloError(f"the step {type(step).__name__} cannot carry a batch of {rows} examples back")
+    return bind(rows)
+
+
 @singledispatch
 def layer_cost(layer: object) -> tuple[int, int]:
     """(random numbers drawn, extra working floats) per network for one layer in the full engine (0, 0 by default)."""
@@ -360,6 +381,9 @@ def _full_unsupported(network: Network, paired: bool) -> str | None:
 
 
 def _conditional_unsupported(network: Network, paired: bool) -> str | None:
+    if network.batch > 1:
+        return (f"the network normalises over a batch of {network.batch} inputs (BatchNorm), and the conditional "
+                "engine draws only what one input (or a pair) sees of each weight matrix")
     for index, layer in enumerate(network.layers):
         place = network.place_name(index)
         if conditional_step.dispatch(type(layer)) is conditional_step.registry[object]:
@@ -389,7 +413,7 @@ def _full_cost(network: Network, paired: bool) -> tuple[int, int]:
         if isinstance(layer, WEIGHTED_LAYERS):
             width = int(layer_widths(layer)[1])
         activations += 8 * width
-    return max(1, drawn), drawn + activations
+    return max(1, drawn), drawn + activations * network.batch  # every example of a batch is carried
 
 
 def _conditional_cost(network: Network, paired: bool) -> tuple[int, int]:
@@ -441,7 +465,7 @@ class Engine:
         steps = []
         for index, layer in enumerate(network.layers):
             try:
-                step = sized(self.step(layer, inputs), int(network.width(index - 1)))
+                step = batched(sized(self.step(layer, inputs), int(network.width(index - 1))), network.batch)
                 if isinstance(layer, Nonlinearity):
                     layer.activation.numpy(np.zeros(1))
                     layer.activation.numpy_derivative(np.zeros(1))
@@ -513,6 +537,8 @@ def run_chunk(
     """
     n_in = int(plan.widths[0])
     n_out = int(plan.widths[-1])
+    batch = plan.network.batch  # inputs carried through the same weights (BatchNorm); 1 otherwise
+    shape_in, shape_out = ((block, n_in), (block, n_out)) if batch == 1 else ((block, batch, n_in), (block, batch, n_out))
     columns: list[list[np.ndarray]] = [[], []]
     drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
     noises: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
@@ -521,7 +547,7 @@ def run_chunk(
         rng = np.random.Generator(np.random.PCG64(child))
         take = min(block, used - position * block)
         if plan.input_law is not None:
-            columns[0].append(_as_draw(plan.input_law.sample((block, n_in), rng=rng))[:take])
+            columns[0].append(_as_draw(plan.input_law.sample(shape_in, rng=rng))[:take])
         if plan.partner_law is not None:
             columns[1].append(_as_draw(plan.partner_law.sample((block, n_in), rng=rng))[:take])
         for index, step in enumerate(plan.steps):
@@ -530,7 +556,7 @@ def run_chunk(
             if len(children) == 1:
                 workspace[index] = arrays
             drawn[index].append(tuple(array[:take] for array in arrays))
-        losses.append(rng.standard_normal((block, n_out))[:take])
+        losses.append(rng.standard_normal(shape_out)[:take])
         for index in range(len(plan.steps) - 1, -1, -1):
             key = -1 - index  # the backward draws' workspace entries
             arrays = plan.steps[index].draw_backward(block, rng, workspace.get(key) if len(children) == 1 else None)
@@ -543,21 +569,24 @@ def run_chunk(
         if plan.mixing is not None:  # a Gaussian pair with correlation c0 per coordinate
             second = plan.mixing[0] * first + plan.mixing[1] * second
         h = np.stack((first, second), axis=1)
+    elif batch > 1:
+        h = np.array(first)
     else:
         h = np.array(first)[:, None, :]
     params = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
     noise = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in noises]
     g = join(losses)
 
-    signal_sums(h, out[:, :, 0])
+    # In a batch, every statistic is taken at example 0 (the examples are exchangeable).
+    signal_sums(h[:, :1] if batch > 1 else h, out[:, :, 0])
     caches = []
     for column, (step, p) in enumerate(zip(plan.steps, params), 1):
         h, cache = step.forward(p, h)
-        signal_sums(h, out[:, :, column])
+        signal_sums(h[:, :1] if batch > 1 else h, out[:, :, column])
         caches.append(cache)
-    grad = g[:, None, :]
+    grad = g if batch > 1 else g[:, None, :]  # the loss sums <g_b, out_b> over the batch
     column = len(plan.steps)
-    gradient_sums(g, out[:, :, column])
+    gradient_sums(grad[:, 0, :], out[:, :, column])
     for step, p, e, cache in zip(reversed(plan.steps), reversed(params), reversed(noise), reversed(caches)):
         grad = step.backward(p, e, cache, grad)
         column -= 1

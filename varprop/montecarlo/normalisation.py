@@ -46,6 +46,7 @@ class NormaliserStep:
     """The step of a LayerNorm (``centred``) or an RMSNorm: no draws; forward and backward over the units."""
 
     layer: LayerNorm | RMSNorm
+    rows: int = 1  # the examples whose gradient goes back (the whole batch in a network with a BatchNorm)
     eps: float = field(init=False)
     centred: bool = field(init=False)
 
@@ -70,7 +71,10 @@ class NormaliserStep:
         centred = h - _unit_sums(h) / width if self.centred else h
         sigma = np.sqrt(_unit_sums(centred * centred) / width + self.eps)
         y = centred / sigma  # 0/0 = NaN when sigma = 0 (eps = 0): flagged and excluded by the sampler
-        return y, (y[:, :1], sigma[:, :1])
+        return y, (y[:, :self.rows], sigma[:, :self.rows])
+
+    def batched(self, rows: int) -> NormaliserStep:
+        return NormaliserStep(self.layer, rows)
 
     def backward(self, params: tuple[np.ndarray, ...], noise: tuple[np.ndarray, ...],
                  cache: tuple[np.ndarray, np.ndarray], grad: np.ndarray) -> np.ndarray:

@@ -507,7 +507,7 @@ def _audit(factory, input_shape, *, networks, batch, seed, rtol, alpha, pilot, a
     def laws(path: str, parameter: str) -> WeightLaw | None:
         return identified[path, parameter].law
 
-    translation = translate(first, shape, laws, graph=graph)
+    translation = translate(first, shape, laws, graph=graph, batch=batch)
     net = translation.network
     label = name or getattr(factory, "__qualname__", None) or type(first).__name__
     claims, places = [], []

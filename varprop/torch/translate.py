@@ -7,7 +7,8 @@ input and the output becomes one layer of the network, looked up in a registry:
 * :data:`MODULE_TRANSLATIONS`, keyed on torch module classes (``nn.Linear`` -> :class:`Dense` and
   ``nn.Conv1d``/``nn.Conv2d`` -> :class:`Conv` with the laws :mod:`varprop.torch.laws` identified for
   their weight and bias; ``nn.Dropout(p)`` -> ``Dropout(keep=1-p)``; ``nn.LayerNorm`` and
-  ``nn.RMSNorm`` -> :class:`LayerNorm` / :class:`RMSNorm`; ``nn.ReLU`` and the other activation
+  ``nn.RMSNorm`` -> :class:`LayerNorm` / :class:`RMSNorm`; ``nn.BatchNorm1d`` on a ``(batch, features)``
+  tensor -> :class:`BatchNorm` over the measured batch (training mode); ``nn.ReLU`` and the other activation
   modules -> :class:`Nonlinearity`), searched along the class's MRO so a user subclass of
   ``nn.Linear`` is a ``Linear``;
 * :data:`FUNCTION_TRANSLATIONS`, keyed on the functions an fx graph calls (``F.relu``,
@@ -41,8 +42,8 @@ from torch import fx, nn
 
 from ..activations import activation, expression
 from ..errors import SpecError, VarpropError
-from ..network import (FLOAT64_EPS, Conv, Dense, Dropout, GaussianInput, Layer, LayerNorm, Network, Nonlinearity,
-                       Residual, RMSNorm)
+from ..network import (FLOAT64_EPS, BatchNorm, Conv, Dense, Dropout, GaussianInput, Layer, LayerNorm, Network,
+                       Nonlinearity, Residual, RMSNorm)
 from ..weights import Normal, Uniform, WeightLaw
 
 __all__ = [
@@ -85,6 +86,7 @@ class Shapes:
     output: tuple[int, ...]
     dtype: torch.dtype
     after_conv: bool = False  # a convolution comes before the node (its tensor's last dimension is positions)
+    batch: int | None = None  # the inputs measured together, which a BatchNorm normalises over (None: not given)
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def _affine_at_init(module: nn.Module, path: str) -> None:
                                "normalisers have their affine gain at PyTorch's initial value 1")
     if bias is not None and not bool((bias == 0).all()):
         raise TranslationError(f"{type(module).__name__} {path!r} has a bias that is not all zeros: varprop's "
-                               "LayerNorm has its affine bias at PyTorch's initial value 0")
+                               "normalisers have their affine bias at PyTorch's initial value 0")
 
 
 def _normaliser(module: nn.Module, path: str, shape: Shapes) -> tuple[int, bool]:
@@ -280,6 +282,23 @@ def _rms_norm(module: nn.Module, path: str, laws: LawLookup, shape: Shapes) -> L
     else:
         eps = _number(module.eps, f"RMSNorm {path!r} eps")
     return RMSNorm(width, eps, affine)
+
+
+def _batch_norm(module: nn.Module, path: str, laws: LawLookup, shape: Shapes) -> Layer:
+    """``nn.BatchNorm1d`` in training mode on a ``(batch, features)`` tensor: each feature over the measured batch."""
+    features = int(module.num_features)
+    if len(shape.input) != 2 or shape.input[-1] != features:
+        raise TranslationError(f"BatchNorm1d {path!r} normalises a tensor of shape {tuple(shape.input)}; the audit "
+                               f"translates it on a (batch, features) tensor of {features} features only (not "
+                               "per channel over a convolution's positions)")
+    if shape.batch is None:
+        raise TranslationError(f"BatchNorm1d {path!r} normalises over the batch: give translate(..., batch=B), the "
+                               "number of inputs the model runs on together")
+    if shape.batch < 2:
+        raise TranslationError(f"BatchNorm1d {path!r} normalises over the batch, which must hold at least 2 inputs "
+                               f"in training mode, got batch {shape.batch}")
+    _affine_at_init(module, path)
+    return BatchNorm(features, shape.batch, _number(module.eps, f"BatchNorm1d {path!r} eps"), bool(module.affine))
 
 
 def _act(name: str, **params: object) -> Nonlinearity:
@@ -339,6 +358,7 @@ register_module(nn.Conv2d, _conv, _linear_candidates)
 register_module(nn.Dropout, _dropout)
 register_module(nn.LayerNorm, _layer_norm)
 register_module(nn.RMSNorm, _rms_norm)
+register_module(nn.BatchNorm1d, _batch_norm)
 register_module(nn.Flatten, RESHAPE)
 register_module(nn.Unflatten, RESHAPE)
 for _cls, _build in _ACTIVATION_MODULES.items():
@@ -576,8 +596,12 @@ def _is_number(value: object) -> bool:
 
 
 def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
-              graph: fx.Graph | None = None) -> Translation:
+              graph: fx.Graph | None = None, batch: int | None = None) -> Translation:
     """The network of ``model`` (traced by fx unless ``graph`` is given) for inputs of ``input_shape``.
+
+    ``batch`` is the number of inputs the model is measured on together: an ``nn.BatchNorm1d`` (in
+    training mode) normalises over them and becomes ``BatchNorm(features, batch)``; without it such a
+    module is refused.
 
     ``laws(path, parameter)`` gives each parameter's law (see :func:`varprop.torch.laws.identify_laws`).
     The graph runs once on a batch of inputs of ``input_shape`` to know every tensor's shape (a
@@ -631,7 +655,7 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
                 and node.target in ("size", getattr, operator.getitem):
             continue  # a size computed from a tensor (x.size(0), x.shape[0]) for a reshape: no tensor of the chain
         where, kind, build = _lookup(model, node, laws, shapes, dtype,
-                                     lambda: any(isinstance(layer, Conv) for layer in _all_layers(layers)))
+                                     lambda: any(isinstance(layer, Conv) for layer in _all_layers(layers)), batch)
         if build is None:
             problems.append(f"{where} ({kind}) is not supported")
             advance(node)
@@ -764,7 +788,7 @@ def _graph_rule(rule: GraphRule, node: fx.Node, current: fx.Node | None, marks: 
 
 
 def _lookup(model: nn.Module, node: fx.Node, laws: LawLookup, shapes: Mapping[str, tuple[int, ...]],
-            dtype: torch.dtype, after_conv: Callable[[], bool]) -> tuple[str, str, Callable[[fx.Node], Layer] | GraphRule | None]:
+            dtype: torch.dtype, after_conv: Callable[[], bool], batch: int | None = None) -> tuple[str, str, Callable[[fx.Node], Layer] | GraphRule | None]:
     """(where in the model, which torch class or function, the builder, a graph rule or None) for one fx node."""
     if node.op == "call_module":
         module = model.get_submodule(node.target)
@@ -778,7 +802,7 @@ def _lookup(model: nn.Module, node: fx.Node, laws: LawLookup, shapes: Mapping[st
         def build(n: fx.Node, m: nn.Module = module, e: ModuleTranslation = entry) -> Layer:
             source = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
             before = shapes.get(source.name, ()) if source is not None else ()
-            return e.build(m, n.target, laws, Shapes(before, shapes.get(n.name, ()), dtype, after_conv()))
+            return e.build(m, n.target, laws, Shapes(before, shapes.get(n.name, ()), dtype, after_conv(), batch))
 
         return node.target, kind, build
     if node.op == "call_function":

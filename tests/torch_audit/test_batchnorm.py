@@ -1,0 +1,63 @@
+"""The audit translates nn.BatchNorm1d in training mode into BatchNorm over the measured batch, and judges it
+against real torch: exact places PASS, a wrong prediction FAILs, and what it cannot translate is named."""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from varprop.montecarlo import FAIL, INCONCLUSIVE, PASS  # noqa: E402
+from varprop.network import BatchNorm  # noqa: E402
+from varprop.torch import audit  # noqa: E402
+from varprop.torch.translate import TranslationError, translate  # noqa: E402
+
+
+def _first_batchnorm(norm: type = nn.BatchNorm1d):
+    return nn.Sequential(norm(8, eps=0.5), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+
+
+class _Unbiased(nn.BatchNorm1d):
+    """A batch norm that divides by the unbiased batch variance (what the running variance uses): the translation
+    still says BatchNorm, so the exact places must FAIL."""
+
+    def forward(self, x):
+        return (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=True) + self.eps)
+
+
+_Unbiased.__module__ = "torch.nn.modules.batchnorm"  # a leaf for torch.fx, as torch's own modules are
+
+
+def _exact(result):
+    return {(p.place, p.tensor): p for p in result.places if p.result.exactness == "exact"}
+
+
+def test_batchnorm_on_the_input_is_exact_and_passes_on_real_torch():
+    result = audit(_first_batchnorm, input_shape=(8,), networks=800, batch=6, seed=1, pilot=10)
+    assert result.network.layers[0] == BatchNorm(8, 6, eps=sp.Rational(1, 2))
+    exact = _exact(result)
+    assert ("batchnorm1", "signal") in exact and ("batchnorm1", "gradient") in exact
+    assert all(p.result.outcome == PASS for (place, tensor), p in exact.items() if tensor == "signal")
+    # the gradients are noisier: 800 networks resolve some of them; none contradicts its prediction
+    assert all(p.result.outcome in (PASS, INCONCLUSIVE) for p in exact.values())
+
+
+def test_the_unbiased_variance_fails_where_the_biased_passes():
+    result = audit(lambda: _first_batchnorm(_Unbiased), input_shape=(8,), networks=800, batch=6, seed=1, pilot=10)
+    assert result.network.layers[0] == BatchNorm(8, 6, eps=sp.Rational(1, 2))
+    assert _exact(result)["batchnorm1", "signal"].result.outcome == FAIL
+
+
+def test_batchnorm_needs_a_batch_and_a_features_tensor():
+    def laws(path, parameter):
+        return None
+
+    with pytest.raises(TranslationError, match="give translate\\(..., batch=B\\)"):
+        translate(_first_batchnorm(), (8,), laws)
+    with pytest.raises(TranslationError, match="at least 2 inputs"):
+        translate(_first_batchnorm(), (8,), laws, batch=1)
+    conv = nn.Sequential(nn.Conv1d(2, 2, 3), nn.BatchNorm1d(2))
+    with pytest.raises(TranslationError, match="not per channel over a convolution's positions"):
+        translate(conv, (2, 8), laws, batch=4)
