@@ -31,7 +31,7 @@ _Unbiased.__module__ = "torch.nn.modules.batchnorm"  # a leaf for torch.fx, as t
 
 
 def _exact(result):
-    return {(p.place, p.tensor): p for p in result.places if p.result.exactness == "exact"}
+    return {(p.place, p.tensor): p for p in result.places if p.exactness == "exact"}
 
 
 def test_batchnorm_on_the_input_is_exact_and_passes_on_real_torch():
@@ -61,3 +61,25 @@ def test_batchnorm_needs_a_batch_and_a_features_tensor():
     conv = nn.Sequential(nn.Conv1d(2, 2, 3), nn.BatchNorm1d(2))
     with pytest.raises(TranslationError, match="not per channel over a convolution's positions"):
         translate(conv, (2, 8), laws, batch=4)
+
+
+def _linear_batchnorm_relu():
+    return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.BatchNorm1d(16),
+                         nn.ReLU(), nn.Linear(16, 4))
+
+
+def test_a_gradient_varprop_cannot_derive_is_measured_and_named_not_judged():
+    from varprop.torch.audit import NOT_DERIVED
+
+    result = audit(_linear_batchnorm_relu, input_shape=(8,), networks=300, batch=6, seed=2, pilot=10)
+    refused = [p for p in result.places if p.outcome == NOT_DERIVED]
+    # below the first BatchNorm the gradient comes through a relu above a BatchNorm: not derived
+    assert {(p.place, p.tensor) for p in refused} == {("input", "gradient"), ("dense1", "gradient")}
+    for p in refused:
+        assert p.result is None and "relu above a BatchNorm" in p.reason
+        direct = result.to_dict()["places"][result.places.index(p)]
+        assert direct["prediction"] is None and direct["estimate"] > 0 and direct["se"] > 0 and direct["networks"] == 300
+    # every other place is judged, and the exact ones hold
+    judged = [p for p in result.places if p.result is not None]
+    assert len(judged) == len(result.places) - 2 and all(p.outcome != FAIL for p in judged)
+    assert "2 places measured but not derived" in result.text() and "NOT DERIVED: the gradient below" in result.text()

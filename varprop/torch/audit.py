@@ -50,7 +50,7 @@ from torch import fx, nn
 
 from ..catalogue import claim_from_derivation
 from ..derive import evaluate, moments
-from ..errors import VarpropError, abbreviate
+from ..errors import DerivationError, VarpropError, abbreviate
 from ..montecarlo.check import CheckResult, judge_values
 from ..montecarlo.limits import check_seed
 from ..network import Conv, Dense, Nonlinearity, Residual
@@ -128,37 +128,58 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+#: The outcome of a place whose second moment varprop cannot derive: measured and reported, not judged.
+NOT_DERIVED = "NOT DERIVED"
+
+
 @dataclass(frozen=True)
 class PlaceAudit:
-    """One place of the model: the derived second moment of a tensor, its measurement and the verdict."""
+    """One place of the model: the derived second moment of a tensor, its measurement and the verdict.
+
+    ``result`` is the checker's verdict; a place whose derivation is refused (``result`` ``None``) keeps its
+    measurement (``measured``: estimate, SE, networks) and the derivation's ``reason``, outcome
+    :data:`NOT_DERIVED`, outside the Holm family of the judged places.
+    """
 
     position: int
     place: str  # varprop's name: dense3, act2, input
     where: str  # the torch module path and class, or the function
     tensor: str  # "signal" or "gradient"
-    result: CheckResult = field(repr=False)
+    result: CheckResult | None = field(repr=False)
+    measured: tuple[float, float, int] | None = None
+    reason: str = ""
 
     @property
     def prediction(self) -> float:
-        return self.result.claim.value
+        return math.nan if self.result is None else self.result.claim.value
 
     @property
     def estimate(self) -> float:
-        return self.result.primary.estimate.value
+        return self.measured[0] if self.result is None else self.result.primary.estimate.value
 
     @property
     def se(self) -> float:
-        return self.result.primary.estimate.se
+        return self.measured[1] if self.result is None else self.result.primary.estimate.se
 
     @property
     def outcome(self) -> str:
-        return self.result.outcome
+        return NOT_DERIVED if self.result is None else self.result.outcome
+
+    @property
+    def exactness(self) -> str:
+        return "-" if self.result is None else self.result.exactness
+
+    @property
+    def message(self) -> str:
+        return self.reason if self.result is None else self.result.message
 
     def to_dict(self) -> dict[str, object]:
         return {"position": self.position, "place": self.place, "torch": self.where, "tensor": self.tensor,
-                "prediction": self.prediction, "prediction_expr": str(self.result.claim.prediction),
-                "exactness": self.result.exactness, "estimate": self.estimate, "se": self.se,
-                "networks": self.result.primary.estimate.n, "outcome": self.outcome, "message": self.result.message}
+                "prediction": None if self.result is None else self.prediction,
+                "prediction_expr": None if self.result is None else str(self.result.claim.prediction),
+                "exactness": None if self.result is None else self.exactness, "estimate": self.estimate, "se": self.se,
+                "networks": self.measured[2] if self.result is None else self.result.primary.estimate.n,
+                "outcome": self.outcome, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -332,14 +353,14 @@ class AuditResult:
             if p.tensor in previous and previous[p.tensor] > 0:
                 ratio = f"{p.estimate / previous[p.tensor]:.3g}"
             previous[p.tensor] = p.estimate
-            rows.append((p.place, p.where, p.tensor, p.result.exactness, f"{p.prediction:.5g}",
+            rows.append((p.place, p.where, p.tensor, p.exactness, "-" if p.result is None else f"{p.prediction:.5g}",
                          f"{p.estimate:.5g} +- {p.se:.2g}", ratio, p.outcome))
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
         return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
     def text(self) -> str:
         """The audit as readable text: laws, the per-place table, depth crossings and fixes."""
-        counts = {o: sum(1 for p in self.places if p.outcome == o) for o in ("PASS", "FAIL", "INCONCLUSIVE")}
+        counts = {o: sum(1 for p in self.places if p.outcome == o) for o in ("PASS", "FAIL", "INCONCLUSIVE", NOT_DERIVED)}
         out = [f"varprop audit of {self.model} (input shape {self.input_shape}, {self.networks} networks x "
                f"{self.batch} inputs, seed {self.seed}, rtol {self.rtol:g}, {self.seconds:.1f} s)", "",
                "Parameter laws (read from the instances torch initialised):"]
@@ -347,11 +368,13 @@ class AuditResult:
         out += ["", "Second moments per place (signal h_p forward; gradient dL/dh_p backward, dL/d(out) = g ~ N(0, I)); "
                 "ratio = measured / previous place's:", self.table(), "",
                 f"Verdicts: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['INCONCLUSIVE']} INCONCLUSIVE "
-                "(Holm over all places; an asymptotic claim needs a width sweep for a verdict, so at the model's one "
-                "width it is INCONCLUSIVE with its deviation shown).", ""]
+                "(Holm over all judged places; an asymptotic claim needs a width sweep for a verdict, so at the model's "
+                "one width it is INCONCLUSIVE with its deviation shown)"
+                + (f"; {counts[NOT_DERIVED]} places measured but not derived (the reason below)" if counts[NOT_DERIVED]
+                   else "") + ".", ""]
         for p in self.places:
             if p.outcome != "PASS":
-                out.append(f"  {p.place} {p.tensor}: {p.outcome}: {p.result.message}")
+                out.append(f"  {p.place} {p.tensor}: {p.outcome}: {p.message}")
         out += ["", self.summary()]
         return "\n".join(out).rstrip() + "\n"
 
@@ -515,20 +538,37 @@ def _audit(factory, input_shape, *, networks, batch, seed, rtol, alpha, pilot, a
         where = f"{translation.paths[position]}: {translation.kinds[position]}"
         claims.append(claim_from_derivation(f"{net.place_name(position)} E[h^2]", net, SecondMoment(Signal(position))))
         places.append((position, net.place_name(position), where, "signal"))
+    refused: dict[int, str] = {}  # places whose gradient varprop cannot derive (a BatchNorm below a relu): measured only
     for position in range(-1, len(net.layers)):
         where = "model input" if position == -1 else f"{translation.paths[position]}: {translation.kinds[position]}"
-        claims.append(claim_from_derivation(f"{net.place_name(position)} E[(dL/dh)^2]", net,
-                                            SecondMoment(Gradient(position))))
+        try:
+            claim = claim_from_derivation(f"{net.place_name(position)} E[(dL/dh)^2]", net,
+                                          SecondMoment(Gradient(position)))
+        except DerivationError as exc:
+            refused[len(places)] = str(exc)
+            claim = None
+        claims.append(claim)
         places.append((position, net.place_name(position), where, "gradient"))
     values = _measure(factory, translation, shape, networks=networks, batch=batch, seed=seed, structure=structure,
                       progress=progress)
     columns = [values["signal"][:, position + 1] if kind == "signal" else values["gradient"][:, position + 1]
                for position, _, _, kind in places]
-    results = judge_values(claims, columns, rtol=rtol, alpha=alpha, engine="torch")
-    audits = tuple(PlaceAudit(position, place, where, kind, result)
-                   for (position, place, where, kind), result in zip(places, results))
+    judged = [i for i in range(len(places)) if i not in refused]
+    verdicts = dict(zip(judged, judge_values([claims[i] for i in judged], [columns[i] for i in judged], rtol=rtol,
+                                             alpha=alpha, engine="torch")))
+    audits = tuple(PlaceAudit(position, place, where, kind, verdicts[i]) if i in verdicts else
+                   PlaceAudit(position, place, where, kind, None, _measured(columns[i]), refused[i])
+                   for i, (position, place, where, kind) in enumerate(places))
     return AuditResult(label, shape, networks, batch, seed, float(rtol), translation, tuple(identified.values()), audits,
                        time.perf_counter() - start)
+
+
+def _measured(values: np.ndarray) -> tuple[float, float, int]:
+    """(mean, SE, networks) of the finite per-network values of a place that is measured but not judged."""
+    kept = values[np.isfinite(values)]
+    if kept.size < 2:
+        return math.nan, math.nan, int(kept.size)
+    return float(kept.mean()), float(kept.std(ddof=1) / math.sqrt(kept.size)), int(kept.size)
 
 
 def _measure(factory: Callable[[], nn.Module], translation: Translation, shape: tuple[int, ...], *, networks: int,
