@@ -124,11 +124,15 @@ class Answer:
         """The numbers behind the answer's figure: theory and Monte Carlo per layer for every series, or,
         for an answer about laws, the sampled values and the exact density of each law."""
         seed = (self.settings.seed if self.settings else 0) if seed is None else seed
-        key = (self.topic.name, self.settings, samples, seed)
-        if self.settings is not None and key in _FIGURE_DATA:  # sampled from the seed: the same every time
+        key = (self.topic.name, self.settings, self.series, self.laws, samples, seed)  # what the data depend on
+        try:
+            cached = self.settings is not None and key in _FIGURE_DATA  # sampled from the seed: the same every time
+        except TypeError:  # a series holding something unhashable: not cached
+            cached, key = False, None
+        if cached:
             return _FIGURE_DATA[key]
         data = self._figure_data(samples, seed)
-        if self.settings is not None:
+        if self.settings is not None and key is not None:
             if len(_FIGURE_DATA) >= 64:
                 _FIGURE_DATA.pop(next(iter(_FIGURE_DATA)))
             _FIGURE_DATA[key] = data
