@@ -575,9 +575,10 @@ def sample(
                    correlation=correlation, engine=engine)
     plan = _job_plan(job)
     columns = len(network.layers) + 1
-    sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
-    flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
     with executor_from(executor) as runner:
+        if runner.workers <= 1 or job.blocks * job.block <= job.chunk or not runner.local:
+            sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
+            flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
         if runner.workers <= 1 or job.blocks * job.block <= job.chunk:
             workspace: dict[int, tuple[np.ndarray, ...]] = {}
             per_chunk = job.chunk // job.block
@@ -589,8 +590,10 @@ def sample(
                     progress(hi, job.count)
         elif runner.local:
             # Local workers write their rows straight into a file-backed array in shared memory
-            # (no result is pickled back), which is then copied into this process.
-            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
+            # (no result is pickled back); this process then uses that memory as its own (a plain array
+            # view of the mapping, which outlives the file's name), with no copy.
+            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                                             ignore_cleanup_errors=True) as folder:
                 path = os.path.join(folder, "samples")
                 shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
                                                    shape=(job.rows + 3, job.count, columns))
@@ -598,9 +601,9 @@ def sample(
                 for _, stop, _ in map_blocks(job, _sample_into, runner, path):
                     if progress is not None:
                         progress(job.networks(0, stop)[1], job.count)
-                shared = np.load(path, mmap_mode="r")
-                sums[...] = shared[: job.rows]
-                flags[...] = shared[job.rows :] != 0
+                shared = np.load(path, mmap_mode="r+")
+                sums = shared[: job.rows].view(np.ndarray)
+                flags = shared[job.rows :] != 0
                 del shared
         else:
             for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
