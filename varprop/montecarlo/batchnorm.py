@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..network import BatchNorm
-from .engines import LayerStep, conditional_step, layer_step
+from .engines import DrawsNothing, LayerStep, conditional_step, layer_step
 from .errors import MonteCarloError
 from .statistics import sum_units_first
 
@@ -41,7 +41,7 @@ def _batch_means(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class BatchNormStep:
+class BatchNormStep(DrawsNothing):
     """The step of a BatchNorm: no draws; forward and backward over the batch, unit by unit."""
 
     layer: BatchNorm
@@ -58,14 +58,6 @@ class BatchNormStep:
         if rows != self.layer.batch:
             raise MonteCarloError(f"{self.layer!r} normalises a batch of {self.layer.batch}, not {rows}")
         return self
-
-    def draw(self, count: int, rng: np.random.Generator,
-             reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
-        return ()
-
-    def draw_backward(self, count: int, rng: np.random.Generator,
-                      reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
-        return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         if h.shape[1] != self.layer.batch:

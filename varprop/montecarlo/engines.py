@@ -166,8 +166,20 @@ class _DenseStep:
         return self  # y = W x + b and W^T d act on every example alike
 
 
+class DrawsNothing:
+    """The draws of a step without random parameters (an activation, a normaliser): none, forward or backward."""
+
+    def draw(self, count: int, rng: np.random.Generator,
+             reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
+        return ()
+
+    def draw_backward(self, count: int, rng: np.random.Generator,
+                      reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
-class _NonlinearityStep:
+class _NonlinearityStep(DrawsNothing):
     r""":math:`x = \phi(y)`, :math:`\partial\mathcal L/\partial y = \phi'(y)\,\partial\mathcal L/\partial x` (both engines)."""
 
     layer: Nonlinearity
@@ -175,16 +187,6 @@ class _NonlinearityStep:
 
     def batched(self, rows: int) -> _NonlinearityStep:
         return _NonlinearityStep(self.layer, rows)
-
-    def draw(
-        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
-    ) -> tuple[np.ndarray, ...]:
-        return ()
-
-    def draw_backward(
-        self, count: int, rng: np.random.Generator, reuse: tuple[np.ndarray, ...] | None = None
-    ) -> tuple[np.ndarray, ...]:
-        return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         activation = self.layer.activation

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..network import LayerNorm, RMSNorm
-from .engines import LayerStep, conditional_step, layer_step
+from .engines import DrawsNothing, LayerStep, conditional_step, layer_step
 from .errors import MonteCarloError
 from .statistics import row_sums
 
@@ -42,7 +42,7 @@ def _unit_sums(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class NormaliserStep:
+class NormaliserStep(DrawsNothing):
     """The step of a LayerNorm (``centred``) or an RMSNorm: no draws; forward and backward over the units."""
 
     layer: LayerNorm | RMSNorm
@@ -57,14 +57,6 @@ class NormaliserStep:
             raise MonteCarloError(f"cannot sample {self.layer!r}: its eps is symbolic; give a number") from None
         object.__setattr__(self, "eps", eps)
         object.__setattr__(self, "centred", isinstance(self.layer, LayerNorm))
-
-    def draw(self, count: int, rng: np.random.Generator,
-             reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
-        return ()
-
-    def draw_backward(self, count: int, rng: np.random.Generator,
-                      reuse: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, ...]:
-        return ()
 
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         width = h.shape[-1]
