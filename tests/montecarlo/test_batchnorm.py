@@ -119,3 +119,39 @@ def test_a_conv_batchnorm_network_samples_the_same_in_any_chunk():
     for name in a.per_position:
         assert np.array_equal(a.per_position[name], b.per_position[name])
     assert a.excluded == 0 and a.engine == "full"
+
+
+def _channel_claims():
+    """Exact claims of a BatchNorm over channels, with the wrong sibling each: B - 1 degrees of freedom (normalising
+    over the batch only, as a per-unit BatchNorm would) where the chi-square enters, the unbiased variance where not."""
+    from scipy import integrate, stats
+
+    from varprop.activations import activation
+    from varprop.catalogue import claim_from_derivation
+    from varprop.network import Nonlinearity, conv
+    from varprop.observables import Gradient, SecondMoment, Signal
+
+    def chi2_mean(g, k):
+        return integrate.quad(lambda x: g(x) * stats.chi2.pdf(x, k), 0, float("inf"), limit=200, epsabs=0,
+                              epsrel=1e-11)[0]
+
+    batch, eps = 3, sp.Rational(1, 4)
+    on_input = Network((BatchNorm(8, batch, eps=eps, channels=2), conv(2, 2, 1, (2, 2), init=Normal(1))))
+    forward = claim_from_derivation("bn2d eps on the input", on_input, SecondMoment(Signal(0)))
+    per_unit = sp.Float(chi2_mean(lambda x: x / (x + batch * float(eps)), batch - 1), 15)  # B - 1 degrees
+    backward = claim_from_derivation("bn2d gradient on the input", on_input, SecondMoment(Gradient(-1)))
+    e = float(eps)
+    g = lambda x: ((batch - 2) / (x / batch + e) + e**2 / (x / batch + e) ** 3) / batch  # noqa: E731
+    per_unit_back = sp.Float(2 * chi2_mean(g, batch - 1), 15)
+    first = conv(1, 3, 3, (4, 4), padding=1)
+    behind = Network((first, BatchNorm(first.out_width, batch, eps=0, channels=3), Nonlinearity(activation("relu"))))
+    average = claim_from_derivation("bn2d eps 0 behind a padded conv", behind, SecondMoment(Signal(1)))
+    unbiased = sp.Rational(batch * 16 - 1, batch * 16)  # dividing by the unbiased variance: (BP - 1)/(BP)
+    return [(forward, per_unit), (backward, per_unit_back), (average, unbiased)]
+
+
+def test_batchnorm_over_channels_claims_pass_and_their_wrong_siblings_fail():
+    for claim, wrong in _channel_claims():
+        assert claim.exactness == "exact", claim.name
+        assert check(claim, seed=5).outcome == PASS, claim.name
+        assert check(claim.with_prediction(wrong, name=f"{claim.name} (wrong)"), seed=5).outcome == FAIL

@@ -334,6 +334,7 @@ class _Walk:
     blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
     pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
     gradient_error: DerivationError | None = None  # why the backward walk stops at some layer (a BatchNorm's law)
+    forward_error: DerivationError | None = None  # why the forward walk stops at some layer (then no gradient either)
 
     # -- naming --
 
@@ -814,6 +815,8 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
 def _tensor_moments(walk: _Walk, observable: Observable) -> tuple[Quantity, Quantity]:
     tensor = observable.tensor
     if isinstance(tensor, Signal):
+        if tensor.position not in walk.signals and walk.forward_error is not None:
+            raise DerivationError(str(walk.forward_error))
         state = walk.signals[tensor.position]
         return state.mean, state.second
     if isinstance(tensor, Gradient):
@@ -1251,7 +1254,11 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
     signal = _input_signal(walk)
     walk.signals[-1] = signal
     for position, layer in enumerate(network.layers):
-        signal = forward_rule(layer, walk, signal, position)
+        try:
+            signal = forward_rule(layer, walk, signal, position)
+        except DerivationError as exc:  # the signals below stay derived (derive() answers there); nothing above
+            walk.forward_error = walk.gradient_error = exc
+            return walk
         walk.signals[position] = signal
     gradient = _output_gradient(walk)
     walk.gradients[gradient.position] = gradient
@@ -1282,7 +1289,10 @@ def propagate(network: Network, *, finite_width: bool = False, linear_regime: bo
     """
     if not isinstance(network, Network):
         raise DerivationError(f"propagate needs a varprop Network, got {_short(network)}")
-    return _propagate(network, bool(finite_width), bool(linear_regime))
+    result = _propagate(network, bool(finite_width), bool(linear_regime))
+    if result._walk.forward_error is not None:  # a whole walk is asked for: every layer must be derivable
+        raise DerivationError(str(result._walk.forward_error))
+    return result
 
 
 def _short(value: object) -> str:
@@ -1297,10 +1307,13 @@ def derive(network: Network, observable: Observable, *, finite_width: bool = Fal
     With ``finite_width=True`` the finite-width derivation is used where it is not asymptotic, and
     the textbook (He et al.) one elsewhere, labelled asymptotic.
     """
-    textbook = propagate(network, linear_regime=linear_regime).derivation(observable)
+    # A walk that stops at some layer still derives the observables below it (the audit's NOT DERIVED places).
+    if not isinstance(network, Network):
+        raise DerivationError(f"derive needs a varprop Network, got {_short(network)}")
+    textbook = _propagate(network, False, bool(linear_regime)).derivation(observable)
     if not finite_width:
         return textbook
-    refined = propagate(network, finite_width=True, linear_regime=linear_regime).derivation(observable)
+    refined = _propagate(network, True, bool(linear_regime)).derivation(observable)
     return refined if refined.exactness != "asymptotic" else textbook
 
 
