@@ -534,11 +534,16 @@ def _audit(factory, input_shape, *, networks, batch, seed, rtol, alpha, pilot, a
     net = translation.network
     label = name or getattr(factory, "__qualname__", None) or type(first).__name__
     claims, places = [], []
+    refused: dict[int, str] = {}  # places varprop cannot derive (a BatchNorm's law): measured only
     for position in range(len(net.layers)):
         where = f"{translation.paths[position]}: {translation.kinds[position]}"
-        claims.append(claim_from_derivation(f"{net.place_name(position)} E[h^2]", net, SecondMoment(Signal(position))))
+        try:
+            claim = claim_from_derivation(f"{net.place_name(position)} E[h^2]", net, SecondMoment(Signal(position)))
+        except DerivationError as exc:
+            refused[len(places)] = str(exc)
+            claim = None
+        claims.append(claim)
         places.append((position, net.place_name(position), where, "signal"))
-    refused: dict[int, str] = {}  # places whose gradient varprop cannot derive (a BatchNorm below a relu): measured only
     for position in range(-1, len(net.layers)):
         where = "model input" if position == -1 else f"{translation.paths[position]}: {translation.kinds[position]}"
         try:
