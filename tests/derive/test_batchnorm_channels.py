@@ -99,3 +99,12 @@ def test_a_padded_convolution_after_it_is_refused_a_1x1_one_is_derived():
 def test_the_gradient_behind_a_convolution_is_refused_with_the_reason():
     with pytest.raises(DerivationError, match="over channels is not derived: it sits behind a layer with weights"):
         derive(_conv_net(0), SecondMoment(Gradient(0)))
+
+
+def test_the_per_position_profile_after_it_is_refused_behind_a_convolution_and_uniform_on_the_input():
+    from varprop.derive.convolution import position_profile
+
+    with pytest.raises(DerivationError, match="per position at batchnorm1 is not derived"):
+        position_profile(_conv_net(0), 1)
+    on_input = Network((BatchNorm(32, 4, eps=0, channels=2), conv(2, 2, 3, (4, 4), padding=1)))
+    assert position_profile(on_input, 0) == (1,) * 16  # a channel's values are iid: every position alike

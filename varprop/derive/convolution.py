@@ -64,7 +64,7 @@ import sympy as sp
 
 from ..errors import DerivationError
 from ..network import Conv, Dense, Network
-from .batchnorm_channels import check_positions
+from .batchnorm_channels import check_positions, positions_unknown
 from .derivation import Code, Expect, Rule, Variance, prose
 from .propagate import (
     A_GRAD_INDEP,
@@ -378,6 +378,11 @@ def position_profile(network: Network, place: int | str, tensor: str = "signal")
     profile = (walk.profiles.get((False, position)) if tensor == "signal" else walk.gradient_profiles.get(position))
     if profile is not None:
         return profile
+    norm = positions_unknown(walk, position) if tensor == "signal" else None
+    if norm is not None:
+        raise DerivationError(f"the second moment per position at {network.place_name(position)} is not derived: "
+                              f"BatchNorm {norm} over channels makes only its average over the positions exactly 1 "
+                              "(eps = 0); a padded convolution below it leaves the border values smaller")
     quantity = (walk.signals if tensor == "signal" else walk.gradients)[position].second
     return (quantity.value,) * _positions(network, position)
 

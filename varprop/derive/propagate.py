@@ -815,8 +815,6 @@ def _(layer: Dense, walk: _Walk, gradient: _Gradient, below: _Signal, position: 
 def _tensor_moments(walk: _Walk, observable: Observable) -> tuple[Quantity, Quantity]:
     tensor = observable.tensor
     if isinstance(tensor, Signal):
-        if tensor.position not in walk.signals and walk.forward_error is not None:
-            raise DerivationError(str(walk.forward_error))
         state = walk.signals[tensor.position]
         return state.mean, state.second
     if isinstance(tensor, Gradient):
@@ -1192,6 +1190,9 @@ class Propagation:
         """The derivation of ``observable``; its ``result`` is the prediction, its exactness the weakest step's."""
         resolve(observable, self.network)
         walk = self._walk
+        tensor = getattr(observable, "tensor", None)
+        if walk.forward_error is not None and isinstance(tensor, Signal) and tensor.position not in walk.signals:
+            raise DerivationError(str(walk.forward_error))  # the forward walk stopped below this place
         if observable not in walk.derived:
             walk.derived[observable] = observable_rules(observable, walk)
         quantity = walk.derived[observable]
@@ -1257,7 +1258,7 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
         try:
             signal = forward_rule(layer, walk, signal, position)
         except DerivationError as exc:  # the signals below stay derived (derive() answers there); nothing above
-            walk.forward_error = walk.gradient_error = exc
+            walk.forward_error = walk.gradient_error = walk.pair_error = exc
             return walk
         walk.signals[position] = signal
     gradient = _output_gradient(walk)
