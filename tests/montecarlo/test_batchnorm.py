@@ -147,7 +147,9 @@ def _channel_claims():
     behind = Network((first, BatchNorm(first.out_width, batch, eps=0, channels=3), Nonlinearity(activation("relu"))))
     average = claim_from_derivation("bn2d eps 0 behind a padded conv", behind, SecondMoment(Signal(1)))
     unbiased = sp.Rational(batch * 16 - 1, batch * 16)  # dividing by the unbiased variance: (BP - 1)/(BP)
-    return [(forward, per_unit), (backward, per_unit_back), (average, unbiased)]
+    # a relu keeps exactly half of the layer average: the output is symmetric at every position
+    half = claim_from_derivation("relu after bn2d behind a padded conv", behind, SecondMoment(Signal(2)))
+    return [(forward, per_unit), (backward, per_unit_back), (average, unbiased), (half, unbiased / 2)]
 
 
 def test_batchnorm_over_channels_claims_pass_and_their_wrong_siblings_fail():
