@@ -759,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explodes or vanishes and which init would fix it. PATH.py:FACTORY names a function (or class) in a Python "
         "file that returns a fresh torch.nn.Module. Supported: nn.Linear, nn.Conv1d/nn.Conv2d (no dilation, zero "
         "padding), flatten/view/reshape keeping the batch, nn.Dropout (measured in train() mode), nn.LayerNorm and "
-        "nn.RMSNorm (over the features), nn.BatchNorm1d (over the --batch inputs, train() mode), residual additions x + alpha * f(x), and the activation modules and "
+        "nn.RMSNorm (over the features), nn.BatchNorm1d (over the --batch inputs, train() mode), nn.BatchNorm2d (per channel over the --batch inputs and the positions), residual additions x + alpha * f(x), and the activation modules and "
         "functions (docs/torch.rst). The model runs in float64. Needs pip install -e '.[torch]'.",
     )
     audit_parser.add_argument("target", metavar="PATH.py:FACTORY", help="the model file and the factory in it")
@@ -769,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser.add_argument("--networks", type=_integer("--networks"), default=2000, metavar="N",
                               help="instances measured (default 2000)")
     audit_parser.add_argument("--batch", type=_integer("--batch"), default=8, metavar="B",
-                              help="Gaussian inputs per instance, the batch an nn.BatchNorm1d normalises over (default 8)")
+                              help="Gaussian inputs per instance, the batch an nn.BatchNorm1d or nn.BatchNorm2d normalises over "
+                              "(default 8)")
     audit_parser.add_argument("--seed", type=_integer("--seed"), default=0, metavar="S", help="random seed (default 0)")
     audit_parser.add_argument("--rtol", type=float, default=0.05, metavar="R",
                               help="relative error a PASS resolves with 90%% power (default 0.05)")

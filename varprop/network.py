@@ -304,6 +304,13 @@ def _check_chain(layers: Sequence[object], where: str) -> tuple[Width | None, Wi
             if width is not None and sp.simplify(sp.sympify(width) - layer.width) != 0:
                 raise SpecError(f"{where} {index} is a {type(layer).__name__} of width {layer.width} but the signal "
                                 f"there has width {width}")
+            if isinstance(layer, BatchNorm) and layer.channels is not None:
+                later = next((later for later in layers[index + 1:] if isinstance(later, WEIGHTED_LAYERS)), None)
+                if isinstance(previous, Conv) or isinstance(later, Conv) and previous is None:
+                    channels = previous.out_channels if isinstance(previous, Conv) else later.in_channels
+                    if layer.channels != channels:
+                        raise SpecError(f"{where} {index} is a BatchNorm over {layer.channels} channels but the "
+                                        f"convolution next to it has {channels} channels")
         elif isinstance(layer, Residual) and layer.width is not None:
             if current is not None and sp.simplify(current - layer.width) != 0:
                 raise SpecError(
@@ -476,12 +483,23 @@ class BatchNorm:
     same, and the network's inputs must be a single :class:`GaussianInput` (the batch is :math:`B` iid
     draws of it). With ``affine=True`` the gain and bias are at PyTorch's initial values 1 and 0.
     ``eps`` defaults to PyTorch's ``1e-5`` (kept as the exact rational 1/100000).
+
+    ``channels`` :math:`C` (a divisor of the width; ``None``: every unit is its own channel, as above)
+    says the signal is :math:`C` channels of :math:`P = \text{width}/C` positions, flattened channels
+    first (a convolution's output, :class:`Conv`), and each channel is normalised over the batch *and*
+    its positions, :math:`BP` values, as ``torch.nn.BatchNorm2d`` on ``(B, C, H, W)`` (and
+    ``nn.BatchNorm1d`` on ``(B, C, L)``) does:
+
+    .. math:: y_{b,c,p} = \frac{x_{b,c,p} - \bar x_c}{\sqrt{V_c + \epsilon}}, \qquad
+              \bar x_c = \frac{1}{BP} \sum_{b', p'} x_{b',c,p'}, \quad
+              V_c = \frac{1}{BP} \sum_{b', p'} (x_{b',c,p'} - \bar x_c)^2.
     """
 
     width: Width
     batch: int
     eps: sp.Expr = sp.Rational(1, 100000)
     affine: bool = True
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", check_width(self.width, "BatchNorm width"))
@@ -491,6 +509,33 @@ class BatchNorm:
         object.__setattr__(self, "batch", int(self.batch))
         object.__setattr__(self, "eps", _check_eps(self.eps, "BatchNorm eps"))
         _check_affine(self.affine, "BatchNorm affine")
+        if self.channels is not None:
+            channels = self.channels
+            if isinstance(channels, sp.Integer):
+                channels = int(channels)
+            if isinstance(channels, bool) or not isinstance(channels, Integral) or not 1 <= int(channels) <= MAX_CONV_CHANNELS:
+                raise SpecError(f"BatchNorm channels must be None (every unit its own channel) or an integer from 1 to "
+                                f"{MAX_CONV_CHANNELS}, got {abbreviate(self.channels)}")
+            if not isinstance(self.width, int) or self.width % int(channels):
+                raise SpecError(f"BatchNorm channels ({int(channels)}) must divide the width ({self.width}): the signal "
+                                "is channels x positions, flattened channels first")
+            object.__setattr__(self, "channels", int(channels))
+
+    def __repr__(self) -> str:
+        # Without channels the repr is unchanged (the checker seeds its draws from the network's repr).
+        channels = "" if self.channels is None else f", channels={self.channels!r}"
+        return (f"BatchNorm(width={self.width!r}, batch={self.batch!r}, eps={self.eps!r}, "
+                f"affine={self.affine!r}{channels})")
+
+    @property
+    def positions(self) -> int | sp.Expr:
+        """:math:`P`, the positions of a channel (1 when every unit is its own channel)."""
+        return 1 if self.channels is None else self.width // self.channels
+
+    @property
+    def group(self) -> int:
+        """:math:`BP`, the number of values each channel is normalised over."""
+        return self.batch * self.positions
 
 
 #: The largest batch a :class:`BatchNorm` accepts (the sampler carries the whole batch per network).
@@ -499,7 +544,7 @@ MAX_BATCH = 4096
 #: Layers that normalise each example over its units (no weights; the signal width is unchanged).
 NORMALISERS: tuple[type, ...] = (LayerNorm, RMSNorm)
 #: Layers a network with a :class:`BatchNorm` may hold (those whose sampler steps carry a whole batch).
-BATCH_LAYERS: tuple[type, ...] = (Dense, Nonlinearity, LayerNorm, RMSNorm, BatchNorm)
+BATCH_LAYERS: tuple[type, ...] = (Dense, Conv, Nonlinearity, LayerNorm, RMSNorm, BatchNorm)
 
 Layer = Dense | Conv | Nonlinearity | Residual | Dropout | LayerNorm | RMSNorm | BatchNorm
 #: The layer classes, one entry per kind: each engine registers a reader for every one (a test checks).

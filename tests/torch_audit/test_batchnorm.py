@@ -58,9 +58,9 @@ def test_batchnorm_needs_a_batch_and_a_features_tensor():
         translate(_first_batchnorm(), (8,), laws)
     with pytest.raises(TranslationError, match="at least 2 inputs"):
         translate(_first_batchnorm(), (8,), laws, batch=1)
-    conv = nn.Sequential(nn.Conv1d(2, 2, 3), nn.BatchNorm1d(2))
-    with pytest.raises(TranslationError, match="not per channel over a convolution's positions"):
-        translate(conv, (2, 8), laws, batch=4)
+    # before any convolution a (batch, 3, 8) tensor is 3 rows of 8 features for nn.Linear: no channels to normalise
+    with pytest.raises(TranslationError, match=r"a \(batch, features\) tensor of 3 features, or per channel"):
+        translate(nn.Sequential(nn.BatchNorm1d(3), nn.Linear(8, 8)), (3, 8), laws, batch=4)
 
 
 def _linear_batchnorm_relu():

@@ -168,7 +168,7 @@ def _centred_moment(walk: _Walk, position: int) -> tuple[sp.Expr, int] | None:
                                  assumptions=(A_SPHERE,), exactness="asymptotic", uses=(k_step, second.step), source=YANG)
             if not value.is_Rational:  # kappa's arccosine and square root: carried on as a checked number
                 _, (step,) = _compact(walk, Quantity(key, value, step), limit=0)
-        elif isinstance(layer, BatchNorm):
+        elif isinstance(layer, BatchNorm) and layer.channels is None:
             second = walk.signals[position].second
             value = sp.expand(second.value * layer.batch / (layer.batch - 1))
             step = builder.model(key, value, Rule.ALGEBRA,
@@ -186,6 +186,10 @@ def _gaussian_input(walk: _Walk, signal: _Signal) -> bool:
 
 
 def _forward(layer: BatchNorm, walk: _Walk, signal: _Signal, position: int) -> _Signal:
+    if layer.channels is not None:  # over the batch and the positions of each channel
+        from .batchnorm_channels import channel_forward
+
+        return channel_forward(layer, walk, signal, position)
     builder = walk.builder
     p, B = position, _B[position]
     d = _definitions(layer, walk, signal, p)
@@ -267,7 +271,7 @@ def _after_batchnorm_relu(walk: _Walk, position: int) -> BatchNorm | None:
     layers = walk.network.layers
     layer = layers[position]
     if (isinstance(layer, Nonlinearity) and layer.activation.name == "relu" and not layer.activation.params
-            and position >= 1 and isinstance(layers[position - 1], BatchNorm)):
+            and position >= 1 and isinstance(layers[position - 1], BatchNorm) and layers[position - 1].channels is None):
         return layers[position - 1]
     return None
 
@@ -322,6 +326,10 @@ def _gradient_factor(walk: _Walk, position: int) -> tuple[sp.Expr, str, tuple[in
 
 
 def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
+    if layer.channels is not None:  # over the batch and the positions of each channel
+        from .batchnorm_channels import channel_backward
+
+        return channel_backward(layer, walk, gradient, below, position)
     builder = walk.builder
     p, B = position, _B[position]
     name = walk.network.place_name(p)

@@ -64,6 +64,7 @@ import sympy as sp
 
 from ..errors import DerivationError
 from ..network import Conv, Dense, Network
+from .batchnorm_channels import check_positions, positions_unknown
 from .derivation import Code, Expect, Rule, Variance, prose
 from .propagate import (
     A_GRAD_INDEP,
@@ -90,7 +91,7 @@ groups_conv = sp.IndexedBase("g^c")
 w_conv = sp.IndexedBase("w^c")
 b_conv = sp.IndexedBase("b^c")
 tau = sp.IndexedBase("tau")  # mean fraction of in-range taps per output position
-mu = sp.IndexedBase("mu")  # mean fraction of the kernel reaching each input position (backward)
+mu = sp.IndexedBase("mu^c")  # mean fraction of the kernel reaching each input position (backward)
 S = sp.IndexedBase("S")  # the tap-weighted input second moment
 S_grad = sp.IndexedBase("S^Delta")  # the same for the gradient (backward)
 
@@ -214,6 +215,7 @@ def _(layer: Conv, walk: _Walk, signal: _Signal, position: int) -> _Signal:
                         f"{int(counts.sum())} in-range taps in all)")
     mean_step = builder.identity(Expect(out), sp.Integer(0), Rule.ZERO_MEAN, "zero-mean weights and bias",
                                  uses=(general_mean, i_ew, *uses_b[1:]))
+    check_positions(walk, layer, position, len(set(input_multiplicity(layer).ravel().tolist())) == 1)
     profile_in = walk.profiles.get((walk.prime, position - 1))
     if profile_in is not None and len(profile_in) != math.prod(layer.input_size):
         profile_in = None  # a dense layer reshaped in between: the positions are not this layer's
@@ -376,6 +378,11 @@ def position_profile(network: Network, place: int | str, tensor: str = "signal")
     profile = (walk.profiles.get((False, position)) if tensor == "signal" else walk.gradient_profiles.get(position))
     if profile is not None:
         return profile
+    norm = positions_unknown(walk, position) if tensor == "signal" else None
+    if norm is not None:
+        raise DerivationError(f"the second moment per position at {network.place_name(position)} is not derived: "
+                              f"BatchNorm {norm} over channels makes only its average over the positions exactly 1 "
+                              "(eps = 0); a padded convolution below it leaves the border values smaller")
     quantity = (walk.signals if tensor == "signal" else walk.gradients)[position].second
     return (quantity.value,) * _positions(network, position)
 

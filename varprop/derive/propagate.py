@@ -334,6 +334,7 @@ class _Walk:
     blocks: dict[int, _Walk] = field(default_factory=dict)  # the walks of residual branches, by block position
     pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
     gradient_error: DerivationError | None = None  # why the backward walk stops at some layer (a BatchNorm's law)
+    forward_error: DerivationError | None = None  # why the forward walk stops at some layer (then no gradient either)
 
     # -- naming --
 
@@ -1189,6 +1190,9 @@ class Propagation:
         """The derivation of ``observable``; its ``result`` is the prediction, its exactness the weakest step's."""
         resolve(observable, self.network)
         walk = self._walk
+        tensor = getattr(observable, "tensor", None)
+        if walk.forward_error is not None and isinstance(tensor, Signal) and tensor.position not in walk.signals:
+            raise DerivationError(str(walk.forward_error))  # the forward walk stopped below this place
         if observable not in walk.derived:
             walk.derived[observable] = observable_rules(observable, walk)
         quantity = walk.derived[observable]
@@ -1251,7 +1255,11 @@ def _walk(network: Network, finite_width: bool, linear_regime: bool) -> _Walk:
     signal = _input_signal(walk)
     walk.signals[-1] = signal
     for position, layer in enumerate(network.layers):
-        signal = forward_rule(layer, walk, signal, position)
+        try:
+            signal = forward_rule(layer, walk, signal, position)
+        except DerivationError as exc:  # the signals below stay derived (derive() answers there); nothing above
+            walk.forward_error = walk.gradient_error = walk.pair_error = exc
+            return walk
         walk.signals[position] = signal
     gradient = _output_gradient(walk)
     walk.gradients[gradient.position] = gradient
@@ -1282,7 +1290,10 @@ def propagate(network: Network, *, finite_width: bool = False, linear_regime: bo
     """
     if not isinstance(network, Network):
         raise DerivationError(f"propagate needs a varprop Network, got {_short(network)}")
-    return _propagate(network, bool(finite_width), bool(linear_regime))
+    result = _propagate(network, bool(finite_width), bool(linear_regime))
+    if result._walk.forward_error is not None:  # a whole walk is asked for: every layer must be derivable
+        raise DerivationError(str(result._walk.forward_error))
+    return result
 
 
 def _short(value: object) -> str:
@@ -1297,10 +1308,13 @@ def derive(network: Network, observable: Observable, *, finite_width: bool = Fal
     With ``finite_width=True`` the finite-width derivation is used where it is not asymptotic, and
     the textbook (He et al.) one elsewhere, labelled asymptotic.
     """
-    textbook = propagate(network, linear_regime=linear_regime).derivation(observable)
+    # A walk that stops at some layer still derives the observables below it (the audit's NOT DERIVED places).
+    if not isinstance(network, Network):
+        raise DerivationError(f"derive needs a varprop Network, got {_short(network)}")
+    textbook = _propagate(network, False, bool(linear_regime)).derivation(observable)
     if not finite_width:
         return textbook
-    refined = propagate(network, finite_width=True, linear_regime=linear_regime).derivation(observable)
+    refined = _propagate(network, True, bool(linear_regime)).derivation(observable)
     return refined if refined.exactness != "asymptotic" else textbook
 
 

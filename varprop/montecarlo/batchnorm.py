@@ -5,7 +5,9 @@ activations have shape ``(networks, B, width)``), and the loss sums over the bat
 :math:`\mathcal L = \sum_b \langle g_b, \text{out}_b\rangle` with every :math:`g_b \sim \mathcal N(0, I)`,
 so every example's gradient flows back (:mod:`varprop.montecarlo.engines`). Each unit is normalised
 over the batch with the biased batch variance, as ``torch.nn.BatchNorm1d`` does in ``train()`` mode in
-float64, the affine parameters at their initial values (gain 1, bias 0):
+float64, the affine parameters at their initial values (gain 1, bias 0); a BatchNorm over ``channels``
+normalises each channel over the batch and its positions (``torch.nn.BatchNorm2d``), the bars below
+then being means over those :math:`BP` values:
 
 .. math:: y_{b} = \frac{x_{b} - \bar x}{\sigma}, \qquad \sigma = \sqrt{\tfrac1B \textstyle\sum_c (x_c - \bar x)^2 + \epsilon},
 
@@ -40,6 +42,16 @@ def _batch_means(a: np.ndarray) -> np.ndarray:
     return (sum_units_first(a.transpose(1, 0, 2)) / a.shape[1])[:, None, :]
 
 
+def _channel_means(a: np.ndarray, channels: int) -> np.ndarray:
+    """Means over the batch and the positions of each channel of ``a``, shape ``(networks, B, channels *
+    positions)`` flattened channels first, broadcast back to that shape. Each (network, channel) sums its
+    ``B * positions`` values along a contiguous axis, row by row, so a network's value does not depend on its chunk."""
+    networks, batch, width = a.shape
+    grouped = np.ascontiguousarray(a.reshape(networks, batch, channels, width // channels).transpose(0, 2, 1, 3))
+    means = grouped.reshape(networks, channels, -1).sum(axis=-1) / (batch * (width // channels))
+    return np.repeat(means, width // channels, axis=1)[:, None, :]
+
+
 @dataclass(frozen=True)
 class BatchNormStep(DrawsNothing):
     """The step of a BatchNorm: no draws; forward and backward over the batch, unit by unit."""
@@ -62,15 +74,23 @@ class BatchNormStep(DrawsNothing):
     def forward(self, params: tuple[np.ndarray, ...], h: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         if h.shape[1] != self.layer.batch:
             raise MonteCarloError(f"{self.layer!r} received {h.shape[1]} examples per network, not its batch")
-        centred = h - _batch_means(h)
-        sigma = np.sqrt(_batch_means(centred * centred) + self.eps)
+        means = self._means
+        centred = h - means(h)
+        sigma = np.sqrt(means(centred * centred) + self.eps)
         y = centred / sigma  # 0/0 = NaN when a unit's batch is constant (eps = 0): flagged and excluded
         return y, (y, sigma)
 
     def backward(self, params: tuple[np.ndarray, ...], noise: tuple[np.ndarray, ...],
                  cache: tuple[np.ndarray, np.ndarray], grad: np.ndarray) -> np.ndarray:
         y, sigma = cache
-        return (grad - _batch_means(grad) - y * _batch_means(y * grad)) / sigma
+        means = self._means
+        return (grad - means(grad) - y * means(y * grad)) / sigma
+
+    def _means(self, a: np.ndarray) -> np.ndarray:
+        """Means over what one unit is normalised over: the batch, and the positions of its channel."""
+        if self.layer.channels is None:
+            return _batch_means(a)
+        return _channel_means(a, self.layer.channels)
 
 
 @layer_step.register

@@ -56,6 +56,9 @@ class ConvStep:
     ) -> tuple[np.ndarray, ...]:
         return ()
 
+    def batched(self, rows: int) -> ConvStep:
+        return self  # every example goes through the same filters, forward and backward
+
     def _grouped_weights(self, weights: np.ndarray) -> np.ndarray:
         """``(networks, groups, out/groups, in/groups, K)``."""
         layer = self.layer
@@ -84,21 +87,21 @@ class ConvStep:
     def backward(self, params: tuple[np.ndarray, ...], noise: tuple[np.ndarray, ...], cache: None,
                  grad: np.ndarray) -> np.ndarray:
         layer = self.layer
-        networks = grad.shape[0]
+        networks, rows = grad.shape[:2]  # rows: 1, or the batch of a network with a BatchNorm
         g = layer.groups
-        delta = grad.reshape(networks, g, layer.out_channels // g, math.prod(layer.output_size))
-        # d/d(field): (networks, groups, in/groups, positions, K)
-        fields = np.einsum("ngoik,ngop->ngipk", self._grouped_weights(params[0]), delta, optimize=True)
-        fields = fields.reshape(networks, layer.in_channels, *layer.output_size, *layer.kernel_size)
+        delta = grad.reshape(networks, rows, g, layer.out_channels // g, math.prod(layer.output_size))
+        # d/d(field): (networks, rows, groups, in/groups, positions, K)
+        fields = np.einsum("ngoik,nqgop->nqgipk", self._grouped_weights(params[0]), delta, optimize=True)
+        fields = fields.reshape(networks, rows, layer.in_channels, *layer.output_size, *layer.kernel_size)
         padded_size = tuple(n + 2 * p for n, p in zip(layer.input_size, layer.padding))
-        padded = np.zeros((networks, layer.in_channels, *padded_size))
+        padded = np.zeros((networks, rows, layer.in_channels, *padded_size))
         for tap in np.ndindex(*layer.kernel_size):
             # Tap t of output position p reads padded position s p + t: a strided slice per tap.
             where = tuple(slice(t, t + s * (n - 1) + 1, s) for t, s, n in zip(tap, layer.stride, layer.output_size))
-            padded[(slice(None), slice(None), *where)] += fields[(Ellipsis, *tap)]
+            padded[(slice(None), slice(None), slice(None), *where)] += fields[(Ellipsis, *tap)]
         crop = tuple(slice(p, p + n) for p, n in zip(layer.padding, layer.input_size))
-        result = padded[(slice(None), slice(None), *crop)]
-        return np.ascontiguousarray(result).reshape(networks, 1, layer.in_width)
+        result = padded[(slice(None), slice(None), slice(None), *crop)]
+        return np.ascontiguousarray(result).reshape(networks, rows, layer.in_width)
 
 
 @layer_step.register

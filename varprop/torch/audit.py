@@ -324,12 +324,16 @@ class AuditResult:
     def summary(self) -> str:
         """Where the signal and the gradient explode or vanish, and what would fix it."""
         crossing = self.crossings()
+        profile = self.depth_profile()
         lines = []
         for kind, reference in (("signal", "E[x_1^2] of the input"), ("gradient", "the output gradient's")):
             predicted, measured = crossing[f"{kind}_predicted"], crossing[f"{kind}_measured"]
+            derived = sum(1 for row in profile if not math.isnan(row[f"{kind}_predicted"]))
             if predicted is None and measured is None:
+                sources = ("predicted and measured" if derived == len(profile) else
+                           f"measured; predicted at the {derived} of {len(profile)} layers derived")
                 lines.append(f"The {kind} second moment stays within {VANISH:g}x-{EXPLODE:g}x of {reference} at every "
-                             "layer (predicted and measured).")
+                             f"layer ({sources}).")
                 continue
             parts = []
             for source, hit in (("predicted", predicted), ("measured", measured)):
@@ -372,9 +376,14 @@ class AuditResult:
                 "one width it is INCONCLUSIVE with its deviation shown)"
                 + (f"; {counts[NOT_DERIVED]} places measured but not derived (the reason below)" if counts[NOT_DERIVED]
                    else "") + ".", ""]
+        first_with: dict[str, str] = {}  # a refusal's reason, written once: the first place it stopped
         for p in self.places:
-            if p.outcome != "PASS":
+            if p.outcome == NOT_DERIVED and p.reason in first_with:
+                out.append(f"  {p.place} {p.tensor}: {p.outcome} (the reason given for {first_with[p.reason]})")
+            elif p.outcome != "PASS":
                 out.append(f"  {p.place} {p.tensor}: {p.outcome}: {p.message}")
+                if p.outcome == NOT_DERIVED:
+                    first_with[p.reason] = f"{p.place} {p.tensor}"
         out += ["", self.summary()]
         return "\n".join(out).rstrip() + "\n"
 
@@ -534,11 +543,16 @@ def _audit(factory, input_shape, *, networks, batch, seed, rtol, alpha, pilot, a
     net = translation.network
     label = name or getattr(factory, "__qualname__", None) or type(first).__name__
     claims, places = [], []
+    refused: dict[int, str] = {}  # places varprop cannot derive (a BatchNorm's law): measured only
     for position in range(len(net.layers)):
         where = f"{translation.paths[position]}: {translation.kinds[position]}"
-        claims.append(claim_from_derivation(f"{net.place_name(position)} E[h^2]", net, SecondMoment(Signal(position))))
+        try:
+            claim = claim_from_derivation(f"{net.place_name(position)} E[h^2]", net, SecondMoment(Signal(position)))
+        except DerivationError as exc:
+            refused[len(places)] = str(exc)
+            claim = None
+        claims.append(claim)
         places.append((position, net.place_name(position), where, "signal"))
-    refused: dict[int, str] = {}  # places whose gradient varprop cannot derive (a BatchNorm below a relu): measured only
     for position in range(-1, len(net.layers)):
         where = "model input" if position == -1 else f"{translation.paths[position]}: {translation.kinds[position]}"
         try:

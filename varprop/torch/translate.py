@@ -8,7 +8,9 @@ input and the output becomes one layer of the network, looked up in a registry:
   ``nn.Conv1d``/``nn.Conv2d`` -> :class:`Conv` with the laws :mod:`varprop.torch.laws` identified for
   their weight and bias; ``nn.Dropout(p)`` -> ``Dropout(keep=1-p)``; ``nn.LayerNorm`` and
   ``nn.RMSNorm`` -> :class:`LayerNorm` / :class:`RMSNorm`; ``nn.BatchNorm1d`` on a ``(batch, features)``
-  tensor -> :class:`BatchNorm` over the measured batch (training mode); ``nn.ReLU`` and the other activation
+  tensor -> :class:`BatchNorm` over the measured batch (training mode), and ``nn.BatchNorm2d`` (or
+  ``nn.BatchNorm1d`` on a convolution's ``(batch, C, L)`` output) -> :class:`BatchNorm` over each
+  channel's batch and positions (``channels=C``); ``nn.ReLU`` and the other activation
   modules -> :class:`Nonlinearity`), searched along the class's MRO so a user subclass of
   ``nn.Linear`` is a ``Linear``;
 * :data:`FUNCTION_TRANSLATIONS`, keyed on the functions an fx graph calls (``F.relu``,
@@ -285,20 +287,34 @@ def _rms_norm(module: nn.Module, path: str, laws: LawLookup, shape: Shapes) -> L
 
 
 def _batch_norm(module: nn.Module, path: str, laws: LawLookup, shape: Shapes) -> Layer:
-    """``nn.BatchNorm1d`` in training mode on a ``(batch, features)`` tensor: each feature over the measured batch."""
+    """``nn.BatchNorm1d`` / ``nn.BatchNorm2d`` in training mode over the measured batch: on a ``(batch, features)``
+    tensor each feature over the batch; on ``(batch, C, L)`` (after a convolution) or ``(batch, C, H, W)`` each
+    channel over the batch and its positions (:class:`BatchNorm` with ``channels=C``)."""
+    kind = type(module).__name__
     features = int(module.num_features)
-    if len(shape.input) != 2 or shape.input[-1] != features:
-        raise TranslationError(f"BatchNorm1d {path!r} normalises a tensor of shape {tuple(shape.input)}; the audit "
-                               f"translates it on a (batch, features) tensor of {features} features only (not "
-                               "per channel over a convolution's positions)")
+    dims = len(shape.input)
+    two_d = isinstance(module, nn.BatchNorm2d)
+    if two_d and dims != 4:
+        raise TranslationError(f"{kind} {path!r} normalises a tensor of shape {tuple(shape.input)}; the audit "
+                               "translates it on a (batch, channels, height, width) tensor")
+    if not two_d and not (dims == 2 or dims == 3 and shape.after_conv):
+        raise TranslationError(f"{kind} {path!r} normalises a tensor of shape {tuple(shape.input)}; the audit "
+                               f"translates it on a (batch, features) tensor of {features} features, or per channel "
+                               "over a convolution's positions on its (batch, channels, length) output")
+    if shape.input[1] != features:
+        raise TranslationError(f"{kind} {path!r} has {features} features but its input has {shape.input[1]} along "
+                               f"dimension 1 (shape {tuple(shape.input)})")
     if shape.batch is None:
-        raise TranslationError(f"BatchNorm1d {path!r} normalises over the batch: give translate(..., batch=B), the "
+        raise TranslationError(f"{kind} {path!r} normalises over the batch: give translate(..., batch=B), the "
                                "number of inputs the model runs on together")
     if shape.batch < 2:
-        raise TranslationError(f"BatchNorm1d {path!r} normalises over the batch, which must hold at least 2 inputs "
+        raise TranslationError(f"{kind} {path!r} normalises over the batch, which must hold at least 2 inputs "
                                f"in training mode, got batch {shape.batch}")
     _affine_at_init(module, path)
-    return BatchNorm(features, shape.batch, _number(module.eps, f"BatchNorm1d {path!r} eps"), bool(module.affine))
+    eps = _number(module.eps, f"{kind} {path!r} eps")
+    if dims == 2:
+        return BatchNorm(features, shape.batch, eps, bool(module.affine))
+    return BatchNorm(math.prod(shape.input[1:]), shape.batch, eps, bool(module.affine), channels=features)
 
 
 def _act(name: str, **params: object) -> Nonlinearity:
@@ -359,6 +375,7 @@ register_module(nn.Dropout, _dropout)
 register_module(nn.LayerNorm, _layer_norm)
 register_module(nn.RMSNorm, _rms_norm)
 register_module(nn.BatchNorm1d, _batch_norm)
+register_module(nn.BatchNorm2d, _batch_norm)
 register_module(nn.Flatten, RESHAPE)
 register_module(nn.Unflatten, RESHAPE)
 for _cls, _build in _ACTIVATION_MODULES.items():
@@ -600,8 +617,9 @@ def translate(model: nn.Module, input_shape: Sequence[int], laws: LawLookup, *,
     """The network of ``model`` (traced by fx unless ``graph`` is given) for inputs of ``input_shape``.
 
     ``batch`` is the number of inputs the model is measured on together: an ``nn.BatchNorm1d`` (in
-    training mode) normalises over them and becomes ``BatchNorm(features, batch)``; without it such a
-    module is refused.
+    training mode) normalises over them and becomes ``BatchNorm(features, batch)``, an ``nn.BatchNorm2d``
+    over them and each channel's positions, ``BatchNorm(C * H * W, batch, channels=C)``; without it such
+    a module is refused.
 
     ``laws(path, parameter)`` gives each parameter's law (see :func:`varprop.torch.laws.identify_laws`).
     The graph runs once on a batch of inputs of ``input_shape`` to know every tensor's shape (a
