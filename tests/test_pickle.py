@@ -195,3 +195,17 @@ def test_sampled_networks_ship_to_another_process_and_sample_bit_identically(tmp
     other = _sample_in_child(tmp_path, networks, seed=4)
     for key in parent:
         assert other[key]["y_second_moment"] != parent[key]["y_second_moment"]
+
+
+def test_samples_pickle_with_their_arrays_and_read_only_mappings():
+    """A Samples (whose mappings are read-only proxies) round-trips through pickle with every array equal."""
+    from types import MappingProxyType
+
+    samples = sample(mlp([4, 4, 4], activation("relu"), init_scheme("he")), 12, seed=3)
+    back = pickle.loads(pickle.dumps(samples))
+    assert isinstance(back.per_position, MappingProxyType) and isinstance(back.per_network, MappingProxyType)
+    for name in samples.per_position:
+        assert np.array_equal(samples.per_position[name], back.per_position[name], equal_nan=True)
+    for name in samples.per_network:
+        assert np.array_equal(samples.per_network[name], back.per_network[name], equal_nan=True)
+    assert np.array_equal(samples.finite, back.finite) and back.count == 12 and back.engine == samples.engine

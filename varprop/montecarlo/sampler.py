@@ -98,7 +98,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from numbers import Integral
 from types import MappingProxyType
 
@@ -160,6 +160,13 @@ _BLOCK_FLOATS = 2**20
 _CHUNK_FLOATS = 2**20
 
 
+def _unpickle_samples(values: dict) -> Samples:
+    """A :class:`Samples` from its pickled fields (the mappings read-only again)."""
+    for name in ("per_position", "per_network"):
+        values[name] = MappingProxyType(values[name])
+    return Samples(**values)
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Samples:
     """Per-network averages of the observables of ``count`` sampled networks.
@@ -216,6 +223,13 @@ class Samples:
     chunk_size: int
     partner: tuple[float, ...] | None = None
     engine: str = "full"
+
+    def __reduce__(self) -> tuple:
+        # The read-only mappings are mappingproxies, which do not pickle: send plain dicts, rebuild the proxies.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["per_position"] = dict(self.per_position)
+        values["per_network"] = dict(self.per_network)
+        return (_unpickle_samples, (values,))
 
     @property
     def count(self) -> int:
