@@ -32,7 +32,6 @@ SCHOENHOLZ = "Schoenholz et al. 2017"
 BA = "Ba et al. 2016, eq. (4)"
 ZHANG = "Zhang & Sennrich 2019, eq. (4)"
 IOFFE = "Ioffe & Szegedy 2015, Algorithm 1"
-YANG_BATCHNORM = "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019 (ICLR), mean-field theory of batch normalization"
 _DEPTH = 3
 _SMALL = (2, 4)  # an exact claim must hold at narrow widths too
 # Widths an asymptotic claim's limit is fitted over: from 8 up, where the 2^-n of a dead relu layer
@@ -383,14 +382,6 @@ def _batchnorm_entries() -> list[ClaimFamily]:
                "its input is (B-2)/(B-3) n/(2(n-2)) at every width, the mean-field value times n/(n-2)",
                lambda n: Network((Dense(n, n, he().law(n, n)), BatchNorm(n, 8, eps=0))), SecondMoment(Gradient(0)),
                None, source=IOFFE, width=16, sweep=(4, 8)),
-        _entry("batchnorm-relu-gradient-explosion",
-               "Yang et al.'s gradient explosion in a relu BatchNorm stack (dense, BatchNorm with eps = 0, relu) x 3, batch "
-               "6: the gradient at the lowest BatchNorm's input, mean-field; every block below a BatchNorm multiplies it "
-               "by ((B-2)/2 + p + kappa)/((1/2 - kappa)(B-3)) (orthant probability p, relu kernel kappa at correlation "
-               "-1/(B-1)), which tends to pi/(pi-1) as B grows",
-               lambda n: Network(tuple(layer for _ in range(3) for layer in
-                                       (Dense(n, n, he().law(n, n)), BatchNorm(n, 6, eps=0), Nonlinearity(relu)))),
-               SecondMoment(Gradient(0)), None, source=YANG_BATCHNORM, width=64, sweep=(16, 32, 64)),
     ]
 
 
