@@ -49,12 +49,41 @@ through fresh weights), :math:`E[\Delta x_b^2] = \frac dB E[(B-2)/(V+\epsilon) +
   a deep linear BatchNorm network this gives Yang et al.'s gradient explosion: every
   dense + BatchNorm layer multiplies :math:`E[\Delta^2]` by :math:`\frac{B-2}{B-3}` at any weight
   variance (Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, "A Mean Field Theory of Batch
-  Normalization", ICLR, the linear case of their gradient analysis). A relu between two BatchNorms is
-  refused for the gradient below it: its mask and the lower BatchNorm's Jacobian are functions of the
-  same output, and with a centred gradient they do not factor, not even in the mean-field limit
-  (:math:`E[\mathbb 1_{y_b>0}\mathbb 1_{y_c>0}P_{bc}] = -(p + \kappa)/B` with :math:`P = C - yy^\top/B`,
-  :math:`p` the orthant probability and :math:`\kappa` the relu kernel at correlation :math:`-1/(B-1)`,
-  not :math:`p\,E[P_{bc}]`).
+  Normalization", ICLR, the linear case of their gradient analysis).
+
+A relu between two BatchNorms (``... BatchNorm, relu, dense, ..., BatchNorm ...``, the usual
+Linear-BatchNorm-ReLU stack). The relu's mask :math:`M = \operatorname{diag}(\mathbb 1_{y_b > 0})` and the lower
+BatchNorm's Jacobian are functions of the same output, and with a centred gradient they do not factor
+(:math:`E[\mathbb 1_{y_b>0}\mathbb 1_{y_c>0}P_{bc}] = -(p + \kappa)/B` with :math:`P = C - yy^\top/B`, not
+:math:`p\,E[P_{bc}]`). Mean-field (Yang et al. 2019), ``asymptotic``: the gradient :math:`\delta` at the relu's
+output, which came from the BatchNorm above through dense layers only, is independent of the forward pass below
+and, centred and exchangeable, has :math:`E[\delta\delta^\top] = d'C`, :math:`d' = d\frac{B}{B-1}`,
+:math:`d = E[\delta_b^2]`; so :math:`E[|\Delta x|^2] = d' E[\operatorname{tr}(J M C M J)]` with (checked in exact
+arithmetic on matrices built by sympy)
+
+.. math:: \operatorname{tr}(J M C M J) = \Bigl(K - \frac{2K}{B} + \frac{K^2}{B^2}
+          - \frac{2 - r}{B}\Bigl(\sum_b \mathrm{relu}(y_b)^2 - \frac1B\bigl(\sum_b \mathrm{relu}(y_b)\bigr)^2\Bigr)\Bigr)
+          \Big/ \sigma^2,
+
+:math:`K = \sum_b \mathbb 1_{y_b > 0}`. The output is :math:`\sqrt{Br}\,u` with its direction :math:`u` uniform on
+the centred unit sphere and independent of :math:`V`; :math:`u = g/|g|`, :math:`g \sim \mathcal N(0, C)`, so the
+signs are those of a Gaussian pair of correlation :math:`\rho = -1/(B-1)` (orthant probability
+:math:`p = \frac14 + \frac{\arcsin\rho}{2\pi}`, Sheppard) and :math:`E[\mathrm{relu}(u_b)\mathrm{relu}(u_c)] =
+\kappa/B` (the arc-cosine kernel, Cho & Saul 2009), each checked by two-dimensional quadrature; the exchangeable
+sums give :math:`E[K - 2K/B + K^2/B^2] = \frac{B-1}{B}(\frac{B-1}2 + p)` and
+:math:`E[\sum_b \mathrm{relu}(u_b)^2 - (\sum_b \mathrm{relu}(u_b))^2/B] = \frac{B-1}{B}(\frac12 - \kappa)`. With
+:math:`V = (a/B)\chi^2_{B-1}` and :math:`c = B\epsilon/a`,
+
+.. math:: E[\Delta x_b^2] = \frac da\Bigl[\Bigl(\frac{B-2}2 + p + \kappa\Bigr)F(c)
+          + \Bigl(\frac12 - \kappa\Bigr)\frac{c^2}{2}F''(c)\Bigr],
+          \qquad E[\Delta x_b^2] = \frac{d\,(\frac{B-2}2 + p + \kappa)}{a(B-3)} \text{ at } \epsilon = 0.
+
+In a stack (dense, BatchNorm with :math:`\epsilon = 0`, relu) every block below a BatchNorm multiplies the
+gradient's second moment by :math:`\frac{(B-2)/2 + p + \kappa}{(\frac12 - \kappa)(B-3)}` at any weight variance
+(:func:`relu_block_factor`), which tends to Yang et al.'s
+:math:`\pi/(\pi - 1)` as :math:`B \to \infty`. What stays refused, with the reason: another activation between
+two BatchNorms or between a BatchNorm and the loss (its slope correlates with the Jacobian's diagonal), and a relu
+that is not directly on the lower BatchNorm's output.
 
 The affine parameters are at their initial values (gain 1, bias 0), so they change neither pass.
 """
@@ -89,7 +118,7 @@ from .propagate import (
     forward_rule,
 )
 
-__all__: list[str] = []
+__all__ = ["relu_block_factor"]
 
 IOFFE = "Ioffe & Szegedy 2015, Algorithm 1"
 YANG = "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019 (ICLR), mean-field theory of batch normalization"
@@ -516,8 +545,8 @@ A_EXCHANGEABLE_DIRECTION = ("the coordinates of u are exchangeable: linearity of
 
 
 def _masked_trace_value(width: int, eps: sp.Rational, values: Sequence[int]) -> tuple[sp.Expr, dict, sp.Expr]:
-    r""":math:`\operatorname{tr}(J M C M J)` at one input vector (exact arithmetic), with the values of the BatchNorm
-    output, its biased variance and :math:`\epsilon` to substitute into a formula."""
+    r""":math:`\operatorname{tr}(J M C M J)` at one input vector (exact arithmetic), the BatchNorm's outputs (by
+    example, from 1) and its biased batch variance, to substitute into a formula."""
     x = sp.Matrix([sp.Integer(v) for v in values])
     ones = sp.ones(width, 1)
     centred = x - (sum(x) / width) * ones
