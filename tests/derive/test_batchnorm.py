@@ -17,7 +17,14 @@ from varprop.derive.batchnorm import relu_block_factor
 from varprop.errors import DerivationError, SpecError
 from varprop.montecarlo import FAIL, PASS
 from varprop.montecarlo.verdict import judge
-from varprop.network import BatchNorm, Dense, FixedInput, GaussianInput, Network, Nonlinearity
+from varprop.network import (
+    BatchNorm,
+    Dense,
+    FixedInput,
+    GaussianInput,
+    Network,
+    Nonlinearity,
+)
 from varprop.observables import Gradient, Mean, SecondMoment, Signal
 from varprop.weights import Normal
 
@@ -227,7 +234,15 @@ def test_the_relu_block_factor_tends_to_pi_over_pi_minus_one():
 
 def test_the_relu_steps_checks_refuse_a_wrong_statement():
     """The trace identity and the exchangeable-moment algebra are checked, not assumed: a wrong factor fails."""
-    from varprop.derive.batchnorm import _B, _DIR, _EPS, _EX, _V, ExchangeableMoments, MaskedTrace
+    from varprop.derive.batchnorm import (
+        _B,
+        _DIR,
+        _EPS,
+        _EX,
+        _V,
+        ExchangeableMoments,
+        MaskedTrace,
+    )
     from varprop.derive.derivation import Expect, Rule, _Builder
 
     B, V, eps = _B[0], _V[0], _EPS[0]
@@ -237,14 +252,12 @@ def test_the_relu_steps_checks_refuse_a_wrong_statement():
     r = V / (V + eps)
     for factor, holds in ((2 - r, True), (1 - r, False), (2 - r**2, False)):
         integrand = (count - 2 * count / B + count**2 / B**2 - factor * spread / B) / (V + eps)
-        builder = _Builder("test")
-        add = lambda: builder.add(sp.Symbol("G"), Expect(integrand), Rule.INDEPENDENCE,  # noqa: E731
-                                  proof=MaskedTrace(integrand, sp.Integer(1), y_b, V, eps, B))
+        proof = MaskedTrace(integrand, sp.Integer(1), y_b, V, eps, B)
         if holds:
-            add()
+            _Builder("test").add(sp.Symbol("G"), Expect(integrand), Rule.INDEPENDENCE, proof=proof)
         else:
             with pytest.raises(DerivationError, match="tr\\(J M C M J\\)"):
-                add()
+                _Builder("test").add(sp.Symbol("G"), Expect(integrand), Rule.INDEPENDENCE, proof=proof)
     u_b, u1, u2 = _DIR[0, _EX], _DIR[0, 1], _DIR[0, 2]
     squared = Expect(sp.Sum(sp.Heaviside(u_b), (_EX, 1, B)) ** 2)
     h1, h11 = Expect(sp.Heaviside(u1)), Expect(sp.Heaviside(u1) * sp.Heaviside(u2))

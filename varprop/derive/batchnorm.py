@@ -731,7 +731,7 @@ def _relu_between_batchnorms(layer: BatchNorm, walk: _Walk, gradient: _Gradient,
     # the direction's one- and two-coordinate moments, through g ~ N(0, C)
     k_step, kappa = _sphere_pair_kernel(walk, layer, p + 1)
     q, cov, rho = sp.Rational(k, batch), sp.Rational(-1, batch), sp.Rational(-1, k)
-    pair = dict(first=q, second=q, covariance=cov)
+    pair = {"first": q, "second": q, "covariance": cov}
     h1 = builder.add(Expect(sp.Heaviside(u1)), sp.Rational(1, 2), Rule.GAUSSIAN_INTEGRAL,
                      "the sign of a coordinate is that of a centred Gaussian",
                      proof=BivariateIntegral(sp.Heaviside(_PAIR_U), **pair), assumptions=(A_POLAR,))
@@ -805,7 +805,7 @@ def _relu_between_batchnorms(layer: BatchNorm, walk: _Walk, gradient: _Gradient,
                                "X(X + 2c) = (X + c)^2 - c^2",
                                proof=ChiSquare(integrand_x, sp.Integer(k)), uses=(*extra, a_step))
         chi_steps += [modelled, integral]
-    d_value, d_uses = walk.plain(above.second)
+    _, d_uses = walk.plain(above.second)
     uses = (traced, sphere, t1_step, spread_step, *chi_steps, *c_uses, b_step, *d_uses)
     # the value is the substitution itself (done as the check does it, so numbers from below round alike)
     value = _apply(builder.steps[traced].lhs, {builder.steps[i].lhs: builder.steps[i].rhs for i in uses}, structural=True)
