@@ -103,6 +103,11 @@ def test_bad_input_gives_one_clear_error():
     with pytest.raises(DerivationError, match="B <= 3"):
         derive(Network((BatchNorm(4, 3, eps=0), Dense(4, 4, Normal(1)))), SecondMoment(Gradient(-1)))
     relu = Nonlinearity(activation("relu"))
+    between = Network((Dense(4, 4, Normal(1)), BatchNorm(4, 3, eps=0), relu, Dense(4, 4, Normal(1)),
+                       BatchNorm(4, 3, eps=sp.Rational(1, 2))))
+    assert derive(between, SecondMoment(Gradient(3))).exactness == "asymptotic"
+    with pytest.raises(DerivationError, match="B - 1 = 2 degrees of freedom, which diverges for B <= 3"):
+        derive(between, SecondMoment(Gradient(0)))  # below the relu between the BatchNorms
     after_relu = Network((Dense(4, 4, Normal(1)), relu, BatchNorm(4, 6, eps=sp.Rational(1, 10))))
     with pytest.raises(DerivationError, match="Yang et al.'s \\(2019\\) integral transforms"):
         derive(after_relu, SecondMoment(Signal(2)))

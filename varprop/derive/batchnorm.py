@@ -796,8 +796,10 @@ def _relu_between_batchnorms(layer: BatchNorm, walk: _Walk, gradient: _Gradient,
         modelled = builder.model(Expect(lhs), Expect(integrand_x), Rule.IDENTICAL_DISTRIBUTION,
                                  prose(sp.Eq(V, a / B * CHI, evaluate=False), " with ", CHI,
                                        f" chi-square with {k} degrees of freedom",
-                                       *((", ", sp.Eq(_CB[p], B * eps_p / a, evaluate=False)) if extra else ())),
-                                 assumptions=(why,), exactness=exactness, uses=(*extra, a_step, b_step),
+                                       ", ", sp.Eq(_CB[p], B * eps_p / a, evaluate=False) if extra else
+                                       sp.Eq(eps_p, 0, evaluate=False)),
+                                 assumptions=(why,), exactness=exactness,
+                                 uses=(*extra, a_step, b_step, walk.definitions[eps_p]),
                                  source=YANG if exactness == "asymptotic" else "")
         integral = builder.add(Expect(integrand_x), value, Rule.GAUSSIAN_INTEGRAL,
                                "E[1/X] = 1/(k - 2)" if layer.eps == 0 else
