@@ -7,8 +7,11 @@ BatchNorm inputs (derived: (B-2)/(B-3) = 4/3 in the bulk, Yang et al.'s rate; (B
 for the first BatchNorm, whose input batch is independent), each with its standard error (delta method,
 networks independent), next to varprop's derived values at that width. Then the mean-field forward behind a
 relu on a BatchNorm output: ``dense, BatchNorm(eps=0), relu, dense, BatchNorm(eps=1/2)``, B = 4, E[y^2] at the
-last BatchNorm against the derived value (a = E[y^2](1/2 - kappa)). A statistical measurement, not a speed
-target: run it with ``nice``; a few minutes.
+last BatchNorm against the derived value (a = E[y^2](1/2 - kappa)). Last, the relu stack (dense, BatchNorm(eps=0),
+relu) x 3, He weights, batch 6 and 32: the measured per-block ratio of the gradient's second moment at successive
+BatchNorm inputs (the middle one's over the top one's) beside varprop's derived ratio at that batch,
+((B-2)/2 + p + kappa)/((1/2 - kappa)(B-3)), and Yang et al.'s large-batch limit pi/(pi-1). A statistical
+measurement, not a speed target: run it with ``nice``; a few minutes.
 
 Run:  python benchmarks/bench_batchnorm_explosion.py
 """
@@ -20,6 +23,7 @@ import sympy as sp
 
 from varprop.activations import activation
 from varprop.derive import derive
+from varprop.derive.batchnorm import relu_block_factor
 from varprop.montecarlo import sample
 from varprop.network import BatchNorm, Dense, Network, Nonlinearity
 from varprop.observables import Gradient, SecondMoment, Signal
@@ -60,6 +64,27 @@ def main() -> None:
         h = s.per_position["signal_second_moment"][s.finite][:, 5]
         print(f"width {width:4d} ({len(h)} networks): relu then BatchNorm(eps=1/2): E[y^2] {h.mean():.4f} ± "
               f"{h.std(ddof=1) / np.sqrt(len(h)):.4f} (derived {derived_value:.4f})", flush=True)
+
+    relu_stack()
+
+
+def relu_stack() -> None:
+    """The per-block gradient growth of (dense, BatchNorm(eps=0), relu) x 3 against the derived rate and its limit."""
+    relu = Nonlinearity(activation("relu"))
+    limit = float(sp.pi / (sp.pi - 1))
+    for batch, sizes in ((6, {16: 4000, 64: 4000, 256: 1500}), (32, {16: 2000, 64: 1000, 256: 400})):
+        rate = float(relu_block_factor(batch))
+        for width, networks in sizes.items():
+            net = Network(tuple(layer for _ in range(3) for layer in
+                                (Dense(width, width, Normal(sp.Rational(2, width))), BatchNorm(width, batch, eps=0), relu)))
+            derived = [float(derive(net, SecondMoment(Gradient(p))).result) for p in (6, 3)]
+            s = sample(net, networks, seed=7)
+            g = s.per_position["gradient_second_moment"][s.finite]
+            top, middle = g[:, 7], g[:, 4]
+            ratio, se = _ratio(middle, top)
+            print(f"relu stack, batch {batch:2d}, width {width:4d} ({len(g)} networks): per-block ratio {ratio:.4f} ± "
+                  f"{se:.4f} (derived {derived[1] / derived[0]:.4f} = rate {rate:.4f} at B = {batch}; large-batch limit "
+                  f"pi/(pi-1) = {limit:.4f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -49,27 +49,60 @@ through fresh weights), :math:`E[\Delta x_b^2] = \frac dB E[(B-2)/(V+\epsilon) +
   a deep linear BatchNorm network this gives Yang et al.'s gradient explosion: every
   dense + BatchNorm layer multiplies :math:`E[\Delta^2]` by :math:`\frac{B-2}{B-3}` at any weight
   variance (Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, "A Mean Field Theory of Batch
-  Normalization", ICLR, the linear case of their gradient analysis). A relu between two BatchNorms is
-  refused for the gradient below it: its mask and the lower BatchNorm's Jacobian are functions of the
-  same output, and with a centred gradient they do not factor, not even in the mean-field limit
-  (:math:`E[\mathbb 1_{y_b>0}\mathbb 1_{y_c>0}P_{bc}] = -(p + \kappa)/B` with :math:`P = C - yy^\top/B`,
-  :math:`p` the orthant probability and :math:`\kappa` the relu kernel at correlation :math:`-1/(B-1)`,
-  not :math:`p\,E[P_{bc}]`).
+  Normalization", ICLR, the linear case of their gradient analysis).
+
+A relu between two BatchNorms (``... BatchNorm, relu, dense, ..., BatchNorm ...``, the usual
+Linear-BatchNorm-ReLU stack). The relu's mask :math:`M = \operatorname{diag}(\mathbb 1_{y_b > 0})` and the lower
+BatchNorm's Jacobian are functions of the same output, and with a centred gradient they do not factor
+(:math:`E[\mathbb 1_{y_b>0}\mathbb 1_{y_c>0}P_{bc}] = -(p + \kappa)/B` with :math:`P = C - yy^\top/B`, not
+:math:`p\,E[P_{bc}]`). Mean-field (Yang et al. 2019), ``asymptotic``: the gradient :math:`\delta` at the relu's
+output, which came from the BatchNorm above through dense layers only, is independent of the forward pass below
+and, centred and exchangeable, has :math:`E[\delta\delta^\top] = d'C`, :math:`d' = d\frac{B}{B-1}`,
+:math:`d = E[\delta_b^2]`; so :math:`E[|\Delta x|^2] = d' E[\operatorname{tr}(J M C M J)]` with (checked in exact
+arithmetic on matrices built by sympy)
+
+.. math:: \operatorname{tr}(J M C M J) = \Bigl(K - \frac{2K}{B} + \frac{K^2}{B^2}
+          - \frac{2 - r}{B}\Bigl(\sum_b \mathrm{relu}(y_b)^2 - \frac1B\bigl(\sum_b \mathrm{relu}(y_b)\bigr)^2\Bigr)\Bigr)
+          \Big/ \sigma^2,
+
+:math:`K = \sum_b \mathbb 1_{y_b > 0}`. The output is :math:`\sqrt{Br}\,u` with its direction :math:`u` uniform on
+the centred unit sphere and independent of :math:`V`; :math:`u = g/|g|`, :math:`g \sim \mathcal N(0, C)`, so the
+signs are those of a Gaussian pair of correlation :math:`\rho = -1/(B-1)` (orthant probability
+:math:`p = \frac14 + \frac{\arcsin\rho}{2\pi}`, Sheppard) and :math:`E[\mathrm{relu}(u_b)\mathrm{relu}(u_c)] =
+\kappa/B` (the arc-cosine kernel, Cho & Saul 2009), each checked by two-dimensional quadrature; the exchangeable
+sums give :math:`E[K - 2K/B + K^2/B^2] = \frac{B-1}{B}(\frac{B-1}2 + p)` and
+:math:`E[\sum_b \mathrm{relu}(u_b)^2 - (\sum_b \mathrm{relu}(u_b))^2/B] = \frac{B-1}{B}(\frac12 - \kappa)`. With
+:math:`V = (a/B)\chi^2_{B-1}` and :math:`c = B\epsilon/a`,
+
+.. math:: E[\Delta x_b^2] = \frac da\Bigl[\Bigl(\frac{B-2}2 + p + \kappa\Bigr)F(c)
+          + \Bigl(\frac12 - \kappa\Bigr)\frac{c^2}{2}F''(c)\Bigr],
+          \qquad E[\Delta x_b^2] = \frac{d\,(\frac{B-2}2 + p + \kappa)}{a(B-3)} \text{ at } \epsilon = 0.
+
+In a stack (dense, BatchNorm with :math:`\epsilon = 0`, relu) every block below a BatchNorm multiplies the
+gradient's second moment by :math:`\frac{(B-2)/2 + p + \kappa}{(\frac12 - \kappa)(B-3)}` at any weight variance
+(:func:`relu_block_factor`), which tends to Yang et al.'s
+:math:`\pi/(\pi - 1)` as :math:`B \to \infty`. What stays refused, with the reason: another activation between
+two BatchNorms or between a BatchNorm and the loss (its slope correlates with the Jacobian's diagonal), and a relu
+that is not directly on the lower BatchNorm's output.
 
 The affine parameters are at their initial values (gain 1, bias 0), so they change neither pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
 import sympy as sp
 
 from ..errors import DerivationError
 from ..network import BatchNorm, Dense, GaussianInput, Nonlinearity
 from ..weights import Normal
-from ..activations import X
+from ..activations import X, activation
 from .derivation import U as _PAIR_U
 from .derivation import V as _PAIR_V
-from .derivation import BivariateIntegral, Code, Expect, Rule, prose
+from .derivation import BivariateIntegral, Check, Code, Expect, Identity, Rule, Step, _apply, _is_zero, prose, to_text
 from .normalisation import CHI, SHIFT, ChiSquare, SumIdentity, TraceCheck, chi_square_inverse
 from .propagate import (
     Quantity,
@@ -85,7 +118,7 @@ from .propagate import (
     forward_rule,
 )
 
-__all__: list[str] = []
+__all__ = ["relu_block_factor"]
 
 IOFFE = "Ioffe & Szegedy 2015, Algorithm 1"
 YANG = "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019 (ICLR), mean-field theory of batch normalization"
@@ -303,26 +336,39 @@ A_SPHERE = ("mean-field: the batch of a unit at the BatchNorm's input is Gaussia
 
 
 def _gradient_factor(walk: _Walk, position: int) -> tuple[sp.Expr, str, tuple[int, ...]] | None:
-    r""":math:`f` with :math:`E[\delta_b^2] - E[\delta_b\delta_c] = f\,E[\delta^2]` for the gradient at ``position``
-    (mean-field, walking down from the loss, where :math:`f = 1`): a dense layer or the identity keeps it, a
-    BatchNorm makes it :math:`B/(B-1)` (its gradient sums to 0 over the batch), a relu keeps :math:`f = 1` (its mask
-    multiplies uncorrelated examples, and :math:`E[\mathbb 1_{y > 0}\, y^2] = E[y^2]/2` decouples it from the
-    Jacobian's diagonal). ``None`` otherwise: a relu above a BatchNorm whose gradient is centred masks it with the
-    signs of the very output that BatchNorm's Jacobian is built from, so the two do not factor even in the
-    mean-field limit (Yang et al.'s transforms handle it; varprop does not), and other activations correlate their
-    slope with the Jacobian's diagonal. Returns (f, what it came through, the steps used)."""
-    factor, through = sp.Integer(1), "loss"
-    for layer in walk.network.layers[position + 1:][::-1]:
+    r"""How the gradient reaches the BatchNorm at ``position``, from what lies between it and the nearest
+    BatchNorm above (or the loss): ``(f, through, steps used)`` with :math:`E[\delta_b^2] - E[\delta_b\delta_c] =
+    f\,E[\delta^2]`, or ``None``.
+
+    * ``"loss"``, :math:`f = 1`: no BatchNorm above, only dense layers, identities and relus (a relu's mask
+      multiplies uncorrelated examples, and :math:`E[\mathbb 1_{y > 0}\, y^2] = E[y^2]/2` decouples it from the
+      Jacobian's diagonal);
+    * ``"batchnorm"``, :math:`f = B/(B-1)`: dense layers and identities up to a BatchNorm, whose gradient sums to 0
+      over the batch;
+    * ``"relu-batchnorm"``: a relu directly on this BatchNorm's output, then dense layers and identities up to a
+      BatchNorm (:func:`_relu_between_batchnorms`; ``f`` is not used there).
+
+    ``None`` otherwise: another activation (its slope correlates with the Jacobian's diagonal), a relu that is not
+    directly on this BatchNorm's output below a BatchNorm, or another layer kind."""
+    layers = walk.network.layers
+    relus: list[int] = []
+    for index in range(position + 1, len(layers)):
+        layer = layers[index]
         if isinstance(layer, Dense) or (isinstance(layer, Nonlinearity) and _is_identity(layer.activation)):
             continue
         if isinstance(layer, BatchNorm):
-            factor, through = sp.Integer(layer.batch) / (layer.batch - 1), "batchnorm"
-            continue
-        if (isinstance(layer, Nonlinearity) and layer.activation.name == "relu" and not layer.activation.params
-                and factor == 1):
+            if layer.channels is not None:  # centred per channel over batch and positions, not per unit
+                return None
+            if not relus:
+                return sp.Integer(layer.batch) / (layer.batch - 1), "batchnorm", ()
+            if relus == [position + 1]:
+                return sp.Integer(1), "relu-batchnorm", ()
+            return None
+        if isinstance(layer, Nonlinearity) and layer.activation.name == "relu" and not layer.activation.params:
+            relus.append(index)
             continue
         return None
-    return factor, through, ()
+    return sp.Integer(1), "loss", ()
 
 
 def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal, position: int) -> _Gradient:
@@ -351,11 +397,19 @@ def _backward(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal
     if spread is None:
         raise DerivationError(
             f"the gradient below BatchNorm {name} comes through a nonlinearity whose slope does not factor from the "
-            "BatchNorm's Jacobian (a relu above a BatchNorm: its mask and that BatchNorm's Jacobian depend on the same "
-            "output; another activation: its slope correlates with the Jacobian's diagonal), not even in the mean-field "
-            "limit; Yang et al. (2019) handle it with integral transforms, which varprop does not derive (derived: "
-            "from the loss through dense layers, identities and relus, and from a BatchNorm through dense layers and "
-            "identities)")
+            "BatchNorm's Jacobian (another activation: its slope correlates with the Jacobian's diagonal; a relu that "
+            "is not directly on this BatchNorm's output, below another BatchNorm: its mask correlates the examples), not "
+            "even in the mean-field limit; Yang et al. (2019) handle it with integral transforms, which varprop does not "
+            "derive (derived: from the loss through dense layers, identities and relus; from a BatchNorm above through "
+            "dense layers and identities, with at most a relu directly on this BatchNorm's output)")
+    if spread[1] == "relu-batchnorm":
+        value, uses = _relu_between_batchnorms(layer, walk, gradient, below, p, chain)
+        step = builder.add(Expect(D_in**2), value, Rule.SUBSTITUTION, "substitute", proof=Identity(), uses=uses)
+        quantity = Quantity(Expect(D_in**2), value, step)
+        if value.has(sp.Float):  # a closed form around numbers (a relu's kernel below): carried on as a checked number
+            number, (index,) = _compact(walk, quantity, limit=0)
+            quantity = Quantity(Expect(D_in**2), number, index)
+        return _Gradient(p - 1, D_in, _zero_mean_gradient(walk, D_in), quantity, independent=False)
     exact_isotropy = gradient.independent
     centred = spread[1] != "loss"
     factor_uses = spread[2]
@@ -483,6 +537,294 @@ def _first_dense_backward(layer: BatchNorm, walk: _Walk, dense: Dense, p: int, d
                            Rule.INDEPENDENCE, "X and Y are independent: the expectation of the product factors",
                            uses=(e_x, e_y))
     return d_value * sp.Integer(k - 1) / (v * s * (k - 2) * (n - 2)), (law, e_x, e_y, closed)
+
+
+
+# --- a relu between two BatchNorms ---------------------------------------------------------------
+
+_DIR = sp.IndexedBase("u")  # u_{p,b}: the direction over the batch of a unit's output of the BatchNorm at p
+SHEPPARD = "Sheppard 1899 (the orthant probability of a bivariate Gaussian)"
+A_CENTRED_GRADIENT = (
+    "mean-field gradient independence (Yang et al. 2019): the gradient at the relu's output came from a BatchNorm "
+    "above through dense layers only, so it sums to 0 over the batch, and its examples are exchangeable, so "
+    "E[delta delta^T] = d B/(B-1) C; it is taken independent of the forward pass below the relu")
+A_POLAR = ("u = g/|g| with g ~ N(0, C): the sign of u_b is that of g_b, and |g|^2 (mean B - 1) is independent of u, so "
+           "E[relu(u_b) relu(u_c)] = E[relu(g_b) relu(g_c)]/(B - 1); g_b, g_c have variance (B-1)/B and covariance -1/B")
+A_EXCHANGEABLE_DIRECTION = ("the coordinates of u are exchangeable: linearity of the expectation, and every pair "
+                            "(b, c), b != c, has the law of (1, 2)")
+
+
+def _masked_trace_value(width: int, eps: sp.Rational, values: Sequence[int]) -> tuple[sp.Expr, dict, sp.Expr]:
+    r""":math:`\operatorname{tr}(J M C M J)` at one input vector (exact arithmetic), the BatchNorm's outputs (by
+    example, from 1) and its biased batch variance, to substitute into a formula."""
+    x = sp.Matrix([sp.Integer(v) for v in values])
+    ones = sp.ones(width, 1)
+    centred = x - (sum(x) / width) * ones
+    variance = (centred.T * centred)[0] / width
+    sigma = sp.sqrt(variance + eps)
+    y = centred / sigma
+    projector = sp.eye(width) - ones * ones.T / width
+    jacobian = (projector - y * y.T / width) / sigma
+    mask = sp.diag(*[1 if value > 0 else 0 for value in y])
+    return (jacobian * mask * projector * mask * jacobian).trace(), dict(enumerate(y, start=1)), variance
+
+
+@dataclass(frozen=True)
+class MaskedTrace(Check):
+    r"""The step's right side is ``scale`` times :math:`E[g]`, and :math:`g = \operatorname{tr}(J M C M J)` for the
+    BatchNorm's Jacobian :math:`J` and the relu mask :math:`M = \operatorname{diag}(\mathbb 1_{y_b > 0})`.
+
+    :math:`g` (``integrand``, in the output ``output`` over the batch index, the variance ``variance``, ``eps`` and
+    the batch ``batch``) is evaluated at integer input vectors of widths 2 to 6 with both signs present, at
+    :math:`\epsilon \in \{0, 1/3\}`, and compared in exact arithmetic with the trace of the matrices built by sympy.
+    What the step adds, :math:`E[\delta^\top A\delta] = d' E[\operatorname{tr}(A C)]` for a gradient
+    :math:`\delta` independent of :math:`A` with :math:`E[\delta\delta^\top] = d' C`, is its stated assumption.
+    """
+
+    integrand: sp.Expr
+    scale: sp.Expr
+    output: sp.Indexed
+    variance: sp.Expr
+    eps: sp.Expr
+    batch: sp.Expr
+    kind: ClassVar[str] = "identity"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        if not _is_zero(sp.expand(step.rhs - self.scale * Expect(self.integrand))):
+            return False, f"the right side is not {to_text(self.scale)} E[{to_text(self.integrand)}]"
+        for width in range(2, 7):
+            for shift in (0, 2):
+                values = [((3 * j * j + 5 * j + 2 + shift) % 7) - 3 for j in range(width)]
+                if len(set(values)) == 1:
+                    values[0] += 1
+                while any(v * width == sum(values) for v in values):  # an example at the batch mean: mask 1/2
+                    values[-1] += 1
+                for eps in (sp.Integer(0), sp.Rational(1, 3)):
+                    trace, outputs, variance = _masked_trace_value(width, eps, values)
+                    g = self.integrand.xreplace({self.batch: sp.Integer(width)})
+                    g = _explicit_sums(g, self.output, outputs)
+                    g = g.xreplace({self.variance: variance, self.eps: eps})
+                    if not _is_zero(sp.nsimplify(sp.simplify(g - trace))):
+                        return False, (f"tr(J M C M J) = {trace} but the integrand gives {sp.simplify(g)} at the input "
+                                       f"{values}, eps = {eps}")
+        return True, ("the integrand equals tr(J M C M J) of the matrices built by sympy at widths 2-6 (two inputs "
+                      "each, both signs present), eps 0 and 1/3")
+
+
+def _explicit_sums(expr: sp.Expr, coordinate: sp.Indexed, values: dict[int, sp.Expr]) -> sp.Expr:
+    """Every sum over the batch index written out, the coordinate replaced by ``values`` (index -> value)."""
+    def written(total: sp.Sum) -> sp.Expr:
+        (variable, low, high), = total.limits
+        return sp.Add(*(total.function.xreplace({variable: sp.Integer(j)}).xreplace(
+            {coordinate.base[(*coordinate.indices[:-1], sp.Integer(j))]: values[j]} if values else {})
+            for j in range(int(low), int(high) + 1)))
+
+    return expr.replace(lambda e: isinstance(e, sp.Sum), written)
+
+
+@dataclass(frozen=True)
+class ExchangeableMoments(Check):
+    r""":math:`E[g(u_1, \dots, u_B)]` of an exchangeable vector in its one- and two-coordinate moments, by algebra.
+
+    The step's left side is :math:`E[g]`, :math:`g` a polynomial in sums over the batch of functions of the
+    coordinate ``coordinate``; at every batch size from 2 to 7 the sums are written out, :math:`g` expanded, a
+    Heaviside step's powers reduced (:math:`\mathbb 1^2 = \mathbb 1`), and each term's expectation relabelled to
+    coordinates 1 and 2 (exchangeability); the result must equal the right side at that batch size.
+    """
+
+    coordinate: sp.Indexed
+    batch: sp.Expr
+    kind: ClassVar[str] = "identity"
+
+    def run(self, step: Step, steps: Sequence[Step]) -> tuple[bool | None, str]:
+        base, head = self.coordinate.base, self.coordinate.indices[:-1]
+        statistic = step.lhs.args[0] if isinstance(step.lhs, Expect) else step.lhs
+        for width in range(2, 8):
+            expanded = sp.expand(_explicit_sums(statistic.xreplace({self.batch: sp.Integer(width)}), self.coordinate, {}))
+            expanded = expanded.replace(lambda e: e.is_Pow and isinstance(e.base, sp.Heaviside) and e.exp.is_positive,
+                                        lambda e: e.base)
+            total = sp.Integer(0)
+            for term in sp.Add.make_args(sp.expand(expanded)):
+                coefficient, groups = sp.Integer(1), {}
+                for factor in sp.Mul.make_args(term):
+                    atoms = [a for a in factor.atoms(sp.Indexed) if a.base == base]
+                    if not atoms:
+                        coefficient *= factor
+                    elif len(atoms) == 1:
+                        groups[atoms[0]] = groups.get(atoms[0], sp.Integer(1)) * factor
+                    else:
+                        return False, f"the term {term} mixes coordinates in one factor"
+                neutral = sp.Dummy("z")
+                shapes = sorted((g.xreplace({a: neutral}) for a, g in groups.items()), key=sp.default_sort_key)
+                canonical = sp.Mul(*(shape.xreplace({neutral: base[(*head, sp.Integer(k))]})
+                                     for k, shape in enumerate(shapes, start=1)))
+                total += coefficient * (Expect(canonical) if groups else 1)
+            stated = step.rhs.xreplace({self.batch: sp.Integer(width)})
+            if not _is_zero(sp.expand(total - stated)):
+                return False, f"at a batch of {width} the sums give {to_text(total)}, the step states {to_text(stated)}"
+        return True, "the sums written out and expanded at batches 2-7, each term relabelled to coordinates 1 and 2"
+
+
+def _batch_variance_law(walk: _Walk, below: _Signal, p: int) -> tuple[tuple[sp.Expr, int] | None, str, str]:
+    """The scale a of the law V = (a/B) chi^2_{B-1} of the BatchNorm at p (with its step, or None), its exactness
+    and why."""
+    if _gaussian_input(walk, below):
+        return _centred_moment(walk, -1), "exact", (
+            "the batch of a unit is iid centred Gaussian (the Gaussian input); Cochran's theorem: the centred sum of "
+            "squares has B - 1 degrees of freedom")
+    return _centred_moment(walk, p - 1), "asymptotic", (
+        "wide layers (mean-field): a unit's batch is Gaussian with the mean Gram matrix a I + b 1 1^T of the "
+        "exchangeable batch; centring removes b")
+
+
+def relu_block_factor(batch: sp.Expr) -> sp.Expr:
+    r"""The mean-field growth of the gradient's second moment per block (dense, BatchNorm with
+    :math:`\epsilon = 0`, relu) below a BatchNorm, at batch size ``batch`` (a number or a symbol):
+
+    .. math:: \frac{(B-2)/2 + p + \kappa}{(\frac12 - \kappa)(B - 3)}, \quad
+              p = \frac14 + \frac{\arcsin\rho}{2\pi}, \quad
+              \kappa = \frac{\sqrt{1 - \rho^2} + (\pi - \arccos\rho)\rho}{2\pi}, \quad \rho = -\frac1{B-1},
+
+    the ratio of :func:`_relu_between_batchnorms`' value to the one a block above, whatever the weight variance
+    (Yang et al. 2019; it tends to :math:`\pi/(\pi - 1)` as :math:`B \to \infty`). :math:`p` is Sheppard's orthant
+    probability and :math:`\kappa` the arc-cosine kernel of relu (Cho & Saul 2009), from the same closed forms the
+    derivation checks by quadrature.
+    """
+    rho = -1 / (sp.sympify(batch) - 1)
+    orthant = sp.Rational(1, 4) + sp.asin(rho) / (2 * sp.pi)
+    kappa = _kernel(activation("relu"), sp.Integer(1), sp.Integer(1), rho)[0]
+    return ((batch - 2) / sp.Integer(2) + orthant + kappa) / ((sp.Rational(1, 2) - kappa) * (batch - 3))
+
+
+def _relu_between_batchnorms(layer: BatchNorm, walk: _Walk, gradient: _Gradient, below: _Signal, p: int,
+                             chain: int) -> tuple[sp.Expr, tuple[int, ...]]:
+    r"""The gradient's second moment at the input of the BatchNorm at ``p`` under a relu (at ``p + 1``) whose gradient
+    comes from a BatchNorm above through dense layers and identities, mean-field (see the module docstring), and the
+    steps the final substitution uses."""
+    builder = walk.builder
+    B, V, eps_p = _B[p], _V[p], _EPS[p]
+    batch, k = layer.batch, layer.batch - 1
+    name = walk.network.place_name(p)
+    above = walk.gradients[p + 1]  # the gradient at the relu's output
+    y_b = _example(walk.signal_symbol(p), _EX)
+    u_b, u1, u2 = _DIR[p, _EX], _DIR[p, 1], _DIR[p, 2]
+    r = V / (V + eps_p)
+
+    def relu(z: sp.Expr) -> sp.Expr:
+        return sp.Max(z, 0)
+
+    def t1(z: sp.Expr) -> sp.Expr:
+        count = sp.Sum(sp.Heaviside(z), (_EX, 1, B))
+        return count - 2 * count / B + count**2 / B**2
+
+    def spread(z: sp.Expr) -> sp.Expr:
+        return sp.Sum(relu(z) ** 2, (_EX, 1, B)) - sp.Sum(relu(z), (_EX, 1, B)) ** 2 / B
+
+    integrand = (t1(y_b) - (2 - r) * spread(y_b) / B) / (V + eps_p)
+    scale = Expect(above.symbol**2) / (B - 1)
+    relu_chain = walk.definitions.get(gradient.symbol)
+    traced = builder.add(
+        Expect(walk.gradient_symbol(p - 1) ** 2), scale * Expect(integrand), Rule.INDEPENDENCE,
+        prose("the gradient at the input is J M delta per unit, ", sp.Symbol("M") , " = diag(1[y_b > 0]) the relu's "
+              "mask; one example's share of ", sp.Symbol("d' E[tr(J M C M J)]"), ", ",
+              sp.Eq(sp.Symbol("d'"), sp.Symbol("d") * B / (B - 1), evaluate=False),
+              ", with K the number of positive outputs and relu(y) the relu's output"),
+        proof=MaskedTrace(integrand, scale, y_b, V, eps_p, B),
+        uses=(chain, *((relu_chain,) if relu_chain is not None else ()), walk.definitions[V]),
+        assumptions=(A_CENTRED_GRADIENT, A_EXCHANGEABLE), exactness="asymptotic", source=YANG)
+    first, second = 1 / (V + eps_p), (2 - r) * r / (V + eps_p)
+    sphere = builder.model(
+        Expect(integrand), Expect(t1(u_b)) * Expect(first) - Expect(spread(u_b)) * Expect(second), Rule.INDEPENDENCE,
+        prose("the output over the batch is ", sp.sqrt(B * r), " times its direction ", _DIR[p, sp.Symbol("b")],
+              ", and relu is positively homogeneous with the same signs"),
+        assumptions=(A_SPHERE,), exactness="asymptotic", source=YANG)
+    # the direction's one- and two-coordinate moments, through g ~ N(0, C)
+    k_step, kappa = _sphere_pair_kernel(walk, layer, p + 1)
+    q, cov, rho = sp.Rational(k, batch), sp.Rational(-1, batch), sp.Rational(-1, k)
+    pair = {"first": q, "second": q, "covariance": cov}
+    h1 = builder.add(Expect(sp.Heaviside(u1)), sp.Rational(1, 2), Rule.GAUSSIAN_INTEGRAL,
+                     "the sign of a coordinate is that of a centred Gaussian",
+                     proof=BivariateIntegral(sp.Heaviside(_PAIR_U), **pair), assumptions=(A_POLAR,))
+    orthant = sp.Rational(1, 4) + sp.asin(rho) / (2 * sp.pi)
+    h11 = builder.add(Expect(sp.Heaviside(u1) * sp.Heaviside(u2)), orthant, Rule.GAUSSIAN_INTEGRAL,
+                      prose("the orthant probability of a Gaussian pair of correlation ", rho),
+                      proof=BivariateIntegral(sp.Heaviside(_PAIR_U) * sp.Heaviside(_PAIR_V), **pair),
+                      assumptions=(A_POLAR,), source=SHEPPARD)
+    r2 = builder.add(Expect(relu(u1) ** 2), sp.Rational(1, 2 * batch), Rule.GAUSSIAN_INTEGRAL,
+                     "E[relu(g_b)^2]/(B - 1): half the variance, by symmetry",
+                     proof=BivariateIntegral(relu(_PAIR_U) ** 2 / k, **pair), assumptions=(A_POLAR,))
+    r11 = builder.add(Expect(relu(u1) * relu(u2)), _KAPPA[p + 1] / batch, Rule.GAUSSIAN_INTEGRAL,
+                      "E[relu(g_b) relu(g_c)]/(B - 1), the relu kernel at the pair's correlation",
+                      proof=BivariateIntegral(relu(_PAIR_U) * relu(_PAIR_V) / k, **pair), assumptions=(A_POLAR,),
+                      uses=(k_step,), source="Cho & Saul 2009")
+    e_h1, e_h11, e_r2, e_r11 = (builder.steps[i].lhs for i in (h1, h11, r2, r11))
+    t1_pairs = builder.add(Expect(t1(u_b)), B * e_h1 - 2 * e_h1 + (B * e_h1 + B * (B - 1) * e_h11) / B**2, Rule.ALGEBRA,
+                           "the square of the count expanded; a mask is its own square",
+                           proof=ExchangeableMoments(u_b, B), assumptions=(A_EXCHANGEABLE_DIRECTION,))
+    spread_pairs = builder.add(Expect(spread(u_b)), B * e_r2 - (B * e_r2 + B * (B - 1) * e_r11) / B, Rule.ALGEBRA,
+                               "the square of the sum expanded", proof=ExchangeableMoments(u_b, B),
+                               assumptions=(A_EXCHANGEABLE_DIRECTION,))
+    t1_value = sp.expand(sp.Rational(k, batch) * (sp.Rational(k, 2) + orthant))
+    spread_value = sp.expand(sp.Rational(k, batch) * (sp.Rational(1, 2) - kappa))
+    b_step = walk.definitions[B]
+    t1_step = builder.identity(Expect(t1(u_b)), t1_value, Rule.SUBSTITUTION, "substitute the batch size and the moments",
+                               uses=(t1_pairs, h1, h11, b_step))
+    spread_step = builder.identity(Expect(spread(u_b)), spread_value, Rule.SUBSTITUTION,
+                                   "substitute the batch size and the moments",
+                                   uses=(spread_pairs, r2, r11, b_step, k_step))
+    # the batch variance: V = (a/B) X, X chi-square with B - 1 degrees of freedom
+    moment, exactness, why = _batch_variance_law(walk, below, p)
+    if moment is None:
+        raise DerivationError(
+            f"the gradient below BatchNorm {name} needs the law of the batch variance, derived on the Gaussian input "
+            "and, in the mean-field limit, behind dense layers, BatchNorms, identities and a relu on a BatchNorm; "
+            "after another nonlinearity it needs Yang et al.'s (2019) integral transforms, which varprop does not "
+            "derive")
+    a, a_step = moment
+    if layer.eps == 0:
+        if k <= 2:
+            raise DerivationError(
+                f"the gradient's second moment below {name} is infinite: with eps = 0 it is proportional to E[1/X], X "
+                f"chi-square with B - 1 = {k} degrees of freedom, which diverges for B <= 3 (give eps > 0 or a batch of "
+                "4 or more)")
+        integrands = (batch / (a * CHI), batch / (a * CHI))
+        closed = (sp.Integer(batch) / (a * (k - 2)),) * 2
+        c_uses: tuple[int, ...] = (walk.definitions[eps_p],)
+        extra: tuple[int, ...] = ()
+    else:
+        i_c = walk.define(_CB[p], B * eps_p / a, "the scaled epsilon", uses=(a_step,))
+        c_step = builder.identity(_CB[p], layer.batch * layer.eps / a, Rule.SUBSTITUTION,
+                                  "substitute the batch size and epsilon", uses=(i_c, b_step, walk.definitions[eps_p]))
+        c = _CB[p]
+        integrands = (batch / a / (CHI + c), batch / a * CHI * (CHI + 2 * c) / (CHI + c) ** 3)
+        F = chi_square_inverse(sp.Integer(k), SHIFT)
+        closed = tuple((batch / a * form).xreplace({SHIFT: c})
+                       for form in (F, F - SHIFT**2 * sp.diff(F, SHIFT, 2) / 2))
+        c_uses, extra = (c_step,), (i_c,)
+    chi_steps = []
+    for lhs, integrand_x, value in zip((first, second), integrands, closed):
+        modelled = builder.model(Expect(lhs), Expect(integrand_x), Rule.IDENTICAL_DISTRIBUTION,
+                                 prose(sp.Eq(V, a / B * CHI, evaluate=False), " with ", CHI,
+                                       f" chi-square with {k} degrees of freedom",
+                                       ", ", sp.Eq(_CB[p], B * eps_p / a, evaluate=False) if extra else
+                                       sp.Eq(eps_p, 0, evaluate=False)),
+                                 assumptions=(why,), exactness=exactness,
+                                 uses=(*extra, a_step, b_step, walk.definitions[eps_p]),
+                                 source=YANG if exactness == "asymptotic" else "")
+        integral = builder.add(Expect(integrand_x), value, Rule.GAUSSIAN_INTEGRAL,
+                               "E[1/X] = 1/(k - 2)" if layer.eps == 0 else
+                               "E[1/(X + c)] = F(c) (upper incomplete gamma function), E[1/(X + c)^3] = F''(c)/2 and "
+                               "X(X + 2c) = (X + c)^2 - c^2",
+                               proof=ChiSquare(integrand_x, sp.Integer(k)), uses=(*extra, a_step))
+        chi_steps += [modelled, integral]
+    _, d_uses = walk.plain(above.second)
+    uses = (traced, sphere, t1_step, spread_step, *chi_steps, *c_uses, b_step, *d_uses)
+    # the value is the substitution itself (done as the check does it, so numbers from below round alike)
+    value = _apply(builder.steps[traced].lhs, {builder.steps[i].lhs: builder.steps[i].rhs for i in uses}, structural=True)
+    value = value if value.has(sp.Float) else sp.expand(value)
+    if value.has(sp.zoo, sp.oo, sp.nan) or value.has(Expect):
+        raise DerivationError(f"the gradient's second moment below {name} is infinite")
+    return value, uses
 
 
 def _cross(layer: BatchNorm, walk: _Walk, cross: Quantity, position: int) -> Quantity:

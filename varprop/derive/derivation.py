@@ -264,7 +264,8 @@ class Identity(Check):
         # Structural replacement first (fast, and enough when the value was built from these facts);
         # sympy's subs, which also matches sub-products, only when that does not close the gap.
         difference = _apply(step.lhs - step.rhs, facts, structural=True)
-        if not _is_zero(difference, quick=True):
+        # a number left (floats from a numeric step below, summed in another order) is judged with its rounding
+        if not _is_zero(difference, quick=True) and not (difference.is_number and _is_zero(difference)):
             difference = _apply(step.lhs - step.rhs, facts)
         if difference.has(sp.Product):  # a product over the depth, stated once unevaluated and once evaluated
             difference = difference.replace(lambda e: isinstance(e, sp.Product), lambda e: e.doit())
