@@ -108,3 +108,22 @@ def test_the_per_position_profile_after_it_is_refused_behind_a_convolution_and_u
         position_profile(_conv_net(0), 1)
     on_input = Network((BatchNorm(32, 4, eps=0, channels=2), conv(2, 2, 3, (4, 4), padding=1)))
     assert position_profile(on_input, 0) == (1,) * 16  # a channel's values are iid: every position alike
+
+
+def test_after_a_padded_conv_only_what_is_proportional_to_the_average_second_moment_is_derived():
+    """Behind a padded conv the BatchNorm's per-position second moments differ (only their average is 1), so a
+    Gaussian integral at the average would be wrong: tanh's moments and relu's mean are refused, relu's second
+    moment (proportional to the input's at every position) stays exact."""
+    tanh = Network((conv(2, 3, 3, (4, 4), padding=1), BatchNorm(48, 4, eps=0, channels=3),
+                    Nonlinearity(activation("tanh"))))
+    with pytest.raises(DerivationError, match="needs the second moment at each position"):
+        derive(tanh, SecondMoment(Signal(2)))
+    relu = _conv_net(0)
+    assert _verified(derive(relu, SecondMoment(Signal(2)))).result == sp.Rational(1, 2)
+    with pytest.raises(DerivationError, match=r"E\[phi\(z\)\] at .* needs the second moment at each position"):
+        derive(relu, Mean(Signal(2)))
+    # without padding too: a border position overlaps fewer others, so it correlates differently with the
+    # channel's variance, and the positions after the BatchNorm are not exactly alike
+    unpadded = _conv_net(0, padding=0)
+    with pytest.raises(DerivationError, match="needs the second moment at each position"):
+        derive(unpadded, Mean(Signal(2)))

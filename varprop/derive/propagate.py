@@ -297,6 +297,10 @@ class _Signal:
     independent_units: bool = True
 
 
+class PositionsUnknown(DerivationError):
+    """A Gaussian integral needs the per-position second moments, which a BatchNorm over channels leaves underived."""
+
+
 @dataclass(frozen=True)
 class _Gradient:
     """What the walk knows of the gradient with respect to the signal at one position."""
@@ -335,6 +339,7 @@ class _Walk:
     pair_error: DerivationError | None = None  # why the cross moments stop at some layer (a bias with a mean)
     gradient_error: DerivationError | None = None  # why the backward walk stops at some layer (a BatchNorm's law)
     forward_error: DerivationError | None = None  # why the forward walk stops at some layer (then no gradient either)
+    mean_errors: dict[int, DerivationError] = field(default_factory=dict)  # positions whose mean is not derived
 
     # -- naming --
 
@@ -543,6 +548,16 @@ def _gaussian_step(walk: _Walk, lhs: sp.Expr, integrand: sp.Expr, expectation, s
     Where the second moment differs between positions (:attr:`_Walk.profiles`), the value is the
     average over positions of the integral at each position's second moment.
     """
+    if (walk.prime, signal.position) not in walk.profiles:
+        from .batchnorm_channels import positions_unknown
+
+        norm = positions_unknown(walk, signal.position)
+        if norm is not None:  # the integral at the average second moment is not the average of the integrals
+            raise PositionsUnknown(
+                f"{what} at {walk.network.place_name(signal.position + 1)} needs the second moment at each position: "
+                f"BatchNorm {norm} over channels derives only their average (exactly 1 at eps = 0), and a Gaussian "
+                "integral at the average is not the average of the integrals (derived after such a BatchNorm: the "
+                "second moment through relu, leaky relu, abs and the identity, whose moments are proportional)")
     if signal.mean.value != 0:
         if not signal.preactivation:
             raise DerivationError(
@@ -634,12 +649,17 @@ def _(layer: Nonlinearity, walk: _Walk, signal: _Signal, position: int) -> _Sign
                              proof=odd.proof(LEMMA_CONSTANT / 2), assumptions=(A_SYMMETRIC,))
             mean_value, mean_uses = c0 / 2, ()
         else:
-            s1, mean_value, mean_uses = _gaussian_step(walk, Expect(Phi(Y)), act.expr, moments(act).mean, signal,
-                                                       "E[phi(z)]")
+            try:
+                s1, mean_value, mean_uses = _gaussian_step(walk, Expect(Phi(Y)), act.expr, moments(act).mean, signal,
+                                                           "E[phi(z)]")
+            except PositionsUnknown as exc:  # the second moment may still be derived: only the mean is refused
+                walk.mean_errors[position] = exc
+                s1, mean_value, mean_uses = i_x1, Expect(Phi(Y)), ()
     second_step = builder.identity(Expect(out**2), second_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
                                    uses=(i_x2, s2, *second_uses))
-    mean_step = builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
-                                 uses=(i_x1, s1, *mean_uses))
+    mean_step = (i_x1 if position in walk.mean_errors else
+                 builder.identity(Expect(out), mean_value, Rule.SUBSTITUTION, prose("substitute the moments of ", Y),
+                                  uses=(i_x1, s1, *mean_uses)))
     profile = walk.profiles.get((walk.prime, position - 1))
     if profile is not None:
         if walk.linear_regime and not is_linear:
@@ -816,6 +836,8 @@ def _tensor_moments(walk: _Walk, observable: Observable) -> tuple[Quantity, Quan
     tensor = observable.tensor
     if isinstance(tensor, Signal):
         state = walk.signals[tensor.position]
+        if tensor.position in walk.mean_errors and not isinstance(observable, SecondMoment):
+            raise DerivationError(str(walk.mean_errors[tensor.position]))
         return state.mean, state.second
     if isinstance(tensor, Gradient):
         if tensor.position not in walk.gradients and walk.gradient_error is not None:
