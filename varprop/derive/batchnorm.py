@@ -460,20 +460,9 @@ def _chi_square_backward(layer: BatchNorm, walk: _Walk, below: _Signal, p: int, 
     name = walk.network.place_name(p)
     k = layer.batch - 1
     simpler = ((k - 1) / (V + eps_p) + eps_p**2 / (V + eps_p) ** 3) / B
-    if _gaussian_input(walk, below):
-        moment = _centred_moment(walk, -1)
-        exactness, why = "exact", ("the batch of a unit is iid centred Gaussian (the Gaussian input); Cochran's "
-                                   "theorem: the centred sum of squares has B - 1 degrees of freedom")
-    else:
-        moment = _centred_moment(walk, p - 1)
-        if moment is None:
-            raise DerivationError(
-                f"the gradient below BatchNorm {name} needs the law of the batch variance, derived on the Gaussian input, "
-                "after a first dense layer (eps = 0) and, in the mean-field limit, behind dense layers, BatchNorms and "
-                "identity activations; after another nonlinearity it needs Yang et al.'s (2019) integral transforms, "
-                "which varprop does not derive")
-        exactness, why = "asymptotic", ("wide layers (mean-field): a unit's batch is Gaussian with the mean Gram "
-                                        "matrix a I + b 1 1^T of the exchangeable batch; centring removes b")
+    moment, exactness, why = _batch_variance_law(walk, below, p)
+    if moment is None:
+        raise _no_variance_law(name)
     a, a_step = moment
     if layer.eps == 0:
         if k <= 2:
@@ -665,6 +654,14 @@ class ExchangeableMoments(Check):
         return True, "the sums written out and expanded at batches 2-7, each term relabelled to coordinates 1 and 2"
 
 
+def _no_variance_law(name: str) -> DerivationError:
+    return DerivationError(
+        f"the gradient below BatchNorm {name} needs the law of the batch variance, derived on the Gaussian input, "
+        "after a first dense layer (eps = 0) and, in the mean-field limit, behind dense layers, BatchNorms, identities "
+        "and a relu on a BatchNorm; after another nonlinearity it needs Yang et al.'s (2019) integral transforms, "
+        "which varprop does not derive")
+
+
 def _batch_variance_law(walk: _Walk, below: _Signal, p: int) -> tuple[tuple[sp.Expr, int] | None, str, str]:
     """The scale a of the law V = (a/B) chi^2_{B-1} of the BatchNorm at p (with its step, or None), its exactness
     and why."""
@@ -775,11 +772,7 @@ def _relu_between_batchnorms(layer: BatchNorm, walk: _Walk, gradient: _Gradient,
     # the batch variance: V = (a/B) X, X chi-square with B - 1 degrees of freedom
     moment, exactness, why = _batch_variance_law(walk, below, p)
     if moment is None:
-        raise DerivationError(
-            f"the gradient below BatchNorm {name} needs the law of the batch variance, derived on the Gaussian input "
-            "and, in the mean-field limit, behind dense layers, BatchNorms, identities and a relu on a BatchNorm; "
-            "after another nonlinearity it needs Yang et al.'s (2019) integral transforms, which varprop does not "
-            "derive")
+        raise _no_variance_law(name)
     a, a_step = moment
     if layer.eps == 0:
         if k <= 2:
