@@ -270,3 +270,9 @@ def test_the_relu_steps_checks_refuse_a_wrong_statement():
     builder.add(squared, B * h1 + B * (B - 1) * h11, Rule.ALGEBRA, proof=ExchangeableMoments(u_b, B))
     with pytest.raises(DerivationError, match="at a batch of 2"):
         builder.add(squared, B * h1 + B**2 * h11, Rule.ALGEBRA, proof=ExchangeableMoments(u_b, B))
+
+
+def test_the_relu_block_factor_refuses_text():
+    """A string is never handed to sympify (it would be parsed as code): one clear error instead."""
+    with pytest.raises(DerivationError, match="batch must be an integer or a sympy expression"):
+        relu_block_factor("6")

@@ -687,7 +687,10 @@ def relu_block_factor(batch: sp.Expr) -> sp.Expr:
     probability and :math:`\kappa` the arc-cosine kernel of relu (Cho & Saul 2009), from the same closed forms the
     derivation checks by quadrature.
     """
-    rho = -1 / (sp.sympify(batch) - 1)
+    if isinstance(batch, bool) or not isinstance(batch, int | sp.Expr):  # never parse text with sympify
+        raise DerivationError(f"batch must be an integer or a sympy expression, got {batch!r}")
+    batch = sp.sympify(batch)
+    rho = -1 / (batch - 1)
     orthant = sp.Rational(1, 4) + sp.asin(rho) / (2 * sp.pi)
     kappa = _kernel(activation("relu"), sp.Integer(1), sp.Integer(1), rho)[0]
     return ((batch - 2) / sp.Integer(2) + orthant + kappa) / ((sp.Rational(1, 2) - kappa) * (batch - 3))
