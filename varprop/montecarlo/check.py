@@ -75,7 +75,7 @@ from .engines import Engine, check_engine, select_engine
 from .errors import MonteCarloError
 from .estimators import Estimate, estimate, health, per_network_values
 from .executors import Executor, executor_from
-from .sampler import sample
+from .sampler import SampleRequest, sample_each
 from . import laws
 from .verdict import (
     FAIL, INCONCLUSIVE, PASS, POWER, Verdict, _z_and_p, format_z, holm, holm_critical_values, judge, t_p_value,
@@ -447,6 +447,11 @@ def _observable(claim: Claim, network: Network) -> Observable:
         raise MonteCarloError(f"claim {claim.name!r}: {exc}") from None
 
 
+def _observables(members: Sequence[_Item], network: Network) -> tuple[Observable, ...]:
+    """The observables the claims on one network read (the sampler computes only what they need)."""
+    return tuple(dict.fromkeys(_observable(item.claim, network) for item in members))
+
+
 def _skewness(values: np.ndarray) -> float:
     """The sample skewness of ``values`` (scale-free; 0 for fewer than 3 values or no spread)."""
     if values.size < 3:
@@ -728,12 +733,13 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
         counts = {network: samples for network in groups}
     total = piloted + sum(counts.values())
     measured: dict[tuple[int, int], tuple[Estimate, dict[str, float], str]] = {}
+    requests = []
     for network, members in groups.items():
-        if not network.is_numeric:
-            raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
-        drawn = sample(network, counts[network], seed=_seed(seed, network, 1), engine=engines[network], executor=runner,
-                       progress=_networks_progress(progress, members[0].claim.name, piloted, total))
+        requests.append(SampleRequest(network, counts[network], _seed(seed, network, 1), engines[network],
+                                      _observables(members, network),
+                                      _networks_progress(progress, members[0].claim.name, piloted, total)))
         piloted += counts[network]
+    for (network, members), drawn in zip(groups.items(), sample_each(requests, executor=runner)):
         by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
         for item in members:
             observable = _observable(item.claim, network)
@@ -761,12 +767,11 @@ def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, 
                  ) -> dict[tuple[int, int], int]:
     """Networks each (claim, width) needs, from pilots of independent seed streams (never from the main sample)."""
     pilot: dict[tuple[int, int], tuple[float, float]] = {}
-    for done, (network, members) in enumerate(groups.items()):
-        if not network.is_numeric:
-            raise MonteCarloError(f"claim {members[0].claim.name!r}: its network has symbolic widths; give integers")
-        drawn = sample(network, _PILOT, seed=_seed(seed, network, 0), engine=engines[network], executor=runner,
-                       progress=_networks_progress(progress, f"pilot: {members[0].claim.name}", done * _PILOT,
-                                                   _PILOT * len(groups)))
+    requests = [SampleRequest(network, _PILOT, _seed(seed, network, 0), engines[network], _observables(members, network),
+                              _networks_progress(progress, f"pilot: {members[0].claim.name}", done * _PILOT,
+                                                 _PILOT * len(groups)))
+                for done, (network, members) in enumerate(groups.items())]
+    for (network, members), drawn in zip(groups.items(), sample_each(requests, executor=runner)):
         spreads: dict[Observable, tuple[float, float]] = {}
         for item in members:
             observable = _observable(item.claim, network)

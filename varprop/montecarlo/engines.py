@@ -56,7 +56,7 @@ from ..errors import VarpropError
 from ..network import WEIGHTED_LAYERS, Dense, Network, Nonlinearity, layer_widths
 from ..weights import Normal
 from .errors import MonteCarloError
-from .statistics import gradient_sums, join, row_sums, signal_sums
+from .statistics import GRAD_SQ, GRAD_SUM, gradient_sums, join, row_sums, signal_sums
 
 __all__ = [
     "Engine",
@@ -529,6 +529,7 @@ def run_chunk(
     used: int,
     out: np.ndarray,
     workspace: dict[int, tuple[np.ndarray, ...]],
+    extent: tuple[int, int | None] | None = None,
 ) -> None:
     """Draw, run forward and backward, and write the raw per-network sums of one chunk into ``out``.
 
@@ -536,13 +537,28 @@ def run_chunk(
     positions + 1)`` (rows of :mod:`~varprop.montecarlo.statistics`; column ``p + 1`` is position
     ``p``). Every block is drawn whole from its own generator (in the order of the module
     docstring) and truncated to the networks used.
+
+    ``extent`` ``(top, bottom)`` limits the work to what some observables read: the forward pass
+    stops after position ``top`` and the backward pass after position ``bottom`` (``None``: no backward
+    pass, no loss drawn). Since forward draws come first in layer order and backward draws in reverse
+    layer order, the draws that are made are those of the whole pass, bit for bit; the columns not
+    computed are left at 0 in ``out`` (the sampler marks them as not recorded). ``None``: everything.
     """
     n_in = int(plan.widths[0])
     n_out = int(plan.widths[-1])
     batch = plan.network.batch  # inputs carried through the same weights (BatchNorm); 1 otherwise
     shape_in, shape_out = ((block, n_in), (block, n_out)) if batch == 1 else ((block, batch, n_in), (block, batch, n_out))
+    layers = len(plan.steps)
+    top, bottom = (layers - 1, -1) if extent is None else extent
+    forward_steps = plan.steps[:top + 1]
+    # the steps back-propagated: the gradient at position p is the one below step p + 1
+    backward_from = None if bottom is None else bottom + 1
+    if top + 1 < layers:
+        out[:, :, top + 2:] = 0.0  # the columns not computed (the sampler marks them as not recorded)
+    if backward_from is None or backward_from > 0:
+        out[GRAD_SUM:GRAD_SQ + 1, :, :top + 2 if backward_from is None else backward_from] = 0.0
     columns: list[list[np.ndarray]] = [[], []]
-    drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
+    drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in forward_steps]
     noises: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
     losses = []
     for position, child in enumerate(children):
@@ -552,14 +568,16 @@ def run_chunk(
             columns[0].append(_as_draw(plan.input_law.sample(shape_in, rng=rng))[:take])
         if plan.partner_law is not None:
             columns[1].append(_as_draw(plan.partner_law.sample((block, n_in), rng=rng))[:take])
-        for index, step in enumerate(plan.steps):
+        for index, step in enumerate(forward_steps):
             # A chunk of one block refills the previous chunk's parameter arrays in place.
             arrays = step.draw(block, rng, workspace.get(index) if len(children) == 1 else None)
             if len(children) == 1:
                 workspace[index] = arrays
             drawn[index].append(tuple(array[:take] for array in arrays))
+        if backward_from is None:
+            continue
         losses.append(rng.standard_normal(shape_out)[:take])
-        for index in range(len(plan.steps) - 1, -1, -1):
+        for index in range(layers - 1, backward_from - 1, -1):
             key = -1 - index  # the backward draws' workspace entries
             arrays = plan.steps[index].draw_backward(block, rng, workspace.get(key) if len(children) == 1 else None)
             if len(children) == 1:
@@ -576,20 +594,22 @@ def run_chunk(
     else:
         h = np.array(first)[:, None, :]
     params = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
-    noise = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in noises]
-    g = join(losses)
 
     # In a batch, every statistic is taken at example 0 (the examples are exchangeable).
     signal_sums(h[:, :1] if batch > 1 else h, out[:, :, 0])
     caches = []
-    for column, (step, p) in enumerate(zip(plan.steps, params), 1):
+    for column, (step, p) in enumerate(zip(forward_steps, params), 1):
         h, cache = step.forward(p, h)
         signal_sums(h[:, :1] if batch > 1 else h, out[:, :, column])
         caches.append(cache)
+    if backward_from is None:
+        return
+    noise = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in noises]
+    g = join(losses)
     grad = g if batch > 1 else g[:, None, :]  # the loss sums <g_b, out_b> over the batch
-    column = len(plan.steps)
+    column = layers
     gradient_sums(grad[:, 0, :], out[:, :, column])
-    for step, p, e, cache in zip(reversed(plan.steps), reversed(params), reversed(noise), reversed(caches)):
-        grad = step.backward(p, e, cache, grad)
+    for index in range(layers - 1, backward_from - 1, -1):
+        grad = plan.steps[index].backward(params[index], noise[index], caches[index], grad)
         column -= 1
         gradient_sums(grad[:, 0, :], out[:, :, column])

@@ -152,7 +152,7 @@ def _tensor_values(samples: Samples, tensor: Tensor, statistic: str) -> np.ndarr
     the outer product of the gradient at :math:`p` and the signal at :math:`p - 1`, so both its
     per-network statistics are products.
     """
-    column = samples.column(tensor.position)
+    column = samples.require(tensor)
     if isinstance(tensor, Signal):
         return samples.per_position[f"signal_{statistic}"][:, column]
     gradient = samples.per_position[f"gradient_{statistic}"][:, column]
@@ -197,7 +197,7 @@ def _(observable: Variance, samples: Samples) -> np.ndarray:
 
 @network_values.register
 def _(observable: NormRatio, samples: Samples) -> np.ndarray:
-    return samples.per_position["norm_ratio"][:, samples.column(observable.tensor.position)]
+    return samples.per_position["norm_ratio"][:, samples.require(observable.tensor)]
 
 
 @network_values.register
@@ -223,7 +223,7 @@ def _pair_values(samples: Samples, position: int) -> tuple[np.ndarray, np.ndarra
             "cross moments and correlations need paired inputs: describe a pair in the network's inputs "
             "(GaussianInput(correlation=c0) or FixedInput.pair(width, c0)), or sample with correlation=True"
         )
-    column = samples.column(position)
+    column = samples.require(Signal(position))
     return tuple(samples.per_position[key][:, column]
                  for key in ("signal_cross", "signal_second_moment", "signal_partner_second_moment"))
 
@@ -542,7 +542,11 @@ def health(samples: Samples, observable: Observable) -> dict[str, int]:
     inf = np.zeros(samples.count, dtype=bool)
     for position in _positions(observable.tensor):
         column = samples.column(position)
-        for array in samples.per_position.values():
+        if not (samples.position_nan[column] or samples.position_overflow[column]):
+            continue  # every recorded value there is finite
+        for name, array in samples.per_position.items():
+            if not samples.records(name, position):
+                continue
             nan |= np.isnan(array[:, column])
             inf |= np.isinf(array[:, column])
     inf &= ~nan

@@ -98,21 +98,22 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from numbers import Integral
 from types import MappingProxyType
 
 import numpy as np
 
 from ..network import FixedInput, GaussianInput, Network
+from ..observables import Gradient, Observable, ObservableError, Signal, WeightGradient, resolve
 from ..weights import Normal
 from . import limits
 from .engines import FULL, Engine, LayerStep, layer_step, run_chunk, select_engine
 from .errors import MonteCarloError
 from .executors import Executor, executor_from
-from .statistics import GRAD_SQ, NORM, ROWS_PAIRED, ROWS_UNPAIRED, SIG_PSQ, SIG_SQ, SIG_SUM
+from .statistics import GRAD_SQ, GRAD_SUM, NORM, ROWS_PAIRED, ROWS_UNPAIRED, SIG_CROSS, SIG_PSQ, SIG_SQ, SIG_SUM
 
-__all__ = ["Samples", "sample", "layer_step", "LayerStep", "PER_NETWORK", "PER_POSITION", "default_sizes"]
+__all__ = ["Samples", "sample", "sample_each", "SampleRequest", "layer_step", "LayerStep", "PER_NETWORK", "PER_POSITION", "default_sizes"]
 
 #: Names of the per-network arrays held by :class:`Samples` (see the module docstring).
 PER_NETWORK: tuple[str, ...] = (
@@ -205,6 +206,12 @@ class Samples:
     engine
         The engine that drew the networks: ``"full"`` or ``"conditional"``
         (:mod:`varprop.montecarlo.engines`).
+    extent
+        ``None`` when every position's signal and gradient was recorded; else ``(top, bottom)`` for a
+        sample drawn for some observables only (``sample(..., observables=...)``): signals at positions
+        -1 to ``top``, gradients at positions ``bottom`` to the last (``bottom`` ``None``: no gradient).
+        The values not recorded are NaN and take no part in ``finite`` and the counts;
+        :meth:`require` refuses to read them.
     """
 
     network: Network
@@ -223,6 +230,7 @@ class Samples:
     chunk_size: int
     partner: tuple[float, ...] | None = None
     engine: str = "full"
+    extent: tuple[int, int | None] | None = None
 
     def __reduce__(self) -> tuple:
         # The read-only mappings are mappingproxies, which do not pickle: send plain dicts, rebuild the proxies.
@@ -259,6 +267,32 @@ class Samples:
                 f"position must be an integer from -1 (the input) to {last}, got {position!r}"
             )
         return int(position) + 1
+
+    def records(self, name: str, position: int) -> bool:
+        """True when the ``per_position`` array ``name`` holds recorded values at ``position`` (see :attr:`extent`)."""
+        if self.extent is None:
+            return True
+        top, bottom = self.extent
+        if name.startswith("gradient"):
+            return bottom is not None and position >= bottom
+        return position <= top
+
+    def require(self, tensor: Signal | Gradient | WeightGradient) -> int:
+        """The column of ``tensor``'s position, after checking that this sample recorded that tensor there."""
+        column = self.column(tensor.position)
+        if isinstance(tensor, WeightGradient):  # the gradient at p and the signal at p - 1
+            recorded = self.records("gradient", tensor.position) and self.records("signal", tensor.position - 1)
+        else:
+            recorded = self.records("gradient" if isinstance(tensor, Gradient) else "signal", tensor.position)
+        if not recorded:
+            top, bottom = self.extent
+            gradients = "no gradient" if bottom is None else f"gradients at positions {bottom} and above"
+            raise MonteCarloError(
+                f"this sample did not record the {tensor.kind} at position {tensor.position}: it was drawn for "
+                f"some observables only (signals at positions -1 to {top}, {gradients}); sample again with "
+                "that observable among observables=, or without observables="
+            )
+        return column
 
     def __repr__(self) -> str:
         return (
@@ -399,6 +433,7 @@ class SampleJob:
     block: int
     chunk: int
     count: int
+    extent: tuple[int, int | None] | None = None
 
     @property
     def blocks(self) -> int:
@@ -451,8 +486,9 @@ def compute_range(job: SampleJob, first: int, stop: int, sums: np.ndarray | None
         for chunk_first in range(first, stop, per_chunk):
             chunk_stop = min(stop, chunk_first + per_chunk)
             lo, hi = (k - start for k in job.networks(chunk_first, chunk_stop))
-            run_chunk(plan, job.children(chunk_first, chunk_stop), job.block, hi - lo, sums[:, lo:hi], workspace)
-            _finish_chunk(plan, sums[:, lo:hi], flags[:, lo:hi])
+            run_chunk(plan, job.children(chunk_first, chunk_stop), job.block, hi - lo, sums[:, lo:hi], workspace,
+                      job.extent)
+            _finish_chunk(plan, sums[:, lo:hi], flags[:, lo:hi], job.extent)
     return sums, flags
 
 
@@ -470,6 +506,32 @@ def _sample_into(job: SampleJob, first: int, stop: int, path: str) -> None:
     del shared
 
 
+def recorded_extent(network: Network, observables: Sequence[Observable]) -> tuple[int, int | None] | None:
+    """What sampling ``network`` for ``observables`` must record: ``(top, bottom)`` as in :attr:`Samples.extent`.
+
+    Signals are needed up to the highest position an observable reads; a gradient anywhere needs the
+    whole forward pass (the loss sits at the output) and the backward pass down to the lowest gradient
+    read. ``None`` when that is everything.
+    """
+    if isinstance(observables, Observable | str) or not isinstance(observables, Sequence | set | frozenset):
+        raise MonteCarloError(f"observables must be a sequence of observables, got {observables!r}")
+    if not observables:
+        raise MonteCarloError("observables is empty: give the observables the sample is for, or leave it out")
+    last = len(network.layers) - 1
+    top, bottom = -1, None
+    for observable in observables:
+        try:
+            tensor = resolve(observable, network).tensor
+        except ObservableError as exc:
+            raise MonteCarloError(f"cannot sample for {observable!r}: {exc}") from None
+        if isinstance(tensor, Signal):
+            top = max(top, tensor.position)
+        else:
+            top = last
+            bottom = tensor.position if bottom is None else min(bottom, tensor.position)
+    return None if (top, bottom) == (last, -1) else (top, bottom)
+
+
 def make_job(
     network: Network,
     samples: int,
@@ -480,9 +542,11 @@ def make_job(
     partner: Sequence[float] | None = None,
     correlation: bool = False,
     engine: Engine | str = "full",
+    observables: Sequence[Observable] | None = None,
 ) -> SampleJob:
     """Check a sampling request and turn it into a :class:`SampleJob` (before anything is allocated)."""
     network = _check_network(network)
+    extent = None if observables is None else recorded_extent(network, observables)
     paired = bool(correlation) or partner is not None or bool(getattr(getattr(network, "inputs", None), "paired", False))
     chosen = select_engine(engine, network, paired=paired)
     limits.check_sample(network, samples, block_size=block_size, chunk_size=chunk_size, engine=chosen, paired=paired)
@@ -497,10 +561,21 @@ def make_job(
         chunk = -(-_positive_int(chunk_size, "chunk_size") // block) * block
     job = SampleJob(network, chosen, None if plan.partner is None else tuple(float(v) for v in plan.partner),
                     bool(correlation), seed_seq.entropy, tuple(seed_seq.spawn_key), seed_seq.pool_size,
-                    block, chunk, count)
+                    block, chunk, count, extent)
     _PLANS.clear()
     _PLANS[job] = plan
     return job
+
+
+def _ranges(job: SampleJob, workers: int, *, result_bytes: int = 0, align: int | None = None) -> list[tuple[int, int]]:
+    """Block ranges ``(first, stop)`` covering ``job``: whole multiples of ``align`` blocks (default: a chunk),
+    about four per worker (load balance), each returning at most about 64 MB (``result_bytes`` per network)."""
+    step = job.chunk // job.block if align is None else align
+    steps = -(-job.blocks // step)
+    per_task = max(1, -(-steps // (4 * max(1, workers))))
+    if result_bytes:
+        per_task = max(1, min(per_task, (64 << 20) // max(1, result_bytes * step * job.block)))
+    return [(first, min(job.blocks, first + per_task * step)) for first in range(0, job.blocks, per_task * step)]
 
 
 def map_blocks(job: SampleJob, function: Callable, executor: Executor, *args: object,
@@ -511,13 +586,7 @@ def map_blocks(job: SampleJob, function: Callable, executor: Executor, *args: ob
     (load balance), each returning at most about 64 MB (``result_bytes`` per network), and the
     executor keeps only a bounded number in flight.
     """
-    step = job.chunk // job.block if align is None else align
-    steps = -(-job.blocks // step)
-    per_task = max(1, -(-steps // (4 * max(1, executor.workers))))
-    if result_bytes:
-        per_task = max(1, min(per_task, (64 << 20) // max(1, result_bytes * step * job.block)))
-    ranges = [(first, min(job.blocks, first + per_task * step))
-              for first in range(0, job.blocks, per_task * step)]
+    ranges = _ranges(job, executor.workers, result_bytes=result_bytes, align=align)
     results = executor.map(function, [(job, first, stop, *args) for first, stop in ranges])
     for (first, stop), result in zip(ranges, results):
         yield first, stop, result
@@ -535,6 +604,7 @@ def sample(
     engine: Engine | str = "full",
     executor: Executor | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    observables: Sequence[Observable] | None = None,
 ) -> Samples:
     r"""Draw ``samples`` independent networks and record per-network averages of the observables.
 
@@ -569,6 +639,11 @@ def sample(
         bit-identical whatever the executor and its number of workers.
     progress
         Called as ``progress(networks_done, networks_total)`` as blocks finish.
+    observables
+        When given, only what these observables read is computed
+        (:attr:`Samples.extent`): the forward pass up to the highest signal they read, and the backward
+        pass only when they read a gradient, down to the lowest one. What is computed is bit-identical to
+        the whole sample's (the draws it makes come first in every block); the rest is not recorded.
 
     Returns
     -------
@@ -586,48 +661,121 @@ def sample(
         :mod:`varprop.montecarlo.limits`.
     """
     job = make_job(network, samples, seed=seed, chunk_size=chunk_size, block_size=block_size, partner=partner,
-                   correlation=correlation, engine=engine)
-    plan = _job_plan(job)
-    columns = len(network.layers) + 1
+                   correlation=correlation, engine=engine, observables=observables)
     with executor_from(executor) as runner:
-        if runner.workers <= 1 or job.blocks * job.block <= job.chunk or not runner.local:
-            sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
-            flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
-        if runner.workers <= 1 or job.blocks * job.block <= job.chunk:
-            workspace: dict[int, tuple[np.ndarray, ...]] = {}
-            per_chunk = job.chunk // job.block
-            for first in range(0, job.blocks, per_chunk):
-                stop = min(job.blocks, first + per_chunk)
-                lo, hi = job.networks(first, stop)
-                compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi], workspace)
+        return _run_job(job, runner, progress)
+
+
+def _run_job(job: SampleJob, runner: Executor, progress: Callable[[int, int], None] | None) -> Samples:
+    """The :class:`Samples` of one job, its ranges spread over ``runner``'s workers (or run here)."""
+    plan = _job_plan(job)
+    columns = len(job.network.layers) + 1
+    if runner.workers <= 1 or job.blocks * job.block <= job.chunk or not runner.local:
+        sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
+        flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
+    if runner.workers <= 1 or job.blocks * job.block <= job.chunk:
+        workspace: dict[int, tuple[np.ndarray, ...]] = {}
+        per_chunk = job.chunk // job.block
+        for first in range(0, job.blocks, per_chunk):
+            stop = min(job.blocks, first + per_chunk)
+            lo, hi = job.networks(first, stop)
+            compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi], workspace)
+            if progress is not None:
+                progress(hi, job.count)
+    elif runner.local:
+        # Local workers write their rows straight into a file-backed array in shared memory
+        # (no result is pickled back); this process then uses that memory as its own (a plain array
+        # view of the mapping, which outlives the file's name), with no copy.
+        with tempfile.TemporaryDirectory(dir=_SHARED_MEMORY, ignore_cleanup_errors=True) as folder:
+            path = _shared_array(job, folder, 0)
+            for _, stop, _ in map_blocks(job, _sample_into, runner, path):
                 if progress is not None:
-                    progress(hi, job.count)
-        elif runner.local:
-            # Local workers write their rows straight into a file-backed array in shared memory
-            # (no result is pickled back); this process then uses that memory as its own (a plain array
-            # view of the mapping, which outlives the file's name), with no copy.
-            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None,
-                                             ignore_cleanup_errors=True) as folder:
-                path = os.path.join(folder, "samples")
-                shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
-                                                   shape=(job.rows + 3, job.count, columns))
-                del shared
-                for _, stop, _ in map_blocks(job, _sample_into, runner, path):
-                    if progress is not None:
-                        progress(job.networks(0, stop)[1], job.count)
-                shared = np.load(path, mmap_mode="r+")
-                sums = shared[: job.rows].view(np.ndarray)
-                flags = shared[job.rows :] != 0
-                del shared
-        else:
-            for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
-                                                              result_bytes=8 * job.rows * columns):
-                lo, hi = job.networks(first, stop)
-                sums[:, lo:hi] = part
-                flags[:, lo:hi] = part_flags
-                if progress is not None:
-                    progress(hi, job.count)
+                    progress(job.networks(0, stop)[1], job.count)
+            sums, flags = _take_shared(job, path)
+    else:
+        for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
+                                                          result_bytes=8 * job.rows * columns):
+            lo, hi = job.networks(first, stop)
+            sums[:, lo:hi] = part
+            flags[:, lo:hi] = part_flags
+            if progress is not None:
+                progress(hi, job.count)
     return samples_from(plan, job, sums, flags)
+
+
+_SHARED_MEMORY = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+def _shared_array(job: SampleJob, folder: str, index: int) -> str:
+    """A new file-backed array for ``job``'s sums and flags in ``folder``; its path."""
+    path = os.path.join(folder, f"samples-{index}.npy")
+    shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
+                                       shape=(job.rows + 3, job.count, len(job.network.layers) + 1))
+    del shared
+    return path
+
+
+def _take_shared(job: SampleJob, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The sums (a view of the mapping, no copy) and flags of a finished shared array; its file is removed."""
+    shared = np.load(path, mmap_mode="r+")
+    sums = shared[: job.rows].view(np.ndarray)
+    flags = shared[job.rows :] != 0
+    del shared
+    os.unlink(path)  # the mapping stays valid
+    return sums, flags
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One sample of :func:`sample_each`: the arguments of :func:`sample` but the executor."""
+
+    network: Network
+    samples: int
+    seed: int | np.random.SeedSequence
+    engine: Engine | str = "full"
+    observables: tuple[Observable, ...] | None = None
+    progress: Callable[[int, int], None] | None = field(default=None, compare=False)
+
+
+def sample_each(requests: Sequence[SampleRequest], *, executor: Executor | str | None = None) -> Iterator[Samples]:
+    """The :class:`Samples` of each request, in order, with the requests sampled concurrently.
+
+    Every request is checked before any is sampled. With one worker this is :func:`sample` in turn.
+    With local workers, the block ranges of all the requests form one queue (a request's first range is
+    started while the previous request is still running), so many small samples keep every core busy
+    and this process reads a finished sample while the workers go on. Each request's result is
+    bit-identical to :func:`sample`'s, whatever the executor (its blocks and their draws are the same).
+    At most ``2 * workers`` ranges are in flight, so at most that many requests hold memory at once
+    besides the one being read.
+    """
+    jobs = [make_job(r.network, r.samples, seed=r.seed, engine=r.engine,
+                     observables=None if r.observables is None else list(r.observables)) for r in requests]
+    with executor_from(executor) as runner:
+        if runner.workers <= 1 or not runner.local:
+            for job, request in zip(jobs, requests):
+                yield _run_job(job, runner, request.progress)
+            return
+        with tempfile.TemporaryDirectory(dir=_SHARED_MEMORY, ignore_cleanup_errors=True) as folder:
+            paths: dict[int, str] = {}
+
+            def tasks() -> Iterator[tuple]:
+                for index, job in enumerate(jobs):
+                    paths[index] = _shared_array(job, folder, index)  # made when its first range is queued
+                    for first, stop in _ranges(job, runner.workers):
+                        yield (job, first, stop, paths[index], index)
+
+            for index, stop in runner.map(_sample_into_indexed, tasks()):  # in task order
+                job, request = jobs[index], requests[index]
+                if request.progress is not None:
+                    request.progress(job.networks(0, stop)[1], job.count)
+                if stop == job.blocks:  # the request's last range: it is complete
+                    sums, flags = _take_shared(job, paths.pop(index))
+                    yield samples_from(_job_plan(job), job, sums, flags)
+
+
+def _sample_into_indexed(job: SampleJob, first: int, stop: int, path: str, index: int) -> tuple[int, int]:
+    _sample_into(job, first, stop, path)
+    return index, stop
 
 
 def samples_from(plan: _Plan, job: SampleJob, sums: np.ndarray, flags: np.ndarray) -> Samples:
@@ -645,6 +793,7 @@ def samples_from(plan: _Plan, job: SampleJob, sums: np.ndarray, flags: np.ndarra
         chunk_size=job.chunk,
         partner=job.partner,
         engine=job.engine.name,
+        extent=job.extent,
     )
 
 
@@ -653,13 +802,15 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
+def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
+                  extent: tuple[int, int | None] | None = None) -> None:
     """Turn one chunk's raw sums into per-network averages in place, and flag its NaN, inf and zeros.
 
     ``sums`` has shape ``(rows, networks, positions + 1)``; ``flags`` (all False on entry) gets, per
     network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
     the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
-    is elementwise, so the result does not depend on the chunk.
+    is elementwise, so the result does not depend on the chunk. Values outside ``extent`` (0 from
+    :func:`~varprop.montecarlo.engines.run_chunk`) are flagged nowhere and set to NaN.
     """
     squares = sums[SIG_SQ]
     np.divide(squares, squares[:, :1], out=sums[NORM])
@@ -673,6 +824,12 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray) -> None:
         nan = np.isnan(values).any(axis=0)
         flags[0, bad] = nan
         flags[1, bad] = np.isinf(values).any(axis=0) & ~nan
+    if extent is not None:
+        top, bottom = extent
+        signals = [SIG_SUM, SIG_SQ, NORM] + ([SIG_PSQ, SIG_CROSS] if plan.paired else [])
+        sums[signals, :, top + 2:] = np.nan
+        flags[:, :, top + 2:] = False  # nothing recorded there
+        sums[GRAD_SUM:GRAD_SQ + 1, :, : sums.shape[2] if bottom is None else bottom + 1] = np.nan
 
 
 def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -703,19 +860,37 @@ def _per_network(network: Network, per_position: Mapping[str, np.ndarray]) -> di
 def _health(network: Network, flags: np.ndarray) -> dict[str, np.ndarray]:
     """Finite networks, and overflow, NaN and all-zero counts per position and per dense layer."""
     is_nan, is_inf, zero = flags
+    below, above = _columns(network, -1), _columns(network, 0)
+    if not (is_nan.any() or is_inf.any()):  # the usual case: every network finite, only the zeros to count
+        none = np.zeros(len(network.dense_positions), dtype=np.int64)
+        zeros = _column_counts(zero)
+        return {
+            "finite": np.ones(is_nan.shape[0], dtype=bool),
+            "overflow": none,
+            "nan": none.copy(),
+            "zero_x": zeros[below],
+            "zero_y": zeros[above],
+            "position_overflow": np.zeros(is_nan.shape[1], dtype=np.int64),
+            "position_nan": np.zeros(is_nan.shape[1], dtype=np.int64),
+            "position_zero": zeros,
+        }
     column_finite = ~(is_nan | is_inf)
     finite = column_finite.all(axis=1)
-    below, above = _columns(network, -1), _columns(network, 0)
     layer_nan = is_nan[:, below] | is_nan[:, above]
     layer_inf = (is_inf[:, below] | is_inf[:, above]) & ~layer_nan
     layer_finite = ~(layer_nan | layer_inf)
     return {
         "finite": finite,
-        "overflow": np.count_nonzero(layer_inf, axis=0),
-        "nan": np.count_nonzero(layer_nan, axis=0),
-        "zero_x": np.count_nonzero(zero[:, below] & layer_finite, axis=0),
-        "zero_y": np.count_nonzero(zero[:, above] & layer_finite, axis=0),
-        "position_overflow": np.count_nonzero(is_inf, axis=0),
-        "position_nan": np.count_nonzero(is_nan, axis=0),
-        "position_zero": np.count_nonzero(zero & column_finite, axis=0),
+        "overflow": _column_counts(layer_inf),
+        "nan": _column_counts(layer_nan),
+        "zero_x": _column_counts(zero[:, below] & layer_finite),
+        "zero_y": _column_counts(zero[:, above] & layer_finite),
+        "position_overflow": _column_counts(is_inf),
+        "position_nan": _column_counts(is_nan),
+        "position_zero": _column_counts(zero & column_finite),
     }
+
+
+def _column_counts(mask: np.ndarray) -> np.ndarray:
+    """The number of True values in each column of ``mask`` (a column at a time: ten times numpy's ``axis=0``)."""
+    return np.array([np.count_nonzero(mask[:, j]) for j in range(mask.shape[1])], dtype=np.int64)
