@@ -14,7 +14,8 @@ import pytest
 
 from varprop.montecarlo import MonteCarloError, estimate, sample
 from varprop.montecarlo.estimators import health, per_network_values
-from varprop.montecarlo.sampler import SampleRequest, recorded_extent, sample_each
+from varprop.montecarlo import SampleRequest, sample_each
+from varprop.montecarlo.sampler import recorded_extent
 from varprop.activations import activation
 from varprop.network import BatchNorm, Dense, Dropout, GaussianInput, Network, Nonlinearity, Residual, mlp
 from varprop.observables import Correlation, Gradient, Mean, NormRatio, SecondMoment, Signal, WeightGradient

@@ -23,7 +23,7 @@ from .engines import CONDITIONAL, ENGINES, FULL, Engine, LayerStep, conditional_
 from . import convolution  # noqa: F401  (registers the convolution step)
 from .executors import DaskExecutor, Executor, ProcessExecutor, SerialExecutor, executor_from
 from . import dropout, residual  # noqa: F401  (register the Dropout and Residual layer steps)
-from .sampler import PER_NETWORK, PER_POSITION, Samples, default_sizes, sample
+from .sampler import PER_NETWORK, PER_POSITION, SampleRequest, Samples, default_sizes, sample, sample_each
 from .verdict import FAIL, INCONCLUSIVE, PASS, Verdict, holm, holm_critical_values, judge, judge_all
 from . import normalisation  # noqa: F401  (registers the LayerNorm and RMSNorm sampler steps)
 from . import batchnorm  # noqa: F401  (registers the BatchNorm sampler step)
@@ -31,6 +31,8 @@ from . import batchnorm  # noqa: F401  (registers the BatchNorm sampler step)
 __all__ = [
     "MonteCarloError",
     "sample",
+    "sample_each",
+    "SampleRequest",
     "Samples",
     "PER_NETWORK",
     "PER_POSITION",

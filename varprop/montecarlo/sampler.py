@@ -727,7 +727,16 @@ def _take_shared(job: SampleJob, path: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """One sample of :func:`sample_each`: the arguments of :func:`sample` but the executor."""
+    """One sample of :func:`sample_each`: the arguments of :func:`sample` but the executor.
+
+    Attributes
+    ----------
+    network, samples, seed, engine, observables
+        As for :func:`sample` (``samples`` networks drawn from ``seed``; ``observables``: compute only
+        what they read, ``None``: everything).
+    progress
+        Called as ``progress(networks_done, samples)`` as this request's ranges finish.
+    """
 
     network: Network
     samples: int
