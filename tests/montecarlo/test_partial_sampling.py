@@ -131,3 +131,14 @@ def test_sample_each_checks_every_request_before_sampling_any():
     bad = SampleRequest(mlp([4, 4]), 0, 0)
     with pytest.raises(MonteCarloError, match="samples"):
         next(sample_each([good, bad], executor="serial"))
+
+
+def test_streaming_agrees_with_the_sample_drawn_for_its_observables():
+    from varprop.montecarlo.streaming import stream_estimates
+
+    network = mlp([5, 7, 6, 4])
+    wanted = [SecondMoment(Signal(1)), Mean(Signal(2))]
+    stored = sample(network, 2_000, seed=3, engine="conditional", observables=wanted)
+    streamed = stream_estimates(network, wanted, 2_000, seed=3, engine="conditional")
+    for observable in wanted:
+        assert streamed.estimates[observable].value == pytest.approx(estimate(stored, observable).value, rel=1e-12)

@@ -200,9 +200,10 @@ def stream_estimates(
 ) -> StreamResult:
     """Estimate ``observables`` from ``samples`` networks without keeping per-network values.
 
-    The same networks as :func:`~varprop.montecarlo.sample` with the same arguments, and the same
-    estimates and standard errors (to rounding); memory does not grow with ``samples``. Networks
-    with a non-finite value are excluded and counted, as there.
+    The same networks as :func:`~varprop.montecarlo.sample` with the same arguments and
+    ``observables=observables``, and the same estimates and standard errors (to rounding); memory
+    does not grow with ``samples``, and only what the observables read is computed. Networks with a
+    non-finite recorded value are excluded and counted, as there.
 
     Raises
     ------
@@ -218,6 +219,9 @@ def stream_estimates(
     observables = tuple(_resolve(probe, o) for o in observables)
     if not observables:
         raise MonteCarloError("stream_estimates needs at least one observable")
+    # compute only what the observables read (the same values, bit for bit; sample(..., observables=))
+    job = make_job(network, samples, seed=seed, chunk_size=chunk_size, block_size=block_size, partner=partner,
+                   correlation=correlation, engine=engine, observables=observables)
     total = [Moments.of(np.empty((0, _components(o)))) for o in observables]
     excluded = 0
     with executor_from(executor) as runner:
