@@ -180,13 +180,22 @@ def test_deep_claim_whose_statistics_overflow_is_inconclusive_with_the_reason(tm
 
 
 def test_deep_claim_whose_networks_overflow_is_inconclusive_with_the_counts(tmp_path, capsys):
-    # Every network overflows beyond layer 10 or so: no verdict rests on the survivors, and the text
-    # output (not only --json) shows how many were excluded and why.
-    path = _deep(tmp_path, "ovf", "1000/n_in", 120, 10)
+    # The signal overflows (1000^l) before layer 120, in every network: no verdict rests on the
+    # survivors, and the text output (not only --json) shows how many were excluded and why.
+    path = _deep(tmp_path, "ovf", "1000/n_in", 120, 120)
     code, out, err = run(capsys, "check", path, "--quiet", "--samples", 200)
     assert code == 3 and "INCONCLUSIVE" in out and "Traceback" not in err
     assert "networks excluded" in out and "overflowed (inf)" in out and "survivors" in out
     assert "excluded" in out.split("\n", 4)[4]  # the counts line under the claim
+
+
+def test_overflow_in_layers_a_claim_does_not_read_excludes_no_network(tmp_path, capsys):
+    # The same networks, the claim at layer 10 (finite there, about 1000^10): the layers above it are
+    # not computed for it (sample(..., observables=)), so their overflow excludes nothing, and the wrong
+    # prediction 1 is judged on every network and FAILs.
+    path = _deep(tmp_path, "low", "1000/n_in", 120, 10)
+    code, out, err = run(capsys, "check", path, "--quiet", "--samples", 200)
+    assert code == 1 and "FAIL" in out and "excluded" not in out and "Traceback" not in err
 
 
 # --- report and explain: nothing created for bad options, bad directories refused at once ----------

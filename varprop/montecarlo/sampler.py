@@ -86,7 +86,9 @@ Non-finite values
 Overflow and NaN are not averaged: for each position, :class:`Samples` counts the networks whose
 recorded values there contain ``inf`` (``position_overflow``) or NaN (``position_nan``), and for
 each dense layer those whose values at its input or output position do (``overflow``, ``nan``).
-Every network with any non-finite value is excluded from estimates (``Samples.finite``). Networks
+Every network with any non-finite recorded value is excluded from estimates (``Samples.finite``); a
+sample drawn for some observables records only what they read (:attr:`Samples.extent`), so an overflow
+in layers a claim does not read excludes no network from it. Networks
 whose signal is identically zero somewhere (a dead rectifier layer, or underflow) are finite samples
 and stay in the estimates; they are counted per position in ``position_zero`` and per dense layer
 in ``zero_x`` (its input) and ``zero_y`` (its output).
