@@ -499,13 +499,15 @@ def _sample_range(job: SampleJob, first: int, stop: int) -> tuple[np.ndarray, np
 
 
 def _sample_into(job: SampleJob, first: int, stop: int, path: str) -> None:
-    """Compute blocks ``first .. stop - 1`` into the shared file-backed array at ``path`` (local workers)."""
-    shared = np.load(path, mmap_mode="r+")
+    """Compute blocks ``first .. stop - 1`` straight into the shared file-backed arrays at ``path`` (local workers).
+
+    The flags array of a new file is all False, as :func:`compute_range` needs it.
+    """
+    sums = np.load(path + _SUMS, mmap_mode="r+")
+    flags = np.load(path + _FLAGS, mmap_mode="r+")
     lo, hi = job.networks(first, stop)
-    sums, flags = compute_range(job, first, stop)
-    shared[: job.rows, lo:hi] = sums
-    shared[job.rows :, lo:hi] = flags
-    del shared
+    compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi])
+    del sums, flags
 
 
 def recorded_extent(network: Network, observables: Sequence[Observable]) -> tuple[int, int | None] | None:
@@ -708,23 +710,28 @@ def _run_job(job: SampleJob, runner: Executor, progress: Callable[[int, int], No
 _SHARED_MEMORY = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
+_SUMS, _FLAGS = ".sums.npy", ".flags.npy"
+
+
 def _shared_array(job: SampleJob, folder: str, index: int) -> str:
-    """A new file-backed array for ``job``'s sums and flags in ``folder``; its path."""
-    path = os.path.join(folder, f"samples-{index}.npy")
-    shared = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64,
-                                       shape=(job.rows + 3, job.count, len(job.network.layers) + 1))
-    del shared
+    """New file-backed arrays for ``job``'s sums (float64) and flags (bool, all False) in ``folder``; their path prefix."""
+    path = os.path.join(folder, f"samples-{index}")
+    shape = (job.count, len(job.network.layers) + 1)
+    for suffix, dtype, rows in ((_SUMS, np.float64, job.rows), (_FLAGS, np.bool_, 3)):
+        shared = np.lib.format.open_memmap(path + suffix, mode="w+", dtype=dtype, shape=(rows, *shape))
+        del shared
     return path
 
 
 def _take_shared(job: SampleJob, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """The sums (a view of the mapping, no copy) and flags of a finished shared array; its file is removed."""
-    shared = np.load(path, mmap_mode="r+")
-    sums = shared[: job.rows].view(np.ndarray)
-    flags = shared[job.rows :] != 0
-    del shared
-    os.unlink(path)  # the mapping stays valid
-    return sums, flags
+    """The sums and flags of finished shared arrays (views of the mappings, no copy); their files are removed."""
+    arrays = []
+    for suffix in (_SUMS, _FLAGS):
+        shared = np.load(path + suffix, mmap_mode="r+")
+        arrays.append(shared.view(np.ndarray))
+        del shared
+        os.unlink(path + suffix)  # the mapping stays valid
+    return arrays[0], arrays[1]
 
 
 @dataclass(frozen=True)
