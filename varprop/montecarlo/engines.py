@@ -533,8 +533,8 @@ def run_chunk(
 ) -> None:
     """Draw, run forward and backward, and write the raw per-network sums of one chunk into ``out``.
 
-    ``plan`` is the sampler's plan (its ``steps`` from one engine); ``out`` has shape ``(rows, used,
-    positions + 1)`` (rows of :mod:`~varprop.montecarlo.statistics`; column ``p + 1`` is position
+    ``plan`` is the sampler's plan (its ``steps`` from one engine); ``out`` has shape ``(rows,
+    positions + 1, used)`` (rows of :mod:`~varprop.montecarlo.statistics`; column ``p + 1`` is position
     ``p``). Every block is drawn whole from its own generator (in the order of the module
     docstring) and truncated to the networks used.
 
@@ -554,9 +554,9 @@ def run_chunk(
     # the steps back-propagated: the gradient at position p is the one below step p + 1
     backward_from = None if bottom is None else bottom + 1
     if top + 1 < layers:
-        out[:, :, top + 2:] = 0.0  # the columns not computed (the sampler marks them as not recorded)
+        out[:, top + 2:] = 0.0  # the columns not computed (the sampler marks them as not recorded)
     if backward_from is None or backward_from > 0:
-        out[GRAD_SUM:GRAD_SQ + 1, :, :top + 2 if backward_from is None else backward_from] = 0.0
+        out[GRAD_SUM:GRAD_SQ + 1, :top + 2 if backward_from is None else backward_from] = 0.0
     columns: list[list[np.ndarray]] = [[], []]
     drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in forward_steps]
     noises: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]
@@ -596,11 +596,11 @@ def run_chunk(
     params = [tuple(join(list(arrays)) for arrays in zip(*per_block)) for per_block in drawn]
 
     # In a batch, every statistic is taken at example 0 (the examples are exchangeable).
-    signal_sums(h[:, :1] if batch > 1 else h, out[:, :, 0])
+    signal_sums(h[:, :1] if batch > 1 else h, out[:, 0])
     caches = []
     for column, (step, p) in enumerate(zip(forward_steps, params), 1):
         h, cache = step.forward(p, h)
-        signal_sums(h[:, :1] if batch > 1 else h, out[:, :, column])
+        signal_sums(h[:, :1] if batch > 1 else h, out[:, column])
         caches.append(cache)
     if backward_from is None:
         return
@@ -608,8 +608,8 @@ def run_chunk(
     g = join(losses)
     grad = g if batch > 1 else g[:, None, :]  # the loss sums <g_b, out_b> over the batch
     column = layers
-    gradient_sums(grad[:, 0, :], out[:, :, column])
+    gradient_sums(grad[:, 0, :], out[:, column])
     for index in range(layers - 1, backward_from - 1, -1):
         grad = plan.steps[index].backward(params[index], noise[index], caches[index], grad)
         column -= 1
-        gradient_sums(grad[:, 0, :], out[:, :, column])
+        gradient_sums(grad[:, 0, :], out[:, column])

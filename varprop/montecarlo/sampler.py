@@ -471,26 +471,27 @@ def compute_range(job: SampleJob, first: int, stop: int, sums: np.ndarray | None
                   flags: np.ndarray | None = None, workspace: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-network averages and flags of blocks ``first .. stop - 1``, chunk by chunk.
 
-    Returns ``(sums, flags)`` of shapes ``(rows, networks, positions + 1)`` and ``(3, networks,
-    positions + 1)`` (written into the given arrays when passed). Every network's values depend only
+    Returns ``(sums, flags)`` of shapes ``(rows, positions + 1, networks)`` and ``(3, positions + 1,
+    networks)`` (written into the given arrays when passed; networks last, so that a value of every
+    network at one position is one contiguous row). Every network's values depend only
     on its block, never on the range or the chunk it was computed in.
     """
     plan = _job_plan(job)
     start, end = job.networks(first, stop)
     columns = len(job.network.layers) + 1
     if sums is None:
-        sums = np.empty((job.rows, end - start, columns), dtype=np.float64)
+        sums = np.empty((job.rows, columns, end - start), dtype=np.float64)
     if flags is None:
-        flags = np.zeros((3, end - start, columns), dtype=bool)
+        flags = np.zeros((3, columns, end - start), dtype=bool)
     workspace = {} if workspace is None else workspace
     per_chunk = job.chunk // job.block
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for chunk_first in range(first, stop, per_chunk):
             chunk_stop = min(stop, chunk_first + per_chunk)
             lo, hi = (k - start for k in job.networks(chunk_first, chunk_stop))
-            run_chunk(plan, job.children(chunk_first, chunk_stop), job.block, hi - lo, sums[:, lo:hi], workspace,
+            run_chunk(plan, job.children(chunk_first, chunk_stop), job.block, hi - lo, sums[..., lo:hi], workspace,
                       job.extent)
-            _finish_chunk(plan, sums[:, lo:hi], flags[:, lo:hi], job.extent)
+            _finish_chunk(plan, sums[..., lo:hi], flags[..., lo:hi], job.extent)
     return sums, flags
 
 
@@ -506,7 +507,7 @@ def _sample_into(job: SampleJob, first: int, stop: int, path: str) -> None:
     sums = np.load(path + _SUMS, mmap_mode="r+")
     flags = np.load(path + _FLAGS, mmap_mode="r+")
     lo, hi = job.networks(first, stop)
-    compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi])
+    compute_range(job, first, stop, sums[..., lo:hi], flags[..., lo:hi])
     del sums, flags
 
 
@@ -675,15 +676,15 @@ def _run_job(job: SampleJob, runner: Executor, progress: Callable[[int, int], No
     plan = _job_plan(job)
     columns = len(job.network.layers) + 1
     if runner.workers <= 1 or job.blocks * job.block <= job.chunk or not runner.local:
-        sums = np.empty((job.rows, job.count, columns), dtype=np.float64)
-        flags = np.zeros((3, job.count, columns), dtype=bool)  # NaN, inf, zero signal
+        sums = np.empty((job.rows, columns, job.count), dtype=np.float64)
+        flags = np.zeros((3, columns, job.count), dtype=bool)  # NaN, inf, zero signal
     if runner.workers <= 1 or job.blocks * job.block <= job.chunk:
         workspace: dict[int, tuple[np.ndarray, ...]] = {}
         per_chunk = job.chunk // job.block
         for first in range(0, job.blocks, per_chunk):
             stop = min(job.blocks, first + per_chunk)
             lo, hi = job.networks(first, stop)
-            compute_range(job, first, stop, sums[:, lo:hi], flags[:, lo:hi], workspace)
+            compute_range(job, first, stop, sums[..., lo:hi], flags[..., lo:hi], workspace)
             if progress is not None:
                 progress(hi, job.count)
     elif runner.local:
@@ -700,8 +701,8 @@ def _run_job(job: SampleJob, runner: Executor, progress: Callable[[int, int], No
         for first, stop, (part, part_flags) in map_blocks(job, _sample_range, runner,
                                                           result_bytes=8 * job.rows * columns):
             lo, hi = job.networks(first, stop)
-            sums[:, lo:hi] = part
-            flags[:, lo:hi] = part_flags
+            sums[..., lo:hi] = part
+            flags[..., lo:hi] = part_flags
             if progress is not None:
                 progress(hi, job.count)
     return samples_from(plan, job, sums, flags)
@@ -716,7 +717,7 @@ _SUMS, _FLAGS = ".sums.npy", ".flags.npy"
 def _shared_array(job: SampleJob, folder: str, index: int) -> str:
     """New file-backed arrays for ``job``'s sums (float64) and flags (bool, all False) in ``folder``; their path prefix."""
     path = os.path.join(folder, f"samples-{index}")
-    shape = (job.count, len(job.network.layers) + 1)
+    shape = (len(job.network.layers) + 1, job.count)
     for suffix, dtype, rows in ((_SUMS, np.float64, job.rows), (_FLAGS, np.bool_, 3)):
         shared = np.lib.format.open_memmap(path + suffix, mode="w+", dtype=dtype, shape=(rows, *shape))
         del shared
@@ -797,10 +798,11 @@ def _sample_into_indexed(job: SampleJob, first: int, stop: int, path: str, index
 
 
 def samples_from(plan: _Plan, job: SampleJob, sums: np.ndarray, flags: np.ndarray) -> Samples:
-    """The :class:`Samples` of finished per-network averages ``sums`` and ``flags`` (taken over, not copied)."""
+    """The :class:`Samples` of finished per-network averages ``sums`` and ``flags`` (taken over, not copied;
+    shapes ``(rows, positions + 1, networks)`` and ``(3, positions + 1, networks)``)."""
     network = plan.network
     per_position = _per_position(plan, sums)
-    health = _health(network, flags)
+    health = _health(network, flags.transpose(0, 2, 1))
     return Samples(
         network=network,
         per_position=MappingProxyType(per_position),
@@ -824,36 +826,38 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
                   extent: tuple[int, int | None] | None = None) -> None:
     """Turn one chunk's raw sums into per-network averages in place, and flag its NaN, inf and zeros.
 
-    ``sums`` has shape ``(rows, networks, positions + 1)``; ``flags`` (all False on entry) gets, per
+    ``sums`` has shape ``(rows, positions + 1, networks)``; ``flags`` (all False on entry) gets, per
     network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
     the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
     is elementwise, so the result does not depend on the chunk. Values outside ``extent`` (0 from
     :func:`~varprop.montecarlo.engines.run_chunk`) are flagged nowhere and set to NaN.
     """
     squares = sums[SIG_SQ]
-    np.divide(squares, squares[:, :1], out=sums[NORM])
-    sums[SIG_SUM : GRAD_SQ + 1] /= plan.widths
+    np.divide(squares, squares[:1], out=sums[NORM])
+    widths = plan.widths[:, None]
+    sums[SIG_SUM : GRAD_SQ + 1] /= widths
     if plan.paired:
-        sums[SIG_PSQ:] /= plan.widths
+        sums[SIG_PSQ:] /= widths
     np.equal(squares, 0, out=flags[2])
     if not np.isfinite(sums).all():  # classify only the networks with some non-finite value
-        bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 2)))
-        values = sums[:, bad]
+        bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 1)))
+        values = sums[..., bad]
         nan = np.isnan(values).any(axis=0)
-        flags[0, bad] = nan
-        flags[1, bad] = np.isinf(values).any(axis=0) & ~nan
+        flags[0][:, bad] = nan
+        flags[1][:, bad] = np.isinf(values).any(axis=0) & ~nan
     if extent is not None:
         top, bottom = extent
         signals = [SIG_SUM, SIG_SQ, NORM] + ([SIG_PSQ, SIG_CROSS] if plan.paired else [])
-        sums[signals, :, top + 2:] = np.nan
-        flags[:, :, top + 2:] = False  # nothing recorded there
-        sums[GRAD_SUM:GRAD_SQ + 1, :, : sums.shape[2] if bottom is None else bottom + 1] = np.nan
+        sums[signals, top + 2:] = np.nan
+        flags[:, top + 2:] = False  # nothing recorded there
+        sums[GRAD_SUM:GRAD_SQ + 1, : sums.shape[1] if bottom is None else bottom + 1] = np.nan
 
 
 def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-position arrays: the rows of ``sums``, shape ``(rows, T, positions + 1)``, read-only."""
+    """The per-position arrays, shape ``(T, positions + 1)``, read-only: the rows of ``sums`` (shape ``(rows,
+    positions + 1, T)``) transposed, so that one position's values are contiguous."""
     names = PER_POSITION if plan.paired else tuple(n for n in PER_POSITION if n not in _PAIRED_ONLY)
-    return {name: _read_only(sums[row]) for row, name in enumerate(names)}
+    return {name: _read_only(sums[row].T) for row, name in enumerate(names)}
 
 
 def _columns(network: Network, offset: int) -> slice | list[int]:
@@ -876,7 +880,8 @@ def _per_network(network: Network, per_position: Mapping[str, np.ndarray]) -> di
 
 
 def _health(network: Network, flags: np.ndarray) -> dict[str, np.ndarray]:
-    """Finite networks, and overflow, NaN and all-zero counts per position and per dense layer."""
+    """Finite networks, and overflow, NaN and all-zero counts per position and per dense layer (``flags``:
+    NaN, inf, zero signal, shape ``(3, networks, positions + 1)``)."""
     is_nan, is_inf, zero = flags
     below, above = _columns(network, -1), _columns(network, 0)
     if not (is_nan.any() or is_inf.any()):  # the usual case: every network finite, only the zeros to count

@@ -168,8 +168,8 @@ def _reduce_range(job: SampleJob, first: int, stop: int, observables: tuple[Obse
         for chunk_first in range(unit_first, unit_stop, per_chunk):
             chunk_stop = min(unit_stop, chunk_first + per_chunk)
             start, end = job.networks(chunk_first, chunk_stop)
-            sums, flags = compute_range(job, chunk_first, chunk_stop, np.empty((job.rows, end - start, columns)),
-                                        np.zeros((3, end - start, columns), dtype=bool), workspace)
+            sums, flags = compute_range(job, chunk_first, chunk_stop, np.empty((job.rows, columns, end - start)),
+                                        np.zeros((3, columns, end - start), dtype=bool), workspace)
             samples = samples_from(plan, job, sums, flags)
             finite_parts.append(samples.finite)
             for parts, observable in zip(value_parts, observables):
@@ -214,8 +214,8 @@ def stream_estimates(
 
     job = make_job(network, samples, seed=seed, chunk_size=chunk_size, block_size=block_size, partner=partner,
                    correlation=correlation, engine=engine)
-    probe = samples_from(_job_plan(job), job, np.zeros((job.rows, 1, len(network.layers) + 1)),
-                         np.zeros((3, 1, len(network.layers) + 1), dtype=bool))
+    probe = samples_from(_job_plan(job), job, np.zeros((job.rows, len(network.layers) + 1, 1)),
+                         np.zeros((3, len(network.layers) + 1, 1), dtype=bool))
     observables = tuple(_resolve(probe, o) for o in observables)
     if not observables:
         raise MonteCarloError("stream_estimates needs at least one observable")
