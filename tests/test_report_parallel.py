@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from varprop import explain
+from varprop import explain, report
 from varprop.claims import ClaimError
+from varprop.errors import SpecError
 from varprop.explain import answer, checks_on
 from varprop.report import _answer_topic, _topic_pool, _TopicRun
 
@@ -85,3 +86,31 @@ def test_leaving_the_pool_on_an_error_stops_its_workers_at_once(error):
     assert time.perf_counter() - started < 30  # not the 60 s a sleeping worker would take
     assert not any(w.is_alive() for w in workers)
     assert all(task.done() for task in tasks)  # cancelled, or broken off: nobody waits on them
+
+
+def _topic_that_fails(name, seed, width, depth, figures):
+    """A stand-in for the report's topic worker: one topic raises, the others would take a minute."""
+    if name == "why-half":  # the first topic submitted: it starts at once
+        raise SpecError(f"topic {name!r}: width must be an integer from 2 to 1024, got 0")
+    time.sleep(60)
+
+
+def test_a_failing_topic_stops_the_report_while_the_catalogue_is_checked(tmp_path, monkeypatch):
+    """The error of a topic surfaces during the catalogue's check (not after it), as raised, without waiting
+    for the other topics."""
+    seen = []
+
+    def catalogue(claims, *, progress, **kwargs):  # a check whose networks arrive for half a minute
+        for block in range(600):
+            time.sleep(0.05)
+            progress("a claim", block, 600)
+        return []
+
+    monkeypatch.setattr(report, "_answer_topic", _topic_that_fails)
+    monkeypatch.setattr(report, "check_all", catalogue)
+    monkeypatch.setattr(report, "CATALOGUE", {})
+    started = time.perf_counter()
+    with pytest.raises(SpecError, match="topic 'why-half': width must be an integer from 2 to 1024, got 0"):
+        report.build_report(tmp_path, progress=lambda label, done, steps: seen.append(label))
+    assert time.perf_counter() - started < 20  # neither the catalogue's 30 s nor the other topics' minute
+    assert all(label.startswith("catalogue: a claim") for label in seen)  # no topic was reported done
