@@ -76,13 +76,12 @@ def test_an_error_in_a_worker_is_raised_as_the_topic_raised_it(tmp_path):
 @pytest.mark.parametrize("error", [KeyboardInterrupt, ClaimError])
 def test_leaving_the_pool_on_an_error_stops_its_workers_at_once(error):
     started = time.perf_counter()
-    with pytest.raises(error):
-        with _topic_pool(2) as pool:
-            tasks = [pool.submit(time.sleep, 60) for _ in range(3)]
-            time.sleep(0.5)  # the workers have started sleeping
-            workers = list(pool._processes.values())
-            assert len(workers) == 2 and all(w.is_alive() for w in workers)
-            raise error("stop")
+    with pytest.raises(error), _topic_pool(2) as pool:
+        tasks = [pool.submit(time.sleep, 60) for _ in range(3)]
+        time.sleep(0.5)  # the workers have started sleeping
+        workers = list(pool._processes.values())
+        assert len(workers) == 2 and all(w.is_alive() for w in workers)
+        raise error("stop")
     assert time.perf_counter() - started < 30  # not the 60 s a sleeping worker would take
     assert not any(w.is_alive() for w in workers)
     assert all(task.done() for task in tasks)  # cancelled, or broken off: nobody waits on them

@@ -15,6 +15,10 @@
     pdflatex's log, kept so the layout can be checked (overfull boxes).
 
 It needs no network access and no service.
+
+The topics are answered (sampled, drawn and typeset) in worker processes while this process checks the
+catalogue on workers of its own, so every core stays busy; every sample comes from the seed, so the report
+is the same, bit for bit, as one computed one step after the other.
 """
 
 from __future__ import annotations
@@ -151,26 +155,23 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
 
 
 #: Worker processes answering the topics (the catalogue's check runs on workers of its own meanwhile).
-TOPIC_WORKERS = 2
+_TOPIC_WORKERS = 2
 
 
 @contextmanager
 def _topic_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
     """A process pool for the topics, shut down on leaving; on an error (or Ctrl-C) its queued topics are
     dropped and its workers stopped at once, so an error never waits for the other topics to finish."""
-    workers = workers or min(TOPIC_WORKERS, len(TOPICS))
+    workers = workers or min(_TOPIC_WORKERS, len(TOPICS))
     # The sampler's own process pools use the platform's default start method too (fork on Linux: the
     # workers start with varprop already imported).
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context())
     try:
         yield pool
     except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle on the workers
             process.terminate()
-        for process in processes:
-            process.join(timeout=10)
+        pool.shutdown(wait=True, cancel_futures=True)  # the pool sees its workers gone, fails what they held, reaps them
         raise
     pool.shutdown(wait=True)
 
