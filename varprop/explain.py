@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -45,9 +47,11 @@ from .weights import N_IN, he, lecun, torch_linear_default
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from .montecarlo.executors import Executor
+
 __all__ = ["Topic", "Answer", "Series", "Settings", "TOPICS", "answer", "DEFAULT_RTOL", "DEFAULT_ALPHA",
            "DEFAULT_WIDTH", "MAX_WIDTH", "MAX_DEPTH", "reason", "settings_for", "tolerance_sentence",
-           "observable_formula"]
+           "observable_formula", "checks_on"]
 
 #: The relative tolerance the topics' checks resolve (the catalogue resolves 1 %: see the report).
 DEFAULT_RTOL = 0.05
@@ -367,8 +371,27 @@ def _claim(name: str, network: Network, observable: str, layer: int, *,
                        width, sweep)
 
 
+_CHECK_EXECUTOR: ContextVar[Executor | str] = ContextVar("varprop_explain_check_executor", default="auto")
+
+
+@contextmanager
+def checks_on(executor: Executor | str) -> Iterator[None]:
+    """Run the topics' Monte Carlo checks on ``executor`` inside the block (a name such as ``"serial"`` or an
+    :class:`~varprop.montecarlo.executors.Executor`, left open); ``"auto"`` outside any block.
+
+    The answers do not depend on it (the samples are bit-identical whatever the executor): ``varprop report``
+    answers its topics in worker processes of its own and has their checks sample there, one at a time.
+    """
+    token = _CHECK_EXECUTOR.set(executor)
+    try:
+        yield
+    finally:
+        _CHECK_EXECUTOR.reset(token)
+
+
 def _check(claims: Sequence[Claim | ClaimFamily], settings: Settings) -> tuple[CheckResult, ...]:
-    return tuple(check_all(list(claims), seed=settings.seed, rtol=settings.rtol, alpha=settings.alpha, executor="auto"))
+    return tuple(check_all(list(claims), seed=settings.seed, rtol=settings.rtol, alpha=settings.alpha,
+                           executor=_CHECK_EXECUTOR.get()))
 
 
 def _sym(name: str) -> sp.Symbol:

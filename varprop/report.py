@@ -15,16 +15,23 @@
     pdflatex's log, kept so the layout can be checked (overfull boxes).
 
 It needs no network access and no service.
+
+The topics are answered (sampled, drawn and typeset) in worker processes while this process checks the
+catalogue on workers of its own, so every core stays busy; every sample comes from the seed, so the report
+is the same, bit for bit, as one computed one step after the other.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +42,8 @@ from .catalogue import CATALOGUE
 from .derive import DERIVATIONS, Derivation
 from .derive.derivation import latex_text, prose_latex, prose_markdown
 from .errors import VarpropError
-from .explain import TOPICS, Answer, _latex_table, _markdown_table, answer, reason, settings_for, tolerance_sentence
+from .explain import (TOPICS, Answer, _latex_table, _markdown_table, answer, checks_on, reason, settings_for,
+                      tolerance_sentence)
 from .montecarlo import CheckResult, check_all, format_results
 from .montecarlo.check import DEFAULT_RTOL
 from .montecarlo.limits import check_seed
@@ -93,6 +101,11 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
     keeps its own networks. The front page says which widths, depths, seeds, sample counts and
     tolerances produced the report, and how long it took. Every argument is checked, and the output
     directory made and proved writable, before the long computation starts.
+
+    The topics are answered in worker processes of their own while this process checks the catalogue
+    (on its own workers), so every CPU stays busy; the answers are the same as one after the other,
+    bit for bit, since every sample comes from the seed. ``progress(label, done, steps)`` counts the
+    catalogue, each topic as it finishes (in any order) and the writing.
     """
     started = time.perf_counter()
     check_seed(seed)
@@ -109,32 +122,119 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
         if progress is not None:
             progress(label, done, steps)
 
-    catalogue = tuple(check_all(
-        list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA, executor="auto",
-        progress=None if progress is None else lambda name, k, n: progress(f"catalogue: {name} ({k}/{n} networks)", done, steps),
-    ))
-    step("catalogue checked")
-    answers, figure_files, figure_data = [], {}, {}
-    for name in TOPICS:
-        result = answer(name, seed=seed, width=width, depth=depth)
-        data = result.figure_data()
-        png, svg = save_figure(result.figure(data), figures / name)
-        figure_files[name] = (png, svg)
-        figure_data[name] = data
-        answers.append(result)
-        step(f"topic {name}")
-    appendix = _appendix_derivations()
-    run = _Run(seed, time.perf_counter() - started, catalogue, tuple(answers), figure_data)
-    files = [_write_markdown(out, run, appendix), _write_json(out, run)]
-    tex = _write_latex(out, run, appendix)
+    with _topic_pool() as pool:
+        topics = _TopicRun(pool, tuple(TOPICS), seed, width, depth, figures)
+        appendix = pool.submit(_appendix)  # derived and typeset there too, while this process checks the catalogue
+
+        def finished(name: str) -> None:
+            step(f"topic {name}")
+
+        def catalogue_progress(label: str, networks: int, total: int) -> None:
+            topics.collect(finished, block=False)  # a topic that failed stops the report here
+            if progress is not None:
+                progress(f"catalogue: {label} ({networks}/{total} networks)", done, steps)
+
+        catalogue = tuple(check_all(list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
+                                    executor="auto", progress=catalogue_progress))
+        step("catalogue checked")
+        topics.collect(finished, block=True)
+        appendix_markdown, appendix_latex = appendix.result()
+    outputs = tuple(topics.outputs[name] for name in TOPICS)
+    answers = tuple(o.answer for o in outputs)
+    run = _Run(seed, time.perf_counter() - started, catalogue, outputs)
+    files = [_write_markdown(out, run, appendix_markdown), _write_json(out, run)]
+    tex = _write_latex(out, run, appendix_latex)
     files.append(tex)
     pdf_note = _compile(tex)
     if (out / "report.pdf").exists():
         files.append(out / "report.pdf")
-    for png, svg in figure_files.values():
-        files += [png, svg]
+    for o in outputs:
+        files += list(o.figure_files)
     step("report written")
-    return ReportSummary(out, catalogue, tuple(answers), tuple(files), pdf_note)
+    return ReportSummary(out, catalogue, answers, tuple(files), pdf_note)
+
+
+#: Worker processes answering the topics (the catalogue's check runs on workers of its own meanwhile).
+_TOPIC_WORKERS = 2
+
+
+@contextmanager
+def _topic_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A process pool for the topics, shut down on leaving; on an error (or Ctrl-C) its queued topics are
+    dropped and its workers stopped at once, so an error never waits for the other topics to finish."""
+    workers = workers or min(_TOPIC_WORKERS, len(TOPICS))
+    # The sampler's own process pools use the platform's default start method too (fork on Linux: the
+    # workers start with varprop already imported).
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context())
+    try:
+        yield pool
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public handle on the workers
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)  # the pool sees its workers gone, fails what they held, reaps them
+        raise
+    pool.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class _TopicOutput:
+    """Everything the report needs from one topic, made in a worker process: the answer, its figure's
+    numbers and files, and its Markdown, LaTeX and JSON (typesetting the formulas is slow: done there)."""
+
+    answer: Answer
+    figure_data: tuple[PropagationData, ...]
+    figure_files: tuple[Path, Path]
+    markdown: str
+    latex: str
+    checks: tuple[dict, ...]
+
+
+def _figure_path(name: str) -> str:
+    return f"figures/{name}.png"
+
+
+def _answer_topic(name: str, seed: int, width: int | None, depth: int | None, figures: Path) -> _TopicOutput:
+    """One topic, answered, drawn and typeset in a worker process (its checks sample there, one at a time)."""
+    with checks_on("serial"):
+        result = answer(name, seed=seed, width=width, depth=depth)
+        data = result.figure_data()
+    files = save_figure(result.figure(data), figures / name)
+    return _TopicOutput(result, data, files, result.markdown(figure=_figure_path(name)),
+                        result.latex(figure=_figure_path(name)), tuple(r.to_dict() for r in result.checks))
+
+
+def _appendix() -> tuple[str, str]:
+    """The appendix's derivations as Markdown and as LaTeX."""
+    derivations = _appendix_derivations()
+    markdown = ["## Appendix: derivations", ""] + [d.markdown() for d in derivations]
+    latex = ["\\section*{Appendix: derivations}"]
+    for d in derivations:
+        latex += [f"\\subsection*{{{prose_latex(d.title)}}}", prose_latex(d.summary), "", "{\\small", d.latex(), "}"]
+    return "\n".join(markdown), "\n".join(latex)
+
+
+class _TopicRun:
+    """The topics submitted to a pool; :meth:`collect` takes in those finished, in the order they finish."""
+
+    def __init__(self, pool: ProcessPoolExecutor, names: tuple[str, ...], seed: int, width: int | None,
+                 depth: int | None, figures: Path) -> None:
+        self.pending: dict[Future, str] = {pool.submit(_answer_topic, name, seed, width, depth, figures): name
+                                           for name in names}
+        self.outputs: dict[str, _TopicOutput] = {}
+
+    def collect(self, finished: Callable[[str], None], *, block: bool) -> None:
+        """Take in every topic done (all of them when ``block``), calling ``finished(name)`` for each.
+
+        The error of a topic that failed is raised here, as the topic raised it.
+        """
+        while self.pending:
+            done, _ = wait(self.pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+            if not done:
+                return
+            for future in [f for f in self.pending if f in done]:  # submission order among those done
+                name = self.pending.pop(future)
+                self.outputs[name] = future.result()
+                finished(name)
 
 
 @dataclass(frozen=True)
@@ -144,8 +244,15 @@ class _Run:
     seed: int
     seconds: float
     catalogue: tuple[CheckResult, ...]
-    answers: tuple[Answer, ...]
-    figures: dict[str, tuple[PropagationData, ...]]
+    topics: tuple[_TopicOutput, ...]
+
+    @property
+    def answers(self) -> tuple[Answer, ...]:
+        return tuple(t.answer for t in self.topics)
+
+    @property
+    def figures(self) -> dict[str, tuple[PropagationData, ...]]:
+        return {t.answer.topic.name: t.figure_data for t in self.topics}
 
     def settings_rows(self) -> list[tuple[str, str]]:
         """(what, value) lines of the front page: widths, depths, seeds, samples, tolerances, time."""
@@ -208,7 +315,7 @@ def _summary_rows(run: _Run) -> list[tuple[Answer, CheckResult]]:
     return [(a, a.checks[a.key]) for a in run.answers]
 
 
-def _write_markdown(out: Path, run: _Run, appendix) -> Path:
+def _write_markdown(out: Path, run: _Run, appendix: str) -> Path:
     lines = [f"# varprop report (varprop {__version__})", "",
              "Each answer below is built from sympy derivations and Monte Carlo checks of real random networks; "
              "every number is computed, none is typed in.", "", "## How this report was made", ""]
@@ -220,10 +327,9 @@ def _write_markdown(out: Path, run: _Run, appendix) -> Path:
     lines += ["## Catalogue of claims", "", prose_markdown(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
                                                                               len(run.catalogue))), "",
               _markdown_table(run.catalogue), ""]
-    for a in run.answers:  # an explicit anchor: a title's own anchor differs between Markdown renderers
-        lines += [f'<a id="{a.topic.name}"></a>', "", a.markdown(figure=f"figures/{a.topic.name}.png")]
-    lines += ["## Appendix: derivations", ""]
-    lines += [d.markdown() for d in appendix]
+    for t in run.topics:  # an explicit anchor: a title's own anchor differs between Markdown renderers
+        lines += [f'<a id="{t.answer.topic.name}"></a>', "", t.markdown]
+    lines.append(appendix)
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -245,9 +351,10 @@ def _write_json(out: Path, run: _Run) -> Path:
                 "alpha": a.settings.alpha,
                 "headline": str(a.headline),
                 "numbers": dict(a.numbers),
-                "checks": [r.to_dict() for r in a.checks],
+                "checks": list(t.checks),
             }
-            for a in run.answers
+            for t in run.topics
+            for a in (t.answer,)
         },
     }
     path = out / "results.json"
@@ -271,7 +378,7 @@ LATEX_PREAMBLE = "\n".join([
 SUMMARY_OVERFLOW = "varprop: the summary runs over one page"
 
 
-def _write_latex(out: Path, run: _Run, appendix) -> Path:
+def _write_latex(out: Path, run: _Run, appendix: str) -> Path:
     body = [
         LATEX_PREAMBLE,
         f"\\hypersetup{{pdftitle={{varprop report}}, pdfsubject={{varprop {__version__}}}}}",
@@ -295,13 +402,9 @@ def _write_latex(out: Path, run: _Run, appendix) -> Path:
              "\\section*{Catalogue of claims}", prose_latex(tolerance_sentence(DEFAULT_RTOL, CATALOGUE_ALPHA,
                                                                               len(run.catalogue))), "",
              _latex_table(run.catalogue)]
-    for a in run.answers:
-        body.append("\\clearpage")
-        body.append(a.latex(figure=f"figures/{a.topic.name}.png"))
-    body += ["\\clearpage", "\\section*{Appendix: derivations}"]
-    for d in appendix:
-        body += [f"\\subsection*{{{prose_latex(d.title)}}}", prose_latex(d.summary), "", "{\\small", d.latex(), "}"]
-    body.append("\\end{document}")
+    for t in run.topics:
+        body += ["\\clearpage", t.latex]
+    body += ["\\clearpage", appendix, "\\end{document}"]
     path = out / "report.tex"
     path.write_text("\n".join(body) + "\n", encoding="utf-8")
     return path
