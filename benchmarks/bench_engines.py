@@ -192,30 +192,68 @@ def peak_rss(count: int) -> tuple[float, float, int]:
     return int(kilobytes) / 1024, elapsed, int(networks)
 
 
+class _CountingGenerator:
+    """A numpy Generator that counts the random numbers its methods return (every draw the engines make)."""
+
+    counted = 0
+
+    def __init__(self, bit_generator) -> None:
+        self._inner = _REAL_GENERATOR(bit_generator)
+
+    def __getattr__(self, name: str):
+        method = getattr(self._inner, name)
+
+        def counting(*args, **kwargs):
+            result = method(*args, **kwargs)
+            _CountingGenerator.counted += int(np.size(result))
+            return result
+
+        return counting
+
+
+_REAL_GENERATOR = np.random.Generator
+
+
+def _numbers_per_network(network, engine: str, observables) -> float:
+    """Random numbers one network of ``network`` takes when sampled for ``observables`` (counted, one block)."""
+    from varprop.montecarlo.sampler import compute_range, make_job
+
+    job = make_job(network, 1, seed=0, engine=engine, observables=list(observables))
+    _CountingGenerator.counted = 0
+    np.random.Generator = _CountingGenerator
+    try:
+        compute_range(job, 0, 1)
+    finally:
+        np.random.Generator = _REAL_GENERATOR
+    return _CountingGenerator.counted / job.block
+
+
 def check_all_draw_floor(report: str) -> tuple[float, float]:
     """(random numbers ``check --all`` drew, the CPU seconds numpy needs merely to draw them in cache-sized calls).
 
     From the ``--json`` output: every (claim, width) measurement names its networks and engine; claims about one
-    network share its sample (the largest count), and every network also had a pilot. The floor shows how much
-    of the command's time no implementation of the sampler can save at the sample sizes the verdicts need.
+    network share its sample (the largest count), sampled for their observables only (what the checker does:
+    ``sample(..., observables=)``), and every network also had a pilot. The numbers one network takes are
+    counted on one block with a counting generator. The floor shows how much of the command's time no
+    implementation of the sampler can save at the sample sizes the verdicts need.
     """
     import json
 
     from varprop.catalogue import CATALOGUE
-    from varprop.montecarlo.check import _PILOT, _draws_per_network
-    from varprop.montecarlo.engines import select_engine
+    from varprop.montecarlo.check import _PILOT
 
     counts: dict = {}
+    observables: dict = {}
     for result in json.loads(report)["results"]:
         family = CATALOGUE.get(result["name"])
         if family is None:  # a law claim: its own fixed sample, not part of the draw floor
             continue
         for measurement in result["measurements"]:
-            network = family.at(measurement["width"]).network
-            key = (network, measurement["engine"])
+            claim = family.at(measurement["width"])
+            key = (claim.network, measurement["engine"])
             counts[key] = max(counts.get(key, 0), int(measurement["networks"]))
-    numbers = sum((count + _PILOT) * _draws_per_network(network, select_engine(engine, network,
-                                                                                paired=bool(getattr(network.inputs, "paired", False))))
+            observables.setdefault(key, {})[claim.observable] = None
+    numbers = sum((count + _PILOT) * _numbers_per_network(network, engine, observables[network, engine])
                   for (network, engine), count in counts.items())
     return float(numbers), numbers * seconds_per_number(call=1 << 15)
 
