@@ -46,6 +46,7 @@ from .explain import (TOPICS, Answer, _latex_table, _markdown_table, answer, che
                       tolerance_sentence)
 from .montecarlo import CheckResult, check_all, format_results
 from .montecarlo.check import DEFAULT_RTOL
+from .montecarlo.executors import one_blas_thread
 from .montecarlo.limits import check_seed
 from .montecarlo.verdict import FAIL
 from .plot import PropagationData, save_figure
@@ -165,7 +166,8 @@ def _topic_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
     workers = workers or min(_TOPIC_WORKERS, len(TOPICS))
     # The sampler's own process pools use the platform's default start method too (fork on Linux: the
     # workers start with varprop already imported).
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(),
+                               initializer=one_blas_thread)
     try:
         yield pool
     except BaseException:

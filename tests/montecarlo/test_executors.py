@@ -111,3 +111,17 @@ def test_dask_local_cluster_of_two_workers_gives_the_serial_result_bit_for_bit(s
         streamed = stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional", executor=cluster, **SIZES)
     assert streamed.estimates == stream_estimates(network, OBSERVABLES, COUNT, seed=7, engine="conditional",
                                                   **SIZES).estimates
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+def test_local_workers_run_blas_on_one_thread_and_leave_this_process_alone():
+    # Workers already take every core; a BLAS thread pool in each would spin against the others.
+    before = _blas_threads()
+    with ProcessExecutor(2) as runner:
+        assert list(runner.map(_blas_threads, [(), ()])) == [1, 1]
+    assert _blas_threads() == before

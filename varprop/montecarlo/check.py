@@ -462,7 +462,9 @@ def _skewness(values: np.ndarray) -> float:
     variance = float(np.mean(squares))
     if variance <= 0:
         return 0.0
-    return float(np.dot(squares, centred)) / values.size / variance**1.5
+    # einsum, not np.dot: BLAS splits a long dot product over its threads, so its last bit would depend on
+    # how many the process has (workers have one), and the sample sizes read the skewness
+    return float(np.einsum("i,i->", squares, centred)) / values.size / variance**1.5
 
 
 def _kurtosis(values: np.ndarray) -> float:
@@ -473,7 +475,7 @@ def _kurtosis(values: np.ndarray) -> float:
     centred = values - values.mean()
     squares = centred * centred
     variance = float(np.mean(squares))
-    return float(np.dot(squares, squares)) / values.size / variance**2 if variance > 0 else 3.0
+    return float(np.einsum("i,i->", squares, squares)) / values.size / variance**2 if variance > 0 else 3.0
 
 
 def _skew_minimum(skewness: float, z: float) -> int:
