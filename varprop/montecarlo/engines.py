@@ -56,7 +56,7 @@ from ..errors import VarpropError
 from ..network import WEIGHTED_LAYERS, Dense, Network, Nonlinearity, layer_widths
 from ..weights import Normal
 from .errors import MonteCarloError
-from .statistics import GRAD_SQ, GRAD_SUM, gradient_sums, join, row_dots, row_sums, signal_sums
+from .statistics import gradient_sums, join, row_dots, row_sums, signal_sums
 
 __all__ = [
     "Engine",
@@ -541,8 +541,8 @@ def run_chunk(
     ``extent`` ``(top, bottom)`` limits the work to what some observables read: the forward pass
     stops after position ``top`` and the backward pass after position ``bottom`` (``None``: no backward
     pass, no loss drawn). Since forward draws come first in layer order and backward draws in reverse
-    layer order, the draws that are made are those of the whole pass, bit for bit; the columns not
-    computed are left at 0 in ``out`` (the sampler marks them as not recorded). ``None``: everything.
+    layer order, the draws that are made are those of the whole pass, bit for bit; the values not
+    computed are left unwritten in ``out`` (the sampler marks them as not recorded). ``None``: everything.
     """
     n_in = int(plan.widths[0])
     n_out = int(plan.widths[-1])
@@ -553,10 +553,6 @@ def run_chunk(
     forward_steps = plan.steps[:top + 1]
     # the steps back-propagated: the gradient at position p is the one below step p + 1
     backward_from = None if bottom is None else bottom + 1
-    if top + 1 < layers:
-        out[:, top + 2:] = 0.0  # the columns not computed (the sampler marks them as not recorded)
-    if backward_from is None or backward_from > 0:
-        out[GRAD_SUM:GRAD_SQ + 1, :top + 2 if backward_from is None else backward_from] = 0.0
     columns: list[list[np.ndarray]] = [[], []]
     drawn: list[list[tuple[np.ndarray, ...]]] = [[] for _ in forward_steps]
     noises: list[list[tuple[np.ndarray, ...]]] = [[] for _ in plan.steps]

@@ -829,9 +829,12 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
     ``sums`` has shape ``(rows, positions + 1, networks)``; ``flags`` (all False on entry) gets, per
     network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
     the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
-    is elementwise, so the result does not depend on the chunk. Values outside ``extent`` (0 from
-    :func:`~varprop.montecarlo.engines.run_chunk`) are flagged nowhere and set to NaN.
+    is elementwise, so the result does not depend on the chunk. Values outside ``extent``
+    (:func:`~varprop.montecarlo.engines.run_chunk` leaves them unwritten) are flagged nowhere and set to NaN.
     """
+    unrecorded = _unrecorded(extent, plan.paired)
+    for cells in unrecorded:
+        sums[cells] = 0.0  # neutral for the checks below, which must see only recorded values
     squares = sums[SIG_SQ]
     np.divide(squares, squares[:1], out=sums[NORM])
     widths = plan.widths[:, None]
@@ -845,12 +848,21 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
         nan = np.isnan(values).any(axis=0)
         flags[0][:, bad] = nan
         flags[1][:, bad] = np.isinf(values).any(axis=0) & ~nan
+    for cells in unrecorded:
+        sums[cells] = np.nan
     if extent is not None:
-        top, bottom = extent
-        signals = [SIG_SUM, SIG_SQ, NORM] + ([SIG_PSQ, SIG_CROSS] if plan.paired else [])
-        sums[signals, top + 2:] = np.nan
-        flags[:, top + 2:] = False  # nothing recorded there
-        sums[GRAD_SUM:GRAD_SQ + 1, : sums.shape[1] if bottom is None else bottom + 1] = np.nan
+        flags[:, extent[0] + 2:] = False  # nothing recorded above the top signal
+
+
+def _unrecorded(extent: tuple[int, int | None] | None, paired: bool) -> list[tuple]:
+    """Index expressions into a chunk's sums, shape ``(rows, positions + 1, networks)``, of the values
+    ``extent`` leaves out: the signal statistics above position ``top``, the gradient ones below ``bottom``."""
+    if extent is None:
+        return []
+    top, bottom = extent
+    signals = [SIG_SUM, SIG_SQ, NORM] + ([SIG_PSQ, SIG_CROSS] if paired else [])
+    return [(signals, slice(top + 2, None)),
+            (slice(GRAD_SUM, GRAD_SQ + 1), slice(None if bottom is None else bottom + 1))]
 
 
 def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
