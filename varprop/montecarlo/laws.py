@@ -40,12 +40,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import ModuleType
 
 import numpy as np
-from scipy import signal, stats
 
 from .errors import MonteCarloError
 from .verdict import FAIL, INCONCLUSIVE, PASS, holm
+
+def _stats() -> ModuleType:
+    """``scipy.stats``, imported on first use: it costs 0.5 s (scipy.signal with it), and every command would pay it."""
+    import scipy.stats
+
+    return scipy.stats
+
 
 __all__ = [
     "ExactLaw",
@@ -56,6 +63,7 @@ __all__ = [
     "law_p_values",
     "verdicts_from_holm",
     "law_tests",
+    "checked_law_claims",
     "detectable_departure",
     "networks_needed",
     "sample_norms",
@@ -117,7 +125,7 @@ class ExactLaw:
 
     def _weights(self, n: int) -> np.ndarray:
         k = np.arange(1, n + 1)
-        w = stats.binom.pmf(k, n, self.active)
+        w = _stats().binom.pmf(k, n, self.active)
         return w / w.sum()
 
     @property
@@ -127,9 +135,11 @@ class ExactLaw:
 
     def _layer_density(self, n: int, c: float, grid: np.ndarray) -> np.ndarray:
         v = np.exp(grid - math.log(c))
-        return sum(w * np.exp(stats.chi2.logpdf(v, k)) * v for k, w in zip(range(1, n + 1), self._weights(n)))
+        return sum(w * np.exp(_stats().chi2.logpdf(v, k)) * v for k, w in zip(range(1, n + 1), self._weights(n)))
 
     def _grid_cdf(self, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+        from scipy.signal import fftconvolve  # imported here: scipy.signal costs every command 0.3 s at start-up
+
         lows = [math.log(c) - 70 for c in self.scales]
         highs = [math.log(c) + math.log(n) + 6 + 4 * math.sqrt(1 / n) * 6 for c, n in zip(self.scales, self.widths[1:])]
         density, start = None, 0.0
@@ -139,7 +149,7 @@ class ExactLaw:
             if density is None:
                 density, start = layer, lo
             else:
-                density = signal.fftconvolve(density, layer) * spacing
+                density = fftconvolve(density, layer) * spacing
                 start += lo
         grid = start + spacing * np.arange(density.size)
         cdf = np.concatenate(([0.0], np.cumsum((density[1:] + density[:-1]) / 2) * spacing))
@@ -165,7 +175,7 @@ class ExactLaw:
         if len(self.widths) == 2:
             n, c = self.widths[1], self.scales[0]
             v = np.exp(u - math.log(c))
-            return sum(w * stats.chi2.cdf(v, k) for k, w in zip(range(1, n + 1), self._weights(n)))
+            return sum(w * _stats().chi2.cdf(v, k) for k, w in zip(range(1, n + 1), self._weights(n)))
         grid, cdf, _ = self._table
         return np.interp(u, grid, cdf, left=0.0, right=1.0)
 
@@ -183,7 +193,7 @@ def detectable_departure(networks: int, alpha: float, accuracy: float = 0.0) -> 
     or more is rejected by the KS test at level :math:`\alpha` with probability at least 0.9 (DKW)."""
     if networks < 1:
         return math.inf
-    critical = float(stats.kstwo.ppf(1 - alpha, networks))
+    critical = float(_stats().kstwo.ppf(1 - alpha, networks))
     return critical + math.sqrt(math.log(2 / (1 - POWER)) / (2 * networks)) + accuracy
 
 
@@ -255,11 +265,11 @@ def law_test(law: ExactLaw, values: object, *, tolerance: float = 0.02, name: st
     live = values[values > 0]
     dead = int(values.size - live.size)
     if live.size:
-        ks = stats.kstest(np.log(live), law.cdf_log)
+        ks = _stats().kstest(np.log(live), law.cdf_log)
         statistic, p_value = float(ks.statistic), float(ks.pvalue)
     else:
         statistic, p_value = 1.0, 0.0
-    dead_p = float(stats.binomtest(dead, values.size, law.dead).pvalue) if law.dead > 0 else float(dead == 0)
+    dead_p = float(_stats().binomtest(dead, values.size, law.dead).pvalue) if law.dead > 0 else float(dead == 0)
     return LawTest(name or f"law of the squared length at widths {law.widths}", statistic, p_value, int(live.size), dead,
                    law.dead * values.size, dead_p, law.accuracy, tolerance)
 
@@ -332,7 +342,7 @@ def exact_power_moment(widths: Sequence[int], p: int) -> float:
     total = 1.0
     for a, n in zip(widths[:-1], widths[1:]):
         k = np.arange(n + 1, dtype=np.float64)
-        total *= (2 / n) ** p * float(np.sum(stats.binom.pmf(k, n, 0.5) * _chi2_power(k, p)))
+        total *= (2 / n) ** p * float(np.sum(_stats().binom.pmf(k, n, 0.5) * _chi2_power(k, p)))
     return total
 
 
@@ -575,7 +585,7 @@ def _test_level(result: object) -> float:
     verdict = result.primary.verdict
     if verdict is None or not math.isfinite(verdict.z_crit) or verdict.n < 2:
         return 1.96
-    return float(stats.norm.isf(stats.t.sf(verdict.z_crit, verdict.n - 1)))
+    return float(_stats().norm.isf(_stats().t.sf(verdict.z_crit, verdict.n - 1)))
 
 
 # --- law claims --------------------------------------------------------------------------------
@@ -610,12 +620,18 @@ class LawClaim:
         ExactLaw(self.widths, active=self.active)  # validates active
 
 
+def checked_law_claims(claims: Sequence[LawClaim]) -> list[LawClaim]:
+    """``claims`` as a list, refused (before anything is sampled) unless every one is a :class:`LawClaim`."""
+    for claim in claims:
+        if not isinstance(claim, LawClaim):
+            raise MonteCarloError(f"expected a LawClaim, got {claim!r}")
+    return list(claims)
+
+
 def law_tests(claims: Sequence[LawClaim], *, seed: int = 0) -> list[LawTest]:
     """Sample each law claim's networks (its own seed stream) and run its two tests, before any Holm step."""
     tests = []
-    for index, claim in enumerate(claims):
-        if not isinstance(claim, LawClaim):
-            raise MonteCarloError(f"expected a LawClaim, got {claim!r}")
+    for index, claim in enumerate(checked_law_claims(claims)):
         values = sample_norms(claim.widths, claim.networks, seed=seed + 1000 * (index + 1),
                               distribution=claim.distribution)
         tests.append(law_test(ExactLaw(claim.widths, active=claim.active), values, tolerance=claim.tolerance,
