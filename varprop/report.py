@@ -46,7 +46,7 @@ from .explain import (TOPICS, Answer, _latex_table, _markdown_table, answer, che
                       tolerance_sentence)
 from .montecarlo import CheckResult, check_all, format_results
 from .montecarlo.check import DEFAULT_RTOL
-from .montecarlo.executors import one_blas_thread
+from .montecarlo.executors import prepare_worker
 from .montecarlo.limits import check_seed
 from .montecarlo.verdict import FAIL
 from .plot import PropagationData, save_figure
@@ -135,7 +135,7 @@ def build_report(directory: str | Path = "varprop-report", *, seed: int = 0, wid
             if progress is not None:
                 progress(f"catalogue: {label} ({networks}/{total} networks)", done, steps)
 
-        catalogue = tuple(check_all(list(CATALOGUE.values()), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
+        catalogue = tuple(check_all(CATALOGUE.with_sweeps(), seed=seed, rtol=DEFAULT_RTOL, alpha=CATALOGUE_ALPHA,
                                     executor="auto", progress=catalogue_progress))
         step("catalogue checked")
         topics.collect(finished, block=True)
@@ -167,7 +167,7 @@ def _topic_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
     # The sampler's own process pools use the platform's default start method too (fork on Linux: the
     # workers start with varprop already imported).
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(),
-                               initializer=one_blas_thread)
+                               initializer=prepare_worker)
     try:
         yield pool
     except BaseException:

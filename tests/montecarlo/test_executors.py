@@ -86,7 +86,7 @@ def test_auto_uses_every_cpu_and_one_cpu_serially(monkeypatch):
     import varprop.montecarlo.executors as executors
 
     for cpus, kind in ((2, "processes"), (1, "serial")):
-        monkeypatch.setattr(executors, "_cpus", lambda: cpus)
+        monkeypatch.setattr(executors, "usable_cpus", lambda: cpus)
         with executor_from("auto") as runner:
             assert runner.name == kind and runner.workers == cpus
 

@@ -13,9 +13,10 @@ and the chunking.
     default of the command line). A sample too small to split runs in this process either way.
 ``processes[=N]``
     ``N`` local worker processes (default: the CPUs this process may use), through
-    :class:`concurrent.futures.ProcessPoolExecutor`. Each worker's BLAS runs on one thread
-    (:func:`one_blas_thread`): the workers already use every core, and a BLAS thread pool per worker
-    would only spin against the other workers (what Dask's workers and joblib's do too).
+    :class:`concurrent.futures.ProcessPoolExecutor`. Each worker is set up by :func:`prepare_worker`:
+    its BLAS runs on one thread (the workers already use every core, and a BLAS thread pool per worker
+    would only spin against the other workers: what Dask's workers and joblib's do too), and its
+    allocator keeps the memory a chunk frees for the next chunk.
 ``dask[=ADDRESS]``
     A Dask distributed cluster (the optional extra ``pip install 'varprop[dask]'``): the scheduler
     at ``ADDRESS`` (``tcp://host:8786``), or a :class:`distributed.LocalCluster` of one worker
@@ -29,34 +30,29 @@ left open for the caller to reuse).
 
 from __future__ import annotations
 
-import os
+import ctypes
+import sys
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from .._forked import usable_cpus
 from .errors import MonteCarloError
 
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "DaskExecutor", "executor_from", "parse_executor",
-           "EXECUTOR_NAMES", "one_blas_thread"]
+           "EXECUTOR_NAMES", "prepare_worker"]
 
 #: The executor names :func:`executor_from` accepts (with ``=N`` or ``=ADDRESS`` where shown).
 EXECUTOR_NAMES: tuple[str, ...] = ("auto", "serial", "processes[=N]", "dask[=ADDRESS]")
-
-
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 _BLAS_LIMIT: list = []  # the limit object of this worker process (kept: it is what holds the limit)
 
 
 def one_blas_thread() -> None:
-    """Limit this process's BLAS to one thread: the initializer of every local worker process.
+    """Limit this process's BLAS to one thread (every local worker process: :func:`prepare_worker`).
 
     Local workers already run one per core; numpy's BLAS (OpenBLAS here) would start a pool of a thread per
     core in each of them, whose threads spin waiting for work when the processes share the cores (about a
@@ -66,6 +62,43 @@ def one_blas_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     _BLAS_LIMIT.append(threadpool_limits(limits=1, user_api="blas"))
+
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Freed memory a worker keeps for reuse: more than one chunk's temporaries (a chunk holds about 2**20
+#: working floats, 8 MB; a block's draws as much again).
+_KEEP_FREED_BYTES = 256 << 20
+_MMAP_BYTES = 32 << 20  # glibc's own ceiling for its adaptive threshold
+
+
+def retain_freed_memory() -> bool:
+    """Make this process's allocator (glibc) keep freed memory for reuse rather than hand it back to the system.
+
+    A chunk frees its temporaries (megabytes at the default sizes) before the next chunk allocates the same
+    again. With glibc's defaults, whose adaptive thresholds follow the allocations seen so far, a worker
+    gave that memory back after each chunk and faulted it in again in the next, page by page: 2.8 million
+    page faults and 5 of the 10 seconds of system time of ``varprop check --all``'s workers
+    (``benchmarks/bench_engines.py`` measures the command). Fixing the thresholds (a chunk's temporaries come
+    from the heap, which is trimmed only beyond 256 MB free) removes them. Returns whether it applied
+    (``False`` off glibc, where nothing changes). Only worker processes varprop starts call it: a library
+    does not retune the allocator of its caller's process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES))
+
+
+def prepare_worker() -> None:
+    """The initializer of every local worker process: BLAS on one thread (:func:`one_blas_thread`) and an
+    allocator that keeps freed memory for the next chunk (:func:`retain_freed_memory`)."""
+    one_blas_thread()
+    retain_freed_memory()
 
 
 def _call(task: tuple) -> Any:
@@ -142,12 +175,12 @@ class ProcessExecutor(_Pooled):
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise MonteCarloError(f"processes needs a positive number of workers, got {workers!r}")
-        self.workers = workers or _cpus()
+        self.workers = workers or usable_cpus()
         self._pool: ProcessPoolExecutor | None = None
 
     def _submit(self, function: Callable, task: tuple) -> Any:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=one_blas_thread)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=prepare_worker)
         return self._pool.submit(_call, (function, task))
 
     def _result(self, handle: Any) -> Any:
@@ -180,7 +213,7 @@ class DaskExecutor(_Pooled):
         self._cluster = None
         try:
             if address is None:
-                self._cluster = LocalCluster(n_workers=workers or _cpus(), threads_per_worker=1, processes=True,
+                self._cluster = LocalCluster(n_workers=workers or usable_cpus(), threads_per_worker=1, processes=True,
                                              dashboard_address=None)
                 self._client = Client(self._cluster)
             else:
@@ -254,6 +287,6 @@ def executor_from(spec: Executor | str | None) -> Executor:
         return ProcessExecutor(int(argument) if argument else None)
     if name == "dask":
         return DaskExecutor(argument or None)
-    if name == "auto" and _cpus() > 1:
+    if name == "auto" and usable_cpus() > 1:
         return ProcessExecutor()
     return SerialExecutor()
