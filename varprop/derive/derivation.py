@@ -1002,7 +1002,15 @@ class Prose(str):
         return self
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return (Prose, (self.parts,))
+        return (_unpickled_prose, (str.__str__(self), self.parts))
+
+
+def _unpickled_prose(text: str, parts: tuple[str | sp.Basic, ...]) -> Prose:
+    """A :class:`Prose` from its pickled text and parts: the formulas are not printed again (printing is
+    most of what unpickling a derivation would cost, and derivations come back from worker processes)."""
+    self = str.__new__(Prose, text)
+    self.parts = parts
+    return self
 
 
 _SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?e[-+]\d+)(?![\w.])")
