@@ -11,11 +11,14 @@ mutation suite in the tests feeds deliberately wrong formulas through the same c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 
 import sympy as sp
 
+from ._forked import map_forked
 from .activations import activation
-from .claims import Claim, ClaimError, ClaimFamily
+from .claims import Claim, ClaimError, ClaimFamily, derive_families
 from .derive.gaussian import evaluate
 from .derive.propagate import derive
 from .network import (BatchNorm, Dense, Dropout, FixedInput, LayerNorm, Network, Nonlinearity, Residual, RMSNorm, cnn, conv,
@@ -88,26 +91,70 @@ def _entry(
     width: int = 8,
     sweep: Sequence[int] | None = None,
     finite_width: bool = False,
-) -> ClaimFamily:
+) -> _Entry:
     def build(n: int) -> Claim:
         network = network_at(n)
         at = layer(network) if callable(layer) else layer
         return claim_from_derivation(name, network, observable, at, source=source, description=description,
                                      finite_width=finite_width)
 
-    kind = build(width).exactness
-    if sweep is None:
-        sweep = _SWEEP if kind in ("asymptotic", "approximation") else _SMALL
-    if kind == "asymptotic":
-        width = max(width, *sweep)  # the claim's own width is the largest of its sweep
-    return ClaimFamily(name, description, build, width, tuple(sweep))
+    return _Entry(name, description, build, width, None if sweep is None else tuple(sweep))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A catalogue entry before its first derivation, which says what kind of claim it is (hence its sweep)."""
+
+    name: str
+    description: str
+    build: Callable[[int], Claim]
+    width: int
+    sweep: tuple[int, ...] | None  # None: the default for the kind of claim
+
+    def family(self, claims: Mapping[int, Claim]) -> ClaimFamily:
+        """The family, given its claims at some widths (at least ``width``, whose kind sets the sweep)."""
+        kind = claims[self.width].exactness
+        sweep = self.sweep
+        if sweep is None:
+            sweep = _SWEEP if kind in ("asymptotic", "approximation") else _SMALL
+        width = max(self.width, *sweep) if kind == "asymptotic" else self.width  # an asymptotic claim's own
+        # width is the largest of its sweep
+        family = ClaimFamily(self.name, self.description, self.build, width, tuple(sweep))
+        for n, claim in claims.items():
+            family.knowing(n, claim)
+        return family
+
+    def claims(self, sweeps: bool) -> dict[int, Claim]:
+        """The claims at ``width`` and, with ``sweeps``, at the family's own width and every width of its sweep."""
+        family = self.family({self.width: self.build(self.width)})
+        widths = (self.width, family.width, *family.sweep) if sweeps else (self.width,)
+        return {n: family.at(n) for n in widths}
+
+
+def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFamily]:
+    """The entries as families, their derivations (each entry's in one process, where they share sympy's and
+    varprop's caches) spread over forked processes; ``sweeps``: the claims at every width of the sweeps too."""
+    tasks = {entry: partial(entry.claims, sweeps) for entry in entries if isinstance(entry, _Entry)}
+    if sweeps:
+        tasks.update({entry: partial(_claims_at, entry, (entry.width, *entry.sweep))
+                      for entry in entries if isinstance(entry, ClaimFamily)})
+    claims = dict(zip(tasks, map_forked(list(tasks.values()))))
+    families = [entry.family(claims[entry]) if isinstance(entry, _Entry) else entry for entry in entries]
+    for entry in families:
+        for n, claim in claims.get(entry, {}).items():
+            entry.knowing(n, claim)
+    return families
+
+
+def _claims_at(family: ClaimFamily, widths: Sequence[int]) -> dict[int, Claim]:
+    return {n: family.at(n) for n in widths}
 
 
 def _last(network: Network) -> int:
     return network.depth
 
 
-def _catalogue() -> dict[str, ClaimFamily]:
+def _catalogue(sweeps: bool = False) -> dict[str, ClaimFamily]:
     relu = activation("relu")
     leaky = activation("leaky_relu", a=sp.Rational(1, 5))
     entries = [
@@ -186,10 +233,10 @@ def _catalogue() -> dict[str, ClaimFamily]:
         *_normaliser_entries(),
         *_batchnorm_entries(),
     ]
-    return {entry.name: entry for entry in entries}
+    return {entry.name: entry for entry in _families(entries, sweeps)}
 
 
-def _correlation_entries() -> list[ClaimFamily]:
+def _correlation_entries() -> list[_Entry]:
     """Correlations of a pair of fixed inputs through the same network (Poole et al. 2016; Schoenholz et al. 2017).
 
     Place ``act{k}`` is position ``2k - 1`` of an MLP (dense1, act1, dense2, act2, ...).
@@ -241,7 +288,7 @@ def residual_network(n: int, blocks: int, alpha: object, inputs: FixedInput | No
     return Network(layers, inputs) if inputs is not None else Network(layers)
 
 
-def _residual_entries() -> list[ClaimFamily]:
+def _residual_entries() -> list[_Entry]:
     """Residual blocks (He et al. 2016): the forward recursion v_{l+1} = v_l (1 + 2 alpha^2), and the backward one."""
     blocks = RESIDUAL_BLOCKS
     scaled = 1 / sp.sqrt(blocks)
@@ -263,7 +310,7 @@ def _residual_entries() -> list[ClaimFamily]:
     ]
 
 
-def _dropout_entries() -> list[ClaimFamily]:
+def _dropout_entries() -> list[_Entry]:
     """Inverted dropout at initialisation (keep probability p): E[y^2] = E[x^2]/p, forward and backward."""
     keep = sp.Rational(4, 5)
     relu = activation("relu")
@@ -289,7 +336,7 @@ def _dropout_entries() -> list[ClaimFamily]:
     ]
 
 
-def _convolution_entries() -> list[ClaimFamily]:
+def _convolution_entries() -> list[_Entry]:
     """Convolutions (:mod:`varprop.derive.convolution`), indexed by their channel count n.
 
     Every observable covers all units of the layer, border positions included; small spatial sizes
@@ -315,7 +362,7 @@ def _convolution_entries() -> list[ClaimFamily]:
     ]
 
 
-def _normaliser_entries() -> list[ClaimFamily]:
+def _normaliser_entries() -> list[_Entry]:
     """LayerNorm and RMSNorm (PyTorch's layers at initialisation): exact where the normalisation makes it exact.
 
     Place ``rmsnorm1``/``layernorm1`` is position 1 of ``dense, norm, relu, dense`` and position 0 of
@@ -354,7 +401,7 @@ def _normaliser_entries() -> list[ClaimFamily]:
     ]
 
 
-def _batchnorm_entries() -> list[ClaimFamily]:
+def _batchnorm_entries() -> list[_Entry]:
     """BatchNorm in training mode over a batch of 8 (4 on the input): exact where the normalisation makes it exact.
 
     ``batchnorm1`` is position 3 of ``dense, relu, dense, batchnorm``; on the Gaussian input
@@ -407,14 +454,26 @@ def _glorot_tanh() -> ClaimFamily:
 class _Catalogue(Mapping[str, ClaimFamily]):
     """The named claims, built (each derived) on first use rather than at import."""
 
-    def __init__(self, build: Callable[[], dict[str, ClaimFamily]]) -> None:
+    def __init__(self, build: Callable[[bool], dict[str, ClaimFamily]]) -> None:
         self._build = build
         self._entries: dict[str, ClaimFamily] | None = None
 
     def _loaded(self) -> dict[str, ClaimFamily]:
         if self._entries is None:
-            self._entries = self._build()
+            self._entries = self._build(False)
         return self._entries
+
+    def with_sweeps(self) -> list[ClaimFamily]:
+        """Every family, derived at its own width and at every width of its sweep (what checking them all needs).
+
+        Loading them so is faster than deriving the sweeps later: an entry's widths are derived in one process,
+        where they share the caches of its first derivation (see :func:`varprop._forked.map_forked`).
+        """
+        if self._entries is None:
+            self._entries = self._build(True)
+        else:
+            derive_families((f, n) for f in self._entries.values() for n in (f.width, *f.sweep))
+        return list(self._entries.values())
 
     def __getitem__(self, name: str) -> ClaimFamily:
         return self._loaded()[name]
@@ -427,7 +486,7 @@ class _Catalogue(Mapping[str, ClaimFamily]):
 
 
 #: The named claim families, by name (built on first use).
-CATALOGUE: Mapping[str, ClaimFamily] = _Catalogue(_catalogue)
+CATALOGUE: _Catalogue = _Catalogue(_catalogue)
 
 
 def family(name: str) -> ClaimFamily:

@@ -26,13 +26,15 @@ sweeps. This module holds data only; it imports neither :mod:`varprop.derive` no
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import sympy as sp
 
 from typing import TYPE_CHECKING
 
+from ._forked import map_forked
 from ._numeric import finite_float
 from .errors import VarpropError
 from .network import Network
@@ -41,7 +43,7 @@ from .observables import LEGACY_NAMES, Observable, ObservableError, from_name, l
 if TYPE_CHECKING:  # pragma: no cover
     from .derive.derivation import Derivation
 
-__all__ = ["EXACTNESS", "OBSERVABLES", "ClaimError", "Claim", "ClaimFamily"]
+__all__ = ["EXACTNESS", "OBSERVABLES", "ClaimError", "Claim", "ClaimFamily", "derive_families"]
 
 #: Exactness classes, strongest first (the same tuple as :data:`varprop.derive.EXACTNESS`).
 EXACTNESS: tuple[str, ...] = ("exact", "gaussian-exact", "asymptotic", "approximation")
@@ -221,3 +223,19 @@ class ClaimFamily:
         if n not in self._built:
             self._built[n] = self.build(n)
         return self._built[n]
+
+    def knowing(self, width: int, claim: Claim) -> ClaimFamily:
+        """This family, told its claim at ``width`` (already built by ``build(width)``, elsewhere); returns itself."""
+        self._built.setdefault(width, claim)
+        return self
+
+
+def derive_families(wanted: Iterable[tuple[ClaimFamily, int]]) -> None:
+    """Build each family's claim at each width not built yet, the derivations spread over forked processes.
+
+    Afterwards :meth:`ClaimFamily.at` returns them without deriving (see :func:`varprop._forked.map_forked`).
+    """
+    missing = [(family, n) for family, n in dict.fromkeys(wanted) if n not in family._built]
+    claims = map_forked([partial(family.build, n) for family, n in missing])
+    for (family, n), claim in zip(missing, claims):
+        family.knowing(n, claim)

@@ -354,7 +354,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.all:
         if args.target is not None:
             raise _UsageError(f"give either --all or a claim name / FILE.toml, not both (got {args.target!r})")
-        targets = list(CATALOGUE.values())
+        targets = CATALOGUE.with_sweeps()
         laws = list(law_claims())
     elif args.target is None:
         raise _UsageError("give a claim name, a FILE.toml or --all (varprop check --list shows the names)")
