@@ -61,12 +61,13 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.special import ndtr
 
-from ..claims import Claim, ClaimFamily
+from ..claims import Claim, ClaimFamily, derive_families
 from ..errors import VarpropError, abbreviate
 from ..network import Network
 from ..observables import Observable, from_name
@@ -629,9 +630,12 @@ def check_family(
     jobs = [_plan(t, i, width) for i, t in enumerate(targets)]
     if not jobs and not law_claims:
         raise MonteCarloError("nothing to check: give at least one claim")
-    law_tests = laws.law_tests(law_claims, seed=seed)
-    tests = sum(_test_count(job) for job in jobs) + 2 * len(law_tests)
+    # Every claim at every width of its sweep, derived at once on the CPUs the sampling will use next.
+    derive_families((job.family, n) for job in jobs if job.family is not None for n in job.widths)
+    law_claims = laws.checked_law_claims(law_claims)
+    tests = sum(_test_count(job) for job in jobs) + 2 * len(law_claims)
     if not jobs:
+        law_tests = laws.law_tests(law_claims, seed=seed)
         rejected = holm(laws.law_p_values(law_tests), alpha)
         return FamilyResult([], laws.verdicts_from_holm(law_tests, rejected, family=tests, alpha=alpha), tests)
     z_plan = holm_critical_values(alpha, max(tests, 1))[0]
@@ -656,10 +660,10 @@ def check_family(
     engines = {network: _engine_for(network, [i.claim for i in members], engine) for network, members in groups.items()}
     caps = {network: _cap(network, max_samples, max_floats, engines[network]) for network in groups}
     with executor_from(executor) as runner:
-        results, law_rejected = _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed,
+        results, law_tests, law_rejected = _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed,
                                                   margin=margin, z_plan=z_plan, rtol=rtol, alpha=alpha, atol=atol,
                                                   tests=tests, power=power, progress=progress,
-                                                  extra_p_values=laws.law_p_values(law_tests))
+                                                  law_claims=law_claims)
     return FamilyResult(results, laws.verdicts_from_holm(law_tests, law_rejected, family=tests, alpha=alpha), tests)
 
 
@@ -720,14 +724,43 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
                       samples: int | None, seed: int, margin: float, z_plan: float, rtol: float, alpha: float,
                       atol: float | None, tests: int, power: float,
                       progress: Callable[[str, int, int], None] | None,
-                      extra_p_values: Sequence[float] = ()) -> tuple[list[CheckResult], list[bool]]:
-    """Pilots (for the sizes), the main samples of every network, and the verdicts; ``extra_p_values`` (the law
-    claims') join the Holm family, and their decisions are returned with the results."""
+                      law_claims: Sequence[laws.LawClaim] = ()
+                      ) -> tuple[list[CheckResult], list[laws.LawTest], list[bool]]:
+    """Pilots (for the sizes), the main samples of every network, and the verdicts.
+
+    The law claims' tests (:func:`~varprop.montecarlo.laws.law_tests`) run on a thread of this process while
+    the workers sample (this process mostly waits for them meanwhile); their p-values join the Holm family,
+    and the tests and their decisions are returned with the results. The thread starts once the workers
+    exist (after the pilots, or with the first sample), so no worker is forked from a process running it.
+    """
+    with ThreadPoolExecutor(max_workers=1) as background:
+        law_work: list[Future] = []
+
+        def start_law_tests() -> None:
+            if law_claims and not law_work:
+                law_work.append(background.submit(laws.law_tests, law_claims, seed=seed))
+
+        results, extra_rejected = _sample_and_judge_moments(
+            jobs, items, groups, engines, caps, runner, samples=samples, seed=seed, margin=margin, z_plan=z_plan,
+            rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power, progress=progress,
+            started=start_law_tests, law_p_values=lambda: laws.law_p_values(law_work[0].result()) if law_work else [])
+        return results, law_work[0].result() if law_work else [], extra_rejected
+
+
+def _sample_and_judge_moments(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]],
+                              engines: Mapping[Network, Engine], caps: Mapping[Network, int], runner: Executor, *,
+                              samples: int | None, seed: int, margin: float, z_plan: float, rtol: float,
+                              alpha: float, atol: float | None, tests: int, power: float,
+                              progress: Callable[[str, int, int], None] | None, started: Callable[[], None],
+                              law_p_values: Callable[[], Sequence[float]]) -> tuple[list[CheckResult], list[bool]]:
+    """:func:`_sample_and_judge`'s moment claims: ``started()`` is called once the workers run, and the
+    ``law_p_values()`` join the Holm family (their decisions come back with the results)."""
     wanted: dict[tuple[int, int], int] = {}
     piloted = 0
     if samples is None:
         wanted = _plan_counts(jobs, items, groups, seed=seed, margin=margin, z_plan=z_plan, caps=caps,
                               engines=engines, runner=runner, progress=progress)
+        started()
         counts = {network: int(min(caps[network], max(_PILOT, *(wanted[i.job, i.position] for i in members))))
                   for network, members in groups.items()}
         piloted = _PILOT * len(groups)
@@ -742,6 +775,7 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
                                       _networks_progress(progress, members[0].claim.name, piloted, total)))
         piloted += counts[network]
     for (network, members), drawn in zip(groups.items(), sample_each(requests, executor=runner)):
+        started()
         by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
         for item in members:
             observable = _observable(item.claim, network)
@@ -758,7 +792,7 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
         for j, job in enumerate(jobs)
     ]
     results, extra_rejected = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
-                                     engines=engines, extra_p_values=extra_p_values)
+                                     engines=engines, extra_p_values=law_p_values())
     return [laws.annotate(result)  # a heavy-tailed moment left INCONCLUSIVE: what can be checked instead
             for result in results], extra_rejected
 
