@@ -6,6 +6,11 @@ The Dask test runs a LocalCluster of two worker processes (CI must install the `
 
 from __future__ import annotations
 
+import inspect
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -125,3 +130,42 @@ def test_local_workers_run_blas_on_one_thread_and_leave_this_process_alone():
     with ProcessExecutor(2) as runner:
         assert list(runner.map(_blas_threads, [(), ()])) == [1, 1]
     assert _blas_threads() == before
+
+
+_ROUNDS = 200
+_TEMPORARIES = (200_000, 150_000, 300_000)  # floats: a chunk's temporaries, of the sizes a small chunk frees
+_PAGES_PER_ROUND = sum(_TEMPORARIES) * 8 // 4096
+
+
+def _page_faults_over_chunks() -> int:
+    """Page faults while a chunk's temporaries are allocated and freed again and again (after a warm-up)."""
+    import resource
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    for _ in range(3):
+        arrays = [np.ones(n) for n in _TEMPORARIES]
+        del arrays
+    before = faults()
+    for _ in range(_ROUNDS):
+        arrays = [np.ones(n) for n in _TEMPORARIES]
+        del arrays
+    return faults() - before
+
+
+_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _GLIBC, reason="the allocator setting is glibc's")
+def test_local_workers_keep_the_memory_a_chunk_frees():
+    # Returned to the system after each round, the temporaries would be faulted in again, page by page, every
+    # round: more faults than one round's pages. Kept, they cost none after the warm-up.
+    with ProcessExecutor(2) as runner:
+        assert all(count < _PAGES_PER_ROUND for count in runner.map(_page_faults_over_chunks, [(), ()]))
+    # The same rounds in a fresh process with glibc's own settings fault most of every round's pages in again
+    # (the test's power).
+    code = (f"import numpy as np, resource\n{inspect.getsource(_page_faults_over_chunks)}\n"
+            f"_ROUNDS, _TEMPORARIES = {_ROUNDS}, {_TEMPORARIES}\nprint(_page_faults_over_chunks())")
+    default = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert default > _ROUNDS * _PAGES_PER_ROUND // 2
