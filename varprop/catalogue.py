@@ -139,10 +139,14 @@ def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFa
         tasks.update({entry: partial(_claims_at, entry, (entry.width, *entry.sweep))
                       for entry in entries if isinstance(entry, ClaimFamily)})
     claims = dict(zip(tasks, map_forked(list(tasks.values()))))
-    families = [entry.family(claims[entry]) if isinstance(entry, _Entry) else entry for entry in entries]
-    for entry in families:
-        for n, claim in claims.get(entry, {}).items():
-            entry.knowing(n, claim)
+    families = []
+    for entry in entries:
+        if isinstance(entry, _Entry):
+            families.append(entry.family(claims[entry]))
+        else:
+            for n, claim in claims.get(entry, {}).items():
+                entry.knowing(n, claim)
+            families.append(entry)
     return families
 
 

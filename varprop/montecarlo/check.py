@@ -660,10 +660,9 @@ def check_family(
     engines = {network: _engine_for(network, [i.claim for i in members], engine) for network, members in groups.items()}
     caps = {network: _cap(network, max_samples, max_floats, engines[network]) for network in groups}
     with executor_from(executor) as runner:
-        results, law_tests, law_rejected = _sample_and_judge(jobs, items, groups, engines, caps, runner, samples=samples, seed=seed,
-                                                  margin=margin, z_plan=z_plan, rtol=rtol, alpha=alpha, atol=atol,
-                                                  tests=tests, power=power, progress=progress,
-                                                  law_claims=law_claims)
+        results, law_tests, law_rejected = _sample_and_judge(
+            jobs, items, groups, engines, caps, runner, samples=samples, seed=seed, margin=margin, z_plan=z_plan,
+            rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power, progress=progress, law_claims=law_claims)
     return FamilyResult(results, laws.verdicts_from_holm(law_tests, law_rejected, family=tests, alpha=alpha), tests)
 
 

@@ -77,12 +77,12 @@ def retain_freed_memory() -> bool:
 
     A chunk frees its temporaries (megabytes at the default sizes) before the next chunk allocates the same
     again. With glibc's defaults, whose adaptive thresholds follow the allocations seen so far, a worker
-    gave that memory back after each chunk and faulted it in again in the next, page by page: 2.8 million
-    page faults and 5 of the 10 seconds of system time of ``varprop check --all``'s workers
-    (``benchmarks/bench_engines.py`` measures the command). Fixing the thresholds (a chunk's temporaries come
-    from the heap, which is trimmed only beyond 256 MB free) removes them. Returns whether it applied
-    (``False`` off glibc, where nothing changes). Only worker processes varprop starts call it: a library
-    does not retune the allocator of its caller's process.
+    that writes its samples into shared files (so its own heap stays small) gave that memory back after
+    each chunk and faulted it in again in the next, page by page: most of the system time of ``varprop
+    check --all``'s workers, which ``tests/montecarlo/test_executors.py`` reproduces on a small pattern.
+    With fixed thresholds a chunk's temporaries come from the heap, which is trimmed only beyond
+    ``_KEEP_FREED_BYTES`` free. Returns whether it applied (``False`` off glibc, where nothing changes).
+    Only worker processes varprop starts call it: a library does not retune its caller's allocator.
     """
     if not sys.platform.startswith("linux"):
         return False
