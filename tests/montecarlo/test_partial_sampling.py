@@ -79,6 +79,8 @@ def test_what_was_not_recorded_is_refused_not_read_as_nan():
         with pytest.raises(MonteCarloError, match="did not record"):
             estimate(forward, observable)
     assert np.isnan(forward.per_position["signal_second_moment"][:, 5]).all()  # kept out of reach, not zero
+    for gradient in ("gradient_mean", "gradient_second_moment"):  # no gradient recorded: rows never written
+        assert np.isnan(forward.per_position[gradient]).all() and not forward.per_position[gradient].flags.writeable
     assert forward.finite.all()  # the values not recorded take no part in which networks are finite
     backward = sample(network, 200, seed=1, engine="conditional", observables=[SecondMoment(Gradient(2))])
     with pytest.raises(MonteCarloError, match="gradient at position 1"):

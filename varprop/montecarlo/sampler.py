@@ -801,7 +801,7 @@ def samples_from(plan: _Plan, job: SampleJob, sums: np.ndarray, flags: np.ndarra
     """The :class:`Samples` of finished per-network averages ``sums`` and ``flags`` (taken over, not copied;
     shapes ``(rows, positions + 1, networks)`` and ``(3, positions + 1, networks)``)."""
     network = plan.network
-    per_position = _per_position(plan, sums)
+    per_position = _per_position(plan, sums, job.extent)
     health = _health(network, flags.transpose(0, 2, 1))
     return Samples(
         network=network,
@@ -838,38 +838,59 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
     squares = sums[SIG_SQ]
     np.divide(squares, squares[:1], out=sums[NORM])
     widths = plan.widths[:, None]
-    sums[SIG_SUM : GRAD_SQ + 1] /= widths
+    sums[SIG_SUM : SIG_SQ + 1] /= widths
+    if _records_gradients(extent):
+        sums[GRAD_SUM : GRAD_SQ + 1] /= widths
     if plan.paired:
         sums[SIG_PSQ:] /= widths
     np.equal(squares, 0, out=flags[2])
-    if not np.isfinite(sums).all():  # classify only the networks with some non-finite value
-        bad = np.flatnonzero(~np.isfinite(sums).all(axis=(0, 1)))
-        values = sums[..., bad]
-        nan = np.isnan(values).any(axis=0)
+    parts = [sums[rows] for rows in _written_rows(extent)]
+    if not all(np.isfinite(part).all() for part in parts):  # classify only the networks with some non-finite value
+        bad = np.flatnonzero(~np.logical_and.reduce([np.isfinite(part).all(axis=(0, 1)) for part in parts]))
+        nan = np.logical_or.reduce([np.isnan(part[..., bad]).any(axis=0) for part in parts])
+        inf = np.logical_or.reduce([np.isinf(part[..., bad]).any(axis=0) for part in parts])
         flags[0][:, bad] = nan
-        flags[1][:, bad] = np.isinf(values).any(axis=0) & ~nan
+        flags[1][:, bad] = inf & ~nan
     for cells in unrecorded:
         sums[cells] = np.nan
     if extent is not None:
         flags[:, extent[0] + 2:] = False  # nothing recorded above the top signal
 
 
+def _records_gradients(extent: tuple[int, int | None] | None) -> bool:
+    """Whether a sample of this extent records any gradient (else its gradient rows are never written)."""
+    return extent is None or extent[1] is not None
+
+
+def _written_rows(extent: tuple[int, int | None] | None) -> list[slice]:
+    """The rows of a chunk's sums that are written: all of them, or all but the gradient rows of a sample
+    that records no gradient. Those are never touched, not even to be marked NaN: their memory (a shared
+    file's pages in a worker) is never faulted in, and :func:`_per_position` reads them as NaN."""
+    return [slice(None)] if _records_gradients(extent) else [slice(SIG_SUM, SIG_SQ + 1), slice(NORM, None)]
+
+
 def _unrecorded(extent: tuple[int, int | None] | None, paired: bool) -> list[tuple]:
-    """Index expressions into a chunk's sums, shape ``(rows, positions + 1, networks)``, of the values
+    """Index expressions into a chunk's sums, shape ``(rows, positions + 1, networks)``, of the written values
     ``extent`` leaves out: the signal statistics above position ``top``, the gradient ones below ``bottom``."""
     if extent is None:
         return []
     top, bottom = extent
     signals = [SIG_SUM, SIG_SQ, NORM] + ([SIG_PSQ, SIG_CROSS] if paired else [])
-    return [(signals, slice(top + 2, None)),
-            (slice(GRAD_SUM, GRAD_SQ + 1), slice(None if bottom is None else bottom + 1))]
+    cells = [(signals, slice(top + 2, None))]
+    if bottom is not None:
+        cells.append((slice(GRAD_SUM, GRAD_SQ + 1), slice(bottom + 1)))
+    return cells
 
 
-def _per_position(plan: _Plan, sums: np.ndarray) -> dict[str, np.ndarray]:
+def _per_position(plan: _Plan, sums: np.ndarray, extent: tuple[int, int | None] | None = None
+                  ) -> dict[str, np.ndarray]:
     """The per-position arrays, shape ``(T, positions + 1)``, read-only: the rows of ``sums`` (shape ``(rows,
-    positions + 1, T)``) transposed, so that one position's values are contiguous."""
+    positions + 1, T)``) transposed, so that one position's values are contiguous; the gradient rows of a
+    sample that records no gradient (never written) read as NaN, from a constant that takes no memory."""
     names = PER_POSITION if plan.paired else tuple(n for n in PER_POSITION if n not in _PAIRED_ONLY)
-    return {name: _read_only(sums[row].T) for row, name in enumerate(names)}
+    unwritten = () if _records_gradients(extent) else (GRAD_SUM, GRAD_SQ)
+    return {name: _read_only(np.broadcast_to(np.nan, sums[row].T.shape) if row in unwritten else sums[row].T)
+            for row, name in enumerate(names)}
 
 
 def _columns(network: Network, offset: int) -> slice | list[int]:
