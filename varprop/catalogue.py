@@ -98,7 +98,7 @@ def _entry(
         return claim_from_derivation(name, network, observable, at, source=source, description=description,
                                      finite_width=finite_width)
 
-    return _Entry(name, description, build, width, None if sweep is None else tuple(sweep))
+    return _Entry(name, description, build, width, None if sweep is None else tuple(sweep), network_at)
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ class _Entry:
     build: Callable[[int], Claim]
     width: int
     sweep: tuple[int, ...] | None  # None: the default for the kind of claim
+    network_at: Callable[[int], Network]  # the network build(n) derives for
 
     def family(self, claims: Mapping[int, Claim]) -> ClaimFamily:
         """The family, given its claims at some widths (at least ``width``, whose kind sets the sweep)."""
@@ -132,22 +133,32 @@ class _Entry:
 
 
 def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFamily]:
-    """The entries as families, their derivations (each entry's in one process, where they share sympy's and
-    varprop's caches) spread over forked processes; ``sweeps``: the claims at every width of the sweeps too."""
-    tasks = {entry: partial(entry.claims, sweeps) for entry in entries if isinstance(entry, _Entry)}
-    if sweeps:
-        tasks.update({entry: partial(_claims_at, entry, (entry.width, *entry.sweep))
-                      for entry in entries if isinstance(entry, ClaimFamily)})
-    claims = dict(zip(tasks, map_forked(list(tasks.values()))))
+    """The entries as families, derived in forked processes; ``sweeps``: the claims at every width of the sweeps too.
+
+    The entries about the same network are derived in one process, and so are all the widths of an entry:
+    there they share the derivations that sympy's and varprop's caches keep (split over processes, the
+    sweeps alone took 2.6 s instead of 1.6 s).
+    """
+    groups: dict[object, list[_Entry | ClaimFamily]] = {}
+    for entry in entries:
+        groups.setdefault(entry.network_at(entry.width) if isinstance(entry, _Entry) else entry.name, []).append(entry)
+    derived = map_forked([partial(_group_claims, group, sweeps) for group in groups.values()])
+    claims = {entry: known for group, results in zip(groups.values(), derived) for entry, known in zip(group, results)}
     families = []
     for entry in entries:
         if isinstance(entry, _Entry):
             families.append(entry.family(claims[entry]))
         else:
-            for n, claim in claims.get(entry, {}).items():
+            for n, claim in claims[entry].items():
                 entry.knowing(n, claim)
             families.append(entry)
     return families
+
+
+def _group_claims(group: list[_Entry | ClaimFamily], sweeps: bool) -> list[dict[int, Claim]]:
+    """Each entry's claims: at its first width, and with ``sweeps`` at every width of its family's sweep."""
+    return [entry.claims(sweeps) if isinstance(entry, _Entry) else
+            _claims_at(entry, (entry.width, *entry.sweep)) if sweeps else {} for entry in group]
 
 
 def _claims_at(family: ClaimFamily, widths: Sequence[int]) -> dict[int, Claim]:
