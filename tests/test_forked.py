@@ -20,6 +20,7 @@ import sympy as sp
 from varprop import _forked
 from varprop._forked import map_forked
 from varprop.catalogue import CATALOGUE, claim_from_derivation
+from varprop import claims as claims_module
 from varprop.claims import ClaimFamily, derive_families
 from varprop.derive.derivation import prose
 from varprop.network import mlp
@@ -74,11 +75,11 @@ def test_the_task_list_is_not_left_behind():
     assert _forked._TASKS == ()
 
 
-def _family() -> ClaimFamily:
+def _family(name: str, activation: str) -> ClaimFamily:
     def build(n: int):
-        return claim_from_derivation("relu-he", mlp([n, n, n], "relu", he()), "y_second_moment", 2)
+        return claim_from_derivation(name, mlp([n, n, n], activation, he()), "y_second_moment", 2)
 
-    return ClaimFamily("relu-he", "relu net, He init, second layer", build, 8, (2, 4, 8))
+    return ClaimFamily(name, f"{activation} net, He init, second layer", build, 8, (2, 4, 8))
 
 
 def _derivation_json(claim) -> str:
@@ -87,13 +88,23 @@ def _derivation_json(claim) -> str:
 
 @needs_fork
 def test_derive_families_gives_the_claims_derived_here():
-    forked, here = _family(), _family()
-    derive_families([(forked, n) for n in (2, 4, 8)] + [(forked, 4)])  # a repeated width is derived once
-    assert sorted(forked._built) == [2, 4, 8]  # at() now returns them without deriving
-    for n in (2, 4, 8):
-        claim, expected = forked.at(n), here.at(n)
-        assert claim == expected and claim.prediction == expected.prediction
-        assert _derivation_json(claim) == _derivation_json(expected)
+    forked = [_family("relu-he", "relu"), _family("tanh-he", "tanh")]  # two families: two forked tasks
+    here = [_family("relu-he", "relu"), _family("tanh-he", "tanh")]
+    derive_families([(family, n) for family in forked for n in (2, 4, 8)] + [(forked[0], 4)])  # 4 derived once
+    for family, expected_family in zip(forked, here):
+        assert sorted(family._built) == [2, 4, 8]  # at() now returns them without deriving
+        for n in (2, 4, 8):
+            claim, expected = family.at(n), expected_family.at(n)
+            assert claim == expected and claim.prediction == expected.prediction
+            assert _derivation_json(claim) == _derivation_json(expected)
+
+
+def test_a_familys_widths_are_derived_in_one_process(monkeypatch):
+    # Its later widths reuse the caches of the first: one task per family, run here when there is one family.
+    tasks_seen = []
+    monkeypatch.setattr(claims_module, "map_forked", lambda tasks: tasks_seen.append(len(tasks)) or map_forked(tasks))
+    derive_families([(_family("relu-he", "relu"), n) for n in (2, 4, 8)])
+    assert tasks_seen == [1]
 
 
 def test_the_catalogue_with_sweeps_needs_no_more_derivation():

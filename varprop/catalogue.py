@@ -158,11 +158,7 @@ def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFa
 def _group_claims(group: list[_Entry | ClaimFamily], sweeps: bool) -> list[dict[int, Claim]]:
     """Each entry's claims: at its first width, and with ``sweeps`` at every width of its family's sweep."""
     return [entry.claims(sweeps) if isinstance(entry, _Entry) else
-            _claims_at(entry, (entry.width, *entry.sweep)) if sweeps else {} for entry in group]
-
-
-def _claims_at(family: ClaimFamily, widths: Sequence[int]) -> dict[int, Claim]:
-    return {n: family.at(n) for n in widths}
+            {n: entry.at(n) for n in (entry.width, *entry.sweep)} if sweeps else {} for entry in group]
 
 
 def _last(network: Network) -> int:

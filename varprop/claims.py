@@ -231,11 +231,23 @@ class ClaimFamily:
 
 
 def derive_families(wanted: Iterable[tuple[ClaimFamily, int]]) -> None:
-    """Build each family's claim at each width not built yet, the derivations spread over forked processes.
+    """Build each family's claim at each width not built yet, the families spread over forked processes.
 
-    Afterwards :meth:`ClaimFamily.at` returns them without deriving (see :func:`varprop._forked.map_forked`).
+    A family's widths are derived in one process, one after the other: the later ones reuse what the
+    caches kept of the first (a family's sweep split over processes cost more in all). Afterwards
+    :meth:`ClaimFamily.at` returns them without deriving (see :func:`varprop._forked.map_forked`).
     """
-    missing = [(family, n) for family, n in dict.fromkeys(wanted) if n not in family._built]
-    claims = map_forked([partial(family.build, n) for family, n in missing])
-    for (family, n), claim in zip(missing, claims):
-        family.knowing(n, claim)
+    missing: dict[int, tuple[ClaimFamily, list[int]]] = {}  # by identity: equal families may build differently
+    for family, n in wanted:
+        widths = missing.setdefault(id(family), (family, []))[1]
+        if n not in family._built and n not in widths:
+            widths.append(n)
+    tasks = [(family, widths) for family, widths in missing.values() if widths]
+    derived = map_forked([partial(_claims_at, family, widths) for family, widths in tasks])
+    for (family, _), claims in zip(tasks, derived):
+        for n, claim in claims.items():
+            family.knowing(n, claim)
+
+
+def _claims_at(family: ClaimFamily, widths: Iterable[int]) -> dict[int, Claim]:
+    return {n: family.at(n) for n in widths}
