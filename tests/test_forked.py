@@ -103,8 +103,9 @@ def test_a_familys_widths_are_derived_in_one_process(monkeypatch):
     # Its later widths reuse the caches of the first: one task per family, run here when there is one family.
     tasks_seen = []
     monkeypatch.setattr(claims_module, "map_forked", lambda tasks: tasks_seen.append(len(tasks)) or map_forked(tasks))
-    derive_families([(_family("relu-he", "relu"), n) for n in (2, 4, 8)])
-    assert tasks_seen == [1]
+    family = _family("relu-he", "relu")
+    derive_families([(family, n) for n in (2, 4, 8)])
+    assert tasks_seen == [1] and sorted(family._built) == [2, 4, 8]
 
 
 def test_the_catalogue_with_sweeps_needs_no_more_derivation():
