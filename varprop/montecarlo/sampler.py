@@ -830,7 +830,9 @@ def _finish_chunk(plan: _Plan, sums: np.ndarray, flags: np.ndarray,
     network and position, whether any recorded value is NaN, is ``inf`` (and none NaN), and whether
     the signal is identically zero. Done chunk by chunk while the data are in cache; every operation
     is elementwise, so the result does not depend on the chunk. Values outside ``extent``
-    (:func:`~varprop.montecarlo.engines.run_chunk` leaves them unwritten) are flagged nowhere and set to NaN.
+    (:func:`~varprop.montecarlo.engines.run_chunk` leaves them unwritten) are flagged nowhere and set to NaN,
+    but for the gradient rows of a sample that records no gradient, which are not touched at all
+    (:func:`_written_rows`).
     """
     unrecorded = _unrecorded(extent, plan.paired)
     for cells in unrecorded:
