@@ -736,64 +736,52 @@ def _sample_and_judge(jobs: list[_Job], items: list[_Item], groups: Mapping[Netw
         law_work: list[Future] = []
 
         def start_law_tests() -> None:
-            if law_claims and not law_work:
+            if not law_work:
                 law_work.append(background.submit(laws.law_tests, law_claims, seed=seed))
 
-        results, extra_rejected = _sample_and_judge_moments(
-            jobs, items, groups, engines, caps, runner, samples=samples, seed=seed, margin=margin, z_plan=z_plan,
-            rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power, progress=progress,
-            started=start_law_tests, law_p_values=lambda: laws.law_p_values(law_work[0].result()) if law_work else [])
-        return results, law_work[0].result() if law_work else [], extra_rejected
-
-
-def _sample_and_judge_moments(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]],
-                              engines: Mapping[Network, Engine], caps: Mapping[Network, int], runner: Executor, *,
-                              samples: int | None, seed: int, margin: float, z_plan: float, rtol: float,
-                              alpha: float, atol: float | None, tests: int, power: float,
-                              progress: Callable[[str, int, int], None] | None, started: Callable[[], None],
-                              law_p_values: Callable[[], Sequence[float]]) -> tuple[list[CheckResult], list[bool]]:
-    """:func:`_sample_and_judge`'s moment claims: ``started()`` is called once the workers run, and the
-    ``law_p_values()`` join the Holm family (their decisions come back with the results)."""
-    wanted: dict[tuple[int, int], int] = {}
-    piloted = 0
-    if samples is None:
-        wanted = _plan_counts(jobs, items, groups, seed=seed, margin=margin, z_plan=z_plan, caps=caps,
-                              engines=engines, runner=runner, progress=progress)
-        started()
-        counts = {network: int(min(caps[network], max(_PILOT, *(wanted[i.job, i.position] for i in members))))
-                  for network, members in groups.items()}
-        piloted = _PILOT * len(groups)
-    else:
-        counts = {network: samples for network in groups}
-    total = piloted + sum(counts.values())
-    measured: dict[tuple[int, int], tuple[Estimate, dict[str, float], str]] = {}
-    requests = []
-    for network, members in groups.items():
-        requests.append(SampleRequest(network, counts[network], _seed(seed, network, 1), engines[network],
-                                      _observables(members, network),
-                                      _networks_progress(progress, members[0].claim.name, piloted, total)))
-        piloted += counts[network]
-    for (network, members), drawn in zip(groups.items(), sample_each(requests, executor=runner)):
-        started()
-        by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}  # claims about one tensor share it
-        for item in members:
-            observable = _observable(item.claim, network)
-            if observable not in by_observable:
-                by_observable[observable] = _measure_one(drawn, observable, z_plan)
-            est, shared, note = by_observable[observable]
-            state = dict(shared)
-            state["cap"] = caps[network]
-            state["planned"] = wanted.get((item.job, item.position), counts[network])
-            measured[item.job, item.position] = (est, state, note)
-    claims = {(item.job, item.position): item.claim for item in items}
-    raw = [
-        [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
-        for j, job in enumerate(jobs)
-    ]
-    results, extra_rejected = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
-                                     engines=engines, extra_p_values=law_p_values())
-    return [laws.annotate(result)  # a heavy-tailed moment left INCONCLUSIVE: what can be checked instead
-            for result in results], extra_rejected
+        wanted: dict[tuple[int, int], int] = {}
+        piloted = 0
+        if samples is None:
+            wanted = _plan_counts(jobs, items, groups, seed=seed, margin=margin, z_plan=z_plan, caps=caps,
+                                  engines=engines, runner=runner, progress=progress)
+            start_law_tests()
+            counts = {network: int(min(caps[network], max(_PILOT, *(wanted[i.job, i.position] for i in members))))
+                      for network, members in groups.items()}
+            piloted = _PILOT * len(groups)
+        else:
+            counts = {network: samples for network in groups}
+        total = piloted + sum(counts.values())
+        measured: dict[tuple[int, int], tuple[Estimate, dict[str, float], str]] = {}
+        requests = []
+        for network, members in groups.items():
+            requests.append(SampleRequest(network, counts[network], _seed(seed, network, 1), engines[network],
+                                          _observables(members, network),
+                                          _networks_progress(progress, members[0].claim.name, piloted, total)))
+            piloted += counts[network]
+        for (network, members), drawn in zip(groups.items(), sample_each(requests, executor=runner)):
+            start_law_tests()
+            # claims about one tensor share its measurement
+            by_observable: dict[Observable, tuple[Estimate, dict[str, float], str]] = {}
+            for item in members:
+                observable = _observable(item.claim, network)
+                if observable not in by_observable:
+                    by_observable[observable] = _measure_one(drawn, observable, z_plan)
+                est, shared, note = by_observable[observable]
+                state = dict(shared)
+                state["cap"] = caps[network]
+                state["planned"] = wanted.get((item.job, item.position), counts[network])
+                measured[item.job, item.position] = (est, state, note)
+        claims = {(item.job, item.position): item.claim for item in items}
+        raw = [
+            [(n, claims[j, position], *measured[j, position]) for position, n in enumerate(job.widths)]
+            for j, job in enumerate(jobs)
+        ]
+        start_law_tests()  # (if nothing was sampled)
+        law_tests = law_work[0].result()
+        results, extra_rejected = _judge(jobs, raw, rtol=rtol, alpha=alpha, atol=atol, tests=tests, power=power,
+                                         engines=engines, extra_p_values=laws.law_p_values(law_tests))
+        return [laws.annotate(result)  # a heavy-tailed moment left INCONCLUSIVE: what can be checked instead
+                for result in results], law_tests, extra_rejected
 
 
 def _plan_counts(jobs: list[_Job], items: list[_Item], groups: Mapping[Network, list[_Item]], *, seed: int,
