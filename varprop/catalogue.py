@@ -129,7 +129,7 @@ class _Entry:
         """The claims at ``width`` and, with ``sweeps``, at the family's own width and every width of its sweep."""
         family = self.family({self.width: self.build(self.width)})
         widths = (self.width, family.width, *family.sweep) if sweeps else (self.width,)
-        return {n: family.at(n) for n in widths}
+        return family.at_widths(widths)
 
 
 def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFamily]:
@@ -158,7 +158,7 @@ def _families(entries: list[_Entry | ClaimFamily], sweeps: bool) -> list[ClaimFa
 def _group_claims(group: list[_Entry | ClaimFamily], sweeps: bool) -> list[dict[int, Claim]]:
     """Each entry's claims: at its first width, and with ``sweeps`` at every width of its family's sweep."""
     return [entry.claims(sweeps) if isinstance(entry, _Entry) else
-            {n: entry.at(n) for n in (entry.width, *entry.sweep)} if sweeps else {} for entry in group]
+            entry.at_widths((entry.width, *entry.sweep)) if sweeps else {} for entry in group]
 
 
 def _last(network: Network) -> int:

@@ -224,6 +224,10 @@ class ClaimFamily:
             self._built[n] = self.build(n)
         return self._built[n]
 
+    def at_widths(self, widths: Iterable[int]) -> dict[int, Claim]:
+        """The claims at ``widths``, by width (each derived once, as by :meth:`at`)."""
+        return {n: self.at(n) for n in widths}
+
     def knowing(self, width: int, claim: Claim) -> ClaimFamily:
         """This family, told its claim at ``width`` (already built by ``build(width)``, elsewhere); returns itself."""
         self._built.setdefault(width, claim)
@@ -243,11 +247,7 @@ def derive_families(wanted: Iterable[tuple[ClaimFamily, int]]) -> None:
         if n not in family._built and n not in widths:
             widths.append(n)
     tasks = [(family, widths) for family, widths in missing.values() if widths]
-    derived = map_forked([partial(_claims_at, family, widths) for family, widths in tasks])
+    derived = map_forked([partial(family.at_widths, widths) for family, widths in tasks])
     for (family, _), claims in zip(tasks, derived):
         for n, claim in claims.items():
             family.knowing(n, claim)
-
-
-def _claims_at(family: ClaimFamily, widths: Iterable[int]) -> dict[int, Claim]:
-    return {n: family.at(n) for n in widths}
