@@ -17,7 +17,7 @@ would also count the waits for a core. Measured, each against its target:
    same process streaming 10**5 networks (target: bounded, i.e. about the same).
 4. **commands**: ``varprop check --all`` (< 20 s), ``varprop report`` (< 40 s) and a claim
    checked at width 4096 (< 30 s), wall time in fresh processes: the median of three runs each
-   (``--runs``), every run shown.
+   (``--runs``), every run shown; a command that writes anything to stderr under ``--quiet`` fails.
 
 It also times blocks at width 65536 and prints what checking a claim on 10**9 networks costs in
 core-hours (the figure ``docs/engines.rst`` refers to).
@@ -262,8 +262,8 @@ def check_all_draw_floor(report: str) -> tuple[float, float]:
     return float(numbers), numbers * seconds_per_number(call=1 << 15)
 
 
-def command(argv: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of the process and its children, exit code) of one fresh ``varprop`` run.
+def command(argv: list[str]) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds of the process and its children, exit code, stderr) of one fresh ``varprop`` run.
 
     On a machine shared with other jobs the wall time includes waiting for a core; the CPU time
     does not (it is what the command costs on an idle machine, to the effect of shared caches).
@@ -277,7 +277,7 @@ def command(argv: list[str]) -> tuple[float, float, int]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, result.returncode
+    return wall, cpu, result.returncode, result.stderr
 
 
 def section_rates() -> bool:
@@ -356,7 +356,7 @@ def section_commands(quick: bool, runs_per_command: int = RUNS) -> bool:
                   f"numpy merely to draw them, {floor / 2:.1f} s on 2 idle cores")
         for label, (argv, target) in commands.items():
             if target is None:
-                wall, cpu, code = command(argv)
+                wall, cpu, code, _ = command(argv)
                 print(f"   {label:<52} {wall:6.1f} s wall, {cpu:6.1f} s CPU (exit {code})")
                 continue
             # Other jobs share this machine: one run's wall time moves by a second or two; the median of
@@ -364,11 +364,14 @@ def section_commands(quick: bool, runs_per_command: int = RUNS) -> bool:
             runs = [command(argv) for _ in range(runs_per_command)]
             wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
             codes = {r[2] for r in runs}
-            met = wall < target and codes == {0}
+            noise = next((r[3] for r in runs if r[3]), "")  # anything written to stderr under --quiet is a failure
+            met = wall < target and codes == {0} and not noise
             ok &= met
             shown = ", ".join(f"{r[0]:.1f}" for r in runs)
             print(f"   {label:<52} {wall:6.1f} s wall, {cpu:6.1f} s CPU, median of {len(runs)} (walls {shown}; "
                   f"target < {target:.0f} s, exit {'/'.join(map(str, sorted(codes)))}): {'met' if met else 'MISSED'}")
+            if noise:
+                print(f"      stderr under --quiet: {noise[-500:]}")
     return ok
 
 

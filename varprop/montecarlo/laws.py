@@ -47,6 +47,7 @@ import numpy as np
 from .errors import MonteCarloError
 from .verdict import FAIL, INCONCLUSIVE, PASS, holm
 
+
 def _stats() -> ModuleType:
     """``scipy.stats``, imported on first use: it costs 0.5 s (scipy.signal with it), and every command would pay it."""
     import scipy.stats
