@@ -26,7 +26,8 @@ from varprop.derive.derivation import prose
 from varprop.network import mlp
 from varprop.weights import he
 
-needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                                reason="the fork start method (multiprocessing) is not available on this platform")
 
 
 def _pid_and(value: int) -> tuple[int, int]:

@@ -157,7 +157,7 @@ def _page_faults_over_chunks() -> int:
 _GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-@pytest.mark.skipif(not _GLIBC, reason="the allocator setting is glibc's")
+@pytest.mark.skipif(not _GLIBC, reason="needs glibc's allocator (mallopt); the setting does nothing elsewhere")
 def test_local_workers_keep_the_memory_a_chunk_frees():
     # Returned to the system after each round, the temporaries would be faulted in again, page by page, every
     # round: more faults than one round's pages. Kept, they cost none after the warm-up.
